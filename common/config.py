@@ -1,0 +1,236 @@
+"""Run configuration: one set of dataclasses, built from Flower's flat run_config.
+
+Flower passes configuration as flat kebab-case scalars (``lora.r = 8``,
+``train.local-epochs = 1``) from ``[tool.flwr.app.config]`` plus ``--run-config``
+overrides. Both the ServerApp and the ClientApp turn that dict into the typed
+:class:`AppConfig` below, so a typo'd key or a wrong type fails loudly in one
+place instead of silently falling back to a default.
+
+Key mapping: section ``train`` + field ``local_epochs`` <-> ``train.local-epochs``;
+top-level fields have no prefix (``num-server-rounds``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any, get_type_hints
+
+Scalar = bool | int | float | str
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, mistyped or out of range."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which transformer to adapt, and how text is fed to it."""
+
+    base: str = "default"  # "default" = bundled all-MiniLM-L6-v2; "tiny-random"; or any local HF path
+    max_length: int = 128  # tokens per (candidate, user history) pair
+    head_dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        _positive(self, "max_length", "model.max-length")
+        _fraction(self, "head_dropout", "model.head-dropout")
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """peft LoRA settings; ``target_modules`` is a comma-separated list of module names."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.1
+    target_modules: str = "query,value"
+
+    def __post_init__(self) -> None:
+        _positive(self, "r", "lora.r")
+        _positive(self, "alpha", "lora.alpha")
+        _fraction(self, "dropout", "lora.dropout")
+        if not self.modules:
+            raise ConfigError("`lora.target-modules` must name at least one module, got ''")
+
+    @property
+    def modules(self) -> list[str]:
+        return [m.strip() for m in self.target_modules.split(",") if m.strip()]
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Local training on one platform per round (AdamW + BCE)."""
+
+    local_epochs: int = 1
+    lr: float = 2e-3
+    batch_size: int = 32
+    weight_decay: float = 0.01
+    max_examples: int = 320  # 0 = the whole train split; else a seeded subsample per round (CPU default)
+    proximal_mu: float = 0.0  # FedProx term mu/2 * ||w - w_global||^2; 0 disables it
+
+    def __post_init__(self) -> None:
+        _positive(self, "local_epochs", "train.local-epochs")
+        _positive(self, "lr", "train.lr")
+        _positive(self, "batch_size", "train.batch-size")
+        _non_negative(self, "weight_decay", "train.weight-decay")
+        _non_negative(self, "max_examples", "train.max-examples")
+        _non_negative(self, "proximal_mu", "train.proximal-mu")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where platform data lives and how it is split (see ``common.splits.SplitConfig``)."""
+
+    dir: str = ""  # "" = the embedded synthetic dataset; else a DATASET/ folder
+    history_len: int = 10
+    like_threshold: float = 3.0
+    negatives_per_positive: int = 1
+    rank_negatives: int = 99
+    max_users: int = 0  # 0 = every user
+
+    def __post_init__(self) -> None:
+        _positive(self, "history_len", "data.history-len")
+        _positive(self, "negatives_per_positive", "data.negatives-per-positive")
+        _positive(self, "rank_negatives", "data.rank-negatives")
+        _non_negative(self, "max_users", "data.max-users")
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """Federated evaluation; ranking (HR/NDCG) scores 1 + rank-negatives pairs per user."""
+
+    max_rank_users: int = 10  # 0 = every test user; the CPU default caps this for speed
+    batch_size: int = 128
+
+    def __post_init__(self) -> None:
+        _non_negative(self, "max_rank_users", "eval.max-rank-users")
+        _positive(self, "batch_size", "eval.batch-size")
+
+
+@dataclass(frozen=True)
+class FedSpec:
+    """Server side: rounds, cohort, early stopping, fusion."""
+
+    min_nodes: int = 2  # a round waits for this many platforms, then starts
+    node_wait_s: float = 120.0  # how long to wait for min-nodes before giving up
+    round_timeout_s: float = 3600.0  # replies later than this are dropped from the round
+    patience: int = 2  # rounds without improvement of the mean validation metric
+    metric: str = "auc"  # mean validation metric for early stopping / best round
+    server_lr: float = 1.0  # 1.0 = plain weighted averaging (FedAvg)
+    server_momentum: float = 0.0  # > 0 = FedAvgM on the fused update
+
+    def __post_init__(self) -> None:
+        _positive(self, "min_nodes", "fed.min-nodes")
+        _positive(self, "node_wait_s", "fed.node-wait-s")
+        _positive(self, "round_timeout_s", "fed.round-timeout-s")
+        _non_negative(self, "patience", "fed.patience")
+        _positive(self, "server_lr", "fed.server-lr")
+        if not 0.0 <= self.server_momentum < 1.0:
+            raise ConfigError(f"`fed.server-momentum` must be in [0, 1), got {self.server_momentum}")
+        if self.metric not in ("auc", "logloss", "hr@10", "ndcg@10"):
+            raise ConfigError(
+                f"`fed.metric` must be one of auc, logloss, hr@10, ndcg@10, got {self.metric!r}"
+            )
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """Everything a run needs; defaults run the embedded federation on a CPU in minutes."""
+
+    num_server_rounds: int = 3
+    seed: int = 0
+    out_dir: str = "runs/latest"
+    secagg: bool = False
+    model: ModelSpec = field(default_factory=ModelSpec)
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    eval: EvalSpec = field(default_factory=EvalSpec)
+    fed: FedSpec = field(default_factory=FedSpec)
+
+    def __post_init__(self) -> None:
+        _positive(self, "num_server_rounds", "num-server-rounds")
+
+    @classmethod
+    def from_flat(cls, flat: dict[str, Any]) -> AppConfig:
+        """Build from Flower's run_config; unknown keys and wrong types raise ConfigError."""
+        top: dict[str, Any] = {}
+        sections: dict[str, dict[str, Any]] = {}
+        hints = get_type_hints(cls)
+        for key, value in flat.items():
+            section, _, name = key.rpartition(".")
+            attr = name.replace("-", "_")
+            if not section:
+                if attr not in hints or dataclasses.is_dataclass(hints[attr]):
+                    raise ConfigError(f"unknown config key `{key}`")
+                top[attr] = _coerce(key, value, hints[attr])
+                continue
+            sec_type = hints.get(section)
+            if sec_type is None or not dataclasses.is_dataclass(sec_type):
+                raise ConfigError(f"unknown config section in `{key}`")
+            sec_hints = get_type_hints(sec_type)
+            if attr not in sec_hints:
+                raise ConfigError(f"unknown config key `{key}`")
+            sections.setdefault(section, {})[attr] = _coerce(key, value, sec_hints[attr])
+        built = {name: hints[name](**values) for name, values in sections.items()}
+        return cls(**top, **built)
+
+    def to_flat(self) -> dict[str, Scalar]:
+        """Inverse of :meth:`from_flat`: flat kebab-case scalars (for messages and JSON)."""
+        flat: dict[str, Scalar] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                for sub in fields(value):
+                    flat[f"{f.name}.{_kebab(sub.name)}"] = getattr(value, sub.name)
+            else:
+                flat[_kebab(f.name)] = value
+        return flat
+
+    def replace(self, **overrides: Any) -> AppConfig:
+        """Return a copy with flat kebab-case overrides applied (``{"lora.r": 4}``)."""
+        return AppConfig.from_flat({**self.to_flat(), **overrides})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_flat(), sort_keys=True)
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Scalar:
+    """Accept what TOML and ``--run-config`` produce; refuse lossy conversions."""
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif typ is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"`{key}` must be {typ.__name__}, got {value!r}")
+
+
+def _positive(obj: object, attr: str, key: str) -> None:
+    if not getattr(obj, attr) > 0:
+        raise ConfigError(f"`{key}` must be positive, got {getattr(obj, attr)}")
+
+
+def _non_negative(obj: object, attr: str, key: str) -> None:
+    if getattr(obj, attr) < 0:
+        raise ConfigError(f"`{key}` must be >= 0, got {getattr(obj, attr)}")
+
+
+def _fraction(obj: object, attr: str, key: str) -> None:
+    if not 0.0 <= getattr(obj, attr) < 1.0:
+        raise ConfigError(f"`{key}` must be in [0, 1), got {getattr(obj, attr)}")

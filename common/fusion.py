@@ -1,0 +1,99 @@
+"""Fusion maths: numpy in, numpy out.
+
+A "state" is an ordered mapping tensor-name -> float array (adapter + head). The server
+never needs torch for fusion, and these functions are checked against
+``np.average(..., weights=...)`` in the tests.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+State = Mapping[str, np.ndarray]
+
+
+class FusionError(ValueError):
+    """Updates that cannot be fused (no updates, mismatched tensors, bad weights)."""
+
+
+def weighted_average(states: Sequence[State], weights: Sequence[float]) -> OrderedDict[str, np.ndarray]:
+    """Example-weighted mean of every tensor: sum_i w_i x_i / sum_i w_i (float64 accumulation)."""
+    if not states:
+        raise FusionError("no updates to fuse")
+    if len(states) != len(weights):
+        raise FusionError(f"{len(states)} updates but {len(weights)} weights")
+    w = np.asarray(weights, dtype=np.float64)
+    if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise FusionError(f"weights must be finite, >= 0 and not all zero, got {w.tolist()}")
+    names = list(states[0])
+    for i, state in enumerate(states[1:], start=1):
+        if list(state) != names:
+            raise FusionError(f"update {i} has tensors {sorted(state)[:3]}..., expected {names[:3]}...")
+    fused: OrderedDict[str, np.ndarray] = OrderedDict()
+    for name in names:
+        stack = np.stack([np.asarray(s[name], dtype=np.float64) for s in states])  # (K, *shape)
+        if stack.shape[1:] != np.shape(states[0][name]):
+            raise FusionError(f"tensor `{name}` has different shapes across updates")
+        fused[name] = (np.tensordot(w, stack, axes=1) / w.sum()).astype(np.float32)
+    return fused
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Names and shapes of the tensors behind a flat vector, in order."""
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+
+    @property
+    def size(self) -> int:
+        return int(sum(int(np.prod(s)) for s in self.shapes))
+
+    @classmethod
+    def of(cls, state: State) -> Manifest:
+        return cls(tuple(state), tuple(tuple(np.shape(v)) for v in state.values()))
+
+
+def flatten(state: State) -> np.ndarray:
+    """Concatenate every tensor (in order) into one float64 vector."""
+    return np.concatenate([np.asarray(v, dtype=np.float64).ravel() for v in state.values()])
+
+
+def unflatten(vector: np.ndarray, manifest: Manifest) -> OrderedDict[str, np.ndarray]:
+    if vector.shape != (manifest.size,):
+        raise FusionError(f"vector has shape {vector.shape}, manifest needs ({manifest.size},)")
+    out: OrderedDict[str, np.ndarray] = OrderedDict()
+    offset = 0
+    for name, shape in zip(manifest.names, manifest.shapes, strict=True):
+        n = int(np.prod(shape))
+        out[name] = vector[offset : offset + n].reshape(shape).astype(np.float32)
+        offset += n
+    return out
+
+
+def server_step(
+    current: State,
+    fused: State,
+    velocity: State | None,
+    lr: float = 1.0,
+    momentum: float = 0.0,
+) -> tuple[OrderedDict[str, np.ndarray], OrderedDict[str, np.ndarray]]:
+    """Apply the fused update with a server learning rate and momentum (FedAvgM).
+
+    delta = fused - current;  v <- momentum * v + delta;  new = current + lr * v.
+    With lr = 1 and momentum = 0 this returns ``fused`` exactly (plain FedAvg).
+    """
+    if lr == 1.0 and momentum == 0.0:  # plain FedAvg: bit-exact, no float round trip
+        return OrderedDict((k, np.asarray(v, np.float32).copy()) for k, v in fused.items()), OrderedDict()
+    new: OrderedDict[str, np.ndarray] = OrderedDict()
+    vel: OrderedDict[str, np.ndarray] = OrderedDict()
+    for name, cur in current.items():
+        delta = np.asarray(fused[name], np.float64) - np.asarray(cur, np.float64)
+        v = momentum * np.asarray(velocity[name], np.float64) + delta if velocity else delta
+        vel[name] = v.astype(np.float32)
+        new[name] = (np.asarray(cur, np.float64) + lr * v).astype(np.float32)
+    return new, vel
