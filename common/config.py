@@ -129,9 +129,7 @@ class FedSpec:
         if not 0.0 <= self.server_momentum < 1.0:
             raise ConfigError(f"`fed.server-momentum` must be in [0, 1), got {self.server_momentum}")
         if self.metric not in ("auc", "logloss", "hr@10", "ndcg@10"):
-            raise ConfigError(
-                f"`fed.metric` must be one of auc, logloss, hr@10, ndcg@10, got {self.metric!r}"
-            )
+            raise ConfigError(f"`fed.metric` must be one of auc, logloss, hr@10, ndcg@10, got {self.metric!r}")
 
 
 @dataclass(frozen=True)
@@ -212,12 +210,10 @@ def _coerce(key: str, value: Any, typ: Any) -> Scalar:
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-    elif typ is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif typ is str:
-        if isinstance(value, str):
-            return value
+    elif typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    elif typ is str and isinstance(value, str):
+        return value
     raise ConfigError(f"`{key}` must be {typ.__name__}, got {value!r}")
 
 

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
-from peft import set_peft_model_state_dict
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
 
@@ -140,13 +139,19 @@ def set_trainable_state(scorer: Scorer, state: dict[str, np.ndarray]) -> None:
     """Load adapter + head tensors; any missing, extra or wrong-shaped tensor is an error."""
     expected = get_trainable_state(scorer)
     check_state_matches(expected, state)
-    adapter = {k: torch.from_numpy(np.asarray(v)) for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
-    head = {k[len(HEAD_PREFIX):]: torch.from_numpy(np.asarray(v)) for k, v in state.items() if k.startswith(HEAD_PREFIX)}  # fmt: skip
+    adapter, head = split_head(state)
     result = set_peft_model_state_dict(scorer.encoder, adapter)
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
         raise ValueError(f"adapter tensors not in the model: {unexpected[:3]}")
-    scorer.head.load_state_dict(head)
+    scorer.head.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in head.items()})
+
+
+def split_head(state: dict[str, np.ndarray]) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
+    """(adapter tensors as torch, head tensors without the ``head.`` prefix)."""
+    adapter = {k: torch.from_numpy(np.asarray(v)) for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
+    head = {k.removeprefix(HEAD_PREFIX): np.ascontiguousarray(v) for k, v in state.items() if k.startswith(HEAD_PREFIX)}
+    return adapter, head
 
 
 def check_state_matches(expected: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> None:
@@ -173,12 +178,13 @@ def save_adapter(scorer: Scorer, state: dict[str, np.ndarray], out: Path) -> Pat
     set_trainable_state(scorer, state)
     out.mkdir(parents=True, exist_ok=True)
     scorer.encoder.save_pretrained(str(out))
-    head = {k[len(HEAD_PREFIX):]: np.ascontiguousarray(v) for k, v in state.items() if k.startswith(HEAD_PREFIX)}  # fmt: skip
-    save_file(head, str(out / HEAD_FILE))
+    save_file(split_head(state)[1], str(out / HEAD_FILE))
     return out
 
 
-def load_adapter(model: ModelSpec, lora: LoraSpec, folder: Path, seed: int = 0) -> tuple[Scorer, PreTrainedTokenizerBase]:
+def load_adapter(
+    model: ModelSpec, lora: LoraSpec, folder: Path, seed: int = 0
+) -> tuple[Scorer, PreTrainedTokenizerBase]:
     """Rebuild a scorer from a saved folder: base + ``PeftModel.from_pretrained`` + head."""
     import copy
 

@@ -1,0 +1,121 @@
+"""Which platform this node is, and its data: loaded, split and tokenised once per process.
+
+Per-platform facts come from ``node_config`` (deployment: ``platform``, ``data-dir``,
+``device``). In simulation Flower only gives ``partition-id``, which picks the n-th
+platform (sorted by name) of the run's ``data.dir``. An empty ``data.dir`` means the
+embedded synthetic dataset, generated in memory from the run seed.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from transformers import PreTrainedTokenizerBase
+
+from clients.trainer import EncodedSplit, encode_examples, encode_ranking
+from common.config import AppConfig, DataSpec
+from common.data import DatasetError, PlatformData, discover_platforms, load_platform
+from common.splits import PlatformSplits, SplitConfig, split_platform
+
+PLATFORM_KEY = "platform"
+DATA_DIR_KEY = "data-dir"
+DEVICE_KEY = "device"
+PARTITION_KEY = "partition-id"
+
+
+@dataclass(frozen=True)
+class NodeSetup:
+    platform: str
+    data_dir: str  # "" = embedded synthetic data
+    device: str  # "auto", "cpu", "cuda", "cuda:1", ...
+
+
+def resolve_node(node_config: dict[str, object], cfg: AppConfig) -> NodeSetup:
+    """Decide which platform this node serves; a bad node_config is a DatasetError naming the key."""
+    data_dir = str(node_config.get(DATA_DIR_KEY, cfg.data.dir))
+    device = str(node_config.get(DEVICE_KEY, "auto"))
+    if PLATFORM_KEY in node_config:
+        return NodeSetup(str(node_config[PLATFORM_KEY]), data_dir, device)
+    if PARTITION_KEY not in node_config:
+        raise DatasetError(f"node_config needs `{PLATFORM_KEY}` (and `{DATA_DIR_KEY}`), got {sorted(node_config)}")
+    names = platform_names(data_dir, cfg.seed)
+    pid = int(node_config[PARTITION_KEY])  # type: ignore[call-overload]
+    if not 0 <= pid < len(names):
+        raise DatasetError(
+            f"node_config `{PARTITION_KEY}` = {pid} but the dataset has {len(names)} platforms "
+            f"{names}: run with num-supernodes = {len(names)}"
+        )
+    return NodeSetup(names[pid], data_dir, device)
+
+
+def platform_names(data_dir: str, seed: int) -> list[str]:
+    if data_dir:
+        return discover_platforms(Path(data_dir))
+    return sorted(_synthetic(seed))
+
+
+@functools.lru_cache(maxsize=1)
+def _synthetic(seed: int) -> dict[str, PlatformData]:
+    from simulations.synthetic import make_synthetic  # the embedded demo dataset
+
+    return make_synthetic(seed=seed)
+
+
+def split_config(spec: DataSpec, seed: int) -> SplitConfig:
+    return SplitConfig(
+        like_threshold=spec.like_threshold, history_len=spec.history_len,
+        negatives_per_positive=spec.negatives_per_positive, rank_negatives=spec.rank_negatives,
+        max_users=spec.max_users or None, seed=seed,
+    )  # fmt: skip
+
+
+def load_splits(setup: NodeSetup, spec: DataSpec, seed: int) -> PlatformSplits:
+    if setup.data_dir:
+        data = load_platform(Path(setup.data_dir), setup.platform)
+    else:
+        synthetic = _synthetic(seed)
+        if setup.platform not in synthetic:
+            raise DatasetError(f"no platform {setup.platform!r} in the embedded dataset {sorted(synthetic)}")
+        data = synthetic[setup.platform]
+    return split_platform(data, split_config(spec, seed))
+
+
+@dataclass
+class PreparedPlatform:
+    """A platform's splits, tokenised for one tokenizer/max length."""
+
+    splits: PlatformSplits
+    train: EncodedSplit
+    valid: EncodedSplit
+    test: EncodedSplit
+    ranking: tuple[EncodedSplit, int]
+
+
+@functools.lru_cache(maxsize=4)
+def prepare(
+    setup: NodeSetup, spec: DataSpec, max_rank_users: int, seed: int,
+    tokenizer: PreTrainedTokenizerBase, max_length: int,
+) -> PreparedPlatform:  # fmt: skip
+    splits = load_splits(setup, spec, seed)
+    cases = splits.ranking
+    if max_rank_users and len(cases) > max_rank_users:
+        keep = np.sort(np.random.default_rng(seed).choice(len(cases), max_rank_users, replace=False))
+        cases = [cases[i] for i in keep]
+    return PreparedPlatform(
+        splits=splits,
+        train=encode_examples(tokenizer, splits.train, splits.items, max_length),
+        valid=encode_examples(tokenizer, splits.valid, splits.items, max_length),
+        test=encode_examples(tokenizer, splits.test, splits.items, max_length),
+        ranking=encode_ranking(tokenizer, cases, splits.items, max_length),
+    )
+
+
+def subsample(data: EncodedSplit, max_examples: int, seed: int) -> EncodedSplit:
+    """A seeded per-round subset (``train.max-examples``) so CPU runs stay short."""
+    if not max_examples or len(data) <= max_examples:
+        return data
+    keep = np.sort(np.random.default_rng(seed).choice(len(data), max_examples, replace=False))
+    return EncodedSplit([data.ids[i] for i in keep], data.labels[keep])

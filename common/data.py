@@ -1,0 +1,399 @@
+"""The platform dataset format: one folder per platform, two UTF-8 CSV files each.
+
+```
+DATASET/<platform>/items.csv         item_id,title[,text]
+DATASET/<platform>/interactions.csv  user_id,item_id,timestamp[,rating|label]
+```
+
+No ``rating``/``label`` column means implicit feedback (every row is a positive);
+``rating`` is an explicit numeric rating, ``label`` an explicit 0/1. User ids are local
+to a platform: the same id on two platforms is not assumed to be the same person.
+
+Everything a platform owner can get wrong is a :class:`DatasetError` whose one-line
+message names the file, line and field and says what was expected, so the owner can fix
+the file without reading this code. The writer renders a platform to text and parses it
+back with the same validator before touching the disk, so it never writes a file the
+loader would reject.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+USER_COL = "user_id"
+ITEM_COL = "item_id"
+TIME_COL = "timestamp"
+RATING_COL = "rating"
+LABEL_COL = "label"
+TITLE_COL = "title"
+TEXT_COL = "text"
+
+ITEMS_FILE = "items.csv"
+INTERACTIONS_FILE = "interactions.csv"
+
+Feedback = Literal["rating", "label", "implicit"]
+
+
+class DatasetError(Exception):
+    """A dataset file is missing or malformed; the message is one line the owner can act on."""
+
+    @classmethod
+    def at(
+        cls,
+        file: Path | str,
+        problem: str,
+        *,
+        line: int | None = None,
+        field: str | None = None,
+        expected: str | None = None,
+        got: object = None,
+    ) -> DatasetError:
+        """``<file>:<line>: field `<field>`: <problem> (expected ..., got ...)``."""
+        where = f"{file}:{line}" if line is not None else str(file)
+        what = f"field `{field}`: {problem}" if field is not None else problem
+        detail = f" (expected {expected}, got {got!r})" if expected is not None else ""
+        return cls(f"{where}: {what}{detail}".replace("\n", " "))
+
+
+@dataclass(frozen=True)
+class Item:
+    item_id: str
+    title: str
+    text: str = ""  # optional description; the model sees "title. text"
+
+
+@dataclass(frozen=True)
+class Interaction:
+    user_id: str
+    item_id: str
+    timestamp: float  # unix seconds
+    value: float | None  # the rating or the 0/1 label; None for implicit feedback
+
+
+@dataclass
+class PlatformData:
+    name: str
+    items: dict[str, Item]
+    interactions: list[Interaction]  # in file order (ties in time are broken by it)
+    feedback: Feedback
+
+    @property
+    def num_users(self) -> int:
+        return len({row.user_id for row in self.interactions})
+
+
+# --- reading -----------------------------------------------------------------------------
+
+
+def _decode(raw: bytes, path: Path) -> str:
+    try:
+        return raw.decode("utf-8-sig")  # tolerate the BOM that spreadsheet exports add
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DatasetError.at(
+            path, "invalid UTF-8", line=line, expected="UTF-8 text", got=raw[e.start : e.end]
+        ) from None
+
+
+def _read_text(path: Path) -> str:
+    if not path.is_file():
+        raise DatasetError.at(path, "file not found")
+    return _decode(path.read_bytes(), path)
+
+
+def _rows(text: str, path: Path, required: Sequence[str]) -> tuple[list[str], Iterable[tuple[int, dict[str, str]]]]:
+    """Header plus ``(line, row)`` pairs; checks the header and every row's field count."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = [name.strip() for name in next(reader, [])]
+    for name in required:
+        if name not in header:
+            raise DatasetError.at(
+                path,
+                "missing column",
+                line=1,
+                field=name,
+                expected=f"header with {list(required)}",
+                got=",".join(header),
+            )
+
+    def rows() -> Iterable[tuple[int, dict[str, str]]]:
+        for row in reader:
+            if not row:  # blank line
+                continue
+            if len(row) != len(header):
+                raise DatasetError.at(
+                    path, "wrong number of fields", line=reader.line_num, expected=f"{len(header)} fields", got=len(row)
+                )
+            yield reader.line_num, dict(zip(header, row, strict=True))
+
+    return header, rows()
+
+
+def _required(row: dict[str, str], name: str, path: Path, line: int) -> str:
+    value = row[name].strip()
+    if not value:
+        raise DatasetError.at(path, "empty value", line=line, field=name, expected="a non-empty string", got=row[name])
+    return value
+
+
+def _number(raw: str, path: Path, line: int, field: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise DatasetError.at(path, "not a number", line=line, field=field, expected="a number", got=raw) from None
+    if not math.isfinite(value):
+        raise DatasetError.at(path, "not a finite number", line=line, field=field, expected="a finite number", got=raw)
+    return value
+
+
+def parse_timestamp(raw: str, path: Path, line: int) -> float:
+    """Unix seconds (int or float) or ISO-8601 date/datetime; naive datetimes are taken as UTC."""
+    raw = raw.strip()
+    try:
+        return _number(raw, path, line, TIME_COL)
+    except DatasetError:
+        pass
+    try:
+        moment = datetime.fromisoformat(raw)
+    except ValueError:
+        raise DatasetError.at(
+            path, "unparsable timestamp", line=line, field=TIME_COL,
+            expected="unix seconds or an ISO-8601 date/datetime", got=raw,
+        ) from None  # fmt: skip
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def parse_items(text: str, path: Path) -> dict[str, Item]:
+    header, rows = _rows(text, path, (ITEM_COL, TITLE_COL))
+    items: dict[str, Item] = {}
+    first_line: dict[str, int] = {}
+    for line, row in rows:
+        item_id = _required(row, ITEM_COL, path, line)
+        if item_id in items:
+            raise DatasetError.at(
+                path, "duplicate item id", line=line, field=ITEM_COL,
+                expected=f"unique ids (first seen on line {first_line[item_id]})", got=item_id,
+            )  # fmt: skip
+        title = _required(row, TITLE_COL, path, line)
+        items[item_id] = Item(item_id, title, row.get(TEXT_COL, "").strip())
+        first_line[item_id] = line
+    return items
+
+
+def _feedback(header: list[str], path: Path) -> Feedback:
+    if RATING_COL in header and LABEL_COL in header:
+        raise DatasetError.at(
+            path,
+            "both feedback columns",
+            line=1,
+            field=LABEL_COL,
+            expected=f"`{RATING_COL}` or `{LABEL_COL}`, not both",
+            got=",".join(header),
+        )
+    if RATING_COL in header:
+        return "rating"
+    return "label" if LABEL_COL in header else "implicit"
+
+
+def parse_interactions(text: str, path: Path, items: dict[str, Item]) -> tuple[list[Interaction], Feedback]:
+    header, rows = _rows(text, path, (USER_COL, ITEM_COL, TIME_COL))
+    feedback = _feedback(header, path)
+    out: list[Interaction] = []
+    for line, row in rows:
+        user_id = _required(row, USER_COL, path, line)
+        item_id = _required(row, ITEM_COL, path, line)
+        if item_id not in items:
+            raise DatasetError.at(
+                path, "unknown item id", line=line, field=ITEM_COL, expected=f"an id from {ITEMS_FILE}", got=item_id
+            )
+        timestamp = parse_timestamp(row[TIME_COL], path, line)
+        value: float | None = None
+        if feedback == "rating":
+            value = _number(row[RATING_COL].strip(), path, line, RATING_COL)
+        elif feedback == "label":
+            value = _number(row[LABEL_COL].strip(), path, line, LABEL_COL)
+            if value not in (0.0, 1.0):
+                raise DatasetError.at(
+                    path, "label not 0/1", line=line, field=LABEL_COL, expected="0 or 1", got=row[LABEL_COL]
+                )
+        out.append(Interaction(user_id, item_id, timestamp, value))
+    if not out:
+        raise DatasetError.at(path, "empty platform", expected="at least one interaction", got=0)
+    users = len({row.user_id for row in out})
+    if users < 2:
+        raise DatasetError.at(path, "too few users", field=USER_COL, expected="at least 2 users", got=users)
+    return out, feedback
+
+
+def _platform_dir(root: Path, name: str) -> Path:
+    if not name or name.startswith(".") or Path(name).name != name:
+        raise DatasetError.at(root, "bad platform name", expected="a plain folder name", got=name)
+    return root / name
+
+
+def discover_platforms(root: Path) -> list[str]:
+    """Sorted platform folder names under ``root`` (hidden folders are skipped)."""
+    if not root.is_dir():
+        raise DatasetError.at(root, "dataset folder not found")
+    names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not names:
+        raise DatasetError.at(
+            root, "no platform folders", expected=f"<platform>/{ITEMS_FILE} and {INTERACTIONS_FILE}", got=0
+        )
+    return names
+
+
+def load_platform(root: Path, name: str) -> PlatformData:
+    folder = _platform_dir(root, name)
+    if not folder.is_dir():
+        raise DatasetError.at(folder, "platform folder not found")
+    items_path, inter_path = folder / ITEMS_FILE, folder / INTERACTIONS_FILE
+    items = parse_items(_read_text(items_path), items_path)
+    interactions, feedback = parse_interactions(_read_text(inter_path), inter_path, items)
+    return PlatformData(name, items, interactions, feedback)
+
+
+def load_dataset(root: Path, platforms: Sequence[str] | None = None) -> dict[str, PlatformData]:
+    names = discover_platforms(root) if platforms is None else list(platforms)
+    return {name: load_platform(root, name) for name in names}
+
+
+# --- writing -----------------------------------------------------------------------------
+
+
+def _fmt(x: float) -> str:
+    """Integers without a trailing ``.0`` (unix seconds, 1-5 ratings); others exactly (repr)."""
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+def _csv(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    buf = io.StringIO(newline="")
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def render_platform(data: PlatformData, folder: Path) -> tuple[str, str]:
+    """Both files' text, validated by parsing it back (errors name the files to be written)."""
+    with_text = any(item.text for item in data.items.values())
+    item_header = [ITEM_COL, TITLE_COL, *([TEXT_COL] if with_text else [])]
+    items_text = _csv(
+        item_header,
+        ([it.item_id, it.title, *([it.text] if with_text else [])] for it in data.items.values()),
+    )
+    inter_header = [USER_COL, ITEM_COL, TIME_COL]
+    if data.feedback != "implicit":
+        inter_header.append(RATING_COL if data.feedback == "rating" else LABEL_COL)
+    inter_path = folder / INTERACTIONS_FILE
+    rows = []
+    for i, row in enumerate(data.interactions):
+        if (row.value is None) != (data.feedback == "implicit"):
+            expected = "no value (implicit feedback)" if data.feedback == "implicit" else "a number"
+            raise DatasetError.at(
+                inter_path,
+                "value does not match feedback",
+                line=i + 2,
+                field=inter_header[-1],
+                expected=expected,
+                got=row.value,
+            )
+        values = [] if row.value is None else [_fmt(row.value)]
+        rows.append([row.user_id, row.item_id, _fmt(row.timestamp), *values])
+    inter_text = _csv(inter_header, rows)
+    items = parse_items(items_text, folder / ITEMS_FILE)
+    parse_interactions(inter_text, inter_path, items)
+    return items_text, inter_text
+
+
+def _encode(text: str, path: Path) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        line = text[: e.start].count("\n") + 1
+        raise DatasetError.at(
+            path, "not encodable as UTF-8", line=line, expected="valid Unicode text", got=text[e.start : e.end]
+        ) from None
+
+
+def _atomic_write(path: Path, payload: bytes) -> None:
+    """Write to a temp file in the same folder, then ``os.replace``: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_platform(root: Path, data: PlatformData) -> None:
+    """Validate, then write both CSVs atomically; on a validation error nothing is touched."""
+    folder = _platform_dir(root, data.name)
+    items_text, inter_text = render_platform(data, folder)
+    payloads = {
+        folder / ITEMS_FILE: _encode(items_text, folder / ITEMS_FILE),
+        folder / INTERACTIONS_FILE: _encode(inter_text, folder / INTERACTIONS_FILE),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    for path, payload in payloads.items():
+        _atomic_write(path, payload)
+
+
+def write_dataset(root: Path, platforms: Iterable[PlatformData], overwrite: bool = False) -> None:
+    """All or nothing: build the dataset in a temp folder beside ``root``, then rename it into place.
+
+    A non-empty existing ``root`` is refused unless ``overwrite``; then it is replaced whole,
+    so no platform of an older dataset survives next to the new ones.
+    """
+    if root.exists() and not root.is_dir():
+        raise DatasetError.at(root, "not a folder", expected="a dataset folder", got="a file")
+    if root.is_dir() and any(root.iterdir()) and not overwrite:
+        raise DatasetError.at(
+            root,
+            "refusing to overwrite a non-empty folder",
+            expected="an empty or new folder (or overwrite=True)",
+            got="existing files",
+        )
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.tmp-"))
+    try:
+        seen: set[str] = set()
+        for data in platforms:
+            if data.name in seen:
+                raise DatasetError.at(root, "duplicate platform name", expected="unique names", got=data.name)
+            seen.add(data.name)
+            write_platform(tmp, data)
+        if not seen:
+            raise DatasetError.at(root, "no platforms to write", expected="at least one platform", got=0)
+        _swap_in(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _swap_in(new: Path, root: Path) -> None:
+    """Rename ``new`` to ``root``; an existing ``root`` is moved aside first and restored on failure."""
+    old = new.with_name(f"{new.name}-old")
+    if root.exists():
+        root.rename(old)
+    try:
+        new.rename(root)
+    except OSError:
+        if old.exists():
+            old.rename(root)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

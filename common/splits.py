@@ -1,0 +1,226 @@
+"""Leave-last-out splits, like/dislike labels and the (history, candidate) examples.
+
+Per platform and user, interactions are ordered by (timestamp, file order), so ties in
+time resolve the same way on every run. The last interaction is the test example, the
+second-last the validation example, the rest are training examples; users with fewer
+than ``min_interactions`` interactions only train. Each example's history holds the
+user's interactions strictly before it in that order: never the target, never the future.
+
+Randomness (implicit negatives, ranking negatives, user subsampling) comes from generators
+keyed by ``(seed, platform, user, purpose)``, so a platform splits identically whether it
+is split alone on its own node or together with the others, and one user's draws do not
+depend on which other users are present.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import zlib
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from common.config import ConfigError
+from common.data import Feedback, Interaction, Item, PlatformData
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    like_threshold: float = 3.0  # explicit ratings: rating > threshold is a like
+    history_len: int = 10  # most recent liked and most recent disliked items, each up to this many
+    min_interactions: int = 5  # users with fewer interactions are train-only
+    negatives_per_positive: int = 1  # implicit feedback: sampled negatives per positive (train/valid/test)
+    rank_negatives: int = 99  # HR/NDCG protocol: sampled negatives per test positive
+    max_users: int | None = None  # seeded subsample of users per platform (None = all)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.like_threshold):
+            raise ConfigError(f"`like_threshold` must be finite, got {self.like_threshold}")
+        for name in ("history_len", "negatives_per_positive", "rank_negatives"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"`{name}` must be positive, got {getattr(self, name)}")
+        if self.min_interactions < 3:  # one train, one valid and one test interaction
+            raise ConfigError(f"`min_interactions` must be at least 3, got {self.min_interactions}")
+        if self.max_users is not None and self.max_users < 1:
+            raise ConfigError(f"`max_users` must be positive or None, got {self.max_users}")
+        if self.seed < 0:
+            raise ConfigError(f"`seed` must be non-negative, got {self.seed}")
+
+
+@dataclass(frozen=True)
+class Example:
+    user_id: str
+    item_id: str  # the candidate
+    label: int  # 1 = liked
+    liked: tuple[str, ...]  # item ids, most recent first, strictly before this interaction
+    disliked: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RankingCase:
+    user_id: str
+    positive: str  # the held-out liked test item
+    negatives: tuple[str, ...]  # sampled items the user never interacted with
+    liked: tuple[str, ...]
+    disliked: tuple[str, ...]
+
+
+@dataclass
+class PlatformSplits:
+    name: str
+    items: dict[str, Item]
+    train: list[Example]
+    valid: list[Example]
+    test: list[Example]
+    ranking: list[RankingCase]
+    num_interactions: int = 0  # interactions behind the examples (sampled negatives excluded)
+
+    def stats(self) -> dict[str, float | int]:
+        users = {ex.user_id for split in (self.train, self.valid, self.test) for ex in split}
+        out: dict[str, float | int] = {
+            "users": len(users),
+            "items": len(self.items),
+            "interactions": self.num_interactions,
+        }
+        for name, split in (("train", self.train), ("valid", self.valid), ("test", self.test)):
+            out[name] = len(split)
+            out[f"{name}_positive_rate"] = sum(ex.label for ex in split) / len(split) if split else math.nan
+        out["ranking_cases"] = len(self.ranking)
+        out["rank_negatives"] = len(self.ranking[0].negatives) if self.ranking else 0
+        return out
+
+
+def _rng(seed: int, *keys: str) -> np.random.Generator:
+    """A generator for one (platform, user, purpose); crc32 because ``hash(str)`` is salted per process."""
+    return np.random.default_rng([seed, *(zlib.crc32(key.encode("utf-8")) for key in keys)])
+
+
+def subsample_users(data: PlatformData, fraction_or_count: float | int, seed: int) -> PlatformData:
+    """Keep a seeded subset of users (all their interactions, file order kept; catalogue unchanged).
+
+    An ``int`` is a user count, a ``float`` in (0, 1] a fraction of users, rounded and at
+    least 1 (e.g. 0.1 for a "scarce" platform).
+    """
+    users = sorted({row.user_id for row in data.interactions})
+    if isinstance(fraction_or_count, bool) or not isinstance(fraction_or_count, int | float):
+        raise ConfigError(f"`fraction_or_count` must be an int or a float, got {fraction_or_count!r}")
+    if isinstance(fraction_or_count, int):
+        if fraction_or_count < 1:
+            raise ConfigError(f"`fraction_or_count` must be a positive count, got {fraction_or_count}")
+        count = fraction_or_count
+    else:
+        if not 0.0 < fraction_or_count <= 1.0:
+            raise ConfigError(f"`fraction_or_count` must be a fraction in (0, 1], got {fraction_or_count}")
+        count = max(1, round(fraction_or_count * len(users)))
+    if count >= len(users):
+        return dataclasses.replace(data, interactions=list(data.interactions))
+    keep = set(_rng(seed, data.name, "users").choice(users, size=count, replace=False).tolist())
+    rows = [row for row in data.interactions if row.user_id in keep]
+    return dataclasses.replace(data, interactions=rows)
+
+
+def _by_user(interactions: Sequence[Interaction]) -> dict[str, list[Interaction]]:
+    """Each user's interactions ordered by (timestamp, file order); a stable sort keeps file order."""
+    groups: dict[str, list[Interaction]] = defaultdict(list)
+    for row in interactions:
+        groups[row.user_id].append(row)
+    return {user: sorted(rows, key=lambda r: r.timestamp) for user, rows in groups.items()}
+
+
+def _label(row: Interaction, feedback: Feedback, like_threshold: float) -> int:
+    if feedback == "rating":
+        assert row.value is not None
+        return int(row.value > like_threshold)
+    if feedback == "label":
+        assert row.value is not None
+        return int(row.value)
+    return 1
+
+
+def _histories(
+    item_ids: Sequence[str], labels: Sequence[int], history_len: int
+) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+    """(liked, disliked) before each position, most recent first, each up to ``history_len``."""
+    liked: list[str] = []
+    disliked: list[str] = []
+    out = []
+    for item_id, label in zip(item_ids, labels, strict=True):
+        out.append((tuple(reversed(liked[-history_len:])), tuple(reversed(disliked[-history_len:]))))
+        (liked if label else disliked).append(item_id)
+    return out
+
+
+def _sample(pool: Sequence[str], size: int, rng: np.random.Generator) -> tuple[str, ...]:
+    """``size`` distinct items from ``pool`` (all of them, shuffled, when the pool is smaller)."""
+    picks = rng.choice(len(pool), size=min(size, len(pool)), replace=False)
+    return tuple(pool[i] for i in picks)
+
+
+def split_platform(data: PlatformData, cfg: SplitConfig) -> PlatformSplits:
+    """Leave-last-out examples plus ranking cases for one platform.
+
+    Implicit feedback: every interaction is a positive and gets ``negatives_per_positive``
+    sampled negatives (catalogue items the user never interacted with, same history).
+
+    Ranking: one case per evaluated user whose test interaction is a like, with
+    ``rank_negatives`` items the user never interacted with. Every case on a platform gets
+    the same number of negatives (the trainer scores them as one (U, 1+N) matrix), so when
+    some user has fewer unseen items than ``rank_negatives`` (a small catalogue), all cases
+    get that smaller number; ``stats()["rank_negatives"]`` reports it.
+    """
+    if cfg.max_users is not None:
+        data = subsample_users(data, cfg.max_users, cfg.seed)
+    catalogue = sorted(data.items)
+    train: list[Example] = []
+    valid: list[Example] = []
+    test: list[Example] = []
+    pending: list[tuple[Example, list[str]]] = []  # liked test examples and their unseen items
+    by_user = _by_user(data.interactions)
+    for user in sorted(by_user):
+        rows = by_user[user]
+        item_ids = [row.item_id for row in rows]
+        labels = [_label(row, data.feedback, cfg.like_threshold) for row in rows]
+        seen = set(item_ids)
+        unseen = [item for item in catalogue if item not in seen]
+        held_out = len(rows) >= cfg.min_interactions
+        targets = [train] * (len(rows) - 2) + [valid, test] if held_out else [train] * len(rows)
+        neg_rng = _rng(cfg.seed, data.name, user, "negatives")
+        histories = _histories(item_ids, labels, cfg.history_len)
+        for item_id, label, (liked, disliked), split in zip(item_ids, labels, histories, targets, strict=True):
+            example = Example(user, item_id, label, liked, disliked)
+            split.append(example)
+            if data.feedback == "implicit":
+                for neg in _sample(unseen, cfg.negatives_per_positive, neg_rng):
+                    split.append(Example(user, neg, 0, liked, disliked))
+        if held_out and labels[-1] == 1:
+            pending.append((Example(user, item_ids[-1], 1, *histories[-1]), unseen))
+    width = min([cfg.rank_negatives, *(len(unseen) for _, unseen in pending)])
+    ranking = [
+        RankingCase(
+            ex.user_id,
+            ex.item_id,
+            _sample(unseen, width, _rng(cfg.seed, data.name, ex.user_id, "ranking")),
+            ex.liked,
+            ex.disliked,
+        )
+        for ex, unseen in pending
+    ]
+    return PlatformSplits(data.name, data.items, train, valid, test, ranking, len(data.interactions))
+
+
+def split_dataset(
+    dataset: dict[str, PlatformData], cfg: SplitConfig, like_thresholds: dict[str, float] | None = None
+) -> dict[str, PlatformSplits]:
+    """Split every platform; ``like_thresholds`` overrides ``cfg.like_threshold`` per platform."""
+    overrides = like_thresholds or {}
+    unknown = sorted(set(overrides) - set(dataset))
+    if unknown:
+        raise ConfigError(f"`like_thresholds` names unknown platforms {unknown}, expected some of {sorted(dataset)}")
+    return {
+        name: split_platform(data, dataclasses.replace(cfg, like_threshold=overrides.get(name, cfg.like_threshold)))
+        for name, data in dataset.items()
+    }

@@ -1,0 +1,73 @@
+"""The coordinator: a Flower ServerApp (Message API) that fuses platform adapters.
+
+``main`` builds the config from Flower's run_config and runs :func:`run_federation`
+over a :class:`GridTransport`: every round waits for the platforms, broadcasts the
+global adapter, fuses the replies by example-weighted averaging and evaluates.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+from flwr.app import Context, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from common.config import AppConfig
+from common.fusion import weighted_average
+from common.payload import ARRAYS, CONFIG, METRICS, arrays_to_state, config_record, state_to_arrays
+from server.federation import FederationError, PerPlatform, Tensors, run_federation
+from server.messaging import Replies, broadcast, wait_for_nodes
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = AppConfig.from_flat(dict(context.run_config))
+    run_federation(GridTransport(grid), cfg)
+
+
+class GridTransport:
+    """Rounds over a Flower Grid (simulation engine or Deployment Engine alike)."""
+
+    def __init__(self, grid: Grid) -> None:
+        self.grid = grid
+
+    def _broadcast(self, state: Tensors, cfg: AppConfig, rnd: int, message_type: str) -> Replies:
+        nodes = wait_for_nodes(self.grid, cfg.fed.min_nodes, cfg.fed.node_wait_s)
+        content = RecordDict({ARRAYS: state_to_arrays(state), CONFIG: config_record(cfg, rnd)})
+        return broadcast(self.grid, nodes, content, message_type, rnd, cfg.fed.round_timeout_s)
+
+    def train_round(
+        self, state: Tensors, cfg: AppConfig, rnd: int
+    ) -> tuple[OrderedDict[str, np.ndarray], PerPlatform, list[str]]:
+        """Plain (non-secure) round: every platform trains; fuse by example-weighted average."""
+        replies = self._broadcast(state, cfg, rnd, MessageType.TRAIN)
+        states, weights, info, failures = [], [], {}, list(replies.failures)
+        for node_id, reply in replies.ok.items():
+            try:
+                update = arrays_to_state(reply.content[ARRAYS])  # type: ignore[arg-type]
+                metrics = _metrics(replies, node_id)
+                n = float(metrics["num-examples"])
+            except (KeyError, ValueError) as exc:
+                failures.append(f"node {node_id}: malformed reply: {exc}")
+                continue
+            states.append(update)
+            weights.append(n)
+            info[replies.platform(node_id)] = metrics
+        if not states:
+            raise FederationError(f"round {rnd}: no platform returned a usable update: {failures}")
+        return weighted_average(states, weights), info, failures
+
+    def evaluate_round(self, state: Tensors, cfg: AppConfig, rnd: int) -> tuple[PerPlatform, list[str]]:
+        replies = self._broadcast(state, cfg, rnd, MessageType.EVALUATE)
+        per_platform = {replies.platform(n): _metrics(replies, n) for n in replies.ok}
+        return dict(sorted(per_platform.items())), replies.failures
+
+
+def _metrics(replies: Replies, node_id: int) -> dict[str, float]:
+    record = replies.ok[node_id].content[METRICS]
+    if not isinstance(record, MetricRecord):
+        raise ValueError("reply has no metrics record")
+    return {k: float(v) for k, v in record.items()}  # type: ignore[arg-type]

@@ -1,0 +1,148 @@
+"""The federation loop, independent of how messages travel.
+
+Each round: the transport trains the global adapter on every platform and returns the
+example-weighted fusion, the server optimiser applies it, the transport evaluates the
+new global adapter on every platform. The best round by the mean validation metric is
+kept and exported as a PEFT folder; training stops early after ``fed.patience`` rounds
+without improvement. The ServerApp drives this over a Flower Grid; the comparison
+harness drives the very same loop in-process.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from common.metrics import weighted_mean
+from rich.progress import Progress
+
+from common.config import AppConfig
+from common.fusion import server_step
+from common.modeling import get_trainable_state, load_scorer, save_adapter
+from server.outputs import ADAPTER_DIR, ROUNDS_FILE, append_round, platform_table, write_summary
+
+log = logging.getLogger("crossfed.server")
+
+Tensors = Mapping[str, np.ndarray]
+PerPlatform = dict[str, dict[str, float]]
+
+
+class FederationError(RuntimeError):
+    """The federation cannot go on (too few platforms, every platform failed...)."""
+
+
+class Transport(Protocol):
+    """How one round reaches the platforms: over a Flower Grid, or in-process."""
+
+    def train_round(
+        self, state: Tensors, cfg: AppConfig, rnd: int
+    ) -> tuple[OrderedDict[str, np.ndarray], PerPlatform, list[str]]:
+        """Fused (example-weighted) adapter, per-platform train metrics, failure lines."""
+        ...
+
+    def evaluate_round(self, state: Tensors, cfg: AppConfig, rnd: int) -> tuple[PerPlatform, list[str]]:
+        """Per-platform ``valid.*``/``test.*`` metrics of ``state``, failure lines."""
+        ...
+
+
+@dataclass
+class Best:
+    """The best round so far by the mean validation metric."""
+
+    round: int = 0
+    score: float = -np.inf
+    state: Mapping[str, np.ndarray] | None = None
+    per_platform: dict[str, dict[str, float]] = field(default_factory=dict)
+    mean: dict[str, float] = field(default_factory=dict)
+
+
+def run_federation(transport: Transport, cfg: AppConfig) -> dict[str, Any]:
+    """R rounds of train -> fuse -> evaluate; writes rounds.jsonl, summary.json and the adapter."""
+    out_dir = Path(cfg.out_dir).expanduser().resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / ROUNDS_FILE).unlink(missing_ok=True)
+    started = time.time()
+    scorer, _ = load_scorer(cfg.model, cfg.lora, cfg.seed)
+    global_state = get_trainable_state(scorer)
+    initial_state = OrderedDict((k, v.copy()) for k, v in global_state.items())
+    velocity: Mapping[str, np.ndarray] | None = None
+    best, stale, rounds_done = Best(), 0, 0
+    sign = -1.0 if cfg.fed.metric == "logloss" else 1.0
+    log.info("crossfed: %d rounds, %d adapter+head parameters", cfg.num_server_rounds, _size(global_state))
+    with Progress(transient=False) as progress:
+        task = progress.add_task("federated rounds", total=cfg.num_server_rounds)
+        for rnd in range(1, cfg.num_server_rounds + 1):
+            t0 = time.time()
+            fused, train_info, train_failures = transport.train_round(global_state, cfg, rnd)
+            global_state, velocity = server_step(
+                global_state, fused, velocity, cfg.fed.server_lr, cfg.fed.server_momentum
+            )
+            per_platform, eval_failures = transport.evaluate_round(global_state, cfg, rnd)
+            mean = mean_metrics(per_platform)
+            score = sign * mean.get(f"valid.{cfg.fed.metric}", np.nan)
+            improved = bool(np.isfinite(score) and score > best.score)
+            if improved:
+                best = Best(rnd, score, global_state, per_platform, mean)
+                stale = 0
+            else:
+                stale += 1
+            rounds_done = rnd
+            append_round(out_dir, {
+                "round": rnd, "train": train_info, "eval": per_platform, "mean": mean,
+                "failures": train_failures + eval_failures, "improved": improved, "seconds": time.time() - t0,
+            })  # fmt: skip
+            progress.update(task, advance=1, description=f"round {rnd}: mean valid {cfg.fed.metric} "
+                            f"{mean.get(f'valid.{cfg.fed.metric}', float('nan')):.4f}")  # fmt: skip
+            if cfg.fed.patience and stale >= cfg.fed.patience:
+                log.info("early stop after round %d: no improvement for %d rounds", rnd, stale)
+                break
+    if best.state is None:
+        raise FederationError("no round produced a finite validation metric; nothing to save")
+    save_adapter(scorer, best.state, out_dir / ADAPTER_DIR)
+    summary = {
+        "best_round": best.round, "rounds_run": rounds_done, "metric": f"valid.{cfg.fed.metric}",
+        "test": {p: _split(m, "test") for p, m in best.per_platform.items()},
+        "valid": {p: _split(m, "valid") for p, m in best.per_platform.items()},
+        "mean": best.mean, "seed": cfg.seed, "config": cfg.to_flat(),
+        "adapter_dir": str(out_dir / ADAPTER_DIR), "wall_seconds": time.time() - started,
+        "adapter_changed": not _same(initial_state, best.state),
+    }  # fmt: skip
+    write_summary(out_dir, summary)
+    table = platform_table(best.per_platform, best.mean, f"crossfed: test metrics of best round {best.round}")
+    print(table, flush=True)
+    log.info("run written to %s", out_dir)
+    return summary
+
+
+def mean_metrics(per_platform: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """Example-weighted mean per metric: split metrics by that split's n, ranking by ranked users."""
+    keys = sorted({k for m in per_platform.values() for k in m})
+    out: dict[str, float] = {}
+    for key in keys:
+        split = key.split(".")[0]
+        weight_key = "test.rank-users" if key.split(".")[1] in ("hr@10", "ndcg@10") else f"{split}.n"
+        if key.endswith(".n") or key == "test.rank-users":
+            out[key] = float(sum(m.get(key, 0.0) for m in per_platform.values()))
+            continue
+        values = {p: {key: m[key]} for p, m in per_platform.items() if key in m}
+        weights = {p: per_platform[p].get(weight_key, 0.0) for p in values}
+        out.update(weighted_mean(values, weights))
+    return out
+
+
+def _split(metrics: Mapping[str, float], split: str) -> dict[str, float]:
+    return {k.split(".", 1)[1]: v for k, v in metrics.items() if k.startswith(f"{split}.")}
+
+
+def _size(state: Mapping[str, np.ndarray]) -> int:
+    return int(sum(v.size for v in state.values()))
+
+
+def _same(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> bool:
+    return all(np.array_equal(a[k], b[k]) for k in a)

@@ -1,0 +1,128 @@
+"""``crossfed``: everything that is not a single ``flwr run``.
+
+    crossfed prepare movielens --src ../shared/data/ml-100k --out data/ml100k
+    crossfed simulate [--data DIR] --out RUN [--rounds R --max-users N --set key=value ...]
+    crossfed bench secagg [--quick]
+
+Errors a user can fix (bad data, bad config, missing model) print ONE line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from common.config import AppConfig, ConfigError
+from common.data import DatasetError
+from common.modeling import ModelLoadError
+
+USER_ERRORS = (DatasetError, ConfigError, ModelLoadError, FileNotFoundError)
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` pairs (as in ``flwr run --run-config``) with TOML-ish scalar parsing."""
+    import tomllib
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"`--set {pair}`: expected key=value")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = raw.strip()  # bare string
+    return out
+
+
+def simulate_config(args: argparse.Namespace) -> AppConfig:
+    overrides: dict[str, Any] = parse_overrides(args.set or [])
+    if args.data:
+        overrides["data.dir"] = str(Path(args.data).resolve())
+    overrides["out-dir"] = str(Path(args.out).resolve())
+    for flag, key in (("rounds", "num-server-rounds"), ("max_users", "data.max-users"), ("seed", "seed"),
+                      ("base_model", "model.base"), ("secagg", "secagg")):  # fmt: skip
+        if getattr(args, flag) is not None:
+            overrides[key] = getattr(args, flag)
+    return AppConfig().replace(**overrides)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from simulations.simulate import run_simulated_federation, validate_inputs
+
+    cfg = simulate_config(args)
+    platforms = validate_inputs(cfg)  # fails fast, before anything is written
+    summary = run_simulated_federation(cfg, platforms, num_cpus=args.cpus)
+    print(f"summary: {Path(cfg.out_dir) / 'summary.json'}  adapter: {summary['adapter_dir']}")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from common.splits import SplitConfig, split_dataset
+    from simulations.movielens import convert_movielens
+
+    dataset = convert_movielens(Path(args.src), Path(args.out), overwrite=args.overwrite)
+    cfg = SplitConfig(like_threshold=args.like_threshold)
+    for name, splits in split_dataset(dataset, cfg).items():
+        stats = ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in splits.stats().items())
+        print(f"{name}: {stats}")
+    print(f"wrote {len(dataset)} platforms to {args.out}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "secagg":
+        from simulations.bench_secagg import main as bench_main
+
+        return bench_main(args.rest) or 0
+    raise ConfigError(f"unknown benchmark {args.what!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crossfed", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    prep = sub.add_parser("prepare", help="convert a public dataset into the platform format")
+    prep.add_argument("source", choices=["movielens"])
+    prep.add_argument("--src", required=True, help="folder with u.data, u.item, platform_split_genre3.tsv")
+    prep.add_argument("--out", required=True, help="DATASET folder to create")
+    prep.add_argument("--overwrite", action="store_true")
+    prep.add_argument("--like-threshold", type=float, default=3.0, help="rating > threshold is a like")
+    prep.set_defaults(func=cmd_prepare)
+
+    sim = sub.add_parser("simulate", help="run a whole federation locally (Flower simulation engine)")
+    sim.add_argument("--data", help="DATASET folder (default: embedded synthetic data)")
+    sim.add_argument("--out", required=True, help="run folder: rounds.jsonl, summary.json, adapter/")
+    sim.add_argument("--rounds", type=int)
+    sim.add_argument("--max-users", type=int, help="seeded subsample of users per platform")
+    sim.add_argument("--seed", type=int)
+    sim.add_argument("--base-model", help="'default', 'tiny-random' or a local Hugging Face model path")
+    sim.add_argument("--secagg", action=argparse.BooleanOptionalAction, default=None)
+    sim.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="CPUs the simulation may use")
+    sim.add_argument("--set", action="append", metavar="KEY=VALUE", help="any run-config key, e.g. lora.r=4")
+    sim.set_defaults(func=cmd_simulate)
+
+    bench = sub.add_parser("bench", help="benchmarks that print a table")
+    bench.add_argument("what", choices=["secagg"])
+    bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except USER_ERRORS as exc:
+        print(f"crossfed: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
