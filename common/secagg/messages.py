@@ -1,0 +1,569 @@
+"""Message schemas, parsers and a canonical binary record encoding.
+
+Every message is a plain dict ``str -> int | float | str | bytes | list[int] |
+list[bytes] | np.ndarray`` (the only array is the uint masked vector), so a Flower
+handler can put the scalars in a ``ConfigRecord`` and the array in an
+``ArrayRecord`` (``split_arrays`` / ``join_arrays``). Every message carries
+
+    secagg   "crossfed-secagg/1"
+    stage    "setup" | "share_keys" | "masked_input" | "unmask"
+    session  bytes (16..64): the run's session id
+    round    int: the federated round
+    node_id  int: recipient (requests) or sender (replies), unsigned 64-bit
+
+Parsers (``<Message>.parse(msg)``) check keys (no missing, no unknown), types,
+ranges and lengths and raise only ``ProtocolError``. Semantic checks (is this
+my roster? is the stage expected now?) live in the client and server.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+
+from common.secagg.crypto import KEY_BYTES, NONCE_BYTES, PROTOCOL, SIGNATURE_BYTES, TAG_BYTES
+from common.secagg.errors import ProtocolError
+from common.secagg.shamir import SHARE_BYTES
+
+VERSION = PROTOCOL.decode()
+
+STAGE_SETUP = "setup"
+STAGE_SHARE_KEYS = "share_keys"
+STAGE_MASKED_INPUT = "masked_input"
+STAGE_UNMASK = "unmask"
+STAGES = (STAGE_SETUP, STAGE_SHARE_KEYS, STAGE_MASKED_INPUT, STAGE_UNMASK)
+
+U64_MAX = (1 << 64) - 1
+I63_MAX = (1 << 63) - 1
+MAX_LIST = 1 << 16  # no list in any message is longer (cohorts are far smaller)
+SESSION_MIN, SESSION_MAX = 16, 64
+
+# Plaintext of one encrypted share bundle: sender | receiver | b share | s_sk share.
+SHARE_PLAINTEXT_BYTES = 8 + 8 + 2 * SHARE_BYTES
+SHARE_CIPHERTEXT_BYTES = NONCE_BYTES + SHARE_PLAINTEXT_BYTES + TAG_BYTES
+
+ARRAY_DTYPES = ("<u4", "<u8", "<i8", "<f4", "<f8")
+
+
+# -- field kinds --------------------------------------------------------------------
+class _Kind:
+    def check(self, key: str, value: Any) -> Any:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class _Int(_Kind):
+    def __init__(self, lo: int = 0, hi: int = I63_MAX) -> None:
+        self.lo, self.hi = lo, hi
+
+    def check(self, key: str, value: Any) -> int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ProtocolError(f"`{key}` must be int, got {type(value).__name__}")
+        if not self.lo <= value <= self.hi:
+            raise ProtocolError(f"`{key}` must be in [{self.lo}, {self.hi}], got {value}")
+        return int(value)
+
+
+class _Float(_Kind):
+    def check(self, key: str, value: Any) -> float:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ProtocolError(f"`{key}` must be float, got {type(value).__name__}")
+        if not math.isfinite(value):
+            raise ProtocolError(f"`{key}` must be finite")
+        return float(value)
+
+
+class _Str(_Kind):
+    def check(self, key: str, value: Any) -> str:
+        if not isinstance(value, str):
+            raise ProtocolError(f"`{key}` must be str, got {type(value).__name__}")
+        return value
+
+
+class _Bytes(_Kind):
+    def __init__(self, *lengths: int, lo: int | None = None, hi: int | None = None) -> None:
+        self.lengths, self.lo, self.hi = lengths, lo, hi
+
+    def check(self, key: str, value: Any) -> bytes:
+        if not isinstance(value, bytes):
+            raise ProtocolError(f"`{key}` must be bytes, got {type(value).__name__}")
+        n = len(value)
+        if self.lengths and n not in self.lengths:
+            raise ProtocolError(f"`{key}` must be {' or '.join(map(str, self.lengths))} bytes, got {n}")
+        if self.lo is not None and self.hi is not None and not self.lo <= n <= self.hi:
+            raise ProtocolError(f"`{key}` must be {self.lo}..{self.hi} bytes, got {n}")
+        return value
+
+
+class _List(_Kind):
+    def __init__(self, item: _Kind, unique: bool = False) -> None:
+        self.item, self.unique = item, unique
+
+    def check(self, key: str, value: Any) -> list[Any]:
+        if not isinstance(value, (list, tuple)):
+            raise ProtocolError(f"`{key}` must be a list, got {type(value).__name__}")
+        if len(value) > MAX_LIST:
+            raise ProtocolError(f"`{key}` has more than {MAX_LIST} items")
+        out = [self.item.check(f"{key}[{i}]", v) for i, v in enumerate(value)]
+        if self.unique and len(set(out)) != len(out):
+            raise ProtocolError(f"`{key}` has duplicate entries")
+        return out
+
+
+class _Array(_Kind):
+    def check(self, key: str, value: Any) -> np.ndarray:
+        if not isinstance(value, np.ndarray):
+            raise ProtocolError(f"`{key}` must be a numpy array, got {type(value).__name__}")
+        if value.dtype not in (np.uint32, np.uint64) or value.ndim != 1:
+            raise ProtocolError(f"`{key}` must be a 1-D uint32/uint64 array, got {value.dtype} {value.shape}")
+        return value
+
+
+NODE = _Int(0, U64_MAX)
+NODES = _List(NODE, unique=True)
+KEY = _Bytes(KEY_BYTES)
+SHARE = _Bytes(SHARE_BYTES)
+
+_HEADER: dict[str, _Kind] = {
+    "secagg": _Str(),
+    "stage": _Str(),
+    "session": _Bytes(lo=SESSION_MIN, hi=SESSION_MAX),
+    "round": _Int(),
+    "node_id": NODE,
+}
+
+M = TypeVar("M", bound="_Message")
+
+
+@dataclass(frozen=True)
+class _Message:
+    """Common header; subclasses add their fields and SCHEMA."""
+
+    session: bytes
+    round: int
+    node_id: int
+
+    STAGE: ClassVar[str] = ""
+    SCHEMA: ClassVar[dict[str, _Kind]] = {}
+
+    def to_message(self) -> dict[str, Any]:
+        """The plain dict that travels."""
+        out: dict[str, Any] = {"secagg": VERSION, "stage": self.STAGE}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    @classmethod
+    def parse(cls: type[M], msg: Any) -> M:
+        """Validate ``msg`` and build the typed message; ProtocolError otherwise."""
+        if not isinstance(msg, Mapping):
+            raise ProtocolError(f"{cls.STAGE} message must be a mapping, got {type(msg).__name__}")
+        schema = {**_HEADER, **cls.SCHEMA}
+        keys = list(msg.keys())
+        if any(not isinstance(k, str) for k in keys):
+            raise ProtocolError("message keys must be str")
+        missing = [k for k in schema if k not in msg]
+        unknown = [k for k in keys if k not in schema]
+        if missing or unknown:
+            raise ProtocolError(f"{cls.STAGE} message: missing {missing}, unknown {unknown}")
+        values = {k: kind.check(k, msg[k]) for k, kind in schema.items()}
+        if values.pop("secagg") != VERSION:
+            raise ProtocolError(f"unsupported protocol version, expected {VERSION!r}")
+        stage = values.pop("stage")
+        if stage != cls.STAGE:
+            raise ProtocolError(f"expected a {cls.STAGE!r} message, got stage {stage!r}")
+        obj = cls(**values)
+        obj._check()
+        return obj
+
+    def _check(self) -> None:
+        """Cross-field structural checks of a subclass."""
+
+
+def _same_length(key_a: str, a: list[Any], key_b: str, b: list[Any]) -> None:
+    if len(a) != len(b):
+        raise ProtocolError(f"`{key_a}` and `{key_b}` differ in length ({len(a)} vs {len(b)})")
+
+
+# -- stage 0: setup -----------------------------------------------------------------
+@dataclass(frozen=True)
+class SetupRequest(_Message):
+    """Server -> node: start a round. Carries the config so the node can compare."""
+
+    cohort_size: int
+    threshold: int
+    vector_length: int
+    manifest_digest: bytes
+    clip_range: float
+    l2_clip: float
+    quant_bits: int
+    modulus_bits: int
+    max_weight: int
+    max_cohort: int
+    min_cohort: int
+    threshold_fraction: float
+
+    STAGE: ClassVar[str] = STAGE_SETUP
+    SCHEMA: ClassVar[dict[str, _Kind]] = {
+        "cohort_size": _Int(1, MAX_LIST),
+        "threshold": _Int(1, MAX_LIST),
+        "vector_length": _Int(1),
+        "manifest_digest": _Bytes(32),
+        "clip_range": _Float(),
+        "l2_clip": _Float(),
+        "quant_bits": _Int(),
+        "modulus_bits": _Int(),
+        "max_weight": _Int(),
+        "max_cohort": _Int(),
+        "min_cohort": _Int(),
+        "threshold_fraction": _Float(),
+    }
+
+    def params(self) -> dict[str, int | float]:
+        """The ``SecAggConfig`` fields carried by the request."""
+        names = (
+            "clip_range",
+            "l2_clip",
+            "quant_bits",
+            "modulus_bits",
+            "max_weight",
+            "max_cohort",
+            "min_cohort",
+            "threshold_fraction",
+        )
+        return {n: getattr(self, n) for n in names}
+
+    def _check(self) -> None:
+        if self.threshold > self.cohort_size:
+            raise ProtocolError("`threshold` exceeds `cohort_size`")
+
+
+@dataclass(frozen=True)
+class SetupReply(_Message):
+    """Node -> server: the node's two fresh public keys (and optional signature)."""
+
+    pk_c: bytes
+    pk_s: bytes
+    signature: bytes
+
+    STAGE: ClassVar[str] = STAGE_SETUP
+    SCHEMA: ClassVar[dict[str, _Kind]] = {
+        "pk_c": KEY,
+        "pk_s": KEY,
+        "signature": _Bytes(0, SIGNATURE_BYTES),
+    }
+
+
+# -- stage 1: share keys ------------------------------------------------------------
+@dataclass(frozen=True)
+class ShareKeysRequest(_Message):
+    """Server -> every node that answered setup: the public-key roster (same for all)."""
+
+    node_ids: Sequence[int]
+    pk_c: Sequence[bytes]
+    pk_s: Sequence[bytes]
+    signatures: Sequence[bytes]
+
+    STAGE: ClassVar[str] = STAGE_SHARE_KEYS
+    SCHEMA: ClassVar[dict[str, _Kind]] = {
+        "node_ids": NODES,
+        "pk_c": _List(KEY),
+        "pk_s": _List(KEY),
+        "signatures": _List(_Bytes(0, SIGNATURE_BYTES)),
+    }
+
+    def __post_init__(self) -> None:
+        for name in ("node_ids", "pk_c", "pk_s", "signatures"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    def _check(self) -> None:
+        ids = list(self.node_ids)
+        _same_length("node_ids", ids, "pk_c", list(self.pk_c))
+        _same_length("node_ids", ids, "pk_s", list(self.pk_s))
+        _same_length("node_ids", ids, "signatures", list(self.signatures))
+        if ids != sorted(ids):
+            raise ProtocolError("`node_ids` must be sorted ascending")
+
+
+@dataclass(frozen=True)
+class ShareKeysReply(_Message):
+    """Node -> server: one encrypted share bundle per other roster node, plus a commitment to b."""
+
+    receivers: Sequence[int]
+    ciphertexts: Sequence[bytes]
+    b_commit: bytes
+
+    STAGE: ClassVar[str] = STAGE_SHARE_KEYS
+    SCHEMA: ClassVar[dict[str, _Kind]] = {
+        "receivers": NODES,
+        "ciphertexts": _List(_Bytes(SHARE_CIPHERTEXT_BYTES)),
+        "b_commit": _Bytes(32),
+    }
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "receivers", tuple(self.receivers))
+        object.__setattr__(self, "ciphertexts", tuple(self.ciphertexts))
+
+    def _check(self) -> None:
+        _same_length("receivers", list(self.receivers), "ciphertexts", list(self.ciphertexts))
+
+
+# -- stage 2: masked input ----------------------------------------------------------
+@dataclass(frozen=True)
+class MaskedInputRequest(_Message):
+    """Server -> node: the share bundles other nodes encrypted for this node."""
+
+    senders: Sequence[int]
+    ciphertexts: Sequence[bytes]
+
+    STAGE: ClassVar[str] = STAGE_MASKED_INPUT
+    SCHEMA: ClassVar[dict[str, _Kind]] = {
+        "senders": NODES,
+        "ciphertexts": _List(_Bytes(SHARE_CIPHERTEXT_BYTES)),
+    }
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "senders", tuple(self.senders))
+        object.__setattr__(self, "ciphertexts", tuple(self.ciphertexts))
+
+    def _check(self) -> None:
+        _same_length("senders", list(self.senders), "ciphertexts", list(self.ciphertexts))
+
+
+@dataclass(frozen=True, eq=False)
+class MaskedInputReply(_Message):
+    """Node -> server: ``[n, stats, n*q(x)] + masks`` as uint words mod 2^bits."""
+
+    masked: np.ndarray
+
+    STAGE: ClassVar[str] = STAGE_MASKED_INPUT
+    SCHEMA: ClassVar[dict[str, _Kind]] = {"masked": _Array()}
+
+
+# -- stage 3: unmask ----------------------------------------------------------------
+@dataclass(frozen=True)
+class UnmaskRequest(_Message):
+    """Server -> surviving node: who sent a masked input (active) and who did not (dropped)."""
+
+    active: Sequence[int]
+    dropped: Sequence[int]
+
+    STAGE: ClassVar[str] = STAGE_UNMASK
+    SCHEMA: ClassVar[dict[str, _Kind]] = {"active": NODES, "dropped": NODES}
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "active", tuple(self.active))
+        object.__setattr__(self, "dropped", tuple(self.dropped))
+
+
+@dataclass(frozen=True)
+class UnmaskReply(_Message):
+    """Node -> server: shares of b for active nodes, shares of s_sk for dropped ones."""
+
+    b_owners: Sequence[int]
+    b_shares: Sequence[bytes]
+    sk_owners: Sequence[int]
+    sk_shares: Sequence[bytes]
+
+    STAGE: ClassVar[str] = STAGE_UNMASK
+    SCHEMA: ClassVar[dict[str, _Kind]] = {
+        "b_owners": NODES,
+        "b_shares": _List(SHARE),
+        "sk_owners": NODES,
+        "sk_shares": _List(SHARE),
+    }
+
+    def __post_init__(self) -> None:
+        for name in ("b_owners", "b_shares", "sk_owners", "sk_shares"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    def _check(self) -> None:
+        _same_length("b_owners", list(self.b_owners), "b_shares", list(self.b_shares))
+        _same_length("sk_owners", list(self.sk_owners), "sk_shares", list(self.sk_shares))
+
+
+REQUESTS: dict[str, type[_Message]] = {
+    STAGE_SETUP: SetupRequest,
+    STAGE_SHARE_KEYS: ShareKeysRequest,
+    STAGE_MASKED_INPUT: MaskedInputRequest,
+    STAGE_UNMASK: UnmaskRequest,
+}
+REPLIES: dict[str, type[_Message]] = {
+    STAGE_SETUP: SetupReply,
+    STAGE_SHARE_KEYS: ShareKeysReply,
+    STAGE_MASKED_INPUT: MaskedInputReply,
+    STAGE_UNMASK: UnmaskReply,
+}
+
+
+def stage_of(msg: Any) -> str:
+    """The ``stage`` field of a message; ProtocolError if absent or unknown."""
+    if not isinstance(msg, Mapping):
+        raise ProtocolError(f"message must be a mapping, got {type(msg).__name__}")
+    stage = msg.get("stage")
+    if not isinstance(stage, str) or stage not in STAGES:
+        raise ProtocolError(f"unknown or missing stage {stage!r}")
+    return str(stage)
+
+
+# -- Flower helpers -----------------------------------------------------------------
+def split_arrays(msg: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(scalars and lists for a ConfigRecord, ndarrays for an ArrayRecord)."""
+    scalars = {k: v for k, v in msg.items() if not isinstance(v, np.ndarray)}
+    arrays = {k: v for k, v in msg.items() if isinstance(v, np.ndarray)}
+    return scalars, arrays
+
+
+def join_arrays(scalars: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """Inverse of ``split_arrays``; ProtocolError on a key present in both."""
+    both = set(scalars) & set(arrays)
+    if both:
+        raise ProtocolError(f"keys in both the config and array parts: {sorted(both)}")
+    return {**dict(scalars), **dict(arrays)}
+
+
+# -- canonical binary record encoding (client state, message sizes, tests) ----------
+_MAGIC = b"CFSA\x01"
+
+
+def pack_record(record: Mapping[str, Any]) -> bytes:
+    """Encode a flat record (same value types as messages) to bytes, in key order."""
+    out = [_MAGIC, struct.pack(">I", len(record))]
+    for key, value in record.items():
+        kb = key.encode()
+        out.append(struct.pack(">H", len(kb)) + kb)
+        out.append(_pack_value(key, value))
+    return b"".join(out)
+
+
+def record_nbytes(record: Mapping[str, Any]) -> int:
+    """``len(pack_record(record))`` without copying arrays (wire-size estimate)."""
+    total = len(_MAGIC) + 4
+    for key, value in record.items():
+        total += 2 + len(key.encode())
+        if isinstance(value, np.ndarray):
+            total += 1 + 1 + len(value.dtype.str) + 1 + 8 * value.ndim + value.nbytes
+        else:
+            total += len(_pack_value(key, value))
+    return total
+
+
+def _pack_int(v: int) -> bytes:
+    raw = v.to_bytes((v.bit_length() + 8) // 8, "big", signed=True)
+    return struct.pack(">B", len(raw)) + raw
+
+
+def _pack_value(key: str, value: Any) -> bytes:
+    if isinstance(value, bool):
+        raise ProtocolError(f"`{key}`: bool values are not supported")
+    if isinstance(value, int):
+        return b"i" + _pack_int(value)
+    if isinstance(value, float):
+        return b"f" + struct.pack(">d", value)
+    if isinstance(value, str):
+        raw = value.encode()
+        return b"s" + struct.pack(">I", len(raw)) + raw
+    if isinstance(value, bytes):
+        return b"b" + struct.pack(">I", len(value)) + value
+    if isinstance(value, np.ndarray):
+        arr = np.ascontiguousarray(value)
+        dt = arr.dtype.str
+        if dt not in ARRAY_DTYPES:
+            raise ProtocolError(f"`{key}`: array dtype {dt} is not supported")
+        head = b"a" + struct.pack(">B", len(dt)) + dt.encode() + struct.pack(">B", arr.ndim)
+        return head + b"".join(struct.pack(">Q", d) for d in arr.shape) + arr.tobytes()
+    if isinstance(value, (list, tuple)):
+        items = list(value)
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+            return b"I" + struct.pack(">I", len(items)) + b"".join(_pack_int(v) for v in items)
+        if all(isinstance(v, bytes) for v in items):
+            return b"B" + struct.pack(">I", len(items)) + b"".join(struct.pack(">I", len(v)) + v for v in items)
+    raise ProtocolError(f"`{key}`: unsupported value type {type(value).__name__}")
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = memoryview(data), 0
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > len(self.data):
+            raise ProtocolError("record is truncated")
+        chunk = bytes(self.data[self.pos : self.pos + n])
+        self.pos += n
+        return chunk
+
+    def u8(self) -> int:
+        return self.take(1)[0]
+
+    def u32(self) -> int:
+        return int(struct.unpack(">I", self.take(4))[0])
+
+    def int_(self) -> int:
+        return int.from_bytes(self.take(self.u8()), "big", signed=True)
+
+    def count(self) -> int:
+        n = self.u32()
+        if n > len(self.data) - self.pos:  # every item takes at least one byte
+            raise ProtocolError("record list length exceeds the data")
+        return n
+
+
+def unpack_record(data: bytes) -> dict[str, Any]:
+    """Inverse of ``pack_record``; ProtocolError on any malformed input."""
+    if not isinstance(data, (bytes, bytearray)):
+        raise ProtocolError(f"record must be bytes, got {type(data).__name__}")
+    r = _Reader(bytes(data))
+    if r.take(len(_MAGIC)) != _MAGIC:
+        raise ProtocolError("not a secagg record (bad magic)")
+    out: dict[str, Any] = {}
+    for _ in range(r.count()):
+        try:
+            key = r.take(int(struct.unpack(">H", r.take(2))[0])).decode()
+        except UnicodeDecodeError:
+            raise ProtocolError("record key is not UTF-8") from None
+        if key in out:
+            raise ProtocolError(f"record has duplicate key {key!r}")
+        out[key] = _unpack_value(r)
+    if r.pos != len(r.data):
+        raise ProtocolError("record has trailing bytes")
+    return out
+
+
+def _unpack_value(r: _Reader) -> Any:
+    tag = r.take(1)
+    if tag == b"i":
+        return r.int_()
+    if tag == b"f":
+        return float(struct.unpack(">d", r.take(8))[0])
+    if tag == b"s":
+        try:
+            return r.take(r.u32()).decode()
+        except UnicodeDecodeError:
+            raise ProtocolError("record string is not UTF-8") from None
+    if tag == b"b":
+        return r.take(r.u32())
+    if tag == b"I":
+        return [r.int_() for _ in range(r.count())]
+    if tag == b"B":
+        return [r.take(r.u32()) for _ in range(r.count())]
+    if tag == b"a":
+        try:
+            dt = r.take(r.u8()).decode()
+        except UnicodeDecodeError:
+            raise ProtocolError("record array dtype is not ASCII") from None
+        if dt not in ARRAY_DTYPES:
+            raise ProtocolError(f"record array dtype {dt!r} is not supported")
+        shape = tuple(int(struct.unpack(">Q", r.take(8))[0]) for _ in range(r.u8()))
+        nbytes = math.prod(shape) * np.dtype(dt).itemsize
+        return np.frombuffer(r.take(nbytes), dtype=dt).reshape(shape).copy()
+    raise ProtocolError(f"record has unknown value tag {tag!r}")
+
+
+def node_list(values: Iterable[int]) -> list[int]:
+    """Sorted Python-int list (node ids in messages are always plain ints)."""
+    return sorted(int(v) for v in values)

@@ -1,0 +1,287 @@
+"""Input validation, clipping and fixed-point quantisation (numpy in, numpy out).
+
+Encoding of one platform's input, in this order:
+
+1. validate the named tensors against the ``Manifest`` (names, shapes, dtypes,
+   all finite) -- ``InputError`` otherwise, before anything is masked;
+2. flatten to float64 ``x`` in manifest order;
+3. if ``l2_clip`` > 0 and ``||x||_2 > l2_clip``: ``x *= l2_clip / ||x||_2`` (reported);
+4. clip every value to ``[-c, c]`` (count reported);
+5. ``q = rint(x * scale)`` with ``scale = Q / c``, ``Q = 2^(quant_bits-1) - 1``,
+   so ``q`` is in ``[-Q, Q]`` and ``|q / scale - x| <= 1 / (2 * scale)``;
+6. weight ``n = min(n_i, max_weight)`` (capping reported);
+7. masked vector ``[n, clipped count, norm-clipped 0/1, capped 0/1, n * q]`` as
+   uint words (two's complement, mod 2^modulus_bits).
+
+Error bound of the decoded weighted mean (``weighted_mean``): for every
+coordinate j, with x_ij the *clipped* values and n_i the *capped* weights,
+
+    | mean_j - sum_i n_i x_ij / sum_i n_i |  <=  1 / (2 * scale) + 4 * c * 2^-52
+
+The first term is rounding to the grid (each |q_ij - scale * x_ij| <= 1/2, and a
+weighted average of errors <= 1/2 is <= 1/2); the second covers float64
+rounding in ``x * scale``, the int -> float conversion of the exact integer sum
+(|sum| <= W * Q < 2^63) and the two divisions, each relative 2^-53 of a value
+<= c in magnitude. The sum ``sum_i n_i x_ij`` itself is within
+``sum_i n_i / (2 * scale)`` + the same relative float slack times ``W * c``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from common.secagg.config import HEADER_WORDS, SecAggConfig
+from common.secagg.errors import ConfigError, InputError
+
+log = logging.getLogger(__name__)
+
+_ALLOWED_DTYPES = ("float16", "float32", "float64")
+# 8192 float64 = 64 KiB per scratch buffer: stays in L2 and below malloc's mmap threshold.
+_CHUNK = 8192
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named tensor of the adapter: name, shape and float dtype."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+class Manifest:
+    """Ordered list of the tensors a platform contributes (e.g. a LoRA state dict)."""
+
+    def __init__(self, specs: list[TensorSpec] | tuple[TensorSpec, ...]) -> None:
+        specs = tuple(specs)
+        if not specs:
+            raise ConfigError("the manifest must list at least one tensor")
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise ConfigError("the manifest has duplicate tensor names")
+        for s in specs:
+            if not isinstance(s.name, str) or not s.name:
+                raise ConfigError("manifest tensor names must be non-empty strings")
+            if any(not isinstance(d, int) or isinstance(d, bool) or d < 0 for d in s.shape):
+                raise ConfigError(f"tensor `{s.name}` has an invalid shape {s.shape}")
+            if s.dtype not in _ALLOWED_DTYPES:
+                raise ConfigError(f"tensor `{s.name}` dtype must be one of {_ALLOWED_DTYPES}, got {s.dtype}")
+        self.specs = specs
+        self.size = sum(s.size for s in specs)
+        if self.size < 1:
+            raise ConfigError("the manifest holds no values")
+
+    @classmethod
+    def from_arrays(cls, tensors: Mapping[str, np.ndarray]) -> Manifest:
+        """Manifest describing ``tensors`` in their iteration order."""
+        return cls([TensorSpec(k, tuple(int(d) for d in v.shape), str(v.dtype)) for k, v in tensors.items()])
+
+    @classmethod
+    def flat(cls, length: int, dtype: str = "float32", name: str = "vector") -> Manifest:
+        """A single flat tensor of ``length`` values."""
+        return cls([TensorSpec(name, (length,), dtype)])
+
+    def digest(self) -> bytes:
+        """SHA-256 of a canonical text form; equal digests mean the same layout."""
+        text = ";".join(f"{s.name}:{','.join(map(str, s.shape))}:{s.dtype}" for s in self.specs)
+        return hashlib.sha256(b"crossfed-secagg/1|manifest|" + text.encode()).digest()
+
+    def unflatten(self, vector: np.ndarray) -> dict[str, np.ndarray]:
+        """Split a flat vector (e.g. the aggregate) into named tensors (views)."""
+        if vector.shape != (self.size,):
+            raise InputError(f"expected a flat vector of {self.size} values, got {vector.shape}")
+        out, pos = {}, 0
+        for s in self.specs:
+            out[s.name] = vector[pos : pos + s.size].reshape(s.shape)
+            pos += s.size
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Manifest) and self.specs == other.specs
+
+    def __hash__(self) -> int:
+        return hash(self.specs)
+
+    def __repr__(self) -> str:
+        return f"Manifest({len(self.specs)} tensors, {self.size} values)"
+
+
+@dataclass(frozen=True)
+class InputReport:
+    """What encoding did to one platform's input (kept locally, never sent in clear)."""
+
+    weight: int
+    weight_capped: bool
+    l2_norm: float
+    norm_clipped: bool
+    clipped_values: int
+    num_values: int
+
+
+def validate_tensors(tensors: Mapping[str, Any], manifest: Manifest) -> None:
+    """Raise InputError unless ``tensors`` matches the manifest exactly and is finite."""
+    if not isinstance(tensors, Mapping):
+        raise InputError(f"input must be a mapping name -> ndarray, got {type(tensors).__name__}")
+    expected = [s.name for s in manifest.specs]
+    missing = [n for n in expected if n not in tensors]
+    extra = [str(n) for n in tensors if n not in expected]
+    if missing or extra:
+        raise InputError(f"tensor names differ from the manifest: missing {missing}, unexpected {extra}")
+    for s in manifest.specs:
+        arr = tensors[s.name]
+        if not isinstance(arr, np.ndarray):
+            raise InputError(f"tensor `{s.name}` must be a numpy ndarray, got {type(arr).__name__}")
+        if arr.shape != s.shape:
+            raise InputError(f"tensor `{s.name}` shape: expected {s.shape}, got {arr.shape}")
+        if str(arr.dtype) != s.dtype:
+            raise InputError(f"tensor `{s.name}` dtype: expected {s.dtype}, got {arr.dtype}")
+        finite = np.isfinite(arr)
+        if not finite.all():
+            bad = int(arr.size - np.count_nonzero(finite))
+            raise InputError(f"tensor `{s.name}` has {bad} non-finite value(s) (NaN/Inf)")
+
+
+def check_weight(weight: Any) -> int:
+    """Example count as a Python int >= 0 (integral floats accepted)."""
+    if isinstance(weight, bool):
+        raise InputError("weight must be an integer example count, got bool")
+    if (
+        isinstance(weight, (int, np.integer))
+        or isinstance(weight, (float, np.floating))
+        and math.isfinite(weight)
+        and float(weight).is_integer()
+    ):
+        value = int(weight)
+    else:
+        raise InputError(f"weight must be an integer example count, got {weight!r}")
+    if value < 0:
+        raise InputError(f"weight must be >= 0, got {value}")
+    return value
+
+
+def encode_input(
+    tensors: Mapping[str, Any], weight: Any, manifest: Manifest, cfg: SecAggConfig
+) -> tuple[np.ndarray, InputReport]:
+    """Validate, clip, quantise and weight one input; returns (uint words, report).
+
+    The returned array has ``HEADER_WORDS + manifest.size`` words of
+    ``cfg.uint_dtype`` and is meant to be masked in place.
+    """
+    validate_tensors(tensors, manifest)
+    n = check_weight(weight)
+    capped = n > cfg.max_weight
+    n = min(n, cfg.max_weight)
+
+    flats = [np.asarray(tensors[s.name]).reshape(-1) for s in manifest.specs]
+    sq = 0.0
+    buf = np.empty(_CHUNK, dtype=np.float64)  # all temporaries preallocated: no page faults
+    absbuf = np.empty(_CHUNK, dtype=np.float64)
+    over = np.empty(_CHUNK, dtype=bool)
+    for flat in flats:  # pass 1: L2 norm in float64
+        for i in range(0, flat.size, _CHUNK):
+            v = buf[: min(_CHUNK, flat.size - i)]
+            v[:] = flat[i : i + v.size]
+            sq += float(np.dot(v, v))
+    norm = math.sqrt(sq)
+    norm_clipped = cfg.l2_clip > 0 and norm > cfg.l2_clip
+    factor = cfg.l2_clip / norm if norm_clipped else 1.0
+
+    words = np.empty(HEADER_WORDS + manifest.size, dtype=cfg.int_dtype)  # (H + D,)
+    clipped, pos = 0, HEADER_WORDS
+    c, scale, q = cfg.clip_range, cfg.scale, float(cfg.q_max)
+    for flat in flats:  # pass 2: clip, quantise, weight -- chunk by chunk, in cache
+        for i in range(0, flat.size, _CHUNK):
+            m = min(_CHUNK, flat.size - i)
+            v = buf[:m]
+            v[:] = flat[i : i + m]
+            if norm_clipped:
+                v *= factor
+            clipped += int(np.count_nonzero(np.greater(np.abs(v, out=absbuf[:m]), c, out=over[:m])))
+            np.clip(v, -c, c, out=v)
+            v *= scale
+            np.rint(v, out=v)
+            np.clip(v, -q, q, out=v)  # guards a 1-ulp excess at +-c only; never data clipping
+            out = words[pos : pos + m]
+            np.copyto(out, v, casting="unsafe")  # exact: integers below 2^52
+            out *= n  # |n * q| <= max_weight * Q < 2^(bits-1) by the config check
+            pos += m
+    words[:HEADER_WORDS] = (n, clipped, int(norm_clipped), int(capped))
+
+    report = InputReport(
+        weight=n,
+        weight_capped=capped,
+        l2_norm=norm,
+        norm_clipped=bool(norm_clipped),
+        clipped_values=clipped,
+        num_values=manifest.size,
+    )
+    if capped or norm_clipped or clipped:
+        log.warning(
+            "secagg input: weight capped=%s (max_weight=%d), L2 norm %.4g clipped=%s "
+            "(l2_clip=%g), %d of %d values clipped to +-%g",
+            capped,
+            cfg.max_weight,
+            norm,
+            norm_clipped,
+            cfg.l2_clip,
+            clipped,
+            manifest.size,
+            cfg.clip_range,
+        )
+    return words.view(cfg.uint_dtype), report
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """Decoded cohort aggregate (what the server learns, and nothing more)."""
+
+    weighted_sum: np.ndarray  # (D,) float64: sum_i n_i * x_i (clipped x, capped n)
+    total_weight: int  # sum_i n_i
+    clipped_values: int  # sum over platforms of clipped-value counts
+    norm_clipped: int  # number of platforms whose L2 norm was clipped
+    weight_capped: int  # number of platforms whose weight was capped
+    sum_error_bound: float  # per-coordinate bound on |weighted_sum - exact|
+
+
+def decode_sum(words: np.ndarray, cfg: SecAggConfig, num_inputs: int) -> Aggregate:
+    """Read the unmasked word vector (mod 2^bits) as the signed cohort sum.
+
+    Raises InputError when the header is impossible for ``num_inputs`` honest
+    inputs (a client sent a malformed masked vector).
+    """
+    signed = words.view(cfg.int_dtype)
+    total, clipped, norm_clipped, capped = (int(v) for v in signed[:HEADER_WORDS])
+    body_len = signed.size - HEADER_WORDS
+    if not 0 <= total <= num_inputs * cfg.max_weight:
+        raise InputError(f"aggregate total weight {total} is impossible for {num_inputs} inputs")
+    if not 0 <= clipped <= num_inputs * body_len:
+        raise InputError(f"aggregate clipped count {clipped} is impossible")
+    if not (0 <= norm_clipped <= num_inputs and 0 <= capped <= num_inputs):
+        raise InputError("aggregate clip/cap flags are impossible")
+    weighted_sum = signed[HEADER_WORDS:].astype(np.float64)
+    weighted_sum /= cfg.scale
+    bound = total / (2 * cfg.scale) + 4 * cfg.clip_range * max(total, 1) * 2.0**-52
+    return Aggregate(weighted_sum, total, clipped, norm_clipped, capped, bound)
+
+
+def quantization_bound(cfg: SecAggConfig) -> float:
+    """Per-coordinate bound on |weighted mean - exact weighted mean of clipped inputs|."""
+    return 1.0 / (2 * cfg.scale) + 4 * cfg.clip_range * 2.0**-52
+
+
+def weighted_mean(weighted_sum: np.ndarray, total_weight: float, cfg: SecAggConfig) -> tuple[np.ndarray, float]:
+    """(sum_i n_i x_i / sum_i n_i, error bound) -- see the module docstring for the bound."""
+    if total_weight <= 0:
+        raise InputError("total weight is 0: no examples were aggregated, no mean exists")
+    return weighted_sum / float(total_weight), quantization_bound(cfg)

@@ -1,0 +1,26 @@
+"""Smoke test of the benchmark script on tiny sizes."""
+
+from __future__ import annotations
+
+import json
+
+from simulations.bench_secagg import main, overhead_estimate, run_bench
+
+
+def test_run_bench_tiny_rows():
+    rows = run_bench(platforms=(3,), params=(2_000,), verbose=False)
+    (row,) = rows
+    assert row["platforms"] == 3 and row["params"] == 2_000
+    assert set(row["client_s"]) == {"setup", "share_keys", "masked_input", "unmask"}
+    assert 1.0 <= row["upload_vs_quantised"] < 1.5
+    assert row["keystream_gbps"] > 0 and row["mersenne_twister_gbps"] > 0
+    assert overhead_estimate(rows) is None
+    est = overhead_estimate(rows, platforms=3, params=2_000, train_examples=14, train_rate=14.0)
+    assert est is not None and est["training_s"] == 1.0 and 0 < est["overhead_fraction"] < 1
+
+
+def test_main_writes_json(tmp_path, capsys):
+    assert main(["--platforms", "3", "--params", "1000", "--out", str(tmp_path)]) == 0
+    payload = json.loads((tmp_path / "bench_secagg.json").read_text())
+    assert payload["rows"][0]["params"] == 1000
+    assert "Traffic per platform" in capsys.readouterr().out
