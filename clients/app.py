@@ -1,9 +1,9 @@
 """The platform side: a Flower ClientApp (Message API).
 
-Handlers only parse the message, call :mod:`clients.tasks` and build the reply. A
-failure the operator can fix (bad data, missing model, a malformed update) is returned
-as ONE error message to the server, which leaves this platform out of the round;
-nothing else about the platform is sent.
+Handlers only parse the message, call :mod:`clients.tasks` (and :mod:`clients.secure`)
+and build the reply. A failure the operator can fix (bad data, missing model, a
+malformed update, a protocol violation) is returned as ONE error message to the server,
+which leaves this platform out of the round; nothing else about the platform is sent.
 """
 
 from __future__ import annotations
@@ -13,17 +13,33 @@ import logging
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from clients import secure
 from clients.platform import resolve_node
 from clients.tasks import evaluate_state, fit
 from common.config import ConfigError
 from common.data import DatasetError
 from common.modeling import ModelLoadError
-from common.payload import ARRAYS, CONFIG, INFO, METRICS, PayloadError, arrays_to_state, parse_config, state_to_arrays
+from common.payload import (
+    ARRAYS,
+    CONFIG,
+    EVAL,
+    INFO,
+    METRICS,
+    PayloadError,
+    arrays_to_state,
+    parse_config,
+    parse_eval,
+    state_to_arrays,
+)
+from common.secagg import SecAggError
+from common.secure_wire import SECAGG_ACTION
 
 log = logging.getLogger("crossfed.client")
 
 # Errors a platform operator can act on; anything else is a bug and keeps its traceback.
-OPERATOR_ERRORS = (DatasetError, ModelLoadError, ConfigError, PayloadError, ValueError, FloatingPointError)
+OPERATOR_ERRORS = (
+    DatasetError, ModelLoadError, ConfigError, PayloadError, SecAggError, ValueError, FloatingPointError,
+)  # fmt: skip
 ERROR_CODE = 1001
 
 app = ClientApp()
@@ -38,24 +54,51 @@ def _error_reply(msg: Message, exc: Exception, context: Context) -> Message:
 
 @app.train()
 def handle_train(msg: Message, context: Context) -> Message:
-    """Fused adapter in; E local epochs; adapter + head, example count and train loss out."""
+    """Fused adapter in; E local epochs; adapter + head (or, under secagg, public keys) out."""
     try:
         cfg, server_round = parse_config(msg.content[CONFIG])  # type: ignore[arg-type]
         setup = resolve_node(dict(context.node_config), cfg)
+        if not cfg.secagg and secure.requires_secagg(context.node_config):
+            raise ConfigError(
+                "this platform trains only under secure aggregation (run with `secagg = true`, or set "
+                f"node_config `{secure.REQUIRE_KEY}=false` to allow rounds in the clear)"
+            )
         state, metrics = fit(cfg, setup, arrays_to_state(msg.content[ARRAYS]), server_round)  # type: ignore[arg-type]
+        if cfg.secagg:  # the update stays here; only the masked sum will leave
+            records = secure.start(msg.content, context, cfg, state, int(metrics["num-examples"]))
+            return Message(RecordDict({**records, INFO: _info(setup.platform)}), reply_to=msg)
     except OPERATOR_ERRORS as exc:
         return _error_reply(msg, exc, context)
     content = {ARRAYS: state_to_arrays(state), METRICS: MetricRecord(metrics), INFO: _info(setup.platform)}
     return Message(RecordDict(content), reply_to=msg)
 
 
+@app.train(SECAGG_ACTION)
+def handle_secagg_stage(msg: Message, context: Context) -> Message:
+    """Key sharing, masked input and unmasking of the secure-aggregation round."""
+    try:
+        cfg, _ = parse_config(msg.content[CONFIG])  # type: ignore[arg-type]
+        records = secure.advance(msg.content, context, cfg)
+    except OPERATOR_ERRORS as exc:
+        return _error_reply(msg, exc, context)
+    return Message(RecordDict(records), reply_to=msg)
+
+
 @app.evaluate()
 def handle_evaluate(msg: Message, context: Context) -> Message:
-    """Validation and test metrics of the received (fused) adapter on this platform."""
+    """Validation/test metrics of the received (fused) adapter on this platform.
+
+    Under secure aggregation they are sent only when the platform opts in
+    (node_config ``share-metrics``); otherwise the reply carries no metric at all.
+    """
     try:
         cfg, _ = parse_config(msg.content[CONFIG])  # type: ignore[arg-type]
         setup = resolve_node(dict(context.node_config), cfg)
-        metrics = evaluate_state(cfg, setup, arrays_to_state(msg.content[ARRAYS]))  # type: ignore[arg-type]
+        if cfg.secagg and not secure.shares_metrics(context.node_config):
+            metrics: dict[str, float] = {}
+        else:
+            splits = parse_eval(msg.content.get(EVAL))
+            metrics = evaluate_state(cfg, setup, arrays_to_state(msg.content[ARRAYS]), splits)  # type: ignore[arg-type]
     except OPERATOR_ERRORS as exc:
         return _error_reply(msg, exc, context)
     return Message(RecordDict({METRICS: MetricRecord(metrics), INFO: _info(setup.platform)}), reply_to=msg)

@@ -9,7 +9,7 @@ embedded synthetic dataset, generated in memory from the run seed.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 from clients.trainer import EncodedSplit, encode_examples, encode_ranking
 from common.config import AppConfig, DataSpec
 from common.data import DatasetError, PlatformData, discover_platforms, load_platform
-from common.splits import PlatformSplits, SplitConfig, split_platform
+from common.splits import PlatformSplits, RankingCase, SplitConfig, split_platform
 
 PLATFORM_KEY = "platform"
 DATA_DIR_KEY = "data-dir"
@@ -92,6 +92,7 @@ class PreparedPlatform:
     valid: EncodedSplit
     test: EncodedSplit
     ranking: tuple[EncodedSplit, int]
+    cases: list[RankingCase] = field(default_factory=list)  # the ranked cases behind ``ranking``, in order
 
 
 @functools.lru_cache(maxsize=4)
@@ -110,6 +111,7 @@ def prepare(
         valid=encode_examples(tokenizer, splits.valid, splits.items, max_length),
         test=encode_examples(tokenizer, splits.test, splits.items, max_length),
         ranking=encode_ranking(tokenizer, cases, splits.items, max_length),
+        cases=list(cases),
     )
 
 

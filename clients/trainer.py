@@ -14,15 +14,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from common.metrics import classification_metrics, ranking_metrics
-from common.text import example_texts
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from common.config import TrainSpec
 from common.data import Item
+from common.metrics import classification_metrics, ranking_metrics
 from common.modeling import Scorer
 from common.splits import Example, RankingCase
+from common.text import example_texts
 
 
 @dataclass
@@ -94,6 +94,23 @@ def _batches(order: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
         yield order[start : start + batch_size]
 
 
+def _length_bucketed(
+    order: np.ndarray, lengths: Sequence[int], batch_size: int, rng: np.random.Generator, window: int = 32
+) -> list[np.ndarray]:
+    """Batches of similar length: sort each window of ``window`` shuffled batches by length, then shuffle batches.
+
+    Padding (and so compute) drops to about the longest row of each batch, while every example is
+    still seen once per epoch and batch order stays random.
+    """
+    batches: list[np.ndarray] = []
+    span = batch_size * window
+    for start in range(0, len(order), span):
+        chunk = order[start : start + span]
+        chunk = chunk[np.argsort([lengths[i] for i in chunk], kind="stable")]
+        batches.extend(_batches(chunk, batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
 def train(
     scorer: Scorer,
     data: EncodedSplit,
@@ -102,9 +119,21 @@ def train(
     device: torch.device,
     seed: int,
 ) -> dict[str, float]:
-    """E epochs of AdamW on BCE (+ optional FedProx term); returns mean loss and example count."""
+    """E epochs of AdamW on BCE (+ optional FedProx term); returns mean loss and example count.
+
+    Batch order and dropout masks come from ``seed`` alone (torch's global RNG is forked and
+    seeded), so a platform's update does not depend on which process or actor ran it.
+    """
     if len(data) == 0:
         raise ValueError("no training examples on this platform")
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return _train(scorer, data, spec, pad_id, device, seed)
+
+
+def _train(
+    scorer: Scorer, data: EncodedSplit, spec: TrainSpec, pad_id: int, device: torch.device, seed: int
+) -> dict[str, float]:
     scorer.to(device).train()
     params = [p for p in scorer.parameters() if p.requires_grad]
     anchor = [p.detach().clone() for p in params] if spec.proximal_mu > 0 else None
@@ -114,7 +143,12 @@ def train(
     labels = torch.from_numpy(data.labels)
     total, seen = 0.0, 0
     for _ in range(spec.local_epochs):
-        for idx in _batches(rng.permutation(len(data)), spec.batch_size):
+        order = rng.permutation(len(data))
+        if spec.sort_by_length:
+            batches = _length_bucketed(order, [len(row) for row in data.ids], spec.batch_size, rng)
+        else:
+            batches = list(_batches(order, spec.batch_size))
+        for idx in batches:
             input_ids, mask = _batch([data.ids[i] for i in idx], pad_id, device)
             with _autocast(device):
                 logits = scorer(input_ids, mask)  # (B,)

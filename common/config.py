@@ -45,6 +45,7 @@ class LoraSpec:
     alpha: int = 16
     dropout: float = 0.1
     target_modules: str = "query,value"
+    freeze_a: bool = False  # exact-LoRA fusion: A stays at its seeded init, only B trains (fused B.A = mean of B_i.A)
 
     def __post_init__(self) -> None:
         _positive(self, "r", "lora.r")
@@ -68,6 +69,7 @@ class TrainSpec:
     weight_decay: float = 0.01
     max_examples: int = 320  # 0 = the whole train split; else a seeded subsample per round (CPU default)
     proximal_mu: float = 0.0  # FedProx term mu/2 * ||w - w_global||^2; 0 disables it
+    sort_by_length: bool = False  # length-bucketed batches (shuffled buckets of similar length): less padding
 
     def __post_init__(self) -> None:
         _positive(self, "local_epochs", "train.local-epochs")
@@ -102,10 +104,29 @@ class EvalSpec:
 
     max_rank_users: int = 10  # 0 = every test user; the CPU default caps this for speed
     batch_size: int = 128
+    test_every_round: bool = False  # False: valid each round, test (+ ranking) once for the best round
 
     def __post_init__(self) -> None:
         _non_negative(self, "max_rank_users", "eval.max-rank-users")
         _positive(self, "batch_size", "eval.batch-size")
+
+
+@dataclass(frozen=True)
+class SecureSpec:
+    """Secure aggregation (used when ``secagg = true``); see ``common.secagg.SecAggConfig``."""
+
+    clip_range: float = 1.0  # each adapter value is clipped to [-c, c] before quantisation (counted)
+    l2_clip: float = 0.0  # L2-norm bound on a platform's update before the value clip; 0 = off
+    quant_bits: int = 24  # signed fixed-point bits per value
+    max_weight: int = 1_000_000  # cap on a platform's example count (capping is reported)
+    min_cohort: int = 2  # fewest platforms that must finish key setup for a round to run
+    threshold_fraction: float = 0.6667  # Shamir t = max(ceil(f*n), n//2+1); survives n - t dropouts
+    stage_timeout_s: float = 120.0  # a platform silent for this long in a key/mask stage is dropped
+
+    def __post_init__(self) -> None:
+        _positive(self, "clip_range", "secure.clip-range")
+        _non_negative(self, "l2_clip", "secure.l2-clip")
+        _positive(self, "stage_timeout_s", "secure.stage-timeout-s")
 
 
 @dataclass(frozen=True)
@@ -119,6 +140,10 @@ class FedSpec:
     metric: str = "auc"  # mean validation metric for early stopping / best round
     server_lr: float = 1.0  # 1.0 = plain weighted averaging (FedAvg)
     server_momentum: float = 0.0  # > 0 = FedAvgM on the fused update
+    optimizer: str = "avg"  # server optimiser: "avg" (FedAvg, FedAvgM with server-momentum) or "adam" (FedAdam)
+    adam_beta1: float = 0.9  # FedAdam first-moment decay
+    adam_beta2: float = 0.99  # FedAdam second-moment decay
+    adam_tau: float = 1e-3  # FedAdam adaptivity (added to sqrt(v)); use fed.server-lr ~ 1e-2 with adam
 
     def __post_init__(self) -> None:
         _positive(self, "min_nodes", "fed.min-nodes")
@@ -128,6 +153,12 @@ class FedSpec:
         _positive(self, "server_lr", "fed.server-lr")
         if not 0.0 <= self.server_momentum < 1.0:
             raise ConfigError(f"`fed.server-momentum` must be in [0, 1), got {self.server_momentum}")
+        if self.optimizer not in ("avg", "adam"):
+            raise ConfigError(f"`fed.optimizer` must be one of avg, adam, got {self.optimizer!r}")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"`fed.{_kebab(name)}` must be in [0, 1), got {getattr(self, name)}")
+        _positive(self, "adam_tau", "fed.adam-tau")
         if self.metric not in ("auc", "logloss", "hr@10", "ndcg@10"):
             raise ConfigError(f"`fed.metric` must be one of auc, logloss, hr@10, ndcg@10, got {self.metric!r}")
 
@@ -146,6 +177,7 @@ class AppConfig:
     data: DataSpec = field(default_factory=DataSpec)
     eval: EvalSpec = field(default_factory=EvalSpec)
     fed: FedSpec = field(default_factory=FedSpec)
+    secure: SecureSpec = field(default_factory=SecureSpec)
 
     def __post_init__(self) -> None:
         _positive(self, "num_server_rounds", "num-server-rounds")

@@ -97,3 +97,61 @@ def server_step(
         vel[name] = v.astype(np.float32)
         new[name] = (np.asarray(cur, np.float64) + lr * v).astype(np.float32)
     return new, vel
+
+
+def server_adam_step(
+    current: State,
+    fused: State,
+    moments: State | None,
+    lr: float,
+    beta1: float = 0.9,
+    beta2: float = 0.99,
+    tau: float = 1e-3,
+) -> tuple[OrderedDict[str, np.ndarray], OrderedDict[str, np.ndarray]]:
+    """FedAdam (Reddi et al. 2021) on the fused update, the pseudo-gradient ``delta = fused - current``.
+
+    m <- b1 m + (1 - b1) delta;  v <- b2 v + (1 - b2) delta^2;  new = current + lr * m / (sqrt(v) + tau).
+    ``moments`` holds ``m:<name>`` and ``v:<name>`` (zeros when None); no bias correction, as in the paper.
+    """
+    new: OrderedDict[str, np.ndarray] = OrderedDict()
+    state: OrderedDict[str, np.ndarray] = OrderedDict()
+    for name, cur in current.items():
+        cur64 = np.asarray(cur, np.float64)
+        delta = np.asarray(fused[name], np.float64) - cur64
+        m = (1.0 - beta1) * delta + (beta1 * np.asarray(moments[f"m:{name}"], np.float64) if moments else 0.0)
+        v = (1.0 - beta2) * delta**2 + (beta2 * np.asarray(moments[f"v:{name}"], np.float64) if moments else 0.0)
+        state[f"m:{name}"], state[f"v:{name}"] = m, v
+        new[name] = (cur64 + lr * m / (np.sqrt(v) + tau)).astype(np.float32)
+    return new, state
+
+
+def server_update(
+    current: State,
+    fused: State,
+    opt_state: State | None,
+    optimizer: str = "avg",
+    lr: float = 1.0,
+    momentum: float = 0.0,
+    betas: tuple[float, float] = (0.9, 0.99),
+    tau: float = 1e-3,
+) -> tuple[OrderedDict[str, np.ndarray], OrderedDict[str, np.ndarray]]:
+    """The server optimiser (``fed.optimizer``): ``avg`` = :func:`server_step`, ``adam`` = :func:`server_adam_step`."""
+    if optimizer == "avg":
+        return server_step(current, fused, opt_state, lr, momentum)
+    if optimizer == "adam":
+        return server_adam_step(current, fused, opt_state, lr, betas[0], betas[1], tau)
+    raise FusionError(f"unknown server optimizer {optimizer!r}, expected 'avg' or 'adam'")
+
+
+def lora_deltas(state: State, scaling: float = 1.0) -> OrderedDict[str, np.ndarray]:
+    """``scaling * B @ A`` per LoRA module of a state (``...lora_A.weight`` (r, in), ``...lora_B.weight`` (out, r)).
+
+    This is the change the adapter makes to each frozen weight matrix, (out, in).
+    """
+    out: OrderedDict[str, np.ndarray] = OrderedDict()
+    for name, a in state.items():
+        if ".lora_A." not in name:
+            continue
+        b = state[name.replace(".lora_A.", ".lora_B.")]
+        out[name.replace(".lora_A.", ".")] = scaling * np.asarray(b, np.float64) @ np.asarray(a, np.float64)
+    return out

@@ -23,6 +23,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from common.config import LoraSpec, ModelSpec
 
@@ -59,6 +60,7 @@ def load_base(base: str, seed: int = 0) -> tuple[nn.Module, PreTrainedTokenizerB
     initialised from ``seed``: real code paths, seconds instead of minutes, for tests.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    hf_logging.disable_progress_bar()  # one bar per process and round is noise in federation logs
     if base == TINY_BASE:
         tokenizer = AutoTokenizer.from_pretrained(resolve_base_path(DEFAULT_BASE))
         config = BertConfig(
@@ -116,6 +118,10 @@ def build_scorer(model: ModelSpec, lora: LoraSpec, seed: int = 0) -> tuple[Score
         except ValueError as exc:  # peft: target modules not found in the base model
             raise ModelLoadError(f"`lora.target-modules` = {lora.target_modules!r}: {exc}") from exc
         scorer = Scorer(peft_model, encoder.config.hidden_size, model.head_dropout)
+    if lora.freeze_a:  # A keeps its seeded init (the same on every platform): only B and the head train
+        for name, param in peft_model.named_parameters():
+            if ".lora_A." in name:
+                param.requires_grad_(False)
     return scorer, tokenizer
 
 

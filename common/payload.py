@@ -6,7 +6,7 @@ Only adapter + head tensors are ever packed here; user data and the base model n
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord
@@ -17,6 +17,7 @@ ARRAYS = "arrays"  # RecordDict key of the adapter + head tensors
 CONFIG = "config"  # RecordDict key of the flat run config (+ round)
 METRICS = "metrics"  # RecordDict key of a reply's metrics
 INFO = "info"  # RecordDict key of a reply's non-numeric facts (platform name)
+EVAL = "eval"  # RecordDict key of an evaluate request's options (which splits)
 ROUND_KEY = "server-round"
 
 
@@ -39,6 +40,20 @@ def arrays_to_state(record: ArrayRecord) -> OrderedDict[str, np.ndarray]:
             raise PayloadError(f"tensor `{name}` contains NaN or Inf")
         state[name] = value
     return state
+
+
+def eval_record(splits: Sequence[str]) -> ConfigRecord:
+    return ConfigRecord({"splits": ",".join(splits)})
+
+
+def parse_eval(record: object) -> tuple[str, ...]:
+    """Which splits to evaluate; every split when the request does not say."""
+    if not isinstance(record, ConfigRecord) or "splits" not in record:
+        return ("valid", "test")
+    splits = tuple(str(record["splits"]).split(","))
+    if not splits or not set(splits) <= {"valid", "test"}:
+        raise PayloadError(f"evaluate request names unknown splits {splits}, expected valid and/or test")
+    return splits
 
 
 def config_record(cfg: AppConfig, server_round: int) -> ConfigRecord:

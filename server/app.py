@@ -8,6 +8,7 @@ global adapter, fuses the replies by example-weighted averaging and evaluates.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import numpy as np
 from flwr.app import Context, MessageType, MetricRecord, RecordDict
@@ -15,7 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from common.config import AppConfig
 from common.fusion import weighted_average
-from common.payload import ARRAYS, CONFIG, METRICS, arrays_to_state, config_record, state_to_arrays
+from common.payload import ARRAYS, CONFIG, EVAL, METRICS, arrays_to_state, config_record, eval_record, state_to_arrays
 from server.federation import FederationError, PerPlatform, Tensors, run_federation
 from server.messaging import Replies, broadcast, wait_for_nodes
 
@@ -25,7 +26,16 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = AppConfig.from_flat(dict(context.run_config))
-    run_federation(GridTransport(grid), cfg)
+    run_federation(transport_for(grid, cfg), cfg)
+
+
+def transport_for(grid: Grid, cfg: AppConfig) -> GridTransport:
+    """Plain rounds, or rounds whose fusion runs under secure aggregation (``secagg = true``)."""
+    if cfg.secagg:
+        from server.secure import SecureGridTransport
+
+        return SecureGridTransport(grid)
+    return GridTransport(grid)
 
 
 class GridTransport:
@@ -34,9 +44,13 @@ class GridTransport:
     def __init__(self, grid: Grid) -> None:
         self.grid = grid
 
-    def _broadcast(self, state: Tensors, cfg: AppConfig, rnd: int, message_type: str) -> Replies:
+    def _broadcast(
+        self, state: Tensors, cfg: AppConfig, rnd: int, message_type: str, splits: Sequence[str] = ()
+    ) -> Replies:
         nodes = wait_for_nodes(self.grid, cfg.fed.min_nodes, cfg.fed.node_wait_s)
         content = RecordDict({ARRAYS: state_to_arrays(state), CONFIG: config_record(cfg, rnd)})
+        if splits:
+            content[EVAL] = eval_record(splits)
         return broadcast(self.grid, nodes, content, message_type, rnd, cfg.fed.round_timeout_s)
 
     def train_round(
@@ -60,8 +74,10 @@ class GridTransport:
             raise FederationError(f"round {rnd}: no platform returned a usable update: {failures}")
         return weighted_average(states, weights), info, failures
 
-    def evaluate_round(self, state: Tensors, cfg: AppConfig, rnd: int) -> tuple[PerPlatform, list[str]]:
-        replies = self._broadcast(state, cfg, rnd, MessageType.EVALUATE)
+    def evaluate_round(
+        self, state: Tensors, cfg: AppConfig, rnd: int, splits: Sequence[str]
+    ) -> tuple[PerPlatform, list[str]]:
+        replies = self._broadcast(state, cfg, rnd, MessageType.EVALUATE, splits)
         per_platform = {replies.platform(n): _metrics(replies, n) for n in replies.ok}
         return dict(sorted(per_platform.items())), replies.failures
 

@@ -13,18 +13,18 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from common.metrics import weighted_mean
 from rich.progress import Progress
 
 from common.config import AppConfig
-from common.fusion import server_step
-from common.modeling import get_trainable_state, load_scorer, save_adapter
+from common.fusion import server_update
+from common.metrics import weighted_mean
+from common.modeling import build_scorer, get_trainable_state, save_adapter
 from server.outputs import ADAPTER_DIR, ROUNDS_FILE, append_round, platform_table, write_summary
 
 log = logging.getLogger("crossfed.server")
@@ -37,6 +37,10 @@ class FederationError(RuntimeError):
     """The federation cannot go on (too few platforms, every platform failed...)."""
 
 
+class RoundAborted(RuntimeError):
+    """This round produced no fused update (e.g. secure aggregation lost too many platforms)."""
+
+
 class Transport(Protocol):
     """How one round reaches the platforms: over a Flower Grid, or in-process."""
 
@@ -46,8 +50,10 @@ class Transport(Protocol):
         """Fused (example-weighted) adapter, per-platform train metrics, failure lines."""
         ...
 
-    def evaluate_round(self, state: Tensors, cfg: AppConfig, rnd: int) -> tuple[PerPlatform, list[str]]:
-        """Per-platform ``valid.*``/``test.*`` metrics of ``state``, failure lines."""
+    def evaluate_round(
+        self, state: Tensors, cfg: AppConfig, rnd: int, splits: Sequence[str]
+    ) -> tuple[PerPlatform, list[str]]:
+        """Per-platform ``<split>.*`` metrics of ``state`` for the given splits, failure lines."""
         ...
 
 
@@ -68,25 +74,39 @@ def run_federation(transport: Transport, cfg: AppConfig) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / ROUNDS_FILE).unlink(missing_ok=True)
     started = time.time()
-    scorer, _ = load_scorer(cfg.model, cfg.lora, cfg.seed)
+    # A fresh scorer, not the per-process cache: a cached one may carry another run's adapter.
+    scorer, _ = build_scorer(cfg.model, cfg.lora, cfg.seed)
     global_state = get_trainable_state(scorer)
     initial_state = OrderedDict((k, v.copy()) for k, v in global_state.items())
-    velocity: Mapping[str, np.ndarray] | None = None
+    opt_state: Mapping[str, np.ndarray] | None = None  # server optimiser state (FedAvgM velocity, FedAdam moments)
     best, stale, rounds_done = Best(), 0, 0
     sign = -1.0 if cfg.fed.metric == "logloss" else 1.0
+    # Test metrics (and the costly ranking) are only needed for the best round: by default
+    # rounds evaluate validation only, and the best adapter is tested once at the end.
+    round_splits = ("valid", "test") if cfg.eval.test_every_round else ("valid",)
     log.info("crossfed: %d rounds, %d adapter+head parameters", cfg.num_server_rounds, _size(global_state))
     with Progress(transient=False) as progress:
         task = progress.add_task("federated rounds", total=cfg.num_server_rounds)
         for rnd in range(1, cfg.num_server_rounds + 1):
             t0 = time.time()
-            fused, train_info, train_failures = transport.train_round(global_state, cfg, rnd)
-            global_state, velocity = server_step(
-                global_state, fused, velocity, cfg.fed.server_lr, cfg.fed.server_momentum
-            )
-            per_platform, eval_failures = transport.evaluate_round(global_state, cfg, rnd)
+            try:
+                fused, train_info, train_failures = transport.train_round(global_state, cfg, rnd)
+            except RoundAborted as exc:  # nothing fused: keep the adapter, try again next round
+                log.warning("round %d aborted, keeping the previous adapter: %s", rnd, exc)
+                append_round(out_dir, {"round": rnd, "aborted": str(exc), "seconds": time.time() - t0})
+                rounds_done = rnd
+                progress.update(task, advance=1, description=f"round {rnd}: aborted")
+                continue
+            global_state, opt_state = server_update(
+                global_state, fused, opt_state, cfg.fed.optimizer, cfg.fed.server_lr, cfg.fed.server_momentum,
+                (cfg.fed.adam_beta1, cfg.fed.adam_beta2), cfg.fed.adam_tau,
+            )  # fmt: skip
+            per_platform, eval_failures = transport.evaluate_round(global_state, cfg, rnd, round_splits)
             mean = mean_metrics(per_platform)
             score = sign * mean.get(f"valid.{cfg.fed.metric}", np.nan)
-            improved = bool(np.isfinite(score) and score > best.score)
+            # No platform shares validation metrics (secure mode without opt-in): the latest is the best.
+            blind = f"valid.{cfg.fed.metric}" not in mean
+            improved = blind or bool(np.isfinite(score) and score > best.score)
             if improved:
                 best = Best(rnd, score, global_state, per_platform, mean)
                 stale = 0
@@ -104,6 +124,13 @@ def run_federation(transport: Transport, cfg: AppConfig) -> dict[str, Any]:
                 break
     if best.state is None:
         raise FederationError("no round produced a finite validation metric; nothing to save")
+    if "test" not in round_splits:
+        tested, failures = transport.evaluate_round(best.state, cfg, best.round, ("test",))
+        for platform, metrics in tested.items():
+            best.per_platform.setdefault(platform, {}).update(metrics)
+        best.mean = mean_metrics(best.per_platform)
+        if failures:
+            log.warning("final test evaluation left out: %s", "; ".join(failures))
     save_adapter(scorer, best.state, out_dir / ADAPTER_DIR)
     summary = {
         "best_round": best.round, "rounds_run": rounds_done, "metric": f"valid.{cfg.fed.metric}",

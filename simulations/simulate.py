@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -46,16 +45,23 @@ def validate_inputs(cfg: AppConfig) -> list[str]:
 
 def server_app_for(cfg: AppConfig) -> ServerApp:
     """A ServerApp bound to ``cfg`` (run_simulation has no run_config of its own)."""
-    from server.app import GridTransport
+    from server.app import transport_for
     from server.federation import run_federation
 
     app = ServerApp()
 
     @app.main()
     def _main(grid: Grid, context: Context) -> None:
-        run_federation(GridTransport(grid), cfg)
+        run_federation(transport_for(grid, cfg), cfg)
 
     return app
+
+
+class _HideDeprecation(logging.Filter):
+    """``run_simulation`` is Flower's in-process entry point; its deprecation notice is noise here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "run_simulation` function is deprecated" not in record.getMessage()
 
 
 def run_simulated_federation(cfg: AppConfig, platforms: list[str], num_cpus: int = 2) -> dict[str, Any]:
@@ -71,12 +77,16 @@ def run_simulated_federation(cfg: AppConfig, platforms: list[str], num_cpus: int
         "init_args": {"num_cpus": max(1, num_cpus), "include_dashboard": False},
     }
     log.info("simulating %d platforms: %s", len(platforms), ", ".join(platforms))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
+    hide = _HideDeprecation()
+    flwr_logger = logging.getLogger("flwr")
+    flwr_logger.addFilter(hide)
+    try:
         run_simulation(
             server_app=server_app_for(cfg), client_app=client_app,
             num_supernodes=len(platforms), backend_config=backend,
         )  # fmt: skip
+    finally:
+        flwr_logger.removeFilter(hide)
     if not (out / SUMMARY_FILE).is_file():
         raise RuntimeError(f"the federation ended without writing {out / SUMMARY_FILE}; see the log above")
     return json.loads((out / SUMMARY_FILE).read_text())

@@ -1,0 +1,48 @@
+"""Secure-aggregation messages on Flower records, and the protocol config from the run config.
+
+A protocol message (``common.secagg``: scalars, lists, bytes and uint arrays) travels as
+one packed bytes field in a ConfigRecord (node ids are 64-bit unsigned, more than a
+ConfigRecord int holds) plus, for masked vectors, an ArrayRecord. Both sides use these
+two functions, so the wire format lives in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+from common.config import AppConfig
+from common.secagg import ProtocolError, SecAggConfig, join_arrays, pack_record, split_arrays, unpack_record
+
+SECAGG = "secagg"  # RecordDict key: ConfigRecord {"msg": packed scalars}
+SECAGG_ARRAYS = "secagg-arrays"  # RecordDict key: the message's arrays (masked vector)
+SECAGG_ACTION = "secagg"  # follow-up stages are message type "train.secagg"
+
+
+def to_records(msg: Mapping[str, Any]) -> dict[str, ConfigRecord | ArrayRecord]:
+    scalars, arrays = split_arrays(msg)
+    out: dict[str, ConfigRecord | ArrayRecord] = {SECAGG: ConfigRecord({"msg": pack_record(scalars)})}
+    if arrays:
+        out[SECAGG_ARRAYS] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+    return out
+
+
+def from_records(content: RecordDict) -> dict[str, Any]:
+    """The protocol message in ``content``; ProtocolError (never KeyError) when it is missing."""
+    record = content.get(SECAGG)
+    if not isinstance(record, ConfigRecord) or not isinstance(record.get("msg"), bytes):
+        raise ProtocolError("message carries no secure-aggregation record")
+    arrays = content.get(SECAGG_ARRAYS)
+    tensors = {k: a.numpy() for k, a in arrays.items()} if isinstance(arrays, ArrayRecord) else {}
+    return join_arrays(unpack_record(record["msg"]), tensors)
+
+
+def secagg_config(cfg: AppConfig) -> SecAggConfig:
+    s = cfg.secure
+    return SecAggConfig(
+        clip_range=s.clip_range, l2_clip=s.l2_clip, quant_bits=s.quant_bits, max_weight=s.max_weight,
+        min_cohort=s.min_cohort, threshold_fraction=s.threshold_fraction,
+    )  # fmt: skip

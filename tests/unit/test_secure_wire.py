@@ -1,0 +1,89 @@
+"""The Flower wiring of secure aggregation, without Ray: records, client state, policy."""
+
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Context, RecordDict
+
+from clients import secure
+from common.config import AppConfig
+from common.fusion import flatten
+from common.secagg import Manifest, ProtocolError, SecAggServer
+from common.secure_wire import SECAGG, SECAGG_ARRAYS, from_records, secagg_config, to_records
+
+CFG = AppConfig().replace(secagg=True)
+
+
+def _updates(ids: list[int], seed: int = 0) -> dict[int, OrderedDict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return {
+        n: OrderedDict(
+            a=rng.uniform(-0.5, 0.5, (4, 3)).astype(np.float32), b=rng.uniform(-0.5, 0.5, 5).astype(np.float32)
+        )
+        for n in ids
+    }
+
+
+def test_records_round_trip_with_arrays() -> None:
+    msg = {"stage": "x", "node_id": 2**64 - 5, "blobs": [b"a", b"bc"], "masked": np.arange(6, dtype=np.uint64)}
+    back = from_records(RecordDict(to_records(msg)))
+    assert back["node_id"] == 2**64 - 5 and back["blobs"] == [b"a", b"bc"]
+    np.testing.assert_array_equal(back["masked"], msg["masked"])
+
+
+def test_missing_or_foreign_record_is_a_protocol_error() -> None:
+    with pytest.raises(ProtocolError, match="no secure-aggregation record"):
+        from_records(RecordDict({}))
+    with pytest.raises(ProtocolError):
+        from_records(RecordDict({SECAGG: ConfigRecord({"msg": b"not a record"})}))
+
+
+def test_three_platforms_through_flower_records_give_the_weighted_mean() -> None:
+    # Prepare: three platforms with their own Context (state survives between stages there only)
+    ids = [11, 2**63 + 7, 2**40 + 3]
+    updates, weights = _updates(ids), {ids[0]: 50, ids[1]: 10, ids[2]: 140}
+    contexts = {n: Context(run_id=1, node_id=n, node_config={"partition-id": i}, state=RecordDict(), run_config={})
+                for i, n in enumerate(ids)}  # fmt: skip
+    manifest = Manifest.from_arrays(updates[ids[0]])
+    server = SecAggServer(secagg_config(CFG), manifest, ids, round=1)
+    first = True
+    # Execute: every stage's request and reply go through Flower records
+    while not server.finished:
+        for node, request in server.requests().items():
+            content = RecordDict(to_records(request))
+            if first:
+                out = secure.start(content, contexts[node], CFG, updates[node], weights[node])
+            else:
+                out = secure.advance(content, contexts[node], CFG)
+            assert set(out) <= {SECAGG, SECAGG_ARRAYS}  # nothing else leaves: no count, metric or adapter
+            packed = bytes(out[SECAGG]["msg"])
+            assert updates[node]["a"].tobytes()[:8] not in packed
+            server.receive(node, from_records(RecordDict(out)))
+        server.end_stage()
+        first = False
+    mean, bound = server.result().weighted_mean()
+    # Assert
+    expected = np.average(np.stack([flatten(updates[n]) for n in ids]), axis=0, weights=[weights[n] for n in ids])
+    np.testing.assert_allclose(mean, expected, rtol=0, atol=bound)
+    assert server.result().total_weight == 200
+    assert all(secure.STATE not in c.state and secure.UPDATE not in c.state for c in contexts.values())
+
+
+def test_advance_without_a_trained_update_is_refused() -> None:
+    ctx = Context(run_id=1, node_id=3, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
+    with pytest.raises(ValueError, match="without a trained update"):
+        secure.advance(RecordDict(), ctx, CFG)
+
+
+@pytest.mark.parametrize(
+    "node_config,requires,shares",
+    [
+        ({"partition-id": 0}, False, True),  # local simulation: plain allowed, metrics shared
+        ({"platform": "web", "data-dir": "/d"}, True, False),  # deployed: secure only, metrics private
+        ({"platform": "web", "require-secagg": False, "share-metrics": True}, False, True),  # explicit opt-outs
+    ],
+)
+def test_platform_policy_defaults(node_config: dict, requires: bool, shares: bool) -> None:
+    assert secure.requires_secagg(node_config) is requires
+    assert secure.shares_metrics(node_config) is shares
