@@ -42,3 +42,8 @@ def test_secure_fusion_equals_plain_fusion_within_quantisation_bound(tmp_path: P
     worst = max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
     assert worst <= bound + 1e-7, worst  # + one float32 rounding of the stored adapter
     assert any(float(np.max(np.abs(v))) > 0 for k, v in b.items() if "lora_B" in k)
+    # ... and reach the same metrics (simulated platforms opt in to sharing them)
+    sa, sb = (json.loads((tmp_path / run / "summary.json").read_text()) for run in ("plain", "secure"))
+    for platform, metrics in sa["test"].items():
+        for key in ("auc", "logloss", "hr@10", "ndcg@10"):
+            assert abs(metrics[key] - sb["test"][platform][key]) < 1e-3, (platform, key)
