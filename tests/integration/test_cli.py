@@ -5,9 +5,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from simulations.synthetic import make_synthetic
 
 from common.data import write_dataset
+from simulations.synthetic import make_synthetic
 
 
 def _crossfed(*args: str) -> subprocess.CompletedProcess[str]:
