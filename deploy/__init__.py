@@ -1,0 +1,11 @@
+"""Deploying crossfed on real machines: one SuperNode per platform, one SuperLink (Flower 1.42).
+
+``certs``            a private CA, the SuperLink's TLS certificate, SuperNode authentication keys
+``launch``           command lines for flower-superlink / flower-supernode / flwr, processes, and
+                     ``Federation``: real processes on loopback for tests, benchmarks and fault drills
+``worker``           the warm ClientApp worker (``--isolation process``): one long-lived process per
+                     SuperNode, so torch, the model and the tokenised data load once, not per message
+``supernode_entry``  ``flower-supernode`` with short idle polling (Flower's is a hard-coded 3 s)
+``bench``            round time: simulation vs deployment (cold Flower defaults vs warm worker)
+``cli``              ``crossfed deploy ...`` subcommands (``add_deploy_parser``)
+"""

@@ -1,0 +1,119 @@
+"""Round time: simulation vs a real deployment (``python -m deploy.bench``).
+
+    python -m deploy.bench --out /tmp/bench --rounds 3 --modes sim,cold,warm [--set key=value ...]
+
+``sim``   ``crossfed simulate`` (Flower's simulation engine, Ray)
+``cold``  Flower 1.42 defaults: TLS SuperLink + SuperNodes, ``--isolation subprocess``
+          (a new ``flwr-clientapp`` process per message), Flower's 3 s idle polling
+``warm``  the same TLS deployment with ``--isolation process`` + :mod:`deploy.worker`
+          (one warm ClientApp process per platform) and :mod:`deploy.supernode_entry`
+          (short polling)
+
+Every mode runs the same config (default: the tiny test config) on the embedded
+synthetic platforms and is timed from ``rounds.jsonl``: round 1 includes each side's
+start-up, rounds >= 2 are steady state. Run the modes back to back on an idle machine;
+on a shared one, repeat and compare medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from deploy.launch import REPO_ROOT, Federation, base_env
+
+TINY = {
+    "model.base": "tiny-random", "model.max-length": 48, "data.history-len": 3, "lora.r": 4,
+    "train.max-examples": 64, "train.batch-size": 16, "eval.max-rank-users": 3, "fed.patience": 0,
+}  # fmt: skip
+PLATFORMS = ("app", "social_shop", "web_shop")  # the embedded synthetic dataset
+CLEAR_ROUNDS = {"require-secagg": False}  # node_config: these benchmarks time rounds in the clear
+
+
+def parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
+    import tomllib
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, _, raw = pair.partition("=")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = raw.strip()
+    return out
+
+
+def round_times(run_dir: Path) -> list[float]:
+    rows = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines() if line.strip()]
+    bad = [r["failures"] for r in rows if r.get("failures")]
+    if bad:
+        raise RuntimeError(f"{run_dir}: rounds with failures: {bad}")
+    return [float(r["seconds"]) for r in rows]
+
+
+def run_sim(out: Path, config: dict[str, Any], rounds: int) -> dict[str, Any]:
+    crossfed = shutil.which("crossfed", path=str(Path(sys.executable).parent)) or "crossfed"
+    args = [crossfed, "simulate", "--out", str(out), "--rounds", str(rounds), "--cpus", "2"]
+    for key, value in config.items():
+        args += ["--set", f"{key}={json.dumps(value) if isinstance(value, str) else str(value).lower()}"]
+    t0 = time.monotonic()
+    res = subprocess.run(args, env=base_env(), capture_output=True, text=True, cwd=REPO_ROOT)  # noqa: S603
+    if res.returncode != 0:
+        raise RuntimeError(f"simulation failed:\n{(res.stdout + res.stderr)[-3000:]}")
+    return {"wall": time.monotonic() - t0, "rounds": round_times(out)}
+
+
+def run_deployed(work: Path, config: dict[str, Any], rounds: int, warm: bool) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"isolation": "process", "fast_poll_s": 0.25} if warm else {
+        "isolation": "subprocess", "fast_poll_s": None}  # fmt: skip
+    t0 = time.monotonic()
+    with Federation(work, PLATFORMS, node_extra=CLEAR_ROUNDS, **kwargs) as fed:
+        started = time.monotonic() - t0
+        result = fed.run({**config, "num-server-rounds": rounds, "out-dir": str(work / "run")}, timeout_s=1800)
+        if not result.ok:
+            raise RuntimeError(f"run {result.status}:\n{fed.server_log(result.run_id)[-3000:]}")
+    return {"wall": result.seconds, "startup": started, "rounds": round_times(work / "run")}
+
+
+def summarize(name: str, res: dict[str, Any]) -> str:
+    r = res["rounds"]
+    steady = statistics.median(r[1:]) if len(r) > 1 else float("nan")
+    extra = f", federation start-up {res['startup']:.1f} s" if "startup" in res else ""
+    later = ", ".join(f"{x:.2f}" for x in r[1:])
+    return (f"{name:5s} round 1 {r[0]:6.1f} s | rounds>=2 median {steady:6.2f} s ({later})"
+            f" | submit->finish {res['wall']:.1f} s{extra}")  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m deploy.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--modes", default="sim,cold,warm")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="run-config override")
+    args = p.parse_args(argv)
+    config = {**TINY, **parse_sets(args.set)}
+    results: dict[str, Any] = {}
+    for mode in args.modes.split(","):
+        out = args.out / mode
+        shutil.rmtree(out, ignore_errors=True)
+        if mode == "sim":
+            results[mode] = run_sim(out, config, args.rounds)
+        elif mode in ("cold", "warm"):
+            results[mode] = run_deployed(out, config, args.rounds, warm=mode == "warm")
+        else:
+            raise SystemExit(f"unknown mode {mode!r} (sim, cold, warm)")
+        print(summarize(mode, results[mode]), flush=True)
+    (args.out / "bench.json").write_text(json.dumps({"config": config, "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

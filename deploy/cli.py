@@ -1,0 +1,286 @@
+"""``crossfed deploy ...``: run the federation on real machines (Flower Deployment Engine).
+
+On the coordinator (one machine):
+    crossfed deploy ca --host fl.example.org --out certs/            # CA + SuperLink certificate
+    crossfed deploy superlink --certs certs/ --database state.db     # TLS + SuperNode authentication
+On each platform's machine (copy certs/ca.pem there; the private key never leaves it):
+    crossfed deploy node-key --platform web_shop --out keys/         # keys/web_shop.key(.pub)
+On the coordinator again, admit that platform's public key, then start the node:
+    crossfed deploy register --key web_shop.key.pub --superlink fl.example.org:9093 --certs certs/
+    crossfed deploy supernode --platform web_shop --data /data --superlink fl.example.org:9093 \\
+        --certs certs/ --key keys/web_shop.key
+Then submit the app (from a checkout of this repository):
+    crossfed deploy submit --superlink fl.example.org:9093 --certs certs/ --run-config "num-server-rounds=5" --stream
+
+``--insecure`` (plaintext HTTP, no TLS, no node authentication) exists for debugging only
+and always prints a warning. Also runnable as ``python -m deploy.cli``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from deploy.certs import CertError, TlsFiles, create_node_key, create_tls, load_node_private_key, public_key_fingerprint
+from deploy.launch import (
+    DEFAULT_RUNTIME_PORT,
+    DEFAULT_SUPERLINK_PORT,
+    ISOLATIONS,
+    REPO_ROOT,
+    Connection,
+    DeployError,
+    InsecureDeploymentWarning,
+    SuperLinkSpec,
+    SuperNodeSpec,
+    base_env,
+    register_node,
+    superlink_command,
+    supernode_command,
+    supernode_env,
+    worker_command,
+)
+
+USER_ERRORS = (CertError, DeployError)  # one line + exit 2, like crossfed's other user errors
+CONNECTION = "crossfed"
+
+
+def add_deploy_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Mount ``deploy`` (with its own subcommands) on a parent's ``add_subparsers()`` object."""
+    deploy = subparsers.add_parser("deploy", help="run on real machines: certificates, SuperLink, SuperNodes, runs",
+                                   description=__doc__.split("\n\n")[0], epilog=_usage_epilog(),
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    sub = deploy.add_subparsers(dest="deploy_command", required=True)
+
+    ca = sub.add_parser("ca", help="create a CA and the SuperLink's TLS certificate")
+    ca.add_argument("--host", required=True, help="the SuperLink's DNS name or IP as SuperNodes will dial it")
+    ca.add_argument("--extra-name", action="append", default=[], help="another DNS name / IP for the certificate")
+    ca.add_argument("--out", required=True, type=Path, help="folder for ca.pem, ca.key, server.pem, server.key")
+    ca.add_argument("--overwrite", action="store_true", help="replace existing key material")
+    ca.set_defaults(func=cmd_ca)
+
+    key = sub.add_parser("node-key", help="create a SuperNode authentication key pair (OpenSSH, EC P-384)")
+    key.add_argument("--platform", required=True)
+    key.add_argument("--out", required=True, type=Path, help="folder for PLATFORM.key (0600) and PLATFORM.key.pub")
+    key.add_argument("--overwrite", action="store_true")
+    key.add_argument("--register", action="store_true", help="also register the public key (needs --superlink)")
+    _add_connection_args(key, required=False)
+    key.set_defaults(func=cmd_node_key)
+
+    reg = sub.add_parser("register", help="admit a SuperNode's public key at the SuperLink")
+    reg.add_argument("--key", required=True, type=Path, help="PLATFORM.key.pub")
+    reg.add_argument("--name", help="a name shown by `flwr supernode ls` (default: the file's stem)")
+    _add_connection_args(reg)
+    reg.set_defaults(func=cmd_register)
+
+    link = sub.add_parser("superlink", help="run the SuperLink (foreground)")
+    link.add_argument("--certs", type=Path, help="folder with ca.pem, server.pem, server.key")
+    link.add_argument("--host", default="0.0.0.0", help="bind address")
+    link.add_argument("--port", type=int, default=DEFAULT_SUPERLINK_PORT, help="Fleet + Control + Runtime API port")
+    link.add_argument("--database", type=Path, help="state file; keeps registered nodes across restarts")
+    link.add_argument("--no-node-auth", action="store_true", help="admit any SuperNode (not recommended)")
+    link.add_argument("--insecure", action="store_true", help="plaintext HTTP (debugging only)")
+    link.add_argument("--print", action="store_true", help="print the command instead of running it")
+    link.set_defaults(func=cmd_superlink)
+
+    node = sub.add_parser("supernode", help="run one platform's SuperNode + warm ClientApp worker (foreground)")
+    node.add_argument("--platform", required=True)
+    node.add_argument("--data", default="", help="DATASET folder holding PLATFORM/ ('' = embedded synthetic data)")
+    node.add_argument("--key", type=Path, help="PLATFORM.key (authentication; required unless --insecure)")
+    node.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, auto")
+    node.add_argument(
+        "--isolation",
+        choices=ISOLATIONS,
+        default="process",
+        help="process = one warm ClientApp worker (default); subprocess = Flower's process per message",
+    )
+    node.add_argument("--runtime-port", type=int, default=DEFAULT_RUNTIME_PORT, help="local Runtime API port")
+    node.add_argument("--node-config", action="append", default=[], metavar="KEY=VALUE",
+                      help="more node_config, e.g. require-secagg=true share-metrics=false")  # fmt: skip
+    node.add_argument("--flower-polling", action="store_true", help="keep Flower's 3 s idle polling")
+    node.add_argument("--max-wait", type=float, help="give up connecting after this many seconds")
+    node.add_argument("--print", action="store_true", help="print the commands instead of running them")
+    _add_connection_args(node)
+    node.set_defaults(func=cmd_supernode)
+
+    submit = sub.add_parser("submit", help="submit the crossfed app (`flwr run`) to the SuperLink")
+    submit.add_argument("--app", type=Path, default=REPO_ROOT, help="app folder with pyproject.toml")
+    submit.add_argument("--run-config", action="append", default=[], help="'k1=v1 k2=v2' (as `flwr run`)")
+    submit.add_argument("--stream", action="store_true", help="stream the ServerApp log until the run ends")
+    _add_connection_args(submit)
+    submit.set_defaults(func=cmd_submit)
+    return deploy
+
+
+def _add_connection_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--superlink", required=required, metavar="HOST:PORT")
+    p.add_argument("--certs", type=Path, help="folder with ca.pem (the CA that signed the SuperLink)")
+    p.add_argument("--insecure", action="store_true", help="plaintext HTTP (debugging only)")
+
+
+def _usage_epilog() -> str:
+    return __doc__.split("\n\n", 1)[1]
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def cmd_ca(args: argparse.Namespace) -> int:
+    tls = create_tls(args.out, args.host, tuple(args.extra_name), overwrite=args.overwrite)
+    print(f"CA certificate  {tls.ca_cert}  (copy to every SuperNode and to whoever runs `submit`)")
+    print(f"CA key          {tls.ca_key}  (keep offline)")
+    print(f"SuperLink cert  {tls.server_cert} + {tls.server_key}  for {args.host}, localhost, 127.0.0.1, ::1")
+    return 0
+
+
+def cmd_node_key(args: argparse.Namespace) -> int:
+    key = create_node_key(args.out, args.platform, overwrite=args.overwrite)
+    print(f"private key {key.private} (0600, stays on this machine)")
+    print(f"public key  {key.public}  fingerprint {public_key_fingerprint(key.public)}")
+    if args.register:
+        if not args.superlink:
+            raise DeployError("--register needs --superlink HOST:PORT (and --certs DIR)")
+        node_id = register_node(key.public, _connection(args), base_env(), name=args.platform)
+        print(f"registered as node {node_id}")
+    else:
+        print("admit it at the SuperLink with: crossfed deploy register --key", key.public, "--superlink HOST:PORT ...")
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from deploy.certs import load_node_public_key
+
+    load_node_public_key(args.key)  # a clear error before flwr's
+    name = args.name or args.key.name.removesuffix(".pub").removesuffix(".key")
+    node_id = register_node(args.key, _connection(args), base_env(), name=name)
+    print(f"registered {args.key} ({public_key_fingerprint(args.key)}) as node {node_id}")
+    return 0
+
+
+def cmd_superlink(args: argparse.Namespace) -> int:
+    tls = None if args.insecure else TlsFiles.in_dir(_need(args.certs, "--certs")).check()
+    spec = SuperLinkSpec(tls=tls, host=args.host, port=args.port, node_auth=not (args.no_node_auth or args.insecure),
+                         database=args.database, insecure=args.insecure)  # fmt: skip
+    if not spec.node_auth:
+        print("crossfed: warning: SuperNode authentication is OFF: any SuperNode can join", file=sys.stderr)
+    cmd = superlink_command(spec)
+    if args.print:
+        print(" ".join(cmd))
+        return 0
+    return _foreground([cmd], base_env())
+
+
+def cmd_supernode(args: argparse.Namespace) -> int:
+    if not args.insecure:
+        if args.key is None:
+            raise DeployError("--key PLATFORM.key is required (create it with `crossfed deploy node-key`)")
+        load_node_private_key(args.key)
+    from simulations.cli import parse_overrides  # the same key=value parsing as `crossfed simulate --set`
+
+    spec = SuperNodeSpec(
+        platform=args.platform, superlink=args.superlink,
+        root_cert=None if args.insecure else _ca_cert(args.certs),
+        key=None if args.insecure else args.key, data_dir=args.data, device=args.device,
+        runtime_port=args.runtime_port, isolation=args.isolation, insecure=args.insecure,
+        fast_poll_s=None if args.flower_polling else 0.25, max_wait_s=args.max_wait,
+        extra=parse_overrides(args.node_config),
+    )  # fmt: skip
+    env = {**base_env(), **supernode_env(spec)}
+    cmds = [supernode_command(spec)]
+    if spec.isolation == "process":
+        cmds.append(worker_command(spec.runtime_port, parent_pid=0))  # pid filled in by _foreground
+    if args.print:
+        for cmd in cmds:
+            print(" ".join(cmd))
+        return 0
+    return _foreground(cmds, env)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    conn = _connection(args)
+    cmd = ["flwr", "run", str(args.app.resolve()), conn.name]
+    for rc in args.run_config:
+        cmd += ["--run-config", rc]
+    if args.stream:
+        cmd.append("--stream")
+    return subprocess.call(cmd, env=base_env(conn.flwr_home))  # noqa: S603
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _need(value: Path | None, flag: str) -> Path:
+    if value is None:
+        raise DeployError(f"{flag} DIR is required (or --insecure, for debugging only)")
+    return value
+
+
+def _ca_cert(certs: Path | None) -> Path:
+    return TlsFiles.in_dir(_need(certs, "--certs")).check(need_server=False).ca_cert
+
+
+def _connection(args: argparse.Namespace) -> Connection:
+    """Write (or refresh) the ``crossfed`` connection in $FLWR_HOME/config.toml for flwr CLI calls."""
+    home = Path(os.environ.get("FLWR_HOME", "~/.flwr")).expanduser()
+    root = None if args.insecure else _ca_cert(args.certs)
+    conn = Connection(CONNECTION, args.superlink, root, args.insecure, home)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureDeploymentWarning)  # warned once below instead
+        conn.write()
+    if args.insecure:
+        print("crossfed: warning: --insecure: plaintext HTTP to the SuperLink", file=sys.stderr)
+    return conn
+
+
+def _foreground(cmds: list[list[str]], env: dict[str, str]) -> int:
+    """Run the first command (and companions) in the foreground; Ctrl-C / SIGTERM stop all of them."""
+    main = subprocess.Popen(cmds[0], env=env)  # noqa: S603
+    companions = []
+    for cmd in cmds[1:]:
+        cmd = [
+            str(main.pid) if c == "0" and prev == "--parent-pid" else c
+            for prev, c in zip(["", *cmd], cmd, strict=False)
+        ]
+        companions.append(subprocess.Popen(cmd, env=env))  # noqa: S603
+
+    def stop(*_: object) -> None:
+        for p in [main, *companions]:
+            if p.poll() is None:
+                p.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        return main.wait()
+    except KeyboardInterrupt:
+        stop()
+        return main.wait()
+    finally:
+        stop()
+        for p in companions:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="python -m deploy.cli")
+    add_deploy_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except USER_ERRORS as exc:
+        print(f"crossfed: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(["deploy", *sys.argv[1:]] if sys.argv[1:2] != ["deploy"] else None))

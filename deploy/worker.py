@@ -1,0 +1,261 @@
+"""A warm ClientApp worker for ``flower-supernode --isolation process``.
+
+Why: with Flower 1.42's default ``--isolation subprocess`` the SuperNode's SuperExec
+starts a fresh ``flwr-clientapp`` process for EVERY message (train, evaluate, ...):
+python + torch + transformers are imported again, the base model is rebuilt, the
+platform's data is loaded, split and tokenised again. ``flwr-clientapp`` in 1.42 handles
+exactly one task token and exits, so it cannot be kept alive.
+
+``--isolation process`` lets something outside the SuperNode execute its tasks. This
+module is that something: one long-lived process per SuperNode that polls the
+SuperNode's Runtime API (``AcquireTask``) and runs each ClientApp task in-process, the
+way ``flwr.supernode.runtime.run_clientapp.run_clientapp`` does for one token. Module
+level caches (``common.modeling.load_scorer``, ``clients.platform.prepare``) therefore
+survive across messages and rounds.
+
+Safety: a task whose FAB differs from the one already imported (a new app version
+submitted to a running federation) would otherwise run stale code, so the worker
+re-executes itself (``os.execv``) with that task's token before touching it: a fresh
+interpreter imports the new FAB. The worker exits when the SuperNode (``--parent-pid``)
+exits. Runtime dependency installation is not supported here: the worker runs in the
+SuperNode's own environment, which is the point.
+
+Pinned to the Runtime API of ``flwr==1.42.0`` (``pyproject.toml`` pins it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("crossfed.worker")
+
+DEFAULT_POLL_S = 0.05
+
+
+@dataclass
+class WorkerState:
+    """What survives between tasks: the installed FAB and its loaded ClientApp."""
+
+    fab_hash: str | None = None
+    client_app: object | None = None
+    tasks_done: int = 0
+    task_seconds: list[float] = field(default_factory=list)
+
+
+def _client(address: str, insecure: bool, root_certificates: bytes | None, token: str | None):  # noqa: ANN202
+    from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
+    from flwr.supercore.retry import make_simple_http_retry_invoker
+    from flwr.supercore.runtime import RuntimeHttpClient
+
+    component = "flwr-clientapp" if token else "SuperExec"
+    interceptors: list[object] = [RuntimeVersionHttpInterceptor(component_name=component)]
+    if token:
+        interceptors.append(RuntimeTokenHttpInterceptor(token))
+    return RuntimeHttpClient.from_server_address(
+        server_address=address, insecure=insecure, root_certificates=root_certificates,
+        interceptors=interceptors, retry_invoker=make_simple_http_retry_invoker(),
+    )  # fmt: skip
+
+
+def run_task(address: str, token: str, insecure: bool, root_certificates: bytes | None, state: WorkerState) -> bool:
+    """Run one ClientApp task in this process; True if the ClientApp returned a reply.
+
+    Mirrors ``run_clientapp`` (pull input, install FAB, load app, call it, push reply and
+    task output) minus the process exit, and with the FAB/app cached by hash.
+    """
+    from flwr.app import Message
+    from flwr.app.error import Error
+    from flwr.cli.install import install_from_fab
+    from flwr.clientapp.client_app import LoadClientAppError
+    from flwr.clientapp.utils import get_load_client_app_fn
+    from flwr.common.constant import ErrorCode, SubStatus
+    from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+    from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
+
+    started = time.perf_counter()
+    t_pulled = t_loaded = t_ran = started
+    client = _client(address, insecure, root_certificates, token)
+    heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
+    message = reply = context = None
+    sub_status, details = SubStatus.FAILED, "ClientApp task failed due to unknown reason"
+    try:
+        heartbeat.start()
+        message, context, run, fab = pull_task_input(client)
+        t_pulled = time.perf_counter()
+        if state.fab_hash != fab.hash_str:
+            install_from_fab(fab.content, skip_prompt=True)
+            load = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)
+            state.client_app = load(run.fab_id, run.fab_version, fab.hash_str)
+            state.fab_hash = fab.hash_str
+        t_loaded = time.perf_counter()
+        reply = state.client_app(message=message, context=context)  # type: ignore[operator]
+        t_ran = time.perf_counter()
+        sub_status, details = SubStatus.COMPLETED, ""
+    except Exception as exc:  # noqa: BLE001 - same contract as flwr-clientapp: any failure -> an error reply
+        code = ErrorCode.LOAD_CLIENT_APP_EXCEPTION if isinstance(exc, LoadClientAppError) else (
+            ErrorCode.CLIENT_APP_RAISED_EXCEPTION)  # fmt: skip
+        details = f"{type(exc)}:<'{exc}'>"
+        log.exception("ClientApp raised an exception")
+        if message is not None:
+            reply = Message(Error(code=code, reason=details), reply_to=message)
+    finally:
+        try:
+            if reply is not None and context is not None:
+                push_message(client, reply, context)
+        except Exception:  # noqa: BLE001 - the task output below still reports the failure
+            log.exception("failed to push the reply message")
+            sub_status, details = SubStatus.FAILED, "failed to push the reply message"
+        push_task_output(client=client, context=context, sub_status=sub_status, details=details)
+        if heartbeat.is_running:
+            heartbeat.stop()
+        client.close()
+    state.tasks_done += 1
+    state.task_seconds.append(time.perf_counter() - started)
+    log.info(
+        "task %d %s in %.2f s (pull %.2f, load %.2f, ClientApp %.2f, push %.2f)", state.tasks_done, sub_status,
+        state.task_seconds[-1], t_pulled - started, t_loaded - t_pulled, t_ran - t_loaded, time.perf_counter() - t_ran,
+    )  # fmt: skip
+    return sub_status == SubStatus.COMPLETED
+
+
+def pull_task_input(client, initial_backoff_s: float = 0.05, backoff_cap_s: float = 1.0):  # noqa: ANN001, ANN201
+    """``flwr.supernode.runtime.run_clientapp.pull_task_input`` with a short object-pull backoff.
+
+    The SuperNode creates the task (which we acquire at once) before it has pulled the
+    message's objects from the SuperLink; Flower's default backoff (1 s, then 2 s, ...)
+    then adds ~3 s to every message, which a cold ``flwr-clientapp`` hides behind its own
+    start-up time but a warm worker does not.
+    """
+    from flwr.app import Message
+    from flwr.common.serde import context_from_proto, fab_from_proto, run_from_proto
+    from flwr.proto.node_pb2 import Node  # pylint: disable=E0611
+    from flwr.proto.runtime_pb2 import PullAppMessagesRequest, PullTaskInputRequest  # pylint: disable=E0611
+    from flwr.supercore.inflatable.inflatable_protobuf_utils import (
+        make_confirm_message_received_fn_protobuf,
+        make_pull_object_fn_protobuf,
+    )
+    from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
+    from flwr.supercore.task_identity import TaskIdentity
+
+    res = client.PullTaskInput(PullTaskInputRequest())
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = res.task_id, res.run.run_id, res.context.node_id
+    context, run, fab = context_from_proto(res.context), run_from_proto(res.run), fab_from_proto(res.fab)
+    pulled = client.PullMessages(PullAppMessagesRequest())
+    if not pulled.messages_list:
+        raise RuntimeError("No messages received from Runtime API")
+    node = Node(node_id=context.node_id)
+    tree = pulled.message_object_trees[0]
+    message = pull_and_inflate_object_from_tree(
+        tree,
+        make_pull_object_fn_protobuf(client.PullObject, node, context.run_id),
+        make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node, context.run_id),
+        return_type=Message, max_tries_per_object=None, initial_backoff=initial_backoff_s, backoff_cap=backoff_cap_s,
+    )  # fmt: skip
+    message.metadata.__dict__["_message_id"] = tree.object_id  # the deflated message lacks its own id
+    return message, context, run, fab
+
+
+def serve(address: str, insecure: bool, root_certificates_path: str | None, poll_s: float = DEFAULT_POLL_S,
+          first_token: str | None = None, max_tasks: int | None = None) -> WorkerState:  # fmt: skip
+    """Acquire ClientApp tasks from the SuperNode forever (or ``max_tasks`` of them)."""
+    from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
+    from flwr.supercore.constant import TaskType
+
+    root = Path(root_certificates_path).read_bytes() if root_certificates_path else None
+    state = WorkerState()
+    if first_token:
+        run_task(address, first_token, insecure, root, state)
+    acquirer = _client(address, insecure, root, token=None)
+    log.info("warm ClientApp worker polling %s every %.2f s", address, poll_s)
+    try:
+        while max_tasks is None or state.tasks_done < max_tasks:
+            res = acquirer.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP]))
+            if not (res.HasField("task") and res.token):
+                time.sleep(poll_s)
+                continue
+            task_fab = res.task.fab_hash if res.task.HasField("fab_hash") else ""
+            if state.fab_hash and task_fab and task_fab != state.fab_hash:
+                _reexec_with(res.token)  # a new app version: never run it on stale imported modules
+            run_task(address, res.token, insecure, root, state)
+    finally:
+        acquirer.close()
+    return state
+
+
+def _reexec_with(token: str) -> None:
+    log.warning("a task for a different FAB arrived: restarting the worker to import it fresh")
+    argv = list(sys.argv[1:])
+    if "--first-token" in argv:
+        i = argv.index("--first-token")
+        del argv[i : i + 2]
+    os.execv(sys.executable, [sys.executable, "-m", "deploy.worker", *argv, "--first-token", token])
+
+
+def exit_with_parent(parent_pid: int, every_s: float = 0.5) -> None:
+    """Leave (hard) as soon as the SuperNode is gone: its tasks can no longer be answered.
+
+    Flower's own monitor raises SIGINT, which a blocking HTTP retry loop can swallow; a
+    worker outliving its SuperNode would then attach to the next SuperNode on that port.
+    """
+
+    def watch() -> None:
+        while True:
+            time.sleep(every_s)
+            if not _alive(parent_pid):
+                log.warning("SuperNode %d exited; worker exiting", parent_pid)
+                os._exit(0)
+
+    threading.Thread(target=watch, name="parent-monitor", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a killed but not yet reaped zombie counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no procfs (macOS): the signal probe above is all we have
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m deploy.worker", description=__doc__.split("\n")[0])
+    p.add_argument("--runtime-api-address", required=True, help="the SuperNode's Runtime API, host:port")
+    p.add_argument("--insecure", action="store_true", help="the Runtime API has no TLS (loopback only)")
+    p.add_argument("--root-certificates", help="CA of the Runtime API's TLS certificate")
+    p.add_argument("--parent-pid", type=int, help="exit when this process (the SuperNode) exits")
+    p.add_argument("--poll-s", type=float, default=DEFAULT_POLL_S, help="AcquireTask polling interval")
+    p.add_argument("--first-token", help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    if not args.insecure and not args.root_certificates:
+        raise SystemExit("deploy.worker: pass --root-certificates, or --insecure for a loopback Runtime API")
+    if args.parent_pid:
+        exit_with_parent(args.parent_pid)
+    try:
+        serve(args.runtime_api_address, args.insecure, args.root_certificates, args.poll_s, args.first_token)
+    except KeyboardInterrupt:  # SIGINT from the parent monitor: the SuperNode is gone
+        log.info("SuperNode exited; worker stopping")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

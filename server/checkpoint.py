@@ -1,0 +1,311 @@
+"""The server's run state after each completed round: saved atomically, verified on load.
+
+A federation that dies (coordinator crash, machine reboot, a killed ServerApp) resumes
+from its last completed round instead of starting over. What is saved is everything the
+next round depends on:
+
+* the global adapter + head tensors, the server optimiser's state (FedAvgM velocity,
+  FedAdam ``m:``/``v:`` moments, in their own dtype, or none) and the best round's
+  tensors: ONE safetensors file, ``checkpoint-r<round>.safetensors``;
+* the round counter, the RNG state, best score/round/metrics, the early-stopping counter
+  and the flat run config: JSON inside the manifest ``checkpoint.json``.
+
+Write order makes a crash harmless: the tensor file goes to a temp name, is fsync'ed and
+renamed; then the manifest, which names that file and its SHA-256 (and carries the
+SHA-256 of its own JSON state), is written the same way. The manifest is the commit
+point: until it is replaced, the previous manifest and its tensor file stay valid; old
+tensor files are removed only afterwards.
+
+Loading verifies both digests before anything is used, so a truncated or altered
+checkpoint raises :class:`CheckpointError` naming the file and is never half-loaded; a
+checkpoint written under a different config (say another ``lora.r``) is refused with the
+differing keys, except keys a resumed run may legitimately change
+(:data:`RESUMABLE_KEYS`, e.g. more ``num-server-rounds``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MANIFEST = "checkpoint.json"
+TENSOR_PREFIX = "checkpoint-r"
+FORMAT = "crossfed-checkpoint"
+VERSION = 1
+GROUPS = ("global", "optimizer", "best")  # tensor groups in the safetensors file: "<group>/<name>"
+OPTIMIZER_DTYPES = (np.float32, np.float64)  # common.fusion keeps FedAdam moments in float64
+# Keys a resumed run may change without invalidating the saved state.
+RESUMABLE_KEYS = frozenset({"num-server-rounds", "out-dir", "fed.node-wait-s", "fed.round-timeout-s"})
+
+Scalar = bool | int | float | str
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is unreadable, corrupt, altered, or from another config; nothing was loaded."""
+
+
+@dataclass
+class RunState:
+    """Everything round ``round + 1`` needs.
+
+    ``global_state`` and ``best_state`` are float32 with the same names and shapes;
+    ``optimizer_state`` is whatever ``common.fusion.server_update`` returned (any names,
+    float32 or float64; an empty dict and None are kept apart).
+    """
+
+    round: int  # rounds completed
+    global_state: OrderedDict[str, np.ndarray]
+    config: dict[str, Scalar]  # AppConfig.to_flat()
+    optimizer_state: OrderedDict[str, np.ndarray] | None = None  # FedAvgM velocity / FedAdam moments
+    rng_state: dict[str, Any] | None = None  # np.random.Generator(...).bit_generator.state
+    best_round: int = 0
+    best_score: float = -math.inf
+    best_state: OrderedDict[str, np.ndarray] | None = None
+    best_metrics: dict[str, Any] = field(default_factory=dict)  # per-platform + mean of the best round
+    stale: int = 0  # rounds without improvement (early stopping)
+    extra: dict[str, Any] = field(default_factory=dict)  # JSON-able, for what later versions add
+
+    def validate(self) -> None:
+        """Shapes and names consistent across groups; raises CheckpointError otherwise."""
+        if self.round < 0 or self.stale < 0 or self.best_round < 0:
+            raise CheckpointError(f"negative counters: round={self.round}, stale={self.stale}, "
+                                  f"best_round={self.best_round}")  # fmt: skip
+        if self.best_round > self.round:
+            raise CheckpointError(f"best_round {self.best_round} is after the last completed round {self.round}")
+        for group, tensors in _groups(self):
+            allowed = OPTIMIZER_DTYPES if group == "optimizer" else (np.float32,)
+            for name, value in tensors.items():
+                if not isinstance(value, np.ndarray) or value.dtype not in allowed:
+                    got = value.dtype if isinstance(value, np.ndarray) else type(value).__name__
+                    want = " or ".join(np.dtype(d).name for d in allowed)
+                    raise CheckpointError(f"{group} tensor `{name}` must be a {want} numpy array, got {got}")
+            if group != "best":
+                continue
+            if list(tensors) != list(self.global_state):
+                raise CheckpointError(f"{group} tensors {sorted(set(tensors) ^ set(self.global_state))} do not "
+                                      "match the global adapter's")  # fmt: skip
+            for name, value in tensors.items():
+                if value.shape != self.global_state[name].shape:
+                    raise CheckpointError(f"{group} tensor `{name}` has shape {value.shape}, the global one "
+                                          f"{self.global_state[name].shape}")  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- save
+
+
+def save_checkpoint(run_dir: Path, state: RunState) -> Path:
+    """Write ``state`` under ``run_dir`` atomically; returns the manifest path."""
+    from safetensors.numpy import save
+
+    state.validate()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, np.ndarray] = {}
+    for group, values in _groups(state):
+        for name, value in values.items():
+            tensors[f"{group}/{name}"] = np.ascontiguousarray(value)
+    blob = save(tensors, metadata={"format": FORMAT, "round": str(state.round)})
+    tensor_name = f"{TENSOR_PREFIX}{state.round:06d}.safetensors"
+    _atomic_write(run_dir / tensor_name, blob)
+    body = {
+        "round": state.round,
+        "keys": {group: list(values) for group, values in _groups(state)},
+        "rng_state": state.rng_state,
+        "best_round": state.best_round,
+        "best_score": _enc(state.best_score),
+        "best_metrics": _enc(state.best_metrics),
+        "stale": state.stale,
+        "config": _enc(dict(state.config)),
+        "extra": _enc(state.extra),
+    }
+    manifest = {
+        "format": FORMAT,
+        "version": VERSION,
+        "tensors": {"file": tensor_name, "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)},
+        "state": body,
+        "state_sha256": _digest(body),
+    }
+    path = run_dir / MANIFEST
+    _atomic_write(path, (json.dumps(manifest, indent=1, sort_keys=True, allow_nan=False) + "\n").encode())
+    for old in run_dir.glob(f"{TENSOR_PREFIX}*.safetensors"):  # only now is the previous one garbage
+        if old.name != tensor_name:
+            old.unlink(missing_ok=True)
+    return path
+
+
+# ---------------------------------------------------------------------------- load
+
+
+def load_checkpoint(
+    run_dir: Path, expected_config: Mapping[str, Scalar] | None, resumable_keys: Iterable[str] = RESUMABLE_KEYS
+) -> RunState | None:
+    """The saved state, or None if ``run_dir`` has no checkpoint; CheckpointError if it is bad.
+
+    ``expected_config`` (the flat config of the run that wants to resume) must equal the
+    saved one except for ``resumable_keys``; pass None to skip that check (inspection).
+    """
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    path = Path(run_dir) / MANIFEST
+    if not path.exists():
+        return None
+    manifest = _read_manifest(path)
+    body = manifest["state"]
+    if _digest(body) != manifest.get("state_sha256"):
+        raise CheckpointError(f"{path}: the run state does not match its SHA-256 (altered or corrupt); refusing it")
+    info = manifest.get("tensors") or {}
+    tensor_path = path.parent / str(info.get("file", ""))
+    if not info.get("file") or "/" in str(info["file"]) or not tensor_path.is_file():
+        raise CheckpointError(f"{path}: names tensor file {info.get('file')!r}, which is missing")
+    blob = tensor_path.read_bytes()
+    if len(blob) != info.get("bytes") or hashlib.sha256(blob).hexdigest() != info.get("sha256"):
+        raise CheckpointError(f"{tensor_path}: {len(blob)} bytes whose SHA-256 differs from the manifest's "
+                              f"({info.get('bytes')} bytes): truncated or altered; refusing it")  # fmt: skip
+    saved_config = _dec(body["config"])
+    if expected_config is not None:
+        check_config(saved_config, expected_config, resumable_keys, where=path)
+    try:
+        flat = load(blob)
+    except SafetensorError as exc:  # digest matched, so this is a writer bug, not corruption
+        raise CheckpointError(f"{tensor_path}: unreadable safetensors data ({exc})") from exc
+    keys = body["keys"]
+    groups: dict[str, OrderedDict[str, np.ndarray] | None] = {}  # a group absent from `keys` was None
+    for group in GROUPS:
+        names = keys.get(group)
+        if names is None:
+            groups[group] = None
+            continue
+        missing = [n for n in names if f"{group}/{n}" not in flat]
+        if missing:
+            raise CheckpointError(f"{tensor_path}: {group} tensors {missing[:5]} listed in the manifest are missing")
+        groups[group] = OrderedDict((n, flat[f"{group}/{n}"]) for n in names)
+    if groups["global"] is None:
+        raise CheckpointError(f"{path}: no global adapter tensors")
+    state = RunState(
+        round=int(body["round"]), global_state=groups["global"], config=saved_config,
+        optimizer_state=groups["optimizer"], rng_state=body.get("rng_state"), best_round=int(body["best_round"]),
+        best_score=float(_dec(body["best_score"])),
+        best_state=groups["best"], best_metrics=_dec(body.get("best_metrics") or {}), stale=int(body["stale"]),
+        extra=_dec(body.get("extra") or {}),
+    )  # fmt: skip
+    state.validate()
+    return state
+
+
+def check_config(
+    saved: Mapping[str, Scalar],
+    expected: Mapping[str, Scalar],
+    resumable_keys: Iterable[str] = RESUMABLE_KEYS,
+    where: Path | str = "checkpoint",
+) -> None:
+    """Raise CheckpointError naming every key whose value differs (resumable keys excepted)."""
+    skip = set(resumable_keys)
+    diffs = []
+    for key in sorted((set(saved) | set(expected)) - skip):
+        if key not in saved:
+            diffs.append(f"`{key}` (not in the checkpoint; now {expected[key]!r})")
+        elif key not in expected:
+            diffs.append(f"`{key}` (checkpoint {saved[key]!r}; not in this config)")
+        elif not _same_value(saved[key], expected[key]):
+            diffs.append(f"`{key}` (checkpoint {saved[key]!r}, now {expected[key]!r})")
+    if diffs:
+        raise CheckpointError(f"{where}: written by a run with a different config: {'; '.join(diffs)}. "
+                              "Resume with the same settings, or start a new run folder.")  # fmt: skip
+
+
+def remove_checkpoint(run_dir: Path) -> None:
+    """Forget the checkpoint of ``run_dir`` (manifest first, so a crash leaves no valid half)."""
+    run_dir = Path(run_dir)
+    (run_dir / MANIFEST).unlink(missing_ok=True)
+    for old in run_dir.glob(f"{TENSOR_PREFIX}*.safetensors"):
+        old.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _groups(state: RunState) -> list[tuple[str, Mapping[str, np.ndarray]]]:
+    out: list[tuple[str, Mapping[str, np.ndarray]]] = [("global", state.global_state)]
+    if state.optimizer_state is not None:
+        out.append(("optimizer", state.optimizer_state))
+    if state.best_state is not None:
+        out.append(("best", state.best_state))
+    return out
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint manifest ({exc}); truncated or altered") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a {FORMAT} manifest")
+    if manifest.get("version") != VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {manifest.get('version')!r}, this code reads {VERSION}")
+    if not isinstance(manifest.get("state"), dict):
+        raise CheckpointError(f"{path}: the manifest has no run state")
+    return manifest
+
+
+def _digest(body: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, allow_nan=False).encode()).hexdigest()
+
+
+def _enc(value: Any) -> Any:
+    """JSON without NaN/Inf: non-finite floats become {"$float": "nan" | "inf" | "-inf"}."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"$float": repr(value)}
+    if isinstance(value, np.floating | np.integer):
+        return _enc(value.item())
+    if isinstance(value, Mapping):
+        return {str(k): _enc(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_enc(v) for v in value]
+    return value
+
+
+def _dec(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"$float"}:
+            return float(value["$float"])
+        return {k: _dec(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_dec(v) for v in value]
+    return value
+
+
+def _same_value(a: Scalar, b: Scalar) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return float(a) == float(b)
+    return a == b
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename itself survives a power cut
+    finally:
+        os.close(dir_fd)
