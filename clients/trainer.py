@@ -141,7 +141,7 @@ def _train(
     loss_fn = nn.BCEWithLogitsLoss()
     rng = np.random.default_rng(seed)
     labels = torch.from_numpy(data.labels)
-    total, seen = 0.0, 0
+    total, seen = torch.zeros((), dtype=torch.float64, device=device), 0  # summed on device: no sync per step
     for _ in range(spec.local_epochs):
         order = rng.permutation(len(data))
         if spec.sort_by_length:
@@ -159,11 +159,11 @@ def _train(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError("training loss became NaN/Inf; lower `train.lr`")
-            total += loss.item() * len(idx)
+            total += loss.detach().double() * len(idx)
             seen += len(idx)
-    return {"train-loss": total / seen, "num-examples": float(len(data))}
+        if not math.isfinite(total.item()):  # one GPU sync per epoch, not per step
+            raise FloatingPointError("training loss became NaN/Inf; lower `train.lr`")
+    return {"train-loss": total.item() / seen, "num-examples": float(len(data))}
 
 
 @torch.no_grad()

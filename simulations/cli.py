@@ -2,7 +2,10 @@
 
     crossfed prepare movielens --src ../shared/data/ml-100k --out data/ml100k
     crossfed simulate [--data DIR] --out RUN [--rounds R --max-users N --set key=value ...]
-    crossfed bench secagg [--quick]
+    crossfed compare --data DIR --out RUN --seeds 3 [--size ci|full]
+    crossfed tallrec --src ../shared/data/tallrec-movie --out RUN
+    crossfed bench secagg [--quick] | crossfed bench deploy [--nodes 30]
+    crossfed deploy ca | node-key | register | superlink | supernode | submit
 
 Errors a user can fix (bad data, bad config, missing model) print ONE line and exit 2.
 """
@@ -20,8 +23,11 @@ from typing import Any
 from common.config import AppConfig, ConfigError
 from common.data import DatasetError
 from common.modeling import ModelLoadError
+from deploy.cli import USER_ERRORS as DEPLOY_ERRORS
+from deploy.cli import add_deploy_parser
+from simulations.compare import add_parsers as add_compare_parsers
 
-USER_ERRORS = (DatasetError, ConfigError, ModelLoadError, FileNotFoundError)
+USER_ERRORS = (DatasetError, ConfigError, ModelLoadError, FileNotFoundError, *DEPLOY_ERRORS)
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
@@ -80,6 +86,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from simulations.bench_secagg import main as bench_main
 
         return bench_main(args.rest) or 0
+    if args.what == "deploy":
+        from deploy.bench import main as deploy_bench_main
+
+        return deploy_bench_main(args.rest) or 0
     raise ConfigError(f"unknown benchmark {args.what!r}")
 
 
@@ -108,9 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=cmd_simulate)
 
     bench = sub.add_parser("bench", help="benchmarks that print a table")
-    bench.add_argument("what", choices=["secagg"])
+    bench.add_argument("what", choices=["secagg", "deploy"])
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
     bench.set_defaults(func=cmd_bench)
+
+    add_compare_parsers(sub)
+    add_deploy_parser(sub)
     return parser
 
 

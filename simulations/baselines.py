@@ -1,0 +1,116 @@
+"""No-training baselines, scored with the very protocol of the trained arms.
+
+Every trained arm must beat these to claim anything:
+
+- ``liked-share``: score = share of liked items in the history the model sees
+  (``data.history-len`` most recent liked + disliked), 0.5 when the history is empty.
+  It is a user-only score, so within one user's ranking list every candidate ties and,
+  with pessimistic ties, HR@10/NDCG@10 are 0 by construction.
+- ``popularity``: the item's number of train interactions on this platform (likes and
+  dislikes alike; implicit data: positives only), mapped to a probability by a 1-D
+  logistic fit on ``log1p(count)`` over the train split (monotone, so AUC/HR/NDCG are
+  those of the raw count).
+- ``like-rate``: the item's smoothed like-rate on the train split,
+  ``(likes + a * p) / (n + a)`` with ``p`` the platform's train like-rate and ``a`` the prior strength.
+
+The untrained-model baseline (frozen base + untrained head) needs the model and lives in
+the comparison harness.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from common.metrics import classification_metrics, ranking_metrics
+from common.splits import Example, PlatformSplits, RankingCase
+
+BASELINES = ("liked-share", "popularity", "like-rate")
+PRIOR_STRENGTH = 5.0  # like-rate smoothing: pseudo-interactions at the platform's mean rate
+
+Scorer = Callable[[Sequence[str], Sequence[str], str], float]  # (liked, disliked, candidate) -> probability
+
+
+def liked_share(liked: Sequence[str], disliked: Sequence[str]) -> float:
+    """|liked| / (|liked| + |disliked|); 0.5 for an empty history."""
+    total = len(liked) + len(disliked)
+    return len(liked) / total if total else 0.5
+
+
+def smoothed_rate(likes: float, count: float, prior: float, strength: float = PRIOR_STRENGTH) -> float:
+    """(likes + strength * prior) / (count + strength): the prior for an unseen item, the raw rate when well seen."""
+    return (likes + strength * prior) / (count + strength)
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, steps: int = 50, ridge: float = 1e-6) -> tuple[float, float]:
+    """(a, b) of p = sigmoid(a x + b) by Newton's method on the mean log-loss (a tiny ridge keeps it defined)."""
+    design = np.stack([np.asarray(x, np.float64), np.ones(len(x))], axis=1)  # (N, 2)
+    y = np.asarray(y, np.float64)
+    w = np.zeros(2)
+    for _ in range(steps):
+        p = 1.0 / (1.0 + np.exp(-(design @ w)))
+        grad = design.T @ (p - y) / len(y) + ridge * w
+        hess = (design * (p * (1 - p))[:, None]).T @ design / len(y) + ridge * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return float(w[0]), float(w[1])
+
+
+def item_scorers(train: Sequence[Example], implicit: bool = False) -> dict[str, Scorer]:
+    """``popularity`` and ``like-rate`` fitted on one platform's train split."""
+    if not train:
+        raise ValueError("no train examples to fit the item baselines on")
+    counts: Counter[str] = Counter()
+    likes: Counter[str] = Counter()
+    for ex in train:
+        if ex.label or not implicit:  # implicit: sampled negatives are not interactions
+            counts[ex.item_id] += 1
+        likes[ex.item_id] += ex.label
+    prior = sum(ex.label for ex in train) / len(train)
+    seen: Counter[str] = Counter(ex.item_id for ex in train)
+    x = np.log1p([counts[ex.item_id] for ex in train])
+    y = np.array([ex.label for ex in train], np.float64)
+    a, b = fit_logistic(x, y) if 0 < y.sum() < len(y) else (0.0, math.log(max(prior, 1e-6) / max(1 - prior, 1e-6)))
+
+    def popularity(liked: Sequence[str], disliked: Sequence[str], item: str) -> float:
+        return 1.0 / (1.0 + math.exp(-(a * math.log1p(counts[item]) + b)))
+
+    def like_rate(liked: Sequence[str], disliked: Sequence[str], item: str) -> float:
+        return smoothed_rate(likes[item], seen[item], prior)
+
+    return {"popularity": popularity, "like-rate": like_rate}
+
+
+def baseline_scorers(splits: PlatformSplits, implicit: bool = False) -> dict[str, Scorer]:
+    """All no-training baselines of one platform, fitted on its train split only."""
+
+    def share(liked: Sequence[str], disliked: Sequence[str], item: str) -> float:
+        return liked_share(liked, disliked)
+
+    return {"liked-share": share, **item_scorers(splits.train, implicit)}
+
+
+def evaluate_baseline(
+    scorer: Scorer, splits: PlatformSplits, cases: Sequence[RankingCase], k: int = 10
+) -> dict[str, float]:
+    """The same keys as :func:`clients.trainer.evaluate`: ``{valid,test}.{auc,logloss,n,...}``, ``test.hr@10``..."""
+    out: dict[str, float] = {}
+    for name, examples in (("valid", splits.valid), ("test", splits.test)):
+        if not examples:
+            continue
+        probs = [scorer(ex.liked, ex.disliked, ex.item_id) for ex in examples]
+        for key, value in classification_metrics([ex.label for ex in examples], probs).items():
+            out[f"{name}.{key}"] = float(value)
+    if cases:
+        scores = np.array(
+            [[scorer(c.liked, c.disliked, item) for item in (c.positive, *c.negatives)] for c in cases]
+        )  # (U, 1+N), positive first
+        for key, value in ranking_metrics(scores[:, 0], scores[:, 1:], k).items():
+            out[f"test.{key}"] = float(value)
+        out["test.rank-users"] = float(len(cases))
+    return out

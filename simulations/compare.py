@@ -1,0 +1,463 @@
+"""``crossfed compare``: does federation pay? Local-only vs federated vs pooled, on the same splits.
+
+    crossfed compare --data DIR --out RUN --seeds 3 [--size ci|full] [--scenario full|scarce|both]
+
+Every arm uses the same base model, the same splits (per seed) and the same training
+budget per platform (rounds x local epochs x ``train.max-examples``):
+
+- ``local``: each platform alone (:func:`run_federation` over an in-process transport of that one platform);
+- ``federated``: all platforms, example-weighted fusion of adapter + head (the deployed app);
+- ``fed+personal``: federated adapter, but a private head per platform that never leaves it;
+- ``fed+finetune``: the best fused adapter, then one local epoch per platform;
+- ``pooled``: one adapter trained on the union of all platforms' train data (what a privacy law forbids);
+- levers: federated with one setting changed (FedProx, FedAvgM, FedAdam, exact-LoRA ``freeze-a``, ...),
+  built in (see ``ARMS``) or given as ``--lever NAME:key=value,key=value``;
+- no training: ``untrained`` (frozen base + untrained head), ``liked-share``, ``popularity``, ``like-rate``.
+
+Scenarios: ``full`` (the dataset as given) and ``scarce`` (the large platform keeps every user, the
+others a seeded ``--scarce-fraction`` of theirs, via :func:`common.splits.subsample_users`). Each
+scenario's dataset is written under ``RUN/data/<scenario>`` and every run under ``RUN/runs/``;
+``report.json``, ``report.md``, ``report.png`` and ``rounds.png`` summarise them (see
+:mod:`simulations.report`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform as pyplatform
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from clients.platform import NodeSetup, prepare, subsample
+from clients.tasks import evaluate_state, fit
+from clients.trainer import EncodedSplit, train
+from common.config import AppConfig, ConfigError
+from common.data import PlatformData, discover_platforms, load_dataset, write_dataset
+from common.modeling import build_scorer, get_trainable_state, load_scorer, pick_device, set_trainable_state
+from common.splits import subsample_users
+from server.federation import PerPlatform, Tensors, mean_metrics, run_federation
+from server.outputs import ROUNDS_FILE
+from simulations.baselines import baseline_scorers, evaluate_baseline
+from simulations.inprocess import InProcessTransport, setups_for
+
+log = logging.getLogger("crossfed.compare")
+
+METRICS = ("auc", "logloss", "hr@10", "ndcg@10")
+SCENARIOS = ("full", "scarce")
+DATA_SEED = 0  # the scarce subsample is one fixed dataset; seeds vary the model, sampling and training order
+DEFAULT_LARGE = "P1_action_scifi"  # ML-100K genre platforms: the one that stays large in the scarce scenario
+
+# Size presets: flat run-config overrides (``--set`` wins over them).
+SIZES: dict[str, dict[str, Any]] = {
+    # CI smoke test: minutes on 2 CPUs with --base-model tiny-random; no quality claim.
+    "ci": {
+        "num-server-rounds": 2, "data.max-users": 20, "data.history-len": 3, "model.max-length": 48,
+        "lora.r": 4, "train.max-examples": 64, "train.batch-size": 16, "eval.max-rank-users": 4,
+        "eval.batch-size": 64,
+    },
+    # GPU (one H100/H200): every user, all test users' AUC, 100 ranked users per platform.
+    "full": {
+        "num-server-rounds": 4, "train.max-examples": 2000, "train.batch-size": 64, "train.sort-by-length": True,
+        "eval.max-rank-users": 100, "eval.batch-size": 1024, "fed.patience": 2,
+    },
+}  # fmt: skip
+SCARCE_FRACTION = {"ci": 0.4, "full": 0.1}  # ci: the embedded shops are small (25-100 users)
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One way to train (or not) and score every platform."""
+
+    name: str
+    kind: str  # local | federated | finetune | pooled | untrained | baseline
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    personal_head: bool = False
+    about: str = ""
+
+    @property
+    def trained(self) -> bool:
+        return self.kind not in ("untrained", "baseline")
+
+
+ARMS: dict[str, Arm] = {a.name: a for a in (
+    Arm("local", "local", about="each platform trains alone on its own data (same rounds/epochs)"),
+    Arm("federated", "federated", about="all platforms, example-weighted fusion of adapter + head (FedAvg)"),
+    Arm("fed+personal", "federated", personal_head=True,
+        about="fused adapter + a private head per platform, trained locally, never sent"),
+    Arm("fed+finetune", "finetune", about="best fused adapter + head, then 1 local epoch per platform"),
+    Arm("pooled", "pooled", about="one adapter on the union of all platforms' train data (upper bound)"),
+    Arm("fedprox", "federated", {"train.proximal-mu": 0.01}, about="FedProx, mu = 0.01"),
+    Arm("fedavgm", "federated", {"fed.server-momentum": 0.9}, about="FedAvgM, server momentum 0.9, server lr 1"),
+    Arm("fedadam", "federated", {"fed.optimizer": "adam", "fed.server-lr": 0.01},
+        about="FedAdam, server lr 0.01, betas (0.9, 0.99), tau 1e-3"),
+    Arm("freeze-a", "federated", {"lora.freeze-a": True},
+        about="exact LoRA fusion: A frozen at its seeded init, fused B.A = mean of the platforms' B.A"),
+    Arm("no-dropout", "federated", {"lora.dropout": 0.0, "model.head-dropout": 0.0}, about="no dropout"),
+    Arm("wd0.1", "federated", {"train.weight-decay": 0.1}, about="weight decay 0.1 (default 0.01)"),
+    Arm("no-early-stop", "federated", {"fed.patience": 0}, about="every round, best round still by validation"),
+    Arm("untrained", "untrained", about="frozen base + untrained LoRA and head (seeded init)"),
+    Arm("liked-share", "baseline", about="share of liked items in the user's history (0.5 if empty)"),
+    Arm("popularity", "baseline", about="item's train interaction count (logistic-calibrated)"),
+    Arm("like-rate", "baseline", about="item's smoothed train like-rate"),
+)}  # fmt: skip
+MAIN_ARMS = ("local", "federated", "fed+personal", "fed+finetune", "pooled")
+LEVER_ARMS = ("fedprox", "fedavgm", "fedadam", "freeze-a")
+BASELINE_ARMS = ("untrained", "liked-share", "popularity", "like-rate")
+DEFAULT_ARMS = (*MAIN_ARMS, *LEVER_ARMS, *BASELINE_ARMS)
+
+
+def parse_lever(spec: str) -> Arm:
+    """``NAME:key=value,key=value`` -> a federated arm with those run-config overrides."""
+    from simulations.cli import parse_overrides
+
+    name, sep, rest = spec.partition(":")
+    if not sep or not name.strip() or not rest.strip():
+        raise ConfigError(f"`--lever {spec}`: expected NAME:key=value[,key=value...]")
+    overrides = parse_overrides([p for p in rest.split(",") if p.strip()])
+    AppConfig().replace(**overrides)  # a typo'd key fails here, before anything runs
+    return Arm(name.strip(), "federated", overrides, about=", ".join(f"{k}={v}" for k, v in overrides.items()))
+
+
+def resolve_arms(names: Sequence[str], levers: Sequence[str]) -> list[Arm]:
+    arms: list[Arm] = []
+    for name in names:
+        if name not in ARMS:
+            raise ConfigError(f"`--arms`: unknown arm {name!r}, expected some of {', '.join(ARMS)}")
+        arms.append(ARMS[name])
+    arms += [parse_lever(spec) for spec in levers]
+    if len({a.name for a in arms}) != len(arms):
+        raise ConfigError(f"`--arms`/`--lever`: arm names must be unique, got {[a.name for a in arms]}")
+    if any(a.kind == "finetune" for a in arms) and "federated" not in {a.name for a in arms}:
+        raise ConfigError("`--arms`: fed+finetune starts from the federated arm's best adapter; add `federated`")
+    # trained arms in the given order, fine-tuning after them (it needs `federated`), the cheap baselines last
+    return sorted(arms, key=lambda a: (not a.trained, a.kind == "finetune"))
+
+
+# --- scenarios ----------------------------------------------------------------------------
+
+
+def large_platform(source: Mapping[str, PlatformData], requested: str | None) -> str:
+    if requested:
+        if requested not in source:
+            raise ConfigError(f"`--large-platform` {requested!r} is not a platform of the data: {sorted(source)}")
+        return requested
+    if DEFAULT_LARGE in source:
+        return DEFAULT_LARGE
+    return max(sorted(source), key=lambda name: source[name].num_users)
+
+
+def scenario_data(
+    source: Mapping[str, PlatformData], scenario: str, large: str, fraction: float, seed: int = DATA_SEED
+) -> dict[str, PlatformData]:
+    """``full``: as given; ``scarce``: ``large`` keeps everyone, the others a seeded ``fraction`` of users."""
+    if scenario == "full":
+        return dict(source)
+    if scenario != "scarce":
+        raise ConfigError(f"`--scenario` must be full, scarce or both, got {scenario!r}")
+    return {n: d if n == large else subsample_users(d, fraction, seed) for n, d in sorted(source.items())}
+
+
+def load_source(data: str | None) -> dict[str, PlatformData]:
+    if data:
+        return load_dataset(Path(data))
+    from simulations.synthetic import make_synthetic
+
+    return make_synthetic(seed=DATA_SEED)
+
+
+# --- arms ---------------------------------------------------------------------------------
+
+
+class PooledTransport:
+    """The upper bound: one model trained on the union of every platform's (subsampled) train data.
+
+    Each round takes the same per-platform subsample a platform would train on
+    (``train.max-examples``, seeded by round), pools them and trains once; evaluation is per platform.
+    """
+
+    def __init__(self, setups: Sequence[NodeSetup]) -> None:
+        self.setups = list(setups)
+        self.scorers = InProcessTransport(setups)  # per-platform evaluation, same code
+
+    def train_round(
+        self, state: Tensors, cfg: AppConfig, rnd: int
+    ) -> tuple[OrderedDict[str, np.ndarray], PerPlatform, list[str]]:
+        scorer, tokenizer = load_scorer(cfg.model, cfg.lora, cfg.seed)
+        parts = []
+        for setup in self.setups:
+            prepared = prepare(setup, cfg.data, cfg.eval.max_rank_users, cfg.seed, tokenizer, cfg.model.max_length)
+            parts.append(subsample(prepared.train, cfg.train.max_examples, cfg.seed + rnd))
+        pooled = EncodedSplit([row for p in parts for row in p.ids], np.concatenate([p.labels for p in parts]))
+        set_trainable_state(scorer, dict(state))
+        device = pick_device(self.setups[0].device)
+        metrics = train(scorer, pooled, cfg.train, int(tokenizer.pad_token_id), device, seed=cfg.seed * 1000 + rnd)
+        return get_trainable_state(scorer), {"pooled": metrics}, []
+
+    def evaluate_round(
+        self, state: Tensors, cfg: AppConfig, rnd: int, splits: Sequence[str]
+    ) -> tuple[PerPlatform, list[str]]:
+        return self.scorers.evaluate_round(state, cfg, rnd, splits)
+
+
+@dataclass
+class Record:
+    """One arm on one scenario and seed: test metrics per platform (+ ``mean``), wall time, round logs."""
+
+    per_platform: dict[str, dict[str, float]]
+    wall_s: float = 0.0
+    rounds: list[str] = field(default_factory=list)  # rounds.jsonl paths relative to RUN
+    best_round: dict[str, int] = field(default_factory=dict)
+
+    def with_mean(self) -> dict[str, dict[str, float]]:
+        """Per platform plus ``mean``: example-weighted (AUC/log-loss by test n, HR/NDCG by ranked users)."""
+        prefixed = {p: {f"test.{k}": v for k, v in m.items()} for p, m in self.per_platform.items()}
+        mean = {k.removeprefix("test."): v for k, v in mean_metrics(prefixed).items() if k.startswith("test.")}
+        return {**self.per_platform, "mean": mean}
+
+
+def _test_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
+    return {k.removeprefix("test."): float(v) for k, v in metrics.items() if k.startswith("test.")}
+
+
+class ArmRunner:
+    """Runs arms for one scenario and seed; remembers the federated arm's best state for fine-tuning."""
+
+    def __init__(self, cfg: AppConfig, platforms: Sequence[str], run_root: Path, out: Path, implicit: set[str]):
+        self.cfg, self.platforms, self.run_root, self.out, self.implicit = cfg, list(platforms), run_root, out, implicit
+        self.federated_state: OrderedDict[str, np.ndarray] | None = None
+
+    def run(self, arm: Arm) -> Record:
+        t0 = time.time()
+        record = getattr(self, f"_{arm.kind}")(arm)
+        record.wall_s = time.time() - t0
+        return record
+
+    def _cfg(self, arm: Arm, *parts: str) -> AppConfig:
+        return self.cfg.replace(**arm.overrides, **{"out-dir": str(self.run_root.joinpath(arm.name, *parts))})
+
+    def _federated(self, arm: Arm) -> Record:
+        cfg = self._cfg(arm)
+        transport = InProcessTransport(setups_for(cfg, self.platforms), personal_head=arm.personal_head)
+        summary = run_federation(transport, cfg)
+        if arm.name == "federated":
+            self.federated_state = transport.states[summary["best_round"]]
+        return Record(summary["test"], rounds=[self._rel(cfg)], best_round={"all": summary["best_round"]})
+
+    def _local(self, arm: Arm) -> Record:
+        per_platform, rounds, best = {}, [], {}
+        for name in self.platforms:
+            cfg = self._cfg(arm, name)
+            summary = run_federation(InProcessTransport(setups_for(cfg, [name])), cfg)
+            per_platform[name] = summary["test"][name]
+            rounds.append(self._rel(cfg))
+            best[name] = summary["best_round"]
+        return Record(per_platform, rounds=rounds, best_round=best)
+
+    def _pooled(self, arm: Arm) -> Record:
+        cfg = self._cfg(arm)
+        summary = run_federation(PooledTransport(setups_for(cfg, self.platforms)), cfg)
+        return Record(summary["test"], rounds=[self._rel(cfg)], best_round={"all": summary["best_round"]})
+
+    def _finetune(self, arm: Arm) -> Record:
+        if self.federated_state is None:
+            raise ConfigError("fed+finetune needs the federated arm to run first")
+        cfg = self.cfg.replace(**{"train.local-epochs": 1, **arm.overrides})
+        per_platform = {}
+        for setup in setups_for(cfg, self.platforms):
+            state, _ = fit(cfg, setup, self.federated_state, cfg.num_server_rounds + 1)
+            per_platform[setup.platform] = _test_metrics(evaluate_state(cfg, setup, state))
+        return Record(per_platform)
+
+    def _untrained(self, arm: Arm) -> Record:
+        scorer, _ = build_scorer(self.cfg.model, self.cfg.lora, self.cfg.seed)
+        state = get_trainable_state(scorer)
+        del scorer
+        setups = setups_for(self.cfg, self.platforms)
+        return Record({s.platform: _test_metrics(evaluate_state(self.cfg, s, state)) for s in setups})
+
+    def _baseline(self, arm: Arm) -> Record:
+        _, tokenizer = load_scorer(self.cfg.model, self.cfg.lora, self.cfg.seed)
+        per_platform = {}
+        for setup in setups_for(self.cfg, self.platforms):
+            cfg = self.cfg
+            prepared = prepare(setup, cfg.data, cfg.eval.max_rank_users, cfg.seed, tokenizer, cfg.model.max_length)
+            scorer = baseline_scorers(prepared.splits, implicit=setup.platform in self.implicit)[arm.name]
+            metrics = evaluate_baseline(scorer, prepared.splits, prepared.cases)
+            per_platform[setup.platform] = _test_metrics(metrics)
+        return Record(per_platform)
+
+    def _rel(self, cfg: AppConfig) -> str:
+        return str((Path(cfg.out_dir) / ROUNDS_FILE).relative_to(self.out))
+
+
+# --- the whole comparison -----------------------------------------------------------------
+
+
+@dataclass
+class CompareOptions:
+    out: str
+    data: str | None = None
+    seeds: int = 3
+    size: str = "full"
+    scenario: str = "both"
+    base_model: str | None = None
+    arms: Sequence[str] = DEFAULT_ARMS
+    levers: Sequence[str] = ()
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    scarce_fraction: float | None = None
+    large_platform: str | None = None
+
+
+def hardware() -> dict[str, Any]:
+    import os
+
+    import torch
+
+    cpu = pyplatform.processor() or pyplatform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cpu_cores": os.cpu_count(), "gpu": gpu, "torch": torch.__version__,
+            "python": pyplatform.python_version()}  # fmt: skip
+
+
+def base_config(opts: CompareOptions) -> AppConfig:
+    if opts.size not in SIZES:
+        raise ConfigError(f"`--size` must be one of {', '.join(SIZES)}, got {opts.size!r}")
+    overrides = dict(SIZES[opts.size])
+    if opts.base_model:
+        overrides["model.base"] = opts.base_model
+    overrides.update(opts.overrides)
+    return AppConfig().replace(**overrides)
+
+
+def run_compare(opts: CompareOptions) -> dict[str, Any]:
+    """Train and score every arm x scenario x seed; write RUN/report.{json,md,png} and rounds.png."""
+    from simulations.report import write_report
+
+    if opts.seeds < 1:
+        raise ConfigError(f"`--seeds` must be positive, got {opts.seeds}")
+    scenarios = list(SCENARIOS) if opts.scenario == "both" else [opts.scenario]
+    for scenario in scenarios:
+        if scenario not in SCENARIOS:
+            raise ConfigError(f"`--scenario` must be full, scarce or both, got {opts.scenario!r}")
+    cfg0 = base_config(opts)
+    arms = resolve_arms(opts.arms, opts.levers)
+    for arm in arms:
+        cfg0.replace(**arm.overrides)  # every arm's config is valid before anything runs
+    source = load_source(opts.data)
+    large = large_platform(source, opts.large_platform)
+    fraction = opts.scarce_fraction if opts.scarce_fraction is not None else SCARCE_FRACTION.get(opts.size, 0.1)
+    out = Path(opts.out).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+
+    data_dirs: dict[str, Path] = {}
+    scenario_info: dict[str, Any] = {}
+    for scenario in scenarios:
+        data = scenario_data(source, scenario, large, fraction)
+        data_dirs[scenario] = out / "data" / scenario
+        write_dataset(data_dirs[scenario], data.values(), overwrite=True)
+        scenario_info[scenario] = {
+            "users": {n: d.num_users for n, d in data.items()},
+            "interactions": {n: len(d.interactions) for n, d in data.items()},
+            "large_platform": large if scenario == "scarce" else None,
+            "scarce_fraction": fraction if scenario == "scarce" else None,
+        }
+    implicit = {n for n, d in source.items() if d.feedback == "implicit"}
+
+    results: dict[str, dict[str, dict[int, Record]]] = {s: {a.name: {} for a in arms} for s in scenarios}
+    jobs = len(scenarios) * opts.seeds * len(arms)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, transient=False) as progress:
+        task = progress.add_task("compare", total=jobs)
+        for scenario in scenarios:
+            for seed in range(opts.seeds):
+                cfg = cfg0.replace(**{"seed": seed, "data.dir": str(data_dirs[scenario])})
+                platforms = discover_platforms(data_dirs[scenario])
+                runner = ArmRunner(cfg, platforms, out / "runs" / scenario / f"seed{seed}", out, implicit)
+                for arm in arms:
+                    progress.update(task, description=f"{scenario} · seed {seed} · {arm.name}")
+                    results[scenario][arm.name][seed] = record = runner.run(arm)
+                    progress.advance(task)
+                    log.info("%s seed %d %s: mean test AUC %.4f (%.0f s)", scenario, seed, arm.name,
+                             record.with_mean()["mean"].get("auc", float("nan")), record.wall_s)  # fmt: skip
+    meta = {
+        "size": opts.size, "seeds": list(range(opts.seeds)), "config": cfg0.to_flat(), "data": opts.data or "",
+        "scenarios": scenario_info, "arms": {a.name: {"kind": a.kind, "overrides": dict(a.overrides),
+        "personal_head": a.personal_head, "trained": a.trained, "about": a.about} for a in arms},
+        "hardware": hardware(), "total_wall_s": time.time() - started,
+    }  # fmt: skip
+    return write_report(out, results, meta)
+
+
+# --- command line -------------------------------------------------------------------------
+
+
+def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("compare", help="local vs federated vs pooled (+ levers, baselines): report.md/json/png")
+    p.add_argument("--data", help="DATASET folder (default: the embedded synthetic shops)")
+    p.add_argument("--out", required=True, help="RUN folder: report.json/md/png, rounds.png, data/, runs/")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (model init, sampling, training order)")
+    p.add_argument("--size", choices=sorted(SIZES), default="full", help="ci: minutes on a CPU; full: one GPU")
+    p.add_argument("--scenario", choices=[*SCENARIOS, "both"], default="both")
+    p.add_argument("--base-model", help="'default' (MiniLM), 'tiny-random' or a local Hugging Face model path")
+    p.add_argument("--arms", default=",".join(DEFAULT_ARMS), help=f"comma list of {', '.join(ARMS)}")
+    p.add_argument(
+        "--lever",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+        help="an extra federated arm with these run-config overrides, e.g. wd0:train.weight-decay=0",
+    )
+    p.add_argument("--scarce-fraction", type=float, help="share of users the small platforms keep (scarce)")
+    p.add_argument("--large-platform", help=f"the platform that keeps every user (default {DEFAULT_LARGE} or largest)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any run-config key, e.g. train.lr=1e-3")
+    p.set_defaults(func=cmd_compare)
+    return p  # fmt: skip
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from simulations.cli import parse_overrides
+
+    opts = CompareOptions(
+        out=args.out, data=args.data, seeds=args.seeds, size=args.size, scenario=args.scenario,
+        base_model=args.base_model, arms=[a.strip() for a in args.arms.split(",") if a.strip()],
+        levers=args.lever, overrides=parse_overrides(args.set or []), scarce_fraction=args.scarce_fraction,
+        large_platform=args.large_platform,
+    )  # fmt: skip
+    report = run_compare(opts)
+    print(f"report: {Path(args.out) / 'report.md'}  ({report['meta']['total_wall_s']:.0f} s)")
+    return 0
+
+
+def add_parsers(subparsers: Any) -> None:
+    """Mount ``compare`` and ``tallrec`` on the ``crossfed`` CLI's subparsers."""
+    from simulations.tallrec import add_tallrec_parser
+
+    add_compare_parser(subparsers)
+    add_tallrec_parser(subparsers)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m simulations.compare compare ...``: the same as ``crossfed compare ...``."""
+    from simulations.cli import main as cli_main
+
+    return cli_main(argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
