@@ -144,6 +144,7 @@ class FedSpec:
     adam_beta1: float = 0.9  # FedAdam first-moment decay
     adam_beta2: float = 0.99  # FedAdam second-moment decay
     adam_tau: float = 1e-3  # FedAdam adaptivity (added to sqrt(v)); use fed.server-lr ~ 1e-2 with adam
+    resume: bool = True  # a run folder with a checkpoint resumes after its last completed round
 
     def __post_init__(self) -> None:
         _positive(self, "min_nodes", "fed.min-nodes")

@@ -45,7 +45,10 @@ VERSION = 1
 GROUPS = ("global", "optimizer", "best")  # tensor groups in the safetensors file: "<group>/<name>"
 OPTIMIZER_DTYPES = (np.float32, np.float64)  # common.fusion keeps FedAdam moments in float64
 # Keys a resumed run may change without invalidating the saved state.
-RESUMABLE_KEYS = frozenset({"num-server-rounds", "out-dir", "fed.node-wait-s", "fed.round-timeout-s"})
+RESUMABLE_KEYS = frozenset({
+    "num-server-rounds", "out-dir", "fed.resume", "fed.min-nodes", "fed.node-wait-s", "fed.round-timeout-s",
+    "secure.stage-timeout-s",
+})  # fmt: skip
 
 Scalar = bool | int | float | str
 

@@ -10,6 +10,7 @@ harness drives the very same loop in-process.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import OrderedDict
@@ -25,7 +26,8 @@ from common.config import AppConfig
 from common.fusion import server_update
 from common.metrics import weighted_mean
 from common.modeling import build_scorer, get_trainable_state, save_adapter
-from server.outputs import ADAPTER_DIR, ROUNDS_FILE, append_round, platform_table, write_summary
+from server.checkpoint import CheckpointError, RunState, load_checkpoint, remove_checkpoint, save_checkpoint
+from server.outputs import ADAPTER_DIR, ROUNDS_FILE, append_round, atomic_write_text, platform_table, write_summary
 
 log = logging.getLogger("crossfed.server")
 
@@ -69,59 +71,64 @@ class Best:
 
 
 def run_federation(transport: Transport, cfg: AppConfig) -> dict[str, Any]:
-    """R rounds of train -> fuse -> evaluate; writes rounds.jsonl, summary.json and the adapter."""
+    """R rounds of train -> fuse -> evaluate; writes rounds.jsonl, summary.json and the adapter.
+
+    After every round the run state is checkpointed in the run folder; a run started on a
+    folder that holds a checkpoint (``fed.resume = true``, the default) continues after its
+    last completed round instead of starting over.
+    """
     out_dir = Path(cfg.out_dir).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / ROUNDS_FILE).unlink(missing_ok=True)
     started = time.time()
     # A fresh scorer, not the per-process cache: a cached one may carry another run's adapter.
     scorer, _ = build_scorer(cfg.model, cfg.lora, cfg.seed)
-    global_state = get_trainable_state(scorer)
-    initial_state = OrderedDict((k, v.copy()) for k, v in global_state.items())
-    opt_state: Mapping[str, np.ndarray] | None = None  # server optimiser state (FedAvgM velocity, FedAdam moments)
-    best, stale, rounds_done = Best(), 0, 0
+    initial_state = get_trainable_state(scorer)
+    loop = _start_or_resume(out_dir, cfg, initial_state)
     sign = -1.0 if cfg.fed.metric == "logloss" else 1.0
     # Test metrics (and the costly ranking) are only needed for the best round: by default
     # rounds evaluate validation only, and the best adapter is tested once at the end.
     round_splits = ("valid", "test") if cfg.eval.test_every_round else ("valid",)
-    log.info("crossfed: %d rounds, %d adapter+head parameters", cfg.num_server_rounds, _size(global_state))
+    log.info("crossfed: %d rounds, %d adapter+head parameters", cfg.num_server_rounds, _size(loop.global_state))
     with Progress(transient=False) as progress:
-        task = progress.add_task("federated rounds", total=cfg.num_server_rounds)
-        for rnd in range(1, cfg.num_server_rounds + 1):
+        task = progress.add_task("federated rounds", total=cfg.num_server_rounds, completed=loop.done)
+        for rnd in range(loop.done + 1, cfg.num_server_rounds + 1):
+            if cfg.fed.patience and loop.stale >= cfg.fed.patience:
+                log.info("early stop after round %d: no improvement for %d rounds", loop.done, loop.stale)
+                break
             t0 = time.time()
             try:
-                fused, train_info, train_failures = transport.train_round(global_state, cfg, rnd)
+                fused, train_info, train_failures = transport.train_round(loop.global_state, cfg, rnd)
             except RoundAborted as exc:  # nothing fused: keep the adapter, try again next round
                 log.warning("round %d aborted, keeping the previous adapter: %s", rnd, exc)
                 append_round(out_dir, {"round": rnd, "aborted": str(exc), "seconds": time.time() - t0})
-                rounds_done = rnd
+                loop.done = rnd
+                save_checkpoint(out_dir, loop.run_state(cfg))
                 progress.update(task, advance=1, description=f"round {rnd}: aborted")
                 continue
-            global_state, opt_state = server_update(
-                global_state, fused, opt_state, cfg.fed.optimizer, cfg.fed.server_lr, cfg.fed.server_momentum,
-                (cfg.fed.adam_beta1, cfg.fed.adam_beta2), cfg.fed.adam_tau,
+            loop.global_state, loop.opt_state = server_update(
+                loop.global_state, fused, loop.opt_state, cfg.fed.optimizer, cfg.fed.server_lr,
+                cfg.fed.server_momentum, (cfg.fed.adam_beta1, cfg.fed.adam_beta2), cfg.fed.adam_tau,
             )  # fmt: skip
-            per_platform, eval_failures = transport.evaluate_round(global_state, cfg, rnd, round_splits)
+            per_platform, eval_failures = transport.evaluate_round(loop.global_state, cfg, rnd, round_splits)
             mean = mean_metrics(per_platform)
             score = sign * mean.get(f"valid.{cfg.fed.metric}", np.nan)
             # No platform shares validation metrics (secure mode without opt-in): the latest is the best.
             blind = f"valid.{cfg.fed.metric}" not in mean
-            improved = blind or bool(np.isfinite(score) and score > best.score)
+            improved = blind or bool(np.isfinite(score) and score > loop.best.score)
             if improved:
-                best = Best(rnd, score, global_state, per_platform, mean)
-                stale = 0
+                loop.best = Best(rnd, score, loop.global_state, per_platform, mean)
+                loop.stale = 0
             else:
-                stale += 1
-            rounds_done = rnd
+                loop.stale += 1
+            loop.done = rnd
             append_round(out_dir, {
                 "round": rnd, "train": train_info, "eval": per_platform, "mean": mean,
                 "failures": train_failures + eval_failures, "improved": improved, "seconds": time.time() - t0,
             })  # fmt: skip
+            save_checkpoint(out_dir, loop.run_state(cfg))  # the commit point of this round
             progress.update(task, advance=1, description=f"round {rnd}: mean valid {cfg.fed.metric} "
                             f"{mean.get(f'valid.{cfg.fed.metric}', float('nan')):.4f}")  # fmt: skip
-            if cfg.fed.patience and stale >= cfg.fed.patience:
-                log.info("early stop after round %d: no improvement for %d rounds", rnd, stale)
-                break
+    best = loop.best
     if best.state is None:
         raise FederationError("no round produced a finite validation metric; nothing to save")
     if "test" not in round_splits:
@@ -133,7 +140,8 @@ def run_federation(transport: Transport, cfg: AppConfig) -> dict[str, Any]:
             log.warning("final test evaluation left out: %s", "; ".join(failures))
     save_adapter(scorer, best.state, out_dir / ADAPTER_DIR)
     summary = {
-        "best_round": best.round, "rounds_run": rounds_done, "metric": f"valid.{cfg.fed.metric}",
+        "best_round": best.round, "rounds_run": loop.done, "resumed_after_round": loop.resumed_after,
+        "metric": f"valid.{cfg.fed.metric}",
         "test": {p: _split(m, "test") for p, m in best.per_platform.items()},
         "valid": {p: _split(m, "valid") for p, m in best.per_platform.items()},
         "mean": best.mean, "seed": cfg.seed, "config": cfg.to_flat(),
@@ -145,6 +153,54 @@ def run_federation(transport: Transport, cfg: AppConfig) -> dict[str, Any]:
     print(table, flush=True)
     log.info("run written to %s", out_dir)
     return summary
+
+
+@dataclass
+class LoopState:
+    """What the next round depends on; mirrored to a checkpoint after every round."""
+
+    global_state: Mapping[str, np.ndarray]
+    opt_state: Mapping[str, np.ndarray] | None = None  # server optimiser (FedAvgM velocity, FedAdam moments)
+    best: Best = field(default_factory=Best)
+    stale: int = 0  # rounds without improvement (early stopping)
+    done: int = 0  # rounds completed
+    resumed_after: int | None = None  # the checkpoint's round when this run resumed
+
+    def run_state(self, cfg: AppConfig) -> RunState:
+        # The server loop draws no random numbers (platforms seed by seed/platform/round and
+        # secure aggregation must take fresh keys), so there is no RNG state to carry over.
+        return RunState(
+            round=self.done, global_state=_f32(self.global_state), config=cfg.to_flat(),
+            optimizer_state=None if self.opt_state is None else OrderedDict(self.opt_state.items()),
+            best_round=self.best.round, best_score=float(self.best.score),
+            best_state=None if self.best.state is None else _f32(self.best.state),
+            best_metrics={"per_platform": self.best.per_platform, "mean": self.best.mean}, stale=self.stale,
+        )  # fmt: skip
+
+
+def _start_or_resume(out_dir: Path, cfg: AppConfig, initial: Mapping[str, np.ndarray]) -> LoopState:
+    """A fresh loop, or the one a checkpoint in ``out_dir`` left (rounds.jsonl trimmed to match)."""
+    rounds_file = out_dir / ROUNDS_FILE
+    if not cfg.fed.resume:
+        remove_checkpoint(out_dir)
+    saved = load_checkpoint(out_dir, cfg.to_flat())
+    if saved is None:
+        rounds_file.unlink(missing_ok=True)
+        return LoopState(global_state=OrderedDict((k, v.copy()) for k, v in initial.items()))
+    if list(saved.global_state) != list(initial) or any(
+        saved.global_state[k].shape != v.shape for k, v in initial.items()
+    ):
+        raise CheckpointError(f"{out_dir}: the checkpoint's adapter does not fit this model; use a new run folder")
+    # A crash between a round's rounds.jsonl line and its checkpoint reruns that round: drop its line.
+    if rounds_file.exists():
+        kept = [line for line in rounds_file.read_text().splitlines()
+                if line.strip() and json.loads(line).get("round", 0) <= saved.round]  # fmt: skip
+        atomic_write_text(rounds_file, "".join(f"{line}\n" for line in kept))
+    metrics = saved.best_metrics
+    best = Best(saved.best_round, saved.best_score, saved.best_state, dict(metrics.get("per_platform", {})),
+                dict(metrics.get("mean", {})))  # fmt: skip
+    log.info("resuming %s after round %d (best round %d)", out_dir, saved.round, saved.best_round)
+    return LoopState(saved.global_state, saved.optimizer_state, best, saved.stale, saved.round, saved.round)
 
 
 def mean_metrics(per_platform: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
@@ -169,6 +225,10 @@ def _split(metrics: Mapping[str, float], split: str) -> dict[str, float]:
 
 def _size(state: Mapping[str, np.ndarray]) -> int:
     return int(sum(v.size for v in state.values()))
+
+
+def _f32(state: Mapping[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
+    return OrderedDict((k, np.asarray(v, dtype=np.float32)) for k, v in state.items())
 
 
 def _same(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> bool:

@@ -25,9 +25,10 @@ from common.data import DatasetError
 from common.modeling import ModelLoadError
 from deploy.cli import USER_ERRORS as DEPLOY_ERRORS
 from deploy.cli import add_deploy_parser
+from server.checkpoint import CheckpointError
 from simulations.compare import add_parsers as add_compare_parsers
 
-USER_ERRORS = (DatasetError, ConfigError, ModelLoadError, FileNotFoundError, *DEPLOY_ERRORS)
+USER_ERRORS = (DatasetError, ConfigError, ModelLoadError, CheckpointError, FileNotFoundError, *DEPLOY_ERRORS)
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:

@@ -241,7 +241,9 @@ class ArmRunner:
         return record
 
     def _cfg(self, arm: Arm, *parts: str) -> AppConfig:
-        return self.cfg.replace(**arm.overrides, **{"out-dir": str(self.run_root.joinpath(arm.name, *parts))})
+        # Every arm starts fresh: private heads and fine-tunes live in memory, not in a checkpoint.
+        out = str(self.run_root.joinpath(arm.name, *parts))
+        return self.cfg.replace(**arm.overrides, **{"out-dir": out, "fed.resume": False})
 
     def _federated(self, arm: Arm) -> Record:
         cfg = self._cfg(arm)
