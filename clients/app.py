@@ -63,6 +63,7 @@ def handle_train(msg: Message, context: Context) -> Message:
                 "this platform trains only under secure aggregation (run with `secagg = true`, or set "
                 f"node_config `{secure.REQUIRE_KEY}=false` to allow rounds in the clear)"
             )
+        log.info("platform %s: round %d: training on the global adapter", setup.platform, server_round)
         state, metrics = fit(cfg, setup, arrays_to_state(msg.content[ARRAYS]), server_round)  # type: ignore[arg-type]
         if cfg.secagg:  # the update stays here; only the masked sum will leave
             records = secure.start(msg.content, context, cfg, state, int(metrics["num-examples"]))

@@ -120,7 +120,7 @@ class SecureSpec:
     quant_bits: int = 24  # signed fixed-point bits per value
     max_weight: int = 1_000_000  # cap on a platform's example count (capping is reported)
     min_cohort: int = 2  # fewest platforms that must finish key setup for a round to run
-    threshold_fraction: float = 0.6667  # Shamir t = max(ceil(f*n), n//2+1); survives n - t dropouts
+    threshold_fraction: float = 0.666  # ~2/3: Shamir t = max(ceil(f*n), n//2+1); survives n - t dropouts (1 of 3)
     stage_timeout_s: float = 120.0  # a platform silent for this long in a key/mask stage is dropped
 
     def __post_init__(self) -> None:

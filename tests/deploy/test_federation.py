@@ -18,16 +18,10 @@ import pytest
 
 from deploy.certs import create_node_key, create_tls
 from deploy.launch import Connection, DeployError, Federation, InsecureDeploymentWarning, list_nodes, register_node
+from tests.deploy.settings import CLEAR, PLATFORMS, TINY
 
 pytestmark = pytest.mark.slow
 
-PLATFORMS = ["app", "social_shop", "web_shop"]  # the embedded synthetic dataset (data.dir = "")
-TINY = {
-    "model.base": "tiny-random", "model.max-length": 48, "data.history-len": 3, "lora.r": 4,
-    "train.max-examples": 64, "train.batch-size": 16, "eval.max-rank-users": 3, "num-server-rounds": 2,
-    "fed.patience": 0, "fed.min-nodes": 3, "fed.node-wait-s": 60.0, "fed.round-timeout-s": 240.0,
-}  # fmt: skip
-CLEAR = {"require-secagg": False, "share-metrics": True}  # node_config: rounds in the clear, metrics shared
 REFUSED_WITHIN_S = 40  # a refused SuperNode exits (Flower exit code 305) well before this
 
 

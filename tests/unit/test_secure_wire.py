@@ -87,3 +87,9 @@ def test_advance_without_a_trained_update_is_refused() -> None:
 def test_platform_policy_defaults(node_config: dict, requires: bool, shares: bool) -> None:
     assert secure.requires_secagg(node_config) is requires
     assert secure.shares_metrics(node_config) is shares
+
+
+@pytest.mark.parametrize(("cohort", "threshold"), [(3, 2), (4, 3), (5, 4), (10, 7), (30, 20)])
+def test_default_threshold_survives_a_third_of_the_platforms_dropping(cohort: int, threshold: int) -> None:
+    # Execute / Assert: the app's defaults, not the protocol's, are what a federation runs with
+    assert secagg_config(CFG).threshold(cohort) == threshold

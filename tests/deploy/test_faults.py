@@ -1,0 +1,166 @@
+"""Deployed federations under secure aggregation and faults: real SuperLink/SuperNode processes.
+
+Every federation runs with TLS and node authentication on 127.0.0.1 (``deploy.launch.Federation``);
+platforms keep their secure defaults (they refuse rounds in the clear) unless a test says otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from common.config import AppConfig
+from deploy.launch import Federation
+from server.outputs import ROUNDS_FILE, SUMMARY_FILE
+from simulations.simulate import run_simulated_federation, validate_inputs
+from tests.deploy.settings import CLEAR, PLATFORMS, SHARE, TINY
+
+pytestmark = pytest.mark.slow
+
+
+def _rounds(run: Path) -> list[dict]:
+    path = run / ROUNDS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _adapter(run: Path) -> dict[str, np.ndarray]:
+    tensors = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    tensors.update({f"head.{k}": v for k, v in load_file(str(run / "adapter" / "head.safetensors")).items()})
+    return tensors
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float, what: str, fed: Federation) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}\n{fed.diagnostics()}")
+        time.sleep(0.1)
+
+
+def _finish(fed: Federation, run_id: int, timeout_s: float = 420) -> None:
+    result = fed.wait(run_id, timeout_s)
+    assert result.ok, f"{result.status}\n{fed.server_log(run_id)[-4000:]}\n{fed.diagnostics()}"
+
+
+def test_secure_deployed_federation_matches_the_simulation(tmp_path: Path) -> None:
+    # Prepare: the same config and seed, simulated (Flower's simulation engine) and deployed
+    config = {**TINY, "secagg": True}
+    sim_cfg = AppConfig().replace(**{**config, "out-dir": str(tmp_path / "sim")})
+    run_simulated_federation(sim_cfg, validate_inputs(sim_cfg), num_cpus=2)
+    # Execute: deployed with the platforms' defaults (secure aggregation required) + metric sharing
+    with Federation(tmp_path / "fed", PLATFORMS, node_extra=SHARE) as fed:
+        _finish(fed, fed.submit({**config, "out-dir": str(tmp_path / "run")}))
+    # Assert: every round fused all three platforms under secure aggregation, and the fused adapter
+    # equals the simulated one within the quantisation bound
+    rounds = _rounds(tmp_path / "run")
+    assert [r["round"] for r in rounds] == [1, 2]
+    for record in rounds:
+        assert set(record["train"]) == {"secure-aggregation"} and not record["failures"], record
+        assert record["train"]["secure-aggregation"]["survivors"] == 3
+    bound = sum(r["train"]["secure-aggregation"]["mean-error-bound"] for r in rounds)
+    deployed, simulated = _adapter(tmp_path / "run"), _adapter(tmp_path / "sim")
+    assert deployed.keys() == simulated.keys()
+    worst = max(float(np.max(np.abs(deployed[k] - simulated[k]))) for k in deployed)
+    assert worst <= bound, (worst, bound)
+    summary = json.loads((tmp_path / "run" / SUMMARY_FILE).read_text())
+    assert sorted(summary["test"]) == PLATFORMS and summary["adapter_changed"]
+
+
+def test_platforms_refuse_rounds_in_the_clear_by_default(tmp_path: Path) -> None:
+    # Prepare: deployed platforms with their defaults; the run asks for plain averaging
+    with Federation(tmp_path / "fed", PLATFORMS[:2]) as fed:
+        run_id = fed.submit({**TINY, "num-server-rounds": 1, "fed.min-nodes": 2, "out-dir": str(tmp_path / "run")})
+        # Execute
+        fed.wait(run_id, 300)
+        log = fed.server_log(run_id)
+    # Assert: no platform trained in the clear; each said why
+    rounds = _rounds(tmp_path / "run")
+    assert not (tmp_path / "run" / SUMMARY_FILE).exists()
+    assert not rounds or not rounds[0].get("train"), rounds
+    assert "trains only under secure aggregation" in log, log[-3000:]
+
+
+def test_node_killed_mid_round_is_dropped_and_rejoins(tmp_path: Path) -> None:
+    # Prepare: 3 platforms under secure aggregation (t = 2: one dropout is recovered)
+    run = tmp_path / "run"
+    config = {**TINY, "secagg": True, "num-server-rounds": 4, "fed.min-nodes": 2, "out-dir": str(run)}
+    with Federation(tmp_path / "fed", PLATFORMS, node_extra=SHARE) as fed:
+        run_id = fed.submit(config)
+        worker_log = tmp_path / "fed" / "logs" / "worker-web_shop.log"
+        # Execute: kill web_shop (SuperNode + its ClientApp worker) while it trains in round 1 ...
+        _wait_for(lambda: "web_shop: round 1: training" in worker_log.read_text(errors="replace"), 120,
+                  "web_shop to start round 1", fed)  # fmt: skip
+        fed.kill_node("web_shop")
+        # ... and bring it back once round 1 is over
+        _wait_for(lambda: len(_rounds(run)) >= 1, 240, "round 1 to finish", fed)
+        fed.start_node("web_shop")
+        _finish(fed, run_id)
+    # Assert: round 1 completed with the two survivors (secure-aggregation dropout path), every
+    # round completed, and web_shop contributed again in a later round
+    rounds = _rounds(run)
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4]
+    assert not any(r.get("aborted") for r in rounds), rounds
+    survivors = [r["train"]["secure-aggregation"]["survivors"] for r in rounds]
+    assert survivors[0] == 2, survivors
+    assert any("(setup)" in f or "no reply" in f or "unavailable" in f.lower() for f in rounds[0]["failures"])
+    assert 3 in survivors[1:], survivors
+    assert "web_shop" in rounds[-1]["eval"], rounds[-1]["eval"]
+    assert (run / SUMMARY_FILE).exists()
+
+
+def test_server_killed_mid_run_resumes_without_losing_or_repeating_a_round(tmp_path: Path) -> None:
+    # Prepare: a 4-round run in the clear (resume is the ServerApp's business, not secure aggregation's)
+    run = tmp_path / "run"
+    config = {**TINY, "num-server-rounds": 4, "out-dir": str(run)}
+    with Federation(tmp_path / "fed", PLATFORMS, node_extra=CLEAR) as fed:
+        first = fed.submit(config)
+        _wait_for(lambda: len(_rounds(run)) >= 2, 300, "two completed rounds", fed)
+        # Execute: kill the SuperLink and its ServerApp, restart it (same database, port, keys) ...
+        fed.kill_superlink()
+        killed_after = len(_rounds(run))
+        fed.start_superlink()
+        fed.wait_nodes_online(PLATFORMS)
+        # ... and submit the same run again: it continues from the checkpoint in the run folder
+        _finish(fed, fed.submit(config))
+        assert first is not None
+    # Assert: rounds 1..4 exactly once each; the resumed run picked up after the last completed round
+    rounds = _rounds(run)
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4]
+    summary = json.loads((run / SUMMARY_FILE).read_text())
+    assert summary["resumed_after_round"] in (killed_after, killed_after - 1, killed_after + 1)
+    assert summary["resumed_after_round"] >= 2 and summary["rounds_run"] == 4
+    assert all(sorted(r["train"]) == PLATFORMS for r in rounds if r["round"] > summary["resumed_after_round"])
+
+
+def test_platform_with_missing_data_is_left_out_with_one_clear_error(tmp_path: Path) -> None:
+    # Prepare: web_shop's node points at a data folder that does not exist
+    run = tmp_path / "run"
+    missing = tmp_path / "no-such-dataset"
+    with Federation(tmp_path / "fed", PLATFORMS[:2], node_extra=CLEAR) as fed:
+        fed.platforms.append("web_shop")
+        fed.keys["web_shop"] = fed.keys.get("web_shop") or _register(fed, "web_shop")
+        fed.start_node("web_shop", data_dir=str(missing))
+        fed.wait_nodes_online(["web_shop"])
+        # Execute
+        _finish(fed, fed.submit({**TINY, "num-server-rounds": 1, "out-dir": str(run)}))
+    # Assert: the round went on with the two good platforms; the failure names the platform and the path
+    (record,) = _rounds(run)
+    assert sorted(record["train"]) == PLATFORMS[:2]
+    lines = [f for f in record["failures"] if "web_shop" in f]  # its train and its evaluate message
+    assert lines and all(f"DatasetError: {missing}" in line for line in lines), record["failures"]
+    assert (run / SUMMARY_FILE).exists()
+
+
+def _register(fed: Federation, platform: str):  # noqa: ANN202
+    from deploy.certs import create_node_key
+    from deploy.launch import register_node
+
+    key = create_node_key(fed.certs_dir, platform)
+    fed.node_ids[platform] = register_node(key.public, fed.conn, fed.env, name=platform)
+    return key
