@@ -59,7 +59,7 @@ def platform_names(data_dir: str, seed: int) -> list[str]:
 
 @functools.lru_cache(maxsize=1)
 def _synthetic(seed: int) -> dict[str, PlatformData]:
-    from simulations.synthetic import make_synthetic  # the embedded demo dataset
+    from common.synthetic import make_synthetic  # the embedded demo dataset (generated, not shipped)
 
     return make_synthetic(seed=seed)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -206,6 +207,8 @@ def cmd_supernode(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     conn = _connection(args)
     cmd = ["flwr", "run", str(args.app.resolve()), conn.name]
+    if not any(re.search(r"(^|\s)secagg\s*=", rc) for rc in args.run_config):
+        cmd += ["--run-config", "secagg=true"]  # deployed platforms refuse rounds in the clear by default
     for rc in args.run_config:
         cmd += ["--run-config", rc]
     if args.stream:

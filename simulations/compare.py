@@ -168,7 +168,7 @@ def scenario_data(
 def load_source(data: str | None) -> dict[str, PlatformData]:
     if data:
         return load_dataset(Path(data))
-    from simulations.synthetic import make_synthetic
+    from common.synthetic import make_synthetic
 
     return make_synthetic(seed=DATA_SEED)
 

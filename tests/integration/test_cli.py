@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from common.data import write_dataset
-from simulations.synthetic import make_synthetic
+from common.synthetic import make_synthetic
 
 
 def _crossfed(*args: str) -> subprocess.CompletedProcess[str]:

@@ -5,7 +5,7 @@ from pathlib import Path
 from common.data import Item, load_dataset
 from common.metrics import auc
 from common.splits import Example, SplitConfig, split_dataset
-from simulations.synthetic import make_synthetic, write_synthetic
+from common.synthetic import make_synthetic, write_synthetic
 
 
 def test_deterministic() -> None:
