@@ -7,12 +7,11 @@ red, dislikes denim") transfers to the others: the point of federating them. Rat
 come from taste . item attributes + noise, so a user who liked red items likes other red
 items. The default train split is about 2,900 examples: small enough for CPU tests.
 
-    python -m simulations.synthetic DATASET/ --seed 0
+    crossfed prepare synthetic --out DATASET/ [--seed 0]   (writes it in the dataset format)
 """
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,17 +100,3 @@ def write_synthetic(out: Path, seed: int = 0, overwrite: bool = False) -> dict[s
     data = make_synthetic(seed)
     write_dataset(out, data.values(), overwrite=overwrite)
     return data
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out", type=Path, help="dataset folder to create")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
-    args = parser.parse_args()
-    for name, data in write_synthetic(args.out, args.seed, args.overwrite).items():
-        print(f"{name}: {len(data.items)} items, {data.num_users} users, {len(data.interactions)} interactions")
-
-
-if __name__ == "__main__":
-    main()

@@ -71,9 +71,17 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from common.splits import SplitConfig, split_dataset
-    from simulations.movielens import convert_movielens
 
-    dataset = convert_movielens(Path(args.src), Path(args.out), overwrite=args.overwrite)
+    if args.source == "synthetic":
+        from common.synthetic import write_synthetic
+
+        dataset = write_synthetic(Path(args.out), seed=args.seed, overwrite=args.overwrite)
+    else:
+        from simulations.movielens import convert_movielens
+
+        if not args.src:
+            raise ConfigError("`crossfed prepare movielens` needs --src (the ml-100k folder)")
+        dataset = convert_movielens(Path(args.src), Path(args.out), overwrite=args.overwrite)
     cfg = SplitConfig(like_threshold=args.like_threshold)
     for name, splits in split_dataset(dataset, cfg).items():
         stats = ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in splits.stats().items())
@@ -99,8 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     prep = sub.add_parser("prepare", help="convert a public dataset into the platform format")
-    prep.add_argument("source", choices=["movielens"])
-    prep.add_argument("--src", required=True, help="folder with u.data, u.item, platform_split_genre3.tsv")
+    prep.add_argument("source", choices=["movielens", "synthetic"], help="synthetic = the embedded demo shops")
+    prep.add_argument("--src", help="movielens: folder with u.data, u.item, platform_split_genre3.tsv")
+    prep.add_argument("--seed", type=int, default=0, help="synthetic: generator seed")
     prep.add_argument("--out", required=True, help="DATASET folder to create")
     prep.add_argument("--overwrite", action="store_true")
     prep.add_argument("--like-threshold", type=float, default=3.0, help="rating > threshold is a like")

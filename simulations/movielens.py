@@ -4,12 +4,11 @@ Each movie belongs to the platform named in ``platform_split_genre3.tsv`` (its f
 group), so catalogues are disjoint; users keep their MovieLens id on every platform they
 rated on, but the platforms never share data. Ratings stay explicit (1-5).
 
-    python -m simulations.movielens ../shared/data/ml-100k DATASET/
+    crossfed prepare movielens --src ../shared/data/ml-100k --out DATASET/
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 from collections.abc import Iterator
 from pathlib import Path
@@ -134,19 +133,3 @@ def convert_movielens(src: Path, out: Path, overwrite: bool = False) -> dict[str
         platforms[platform_of[row.item_id]].interactions.append(row)
     write_dataset(out, platforms.values(), overwrite=overwrite)
     return platforms
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "src", type=Path, help="the ml-100k folder (u.data, u.item, u.genre, platform_split_genre3.tsv)"
-    )
-    parser.add_argument("out", type=Path, help="dataset folder to create")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
-    args = parser.parse_args()
-    for name, data in convert_movielens(args.src, args.out, args.overwrite).items():
-        print(f"{name}: {len(data.items)} items, {data.num_users} users, {len(data.interactions)} interactions")
-
-
-if __name__ == "__main__":
-    main()
