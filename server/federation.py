@@ -199,7 +199,12 @@ def _start_or_resume(out_dir: Path, cfg: AppConfig, initial: Mapping[str, np.nda
     metrics = saved.best_metrics
     best = Best(saved.best_round, saved.best_score, saved.best_state, dict(metrics.get("per_platform", {})),
                 dict(metrics.get("mean", {})))  # fmt: skip
-    log.info("resuming %s after round %d (best round %d)", out_dir, saved.round, saved.best_round)
+    if saved.round >= cfg.num_server_rounds:
+        log.warning("%s already holds all %d rounds of this run: re-testing its best round only (more rounds: "
+                    "raise num-server-rounds; a fresh run: a new out-dir or fed.resume=false)", out_dir,
+                    saved.round)  # fmt: skip
+    else:
+        log.info("resuming %s after round %d (best round %d)", out_dir, saved.round, saved.best_round)
     return LoopState(saved.global_state, saved.optimizer_state, best, saved.stale, saved.round, saved.round)
 
 
