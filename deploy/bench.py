@@ -1,6 +1,7 @@
-"""Round time: simulation vs a real deployment (``python -m deploy.bench``).
+"""Round time: simulation vs a real deployment (``python -m deploy.bench``); with ``--nodes``, a load test.
 
     python -m deploy.bench --out /tmp/bench --rounds 3 --modes sim,cold,warm [--set key=value ...]
+    crossfed bench deploy --nodes 30 [--rounds 5 --kill-fraction 0.2 ...]   (see deploy.bench_load)
 
 ``sim``   ``crossfed simulate`` (Flower's simulation engine, Ray)
 ``cold``  Flower 1.42 defaults: TLS SuperLink + SuperNodes, ``--isolation subprocess``
@@ -93,7 +94,16 @@ def summarize(name: str, res: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m deploy.bench", description=__doc__.split("\n")[0])
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a == "--nodes" or a.startswith("--nodes=") for a in argv):  # the load benchmark
+        from deploy.bench_load import main as load_main
+
+        return load_main(argv)
+    p = argparse.ArgumentParser(
+        prog="python -m deploy.bench",
+        description=__doc__.split("\n")[0],
+        epilog="With --nodes N: the load benchmark, see `crossfed bench deploy --nodes N -h`.",
+    )
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--modes", default="sim,cold,warm")
