@@ -31,13 +31,19 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger("crossfed.worker")
 
 DEFAULT_POLL_S = 0.05
+# A message whose objects stop arriving for this long is abandoned. Why: flwr 1.42's SuperNode
+# creates the task before it pulls the message's objects, and when the run stops meanwhile (a
+# SuperLink restarted mid-round) it only logs "Ignoring message": the task stays open, its
+# objects never come, and a worker waiting without a limit would never serve the next run.
+DEFAULT_STALL_S = 60.0
+STALL_ENV = "CROSSFED_WORKER_STALL_S"
 
 
 @dataclass
@@ -65,7 +71,8 @@ def _client(address: str, insecure: bool, root_certificates: bytes | None, token
     )  # fmt: skip
 
 
-def run_task(address: str, token: str, insecure: bool, root_certificates: bytes | None, state: WorkerState) -> bool:
+def run_task(address: str, token: str, insecure: bool, root_certificates: bytes | None, state: WorkerState,
+             stall_s: float = DEFAULT_STALL_S) -> bool:  # fmt: skip
     """Run one ClientApp task in this process; True if the ClientApp returned a reply.
 
     Mirrors ``run_clientapp`` (pull input, install FAB, load app, call it, push reply and
@@ -81,14 +88,14 @@ def run_task(address: str, token: str, insecure: bool, root_certificates: bytes 
     from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
     started = time.perf_counter()
-    t_pulled = t_loaded = t_ran = started
+    t_pulled = t_loaded = t_ran = None  # a phase that never ended is charged up to the failure
     client = _client(address, insecure, root_certificates, token)
     heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
     message = reply = context = None
     sub_status, details = SubStatus.FAILED, "ClientApp task failed due to unknown reason"
     try:
         heartbeat.start()
-        message, context, run, fab = pull_task_input(client)
+        message, context, run, fab = pull_task_input(client, stall_s=stall_s)
         t_pulled = time.perf_counter()
         if state.fab_hash != fab.hash_str:
             install_from_fab(fab.content, skip_prompt=True)
@@ -103,17 +110,26 @@ def run_task(address: str, token: str, insecure: bool, root_certificates: bytes 
         code = ErrorCode.LOAD_CLIENT_APP_EXCEPTION if isinstance(exc, LoadClientAppError) else (
             ErrorCode.CLIENT_APP_RAISED_EXCEPTION)  # fmt: skip
         details = f"{type(exc)}:<'{exc}'>"
-        log.exception("ClientApp raised an exception")
-        if message is not None:
+        if message is None:  # the task's message never arrived: nobody is waiting for a reply
+            log.error("task abandoned before its message arrived: %s", exc)
+        else:
+            log.exception("ClientApp raised an exception")
             reply = Message(Error(code=code, reason=details), reply_to=message)
     finally:
+        t_failed = time.perf_counter()
+        t_pulled = t_pulled or t_failed
+        t_loaded = t_loaded or t_failed
+        t_ran = t_ran or t_failed
         try:
             if reply is not None and context is not None:
                 push_message(client, reply, context)
         except Exception:  # noqa: BLE001 - the task output below still reports the failure
             log.exception("failed to push the reply message")
             sub_status, details = SubStatus.FAILED, "failed to push the reply message"
-        push_task_output(client=client, context=context, sub_status=sub_status, details=details)
+        try:
+            push_task_output(client=client, context=context, sub_status=sub_status, details=details)
+        except Exception:  # noqa: BLE001 - the task is over either way; the worker must live on
+            log.exception("failed to report the task's outcome to the SuperNode")
         if heartbeat.is_running:
             heartbeat.stop()
         client.close()
@@ -126,13 +142,15 @@ def run_task(address: str, token: str, insecure: bool, root_certificates: bytes 
     return sub_status == SubStatus.COMPLETED
 
 
-def pull_task_input(client, initial_backoff_s: float = 0.05, backoff_cap_s: float = 1.0):  # noqa: ANN001, ANN201
+def pull_task_input(client, initial_backoff_s: float = 0.05, backoff_cap_s: float = 1.0,  # noqa: ANN001, ANN201
+                    stall_s: float = DEFAULT_STALL_S):  # fmt: skip
     """``flwr.supernode.runtime.run_clientapp.pull_task_input`` with a short object-pull backoff.
 
     The SuperNode creates the task (which we acquire at once) before it has pulled the
     message's objects from the SuperLink; Flower's default backoff (1 s, then 2 s, ...)
     then adds ~3 s to every message, which a cold ``flwr-clientapp`` hides behind its own
-    start-up time but a warm worker does not.
+    start-up time but a warm worker does not. No object for ``stall_s``: the message is
+    abandoned (see ``DEFAULT_STALL_S``).
     """
     from flwr.app import Message
     from flwr.common.serde import context_from_proto, fab_from_proto, run_from_proto
@@ -155,7 +173,7 @@ def pull_task_input(client, initial_backoff_s: float = 0.05, backoff_cap_s: floa
     tree = pulled.message_object_trees[0]
     message = pull_and_inflate_object_from_tree(
         tree,
-        make_pull_object_fn_protobuf(client.PullObject, node, context.run_id),
+        stall_guard(make_pull_object_fn_protobuf(client.PullObject, node, context.run_id), stall_s),
         make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node, context.run_id),
         return_type=Message, max_tries_per_object=None, initial_backoff=initial_backoff_s, backoff_cap=backoff_cap_s,
     )  # fmt: skip
@@ -163,8 +181,35 @@ def pull_task_input(client, initial_backoff_s: float = 0.05, backoff_cap_s: floa
     return message, context, run, fab
 
 
+def stall_guard(pull_object_fn: Callable[[str], bytes], stall_s: float,
+                clock: Callable[[], float] = time.monotonic) -> Callable[[str], bytes]:  # fmt: skip
+    """``pull_object_fn`` that gives up (``ObjectPullError``) once no object arrived for ``stall_s``.
+
+    A stall, not a total, limit: a large message that keeps arriving is never cut off.
+    """
+    from flwr.supercore.inflatable.inflatable_utils import ObjectPullError, ObjectUnavailableError
+
+    last_progress = [clock()]
+
+    def pull(object_id: str) -> bytes:
+        try:
+            content = pull_object_fn(object_id)
+        except ObjectUnavailableError:
+            waited = clock() - last_progress[0]
+            if waited > stall_s:
+                raise ObjectPullError(object_id, f"no object of this message arrived for {waited:.0f} s; the run "
+                                      "was probably stopped, or the SuperLink restarted, while it was being "
+                                      "delivered") from None  # fmt: skip
+            raise
+        last_progress[0] = clock()
+        return content
+
+    return pull
+
+
 def serve(address: str, insecure: bool, root_certificates_path: str | None, poll_s: float = DEFAULT_POLL_S,
-          first_token: str | None = None, max_tasks: int | None = None) -> WorkerState:  # fmt: skip
+          first_token: str | None = None, max_tasks: int | None = None,
+          stall_s: float = DEFAULT_STALL_S) -> WorkerState:  # fmt: skip
     """Acquire ClientApp tasks from the SuperNode forever (or ``max_tasks`` of them)."""
     from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
     from flwr.supercore.constant import TaskType
@@ -172,7 +217,7 @@ def serve(address: str, insecure: bool, root_certificates_path: str | None, poll
     root = Path(root_certificates_path).read_bytes() if root_certificates_path else None
     state = WorkerState()
     if first_token:
-        run_task(address, first_token, insecure, root, state)
+        run_task(address, first_token, insecure, root, state, stall_s)
     acquirer = _client(address, insecure, root, token=None)
     log.info("warm ClientApp worker polling %s every %.2f s", address, poll_s)
     try:
@@ -184,7 +229,7 @@ def serve(address: str, insecure: bool, root_certificates_path: str | None, poll
             task_fab = res.task.fab_hash if res.task.HasField("fab_hash") else ""
             if state.fab_hash and task_fab and task_fab != state.fab_hash:
                 _reexec_with(res.token)  # a new app version: never run it on stale imported modules
-            run_task(address, res.token, insecure, root, state)
+            run_task(address, res.token, insecure, root, state, stall_s)
     finally:
         acquirer.close()
     return state
@@ -238,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root-certificates", help="CA of the Runtime API's TLS certificate")
     p.add_argument("--parent-pid", type=int, help="exit when this process (the SuperNode) exits")
     p.add_argument("--poll-s", type=float, default=DEFAULT_POLL_S, help="AcquireTask polling interval")
+    p.add_argument("--stall-timeout-s", type=float, default=float(os.environ.get(STALL_ENV, DEFAULT_STALL_S)),
+                   help=f"abandon a message none of whose objects arrived for this long (env {STALL_ENV})")  # fmt: skip
     p.add_argument("--first-token", help=argparse.SUPPRESS)
     return p
 
@@ -251,7 +298,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.parent_pid:
         exit_with_parent(args.parent_pid)
     try:
-        serve(args.runtime_api_address, args.insecure, args.root_certificates, args.poll_s, args.first_token)
+        serve(args.runtime_api_address, args.insecure, args.root_certificates, args.poll_s, args.first_token,
+              stall_s=args.stall_timeout_s)  # fmt: skip
     except KeyboardInterrupt:  # SIGINT from the parent monitor: the SuperNode is gone
         log.info("SuperNode exited; worker stopping")
     return 0

@@ -16,7 +16,8 @@ import pytest
 from safetensors.numpy import load_file
 
 from common.config import AppConfig
-from deploy.launch import Federation
+from deploy.launch import DeployError, Federation
+from deploy.worker import STALL_ENV
 from server.outputs import ROUNDS_FILE, SUMMARY_FILE
 from simulations.simulate import run_simulated_federation, validate_inputs
 from tests.deploy.settings import CLEAR, PLATFORMS, SHARE, TINY
@@ -44,7 +45,10 @@ def _wait_for(condition: Callable[[], bool], timeout_s: float, what: str, fed: F
 
 
 def _finish(fed: Federation, run_id: int, timeout_s: float = 420) -> None:
-    result = fed.wait(run_id, timeout_s)
+    try:
+        result = fed.wait(run_id, timeout_s)
+    except DeployError as exc:  # not finished in time: say what every process was doing
+        raise AssertionError(f"{exc}\n{fed.server_log(run_id)[-4000:]}\n{fed.diagnostics()}") from exc
     assert result.ok, f"{result.status}\n{fed.server_log(run_id)[-4000:]}\n{fed.diagnostics()}"
 
 
@@ -118,7 +122,10 @@ def test_server_killed_mid_run_resumes_without_losing_or_repeating_a_round(tmp_p
     # Prepare: a 4-round run in the clear (resume is the ServerApp's business, not secure aggregation's)
     run = tmp_path / "run"
     config = {**TINY, "num-server-rounds": 4, "out-dir": str(run)}
-    with Federation(tmp_path / "fed", PLATFORMS, node_extra=CLEAR) as fed:
+    # The SuperLink dies while it delivers round 3: a worker that had acquired that task gives up on
+    # its message after 15 s without an object (60 s by default) and serves the resumed run
+    env = {STALL_ENV: "15"}
+    with Federation(tmp_path / "fed", PLATFORMS, node_extra=CLEAR, env=env) as fed:
         first = fed.submit(config)
         _wait_for(lambda: len(_rounds(run)) >= 2, 300, "two completed rounds", fed)
         # Execute: kill the SuperLink and its ServerApp, restart it (same database, port, keys) ...
