@@ -5,6 +5,7 @@ Only adapter + head tensors are ever packed here; user data and the base model n
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 
@@ -25,17 +26,45 @@ class PayloadError(ValueError):
     """A message is missing a record or carries tensors of the wrong kind."""
 
 
+FLAT = "flat"  # the ArrayRecord's one float32 array: every tensor, raveled, in manifest order
+MANIFEST = "manifest"  # the ArrayRecord's uint8 array: JSON [[name, shape], ...]
+
+
 def state_to_arrays(state: Mapping[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord(OrderedDict((k, Array(np.ascontiguousarray(v, dtype=np.float32))) for k, v in state.items()))
+    """All tensors as ONE flat float32 array plus a manifest.
+
+    Why: Flower 1.42 moves every Array as its own objects, each pulled by its own HTTP call
+    on every hop (ServerApp -> SuperLink -> SuperNode -> ClientApp, and back); an adapter of
+    dozens of tensors spent most of a short deployed round in those calls.
+    """
+    manifest = [[name, list(np.shape(v))] for name, v in state.items()]
+    flat = np.concatenate([np.asarray(v, dtype=np.float32).ravel() for v in state.values()]) if state else (
+        np.zeros(0, np.float32))  # fmt: skip
+    blob = np.frombuffer(json.dumps(manifest).encode(), dtype=np.uint8)
+    return ArrayRecord(OrderedDict([(FLAT, Array(np.ascontiguousarray(flat))), (MANIFEST, Array(blob.copy()))]))
 
 
 def arrays_to_state(record: ArrayRecord) -> OrderedDict[str, np.ndarray]:
-    """Back to numpy, refusing non-float32 tensors and NaN/Inf (a wrong update never reaches fusion)."""
+    """Back to named numpy tensors, refusing a malformed payload and NaN/Inf (a wrong update never reaches fusion)."""
+    if set(record.keys()) != {FLAT, MANIFEST}:
+        raise PayloadError(f"adapter payload must hold exactly `{FLAT}` and `{MANIFEST}`, got {sorted(record.keys())}")
+    if record[FLAT].dtype != "float32":
+        raise PayloadError(f"adapter payload has dtype {record[FLAT].dtype}, expected float32")
+    try:
+        manifest = json.loads(record[MANIFEST].numpy().tobytes().decode())
+        names = [str(name) for name, _ in manifest]
+        shapes = [tuple(int(d) for d in shape) for _, shape in manifest]
+    except (ValueError, TypeError) as exc:
+        raise PayloadError(f"adapter payload manifest is unreadable: {exc}") from None
+    flat = record[FLAT].numpy()
+    sizes = [int(np.prod(shape)) for shape in shapes]
+    if flat.ndim != 1 or sum(sizes) != flat.size:
+        raise PayloadError(f"adapter payload holds {flat.size} values, its manifest names {sum(sizes)}")
     state: OrderedDict[str, np.ndarray] = OrderedDict()
-    for name, arr in record.items():
-        if arr.dtype != "float32":
-            raise PayloadError(f"tensor `{name}` has dtype {arr.dtype}, expected float32")
-        value = arr.numpy()
+    offset = 0
+    for name, shape, size in zip(names, shapes, sizes, strict=True):
+        value = flat[offset : offset + size].reshape(shape)
+        offset += size
         if not np.all(np.isfinite(value)):
             raise PayloadError(f"tensor `{name}` contains NaN or Inf")
         state[name] = value

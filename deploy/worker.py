@@ -142,7 +142,7 @@ def run_task(address: str, token: str, insecure: bool, root_certificates: bytes 
     return sub_status == SubStatus.COMPLETED
 
 
-def pull_task_input(client, initial_backoff_s: float = 0.05, backoff_cap_s: float = 1.0,  # noqa: ANN001, ANN201
+def pull_task_input(client, initial_backoff_s: float = 0.02, backoff_cap_s: float = 0.1,  # noqa: ANN001, ANN201
                     stall_s: float = DEFAULT_STALL_S):  # fmt: skip
     """``flwr.supernode.runtime.run_clientapp.pull_task_input`` with a short object-pull backoff.
 
