@@ -136,6 +136,11 @@ class FedSpec:
     min_nodes: int = 2  # a round waits for this many platforms, then starts
     node_wait_s: float = 120.0  # how long to wait for min-nodes before giving up
     round_timeout_s: float = 3600.0  # replies later than this are dropped from the round
+    # Stragglers: once half the platforms answered after h s, the rest get max(min-s, factor*h) s more
+    # (then plain train/evaluate messages are sent once more and wait as long again); 0 = off.
+    straggler_factor: float = 3.0
+    straggler_min_s: float = 60.0
+    resend_stragglers: bool = True  # never in the key/mask stages of a secure round
     patience: int = 2  # rounds without improvement of the mean validation metric
     metric: str = "auc"  # mean validation metric for early stopping / best round
     server_lr: float = 1.0  # 1.0 = plain weighted averaging (FedAvg)
@@ -150,6 +155,8 @@ class FedSpec:
         _positive(self, "min_nodes", "fed.min-nodes")
         _positive(self, "node_wait_s", "fed.node-wait-s")
         _positive(self, "round_timeout_s", "fed.round-timeout-s")
+        _non_negative(self, "straggler_factor", "fed.straggler-factor")
+        _non_negative(self, "straggler_min_s", "fed.straggler-min-s")
         _non_negative(self, "patience", "fed.patience")
         _positive(self, "server_lr", "fed.server-lr")
         if not 0.0 <= self.server_momentum < 1.0:

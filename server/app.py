@@ -18,7 +18,7 @@ from common.config import AppConfig
 from common.fusion import weighted_average
 from common.payload import ARRAYS, CONFIG, EVAL, METRICS, arrays_to_state, config_record, eval_record, state_to_arrays
 from server.federation import FederationError, PerPlatform, Tensors, run_federation
-from server.messaging import Replies, broadcast, wait_for_nodes
+from server.messaging import Replies, broadcast, stragglers_for, wait_for_nodes
 
 app = ServerApp()
 
@@ -51,7 +51,7 @@ class GridTransport:
         content = RecordDict({ARRAYS: state_to_arrays(state), CONFIG: config_record(cfg, rnd)})
         if splits:
             content[EVAL] = eval_record(splits)
-        return broadcast(self.grid, nodes, content, message_type, rnd, cfg.fed.round_timeout_s)
+        return broadcast(self.grid, nodes, content, message_type, rnd, cfg.fed.round_timeout_s, stragglers_for(cfg.fed))
 
     def train_round(
         self, state: Tensors, cfg: AppConfig, rnd: int

@@ -47,7 +47,7 @@ OPTIMIZER_DTYPES = (np.float32, np.float64)  # common.fusion keeps FedAdam momen
 # Keys a resumed run may change without invalidating the saved state.
 RESUMABLE_KEYS = frozenset({
     "num-server-rounds", "out-dir", "fed.resume", "fed.min-nodes", "fed.node-wait-s", "fed.round-timeout-s",
-    "secure.stage-timeout-s",
+    "fed.straggler-factor", "fed.straggler-min-s", "fed.resend-stragglers", "secure.stage-timeout-s",
 })  # fmt: skip
 
 Scalar = bool | int | float | str

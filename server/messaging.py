@@ -8,6 +8,7 @@ platform that vanishes).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
+from common.config import FedSpec
 from common.payload import INFO
 from server.federation import FederationError
 
@@ -47,33 +49,94 @@ class Replies:
         return str(info["platform"]) if isinstance(info, ConfigRecord) and "platform" in info else str(node_id)
 
 
-def exchange(grid: Grid, messages: Sequence[Message], timeout_s: float, poll_s: float = 0.02,
-             max_poll_s: float = 0.5) -> dict[int, Message]:  # fmt: skip
-    """Push ``messages``, then collect the replies that arrive within ``timeout_s``, by destination node.
+@dataclass(frozen=True)
+class Stragglers:
+    """When to stop waiting for the last platforms of an exchange, and whether to ask them again.
+
+    Why: a platform whose message was lost never answers and never errors. Flower 1.42 loses
+    one when a SuperNode restarts after pulling it, or when the SuperLink's SQLite state is
+    locked under load; without a cut-off the round waits for the whole round timeout. The
+    cut-off is relative, ``factor`` times the time it took half of the platforms to answer
+    (never below ``min_s``), so a slow federation is not cut short: with n platforms queued
+    on P equal workers the last answers after about twice the median time. ``resend`` sends
+    a fresh copy once before giving up: fine for messages a platform may handle twice (plain
+    training and evaluation), never for the stages of a secure round, which hold key state.
+    """
+
+    factor: float = 0.0  # 0 = no cut-off: wait for the timeout
+    min_s: float = 60.0
+    resend: bool = False
+
+    def patience_s(self, half_s: float) -> float:
+        return max(self.min_s, self.factor * half_s)
+
+
+def stragglers_for(fed: FedSpec, resend: bool = True) -> Stragglers:
+    """The run's straggler policy; ``resend=False`` for messages a platform must not handle twice."""
+    return Stragglers(fed.straggler_factor, fed.straggler_min_s, resend and fed.resend_stragglers)
+
+
+def exchange(grid: Grid, messages: Sequence[Message], timeout_s: float, stragglers: Stragglers | None = None,
+             poll_s: float = 0.02, max_poll_s: float = 0.5) -> dict[int, Message]:  # fmt: skip
+    """Push ``messages``, then collect the replies that arrive in time, by destination node.
 
     Flower's ``Grid.send_and_receive`` sleeps 3 s between pulls on the Deployment Engine; a
     secure round is five exchanges, so that alone would add ~15 s to every round. Pulling
     after 20 ms, backing off to 0.5 s, costs a few cheap calls instead. Replies are matched
     to the message they answer, so an error the SuperLink writes for an unreachable node
-    (whose source is the SuperLink, not the node) still names the right node.
+    (whose source is the SuperLink, not the node) still names the right node. A node's first
+    reply counts; one to a copy sent later (see :class:`Stragglers`) is as good.
     """
     messages = list(messages)
-    pushed = [mid for mid in grid.push_messages(messages) if mid]
-    dst = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
-    pending, replies = set(pushed), {}
-    deadline = time.monotonic() + timeout_s
+    stragglers = stragglers or Stragglers()
+    start = time.monotonic()
+    deadline = start + timeout_s
+    waiting: dict[str, int] = {}  # message id -> destination node
+    _push(grid, messages, waiting)
+    todo, replies = set(waiting.values()), {}
+    half = (len(todo) + 1) // 2
+    half_s: float | None = None  # when half of the nodes had answered
+    cutoff, resent = math.inf, False
     delay = poll_s
-    while pending:
-        for reply in grid.pull_messages(list(pending)):
-            answered = reply.metadata.reply_to_message_id
-            if answered in pending:
-                pending.discard(answered)
-                replies[dst.get(answered, reply.metadata.src_node_id)] = reply
-        if not pending or time.monotonic() >= deadline:
+    while todo:
+        for reply in grid.pull_messages(list(waiting)):
+            node = waiting.pop(reply.metadata.reply_to_message_id, None)
+            if node in todo:
+                todo.discard(node)
+                replies[node] = reply
+                waiting = {mid: n for mid, n in waiting.items() if n != node}  # its other copy, if any
+        now = time.monotonic()
+        if not todo or now >= deadline:
             break
-        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        if half_s is None and stragglers.factor > 0 and len(replies) >= half:
+            half_s = now - start
+            cutoff = start + stragglers.patience_s(half_s)
+        if now >= cutoff and half_s is not None:
+            late = sorted(todo)
+            if not stragglers.resend or resent:
+                log.warning("stopped waiting for node(s) %s after %.0f s", late, now - start)
+                break
+            log.warning("no reply from node(s) %s after %.0f s: sending their message again", late, now - start)
+            _push(grid, [_copy(m) for m in messages if m.metadata.dst_node_id in todo], waiting)
+            cutoff, resent = now + stragglers.patience_s(half_s), True
+        time.sleep(min(delay, max(0.0, min(deadline, cutoff) - time.monotonic())))
         delay = min(delay * 1.5, max_poll_s)
     return replies
+
+
+def _push(grid: Grid, messages: Sequence[Message], waiting: dict[str, int]) -> None:
+    """Push ``messages``; record each accepted one's id -> destination in ``waiting``."""
+    ids = list(grid.push_messages(messages)) or [""] * len(messages)  # [] = nothing pushed (too large)
+    for message, mid in zip(messages, ids, strict=True):
+        if mid:
+            waiting[mid] = message.metadata.dst_node_id
+
+
+def _copy(message: Message) -> Message:
+    """The same request as a new message (a new creation time, so a new message id)."""
+    meta = message.metadata
+    return Message(message.content, dst_node_id=meta.dst_node_id, message_type=meta.message_type,
+                   group_id=meta.group_id)  # fmt: skip
 
 
 def broadcast(
@@ -83,19 +146,21 @@ def broadcast(
     message_type: str,
     server_round: int,
     timeout_s: float,
+    stragglers: Stragglers | None = None,
 ) -> Replies:
     """Send the same content to every node and gather what comes back in time."""
     nodes = list(nodes)
     messages = [Message(content, dst_node_id=n, message_type=message_type, group_id=str(server_round)) for n in nodes]
     replies = Replies()
-    for node, reply in exchange(grid, messages, timeout_s).items():
+    started = time.monotonic()
+    for node, reply in exchange(grid, messages, timeout_s, stragglers).items():
         if reply.has_error():
             replies.failures.append(f"node {node}: {reply.error.reason}")
         else:
             replies.ok[node] = reply
     for n in nodes:
         if n not in replies.ok and not any(f.startswith(f"node {n}:") for f in replies.failures):
-            replies.failures.append(f"node {n}: no reply within {timeout_s:.0f} s")
+            replies.failures.append(f"node {n}: no reply after {time.monotonic() - started:.0f} s")
     for line in replies.failures:
         log.warning("round %d %s left out: %s", server_round, message_type, line)
     return replies

@@ -22,7 +22,7 @@ from common.secagg import AbortError, Manifest, SecAggError, SecAggServer
 from common.secure_wire import SECAGG_ACTION, from_records, secagg_config, to_records
 from server.app import GridTransport
 from server.federation import PerPlatform, RoundAborted, Tensors
-from server.messaging import exchange, wait_for_nodes
+from server.messaging import exchange, stragglers_for, wait_for_nodes
 
 log = logging.getLogger("crossfed.server")
 
@@ -48,7 +48,7 @@ class SecureGridTransport(GridTransport):
                 kind = MessageType.TRAIN if first else f"{MessageType.TRAIN}.{SECAGG_ACTION}"
                 messages.append(Message(content, dst_node_id=node, message_type=kind, group_id=str(rnd)))
             timeout = cfg.fed.round_timeout_s if first else cfg.secure.stage_timeout_s
-            replies = exchange(self.grid, messages, timeout)
+            replies = exchange(self.grid, messages, timeout, stragglers_for(cfg.fed, resend=False))
             for src, reply in replies.items():
                 if reply.has_error():
                     failures.append(f"node {src} ({stage}): {reply.error.reason}")
@@ -58,7 +58,7 @@ class SecureGridTransport(GridTransport):
                 except SecAggError as exc:
                     failures.append(f"node {src} ({stage}): rejected: {exc}")
             silent = set(server.awaiting)  # every node without a valid reply drops out of the round
-            failures += [f"node {n} ({stage}): no reply within {timeout:.0f} s" for n in sorted(silent - set(replies))]
+            failures += [f"node {n} ({stage}): no reply in time" for n in sorted(silent - set(replies))]
             try:
                 server.end_stage(no_reply=silent)
             except AbortError as exc:
