@@ -38,11 +38,15 @@ from pathlib import Path
 log = logging.getLogger("crossfed.worker")
 
 DEFAULT_POLL_S = 0.05
-# A message whose objects stop arriving for this long is abandoned. Why: flwr 1.42's SuperNode
-# creates the task before it pulls the message's objects, and when the run stops meanwhile (a
-# SuperLink restarted mid-round) it only logs "Ignoring message": the task stays open, its
-# objects never come, and a worker waiting without a limit would never serve the next run.
-DEFAULT_STALL_S = 60.0
+# After this long without an object of the current message, the worker checks whether the
+# SuperNode has created a newer task; only then is the current message abandoned. Why: flwr
+# 1.42's SuperNode creates the task before it pulls the message's objects, and when the run
+# stops meanwhile (a SuperLink restarted mid-round) it only logs "Ignoring message": the task
+# stays open and its objects never come. A time limit alone is wrong too: under load (30
+# nodes on 2 cores) a live message's objects can take over a minute, and the SuperNode puts
+# them all at once. It handles one message at a time, so a newer task means that the current
+# message's objects will never come.
+DEFAULT_STALL_S = 10.0
 STALL_ENV = "CROSSFED_WORKER_STALL_S"
 
 
@@ -72,7 +76,7 @@ def _client(address: str, insecure: bool, root_certificates: bytes | None, token
 
 
 def run_task(address: str, token: str, insecure: bool, root_certificates: bytes | None, state: WorkerState,
-             stall_s: float = DEFAULT_STALL_S) -> bool:  # fmt: skip
+             stall_s: float = DEFAULT_STALL_S, superseded: Callable[[], bool] = lambda: False) -> bool:  # fmt: skip
     """Run one ClientApp task in this process; True if the ClientApp returned a reply.
 
     Mirrors ``run_clientapp`` (pull input, install FAB, load app, call it, push reply and
@@ -95,7 +99,7 @@ def run_task(address: str, token: str, insecure: bool, root_certificates: bytes 
     sub_status, details = SubStatus.FAILED, "ClientApp task failed due to unknown reason"
     try:
         heartbeat.start()
-        message, context, run, fab = pull_task_input(client, stall_s=stall_s)
+        message, context, run, fab = pull_task_input(client, stall_s=stall_s, superseded=superseded)
         t_pulled = time.perf_counter()
         if state.fab_hash != fab.hash_str:
             install_from_fab(fab.content, skip_prompt=True)
@@ -143,14 +147,14 @@ def run_task(address: str, token: str, insecure: bool, root_certificates: bytes 
 
 
 def pull_task_input(client, initial_backoff_s: float = 0.02, backoff_cap_s: float = 0.1,  # noqa: ANN001, ANN201
-                    stall_s: float = DEFAULT_STALL_S):  # fmt: skip
+                    stall_s: float = DEFAULT_STALL_S, superseded: Callable[[], bool] = lambda: False):  # fmt: skip
     """``flwr.supernode.runtime.run_clientapp.pull_task_input`` with a short object-pull backoff.
 
     The SuperNode creates the task (which we acquire at once) before it has pulled the
     message's objects from the SuperLink; Flower's default backoff (1 s, then 2 s, ...)
     then adds ~3 s to every message, which a cold ``flwr-clientapp`` hides behind its own
-    start-up time but a warm worker does not. No object for ``stall_s``: the message is
-    abandoned (see ``DEFAULT_STALL_S``).
+    start-up time but a warm worker does not. No object for ``stall_s`` and a newer task
+    waiting (``superseded``): the message is abandoned (see ``DEFAULT_STALL_S``).
     """
     from flwr.app import Message
     from flwr.common.serde import context_from_proto, fab_from_proto, run_from_proto
@@ -173,7 +177,7 @@ def pull_task_input(client, initial_backoff_s: float = 0.02, backoff_cap_s: floa
     tree = pulled.message_object_trees[0]
     message = pull_and_inflate_object_from_tree(
         tree,
-        stall_guard(make_pull_object_fn_protobuf(client.PullObject, node, context.run_id), stall_s),
+        stall_guard(make_pull_object_fn_protobuf(client.PullObject, node, context.run_id), stall_s, superseded),
         make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node, context.run_id),
         return_type=Message, max_tries_per_object=None, initial_backoff=initial_backoff_s, backoff_cap=backoff_cap_s,
     )  # fmt: skip
@@ -181,27 +185,37 @@ def pull_task_input(client, initial_backoff_s: float = 0.02, backoff_cap_s: floa
     return message, context, run, fab
 
 
-def stall_guard(pull_object_fn: Callable[[str], bytes], stall_s: float,
+def stall_guard(pull_object_fn: Callable[[str], bytes], stall_s: float, superseded: Callable[[], bool],
                 clock: Callable[[], float] = time.monotonic) -> Callable[[str], bytes]:  # fmt: skip
-    """``pull_object_fn`` that gives up (``ObjectPullError``) once no object arrived for ``stall_s``.
+    """``pull_object_fn`` that gives up (``ObjectPullError``) on a message that will never arrive.
 
-    A stall, not a total, limit: a large message that keeps arriving is never cut off.
+    That is: no object arrived for ``stall_s`` AND ``superseded()`` says a newer task is
+    waiting (asked at most every ``stall_s``). A slow message with no newer task is awaited
+    however long it takes; the round's own timeout on the server bounds that.
     """
     from flwr.supercore.inflatable.inflatable_utils import ObjectPullError, ObjectUnavailableError
 
+    lock = threading.Lock()  # Flower pulls a message's objects from several threads
     last_progress = [clock()]
+    next_check = [clock() + stall_s]
 
     def pull(object_id: str) -> bytes:
         try:
             content = pull_object_fn(object_id)
         except ObjectUnavailableError:
-            waited = clock() - last_progress[0]
-            if waited > stall_s:
-                raise ObjectPullError(object_id, f"no object of this message arrived for {waited:.0f} s; the run "
-                                      "was probably stopped, or the SuperLink restarted, while it was being "
-                                      "delivered") from None  # fmt: skip
+            with lock:
+                now = clock()
+                if now >= next_check[0] and now - last_progress[0] >= stall_s:
+                    next_check[0] = now + stall_s
+                    if superseded():
+                        raise ObjectPullError(object_id, f"no object of this message arrived for "
+                                              f"{now - last_progress[0]:.0f} s and a newer task is waiting; the run "
+                                              "was probably stopped, or the SuperLink restarted, while it was being "
+                                              "delivered") from None  # fmt: skip
             raise
-        last_progress[0] = clock()
+        with lock:
+            last_progress[0] = clock()
+            next_check[0] = last_progress[0] + stall_s
         return content
 
     return pull
@@ -216,20 +230,33 @@ def serve(address: str, insecure: bool, root_certificates_path: str | None, poll
 
     root = Path(root_certificates_path).read_bytes() if root_certificates_path else None
     state = WorkerState()
-    if first_token:
-        run_task(address, first_token, insecure, root, state, stall_s)
     acquirer = _client(address, insecure, root, token=None)
-    log.info("warm ClientApp worker polling %s every %.2f s", address, poll_s)
+    waiting: list[tuple[str, str]] = []  # (token, FAB hash) acquired while the current task was stalled
+
+    def acquire() -> tuple[str, str] | None:
+        res = acquirer.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP]))
+        if not (res.HasField("task") and res.token):
+            return None
+        return res.token, (res.task.fab_hash if res.task.HasField("fab_hash") else "")
+
+    def superseded() -> bool:
+        if not waiting and (task := acquire()) is not None:
+            waiting.append(task)
+        return bool(waiting)
+
     try:
+        if first_token:
+            run_task(address, first_token, insecure, root, state, stall_s, superseded)
+        log.info("warm ClientApp worker polling %s every %.2f s", address, poll_s)
         while max_tasks is None or state.tasks_done < max_tasks:
-            res = acquirer.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP]))
-            if not (res.HasField("task") and res.token):
+            task = waiting.pop(0) if waiting else acquire()
+            if task is None:
                 time.sleep(poll_s)
                 continue
-            task_fab = res.task.fab_hash if res.task.HasField("fab_hash") else ""
+            token, task_fab = task
             if state.fab_hash and task_fab and task_fab != state.fab_hash:
-                _reexec_with(res.token)  # a new app version: never run it on stale imported modules
-            run_task(address, res.token, insecure, root, state, stall_s)
+                _reexec_with(token)  # a new app version: never run it on stale imported modules
+            run_task(address, token, insecure, root, state, stall_s, superseded)
     finally:
         acquirer.close()
     return state
@@ -284,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parent-pid", type=int, help="exit when this process (the SuperNode) exits")
     p.add_argument("--poll-s", type=float, default=DEFAULT_POLL_S, help="AcquireTask polling interval")
     p.add_argument("--stall-timeout-s", type=float, default=float(os.environ.get(STALL_ENV, DEFAULT_STALL_S)),
-                   help=f"abandon a message none of whose objects arrived for this long (env {STALL_ENV})")  # fmt: skip
+                   help=f"after this long without an object of the current message, abandon it if a newer task "
+                   f"is waiting (env {STALL_ENV})")  # fmt: skip
     p.add_argument("--first-token", help=argparse.SUPPRESS)
     return p
 

@@ -1,4 +1,4 @@
-"""The warm worker's stall guard: a message whose objects stop arriving is abandoned, not awaited forever."""
+"""The warm worker's stall guard: a message that will never arrive is abandoned; a slow one is awaited."""
 
 from __future__ import annotations
 
@@ -28,34 +28,61 @@ def _source(available: dict[str, bytes], clock: FakeClock, step_s: float):
     return pull
 
 
-def test_unavailable_object_is_retried_until_the_stall_limit() -> None:
-    clock = FakeClock()
-    pull = stall_guard(_source({}, clock, step_s=10.0), stall_s=30.0, clock=clock)
-    for _ in range(3):  # 10, 20, 30 s without progress: still the caller's retry business
+class Newer:
+    """``superseded`` callback: says whether a newer task is waiting; counts the questions."""
+
+    def __init__(self, waiting: bool) -> None:
+        self.waiting, self.asked = waiting, 0
+
+    def __call__(self) -> bool:
+        self.asked += 1
+        return self.waiting
+
+
+def test_stalled_message_is_abandoned_once_a_newer_task_waits() -> None:
+    clock, newer = FakeClock(), Newer(waiting=True)
+    pull = stall_guard(_source({}, clock, step_s=10.0), stall_s=30.0, superseded=newer, clock=clock)
+    for _ in range(2):  # 10, 20 s without progress: the caller retries, nobody is asked
         with pytest.raises(ObjectUnavailableError):
             pull("a")
-    with pytest.raises(ObjectPullError, match="no object of this message arrived for 40 s"):
+    assert newer.asked == 0
+    with pytest.raises(ObjectPullError, match="no object of this message arrived for 30 s and a newer task"):
         pull("a")
+    assert newer.asked == 1
+
+
+def test_slow_message_without_a_newer_task_is_awaited_and_asked_once_per_stall_period() -> None:
+    # 30 nodes on 2 cores: a live message's objects can take minutes to reach the SuperNode
+    clock, newer = FakeClock(), Newer(waiting=False)
+    available: dict[str, bytes] = {}
+    pull = stall_guard(_source(available, clock, step_s=10.0), stall_s=30.0, superseded=newer, clock=clock)
+    for _ in range(12):  # 120 s without an object
+        with pytest.raises(ObjectUnavailableError):
+            pull("a")
+    assert newer.asked == 4  # at 30, 60, 90, 120 s
+    available["a"] = b"A"
+    assert pull("a") == b"A"
 
 
 def test_progress_resets_the_stall_clock() -> None:
-    clock = FakeClock()
+    clock, newer = FakeClock(), Newer(waiting=True)
     available: dict[str, bytes] = {}
-    pull = stall_guard(_source(available, clock, step_s=20.0), stall_s=30.0, clock=clock)
+    pull = stall_guard(_source(available, clock, step_s=20.0), stall_s=30.0, superseded=newer, clock=clock)
     with pytest.raises(ObjectUnavailableError):
         pull("a")  # 20 s
     available["a"] = b"A"
     assert pull("a") == b"A"  # 40 s: progress
     with pytest.raises(ObjectUnavailableError):
         pull("b")  # 60 s, 20 s after the last progress
+    assert newer.asked == 0
     with pytest.raises(ObjectPullError):
         pull("b")  # 80 s, 40 s after
 
 
-def test_flower_pull_loop_gives_up_on_a_stalled_message_with_the_guard() -> None:
+def test_flower_pull_loop_gives_up_on_a_superseded_message_with_the_guard() -> None:
     # Flower's own loop (used by the worker with max_tries_per_object=None) ends on the guard's error
     clock = FakeClock()
-    pull = stall_guard(_source({"a": b"A"}, clock, step_s=1.0), stall_s=5.0, clock=clock)
+    pull = stall_guard(_source({"a": b"A"}, clock, step_s=1.0), stall_s=5.0, superseded=Newer(True), clock=clock)
     with pytest.raises(ObjectPullError, match="no object of this message arrived"):
         pull_objects(["a", "b"], pull, max_concurrent_pulls=1, max_tries_per_object=None, initial_backoff=0.001,
                      backoff_cap=0.001)  # fmt: skip
