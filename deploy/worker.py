@@ -76,7 +76,8 @@ def _client(address: str, insecure: bool, root_certificates: bytes | None, token
 
 
 def run_task(address: str, token: str, insecure: bool, root_certificates: bytes | None, state: WorkerState,
-             stall_s: float = DEFAULT_STALL_S, superseded: Callable[[], bool] = lambda: False) -> bool:  # fmt: skip
+             stall_s: float = DEFAULT_STALL_S, superseded: Callable[[], bool] = lambda: False,
+             poll_s: float = DEFAULT_POLL_S) -> bool:  # fmt: skip
     """Run one ClientApp task in this process; True if the ClientApp returned a reply.
 
     Mirrors ``run_clientapp`` (pull input, install FAB, load app, call it, push reply and
@@ -99,7 +100,9 @@ def run_task(address: str, token: str, insecure: bool, root_certificates: bytes 
     sub_status, details = SubStatus.FAILED, "ClientApp task failed due to unknown reason"
     try:
         heartbeat.start()
-        message, context, run, fab = pull_task_input(client, stall_s=stall_s, superseded=superseded)
+        message, context, run, fab = pull_task_input(
+            client, stall_s=stall_s, superseded=superseded, wait_cap_s=2 * poll_s
+        )
         t_pulled = time.perf_counter()
         if state.fab_hash != fab.hash_str:
             install_from_fab(fab.content, skip_prompt=True)
@@ -147,14 +150,17 @@ def run_task(address: str, token: str, insecure: bool, root_certificates: bytes 
 
 
 def pull_task_input(client, initial_backoff_s: float = 0.02, backoff_cap_s: float = 0.1,  # noqa: ANN001, ANN201
-                    stall_s: float = DEFAULT_STALL_S, superseded: Callable[[], bool] = lambda: False):  # fmt: skip
+                    stall_s: float = DEFAULT_STALL_S, superseded: Callable[[], bool] = lambda: False,
+                    wait_cap_s: float = 2 * DEFAULT_POLL_S):  # fmt: skip
     """``flwr.supernode.runtime.run_clientapp.pull_task_input`` with a short object-pull backoff.
 
     The SuperNode creates the task (which we acquire at once) before it has pulled the
     message's objects from the SuperLink; Flower's default backoff (1 s, then 2 s, ...)
     then adds ~3 s to every message, which a cold ``flwr-clientapp`` hides behind its own
     start-up time but a warm worker does not. No object for ``stall_s`` and a newer task
-    waiting (``superseded``): the message is abandoned (see ``DEFAULT_STALL_S``).
+    waiting (``superseded``): the message is abandoned (see ``DEFAULT_STALL_S``). Until
+    the message has reached the SuperNode, only its root object is polled, every
+    ``wait_cap_s`` at most (see :func:`wait_for_delivery`).
     """
     from flwr.app import Message
     from flwr.common.serde import context_from_proto, fab_from_proto, run_from_proto
@@ -175,14 +181,40 @@ def pull_task_input(client, initial_backoff_s: float = 0.02, backoff_cap_s: floa
         raise RuntimeError("No messages received from Runtime API")
     node = Node(node_id=context.node_id)
     tree = pulled.message_object_trees[0]
+    pull = stall_guard(make_pull_object_fn_protobuf(client.PullObject, node, context.run_id), stall_s, superseded)
+    wait_for_delivery(pull, tree.object_id, initial_backoff_s, wait_cap_s)
     message = pull_and_inflate_object_from_tree(
         tree,
-        stall_guard(make_pull_object_fn_protobuf(client.PullObject, node, context.run_id), stall_s, superseded),
+        pull,
         make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node, context.run_id),
         return_type=Message, max_tries_per_object=None, initial_backoff=initial_backoff_s, backoff_cap=backoff_cap_s,
     )  # fmt: skip
     message.metadata.__dict__["_message_id"] = tree.object_id  # the deflated message lacks its own id
     return message, context, run, fab
+
+
+def wait_for_delivery(pull: Callable[[str], bytes], root_id: str, initial_s: float = 0.02, cap_s: float = 0.1,
+                      sleep: Callable[[float], None] = time.sleep) -> int:  # fmt: skip
+    """Poll ONE object, the message's root, until the SuperNode has it; returns the polls made.
+
+    Why: the SuperNode stores a message's objects all at once, after it pulled them all from
+    the SuperLink. Flower's own loop polls every object of the tree from two threads in the
+    meantime: with 30 workers on 2 cores that was ~600 requests/s, which starved the very
+    SuperNodes doing the pulling (a round-1 message took 260-280 s to arrive, against ~60 s).
+    The root is the right one to watch: it is new in every message (its metadata is),
+    whereas content the SuperNode already holds (a repeated config) is available at once.
+    """
+    from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError
+
+    delay, polls = initial_s, 0
+    while True:
+        polls += 1
+        try:
+            pull(root_id)
+            return polls
+        except ObjectUnavailableError:
+            sleep(delay)
+            delay = min(delay * 1.5, cap_s)
 
 
 def stall_guard(pull_object_fn: Callable[[str], bytes], stall_s: float, superseded: Callable[[], bool],
@@ -246,7 +278,7 @@ def serve(address: str, insecure: bool, root_certificates_path: str | None, poll
 
     try:
         if first_token:
-            run_task(address, first_token, insecure, root, state, stall_s, superseded)
+            run_task(address, first_token, insecure, root, state, stall_s, superseded, poll_s)
         log.info("warm ClientApp worker polling %s every %.2f s", address, poll_s)
         while max_tasks is None or state.tasks_done < max_tasks:
             task = waiting.pop(0) if waiting else acquire()
@@ -256,7 +288,7 @@ def serve(address: str, insecure: bool, root_certificates_path: str | None, poll
             token, task_fab = task
             if state.fab_hash and task_fab and task_fab != state.fab_hash:
                 _reexec_with(token)  # a new app version: never run it on stale imported modules
-            run_task(address, token, insecure, root, state, stall_s, superseded)
+            run_task(address, token, insecure, root, state, stall_s, superseded, poll_s)
     finally:
         acquirer.close()
     return state

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from flwr.supercore.inflatable.inflatable_utils import ObjectPullError, ObjectUnavailableError, pull_objects
 
-from deploy.worker import stall_guard
+from deploy.worker import stall_guard, wait_for_delivery
 
 
 class FakeClock:
@@ -86,3 +86,25 @@ def test_flower_pull_loop_gives_up_on_a_superseded_message_with_the_guard() -> N
     with pytest.raises(ObjectPullError, match="no object of this message arrived"):
         pull_objects(["a", "b"], pull, max_concurrent_pulls=1, max_tries_per_object=None, initial_backoff=0.001,
                      backoff_cap=0.001)  # fmt: skip
+
+
+def test_wait_for_delivery_polls_only_the_root_with_a_capped_backoff() -> None:
+    clock, sleeps, asked = FakeClock(), [], []
+    available: dict[str, bytes] = {}
+
+    def pull(object_id: str) -> bytes:
+        asked.append(object_id)
+        if len(asked) == 6:  # the SuperNode stores the message's objects
+            available["root"] = b"R"
+        return _source(available, clock, step_s=0.0)(object_id)
+
+    polls = wait_for_delivery(pull, "root", initial_s=0.02, cap_s=0.05, sleep=sleeps.append)
+    assert polls == 6 and asked == ["root"] * 6
+    assert sleeps == pytest.approx([0.02, 0.03, 0.045, 0.05, 0.05])
+
+
+def test_wait_for_delivery_ends_with_the_guard_when_a_newer_task_waits() -> None:
+    clock = FakeClock()
+    pull = stall_guard(_source({}, clock, step_s=1.0), stall_s=5.0, superseded=Newer(True), clock=clock)
+    with pytest.raises(ObjectPullError, match="a newer task is waiting"):
+        wait_for_delivery(pull, "root", sleep=lambda s: None)
