@@ -89,19 +89,20 @@ def run_task(address: str, token: str, insecure: bool, root_certificates: bytes 
     from flwr.clientapp.client_app import LoadClientAppError
     from flwr.clientapp.utils import get_load_client_app_fn
     from flwr.common.constant import ErrorCode, SubStatus
-    from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+    from flwr.supercore.heartbeat import HeartbeatSender
     from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
     started = time.perf_counter()
     t_pulled = t_loaded = t_ran = None  # a phase that never ended is charged up to the failure
     client = _client(address, insecure, root_certificates, token)
-    heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
+    revoked = threading.Event()  # the SuperNode gave up on this task (its message failed to arrive)
+    heartbeat = HeartbeatSender(task_heartbeat_fn(client, revoked))
     message = reply = context = None
     sub_status, details = SubStatus.FAILED, "ClientApp task failed due to unknown reason"
     try:
         heartbeat.start()
         message, context, run, fab = pull_task_input(
-            client, stall_s=stall_s, superseded=superseded, wait_cap_s=2 * poll_s
+            client, stall_s=stall_s, superseded=lambda: revoked.is_set() or superseded(), wait_cap_s=2 * poll_s
         )
         t_pulled = time.perf_counter()
         if state.fab_hash != fab.hash_str:
@@ -191,6 +192,37 @@ def pull_task_input(client, initial_backoff_s: float = 0.02, backoff_cap_s: floa
     )  # fmt: skip
     message.metadata.__dict__["_message_id"] = tree.object_id  # the deflated message lacks its own id
     return message, context, run, fab
+
+
+def task_heartbeat_fn(client, revoked: threading.Event) -> Callable[[], bool]:  # noqa: ANN001
+    """Flower's task heartbeat without its ``SIGINT``: a revoked task sets ``revoked`` instead.
+
+    Why: when the SuperNode fails to receive a message (say the SuperLink answered a pull
+    with HTTP 500 under load) it finishes the task and revokes its token. Flower's own
+    heartbeat then raises SIGINT, which is right for a one-message ``flwr-clientapp`` but
+    stopped the warm worker for good: its SuperNode stayed online and never answered again
+    (3 of 30 nodes in the load benchmark). The worker drops that task and goes on.
+    """
+    import httpx
+    from flwr.proto.runtime_pb2 import SendTaskHeartbeatRequest  # pylint: disable=E0611
+
+    def beat() -> bool:
+        try:
+            res = client.SendTaskHeartbeat(SendTaskHeartbeatRequest())
+        except httpx.TransportError:
+            return False  # retried by the sender
+        except httpx.HTTPStatusError as err:
+            if err.response.status_code in (httpx.codes.SERVICE_UNAVAILABLE, httpx.codes.GATEWAY_TIMEOUT):
+                return False
+            if err.response.status_code == httpx.codes.UNAUTHORIZED:  # token revoked
+                revoked.set()
+                return True
+            raise
+        if not res.success:
+            revoked.set()
+        return True
+
+    return beat
 
 
 def wait_for_delivery(pull: Callable[[str], bytes], root_id: str, initial_s: float = 0.02, cap_s: float = 0.1,

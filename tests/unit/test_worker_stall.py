@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+from types import SimpleNamespace
+
+import httpx
 import pytest
 from flwr.supercore.inflatable.inflatable_utils import ObjectPullError, ObjectUnavailableError, pull_objects
 
-from deploy.worker import stall_guard, wait_for_delivery
+from deploy.worker import stall_guard, task_heartbeat_fn, wait_for_delivery
 
 
 class FakeClock:
@@ -108,3 +112,35 @@ def test_wait_for_delivery_ends_with_the_guard_when_a_newer_task_waits() -> None
     pull = stall_guard(_source({}, clock, step_s=1.0), stall_s=5.0, superseded=Newer(True), clock=clock)
     with pytest.raises(ObjectPullError, match="a newer task is waiting"):
         wait_for_delivery(pull, "root", sleep=lambda s: None)
+
+
+class _Beats:
+    """A Runtime client whose SendTaskHeartbeat answers from a list (a value, or an exception to raise)."""
+
+    def __init__(self, *answers: object) -> None:
+        self.answers = list(answers)
+
+    def SendTaskHeartbeat(self, request: object) -> object:  # noqa: N802 - Flower's method name
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def _status_error(code: int) -> httpx.HTTPStatusError:
+    request = httpx.Request("POST", "http://127.0.0.1/v1/runtime/send-task-heartbeat")
+    return httpx.HTTPStatusError("x", request=request, response=httpx.Response(code, request=request))
+
+
+def test_revoked_task_sets_the_flag_instead_of_interrupting_the_worker() -> None:
+    # Flower's own heartbeat raises SIGINT here, which stopped the warm worker for good
+    ok, gone = SimpleNamespace(success=True), SimpleNamespace(success=False)
+    revoked = threading.Event()
+    beat = task_heartbeat_fn(_Beats(ok, _status_error(503), gone), revoked)
+    assert beat() is True and not revoked.is_set()
+    assert beat() is False and not revoked.is_set()  # 503: retry later
+    assert beat() is True and revoked.is_set()
+    revoked = threading.Event()
+    assert task_heartbeat_fn(_Beats(_status_error(401)), revoked)() is True and revoked.is_set()
+    with pytest.raises(httpx.HTTPStatusError):
+        task_heartbeat_fn(_Beats(_status_error(500)), threading.Event())()
