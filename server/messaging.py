@@ -111,7 +111,7 @@ def exchange(grid: Grid, messages: Sequence[Message], timeout_s: float, straggle
         if half_s is None and stragglers.factor > 0 and len(replies) >= half:
             half_s = now - start
             cutoff = start + stragglers.patience_s(half_s)
-        if now >= cutoff and half_s is not None:
+        if now >= cutoff:  # finite only once half of the nodes answered
             late = sorted(todo)
             if not stragglers.resend or resent:
                 log.warning("stopped waiting for node(s) %s after %.0f s", late, now - start)
