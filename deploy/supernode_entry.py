@@ -12,6 +12,14 @@ command with the same arguments:
     CROSSFED_SUPERNODE_POLL_S       idle pull interval (default 0.25 s; Flower: 3 s)
     CROSSFED_SUPERNODE_HEARTBEAT_S  heartbeat interval (default 10 s, the SuperLink's
                                     minimum; Flower: 30 s)
+    CROSSFED_SUPERNODE_500_RETRIES  times one SuperLink call is retried after an HTTP 500
+                                    (default 5, backoff 0.5 s doubling; Flower: 0, the
+                                    message is dropped)
+
+Why the HTTP 500 retries: see :mod:`common.http_retry`. Every Fleet call the SuperNode
+makes is safe to repeat: objects are content-addressed, and the SuperLink stores a
+repeated reply push once (its ``store_message_res`` checks for idempotent retries). Its heartbeat gets the same
+tolerance (Flower's re-raises a 500, which silently ends the heartbeat thread).
 
 The patch only touches module attributes of ``flwr==1.42.0`` (the version
 ``pyproject.toml`` pins); on any other version it does nothing and says so.
@@ -23,11 +31,15 @@ import functools
 import logging
 import os
 import time as _time
+from collections.abc import Callable
 from types import SimpleNamespace
+
+from common.http_retry import is_server_error, retry_server_errors
 
 PINNED_FLWR = "1.42.0"
 DEFAULT_POLL_S = 0.25
 DEFAULT_HEARTBEAT_S = 10.0
+DEFAULT_SERVER_ERROR_RETRIES = 5
 
 log = logging.getLogger("crossfed.supernode")
 
@@ -67,10 +79,47 @@ def patch_polling(poll_s: float, heartbeat_s: float) -> bool:
     return True
 
 
+def patch_server_error_retries(retries: int) -> bool:
+    """Let every Fleet call of the SuperNode survive ``retries`` HTTP 500s; False on another flwr."""
+    import flwr
+
+    if flwr.__version__ != PINNED_FLWR:
+        log.warning("flwr %s is not %s: HTTP 500s from the SuperLink are not retried", flwr.__version__, PINNED_FLWR)
+        return False
+    if not 0 <= retries <= 20:
+        raise SystemExit(f"CROSSFED_SUPERNODE_500_RETRIES must be in [0, 20], got {retries}")
+    import flwr.supernode.fleet_http_connection as fleet
+
+    make = fleet.make_simple_http_retry_invoker
+    fleet.make_simple_http_retry_invoker = lambda: retry_server_errors(make(), retries)  # type: ignore[attr-defined]
+    # Flower's node heartbeat re-raises a 500, which ends its thread for good: the SuperLink
+    # then declares the live node offline. A 500 now counts as a failed beat, retried with
+    # the sender's own backoff.
+    sender = fleet.HeartbeatSender
+    fleet.HeartbeatSender = lambda heartbeat_fn: sender(beat_through_server_errors(heartbeat_fn))  # type: ignore[attr-defined]
+    return True
+
+
+def beat_through_server_errors(heartbeat_fn: Callable[[], bool]) -> Callable[[], bool]:
+    """``heartbeat_fn`` that answers False (retry later) instead of raising on an HTTP 500."""
+
+    def beat() -> bool:
+        try:
+            return heartbeat_fn()
+        except Exception as exc:
+            if not is_server_error(exc):
+                raise
+            log.warning("SuperLink answered a heartbeat with HTTP 500; retrying")
+            return False
+
+    return beat
+
+
 def main() -> None:
     poll_s = float(os.environ.get("CROSSFED_SUPERNODE_POLL_S", DEFAULT_POLL_S))
     heartbeat_s = float(os.environ.get("CROSSFED_SUPERNODE_HEARTBEAT_S", DEFAULT_HEARTBEAT_S))
     patch_polling(poll_s, heartbeat_s)
+    patch_server_error_retries(int(os.environ.get("CROSSFED_SUPERNODE_500_RETRIES", DEFAULT_SERVER_ERROR_RETRIES)))
     from flwr.supernode.cli import flower_supernode
 
     flower_supernode()

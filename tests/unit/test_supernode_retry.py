@@ -1,0 +1,124 @@
+"""The SuperNode survives HTTP 500s from a busy SuperLink instead of dropping a reply or its heartbeat."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from flwr.supercore.retry import make_simple_http_retry_invoker
+
+from common.http_retry import is_server_error, retry_server_errors
+from deploy.supernode_entry import beat_through_server_errors, patch_server_error_retries
+
+
+def _status_error(code: int) -> httpx.HTTPStatusError:
+    request = httpx.Request("POST", "https://superlink.test/api/v0/fleet/push-object")
+    return httpx.HTTPStatusError(f"HTTP {code}", request=request, response=httpx.Response(code, request=request))
+
+
+class Flaky:
+    """A Fleet call that fails with ``code`` for its first ``failures`` calls, then answers."""
+
+    def __init__(self, failures: int, code: int = 500) -> None:
+        self.failures, self.code, self.calls = failures, code, 0
+
+    def __call__(self, request: str) -> str:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise _status_error(self.code)
+        return f"ok:{request}"
+
+
+def _invoker(retries: int, sleeps: list[float]):
+    return retry_server_errors(make_simple_http_retry_invoker(), retries, backoff_s=0.5, sleep=sleeps.append)
+
+
+def test_a_call_answered_500_is_repeated_with_doubling_backoff() -> None:
+    sleeps: list[float] = []
+    call = Flaky(failures=3)
+    assert _invoker(5, sleeps).invoke(call, "reply-1") == "ok:reply-1"
+    assert call.calls == 4
+    assert sleeps == [0.5, 1.0, 2.0]
+
+
+def test_the_last_500_is_raised_after_the_allowed_retries() -> None:
+    sleeps: list[float] = []
+    call = Flaky(failures=10)
+    with pytest.raises(httpx.HTTPStatusError, match="HTTP 500"):
+        _invoker(2, sleeps).invoke(call, "reply-1")
+    assert call.calls == 3
+    assert sleeps == [0.5, 1.0]
+
+
+@pytest.mark.parametrize("code", [400, 404, 409])
+def test_other_refusals_are_not_repeated(code: int) -> None:
+    sleeps: list[float] = []
+    call = Flaky(failures=1, code=code)
+    with pytest.raises(httpx.HTTPStatusError, match=f"HTTP {code}"):
+        _invoker(5, sleeps).invoke(call, "reply-1")
+    assert call.calls == 1
+    assert sleeps == []
+
+
+def test_is_server_error_only_for_http_500() -> None:
+    assert is_server_error(_status_error(500))
+    assert not is_server_error(_status_error(503))
+    assert not is_server_error(RuntimeError("HTTP 500"))
+
+
+def test_heartbeat_500_is_a_failed_beat_not_a_dead_thread() -> None:
+    answers = iter([_status_error(500), True])
+
+    def beat() -> bool:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    tolerant = beat_through_server_errors(beat)
+    assert tolerant() is False  # HeartbeatSender retries a False with its own backoff
+    assert tolerant() is True
+
+
+def test_heartbeat_other_errors_still_raise() -> None:
+    def beat() -> bool:
+        raise _status_error(401)
+
+    with pytest.raises(httpx.HTTPStatusError, match="HTTP 401"):
+        beat_through_server_errors(beat)()
+
+
+def test_patch_wraps_the_invoker_and_heartbeat_the_supernode_builds(monkeypatch: pytest.MonkeyPatch) -> None:
+    import flwr.supernode.fleet_http_connection as fleet
+
+    # register the originals so the patch is undone after the test
+    monkeypatch.setattr(fleet, "make_simple_http_retry_invoker", fleet.make_simple_http_retry_invoker)
+    monkeypatch.setattr(fleet, "HeartbeatSender", fleet.HeartbeatSender)
+    assert patch_server_error_retries(retries=1)
+
+    call = Flaky(failures=1)
+    assert fleet.make_simple_http_retry_invoker().invoke(call, "x") == "ok:x"
+    assert call.calls == 2
+    with pytest.raises(httpx.HTTPStatusError):
+        fleet.make_simple_http_retry_invoker().invoke(Flaky(failures=2), "x")
+
+    def beat() -> bool:
+        raise _status_error(500)
+
+    sender = fleet.HeartbeatSender(beat)
+    assert sender.heartbeat_fn() is False
+    with pytest.raises(SystemExit, match="CROSSFED_SUPERNODE_500_RETRIES"):
+        patch_server_error_retries(retries=-1)
+
+
+def test_the_serverapp_grid_gets_the_same_retries() -> None:
+    from flwr.superlink.grid.http_grid import HttpGrid
+
+    from server.app import retry_superlink_500s
+
+    grid = HttpGrid.__new__(HttpGrid)  # the invoker is all the wrapper touches; no connection needed
+    grid._retry_invoker = make_simple_http_retry_invoker()
+    assert retry_superlink_500s(grid)
+    call = Flaky(failures=1)
+    assert grid._retry_invoker.invoke(call, "push") == "ok:push"
+    assert call.calls == 2
+    assert not retry_superlink_500s(object())  # the simulation grid: nothing to wrap
