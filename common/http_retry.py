@@ -5,7 +5,7 @@ with "database is locked", which its REST layer turns into a 500. Flower 1.42 re
 only 502/503/504 and transport errors, so one such answer loses a reply (SuperNode side)
 or stops the ServerApp (Grid side). Both sides wrap Flower's own retry invoker with
 :func:`retry_server_errors`: ``deploy.supernode_entry`` for the SuperNode, and
-``server.app`` for the ServerApp's grid.
+``server.grid_tuning`` for the ServerApp's grid.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """``flower-supernode`` with shorter idle polling (``python -m deploy.supernode_entry ARGS``).
 
 Flower 1.42's SuperNode sleeps a hard-coded 3 s whenever its Fleet ``PullMessages`` finds
-nothing, 0.5 s between checks for the ClientApp's reply, and 1 s + 2 s when a message's
+nothing, 0.5 s between (local) checks for the ClientApp's reply (here 0.02 s), and 1 s + 2 s when a message's
 objects are not uploaded yet (they usually are not when the message first shows up);
 its Fleet heartbeat interval is a hard-coded 30 s (a killed node is declared
 unavailable after 2 x 30 s).
@@ -40,8 +40,15 @@ PINNED_FLWR = "1.42.0"
 DEFAULT_POLL_S = 0.25
 DEFAULT_HEARTBEAT_S = 10.0
 DEFAULT_SERVER_ERROR_RETRIES = 5
+LOCAL_WAIT_S = 0.02  # the SuperNode's wait for a reply already in its own memory
 
 log = logging.getLogger("crossfed.supernode")
+
+
+def capped_sleep(requested_s: float, poll_s: float) -> float:
+    """Flower's idle sleep (3 s, a SuperLink round trip follows) becomes ``poll_s``; its
+    sub-second local waits (0.5 s) become :data:`LOCAL_WAIT_S`."""
+    return min(requested_s, poll_s) if requested_s >= 1.0 else min(requested_s, LOCAL_WAIT_S)
 
 
 def patch_polling(poll_s: float, heartbeat_s: float) -> bool:
@@ -64,10 +71,11 @@ def patch_polling(poll_s: float, heartbeat_s: float) -> bool:
     import flwr.supernode.fleet_http_connection as fleet
     import flwr.supernode.start_client_internal as loop
 
-    # `loop` calls time.sleep(3) when idle and time.sleep(0.5) while waiting for a reply;
-    # give it a `time` whose sleep is capped, everything else is the real module.
+    # `loop` calls time.sleep(3) when idle (then asks the SuperLink again) and time.sleep(0.5)
+    # while waiting for the ClientApp's reply in its own memory; give it a `time` whose sleep
+    # is poll_s for the first and LOCAL_WAIT_S for the second (a local check costs nothing).
     loop.time = SimpleNamespace(**{k: getattr(_time, k) for k in dir(_time) if not k.startswith("__")})  # type: ignore[attr-defined]
-    loop.time.sleep = lambda s: _time.sleep(min(s, poll_s))
+    loop.time.sleep = lambda s: _time.sleep(capped_sleep(s, poll_s))
     # The interval the node announces (the SuperLink expects a beat within 2x it) and the
     # one its HeartbeatSender actually keeps must be changed together.
     fleet.HEARTBEAT_DEFAULT_INTERVAL = heartbeat_s  # type: ignore[attr-defined]

@@ -16,9 +16,9 @@ from flwr.serverapp import Grid, ServerApp
 
 from common.config import AppConfig
 from common.fusion import weighted_average
-from common.http_retry import retry_server_errors
 from common.payload import ARRAYS, CONFIG, EVAL, METRICS, arrays_to_state, config_record, eval_record, state_to_arrays
 from server.federation import FederationError, PerPlatform, Tensors, run_federation
+from server.grid_tuning import tune_grid
 from server.messaging import Replies, broadcast, stragglers_for, wait_for_nodes
 
 app = ServerApp()
@@ -27,21 +27,8 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = AppConfig.from_flat(dict(context.run_config))
-    retry_superlink_500s(grid)
+    tune_grid(grid)  # Deployment Engine only: retry HTTP 500s, quicker reply pulls
     run_federation(transport_for(grid, cfg), cfg)
-
-
-def retry_superlink_500s(grid: Grid, retries: int = 5) -> bool:
-    """On the Deployment Engine, repeat a grid call the busy SuperLink answered with HTTP 500.
-
-    Flower 1.42's HTTP grid keeps its retry invoker in ``_retry_invoker``; the simulation
-    grid has none (nothing to do, False).
-    """
-    invoker = getattr(grid, "_retry_invoker", None)
-    if invoker is None:
-        return False
-    retry_server_errors(invoker, retries)
-    return True
 
 
 def transport_for(grid: Grid, cfg: AppConfig) -> GridTransport:

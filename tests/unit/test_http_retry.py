@@ -1,4 +1,4 @@
-"""The SuperNode survives HTTP 500s from a busy SuperLink instead of dropping a reply or its heartbeat."""
+"""SuperNode and ServerApp survive HTTP 500s from a busy SuperLink; the ServerApp pulls replies sooner."""
 
 from __future__ import annotations
 
@@ -110,15 +110,31 @@ def test_patch_wraps_the_invoker_and_heartbeat_the_supernode_builds(monkeypatch:
         patch_server_error_retries(retries=-1)
 
 
-def test_the_serverapp_grid_gets_the_same_retries() -> None:
+def test_the_serverapp_grid_gets_the_same_retries_and_quicker_pulls(monkeypatch: pytest.MonkeyPatch) -> None:
+    import flwr.superlink.grid.http_grid as http_grid
     from flwr.superlink.grid.http_grid import HttpGrid
 
-    from server.app import retry_superlink_500s
+    from server.grid_tuning import PULL_BACKOFF_CAP_S, PULL_INITIAL_BACKOFF_S, tune_grid
 
-    grid = HttpGrid.__new__(HttpGrid)  # the invoker is all the wrapper touches; no connection needed
+    monkeypatch.setattr(http_grid, "pull_objects", http_grid.pull_objects)  # undone after the test
+    grid = HttpGrid.__new__(HttpGrid)  # the invoker is all the tuning touches; no connection needed
     grid._retry_invoker = make_simple_http_retry_invoker()
-    assert retry_superlink_500s(grid)
+    assert tune_grid(grid)
     call = Flaky(failures=1)
     assert grid._retry_invoker.invoke(call, "push") == "ok:push"
     assert call.calls == 2
-    assert not retry_superlink_500s(object())  # the simulation grid: nothing to wrap
+    assert http_grid.pull_objects.keywords == {
+        "initial_backoff": PULL_INITIAL_BACKOFF_S,
+        "backoff_cap": PULL_BACKOFF_CAP_S,
+        "max_tries_per_object": None,
+    }
+    assert not tune_grid(object())  # the simulation grid: nothing to tune
+
+
+def test_supernode_sleeps_idle_polls_at_poll_s_and_local_waits_briefly() -> None:
+    from deploy.supernode_entry import LOCAL_WAIT_S, capped_sleep
+
+    assert capped_sleep(3.0, poll_s=0.25) == 0.25  # idle: the next call goes to the SuperLink
+    assert capped_sleep(3.0, poll_s=3.0) == 3.0
+    assert capped_sleep(0.5, poll_s=0.25) == LOCAL_WAIT_S == 0.02  # reply wait: a look at its own memory
+    assert capped_sleep(0.01, poll_s=0.25) == 0.01
