@@ -10,6 +10,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from deploy.launch import DeployError, Federation
 from deploy.worker import STALL_ENV
 from server.outputs import ROUNDS_FILE, SUMMARY_FILE
 from simulations.simulate import run_simulated_federation, validate_inputs
+from tests.deploy.fault_proxy import FaultProxy
 from tests.deploy.settings import CLEAR, PLATFORMS, SHARE, TINY
 
 pytestmark = pytest.mark.slow
@@ -171,3 +173,57 @@ def _register(fed: Federation, platform: str):  # noqa: ANN202
     key = create_node_key(fed.certs_dir, platform)
     fed.node_ids[platform] = register_node(key.public, fed.conn, fed.env, name=platform)
     return key
+
+
+class _AppViaProxy(Federation):
+    """A federation whose ``app`` SuperNode dials the SuperLink through a :class:`FaultProxy`."""
+
+    def __init__(self, *args: Any, faults: dict[str, int], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.faults = faults
+        self.proxy: FaultProxy | None = None
+
+    def start_superlink(self) -> Any:
+        daemon = super().start_superlink()
+        if self.proxy is None:  # the TLS files exist now; the nodes start next
+            assert self.tls is not None
+            self.proxy = FaultProxy(self.address, self.tls, self.faults).__enter__()
+        return daemon
+
+    def node_spec(self, platform: str, **overrides: Any) -> Any:
+        if platform == "app" and self.proxy is not None:
+            overrides.setdefault("superlink", self.proxy.address)
+        return super().node_spec(platform, **overrides)
+
+    def close(self) -> None:
+        super().close()
+        if self.proxy is not None:
+            self.proxy.__exit__()
+
+
+def test_superlink_http_500s_are_retried_and_nothing_is_lost(tmp_path: Path) -> None:
+    # Prepare: a busy SuperLink answers some calls with HTTP 500 (SQLite "database is locked");
+    # flwr 1.42 alone would drop the reply (push-object, push-messages) or the message
+    # (pull-object), and a 500 heartbeat would end the node's heartbeat thread for good
+    faults = {"/v1/fleet/push-object": 2, "/v1/fleet/push-messages": 1, "/v1/fleet/pull-object": 1,
+              "/v1/fleet/send-node-heartbeat": 1}  # fmt: skip
+    run = tmp_path / "run"
+    config = {**TINY, "secagg": True, "fed.straggler-factor": 0.0, "out-dir": str(run)}
+    # Execute: app's SuperNode talks to the SuperLink through the fault-injecting proxy
+    with _AppViaProxy(tmp_path / "fed", PLATFORMS, node_extra=SHARE, faults=faults) as fed:
+        _finish(fed, fed.submit(config))
+        node_log = (tmp_path / "fed" / "logs" / "supernode-app.log").read_text(errors="replace")
+        assert fed.proxy is not None
+        injected, forwarded = dict(fed.proxy.injected), dict(fed.proxy.forwarded)
+    # Assert: every fault was injected, each was retried, and no round missed app
+    assert injected == faults, injected
+    assert forwarded["/v1/fleet/push-messages"] >= 4  # 2 rounds x (train + evaluate) replies
+    assert node_log.count("SuperLink answered HTTP 500") == 4, node_log[-3000:]
+    assert "SuperLink answered a heartbeat with HTTP 500" in node_log
+    assert "Failed to send message" not in node_log
+    rounds = _rounds(run)
+    assert [r["round"] for r in rounds] == [1, 2]
+    for record in rounds:
+        assert not record["failures"], record
+        assert record["train"]["secure-aggregation"]["survivors"] == 3
+        assert "app" in record["eval"], record["eval"]
