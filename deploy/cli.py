@@ -9,8 +9,11 @@ On the coordinator again, admit that platform's public key, then start the node:
     crossfed deploy register --key web_shop.key.pub --superlink fl.example.org:9093 --certs certs/
     crossfed deploy supernode --platform web_shop --data /data --superlink fl.example.org:9093 \\
         --certs certs/ --key keys/web_shop.key
-Then submit the app (from a checkout of this repository):
-    crossfed deploy submit --superlink fl.example.org:9093 --certs certs/ --run-config "num-server-rounds=5" --stream
+Then submit the app (from a checkout of this repository) to a named federation; the name and
+its connection are saved in $FLWR_HOME/config.toml, so later submits need only the name:
+    crossfed deploy submit --federation prod --superlink fl.example.org:9093 --certs certs/ \
+        --run-config "num-server-rounds=5" --stream
+    crossfed deploy submit --federation prod --run-config "num-server-rounds=10"
 
 ``--insecure`` (plaintext HTTP, no TLS, no node authentication) exists for debugging only
 and always prints a warning. Also runnable as ``python -m deploy.cli``.
@@ -78,7 +81,7 @@ def add_deploy_parser(subparsers: Any) -> argparse.ArgumentParser:
     reg = sub.add_parser("register", help="admit a SuperNode's public key at the SuperLink")
     reg.add_argument("--key", required=True, type=Path, help="PLATFORM.key.pub")
     reg.add_argument("--name", help="a name shown by `flwr supernode ls` (default: the file's stem)")
-    _add_connection_args(reg)
+    _add_connection_args(reg, required=False, named=True)
     reg.set_defaults(func=cmd_register)
 
     link = sub.add_parser("superlink", help="run the SuperLink (foreground)")
@@ -115,15 +118,19 @@ def add_deploy_parser(subparsers: Any) -> argparse.ArgumentParser:
     submit.add_argument("--app", type=Path, default=REPO_ROOT, help="app folder with pyproject.toml")
     submit.add_argument("--run-config", action="append", default=[], help="'k1=v1 k2=v2' (as `flwr run`)")
     submit.add_argument("--stream", action="store_true", help="stream the ServerApp log until the run ends")
-    _add_connection_args(submit)
+    _add_connection_args(submit, required=False, named=True)
     submit.set_defaults(func=cmd_submit)
     return deploy
 
 
-def _add_connection_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+def _add_connection_args(p: argparse.ArgumentParser, required: bool = True, named: bool = False) -> None:
     p.add_argument("--superlink", required=required, metavar="HOST:PORT")
     p.add_argument("--certs", type=Path, help="folder with ca.pem (the CA that signed the SuperLink)")
     p.add_argument("--insecure", action="store_true", help="plaintext HTTP (debugging only)")
+    if named:
+        p.add_argument("--federation", default=CONNECTION, metavar="NAME",
+                       help="the federation's name in $FLWR_HOME/config.toml: saved (and made the default) "
+                            "when --superlink is given, reused when it is not (default: %(default)s)")  # fmt: skip
 
 
 def _usage_epilog() -> str:
@@ -230,10 +237,15 @@ def _ca_cert(certs: Path | None) -> Path:
 
 
 def _connection(args: argparse.Namespace) -> Connection:
-    """Write (or refresh) the ``crossfed`` connection in $FLWR_HOME/config.toml for flwr CLI calls."""
+    """The named federation for flwr CLI calls: saved from --superlink/--certs, or reused by name."""
     home = Path(os.environ.get("FLWR_HOME", "~/.flwr")).expanduser()
+    name = getattr(args, "federation", CONNECTION)
+    if not args.superlink:
+        if args.certs or args.insecure:
+            raise DeployError("--certs/--insecure describe a connection: give --superlink HOST:PORT with them")
+        return Connection.load(name, home)
     root = None if args.insecure else _ca_cert(args.certs)
-    conn = Connection(CONNECTION, args.superlink, root, args.insecure, home)
+    conn = Connection(name, args.superlink, root, args.insecure, home)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", InsecureDeploymentWarning)  # warned once below instead
         conn.write()

@@ -415,17 +415,31 @@ class Connection:
     insecure: bool = False
     flwr_home: Path = field(default_factory=lambda: Path(os.environ.get("FLWR_HOME", "~/.flwr")).expanduser())
 
+    @staticmethod
+    def config_path(flwr_home: Path) -> Path:
+        return Path(flwr_home).expanduser() / "config.toml"
+
+    @classmethod
+    def load(cls, name: str, flwr_home: Path) -> Connection:
+        """The saved ``[superlink.<name>]`` (a named federation); DeployError naming the file if absent."""
+        path = cls.config_path(flwr_home)
+        entry = _read_config(path).get("superlink", {}).get(name)
+        if not isinstance(entry, dict) or "address" not in entry:
+            raise DeployError(f"no federation {name!r} in {path}: save it once with "
+                              f"--federation {name} --superlink HOST:PORT --certs DIR")  # fmt: skip
+        if entry.get("insecure"):
+            return cls(name, str(entry["address"]), None, True, Path(flwr_home))
+        if "root-certificates" not in entry:
+            raise DeployError(f"federation {name!r} in {path} has neither root-certificates nor insecure = true")
+        return cls(name, str(entry["address"]), Path(entry["root-certificates"]), False, Path(flwr_home))
+
     def write(self) -> Path:
         """Add/replace ``[superlink.<name>]`` (other connections are kept) and make it the default."""
         import tomli_w
 
-        path = Path(self.flwr_home) / "config.toml"
+        path = self.config_path(self.flwr_home)
         path.parent.mkdir(parents=True, exist_ok=True)
-        data: dict[str, Any] = {}
-        if path.is_file():
-            import tomllib
-
-            data = tomllib.loads(path.read_text())
+        data = _read_config(path)
         section = data.setdefault("superlink", {})
         entry: dict[str, Any] = {"address": self.address}
         if self.insecure:
@@ -439,6 +453,18 @@ class Connection:
         section["default"] = self.name
         path.write_text(tomli_w.dumps(data))
         return path
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """``$FLWR_HOME/config.toml`` as a dict ({} when absent); DeployError naming it when unreadable."""
+    if not path.is_file():
+        return {}
+    import tomllib
+
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise DeployError(f"{path}: not valid TOML ({exc})") from exc
 
 
 def flwr_cli(args: Sequence[str], env: Mapping[str, str], timeout_s: float = 120.0, cwd: Path | None = None,

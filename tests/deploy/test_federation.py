@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,3 +126,30 @@ def test_wrong_ca_is_refused(secure_link: Federation) -> None:
             list_nodes(wrong, secure_link.env)
     finally:
         secure_link.conn.write()  # back to the right default connection
+
+
+def test_cli_submits_to_a_named_federation_then_reuses_it_by_name(tmp_path: Path) -> None:
+    # Prepare: a TLS federation; the user's own FLWR_HOME knows no federation yet
+    home = tmp_path / "user-flwr-home"
+    env = {**os.environ, "FLWR_HOME": str(home)}
+    config = {**TINY, "num-server-rounds": 1}
+    with Federation(tmp_path / "fed", PLATFORMS, node_extra=CLEAR) as fed:
+        assert fed.tls is not None
+        # Execute: the first submit saves "staging" (address + CA), the second names only "staging"
+        runs = []
+        for i, connection in enumerate([["--superlink", fed.address, "--certs", str(fed.certs_dir)], []]):
+            run_config = " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={str(v).lower()}"
+                                  for k, v in {**config, "out-dir": str(tmp_path / f"run{i}")}.items())  # fmt: skip
+            res = subprocess.run(
+                [sys.executable, "-m", "deploy.cli", "submit", "--federation", "staging", *connection,
+                 "--run-config", run_config, "--stream"],
+                env=env, capture_output=True, text=True, timeout=300,
+            )  # fmt: skip
+            assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:] + fed.diagnostics()
+            runs.append(tmp_path / f"run{i}")
+    # Assert: both runs completed on the federation saved under that name (and only it)
+    for run in runs:
+        summary = json.loads((run / "summary.json").read_text())
+        assert sorted(summary["test"]) == PLATFORMS, summary
+    saved = Connection.load("staging", home)
+    assert (saved.address, saved.root_cert, saved.insecure) == (fed.address, fed.tls.ca_cert.resolve(), False)
