@@ -1,13 +1,13 @@
-"""``flower-supernode`` with shorter idle polling (``python -m deploy.supernode_entry ARGS``).
+"""``flower-supernode`` with shorter polling and HTTP 500 retries (``python -m deploy.supernode_entry ARGS``).
 
 Flower 1.42's SuperNode sleeps a hard-coded 3 s whenever its Fleet ``PullMessages`` finds
-nothing, 0.5 s between (local) checks for the ClientApp's reply (here 0.02 s), and 1 s + 2 s when a message's
-objects are not uploaded yet (they usually are not when the message first shows up);
-its Fleet heartbeat interval is a hard-coded 30 s (a killed node is declared
-unavailable after 2 x 30 s).
-For a federation of a handful of platforms those are the dominant costs of a short
-round, so this entry point shortens them, then runs the unmodified ``flower-supernode``
-command with the same arguments:
+nothing, 0.5 s between (local) checks for the ClientApp's reply (here 0.02 s), and 1 s +
+2 s when a message's objects are not uploaded yet (they usually are not when the message
+first shows up); its Fleet heartbeat interval is a hard-coded 30 s (a killed node is
+declared unavailable after 2 x 30 s). For a federation of a handful of platforms those
+are the dominant costs of a short round, so this entry point shortens them, makes the
+node survive HTTP 500s from a busy SuperLink, then runs the unmodified
+``flower-supernode`` command with the same arguments:
 
     CROSSFED_SUPERNODE_POLL_S       idle pull interval (default 0.25 s; Flower: 3 s)
     CROSSFED_SUPERNODE_HEARTBEAT_S  heartbeat interval (default 10 s, the SuperLink's
@@ -16,10 +16,11 @@ command with the same arguments:
                                     (default 5, backoff 0.5 s doubling; Flower: 0, the
                                     message is dropped)
 
-Why the HTTP 500 retries: see :mod:`common.http_retry`. Every Fleet call the SuperNode
+Why the HTTP 500 retries: see :mod:`common.flower_http`. Every Fleet call the SuperNode
 makes is safe to repeat: objects are content-addressed, and the SuperLink stores a
-repeated reply push once (its ``store_message_res`` checks for idempotent retries). Its heartbeat gets the same
-tolerance (Flower's re-raises a 500, which silently ends the heartbeat thread).
+repeated reply push once (its ``store_message_res`` checks for idempotent retries). Its
+heartbeat gets the same tolerance (Flower's re-raises a 500, which silently ends the
+heartbeat thread).
 
 The patch only touches module attributes of ``flwr==1.42.0`` (the version
 ``pyproject.toml`` pins); on any other version it does nothing and says so.
@@ -27,16 +28,14 @@ The patch only touches module attributes of ``flwr==1.42.0`` (the version
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import time as _time
 from collections.abc import Callable
 from types import SimpleNamespace
 
-from common.http_retry import is_server_error, retry_server_errors
+from common.flower_http import flwr_is_pinned, is_server_error, quick_pull_objects, retry_server_errors
 
-PINNED_FLWR = "1.42.0"
 DEFAULT_POLL_S = 0.25
 DEFAULT_HEARTBEAT_S = 10.0
 DEFAULT_SERVER_ERROR_RETRIES = 5
@@ -53,11 +52,9 @@ def capped_sleep(requested_s: float, poll_s: float) -> float:
 
 def patch_polling(poll_s: float, heartbeat_s: float) -> bool:
     """Shorten the SuperNode's sleeps and heartbeat; False (untouched) on another flwr."""
-    import flwr
     from flwr.common.constant import HEARTBEAT_MAX_INTERVAL, HEARTBEAT_MIN_INTERVAL
 
-    if flwr.__version__ != PINNED_FLWR:
-        log.warning("flwr %s is not %s: SuperNode polling left at Flower's defaults", flwr.__version__, PINNED_FLWR)
+    if not flwr_is_pinned("SuperNode polling"):
         return False
     if not 0.01 <= poll_s <= 3.0:
         raise SystemExit(f"CROSSFED_SUPERNODE_POLL_S must be in [0.01, 3], got {poll_s}")
@@ -67,7 +64,6 @@ def patch_polling(poll_s: float, heartbeat_s: float) -> bool:
             f"got {heartbeat_s}"
         )
     import flwr.supercore.heartbeat as heartbeat
-    import flwr.supercore.inflatable.inflatable_utils as inflatable_utils
     import flwr.supernode.fleet_http_connection as fleet
     import flwr.supernode.start_client_internal as loop
 
@@ -82,17 +78,13 @@ def patch_polling(poll_s: float, heartbeat_s: float) -> bool:
     heartbeat.HEARTBEAT_DEFAULT_INTERVAL = heartbeat_s  # type: ignore[attr-defined]
     # A message is visible to the SuperNode before the ServerApp has finished uploading its
     # objects; Flower retries those pulls after 1 s, 2 s, ... (about 3 s per message).
-    loop.pull_objects = functools.partial(inflatable_utils.pull_objects, initial_backoff=min(poll_s, 0.1),
-                                          backoff_cap=1.0)  # fmt: skip
+    loop.pull_objects = quick_pull_objects(min(poll_s, 0.1))
     return True
 
 
 def patch_server_error_retries(retries: int) -> bool:
     """Let every Fleet call of the SuperNode survive ``retries`` HTTP 500s; False on another flwr."""
-    import flwr
-
-    if flwr.__version__ != PINNED_FLWR:
-        log.warning("flwr %s is not %s: HTTP 500s from the SuperLink are not retried", flwr.__version__, PINNED_FLWR)
+    if not flwr_is_pinned("SuperNode HTTP 500 handling"):
         return False
     if not 0 <= retries <= 20:
         raise SystemExit(f"CROSSFED_SUPERNODE_500_RETRIES must be in [0, 20], got {retries}")

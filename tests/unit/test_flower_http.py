@@ -6,7 +6,7 @@ import httpx
 import pytest
 from flwr.supercore.retry import make_simple_http_retry_invoker
 
-from common.http_retry import is_server_error, retry_server_errors
+from common.flower_http import is_server_error, retry_server_errors
 from deploy.supernode_entry import beat_through_server_errors, patch_server_error_retries
 
 
@@ -114,7 +114,8 @@ def test_the_serverapp_grid_gets_the_same_retries_and_quicker_pulls(monkeypatch:
     import flwr.superlink.grid.http_grid as http_grid
     from flwr.superlink.grid.http_grid import HttpGrid
 
-    from server.grid_tuning import PULL_BACKOFF_CAP_S, PULL_INITIAL_BACKOFF_S, tune_grid
+    from common.flower_http import PULL_BACKOFF_CAP_S
+    from server.grid_tuning import PULL_INITIAL_BACKOFF_S, tune_grid
 
     monkeypatch.setattr(http_grid, "pull_objects", http_grid.pull_objects)  # undone after the test
     grid = HttpGrid.__new__(HttpGrid)  # the invoker is all the tuning touches; no connection needed
@@ -138,3 +139,15 @@ def test_supernode_sleeps_idle_polls_at_poll_s_and_local_waits_briefly() -> None
     assert capped_sleep(3.0, poll_s=3.0) == 3.0
     assert capped_sleep(0.5, poll_s=0.25) == LOCAL_WAIT_S == 0.02  # reply wait: a look at its own memory
     assert capped_sleep(0.01, poll_s=0.25) == 0.01
+
+
+def test_patches_stand_down_on_another_flwr(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import flwr
+
+    from common.flower_http import PINNED_FLWR, flwr_is_pinned
+
+    assert flwr_is_pinned("anything") is (flwr.__version__ == PINNED_FLWR)
+    monkeypatch.setattr(flwr, "__version__", "9.9.9")
+    with caplog.at_level("WARNING", logger="crossfed.flower_http"):
+        assert not flwr_is_pinned("the ServerApp grid")
+    assert "flwr 9.9.9 is not 1.42.0: the ServerApp grid left at Flower's defaults" in caplog.text
