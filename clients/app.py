@@ -15,8 +15,9 @@ from flwr.clientapp import ClientApp
 
 from clients import secure
 from clients.platform import resolve_node
+from clients.private_state import PrivateStore
 from clients.tasks import evaluate_state, fit
-from common.config import ConfigError
+from common.config import AppConfig, ConfigError
 from common.data import DatasetError
 from common.modeling import ModelLoadError
 from common.payload import (
@@ -64,7 +65,9 @@ def handle_train(msg: Message, context: Context) -> Message:
                 f"node_config `{secure.REQUIRE_KEY}=false` to allow rounds in the clear)"
             )
         log.info("platform %s: round %d: training on the global adapter", setup.platform, server_round)
-        state, metrics = fit(cfg, setup, arrays_to_state(msg.content[ARRAYS]), server_round)  # type: ignore[arg-type]
+        store = _private_store(context, cfg)
+        state, metrics = fit(cfg, setup, arrays_to_state(msg.content[ARRAYS]), server_round, store)  # type: ignore[arg-type]
+        store.to_records(context.state)  # the private parameters stay here
         if cfg.secagg:  # the update stays here; only the masked sum will leave
             records = secure.start(msg.content, context, cfg, state, int(metrics["num-examples"]))
             return Message(RecordDict({**records, INFO: _info(setup.platform)}), reply_to=msg)
@@ -93,16 +96,24 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
     (node_config ``share-metrics``); otherwise the reply carries no metric at all.
     """
     try:
-        cfg, _ = parse_config(msg.content[CONFIG])  # type: ignore[arg-type]
+        cfg, server_round = parse_config(msg.content[CONFIG])  # type: ignore[arg-type]
         setup = resolve_node(dict(context.node_config), cfg)
         if cfg.secagg and not secure.shares_metrics(context.node_config):
             metrics: dict[str, float] = {}
         else:
             splits = parse_eval(msg.content.get(EVAL))
-            metrics = evaluate_state(cfg, setup, arrays_to_state(msg.content[ARRAYS]), splits)  # type: ignore[arg-type]
+            state = arrays_to_state(msg.content[ARRAYS])  # type: ignore[arg-type]
+            metrics = evaluate_state(cfg, setup, state, server_round, _private_store(context, cfg), splits)
     except OPERATOR_ERRORS as exc:
         return _error_reply(msg, exc, context)
     return Message(RecordDict({METRICS: MetricRecord(metrics), INFO: _info(setup.platform)}), reply_to=msg)
+
+
+def _private_store(context: Context, cfg: AppConfig) -> PrivateStore:
+    """This node's private parameters, kept in its Context between rounds (the best round is never older
+    than ``fed.patience`` + 1 rounds, so no more are kept)."""
+    keep = cfg.fed.patience + 1 if cfg.fed.patience else 0
+    return PrivateStore.from_records(context.state, keep)
 
 
 def _info(platform: str) -> ConfigRecord:

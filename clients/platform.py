@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from clients.trainer import EncodedSplit, encode_examples, encode_ranking
+from clients.trainer import EncodedSplit, ItemTable, encode_examples, encode_items, encode_ranking
 from common.config import AppConfig, DataSpec
 from common.data import DatasetError, PlatformData, discover_platforms, load_platform
-from common.splits import PlatformSplits, RankingCase, SplitConfig, split_platform
+from common.splits import PlatformSplits, RankingCase, SplitConfig, split_platform, thin_train
 
 PLATFORM_KEY = "platform"
 DATA_DIR_KEY = "data-dir"
@@ -31,6 +31,7 @@ class NodeSetup:
     platform: str
     data_dir: str  # "" = embedded synthetic data
     device: str  # "auto", "cpu", "cuda", "cuda:1", ...
+    train_fraction: float = 1.0  # < 1: keep a seeded share of the train examples (the comparison's scarce platforms)
 
 
 def resolve_node(node_config: dict[str, object], cfg: AppConfig) -> NodeSetup:
@@ -85,14 +86,23 @@ def load_splits(setup: NodeSetup, spec: DataSpec, seed: int) -> PlatformSplits:
 
 @dataclass
 class PreparedPlatform:
-    """A platform's splits, tokenised for one tokenizer/max length."""
+    """A platform's splits as integer rows over its catalogue (tokenised once) and its user list."""
 
     splits: PlatformSplits
+    table: ItemTable
+    users: dict[str, int]  # user id -> row of the platform's private user parameters
     train: EncodedSplit
     valid: EncodedSplit
     test: EncodedSplit
     ranking: tuple[EncodedSplit, int]
     cases: list[RankingCase] = field(default_factory=list)  # the ranked cases behind ``ranking``, in order
+
+
+def user_index(splits: PlatformSplits) -> dict[str, int]:
+    """Every user of the platform (any split or ranking case), sorted: the rows of its private user parameters."""
+    ids = {ex.user_id for part in (splits.train, splits.valid, splits.test) for ex in part}
+    ids.update(case.user_id for case in splits.ranking)
+    return {user: i for i, user in enumerate(sorted(ids))}
 
 
 @functools.lru_cache(maxsize=4)
@@ -101,23 +111,27 @@ def prepare(
     tokenizer: PreTrainedTokenizerBase, max_length: int,
 ) -> PreparedPlatform:  # fmt: skip
     splits = load_splits(setup, spec, seed)
+    if setup.train_fraction < 1.0:
+        splits = thin_train(splits, setup.train_fraction, seed)
     cases = splits.ranking
     if max_rank_users and len(cases) > max_rank_users:
         keep = np.sort(np.random.default_rng(seed).choice(len(cases), max_rank_users, replace=False))
         cases = [cases[i] for i in keep]
+    table = encode_items(tokenizer, splits.items, max_length)
+    users = user_index(splits)
+    length = spec.history_len
     return PreparedPlatform(
-        splits=splits,
-        train=encode_examples(tokenizer, splits.train, splits.items, max_length),
-        valid=encode_examples(tokenizer, splits.valid, splits.items, max_length),
-        test=encode_examples(tokenizer, splits.test, splits.items, max_length),
-        ranking=encode_ranking(tokenizer, cases, splits.items, max_length),
+        splits=splits, table=table, users=users,
+        train=encode_examples(table, users, splits.train, length),
+        valid=encode_examples(table, users, splits.valid, length),
+        test=encode_examples(table, users, splits.test, length),
+        ranking=encode_ranking(table, users, cases, length),
         cases=list(cases),
-    )
+    )  # fmt: skip
 
 
 def subsample(data: EncodedSplit, max_examples: int, seed: int) -> EncodedSplit:
     """A seeded per-round subset (``train.max-examples``) so CPU runs stay short."""
     if not max_examples or len(data) <= max_examples:
         return data
-    keep = np.sort(np.random.default_rng(seed).choice(len(data), max_examples, replace=False))
-    return EncodedSplit([data.ids[i] for i in keep], data.labels[keep])
+    return data.take(np.sort(np.random.default_rng(seed).choice(len(data), max_examples, replace=False)))

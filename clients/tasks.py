@@ -1,7 +1,8 @@
-"""What a platform does with a global adapter, as plain functions (no Flower types).
+"""What a platform does with a global (shared) model, as plain functions (no Flower types).
 
 The ClientApp handlers wrap these; the comparison harness calls them directly, so
-every arm trains and evaluates with exactly the code a deployed platform runs.
+every arm trains and evaluates with exactly the code a deployed platform runs. The
+platform's private parameters come from and go back to its :class:`PrivateStore`.
 """
 
 from __future__ import annotations
@@ -11,38 +12,92 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import torch
 
 from clients.platform import NodeSetup, PreparedPlatform, prepare, subsample
-from clients.trainer import evaluate, train
+from clients.private_state import PrivateStore
+from clients.trainer import PlatformBatches, evaluate, train
 from common.config import AppConfig
-from common.modeling import Scorer, get_trainable_state, load_scorer, pick_device, set_trainable_state
+from common.modeling import (
+    HEAD_PREFIX,
+    PrivateParts,
+    Scorer,
+    get_head_state,
+    get_trainable_state,
+    load_scorer,
+    pick_device,
+    set_head_state,
+    set_trainable_state,
+)
 
 ALL_SPLITS = ("valid", "test")
 
 
-def _load(cfg: AppConfig, setup: NodeSetup, state: Mapping[str, np.ndarray]) -> tuple[Scorer, int, PreparedPlatform]:
+def private_parts(cfg: AppConfig, prepared: PreparedPlatform, saved: Mapping[str, np.ndarray] | None) -> PrivateParts:
+    """This platform's private parameters: zeros, or the saved ones (a saved head is not part of them)."""
+    parts = PrivateParts(len(prepared.table), len(prepared.users), cfg.model.dim, cfg.model.private)
+    if saved:
+        own = {k: torch.from_numpy(np.array(v)) for k, v in saved.items() if not k.startswith(HEAD_PREFIX)}
+        parts.load_state_dict(own)
+    return parts
+
+
+def private_tensors(scorer: Scorer, parts: PrivateParts) -> OrderedDict[str, np.ndarray]:
+    """What the platform keeps: its private parameters, plus the head when the head is private."""
+    out = OrderedDict((k, v.detach().float().cpu().numpy()) for k, v in parts.state_dict().items())
+    if scorer.private_head:
+        out.update(get_head_state(scorer))
+    return out
+
+
+def load_platform(
+    cfg: AppConfig, setup: NodeSetup, state: Mapping[str, np.ndarray], saved: Mapping[str, np.ndarray] | None
+) -> tuple[Scorer, PlatformBatches, PreparedPlatform]:
+    """The shared model with ``state`` (and this platform's private head, if any) plus its private parts."""
     scorer, tokenizer = load_scorer(cfg.model, cfg.lora, cfg.seed)
     prepared = prepare(setup, cfg.data, cfg.eval.max_rank_users, cfg.seed, tokenizer, cfg.model.max_length)
     set_trainable_state(scorer, dict(state))
-    return scorer, int(tokenizer.pad_token_id), prepared
+    if scorer.private_head:
+        head = {k: v for k, v in (saved or {}).items() if k.startswith(HEAD_PREFIX)}
+        set_head_state(scorer, head or None)
+    part = PlatformBatches(prepared.table, prepared.train, private_parts(cfg, prepared, saved))
+    return scorer, part, prepared
+
+
+def train_seed(cfg: AppConfig, platform: str, server_round: int) -> int:
+    """Distinct per platform and round, the same in every process (``hash`` is salted)."""
+    return zlib.crc32(f"{cfg.seed}/{platform}/{server_round}".encode())
 
 
 def fit(
-    cfg: AppConfig, setup: NodeSetup, state: Mapping[str, np.ndarray], server_round: int
+    cfg: AppConfig, setup: NodeSetup, state: Mapping[str, np.ndarray], server_round: int, store: PrivateStore
 ) -> tuple[OrderedDict[str, np.ndarray], dict[str, float]]:
-    """Local epochs from ``state``; returns the new adapter + head and ``num-examples``/``train-loss``."""
-    scorer, pad_id, prepared = _load(cfg, setup, state)
-    data = subsample(prepared.train, cfg.train.max_examples, cfg.seed + server_round)
-    seed = zlib.crc32(f"{cfg.seed}/{setup.platform}/{server_round}".encode())  # distinct per platform and round
-    metrics = train(scorer, data, cfg.train, pad_id, pick_device(setup.device), seed=seed)
+    """Local epochs from ``state``; returns the new shared tensors and ``num-examples``/``train-loss``.
+
+    The private parameters continue from the latest earlier round and are saved under this one.
+    """
+    scorer, part, prepared = load_platform(cfg, setup, state, store.load(server_round - 1))
+    part.data = subsample(prepared.train, cfg.train.max_examples, cfg.seed + server_round)
+    metrics = train(scorer, [part], cfg.train, pick_device(setup.device), seed=train_seed(cfg, setup.platform,
+                                                                                       server_round))  # fmt: skip
+    store.save(server_round, private_tensors(scorer, part.private))
     return get_trainable_state(scorer), metrics
 
 
 def evaluate_state(
-    cfg: AppConfig, setup: NodeSetup, state: Mapping[str, np.ndarray], splits: Sequence[str] = ALL_SPLITS
+    cfg: AppConfig,
+    setup: NodeSetup,
+    state: Mapping[str, np.ndarray],
+    server_round: int,
+    store: PrivateStore,
+    splits: Sequence[str] = ALL_SPLITS,
+    scores: dict[str, np.ndarray] | None = None,
 ) -> dict[str, float]:
-    """``valid.*`` / ``test.*`` metrics (AUC, log-loss, counts; HR@10, NDCG@10 with test) of ``state``."""
-    scorer, pad_id, prepared = _load(cfg, setup, state)
+    """``valid.*`` / ``test.*`` metrics (AUC, log-loss, counts; HR@10, NDCG@10 with test) of ``state``.
+
+    Uses this platform's private parameters of ``server_round`` (the latest at or before it).
+    """
+    scorer, part, prepared = load_platform(cfg, setup, state, store.load(server_round))
     data = {name: getattr(prepared, name) for name in splits}
     ranking = prepared.ranking if "test" in splits else None
-    return evaluate(scorer, data, ranking, cfg.eval.batch_size, pad_id, pick_device(setup.device))
+    return evaluate(scorer, part, data, ranking, cfg.eval.batch_size, pick_device(setup.device), scores)

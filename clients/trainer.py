@@ -1,15 +1,19 @@
-"""Local training and evaluation on one platform's splits.
+"""Local training and evaluation on one platform's splits (or several, for the pooled bound).
 
-A short loop in the nanoGPT spirit: texts are tokenised once per process
-(:class:`EncodedSplit`), batches are padded only to their own longest row, and the
-optimiser is rebuilt every round because the fused adapter replaces the weights.
+A short loop in the nanoGPT spirit. Everything a step needs is built once per process:
+the catalogue's item texts as one padded token matrix (:class:`ItemTable`) and every
+example as integer rows (:class:`EncodedSplit`: user, candidate, liked and disliked history
+items). A step gathers the batch's distinct items, encodes each once with the LoRA tower,
+and scores the batch from those vectors; index work is numpy on the host, so the step never
+waits on the device. Evaluation encodes the whole catalogue once and scores every row from it.
+The optimiser is rebuilt every round because the fused adapter replaces the weights.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,67 +24,135 @@ from transformers import PreTrainedTokenizerBase
 from common.config import TrainSpec
 from common.data import Item
 from common.metrics import classification_metrics, ranking_metrics
-from common.modeling import Scorer
+from common.modeling import PrivateParts, Scorer
 from common.splits import Example, RankingCase
-from common.text import example_texts
+from common.text import item_text
+
+CHARS_PER_TOKEN_CAP = 16  # texts are cut to max_length * this many characters before tokenising (a 1 MB title)
 
 
 @dataclass
-class EncodedSplit:
-    """Token ids of (candidate, history) pairs, unpadded, plus labels."""
+class ItemTable:
+    """A platform's catalogue: item id -> row, and every item's text as token ids (padded, truncated)."""
 
-    ids: list[list[int]]
-    labels: np.ndarray  # (N,) float32 in {0, 1}
+    ids: list[str]
+    index: dict[str, int]
+    tokens: np.ndarray  # (I, T) int64, padded with the tokenizer's pad id
+    lengths: np.ndarray  # (I,) tokens per item (>= 2: [CLS] ... [SEP])
+    pad_id: int
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    def rows(self, item_ids: Sequence[str]) -> np.ndarray:
+        return np.fromiter((self.index[i] for i in item_ids), dtype=np.int64, count=len(item_ids))
 
-def encode(
-    tokenizer: PreTrainedTokenizerBase,
-    pairs: Sequence[tuple[str, str]],
+
+def encode_items(tokenizer: PreTrainedTokenizerBase, items: Mapping[str, Item], max_length: int) -> ItemTable:
+    """Tokenise every item's text once; long, empty and non-ASCII texts all fit ``max_length``."""
+    ids = sorted(items)
+    texts = [item_text(items[i])[: max_length * CHARS_PER_TOKEN_CAP] for i in ids]
+    enc = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"] if ids else []
+    pad_id = int(tokenizer.pad_token_id)
+    width = max((len(row) for row in enc), default=1)
+    tokens = np.full((len(ids), width), pad_id, dtype=np.int64)
+    for i, row in enumerate(enc):
+        tokens[i, : len(row)] = row
+    lengths = np.array([len(row) for row in enc], dtype=np.int64)
+    return ItemTable(ids, {item: i for i, item in enumerate(ids)}, tokens, lengths, pad_id)
+
+
+@dataclass
+class EncodedSplit:
+    """Examples as integer rows into the item table and the platform's user list."""
+
+    users: np.ndarray  # (N,) int64
+    items: np.ndarray  # (N,) int64 candidate rows
+    liked: np.ndarray  # (N, L) int64 history rows, most recent first, -1 = padding
+    disliked: np.ndarray  # (N, L)
+    labels: np.ndarray  # (N,) float32 in {0, 1}
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, rows: np.ndarray) -> EncodedSplit:
+        return EncodedSplit(self.users[rows], self.items[rows], self.liked[rows], self.disliked[rows], self.labels[rows])
+
+    @staticmethod
+    def concat(parts: Sequence[EncodedSplit]) -> EncodedSplit:
+        width = max((p.liked.shape[1] for p in parts), default=1)
+        return EncodedSplit(
+            np.concatenate([p.users for p in parts]), np.concatenate([p.items for p in parts]),
+            np.concatenate([_widen(p.liked, width) for p in parts]),
+            np.concatenate([_widen(p.disliked, width) for p in parts]),
+            np.concatenate([p.labels for p in parts]),
+        )  # fmt: skip
+
+
+def _widen(rows: np.ndarray, width: int) -> np.ndarray:
+    return np.pad(rows, ((0, 0), (0, width - rows.shape[1])), constant_values=-1)
+
+
+def _history(table: ItemTable, item_ids: Sequence[tuple[str, ...]], width: int) -> np.ndarray:
+    out = np.full((len(item_ids), max(width, 1)), -1, dtype=np.int64)
+    for r, ids in enumerate(item_ids):
+        out[r, : len(ids)] = table.rows(ids)
+    return out
+
+
+def encode_rows(
+    table: ItemTable,
+    users: Mapping[str, int],
+    histories: Sequence[Example | RankingCase],
+    candidates: Sequence[str],
     labels: Sequence[int],
-    max_length: int,
+    history_len: int,
 ) -> EncodedSplit:
-    """Candidate first, history second: when too long, the oldest history is cut, never the item."""
-    if not pairs:
-        return EncodedSplit([], np.zeros(0, np.float32))
-    users, cands = zip(*pairs, strict=True)
-    enc = tokenizer(list(cands), list(users), truncation="only_second", max_length=max_length)
-    return EncodedSplit(list(enc["input_ids"]), np.asarray(labels, dtype=np.float32))
+    """Rows for (history, candidate, label) triples; histories are padded to at least ``history_len``."""
+    liked = [h.liked for h in histories]
+    disliked = [h.disliked for h in histories]
+    width = max([history_len, *(len(x) for x in liked), *(len(x) for x in disliked)]) if histories else history_len
+    return EncodedSplit(
+        users=np.fromiter((users[h.user_id] for h in histories), dtype=np.int64, count=len(histories)),
+        items=table.rows(candidates),
+        liked=_history(table, liked, width),
+        disliked=_history(table, disliked, width),
+        labels=np.asarray(labels, dtype=np.float32),
+    )
 
 
 def encode_examples(
-    tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], items: dict[str, Item], max_length: int
+    table: ItemTable, users: Mapping[str, int], examples: Sequence[Example], history_len: int
 ) -> EncodedSplit:
-    pairs = [example_texts(ex, ex.item_id, items) for ex in examples]
-    return encode(tokenizer, pairs, [ex.label for ex in examples], max_length)
+    return encode_rows(table, users, examples, [ex.item_id for ex in examples], [ex.label for ex in examples],
+                       history_len)  # fmt: skip
 
 
 def encode_ranking(
-    tokenizer: PreTrainedTokenizerBase, cases: Sequence[RankingCase], items: dict[str, Item], max_length: int
+    table: ItemTable, users: Mapping[str, int], cases: Sequence[RankingCase], history_len: int
 ) -> tuple[EncodedSplit, int]:
     """All candidates of all cases, case-major: row c*(1+N) is case c's positive."""
-    pairs: list[tuple[str, str]] = []
-    labels: list[int] = []
     width = 1 + (len(cases[0].negatives) if cases else 0)
+    histories: list[RankingCase] = []
+    candidates: list[str] = []
+    labels: list[int] = []
     for case in cases:
         if 1 + len(case.negatives) != width:
             raise ValueError("every ranking case must have the same number of negatives")
         for j, cand in enumerate((case.positive, *case.negatives)):
-            pairs.append(example_texts(case, cand, items))
+            histories.append(case)
+            candidates.append(cand)
             labels.append(int(j == 0))
-    return encode(tokenizer, pairs, labels, max_length), width
+    return encode_rows(table, users, histories, candidates, labels, 1), width
 
 
-def _batch(ids: Sequence[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(row) for row in ids)
-    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for i, row in enumerate(ids):
-        input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = 1
-    return input_ids.to(device), mask.to(device)  # (B, T), (B, T)
+@dataclass
+class PlatformBatches:
+    """What training needs of one platform: its catalogue, its examples and its private parameters."""
+
+    table: ItemTable
+    data: EncodedSplit
+    private: PrivateParts
 
 
 def _autocast(device: torch.device) -> contextlib.AbstractContextManager[None]:
@@ -94,113 +166,160 @@ def _batches(order: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
         yield order[start : start + batch_size]
 
 
-def _length_bucketed(
-    order: np.ndarray, lengths: Sequence[int], batch_size: int, rng: np.random.Generator, window: int = 32
-) -> list[np.ndarray]:
-    """Batches of similar length: sort each window of ``window`` shuffled batches by length, then shuffle batches.
+def _to(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor
 
-    Padding (and so compute) drops to about the longest row of each batch, while every example is
-    still seen once per epoch and batch order stays random.
-    """
-    batches: list[np.ndarray] = []
-    span = batch_size * window
-    for start in range(0, len(order), span):
-        chunk = order[start : start + span]
-        chunk = chunk[np.argsort([lengths[i] for i in chunk], kind="stable")]
-        batches.extend(_batches(chunk, batch_size))
-    return [batches[i] for i in rng.permutation(len(batches))]
+
+def batch_logits(
+    scorer: Scorer, part: PlatformBatches, data: EncodedSplit, device: torch.device
+) -> torch.Tensor:
+    """Logits of ``data`` (one batch): encode its distinct items once, then score from their vectors."""
+    history = np.concatenate([data.liked.ravel(), data.disliked.ravel()])
+    needed = np.unique(np.concatenate([data.items, history[history >= 0]]))  # (U,) sorted catalogue rows
+    remap = np.full(len(part.table), -1, dtype=np.int64)
+    remap[needed] = np.arange(len(needed))
+    tokens = part.table.tokens[needed, : int(part.table.lengths[needed].max())]
+    local = [remap[data.items], np.where(data.liked >= 0, remap[data.liked], -1),
+             np.where(data.disliked >= 0, remap[data.disliked], -1)]  # fmt: skip
+    ids, cands, liked, disliked, needed_t, users, items = (
+        _to(x, device) for x in (tokens, *local, needed, data.users, data.items)
+    )
+    with _autocast(device):
+        vectors = scorer.item_vectors(ids, (ids != part.table.pad_id).long())
+    vectors = vectors.float()
+    residual = part.private.item_vectors(needed_t)
+    if residual is not None:
+        vectors = vectors + residual
+    logits = scorer(vectors, cands, liked, disliked, part.private.user_vectors(users))
+    return logits.float() + part.private.bias(items, users)
 
 
 def train(
     scorer: Scorer,
-    data: EncodedSplit,
+    parts: Sequence[PlatformBatches],
     spec: TrainSpec,
-    pad_id: int,
     device: torch.device,
     seed: int,
 ) -> dict[str, float]:
     """E epochs of AdamW on BCE (+ optional FedProx term); returns mean loss and example count.
 
-    Batch order and dropout masks come from ``seed`` alone (torch's global RNG is forked and
-    seeded), so a platform's update does not depend on which process or actor ran it.
+    Several ``parts`` (the pooled bound) interleave their batches; each batch comes from one
+    platform, scored with that platform's private parameters. Batch order and dropout masks
+    come from ``seed`` alone (torch's global RNG is forked and seeded), so a platform's update
+    does not depend on which process or actor ran it.
     """
-    if len(data) == 0:
+    if sum(len(p.data) for p in parts) == 0:
         raise ValueError("no training examples on this platform")
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        return _train(scorer, data, spec, pad_id, device, seed)
+        return _train(scorer, parts, spec, device, seed)
 
 
 def _train(
-    scorer: Scorer, data: EncodedSplit, spec: TrainSpec, pad_id: int, device: torch.device, seed: int
+    scorer: Scorer, parts: Sequence[PlatformBatches], spec: TrainSpec, device: torch.device, seed: int
 ) -> dict[str, float]:
     scorer.to(device).train()
-    params = [p for p in scorer.parameters() if p.requires_grad]
-    anchor = [p.detach().clone() for p in params] if spec.proximal_mu > 0 else None
-    opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    for part in parts:
+        part.private.to(device).train()
+    shared = [p for p in scorer.parameters() if p.requires_grad]
+    private = [p for part in parts for p in part.private.parameters()]
+    anchor = [p.detach().clone() for p in shared] if spec.proximal_mu > 0 else None
+    groups = [{"params": shared, "lr": spec.lr, "weight_decay": spec.weight_decay}]
+    if private:
+        groups.append({"params": private, "lr": spec.private_lr, "weight_decay": spec.private_weight_decay})
+    opt = torch.optim.AdamW(groups, foreach=True)
     loss_fn = nn.BCEWithLogitsLoss()
     rng = np.random.default_rng(seed)
-    labels = torch.from_numpy(data.labels)
     total, seen = torch.zeros((), dtype=torch.float64, device=device), 0  # summed on device: no sync per step
     for _ in range(spec.local_epochs):
-        order = rng.permutation(len(data))
-        if spec.sort_by_length:
-            batches = _length_bucketed(order, [len(row) for row in data.ids], spec.batch_size, rng)
-        else:
-            batches = list(_batches(order, spec.batch_size))
-        for idx in batches:
-            input_ids, mask = _batch([data.ids[i] for i in idx], pad_id, device)
-            with _autocast(device):
-                logits = scorer(input_ids, mask)  # (B,)
-            loss = loss_fn(logits.float(), labels[idx].to(device))
+        batches = [(k, b) for k, part in enumerate(parts)
+                   for b in _batches(rng.permutation(len(part.data)), spec.batch_size)]  # fmt: skip
+        for j in rng.permutation(len(batches)):
+            k, idx = batches[j]
+            data = parts[k].data.take(idx)
+            logits = batch_logits(scorer, parts[k], data, device)
+            loss = loss_fn(logits, _to(data.labels, device))
             if anchor is not None:
-                prox = sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))
+                prox = sum(((p - a) ** 2).sum() for p, a in zip(shared, anchor, strict=True))
                 loss = loss + 0.5 * spec.proximal_mu * prox
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += loss.detach().double() * len(idx)
             seen += len(idx)
-        if not math.isfinite(total.item()):  # one GPU sync per epoch, not per step
+        if not math.isfinite(total.item()):  # one device sync per epoch, not per step
             raise FloatingPointError("training loss became NaN/Inf; lower `train.lr`")
-    return {"train-loss": total.item() / seen, "num-examples": float(len(data))}
+    return {"train-loss": total.item() / max(seen, 1), "num-examples": float(sum(len(p.data) for p in parts))}
 
 
 @torch.no_grad()
-def predict(scorer: Scorer, data: EncodedSplit, batch_size: int, pad_id: int, device: torch.device) -> np.ndarray:
-    """Like-probabilities in input order; rows are length-sorted so batches carry little padding."""
-    scorer.to(device).eval()
-    order = np.argsort([len(row) for row in data.ids], kind="stable")
-    probs = np.empty(len(data), dtype=np.float64)
+def catalogue_vectors(scorer: Scorer, part: PlatformBatches, batch_size: int, device: torch.device) -> torch.Tensor:
+    """(I, dim) vectors of every catalogue item, private residuals included; items sorted by length."""
+    table = part.table
+    order = np.argsort(table.lengths, kind="stable")
+    out = torch.empty((len(table), scorer.tower.out_features), device=device)
     for idx in _batches(order, batch_size):
-        input_ids, mask = _batch([data.ids[i] for i in idx], pad_id, device)
+        ids = _to(table.tokens[idx, : int(table.lengths[idx].max())], device)
         with _autocast(device):
-            logits = scorer(input_ids, mask)
-        probs[idx] = torch.sigmoid(logits.float()).cpu().numpy()
+            out[_to(idx, device)] = scorer.item_vectors(ids, (ids != table.pad_id).long()).float()
+    residual = part.private.item_vectors(torch.arange(len(table), device=device))
+    return out if residual is None else out + residual
+
+
+@torch.no_grad()
+def predict(
+    scorer: Scorer, part: PlatformBatches, data: EncodedSplit, batch_size: int, device: torch.device,
+    vectors: torch.Tensor | None = None,
+) -> np.ndarray:  # fmt: skip
+    """Like-probabilities of ``data``'s rows, in order, from one pass over the catalogue."""
+    scorer.to(device).eval()
+    part.private.to(device).eval()
+    if vectors is None:
+        vectors = catalogue_vectors(scorer, part, batch_size, device)
+    probs = np.empty(len(data), dtype=np.float64)
+    rows = max(batch_size, 1) * 16  # scoring from vectors is cheap: bigger chunks
+    for idx in _batches(np.arange(len(data)), rows):
+        chunk = data.take(idx)
+        users, items = _to(chunk.users, device), _to(chunk.items, device)
+        logits = scorer(vectors, items, _to(chunk.liked, device), _to(chunk.disliked, device),
+                        part.private.user_vectors(users))  # fmt: skip
+        logits = logits.float() + part.private.bias(items, users)
+        probs[idx] = torch.sigmoid(logits).cpu().numpy()
     scorer.train()
     return probs
 
 
 def evaluate(
     scorer: Scorer,
-    splits: dict[str, EncodedSplit],
+    part: PlatformBatches,
+    splits: Mapping[str, EncodedSplit],
     ranking: tuple[EncodedSplit, int] | None,
     batch_size: int,
-    pad_id: int,
     device: torch.device,
+    scores: dict[str, np.ndarray] | None = None,
 ) -> dict[str, float]:
-    """``{split}.auc / .logloss / .n ...`` for every split, plus ``test.hr@10 / test.ndcg@10``."""
+    """``{split}.auc / .logloss / .n ...`` for every split, plus ``test.hr@10 / test.ndcg@10``.
+
+    ``scores``, when given, receives each split's probabilities (the comparison's paired bootstrap).
+    """
     out: dict[str, float] = {}
+    vectors = catalogue_vectors(scorer.to(device).eval(), part, batch_size, device)
     for name, data in splits.items():
         if len(data) == 0:
             continue
-        probs = predict(scorer, data, batch_size, pad_id, device)
+        probs = predict(scorer, part, data, batch_size, device, vectors)
+        if scores is not None:
+            scores[name], scores[f"{name}.labels"] = probs, data.labels
         for key, value in classification_metrics(data.labels, probs).items():
             out[f"{name}.{key}"] = float(value)
     if ranking is not None and len(ranking[0]) > 0:
         data, width = ranking
-        scores = predict(scorer, data, batch_size, pad_id, device).reshape(-1, width)  # (U, 1+N)
-        for key, value in ranking_metrics(scores[:, 0], scores[:, 1:]).items():
+        ranked = predict(scorer, part, data, batch_size, device, vectors).reshape(-1, width)  # (U, 1+N)
+        for key, value in ranking_metrics(ranked[:, 0], ranked[:, 1:]).items():
             out[f"test.{key}"] = float(value)
-        out["test.rank-users"] = float(scores.shape[0])
+        out["test.rank-users"] = float(ranked.shape[0])
+    scorer.train()
     return out

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, get_type_hints
 
 Scalar = bool | int | float | str
+PRIVATE_KINDS = ("embed", "bias", "none")
 
 
 class ConfigError(ValueError):
@@ -29,12 +30,18 @@ class ModelSpec:
     """Which transformer to adapt, and how text is fed to it."""
 
     base: str = "default"  # "default" = bundled all-MiniLM-L6-v2; "tiny-random"; or any local HF path
-    max_length: int = 128  # tokens per (candidate, user history) pair
+    max_length: int = 64  # tokens of one item's text (title + description); longer texts are cut
     head_dropout: float = 0.1
+    dim: int = 64  # item and user vector size
+    private: str = "embed"  # per-platform parameters that never leave: "embed" (biases + vectors), "bias", "none"
+    private_head: bool = False  # keep the scoring head private too (FedPer); else it is fused with the rest
 
     def __post_init__(self) -> None:
         _positive(self, "max_length", "model.max-length")
         _fraction(self, "head_dropout", "model.head-dropout")
+        _positive(self, "dim", "model.dim")
+        if self.private not in PRIVATE_KINDS:
+            raise ConfigError(f"`model.private` must be one of {', '.join(PRIVATE_KINDS)}, got {self.private!r}")
 
 
 @dataclass(frozen=True)
@@ -44,7 +51,7 @@ class LoraSpec:
     r: int = 8
     alpha: int = 16
     dropout: float = 0.1
-    target_modules: str = "query,value"
+    target_modules: str = "query,key,value,dense"
     freeze_a: bool = False  # exact-LoRA fusion: A stays at its seeded init, only B trains (fused B.A = mean of B_i.A)
 
     def __post_init__(self) -> None:
@@ -64,18 +71,21 @@ class TrainSpec:
     """Local training on one platform per round (AdamW + BCE)."""
 
     local_epochs: int = 1
-    lr: float = 2e-3
-    batch_size: int = 32
+    lr: float = 1e-3  # shared model (LoRA, tower, user, head)
+    batch_size: int = 128
     weight_decay: float = 0.01
-    max_examples: int = 320  # 0 = the whole train split; else a seeded subsample per round (CPU default)
-    proximal_mu: float = 0.0  # FedProx term mu/2 * ||w - w_global||^2; 0 disables it
-    sort_by_length: bool = False  # length-bucketed batches (shuffled buckets of similar length): less padding
+    private_lr: float = 1e-2  # private item/user biases and vectors: sparse rows need a larger step
+    private_weight_decay: float = 0.01
+    max_examples: int = 2000  # 0 = the whole train split; else a seeded subsample per round (CPU default)
+    proximal_mu: float = 0.0  # FedProx term mu/2 * ||w - w_global||^2 on the shared tensors; 0 disables it
 
     def __post_init__(self) -> None:
         _positive(self, "local_epochs", "train.local-epochs")
         _positive(self, "lr", "train.lr")
         _positive(self, "batch_size", "train.batch-size")
         _non_negative(self, "weight_decay", "train.weight-decay")
+        _positive(self, "private_lr", "train.private-lr")
+        _non_negative(self, "private_weight_decay", "train.private-weight-decay")
         _non_negative(self, "max_examples", "train.max-examples")
         _non_negative(self, "proximal_mu", "train.proximal-mu")
 

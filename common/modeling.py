@@ -1,21 +1,36 @@
-"""Base transformer + LoRA adapters (peft) + a small scoring head.
+"""The recommender: a LoRA-adapted text tower shared by every platform, plus private ID parameters.
 
-The model is a cross-encoder: ``(candidate text, user history text)`` goes through the
-LoRA-adapted encoder, the token states are mean-pooled and a linear head gives one
-logit ("will this user like this item?"). Only the LoRA tensors and the head are
-trainable, and only they ever travel (see :func:`get_trainable_state`): the base
-weights stay wherever they were loaded.
+Why two towers and not a cross-encoder: a cross-encoder pays one transformer pass per
+(user, candidate) pair over ~110 tokens, cannot precompute anything for a catalogue, and on
+ML-100K it lost to a no-training item like-rate. Here an item is read once (its title and text,
+``model.max-length`` tokens), so a batch encodes each of its distinct items once and a catalogue
+can be scored with one pass per item.
 
-Loading a base model costs seconds (and reimporting torch even more), so
-:func:`load_scorer` caches one model per process and configuration; every round
-simply overwrites the trainable tensors.
+- **Shared (fused across platforms, the only thing that ever travels):** the LoRA adapter of
+  the base encoder (peft), ``tower`` (pooled text -> item vector), ``user`` (mean liked and
+  mean disliked item vectors -> user vector) and ``head`` (an MLP over the user and item
+  vectors, their product and three history counts). This is what transfers between
+  platforms: how a user's history relates to a candidate's text.
+- **Private (per platform, never sent; :class:`PrivateParts`):** with ``model.private =
+  "embed"`` (the default) a bias and a residual vector per catalogue item and per user, with
+  ``"bias"`` the biases only, with ``"none"`` nothing. Item and user ids are local to a
+  platform, so these could not be fused anyway. ``model.private-head = true`` keeps ``head``
+  private too (FedPer/FedRep: shared body, private head).
+
+logit(u, i) = head([u * v_i, u, v_i, counts]) + b_i + b_u, with v_i = tower(text_i) + e_i and
+u = user([mean liked v, mean disliked v]) + p_u.
+
+Loading a base model costs seconds, so :func:`load_scorer` caches one shared model per
+process and configuration; every round overwrites its trainable tensors.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +45,9 @@ from common.config import LoraSpec, ModelSpec
 DEFAULT_BASE = "default"
 TINY_BASE = "tiny-random"
 HEAD_PREFIX = "head."
-HEAD_FILE = "head.safetensors"
+SCORER_PREFIXES = ("tower.", "user.", HEAD_PREFIX)  # the shared non-LoRA modules of :class:`Scorer`
+HEAD_FILE = "head.safetensors"  # tower + user + head tensors beside the PEFT folder
+NUM_COUNTS = 3  # history features the head sees: liked share, log1p(#liked), log1p(#disliked)
 
 
 class ModelLoadError(RuntimeError):
@@ -80,19 +97,83 @@ def load_base(base: str, seed: int = 0) -> tuple[nn.Module, PreTrainedTokenizerB
     return encoder, tokenizer
 
 
+def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over dim 1 of ``states`` (B, T, H) where ``mask`` (B, T) is set; zeros for an empty row."""
+    weights = mask.unsqueeze(-1).to(states.dtype)
+    return (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
 class Scorer(nn.Module):
-    """LoRA-adapted encoder -> masked mean pooling -> dropout -> linear logit."""
+    """The shared model: LoRA encoder -> item vectors; histories -> user vectors; an MLP head -> logit."""
 
-    def __init__(self, encoder: PeftModel, hidden_size: int, head_dropout: float) -> None:
+    def __init__(self, encoder: PeftModel, hidden_size: int, spec: ModelSpec) -> None:
         super().__init__()
+        dim = spec.dim
         self.encoder = encoder
-        self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(hidden_size, 1))
+        self.tower = nn.Linear(hidden_size, dim)
+        self.user = nn.Linear(2 * dim, dim)
+        self.head = nn.Sequential(
+            nn.Dropout(spec.head_dropout), nn.Linear(3 * dim + NUM_COUNTS, dim), nn.GELU(), nn.Linear(dim, 1)
+        )
+        self.private_head = spec.private_head
+        self.initial_head = {k: v.detach().clone() for k, v in self.head.state_dict().items()}
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def item_vectors(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(U, T) item tokens -> (U, dim) item vectors (masked mean of the token states, projected)."""
         states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(states.dtype)  # (B, T, 1)
-        pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (B, H)
-        return self.head(pooled).squeeze(-1)  # (B,)
+        return self.tower(masked_mean(states, attention_mask))
+
+    def forward(
+        self,
+        vectors: torch.Tensor,  # (U, dim) item vectors (private residuals already added)
+        candidates: torch.Tensor,  # (B,) rows of ``vectors``
+        liked: torch.Tensor,  # (B, L) rows of ``vectors``, -1 = padding
+        disliked: torch.Tensor,  # (B, L)
+        user_residual: torch.Tensor | None = None,  # (B, dim) private per-user vectors
+    ) -> torch.Tensor:
+        """(B,) logits of the shared model (private biases are added by the caller)."""
+        liked_mean, n_liked = _history_mean(vectors, liked)
+        disliked_mean, n_disliked = _history_mean(vectors, disliked)
+        user = self.user(torch.cat([liked_mean, disliked_mean], dim=-1))  # (B, dim)
+        if user_residual is not None:
+            user = user + user_residual
+        item = vectors[candidates]  # (B, dim)
+        share = torch.where(n_liked + n_disliked > 0, n_liked / (n_liked + n_disliked).clamp(min=1.0), 0.5)
+        counts = torch.stack([share, torch.log1p(n_liked), torch.log1p(n_disliked)], dim=-1)  # (B, 3)
+        return self.head(torch.cat([user * item, user, item, counts.to(item.dtype)], dim=-1)).squeeze(-1)
+
+
+def _history_mean(vectors: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean item vector of each history (B, L) with -1 padding, and the history lengths (B,)."""
+    mask = rows >= 0
+    picked = vectors[rows.clamp(min=0)]  # (B, L, dim)
+    return masked_mean(picked, mask), mask.sum(1).to(vectors.dtype)
+
+
+class PrivateParts(nn.Module):
+    """One platform's own parameters over its own item and user ids; they never leave the platform.
+
+    All start at zero, so a platform with nothing trained yet scores with the shared model alone.
+    """
+
+    def __init__(self, num_items: int, num_users: int, dim: int, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.item_bias = nn.Parameter(torch.zeros(num_items)) if kind != "none" else None
+        self.user_bias = nn.Parameter(torch.zeros(num_users)) if kind != "none" else None
+        self.item_residual = nn.Parameter(torch.zeros(num_items, dim)) if kind == "embed" else None
+        self.user_residual = nn.Parameter(torch.zeros(num_users, dim)) if kind == "embed" else None
+
+    def item_vectors(self, items: torch.Tensor) -> torch.Tensor | None:
+        return None if self.item_residual is None else self.item_residual[items]
+
+    def user_vectors(self, users: torch.Tensor) -> torch.Tensor | None:
+        return None if self.user_residual is None else self.user_residual[users]
+
+    def bias(self, items: torch.Tensor, users: torch.Tensor) -> torch.Tensor | float:
+        if self.item_bias is None or self.user_bias is None:
+            return 0.0
+        return self.item_bias[items] + self.user_bias[users]
 
 
 def lora_config(spec: LoraSpec) -> LoraConfig:
@@ -103,12 +184,10 @@ def lora_config(spec: LoraSpec) -> LoraConfig:
 
 
 def build_scorer(model: ModelSpec, lora: LoraSpec, seed: int = 0) -> tuple[Scorer, PreTrainedTokenizerBase]:
-    """A fresh scorer whose adapter and head are initialised from ``seed``.
+    """A fresh scorer whose adapter, tower, user and head layers are initialised from ``seed``.
 
     The base is deep-copied from the cache because peft injects LoRA layers in place.
     """
-    import copy
-
     base, tokenizer = load_base(model.base, seed)
     encoder = copy.deepcopy(base)
     with torch.random.fork_rng():
@@ -117,8 +196,8 @@ def build_scorer(model: ModelSpec, lora: LoraSpec, seed: int = 0) -> tuple[Score
             peft_model = get_peft_model(encoder, lora_config(lora))
         except ValueError as exc:  # peft: target modules not found in the base model
             raise ModelLoadError(f"`lora.target-modules` = {lora.target_modules!r}: {exc}") from exc
-        scorer = Scorer(peft_model, encoder.config.hidden_size, model.head_dropout)
-    if lora.freeze_a:  # A keeps its seeded init (the same on every platform): only B and the head train
+        scorer = Scorer(peft_model, encoder.config.hidden_size, model)
+    if lora.freeze_a:  # A keeps its seeded init (the same on every platform): only B and the layers above train
         for name, param in peft_model.named_parameters():
             if ".lora_A." in name:
                 param.requires_grad_(False)
@@ -131,36 +210,68 @@ def load_scorer(model: ModelSpec, lora: LoraSpec, seed: int = 0) -> tuple[Scorer
     return build_scorer(model, lora, seed)
 
 
-def get_trainable_state(scorer: Scorer) -> OrderedDict[str, np.ndarray]:
-    """Adapter + head tensors as float32 numpy arrays, in a stable order (the wire format)."""
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().float().cpu().numpy().copy()
+
+
+def _module_state(scorer: Scorer) -> OrderedDict[str, np.ndarray]:
+    """Every trainable tensor of the shared model, the head included (adapter first, then tower/user/head)."""
     state: OrderedDict[str, np.ndarray] = OrderedDict()
     for name, tensor in get_peft_model_state_dict(scorer.encoder).items():
-        state[name] = tensor.detach().float().cpu().numpy().copy()
-    for name, tensor in scorer.head.state_dict().items():
-        state[HEAD_PREFIX + name] = tensor.detach().float().cpu().numpy().copy()
+        state[name] = _numpy(tensor)
+    for prefix in SCORER_PREFIXES:
+        module = getattr(scorer, prefix.rstrip("."))
+        for name, tensor in module.state_dict().items():
+            state[prefix + name] = _numpy(tensor)
     return state
 
 
-def set_trainable_state(scorer: Scorer, state: dict[str, np.ndarray]) -> None:
-    """Load adapter + head tensors; any missing, extra or wrong-shaped tensor is an error."""
-    expected = get_trainable_state(scorer)
-    check_state_matches(expected, state)
-    adapter, head = split_head(state)
+def get_trainable_state(scorer: Scorer) -> OrderedDict[str, np.ndarray]:
+    """The shared tensors as float32 numpy arrays, in a stable order: the wire format.
+
+    With a private head (``model.private-head``) the head is not part of it.
+    """
+    state = _module_state(scorer)
+    if scorer.private_head:
+        return OrderedDict((k, v) for k, v in state.items() if not k.startswith(HEAD_PREFIX))
+    return state
+
+
+def get_head_state(scorer: Scorer) -> OrderedDict[str, np.ndarray]:
+    return OrderedDict((HEAD_PREFIX + k, _numpy(v)) for k, v in scorer.head.state_dict().items())
+
+
+def set_head_state(scorer: Scorer, head: Mapping[str, np.ndarray] | None) -> None:
+    """Load head tensors (``head.``-prefixed); ``None`` restores the seeded initial head."""
+    if head is None:
+        scorer.head.load_state_dict(scorer.initial_head)
+        return
+    scorer.head.load_state_dict({k.removeprefix(HEAD_PREFIX): torch.from_numpy(np.asarray(v)) for k, v in head.items()})
+
+
+def set_trainable_state(scorer: Scorer, state: Mapping[str, np.ndarray]) -> None:
+    """Load the shared tensors; any missing, extra, wrong-shaped or non-finite tensor is an error."""
+    check_state_matches(get_trainable_state(scorer), state)
+    adapter = {k: torch.from_numpy(np.asarray(v)) for k, v in state.items() if not k.startswith(SCORER_PREFIXES)}
     result = set_peft_model_state_dict(scorer.encoder, adapter)
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
         raise ValueError(f"adapter tensors not in the model: {unexpected[:3]}")
-    scorer.head.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in head.items()})
+    for prefix in SCORER_PREFIXES:
+        part = {k.removeprefix(prefix): torch.from_numpy(np.ascontiguousarray(v))
+                for k, v in state.items() if k.startswith(prefix)}  # fmt: skip
+        if part:
+            getattr(scorer, prefix.rstrip(".")).load_state_dict(part)
 
 
-def split_head(state: dict[str, np.ndarray]) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
-    """(adapter tensors as torch, head tensors without the ``head.`` prefix)."""
-    adapter = {k: torch.from_numpy(np.asarray(v)) for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
-    head = {k.removeprefix(HEAD_PREFIX): np.ascontiguousarray(v) for k, v in state.items() if k.startswith(HEAD_PREFIX)}
-    return adapter, head
+def split_adapter(state: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(LoRA tensors, tower/user/head tensors) of a shared state."""
+    adapter = {k: np.asarray(v) for k, v in state.items() if not k.startswith(SCORER_PREFIXES)}
+    rest = {k: np.ascontiguousarray(v) for k, v in state.items() if k.startswith(SCORER_PREFIXES)}
+    return adapter, rest
 
 
-def check_state_matches(expected: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> None:
+def check_state_matches(expected: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray]) -> None:
     """Refuse an update whose tensor names, shapes or values don't fit the model."""
     missing = sorted(set(expected) - set(got))
     extra = sorted(set(got) - set(expected))
@@ -174,32 +285,37 @@ def check_state_matches(expected: dict[str, np.ndarray], got: dict[str, np.ndarr
             raise ValueError(f"adapter tensor `{name}` contains NaN or Inf")
 
 
-def save_adapter(scorer: Scorer, state: dict[str, np.ndarray], out: Path) -> Path:
+def save_adapter(scorer: Scorer, state: Mapping[str, np.ndarray], out: Path) -> Path:
     """Write a PEFT folder (adapter_config.json + adapter_model.safetensors) plus head.safetensors.
 
-    The folder loads with ``PeftModel.from_pretrained(base, out)``; the head is ours.
+    The folder loads with ``PeftModel.from_pretrained(base, out)``; ``head.safetensors`` holds the
+    tower, user and (when shared) head tensors under their full names.
     """
     from safetensors.numpy import save_file
 
     set_trainable_state(scorer, state)
     out.mkdir(parents=True, exist_ok=True)
     scorer.encoder.save_pretrained(str(out))
-    save_file(split_head(state)[1], str(out / HEAD_FILE))
+    save_file(split_adapter(state)[1], str(out / HEAD_FILE))
     return out
 
 
 def load_adapter(
     model: ModelSpec, lora: LoraSpec, folder: Path, seed: int = 0
 ) -> tuple[Scorer, PreTrainedTokenizerBase]:
-    """Rebuild a scorer from a saved folder: base + ``PeftModel.from_pretrained`` + head."""
-    import copy
-
-    from safetensors.torch import load_file
+    """Rebuild a scorer from a saved folder: base + ``PeftModel.from_pretrained`` + tower/user/head."""
+    from safetensors.numpy import load_file
 
     base, tokenizer = load_base(model.base, seed)
     encoder = PeftModel.from_pretrained(copy.deepcopy(base), str(folder))
-    scorer = Scorer(encoder, base.config.hidden_size, model.head_dropout)
-    scorer.head.load_state_dict(load_file(str(folder / HEAD_FILE)))
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)  # a private head not in the folder keeps the seeded init
+        scorer = Scorer(encoder, base.config.hidden_size, model)
+    for prefix in SCORER_PREFIXES:
+        part = {k.removeprefix(prefix): torch.from_numpy(v)
+                for k, v in load_file(str(folder / HEAD_FILE)).items() if k.startswith(prefix)}  # fmt: skip
+        if part:
+            getattr(scorer, prefix.rstrip(".")).load_state_dict(part)
     return scorer, tokenizer
 
 

@@ -37,12 +37,12 @@ import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from clients.platform import NodeSetup, prepare, subsample
-from clients.tasks import evaluate_state, fit
-from clients.trainer import EncodedSplit, train
+from clients.private_state import PrivateStore
+from clients.tasks import fit, load_platform, private_tensors
+from clients.trainer import train
 from common.config import AppConfig, ConfigError
 from common.data import PlatformData, discover_platforms, load_dataset, write_dataset
-from common.modeling import build_scorer, get_trainable_state, load_scorer, pick_device, set_trainable_state
-from common.splits import subsample_users
+from common.modeling import build_scorer, get_trainable_state, load_scorer, pick_device
 from server.federation import PerPlatform, Tensors, mean_metrics, run_federation
 from server.outputs import ROUNDS_FILE
 from simulations.baselines import baseline_scorers, evaluate_baseline
@@ -59,17 +59,17 @@ DEFAULT_LARGE = "P1_action_scifi"  # ML-100K genre platforms: the one that stays
 SIZES: dict[str, dict[str, Any]] = {
     # CI smoke test: minutes on 2 CPUs with --base-model tiny-random; no quality claim.
     "ci": {
-        "num-server-rounds": 2, "data.max-users": 20, "data.history-len": 3, "model.max-length": 48,
-        "lora.r": 4, "train.max-examples": 64, "train.batch-size": 16, "eval.max-rank-users": 4,
+        "num-server-rounds": 2, "data.max-users": 20, "data.history-len": 3, "model.max-length": 16,
+        "model.dim": 16, "lora.r": 4, "train.max-examples": 64, "train.batch-size": 16, "eval.max-rank-users": 4,
         "eval.batch-size": 64,
     },
-    # GPU (one H100/H200): every user, all test users' AUC, 100 ranked users per platform.
+    # GPU (one H100/H200): every train example every round (5 passes in all), every test user ranked.
     "full": {
-        "num-server-rounds": 4, "train.max-examples": 2000, "train.batch-size": 64, "train.sort-by-length": True,
-        "eval.max-rank-users": 100, "eval.batch-size": 1024, "fed.patience": 2,
+        "num-server-rounds": 5, "train.max-examples": 0, "train.batch-size": 256, "eval.max-rank-users": 0,
+        "eval.batch-size": 1024, "fed.patience": 2,
     },
 }  # fmt: skip
-SCARCE_FRACTION = {"ci": 0.4, "full": 0.1}  # ci: the embedded shops are small (25-100 users)
+SCARCE_FRACTION = {"ci": 0.4, "full": 0.1}  # share of train examples a scarce platform keeps (ci: tiny shops)
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,6 @@ class Arm:
     name: str
     kind: str  # local | federated | finetune | pooled | untrained | baseline
     overrides: Mapping[str, Any] = field(default_factory=dict)
-    personal_head: bool = False
     about: str = ""
 
     @property
@@ -89,11 +88,16 @@ class Arm:
 
 ARMS: dict[str, Arm] = {a.name: a for a in (
     Arm("local", "local", about="each platform trains alone on its own data (same rounds/epochs)"),
-    Arm("federated", "federated", about="all platforms, example-weighted fusion of adapter + head (FedAvg)"),
-    Arm("fed+personal", "federated", personal_head=True,
-        about="fused adapter + a private head per platform, trained locally, never sent"),
-    Arm("fed+finetune", "finetune", about="best fused adapter + head, then 1 local epoch per platform"),
-    Arm("pooled", "pooled", about="one adapter on the union of all platforms' train data (upper bound)"),
+    Arm("federated", "federated", about="all platforms: shared adapter + tower + head fused by example-weighted "
+        "averaging; private item/user biases and vectors stay on each platform (the recommended recipe)"),
+    Arm("fed+personal", "federated", {"model.private-head": True},
+        about="as federated, and the head is private too (FedPer)"),
+    Arm("fed+finetune", "finetune", about="best fused model, then 1 local epoch per platform"),
+    Arm("pooled", "pooled", about="one shared model on the union of all platforms' train data (upper bound)"),
+    Arm("fed-text-only", "federated", {"model.private": "none"},
+        about="federated without private parameters: the fused text model alone"),
+    Arm("local-text-only", "local", {"model.private": "none"}, about="local without private parameters"),
+    Arm("fed-bias-only", "federated", {"model.private": "bias"}, about="private item/user biases, no private vectors"),
     Arm("fedprox", "federated", {"train.proximal-mu": 0.01}, about="FedProx, mu = 0.01"),
     Arm("fedavgm", "federated", {"fed.server-momentum": 0.9}, about="FedAvgM, server momentum 0.9, server lr 1"),
     Arm("fedadam", "federated", {"fed.optimizer": "adam", "fed.server-lr": 0.01},
@@ -109,7 +113,7 @@ ARMS: dict[str, Arm] = {a.name: a for a in (
     Arm("like-rate", "baseline", about="item's smoothed train like-rate"),
 )}  # fmt: skip
 MAIN_ARMS = ("local", "federated", "fed+personal", "fed+finetune", "pooled")
-LEVER_ARMS = ("fedprox", "fedavgm", "fedadam", "freeze-a")
+LEVER_ARMS = ("fed-text-only", "local-text-only", "fed-bias-only", "fedprox", "fedavgm", "fedadam", "freeze-a")
 BASELINE_ARMS = ("untrained", "liked-share", "popularity", "like-rate")
 DEFAULT_ARMS = (*MAIN_ARMS, *LEVER_ARMS, *BASELINE_ARMS)
 
@@ -157,12 +161,21 @@ def large_platform(source: Mapping[str, PlatformData], requested: str | None) ->
 def scenario_data(
     source: Mapping[str, PlatformData], scenario: str, large: str, fraction: float, seed: int = DATA_SEED
 ) -> dict[str, PlatformData]:
-    """``full``: as given; ``scarce``: ``large`` keeps everyone, the others a seeded ``fraction`` of users."""
-    if scenario == "full":
-        return dict(source)
-    if scenario != "scarce":
+    """The data of a scenario: the same for both (``scarce`` thins train examples, see :func:`train_fractions`)."""
+    if scenario not in SCENARIOS:
         raise ConfigError(f"`--scenario` must be full, scarce or both, got {scenario!r}")
-    return {n: d if n == large else subsample_users(d, fraction, seed) for n, d in sorted(source.items())}
+    return dict(source)
+
+
+def train_fractions(platforms: Sequence[str], scenario: str, large: str, fraction: float) -> dict[str, float]:
+    """``scarce``: every platform but ``large`` keeps a seeded ``fraction`` of its TRAIN examples.
+
+    Validation and test stay whole, so each scarce platform is still judged on all its test
+    users: a 0.03 AUC difference is resolvable there (a user subsample left ~90 test users).
+    """
+    if scenario != "scarce":
+        return {}
+    return {p: fraction for p in platforms if p != large}
 
 
 def load_source(data: str | None) -> dict[str, PlatformData]:
@@ -177,28 +190,29 @@ def load_source(data: str | None) -> dict[str, PlatformData]:
 
 
 class PooledTransport:
-    """The upper bound: one model trained on the union of every platform's (subsampled) train data.
+    """The upper bound: one shared model trained on the union of every platform's train data.
 
     Each round takes the same per-platform subsample a platform would train on
-    (``train.max-examples``, seeded by round), pools them and trains once; evaluation is per platform.
+    (``train.max-examples``, seeded by round) and trains once over all of them, batches
+    interleaved; each batch uses its own platform's private parameters (item and user ids stay
+    platform-local even here). Evaluation is per platform, with the same code as the other arms.
     """
 
     def __init__(self, setups: Sequence[NodeSetup]) -> None:
         self.setups = list(setups)
-        self.scorers = InProcessTransport(setups)  # per-platform evaluation, same code
+        self.scorers = InProcessTransport(setups)  # per-platform private stores and evaluation
 
     def train_round(
         self, state: Tensors, cfg: AppConfig, rnd: int
     ) -> tuple[OrderedDict[str, np.ndarray], PerPlatform, list[str]]:
-        scorer, tokenizer = load_scorer(cfg.model, cfg.lora, cfg.seed)
         parts = []
         for setup in self.setups:
-            prepared = prepare(setup, cfg.data, cfg.eval.max_rank_users, cfg.seed, tokenizer, cfg.model.max_length)
-            parts.append(subsample(prepared.train, cfg.train.max_examples, cfg.seed + rnd))
-        pooled = EncodedSplit([row for p in parts for row in p.ids], np.concatenate([p.labels for p in parts]))
-        set_trainable_state(scorer, dict(state))
-        device = pick_device(self.setups[0].device)
-        metrics = train(scorer, pooled, cfg.train, int(tokenizer.pad_token_id), device, seed=cfg.seed * 1000 + rnd)
+            scorer, part, prepared = load_platform(cfg, setup, state, self.scorers.stores[setup.platform].load(rnd - 1))
+            part.data = subsample(prepared.train, cfg.train.max_examples, cfg.seed + rnd)
+            parts.append(part)
+        metrics = train(scorer, parts, cfg.train, pick_device(self.setups[0].device), seed=cfg.seed * 1000 + rnd)
+        for setup, part in zip(self.setups, parts, strict=True):
+            self.scorers.stores[setup.platform].save(rnd, private_tensors(scorer, part.private))
         return get_trainable_state(scorer), {"pooled": metrics}, []
 
     def evaluate_round(
@@ -215,6 +229,7 @@ class Record:
     wall_s: float = 0.0
     rounds: list[str] = field(default_factory=list)  # rounds.jsonl paths relative to RUN
     best_round: dict[str, int] = field(default_factory=dict)
+    scores: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # platform -> test labels, probs
 
     def with_mean(self) -> dict[str, dict[str, float]]:
         """Per platform plus ``mean``: example-weighted (AUC/log-loss by test n, HR/NDCG by ranked users)."""
@@ -230,9 +245,16 @@ def _test_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
 class ArmRunner:
     """Runs arms for one scenario and seed; remembers the federated arm's best state for fine-tuning."""
 
-    def __init__(self, cfg: AppConfig, platforms: Sequence[str], run_root: Path, out: Path, implicit: set[str]):
+    def __init__(
+        self, cfg: AppConfig, platforms: Sequence[str], run_root: Path, out: Path, implicit: set[str],
+        train_fraction: Mapping[str, float] | None = None,
+    ) -> None:  # fmt: skip
         self.cfg, self.platforms, self.run_root, self.out, self.implicit = cfg, list(platforms), run_root, out, implicit
-        self.federated_state: OrderedDict[str, np.ndarray] | None = None
+        self.train_fraction = dict(train_fraction or {})
+        self.federated: tuple[OrderedDict[str, np.ndarray], int, dict[str, PrivateStore]] | None = None
+
+    def setups(self, cfg: AppConfig, platforms: Sequence[str] | None = None) -> list[NodeSetup]:
+        return setups_for(cfg, self.platforms if platforms is None else platforms, train_fraction=self.train_fraction)
 
     def run(self, arm: Arm) -> Record:
         t0 = time.time()
@@ -247,48 +269,59 @@ class ArmRunner:
 
     def _federated(self, arm: Arm) -> Record:
         cfg = self._cfg(arm)
-        transport = InProcessTransport(setups_for(cfg, self.platforms), personal_head=arm.personal_head)
+        transport = InProcessTransport(self.setups(cfg))
         summary = run_federation(transport, cfg)
         if arm.name == "federated":
-            self.federated_state = transport.states[summary["best_round"]]
-        return Record(summary["test"], rounds=[self._rel(cfg)], best_round={"all": summary["best_round"]})
+            best = summary["best_round"]
+            self.federated = (transport.states[best], best, {p: s.upto(best) for p, s in transport.stores.items()})
+        return Record(summary["test"], rounds=[self._rel(cfg)], best_round={"all": summary["best_round"]},
+                      scores=transport.scores)  # fmt: skip
 
     def _local(self, arm: Arm) -> Record:
-        per_platform, rounds, best = {}, [], {}
+        per_platform, rounds, best, scores = {}, [], {}, {}
         for name in self.platforms:
             cfg = self._cfg(arm, name)
-            summary = run_federation(InProcessTransport(setups_for(cfg, [name])), cfg)
+            transport = InProcessTransport(self.setups(cfg, [name]))
+            summary = run_federation(transport, cfg)
             per_platform[name] = summary["test"][name]
+            scores.update(transport.scores)
             rounds.append(self._rel(cfg))
             best[name] = summary["best_round"]
-        return Record(per_platform, rounds=rounds, best_round=best)
+        return Record(per_platform, rounds=rounds, best_round=best, scores=scores)
 
     def _pooled(self, arm: Arm) -> Record:
         cfg = self._cfg(arm)
-        summary = run_federation(PooledTransport(setups_for(cfg, self.platforms)), cfg)
-        return Record(summary["test"], rounds=[self._rel(cfg)], best_round={"all": summary["best_round"]})
+        transport = PooledTransport(self.setups(cfg))
+        summary = run_federation(transport, cfg)
+        return Record(summary["test"], rounds=[self._rel(cfg)], best_round={"all": summary["best_round"]},
+                      scores=transport.scorers.scores)  # fmt: skip
 
     def _finetune(self, arm: Arm) -> Record:
-        if self.federated_state is None:
+        if self.federated is None:
             raise ConfigError("fed+finetune needs the federated arm to run first")
+        state, best, stores = self.federated
         cfg = self.cfg.replace(**{"train.local-epochs": 1, **arm.overrides})
+        transport = InProcessTransport(self.setups(cfg))
+        transport.stores = {p: s.upto(best) for p, s in stores.items()}
         per_platform = {}
-        for setup in setups_for(cfg, self.platforms):
-            state, _ = fit(cfg, setup, self.federated_state, cfg.num_server_rounds + 1)
-            per_platform[setup.platform] = _test_metrics(evaluate_state(cfg, setup, state))
-        return Record(per_platform)
+        for setup in transport.setups:
+            tuned, _ = fit(cfg, setup, state, best + 1, transport.stores[setup.platform])
+            tested, _ = transport.evaluate_round(tuned, cfg, best + 1, ("test",))
+            per_platform[setup.platform] = _test_metrics(tested[setup.platform])
+        return Record(per_platform, scores=transport.scores)
 
     def _untrained(self, arm: Arm) -> Record:
         scorer, _ = build_scorer(self.cfg.model, self.cfg.lora, self.cfg.seed)
         state = get_trainable_state(scorer)
         del scorer
-        setups = setups_for(self.cfg, self.platforms)
-        return Record({s.platform: _test_metrics(evaluate_state(self.cfg, s, state)) for s in setups})
+        transport = InProcessTransport(self.setups(self.cfg))
+        tested, _ = transport.evaluate_round(state, self.cfg, 0, ("test",))
+        return Record({p: _test_metrics(m) for p, m in tested.items()}, scores=transport.scores)
 
     def _baseline(self, arm: Arm) -> Record:
         _, tokenizer = load_scorer(self.cfg.model, self.cfg.lora, self.cfg.seed)
         per_platform = {}
-        for setup in setups_for(self.cfg, self.platforms):
+        for setup in self.setups(self.cfg):
             cfg = self.cfg
             prepared = prepare(setup, cfg.data, cfg.eval.max_rank_users, cfg.seed, tokenizer, cfg.model.max_length)
             scorer = baseline_scorers(prepared.splits, implicit=setup.platform in self.implicit)[arm.name]
@@ -377,7 +410,7 @@ def run_compare(opts: CompareOptions) -> dict[str, Any]:
             "users": {n: d.num_users for n, d in data.items()},
             "interactions": {n: len(d.interactions) for n, d in data.items()},
             "large_platform": large if scenario == "scarce" else None,
-            "scarce_fraction": fraction if scenario == "scarce" else None,
+            "scarce_fraction": fraction if scenario == "scarce" else None,  # of train examples
         }
     implicit = {n for n, d in source.items() if d.feedback == "implicit"}
 
@@ -390,7 +423,8 @@ def run_compare(opts: CompareOptions) -> dict[str, Any]:
             for seed in range(opts.seeds):
                 cfg = cfg0.replace(**{"seed": seed, "data.dir": str(data_dirs[scenario])})
                 platforms = discover_platforms(data_dirs[scenario])
-                runner = ArmRunner(cfg, platforms, out / "runs" / scenario / f"seed{seed}", out, implicit)
+                fractions = train_fractions(platforms, scenario, large, fraction)
+                runner = ArmRunner(cfg, platforms, out / "runs" / scenario / f"seed{seed}", out, implicit, fractions)
                 for arm in arms:
                     progress.update(task, description=f"{scenario} · seed {seed} · {arm.name}")
                     results[scenario][arm.name][seed] = record = runner.run(arm)
@@ -400,7 +434,7 @@ def run_compare(opts: CompareOptions) -> dict[str, Any]:
     meta = {
         "size": opts.size, "seeds": list(range(opts.seeds)), "config": cfg0.to_flat(), "data": opts.data or "",
         "scenarios": scenario_info, "arms": {a.name: {"kind": a.kind, "overrides": dict(a.overrides),
-        "personal_head": a.personal_head, "trained": a.trained, "about": a.about} for a in arms},
+        "trained": a.trained, "about": a.about} for a in arms},
         "hardware": hardware(), "total_wall_s": time.time() - started,
     }  # fmt: skip
     return write_report(out, results, meta)

@@ -15,49 +15,34 @@ from collections.abc import Sequence
 import numpy as np
 
 from clients.platform import NodeSetup
+from clients.private_state import PrivateStore
 from clients.tasks import evaluate_state, fit
 from common.config import AppConfig
 from common.fusion import weighted_average
-from common.modeling import HEAD_PREFIX
 from server.federation import PerPlatform, Tensors
 
 
 class InProcessTransport:
     """Train and evaluate each platform in turn, in this process.
 
-    ``personal_head``: every platform keeps a private head that never leaves it. The fused
-    adapter arrives with the global head, the platform swaps in its own head, trains both
-    locally, keeps the new head and sends back only the adapter (the head it received goes
-    back unchanged, so the fused head stays the initial one). Evaluation uses the platform's
-    own head on top of the fused adapter.
-
-    ``states`` keeps the global state evaluated in each round (the comparison harness
-    fine-tunes from the best one).
+    Each platform's private parameters live in its own :class:`PrivateStore` (``stores``), as
+    they would in its ClientApp's context. ``states`` keeps the global state evaluated in each
+    round (the comparison harness fine-tunes from the best one); ``scores`` the probabilities
+    and labels of the latest test evaluation per platform (its paired bootstrap).
     """
 
-    def __init__(self, setups: Sequence[NodeSetup], personal_head: bool = False) -> None:
+    def __init__(self, setups: Sequence[NodeSetup]) -> None:
         self.setups = list(setups)
-        self.personal_head = personal_head
-        self.heads: dict[str, dict[str, np.ndarray]] = {}  # platform -> its private head tensors
+        self.stores: dict[str, PrivateStore] = {s.platform: PrivateStore() for s in self.setups}
         self.states: dict[int, OrderedDict[str, np.ndarray]] = {}  # round -> evaluated global state
-        self.heads_at: dict[int, dict[str, dict[str, np.ndarray]]] = {}  # round -> private heads then
-
-    def local_state(
-        self, state: Tensors, platform: str, heads: dict[str, dict[str, np.ndarray]] | None = None
-    ) -> OrderedDict[str, np.ndarray]:
-        """``state`` as this platform uses it: with its private head when it has one."""
-        own = (self.heads if heads is None else heads).get(platform, {}) if self.personal_head else {}
-        return OrderedDict((k, own.get(k, v)) for k, v in state.items())
+        self.scores: dict[str, dict[str, list[float]]] = {}
 
     def train_round(
         self, state: Tensors, cfg: AppConfig, rnd: int
     ) -> tuple[OrderedDict[str, np.ndarray], PerPlatform, list[str]]:
         states, weights, info = [], [], {}
         for setup in self.setups:
-            new_state, metrics = fit(cfg, setup, self.local_state(state, setup.platform), rnd)
-            if self.personal_head:  # keep the trained head here; the adapter alone travels
-                self.heads[setup.platform] = {k: v for k, v in new_state.items() if k.startswith(HEAD_PREFIX)}
-                new_state = OrderedDict((k, state[k] if k.startswith(HEAD_PREFIX) else v) for k, v in new_state.items())
+            new_state, metrics = fit(cfg, setup, state, rnd, self.stores[setup.platform])
             states.append(new_state)
             weights.append(metrics["num-examples"])
             info[setup.platform] = metrics
@@ -66,15 +51,18 @@ class InProcessTransport:
     def evaluate_round(
         self, state: Tensors, cfg: AppConfig, rnd: int, splits: Sequence[str]
     ) -> tuple[PerPlatform, list[str]]:
-        if rnd not in self.states:  # first evaluation of this round: remember its state and the heads of then
-            self.states[rnd] = OrderedDict((k, np.array(v, copy=True)) for k, v in state.items())
-            self.heads_at[rnd] = dict(self.heads)
-        heads = self.heads_at[rnd]  # the final test of the best round uses that round's private heads
-        setups = sorted(self.setups, key=lambda s: s.platform)
-        return {
-            s.platform: evaluate_state(cfg, s, self.local_state(state, s.platform, heads), splits) for s in setups
-        }, []
+        self.states.setdefault(rnd, OrderedDict((k, np.array(v, copy=True)) for k, v in state.items()))
+        out: PerPlatform = {}
+        for setup in sorted(self.setups, key=lambda s: s.platform):
+            scores: dict[str, np.ndarray] = {}
+            out[setup.platform] = evaluate_state(cfg, setup, state, rnd, self.stores[setup.platform], splits, scores)
+            if "test" in scores:
+                self.scores[setup.platform] = {"labels": scores["test.labels"].tolist(), "probs": scores["test"].tolist()}
+        return out, []
 
 
-def setups_for(cfg: AppConfig, platforms: Sequence[str], device: str = "auto") -> list[NodeSetup]:
-    return [NodeSetup(platform=p, data_dir=cfg.data.dir, device=device) for p in platforms]
+def setups_for(
+    cfg: AppConfig, platforms: Sequence[str], device: str = "auto", train_fraction: dict[str, float] | None = None
+) -> list[NodeSetup]:
+    fractions = train_fraction or {}
+    return [NodeSetup(p, cfg.data.dir, device, fractions.get(p, 1.0)) for p in platforms]

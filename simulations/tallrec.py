@@ -50,8 +50,8 @@ PROMPT = re.compile(
     re.S,
 )  # fmt: skip
 SIZES: dict[str, dict[str, Any]] = {
-    "ci": {"train_rows": 300, "epochs": 1, "overrides": {"model.max-length": 64, "train.batch-size": 16}},
-    "full": {"train_rows": 0, "epochs": 3, "overrides": {"model.max-length": 160, "train.batch-size": 32}},
+    "ci": {"train_rows": 300, "epochs": 1, "overrides": {"model.max-length": 16, "train.batch-size": 16}},
+    "full": {"train_rows": 0, "epochs": 5, "overrides": {"model.max-length": 32, "train.batch-size": 128}},
 }
 
 
@@ -132,9 +132,9 @@ def check_rows_against_prompts(rows: Sequence[Row], prompts: Sequence[tuple], ti
     return sum(row_to_prompt(r, titles) == p for r, p in zip(rows, prompts, strict=True)) / max(1, len(rows))
 
 
-def to_example(i: int, liked: Sequence[str], disliked: Sequence[str], target: str, label: int) -> Example:
+def to_example(user: str, liked: Sequence[str], disliked: Sequence[str], target: str, label: int) -> Example:
     """Items are keyed by title (the prompts carry titles only); history most recent first, as on platforms."""
-    return Example(str(i), target, label, tuple(reversed(liked)), tuple(reversed(disliked)))
+    return Example(user, target, label, tuple(reversed(liked)), tuple(reversed(disliked)))
 
 
 def title_items(*example_sets: Sequence[Example]) -> dict[str, Item]:
@@ -158,8 +158,9 @@ class TallrecOptions:
 def run_tallrec(opts: TallrecOptions) -> dict[str, Any]:
     import torch
 
-    from clients.trainer import encode_examples, predict, train
-    from common.modeling import build_scorer, get_trainable_state, pick_device, set_trainable_state
+    from clients.tasks import private_tensors
+    from clients.trainer import PlatformBatches, encode_examples, encode_items, predict, train
+    from common.modeling import PrivateParts, build_scorer, get_trainable_state, pick_device, set_trainable_state
     from simulations.compare import hardware
 
     if opts.size not in SIZES:
@@ -185,32 +186,36 @@ def run_tallrec(opts: TallrecOptions) -> dict[str, Any]:
     if train_rows and train_rows < len(rows):
         keep = np.sort(np.random.default_rng(0).choice(len(rows), train_rows, replace=False))
         rows = [rows[i] for i in keep]
-    train_ex = [to_example(i, *row_to_prompt(r, titles)) for i, r in enumerate(rows)]
-    valid_ex = [to_example(i, *p) for i, p in enumerate(valid_p)]
-    test_ex = [to_example(i, *p) for i, p in enumerate(test_p)]
+    train_ex = [to_example(f"train-{i}", *row_to_prompt(r, titles)) for i, r in enumerate(rows)]
+    valid_ex = [to_example(f"valid-{i}", *p) for i, p in enumerate(valid_p)]
+    test_ex = [to_example(f"test-{i}", *p) for i, p in enumerate(test_p)]
     items = title_items(train_ex, valid_ex, test_ex)
+    users = {ex.user_id: i for i, ex in enumerate([*train_ex, *valid_ex, *test_ex])}  # one row each: never seen twice
     y_test = np.array([ex.label for ex in test_ex])
     rule_auc = auc(y_test, [liked_share(ex.liked, ex.disliked) for ex in test_ex])
 
     per_seed = []
     for seed in range(opts.seeds):
         scorer, tokenizer = build_scorer(cfg.model, cfg.lora, seed)
-        pad = int(tokenizer.pad_token_id)
         device = pick_device("auto")
-        enc = {n: encode_examples(tokenizer, e, items, cfg.model.max_length)
+        table = encode_items(tokenizer, items, cfg.model.max_length)
+        enc = {n: encode_examples(table, users, e, cfg.data.history_len)
                for n, e in (("train", train_ex), ("valid", valid_ex), ("test", test_ex))}  # fmt: skip
+        part = PlatformBatches(table, enc["train"], PrivateParts(len(table), len(users), cfg.model.dim,
+                                                                 cfg.model.private))  # fmt: skip
         spec = cfg.train.__class__(**{**cfg.train.__dict__, "local_epochs": 1, "max_examples": 0})
-        best = (-math.inf, 0, get_trainable_state(scorer))
+        best = (-math.inf, 0, get_trainable_state(scorer), private_tensors(scorer, part.private))
         curve = []
         t0 = time.time()
         for epoch in range(1, epochs + 1):
-            loss = train(scorer, enc["train"], spec, pad, device, seed=seed * 1000 + epoch)["train-loss"]
-            v_auc = auc(enc["valid"].labels, predict(scorer, enc["valid"], cfg.eval.batch_size, pad, device))
+            loss = train(scorer, [part], spec, device, seed=seed * 1000 + epoch)["train-loss"]
+            v_auc = auc(enc["valid"].labels, predict(scorer, part, enc["valid"], cfg.eval.batch_size, device))
             curve.append({"epoch": epoch, "train_loss": loss, "valid_auc": v_auc})
             if v_auc > best[0]:
-                best = (v_auc, epoch, get_trainable_state(scorer))
+                best = (v_auc, epoch, get_trainable_state(scorer), private_tensors(scorer, part.private))
         set_trainable_state(scorer, best[2])
-        probs = predict(scorer, enc["test"], cfg.eval.batch_size, pad, device)
+        part.private.load_state_dict({k: torch.from_numpy(v) for k, v in best[3].items()})
+        probs = predict(scorer, part, enc["test"], cfg.eval.batch_size, device)
         test = classification_metrics(enc["test"].labels, probs)
         per_seed.append({"seed": seed, "best_epoch": best[1], "valid_auc": best[0], "test": test, "curve": curve,
                          "train_s": time.time() - t0})  # fmt: skip

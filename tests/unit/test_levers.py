@@ -1,4 +1,4 @@
-"""Levers of the comparison: exact LoRA fusion (freeze-a), FedAdam, FedProx, length buckets, private heads."""
+"""Levers of the comparison: exact LoRA fusion (freeze-a), FedAdam, FedProx, private heads."""
 
 from collections import OrderedDict
 
@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from clients.trainer import EncodedSplit, _length_bucketed, train
+from clients.trainer import train
 from common.config import AppConfig, ConfigError
 from common.fusion import FusionError, lora_deltas, server_adam_step, server_step, server_update, weighted_average
 from common.modeling import HEAD_PREFIX, build_scorer, get_trainable_state
+from tests.tiny import tiny_part
 
-TINY = {"model.base": "tiny-random", "lora.r": 4, "model.max-length": 32}
+TINY = {"model.base": "tiny-random", "lora.r": 4, "model.max-length": 32, "model.dim": 16}
 MODULES = ("layer.0.query", "layer.0.value", "layer.1.query")
 
 
@@ -65,12 +66,6 @@ def test_lora_deltas_by_hand() -> None:
     np.testing.assert_array_equal(lora_deltas(state, 0.5)["m.weight"], [[1.5, 3.0], [2.0, 4.0]])
 
 
-def _tiny_data(n: int = 24, seed: int = 0) -> EncodedSplit:
-    rng = np.random.default_rng(seed)
-    ids = [[101, *rng.integers(1000, 2000, size=int(rng.integers(3, 12))).tolist(), 102] for _ in range(n)]
-    return EncodedSplit(ids, (rng.random(n) < 0.5).astype(np.float32))
-
-
 def test_freeze_a_trains_only_b_and_a_is_the_same_on_every_platform() -> None:
     # Prepare: two "platforms" build their model from the run seed
     cfg = AppConfig().replace(**TINY, **{"lora.freeze-a": True})
@@ -78,7 +73,7 @@ def test_freeze_a_trains_only_b_and_a_is_the_same_on_every_platform() -> None:
     two, _ = build_scorer(cfg.model, cfg.lora, seed=3)
     before = get_trainable_state(one)
     # Execute
-    train(one, _tiny_data(), cfg.train, 0, torch.device("cpu"), seed=0)
+    train(one, [tiny_part()], cfg.train, torch.device("cpu"), seed=0)
     after = get_trainable_state(one)
     # Assert
     a_keys = [k for k in before if ".lora_A." in k]
@@ -94,7 +89,7 @@ def test_freeze_a_off_trains_a() -> None:
     cfg = AppConfig().replace(**TINY)
     scorer, _ = build_scorer(cfg.model, cfg.lora, seed=3)
     before = get_trainable_state(scorer)
-    train(scorer, _tiny_data(), cfg.train, 0, torch.device("cpu"), seed=0)
+    train(scorer, [tiny_part()], cfg.train, torch.device("cpu"), seed=0)
     after = get_trainable_state(scorer)
     assert any(not np.array_equal(before[k], after[k]) for k in before if ".lora_A." in k)
 
@@ -105,7 +100,7 @@ def test_fedprox_keeps_the_update_close_to_the_global_adapter() -> None:
         cfg = AppConfig().replace(**TINY, **{"train.proximal-mu": mu, "train.local-epochs": 3, "train.lr": 0.01})
         scorer, _ = build_scorer(cfg.model, cfg.lora, seed=1)
         start = get_trainable_state(scorer)
-        train(scorer, _tiny_data(48), cfg.train, 0, torch.device("cpu"), seed=0)
+        train(scorer, [tiny_part(48)], cfg.train, torch.device("cpu"), seed=0)
         end = get_trainable_state(scorer)
         return float(np.sqrt(sum(((end[k] - start[k]) ** 2).sum() for k in start)))
 
@@ -150,39 +145,23 @@ def test_lever_config_errors_name_the_key(override: dict, match: str) -> None:
         AppConfig().replace(**override)
 
 
-def test_length_buckets_cover_every_example_once_with_less_padding() -> None:
-    # Prepare
-    rng = np.random.default_rng(0)
-    lengths = rng.integers(5, 120, size=1000).tolist()
-    order = rng.permutation(1000)
-    # Execute
-    batches = _length_bucketed(order, lengths, 32, np.random.default_rng(1))
-    # Assert
-    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
-
-    def padding(bs: list[np.ndarray]) -> int:
-        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in bs)
-
-    plain = [order[i : i + 32] for i in range(0, 1000, 32)]
-    assert padding(batches) < 0.25 * padding(plain)
-
-
-def test_personal_heads_stay_on_their_platform() -> None:
-    # Prepare: the embedded shops, tiny model
+def test_private_heads_stay_on_their_platform() -> None:
+    # Prepare: the embedded shops, tiny model, the head kept private
     from simulations.inprocess import InProcessTransport, setups_for
 
-    cfg = AppConfig().replace(**TINY, **{"train.max-examples": 32, "eval.max-rank-users": 2, "data.history-len": 3})
-    transport = InProcessTransport(setups_for(cfg, ["app", "web_shop"], device="cpu"), personal_head=True)
+    cfg = AppConfig().replace(**TINY, **{"train.max-examples": 32, "eval.max-rank-users": 2, "data.history-len": 3,
+                                         "model.private-head": True})  # fmt: skip
+    transport = InProcessTransport(setups_for(cfg, ["app", "web_shop"], device="cpu"))
     scorer, _ = build_scorer(cfg.model, cfg.lora, cfg.seed)
     start = get_trainable_state(scorer)
+    initial_head = {HEAD_PREFIX + k: v.numpy() for k, v in scorer.initial_head.items()}
     # Execute
     fused, _, _ = transport.train_round(start, cfg, 1)
-    # Assert: the fused head is the one sent out; each platform kept its own, trained head
-    heads = [k for k in start if k.startswith(HEAD_PREFIX)]
-    assert all(np.array_equal(fused[k], start[k]) for k in heads)
-    app, web = transport.heads["app"], transport.heads["web_shop"]
-    assert any(not np.array_equal(app[k], start[k]) for k in heads)
+    # Assert: no head tensor travels; each platform kept its own trained head, next to its private parameters
+    assert not any(k.startswith(HEAD_PREFIX) for k in [*start, *fused])
+    app, web = transport.stores["app"].load(1), transport.stores["web_shop"].load(1)
+    heads = [k for k in app if k.startswith(HEAD_PREFIX)]
+    assert heads and {"item_bias", "user_residual"} <= set(app)
+    assert any(not np.array_equal(app[k], initial_head[k]) for k in heads)
     assert any(not np.array_equal(app[k], web[k]) for k in heads)
-    assert any(not np.array_equal(fused[k], start[k]) for k in start if k not in heads)  # the adapter did move
-    local = transport.local_state(fused, "app")
-    assert all(np.array_equal(local[k], app[k]) for k in heads)
+    assert any(not np.array_equal(fused[k], start[k]) for k in start)  # the shared model did move

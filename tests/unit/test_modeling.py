@@ -17,16 +17,18 @@ from common.modeling import (
     set_trainable_state,
 )
 
-TINY = ModelSpec(base="tiny-random", max_length=32)
+TINY = ModelSpec(base="tiny-random", max_length=32, dim=16)
 LORA = LoraSpec(r=4, alpha=8)
 
 
 def _scores(scorer, tokenizer) -> np.ndarray:
-    enc = tokenizer(["Red Wool Scarf", "Blue Cotton Shirt"], ["Liked: Red Hat", "Liked: none"], return_tensors="pt",
-                    padding=True)  # fmt: skip
+    """Score candidates 0 and 1 for a user who liked item 2 and disliked nothing."""
+    enc = tokenizer(["Red Wool Scarf", "Blue Cotton Shirt", "Red Hat"], return_tensors="pt", padding=True)
     scorer.eval()
     with torch.no_grad():
-        return scorer(enc["input_ids"], enc["attention_mask"]).numpy()
+        vectors = scorer.item_vectors(enc["input_ids"], enc["attention_mask"])
+        liked, disliked = torch.tensor([[2], [2]]), torch.tensor([[-1], [-1]])
+        return scorer(vectors, torch.tensor([0, 1]), liked, disliked).numpy()
 
 
 def _perturbed(state: dict, seed: int) -> dict:
@@ -34,13 +36,20 @@ def _perturbed(state: dict, seed: int) -> dict:
     return {k: (v + rng.normal(scale=0.1, size=v.shape)).astype(np.float32) for k, v in state.items()}
 
 
-def test_only_adapter_and_head_travel() -> None:
+def test_only_the_shared_model_travels() -> None:
     scorer, _ = build_scorer(TINY, LORA)
     state = get_trainable_state(scorer)
-    assert all("lora_" in k or k.startswith("head.") for k in state)
-    assert {k for k in state if k.startswith("head.")} == {"head.1.weight", "head.1.bias"}
+    assert all("lora_" in k or k.startswith(("tower.", "user.", "head.")) for k in state)
+    assert {k for k in state if k.startswith("head.")} == {"head.1.weight", "head.1.bias", "head.3.weight", "head.3.bias"}
     trainable = sum(p.numel() for p in scorer.parameters() if p.requires_grad)
     assert trainable == sum(v.size for v in state.values())
+
+
+def test_a_private_head_does_not_travel() -> None:
+    scorer, _ = build_scorer(ModelSpec(base="tiny-random", dim=16, private_head=True), LORA)
+    state = get_trainable_state(scorer)
+    assert state and not any(k.startswith("head.") for k in state)
+    assert any(k.startswith("tower.") for k in state)
 
 
 def test_save_load_round_trip_gives_identical_scores(tmp_path: Path) -> None:
