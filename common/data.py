@@ -11,15 +11,18 @@ to a platform: the same id on two platforms is not assumed to be the same person
 
 Everything a platform owner can get wrong is a :class:`DatasetError` whose one-line
 message names the file, line and field and says what was expected, so the owner can fix
-the file without reading this code. The writer renders a platform to text and parses it
-back with the same validator before touching the disk, so it never writes a file the
-loader would reject.
+the file without reading this code. Repeated interaction rows (same user, item and
+timestamp: a double export, a retried upload) are not worth stopping for: the repeats are
+dropped and counted in one logged warning. The writer renders a platform to text and
+parses it back with the same validator before touching the disk, so it never writes a file
+the loader would reject.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 import os
 import shutil
@@ -40,6 +43,12 @@ TEXT_COL = "text"
 
 ITEMS_FILE = "items.csv"
 INTERACTIONS_FILE = "interactions.csv"
+
+# Per field: a 5,000-character description loads; an unclosed quote that swallows the rest of
+# a large file into one field is reported where it starts instead of crashing in ``csv``.
+MAX_FIELD_CHARS = 1 << 20
+
+log = logging.getLogger(__name__)
 
 Feedback = Literal["rating", "label", "implicit"]
 
@@ -111,10 +120,34 @@ def _read_text(path: Path) -> str:
     return _decode(path.read_bytes(), path)
 
 
+def _lift_csv_limit(text: str) -> None:
+    """Make sure Python's ``csv`` never refuses a field of ``text``.
+
+    Its limit (128 KiB by default) is process-wide and its error names neither file, line nor
+    field. No field is longer than its file, so lifting the limit to the file's length (it
+    only ever grows) hands the check to :func:`_check_field_sizes`, whose error names them.
+    """
+    if csv.field_size_limit() < len(text):
+        csv.field_size_limit(len(text))
+
+
+def _check_field_sizes(names: Sequence[str], row: Sequence[str], path: Path, line: int) -> None:
+    """Refuse a field over :data:`MAX_FIELD_CHARS`; ``line`` is where its record starts."""
+    for name, value in zip(names, row, strict=False):
+        if len(value) > MAX_FIELD_CHARS:
+            raise DatasetError.at(
+                path, "field too long (an unclosed quote?)", line=line, field=name,
+                expected=f"at most {MAX_FIELD_CHARS} characters", got=f"{len(value)} characters",
+            )  # fmt: skip
+
+
 def _rows(text: str, path: Path, required: Sequence[str]) -> tuple[list[str], Iterable[tuple[int, dict[str, str]]]]:
-    """Header plus ``(line, row)`` pairs; checks the header and every row's field count."""
+    """Header plus ``(line, row)`` pairs; checks the header, every row's field count and field sizes."""
+    _lift_csv_limit(text)
     reader = csv.reader(io.StringIO(text, newline=""))
-    header = [name.strip() for name in next(reader, [])]
+    raw_header = next(reader, [])
+    _check_field_sizes([f"#{i + 1}" for i in range(len(raw_header))], raw_header, path, 1)
+    header = [name.strip() for name in raw_header]
     for name in required:
         if name not in header:
             raise DatasetError.at(
@@ -127,7 +160,10 @@ def _rows(text: str, path: Path, required: Sequence[str]) -> tuple[list[str], It
             )
 
     def rows() -> Iterable[tuple[int, dict[str, str]]]:
+        start = reader.line_num + 1  # a quoted field can span lines: report where its record starts
         for row in reader:
+            _check_field_sizes(header, row, path, start)
+            start = reader.line_num + 1
             if not row:  # blank line
                 continue
             if len(row) != len(header):
@@ -157,8 +193,22 @@ def _number(raw: str, path: Path, line: int, field: str) -> float:
 
 
 def parse_timestamp(raw: str, path: Path, line: int) -> float:
-    """Unix seconds (int or float) or ISO-8601 date/datetime; naive datetimes are taken as UTC."""
-    raw = raw.strip()
+    """Unix seconds (int or float) or ISO-8601 date/datetime; naive datetimes are taken as UTC.
+
+    Times before 1970 are refused: in an interaction log they are almost always a placeholder
+    such as ``-1`` for "unknown", which would silently sort first in every user's history.
+    """
+    seconds = _seconds(raw.strip(), path, line)
+    if seconds < 0:
+        raise DatasetError.at(
+            path, "negative timestamp", line=line, field=TIME_COL,
+            expected="a time at or after 1970-01-01 (unix seconds >= 0)", got=raw,
+        )  # fmt: skip
+    return seconds
+
+
+def _seconds(raw: str, path: Path, line: int) -> float:
+    """``raw`` as unix seconds, whichever of the accepted formats it is in."""
     try:
         return _number(raw, path, line, TIME_COL)
     except DatasetError:
@@ -207,10 +257,52 @@ def _feedback(header: list[str], path: Path) -> Feedback:
     return "label" if LABEL_COL in header else "implicit"
 
 
+@dataclass(frozen=True)
+class Duplicate:
+    line: int  # the dropped row
+    kept_line: int  # the earlier row with the same user, item and timestamp, which is kept
+    same_value: bool  # False: the two rows disagree on the rating/label (the kept one wins)
+
+
+def drop_duplicate_interactions(
+    rows: Sequence[tuple[int, Interaction]],
+) -> tuple[list[Interaction], list[Duplicate]]:
+    """Keep the first row of each (user_id, item_id, timestamp); report the later ones.
+
+    A repeat of the same event would otherwise count twice in training and could land in
+    both the training and the test split of leave-last-out.
+    """
+    kept: list[Interaction] = []
+    first: dict[tuple[str, str, float], tuple[int, Interaction]] = {}
+    dropped: list[Duplicate] = []
+    for line, row in rows:
+        key = (row.user_id, row.item_id, row.timestamp)
+        if key in first:
+            kept_line, kept_row = first[key]
+            dropped.append(Duplicate(line, kept_line, kept_row.value == row.value))
+            continue
+        first[key] = (line, row)
+        kept.append(row)
+    return kept, dropped
+
+
+def _warn_duplicates(path: Path, dropped: Sequence[Duplicate], value_col: str | None) -> None:
+    if not dropped:
+        return
+    differing = sum(not d.same_value for d in dropped)
+    conflict = f"; {differing} of them with a different {value_col} (the first row's is kept)" if differing else ""
+    log.warning(
+        "%s: dropped %d duplicate interaction row(s) (same user_id, item_id and timestamp as an earlier row; "
+        "first on line %d, a repeat of line %d%s)",
+        path, len(dropped), dropped[0].line, dropped[0].kept_line, conflict,
+    )  # fmt: skip
+
+
 def parse_interactions(text: str, path: Path, items: dict[str, Item]) -> tuple[list[Interaction], Feedback]:
+    """The platform's interactions in file order, repeated rows dropped (one warning), and its feedback kind."""
     header, rows = _rows(text, path, (USER_COL, ITEM_COL, TIME_COL))
     feedback = _feedback(header, path)
-    out: list[Interaction] = []
+    parsed: list[tuple[int, Interaction]] = []
     for line, row in rows:
         user_id = _required(row, USER_COL, path, line)
         item_id = _required(row, ITEM_COL, path, line)
@@ -228,7 +320,9 @@ def parse_interactions(text: str, path: Path, items: dict[str, Item]) -> tuple[l
                 raise DatasetError.at(
                     path, "label not 0/1", line=line, field=LABEL_COL, expected="0 or 1", got=row[LABEL_COL]
                 )
-        out.append(Interaction(user_id, item_id, timestamp, value))
+        parsed.append((line, Interaction(user_id, item_id, timestamp, value)))
+    out, dropped = drop_duplicate_interactions(parsed)
+    _warn_duplicates(path, dropped, {"rating": RATING_COL, "label": LABEL_COL}.get(feedback))
     if not out:
         raise DatasetError.at(path, "empty platform", expected="at least one interaction", got=0)
     users = len({row.user_id for row in out})

@@ -1,6 +1,6 @@
 """``crossfed``: everything that is not a single ``flwr run``.
 
-    crossfed prepare movielens --src ../shared/data/ml-100k --out data/ml100k
+    crossfed prepare movielens --src ../shared/data/ml-100k --out data/ml100k [--split genre|users]
     crossfed simulate [--data DIR] --out RUN [--rounds R --max-users N --set key=value ...]
     crossfed compare --data DIR --out RUN --seeds 3 [--size ci|full]
     crossfed tallrec --src ../shared/data/tallrec-movie --out RUN
@@ -27,6 +27,7 @@ from deploy.cli import USER_ERRORS as DEPLOY_ERRORS
 from deploy.cli import add_deploy_parser
 from server.checkpoint import CheckpointError
 from simulations.compare import add_parsers as add_compare_parsers
+from simulations.movielens import SPLITS as MOVIELENS_SPLITS
 
 USER_ERRORS = (DatasetError, ConfigError, ModelLoadError, CheckpointError, FileNotFoundError, *DEPLOY_ERRORS)
 
@@ -81,7 +82,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
         if not args.src:
             raise ConfigError("`crossfed prepare movielens` needs --src (the ml-100k folder)")
-        dataset = convert_movielens(Path(args.src), Path(args.out), overwrite=args.overwrite)
+        dataset = convert_movielens(
+            Path(args.src), Path(args.out), overwrite=args.overwrite, split=args.split, split_seed=args.split_seed
+        )
     cfg = SplitConfig(like_threshold=args.like_threshold)
     for name, splits in split_dataset(dataset, cfg).items():
         stats = ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in splits.stats().items())
@@ -110,6 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("source", choices=["movielens", "synthetic"], help="synthetic = the embedded demo shops")
     prep.add_argument("--src", help="movielens: folder with u.data, u.item, platform_split_genre3.tsv")
     prep.add_argument("--seed", type=int, default=0, help="synthetic: generator seed")
+    prep.add_argument(
+        "--split",
+        choices=MOVIELENS_SPLITS,
+        default="genre",
+        help="movielens: genre = three genre platforms with disjoint catalogues (default); "
+        "users = three shops of disjoint users, each with the whole catalogue under its own ids",
+    )
+    prep.add_argument("--split-seed", type=int, default=0, help="movielens --split users: user partition seed")
     prep.add_argument("--out", required=True, help="DATASET folder to create")
     prep.add_argument("--overwrite", action="store_true")
     prep.add_argument("--like-threshold", type=float, default=3.0, help="rating > threshold is a like")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -7,11 +8,14 @@ import pytest
 from common.data import (
     INTERACTIONS_FILE,
     ITEMS_FILE,
+    MAX_FIELD_CHARS,
     DatasetError,
+    Duplicate,
     Interaction,
     Item,
     PlatformData,
     discover_platforms,
+    drop_duplicate_interactions,
     load_dataset,
     load_platform,
     write_dataset,
@@ -142,6 +146,39 @@ ERROR_CASES = {
         "number of fields",
     ),
     "too few fields": (ITEMS.replace("c,Green Gloves", "c"), RATED, ITEMS_FILE, 4, None, "number of fields"),
+    "negative timestamp": (ITEMS, RATED.replace(",200,", ",-1,"), INTERACTIONS_FILE, 3, "timestamp", "negative"),
+    "timestamp before 1970": (
+        ITEMS,
+        RATED.replace(",200,", ",1969-12-31,"),
+        INTERACTIONS_FILE,
+        3,
+        "timestamp",
+        "negative timestamp",
+    ),
+    "field too long": (
+        ITEMS.replace("Blue Hat", "x" * (MAX_FIELD_CHARS + 1)),
+        RATED,
+        ITEMS_FILE,
+        3,
+        "title",
+        "field too long",
+    ),
+    "unclosed quote swallows the file": (  # reported on the line where the record starts
+        ITEMS + 'd,"Broken Hat\n' + "e,Fine Hat\n" * (MAX_FIELD_CHARS // 10),
+        RATED,
+        ITEMS_FILE,
+        5,
+        "title",
+        "field too long",
+    ),
+    "header field too long": (
+        "item_id,title," + "x" * (MAX_FIELD_CHARS + 1) + "\n",
+        RATED,
+        ITEMS_FILE,
+        1,
+        "#3",
+        "long",
+    ),
 }
 
 
@@ -169,6 +206,63 @@ def test_validation_errors_name_file_line_and_field(
     assert message.startswith(where + what), message
     assert problem in message
     assert "\n" not in message
+    assert len(message) < 500  # never the offending value itself when it is huge
+
+
+@pytest.mark.parametrize("length", [5_000, 200_000])  # 200,000 is over Python csv's default field limit
+def test_long_fields_load(tmp_path: Path, length: int) -> None:
+    # Prepare
+    _write_raw(tmp_path, ITEMS.replace("Blue Hat", "Blue Hat " + "x" * length), RATED)
+
+    # Execute
+    data = load_platform(tmp_path, "shop")
+
+    # Assert
+    assert len(data.items["b"].title) == len("Blue Hat ") + length
+
+
+def test_duplicate_interactions_dropped_with_one_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Prepare: line 5 repeats line 2, line 6 repeats line 3 with another rating, line 7 re-rates later (kept)
+    folder = _write_raw(tmp_path, ITEMS, RATED + "u1,a,100,4\nu1,b,200,5\nu1,a,300,3\n")
+
+    # Execute
+    with caplog.at_level(logging.WARNING, logger="common.data"):
+        data = load_platform(tmp_path, "shop")
+
+    # Assert
+    assert [(r.user_id, r.item_id, r.timestamp, r.value) for r in data.interactions] == [
+        ("u1", "a", 100.0, 4.0), ("u1", "b", 200.0, 2.0), ("u2", "c", 150.0, 5.0), ("u1", "a", 300.0, 3.0),
+    ]  # fmt: skip
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    message = caplog.records[0].getMessage()
+    assert message.startswith(f"{folder / INTERACTIONS_FILE}: dropped 2 duplicate interaction row(s)")
+    assert "first on line 5, a repeat of line 2; 1 of them with a different rating" in message
+    assert "\n" not in message
+
+
+def test_no_warning_without_duplicates(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Prepare
+    _write_raw(tmp_path, ITEMS, RATED)
+
+    # Execute
+    with caplog.at_level(logging.WARNING, logger="common.data"):
+        load_platform(tmp_path, "shop")
+
+    # Assert
+    assert caplog.records == []
+
+
+def test_drop_duplicate_interactions() -> None:
+    # Prepare
+    a, b = Interaction("u1", "a", 1.0, None), Interaction("u1", "b", 1.0, None)
+    rows = [(2, a), (3, b), (4, a), (5, Interaction("u1", "a", 1.0, 3.0)), (6, Interaction("u2", "a", 1.0, None))]
+
+    # Execute
+    kept, dropped = drop_duplicate_interactions(rows)
+
+    # Assert
+    assert kept == [a, b, Interaction("u2", "a", 1.0, None)]
+    assert dropped == [Duplicate(4, 2, True), Duplicate(5, 2, False)]
 
 
 def test_error_message_says_expected_and_got(tmp_path: Path) -> None:

@@ -1,10 +1,20 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from common.config import ConfigError
 from common.data import Interaction, Item, PlatformData
-from common.splits import Example, SplitConfig, split_dataset, split_platform, subsample_users
+from common.splits import (
+    Example,
+    PlatformSplits,
+    SplitConfig,
+    split_dataset,
+    split_platform,
+    subsample_users,
+    thin_train,
+)
 
 CATALOGUE = {f"i{n:02d}": Item(f"i{n:02d}", f"Item {n}") for n in range(30)}
 
@@ -238,3 +248,77 @@ def test_subsample_users_rejects_bad_amount(amount: float) -> None:
     # Execute / Assert
     with pytest.raises(ConfigError, match="`fraction_or_count`"):
         subsample_users(_platform(ROWS), amount, seed=0)
+
+
+def _many(name: str = "shop") -> PlatformSplits:
+    """10 users x 12 interactions: 100 training examples, 10 validation, 10 test."""
+    rows = [(f"u{u}", f"i{n:02d}", float(n), 5.0 if (u + n) % 3 else 1.0) for u in range(10) for n in range(12)]
+    return split_platform(dataclasses.replace(_platform(rows), name=name), SplitConfig())
+
+
+@pytest.mark.parametrize(("fraction", "kept"), [(0.1, 10), (0.25, 25), (0.333, 33), (0.001, 1), (1.0, 100)])
+def test_thin_train_keeps_a_seeded_share_of_training_only(fraction: float, kept: int) -> None:
+    # Prepare
+    full = _many()
+    before = list(full.train)
+
+    # Execute
+    thin = thin_train(full, fraction, seed=4)
+
+    # Assert
+    assert len(full.train) == 100
+    assert len(thin.train) == kept
+    positions = [full.train.index(ex) for ex in thin.train]
+    assert positions == sorted(set(positions))  # distinct examples, original order, histories as they were
+    assert (thin.valid, thin.test, thin.ranking) == (full.valid, full.test, full.ranking)
+    assert (thin.name, thin.items, thin.num_interactions) == (full.name, full.items, full.num_interactions)
+    assert full.train == before  # the input is not modified
+    assert thin.stats()["test"] == full.stats()["test"] == 10
+
+
+def test_thin_train_is_seeded() -> None:
+    # Prepare
+    full = _many()
+
+    # Execute
+    first = thin_train(full, 0.2, seed=1)
+    again = thin_train(full, 0.2, seed=1)
+    kept = {tuple(thin_train(full, 0.2, seed=s).train) for s in range(5)}
+
+    # Assert
+    assert first == again
+    assert len(kept) == 5
+
+
+def test_thin_train_is_keyed_by_platform_not_by_the_others() -> None:
+    # Prepare: two platforms with identical examples under different names
+    a, b = _many("a"), _many("b")
+
+    # Execute
+    alone = thin_train(a, 0.2, seed=0)
+    together = {name: thin_train(splits, 0.2, seed=0) for name, splits in {"a": a, "b": b}.items()}
+
+    # Assert
+    assert together["a"] == alone
+    assert together["a"].train != together["b"].train
+
+
+def test_thin_train_without_training_examples() -> None:
+    # Prepare
+    empty = PlatformSplits("shop", dict(CATALOGUE), [], [], [], [])
+
+    # Execute / Assert
+    assert thin_train(empty, 0.5, seed=0) == empty
+
+
+@pytest.mark.parametrize("fraction", [0, 0.0, -0.1, 1.5, float("nan"), True, "0.5"])
+def test_thin_train_rejects_bad_fraction(fraction: float) -> None:
+    # Execute / Assert
+    with pytest.raises(ConfigError, match="`fraction` must be a fraction in \\(0, 1\\]"):
+        thin_train(_many(), fraction, seed=0)
+
+
+def test_thin_train_rejects_negative_seed() -> None:
+    # Execute / Assert
+    with pytest.raises(ConfigError, match="`seed`"):
+        thin_train(_many(), 0.5, seed=-1)
