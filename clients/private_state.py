@@ -59,7 +59,8 @@ class PrivateStore:
         for key, record in records.items():
             if key.startswith(PREFIX):
                 store._rounds[int(key.removeprefix(PREFIX))] = OrderedDict(
-                    (name, array.numpy()) for name, array in record.items()  # type: ignore[attr-defined]
+                    (name, array.numpy())
+                    for name, array in record.items()  # type: ignore[attr-defined]
                 )
         return store
 

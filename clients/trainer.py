@@ -76,7 +76,9 @@ class EncodedSplit:
         return len(self.labels)
 
     def take(self, rows: np.ndarray) -> EncodedSplit:
-        return EncodedSplit(self.users[rows], self.items[rows], self.liked[rows], self.disliked[rows], self.labels[rows])
+        return EncodedSplit(
+            self.users[rows], self.items[rows], self.liked[rows], self.disliked[rows], self.labels[rows]
+        )
 
     @staticmethod
     def concat(parts: Sequence[EncodedSplit]) -> EncodedSplit:
@@ -173,9 +175,7 @@ def _to(array: np.ndarray, device: torch.device) -> torch.Tensor:
     return tensor
 
 
-def batch_logits(
-    scorer: Scorer, part: PlatformBatches, data: EncodedSplit, device: torch.device
-) -> torch.Tensor:
+def batch_logits(scorer: Scorer, part: PlatformBatches, data: EncodedSplit, device: torch.device) -> torch.Tensor:
     """Logits of ``data`` (one batch): encode its distinct items once, then score from their vectors."""
     history = np.concatenate([data.liked.ravel(), data.disliked.ravel()])
     needed = np.unique(np.concatenate([data.items, history[history >= 0]]))  # (U,) sorted catalogue rows

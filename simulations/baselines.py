@@ -12,6 +12,14 @@ Every trained arm must beat these to claim anything:
   those of the raw count).
 - ``like-rate``: the item's smoothed like-rate on the train split,
   ``(likes + a * p) / (n + a)`` with ``p`` the platform's train like-rate and ``a`` the prior strength.
+- ``mf``: biased matrix factorisation (:mod:`simulations.mf`) fitted per platform on its
+  train split, tuned on its valid split: the collaborative baseline. It trains, but in seconds.
+- ``mf-central``: one MF on every platform's train split with user ids linked across
+  platforms: an upper bound a privacy law forbids (raw data and user ids pooled).
+
+A scorer sees the query (an :class:`~common.splits.Example` or
+:class:`~common.splits.RankingCase`: user id and history) and the candidate item id, so a
+history rule, an item statistic and a per-user model share one protocol.
 
 The untrained-model baseline (frozen base + untrained head) needs the model and lives in
 the comparison harness.
@@ -21,17 +29,31 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
 
 import numpy as np
 
 from common.metrics import classification_metrics, ranking_metrics
 from common.splits import Example, PlatformSplits, RankingCase
+from simulations.mf import MFModel, central_item_id, fit_central_mf, fit_mf
 
-BASELINES = ("liked-share", "popularity", "like-rate")
+BASELINES = ("liked-share", "popularity", "like-rate", "mf", "mf-central")
 PRIOR_STRENGTH = 5.0  # like-rate smoothing: pseudo-interactions at the platform's mean rate
 
-Scorer = Callable[[Sequence[str], Sequence[str], str], float]  # (liked, disliked, candidate) -> probability
+
+class Query(Protocol):
+    """What a scorer may use about the user: an ``Example`` or a ``RankingCase`` (its own candidate ignored)."""
+
+    @property
+    def user_id(self) -> str: ...
+    @property
+    def liked(self) -> tuple[str, ...]: ...
+    @property
+    def disliked(self) -> tuple[str, ...]: ...
+
+
+Scorer = Callable[[Query, str], float]  # (query, candidate item id) -> probability of a like
 
 
 def liked_share(liked: Sequence[str], disliked: Sequence[str]) -> float:
@@ -77,10 +99,10 @@ def item_scorers(train: Sequence[Example], implicit: bool = False) -> dict[str, 
     y = np.array([ex.label for ex in train], np.float64)
     a, b = fit_logistic(x, y) if 0 < y.sum() < len(y) else (0.0, math.log(max(prior, 1e-6) / max(1 - prior, 1e-6)))
 
-    def popularity(liked: Sequence[str], disliked: Sequence[str], item: str) -> float:
+    def popularity(query: Query, item: str) -> float:
         return 1.0 / (1.0 + math.exp(-(a * math.log1p(counts[item]) + b)))
 
-    def like_rate(liked: Sequence[str], disliked: Sequence[str], item: str) -> float:
+    def like_rate(query: Query, item: str) -> float:
         return smoothed_rate(likes[item], seen[item], prior)
 
     return {"popularity": popularity, "like-rate": like_rate}
@@ -89,10 +111,37 @@ def item_scorers(train: Sequence[Example], implicit: bool = False) -> dict[str, 
 def baseline_scorers(splits: PlatformSplits, implicit: bool = False) -> dict[str, Scorer]:
     """All no-training baselines of one platform, fitted on its train split only."""
 
-    def share(liked: Sequence[str], disliked: Sequence[str], item: str) -> float:
-        return liked_share(liked, disliked)
+    def share(query: Query, item: str) -> float:
+        return liked_share(query.liked, query.disliked)
 
     return {"liked-share": share, **item_scorers(splits.train, implicit)}
+
+
+def mf_scorer(model: MFModel, platform: str | None = None) -> Scorer:
+    """``model.prob(user, item)``; ``platform`` set: a central model, whose item ids are namespaced."""
+
+    def score(query: Query, item: str) -> float:
+        return model.prob(query.user_id, item if platform is None else central_item_id(platform, item))
+
+    return score
+
+
+def platform_scorers(
+    name: str, platforms: Mapping[str, PlatformSplits], implicit: set[str], seed: int
+) -> dict[str, Scorer]:
+    """Baseline ``name`` for every platform, each fitted on train (and, for MF, tuned on valid) only.
+
+    ``mf-central`` is fitted once on all platforms together; the others platform by platform,
+    and only the named one (MF trains, the item statistics do not).
+    """
+    if name not in BASELINES:
+        raise ValueError(f"unknown baseline {name!r}, expected one of {', '.join(BASELINES)}")
+    if name == "mf-central":
+        model = fit_central_mf(platforms, seed)
+        return {p: mf_scorer(model, p) for p in platforms}
+    if name == "mf":
+        return {p: mf_scorer(fit_mf(s.train, s.valid, seed)) for p, s in platforms.items()}
+    return {p: baseline_scorers(s, p in implicit)[name] for p, s in platforms.items()}
 
 
 def evaluate_baseline(
@@ -103,12 +152,12 @@ def evaluate_baseline(
     for name, examples in (("valid", splits.valid), ("test", splits.test)):
         if not examples:
             continue
-        probs = [scorer(ex.liked, ex.disliked, ex.item_id) for ex in examples]
+        probs = [scorer(ex, ex.item_id) for ex in examples]
         for key, value in classification_metrics([ex.label for ex in examples], probs).items():
             out[f"{name}.{key}"] = float(value)
     if cases:
         scores = np.array(
-            [[scorer(c.liked, c.disliked, item) for item in (c.positive, *c.negatives)] for c in cases]
+            [[scorer(c, item) for item in (c.positive, *c.negatives)] for c in cases]
         )  # (U, 1+N), positive first
         for key, value in ranking_metrics(scores[:, 0], scores[:, 1:], k).items():
             out[f"test.{key}"] = float(value)

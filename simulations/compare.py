@@ -12,7 +12,10 @@ budget per platform (rounds x local epochs x ``train.max-examples``):
 - ``pooled``: one adapter trained on the union of all platforms' train data (what a privacy law forbids);
 - levers: federated with one setting changed (FedProx, FedAvgM, FedAdam, exact-LoRA ``freeze-a``, ...),
   built in (see ``ARMS``) or given as ``--lever NAME:key=value,key=value``;
-- no training: ``untrained`` (frozen base + untrained head), ``liked-share``, ``popularity``, ``like-rate``.
+- no training: ``untrained`` (frozen base + untrained head), ``liked-share``, ``popularity``, ``like-rate``;
+- collaborative baselines (no text model, seconds on a CPU): ``mf`` (biased matrix factorisation per
+  platform, tuned on validation) and ``mf-central`` (one MF on all platforms, users linked: the upper
+  bound a privacy law forbids).
 
 Scenarios: ``full`` (the dataset as given) and ``scarce`` (the large platform keeps every user, the
 others a seeded ``--scarce-fraction`` of theirs, via :func:`common.splits.subsample_users`). Each
@@ -45,7 +48,7 @@ from common.data import PlatformData, discover_platforms, load_dataset, write_da
 from common.modeling import build_scorer, get_trainable_state, load_scorer, pick_device
 from server.federation import PerPlatform, Tensors, mean_metrics, run_federation
 from server.outputs import ROUNDS_FILE
-from simulations.baselines import baseline_scorers, evaluate_baseline
+from simulations.baselines import evaluate_baseline, platform_scorers
 from simulations.inprocess import InProcessTransport, setups_for
 
 log = logging.getLogger("crossfed.compare")
@@ -111,10 +114,14 @@ ARMS: dict[str, Arm] = {a.name: a for a in (
     Arm("liked-share", "baseline", about="share of liked items in the user's history (0.5 if empty)"),
     Arm("popularity", "baseline", about="item's train interaction count (logistic-calibrated)"),
     Arm("like-rate", "baseline", about="item's smoothed train like-rate"),
+    Arm("mf", "baseline", about="biased matrix factorisation per platform (global + user + item bias + "
+        "latent factors, logistic loss) on the train split; dim, weight decay, epochs tuned on validation"),
+    Arm("mf-central", "baseline", about="one biased MF on all platforms' train splits, users linked across "
+        "platforms, tuned on validation: upper bound a privacy law forbids: raw data and user ids pooled"),
 )}  # fmt: skip
 MAIN_ARMS = ("local", "federated", "fed+personal", "fed+finetune", "pooled")
 LEVER_ARMS = ("fed-text-only", "local-text-only", "fed-bias-only", "fedprox", "fedavgm", "fedadam", "freeze-a")
-BASELINE_ARMS = ("untrained", "liked-share", "popularity", "like-rate")
+BASELINE_ARMS = ("untrained", "liked-share", "popularity", "like-rate", "mf", "mf-central")
 DEFAULT_ARMS = (*MAIN_ARMS, *LEVER_ARMS, *BASELINE_ARMS)
 
 
@@ -319,15 +326,20 @@ class ArmRunner:
         return Record({p: _test_metrics(m) for p, m in tested.items()}, scores=transport.scores)
 
     def _baseline(self, arm: Arm) -> Record:
+        # every platform prepared first: mf-central fits on all of them at once
         _, tokenizer = load_scorer(self.cfg.model, self.cfg.lora, self.cfg.seed)
-        per_platform = {}
-        for setup in self.setups(self.cfg):
-            cfg = self.cfg
-            prepared = prepare(setup, cfg.data, cfg.eval.max_rank_users, cfg.seed, tokenizer, cfg.model.max_length)
-            scorer = baseline_scorers(prepared.splits, implicit=setup.platform in self.implicit)[arm.name]
-            metrics = evaluate_baseline(scorer, prepared.splits, prepared.cases)
-            per_platform[setup.platform] = _test_metrics(metrics)
-        return Record(per_platform)
+        cfg = self.cfg
+        prepared = {
+            setup.platform: prepare(setup, cfg.data, cfg.eval.max_rank_users, cfg.seed, tokenizer, cfg.model.max_length)
+            for setup in self.setups(cfg)
+        }
+        scorers = platform_scorers(arm.name, {n: p.splits for n, p in prepared.items()}, self.implicit, cfg.seed)
+        per_platform, scores = {}, {}
+        for name, p in prepared.items():
+            per_platform[name] = _test_metrics(evaluate_baseline(scorers[name], p.splits, p.cases))
+            probs = [scorers[name](ex, ex.item_id) for ex in p.splits.test]  # the trained arms' test order
+            scores[name] = {"labels": [float(ex.label) for ex in p.splits.test], "probs": probs}
+        return Record(per_platform, scores=scores)
 
     def _rel(self, cfg: AppConfig) -> str:
         return str((Path(cfg.out_dir) / ROUNDS_FILE).relative_to(self.out))

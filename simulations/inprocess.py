@@ -57,7 +57,10 @@ class InProcessTransport:
             scores: dict[str, np.ndarray] = {}
             out[setup.platform] = evaluate_state(cfg, setup, state, rnd, self.stores[setup.platform], splits, scores)
             if "test" in scores:
-                self.scores[setup.platform] = {"labels": scores["test.labels"].tolist(), "probs": scores["test"].tolist()}
+                self.scores[setup.platform] = {
+                    "labels": scores["test.labels"].tolist(),
+                    "probs": scores["test"].tolist(),
+                }
         return out, []
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from simulations.compare import main
 
-ARMS = "local,federated,fed+personal,fed+finetune,pooled,untrained,liked-share,popularity,like-rate"
+ARMS = "local,federated,fed+personal,fed+finetune,pooled,untrained,liked-share,popularity,like-rate,mf,mf-central"
 
 
 def _numbers(value: object) -> list[float]:

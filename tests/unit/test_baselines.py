@@ -13,6 +13,7 @@ from simulations.baselines import (
     fit_logistic,
     item_scorers,
     liked_share,
+    platform_scorers,
     smoothed_rate,
 )
 
@@ -51,17 +52,19 @@ def test_item_scorers_follow_counts_and_rates() -> None:
     # Execute
     scorers = item_scorers(train)
     pop, rate = scorers["popularity"], scorers["like-rate"]
+    q = _ex("u9", "x", 0)  # the query: item statistics ignore who asks
     # Assert
-    assert pop((), (), "i1") > pop((), (), "i2") > pop((), (), "i3")
-    assert rate((), (), "i3") == pytest.approx(0.6)  # the platform's like-rate
-    assert rate((), (), "i1") == pytest.approx((3 + 5 * 0.6) / (3 + 5))
-    assert rate((), (), "i2") == pytest.approx((0 + 5 * 0.6) / (2 + 5))
+    assert pop(q, "i1") > pop(q, "i2") > pop(q, "i3")
+    assert rate(q, "i3") == pytest.approx(0.6)  # the platform's like-rate
+    assert rate(q, "i1") == pytest.approx((3 + 5 * 0.6) / (3 + 5))
+    assert rate(q, "i2") == pytest.approx((0 + 5 * 0.6) / (2 + 5))
 
 
 def test_implicit_popularity_ignores_sampled_negatives() -> None:
     train = [_ex("u1", "i1", 1), _ex("u1", "i2", 0), _ex("u2", "i2", 0), _ex("u2", "i3", 1), _ex("u3", "i3", 1)]
     pop = item_scorers(train, implicit=True)["popularity"]
-    assert pop((), (), "i3") > pop((), (), "i1") > pop((), (), "i2")  # i2 was only ever a sampled negative
+    q = _ex("u9", "x", 0)
+    assert pop(q, "i3") > pop(q, "i1") > pop(q, "i2")  # i2 was only ever a sampled negative
 
 
 def test_evaluate_baseline_protocol() -> None:
@@ -80,3 +83,15 @@ def test_evaluate_baseline_protocol() -> None:
     assert metrics["test.hr@10"] == 0.0 and metrics["test.ndcg@10"] == 0.0
     assert "valid.auc" not in metrics
     assert math.isfinite(metrics["test.logloss"])
+
+
+def test_liked_share_scorer_reads_the_query_history() -> None:
+    share = baseline_scorers(PlatformSplits("p", {}, [_ex("u1", "a", 1)], [], [], []))["liked-share"]
+    case = RankingCase("u1", "c", ("d",), ("a", "b", "c"), ("e",))
+    assert share(_ex("u1", "c", 1, ("a",), ("b", "d", "e")), "c") == 0.25
+    assert share(case, "c") == share(case, "d") == 0.75  # the candidate does not matter
+
+
+def test_platform_scorers_rejects_unknown_names() -> None:
+    with pytest.raises(ValueError, match="unknown baseline 'bogus'"):
+        platform_scorers("bogus", {}, set(), seed=0)

@@ -40,7 +40,12 @@ def test_only_the_shared_model_travels() -> None:
     scorer, _ = build_scorer(TINY, LORA)
     state = get_trainable_state(scorer)
     assert all("lora_" in k or k.startswith(("tower.", "user.", "head.")) for k in state)
-    assert {k for k in state if k.startswith("head.")} == {"head.1.weight", "head.1.bias", "head.3.weight", "head.3.bias"}
+    assert {k for k in state if k.startswith("head.")} == {
+        "head.1.weight",
+        "head.1.bias",
+        "head.3.weight",
+        "head.3.bias",
+    }
     trainable = sum(p.numel() for p in scorer.parameters() if p.requires_grad)
     assert trainable == sum(v.size for v in state.values())
 
