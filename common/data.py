@@ -236,7 +236,7 @@ def parse_items(text: str, path: Path) -> dict[str, Item]:
                 path, "duplicate item id", line=line, field=ITEM_COL,
                 expected=f"unique ids (first seen on line {first_line[item_id]})", got=item_id,
             )  # fmt: skip
-        title = _required(row, TITLE_COL, path, line)
+        title = row[TITLE_COL].strip()  # may be empty: real catalogues have untitled items (the id still learns)
         items[item_id] = Item(item_id, title, row.get(TEXT_COL, "").strip())
         first_line[item_id] = line
     return items

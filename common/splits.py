@@ -260,4 +260,3 @@ def split_dataset(
         name: split_platform(data, dataclasses.replace(cfg, like_threshold=overrides.get(name, cfg.like_threshold)))
         for name, data in dataset.items()
     }
-

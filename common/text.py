@@ -1,42 +1,16 @@
-"""The text the model sees: the user side (titles of liked/disliked history) and the candidate side.
+"""The text the model reads for an item: its title, plus its description when it has one.
 
-History shows titles only: item descriptions would crowd the token budget, and the
-candidate's own description (title plus text) is the part worth spending tokens on.
+An item is read on its own (the user side is built from item vectors, not from text), so
+a description costs tokens once per item, not once per (user, item) pair.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
-
 from common.data import Item
 
 
-class HasHistory(Protocol):
-    """An :class:`~common.splits.Example` or :class:`~common.splits.RankingCase`."""
-
-    @property
-    def liked(self) -> tuple[str, ...]: ...
-
-    @property
-    def disliked(self) -> tuple[str, ...]: ...
-
-
-def _titles(titles: Sequence[str]) -> str:
-    return ", ".join(f'"{title}"' for title in titles) if titles else "none"
-
-
-def user_text(liked_titles: Sequence[str], disliked_titles: Sequence[str]) -> str:
-    """``Liked: "A", "B". Disliked: "C".`` with ``none`` for an empty side."""
-    return f"Liked: {_titles(liked_titles)}. Disliked: {_titles(disliked_titles)}."
-
-
 def item_text(item: Item) -> str:
-    """The title, plus ``". " + text`` when the item has a description."""
-    return f"{item.title}. {item.text}" if item.text else item.title
-
-
-def example_texts(ex: HasHistory, candidate_id: str, items: dict[str, Item]) -> tuple[str, str]:
-    """(user side, candidate side) for scoring ``candidate_id`` against ``ex``'s history."""
-    user = user_text([items[i].title for i in ex.liked], [items[i].title for i in ex.disliked])
-    return user, item_text(items[candidate_id])
+    """The title, plus ``". " + text`` when the item has a description (the text alone if untitled)."""
+    if item.title and item.text:
+        return f"{item.title}. {item.text}"
+    return item.title or item.text

@@ -12,8 +12,9 @@ themselves (``User Preference: "..."`` = liked titles, ``User Unpreference: "...
 the target title, label from ``output`` ``"Yes."``/``"No."``), so the test set is exactly the
 published one.
 
-Our model sees what a platform's model sees (:func:`common.text.example_texts`: candidate title
-vs the liked/disliked history titles, most recent first), is trained by
+Our model sees what a platform's model sees (the candidate's title and the liked/disliked history
+titles, most recent first; items are keyed by title, so each movie also gets its private bias and
+vector), is trained by
 :func:`clients.trainer.train` (the pooled arm: one model on all train rows), the epoch with the
 best valid AUC is kept and scored on ``test.json`` by AUC. Printed beside it: the liked-share
 rule on ``test.json`` (published 0.726) and TALLRec's LLaMA-7B + LoRA (0.7198 with 256 samples).

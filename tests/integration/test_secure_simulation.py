@@ -18,7 +18,7 @@ TINY = {
 
 def _adapter(run: Path) -> dict[str, np.ndarray]:
     tensors = load_file(str(run / "adapter" / "adapter_model.safetensors"))
-    tensors.update({f"head.{k}": v for k, v in load_file(str(run / "adapter" / "head.safetensors")).items()})
+    tensors.update(load_file(str(run / "adapter" / "head.safetensors")))  # tower, user, head
     return tensors
 
 

@@ -1,0 +1,47 @@
+"""A platform's prepared data: the scarce scenario's thinned train split, user rows, private parameters."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from clients.platform import NodeSetup, prepare
+from clients.private_state import PrivateStore
+from common.config import AppConfig
+from common.modeling import load_base
+from simulations.compare import train_fractions
+
+CFG = AppConfig().replace(**{"model.base": "tiny-random", "model.max-length": 16, "eval.max-rank-users": 3})
+
+
+def _prepared(fraction: float):
+    _, tokenizer = load_base("tiny-random")
+    setup = NodeSetup("web_shop", "", "cpu", fraction)
+    return prepare(setup, CFG.data, CFG.eval.max_rank_users, CFG.seed, tokenizer, CFG.model.max_length)
+
+
+def test_a_scarce_platform_keeps_a_share_of_its_train_examples_and_its_whole_test_set() -> None:
+    full, scarce = _prepared(1.0), _prepared(0.1)
+    assert len(scarce.train) == round(0.1 * len(full.train))
+    np.testing.assert_array_equal(scarce.test.labels, full.test.labels)
+    np.testing.assert_array_equal(scarce.test.items, full.test.items)
+    assert len(scarce.valid) == len(full.valid) and scarce.ranking[1] == full.ranking[1]
+
+
+def test_scarce_scenario_thins_every_platform_but_the_large_one() -> None:
+    assert train_fractions(["a", "b", "c"], "scarce", "a", 0.1) == {"b": 0.1, "c": 0.1}
+    assert train_fractions(["a", "b", "c"], "full", "a", 0.1) == {}
+
+
+def test_every_user_of_every_split_has_a_private_row() -> None:
+    full = _prepared(1.0)
+    users = {ex.user_id for part in (full.splits.train, full.splits.valid, full.splits.test) for ex in part}
+    assert set(full.users) == users and sorted(full.users.values()) == list(range(len(users)))
+
+
+def test_private_store_loads_the_latest_round_at_or_before_and_keeps_only_recent_rounds() -> None:
+    store = PrivateStore(keep=2)
+    for rnd in (1, 2, 3):
+        store.save(rnd, {"item_bias": np.full(2, float(rnd))})
+    assert store.rounds() == [2, 3]
+    assert store.load(1) is None and store.load(2)["item_bias"][0] == 2.0 and store.load(9)["item_bias"][0] == 3.0
+    assert store.upto(2).rounds() == [2]
