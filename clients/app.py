@@ -14,8 +14,8 @@ from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, Record
 from flwr.clientapp import ClientApp
 
 from clients import secure
-from clients.platform import resolve_node
-from clients.private_state import PrivateStore
+from clients.platform import PARTITION_KEY, resolve_node
+from clients.private_state import STATE_DIR_KEY, PrivateStore, private_folder
 from clients.tasks import evaluate_state, fit
 from common.config import AppConfig, ConfigError
 from common.data import DatasetError
@@ -42,6 +42,7 @@ OPERATOR_ERRORS = (
     DatasetError, ModelLoadError, ConfigError, PayloadError, SecAggError, ValueError, FloatingPointError,
 )  # fmt: skip
 ERROR_CODE = 1001
+DEFAULT_STATE_DIR = "~/.crossfed/private"  # a deployed platform's private parameters (node_config `state-dir`)
 
 app = ClientApp()
 
@@ -65,9 +66,8 @@ def handle_train(msg: Message, context: Context) -> Message:
                 f"node_config `{secure.REQUIRE_KEY}=false` to allow rounds in the clear)"
             )
         log.info("platform %s: round %d: training on the global adapter", setup.platform, server_round)
-        store = _private_store(context, cfg)
+        store = _private_store(context, cfg, setup.platform)
         state, metrics = fit(cfg, setup, arrays_to_state(msg.content[ARRAYS]), server_round, store)  # type: ignore[arg-type]
-        store.to_records(context.state)  # the private parameters stay here
         if cfg.secagg:  # the update stays here; only the masked sum will leave
             records = secure.start(msg.content, context, cfg, state, int(metrics["num-examples"]))
             return Message(RecordDict({**records, INFO: _info(setup.platform)}), reply_to=msg)
@@ -103,17 +103,22 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
         else:
             splits = parse_eval(msg.content.get(EVAL))
             state = arrays_to_state(msg.content[ARRAYS])  # type: ignore[arg-type]
-            metrics = evaluate_state(cfg, setup, state, server_round, _private_store(context, cfg), splits)
+            store = _private_store(context, cfg, setup.platform)
+            metrics = evaluate_state(cfg, setup, state, server_round, store, splits)
     except OPERATOR_ERRORS as exc:
         return _error_reply(msg, exc, context)
     return Message(RecordDict({METRICS: MetricRecord(metrics), INFO: _info(setup.platform)}), reply_to=msg)
 
 
-def _private_store(context: Context, cfg: AppConfig) -> PrivateStore:
-    """This node's private parameters, kept in its Context between rounds (the best round is never older
-    than ``fed.patience`` + 1 rounds, so no more are kept)."""
+def _private_store(context: Context, cfg: AppConfig, platform: str) -> PrivateStore:
+    """This platform's private parameters on its own disk (simulation: under the run folder).
+
+    The best round is never older than ``fed.patience`` + 1 rounds, so no more are kept.
+    """
     keep = cfg.fed.patience + 1 if cfg.fed.patience else 0
-    return PrivateStore.from_records(context.state, keep)
+    simulated = PARTITION_KEY in context.node_config and STATE_DIR_KEY not in context.node_config
+    state_dir = None if simulated else str(context.node_config.get(STATE_DIR_KEY, DEFAULT_STATE_DIR))
+    return PrivateStore(private_folder(cfg.out_dir, platform, state_dir), keep)
 
 
 def _info(platform: str) -> ConfigRecord:

@@ -1,4 +1,4 @@
-"""Where a platform keeps its private parameters between rounds: they never leave the platform.
+"""Where a platform keeps its private parameters between rounds: on its own disk, never sent.
 
 Round r trains from the private parameters of the latest earlier round and saves its own
 under r; evaluating round r uses those of round r (the latest at or before it). So the final
@@ -6,72 +6,98 @@ test of the best round b pairs the fused model of round b with the private param
 round b. Only the latest ``keep`` rounds are kept: with early stopping after ``fed.patience``
 stale rounds, the best round is never older than that.
 
-Two backings: a dict (in-process simulation, the comparison harness) and the Flower
-ClientApp's ``context.state`` (it lives as long as the run on that node; a SuperNode
-restarted from scratch starts its private parameters afresh).
+On disk (one ``round-<r>.safetensors`` per round, written atomically) they survive what a
+Flower context does not: a coordinator that dies and resumes the run as a new Flower run, a
+SuperNode restart, and the end of the run (a platform serves recommendations with them).
+Without a folder (fine-tuning copies in the comparison harness) they live in memory.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
 from collections import OrderedDict
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 
-PREFIX = "private-round-"
+FILE = re.compile(r"round-(\d+)\.safetensors")
+STATE_DIR_KEY = "state-dir"  # node_config: where a deployed platform keeps its private parameters
 
 Tensors = Mapping[str, np.ndarray]
 
 
 class PrivateStore:
-    """Round -> private tensors, over any mutable mapping of round keys."""
+    """Round -> private tensors, in a folder (or in memory when ``folder`` is None)."""
 
-    def __init__(self, keep: int = 0) -> None:
+    def __init__(self, folder: Path | None = None, keep: int = 0) -> None:
+        self.folder = folder
         self.keep = keep  # 0 = keep every round
-        self._rounds: dict[int, OrderedDict[str, np.ndarray]] = {}
+        self._memory: dict[int, OrderedDict[str, np.ndarray]] = {}
 
     def rounds(self) -> list[int]:
-        return sorted(self._rounds)
+        if self.folder is None:
+            return sorted(self._memory)
+        if not self.folder.is_dir():
+            return []
+        return sorted(int(m.group(1)) for p in self.folder.iterdir() if (m := FILE.fullmatch(p.name)))
 
     def load(self, rnd: int) -> OrderedDict[str, np.ndarray] | None:
         """The tensors saved at the latest round <= ``rnd``; None when there are none (start from zero)."""
-        earlier = [r for r in self._rounds if r <= rnd]
-        return self._rounds[max(earlier)] if earlier else None
+        earlier = [r for r in self.rounds() if r <= rnd]
+        if not earlier:
+            return None
+        if self.folder is None:
+            return self._memory[max(earlier)]
+        from safetensors.numpy import load_file
+
+        return OrderedDict(load_file(str(self._path(max(earlier)))))
 
     def save(self, rnd: int, tensors: Tensors) -> None:
-        self._rounds[rnd] = OrderedDict((k, np.array(v, dtype=np.float32, copy=True)) for k, v in tensors.items())
+        arrays = OrderedDict((k, np.array(v, dtype=np.float32, copy=True)) for k, v in tensors.items())
+        if self.folder is None:
+            self._memory[rnd] = arrays
+        else:
+            from safetensors.numpy import save_file
+
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tmp = self._path(rnd).with_suffix(".tmp")
+            save_file(arrays, str(tmp))
+            os.replace(tmp, self._path(rnd))  # a crash leaves the old round or the new one, never half
         if self.keep:
-            for old in sorted(self._rounds)[: -self.keep]:
-                del self._rounds[old]
+            for old in self.rounds()[: -self.keep]:
+                self._drop(old)
 
     def upto(self, rnd: int) -> PrivateStore:
-        """A copy holding only rounds <= ``rnd`` (fine-tuning from the best round)."""
-        copy = PrivateStore(self.keep)
-        copy._rounds = {r: t for r, t in self._rounds.items() if r <= rnd}
+        """An in-memory copy holding only the latest round <= ``rnd`` (fine-tuning from the best round)."""
+        copy = PrivateStore(None, self.keep)
+        saved = self.load(rnd)
+        if saved is not None:
+            copy._memory[max(r for r in self.rounds() if r <= rnd)] = saved
         return copy
 
-    # --- persistence in a Flower Context.state -------------------------------------------------
+    def _path(self, rnd: int) -> Path:
+        assert self.folder is not None
+        return self.folder / f"round-{rnd:06d}.safetensors"
 
-    @classmethod
-    def from_records(cls, records: MutableMapping[str, object], keep: int) -> PrivateStore:
-        """Rebuild from ``context.state`` (ArrayRecords named ``private-round-<r>``)."""
-        store = cls(keep)
-        for key, record in records.items():
-            if key.startswith(PREFIX):
-                store._rounds[int(key.removeprefix(PREFIX))] = OrderedDict(
-                    (name, array.numpy())
-                    for name, array in record.items()  # type: ignore[attr-defined]
-                )
-        return store
+    def _drop(self, rnd: int) -> None:
+        if self.folder is None:
+            del self._memory[rnd]
+        else:
+            self._path(rnd).unlink(missing_ok=True)
 
-    def to_records(self, records: MutableMapping[str, object]) -> None:
-        """Write every kept round into ``context.state`` and drop the rounds no longer kept."""
-        from flwr.app import Array, ArrayRecord
 
-        for key in [k for k in records if k.startswith(PREFIX)]:
-            if int(key.removeprefix(PREFIX)) not in self._rounds:
-                del records[key]
-        for rnd, tensors in self._rounds.items():
-            records[f"{PREFIX}{rnd}"] = ArrayRecord(
-                OrderedDict((k, Array(np.ascontiguousarray(v))) for k, v in tensors.items())
-            )
+def private_folder(out_dir: str, platform: str, state_dir: str | None = None) -> Path:
+    """A platform's folder for one federation run.
+
+    Simulated platforms share the coordinator's disk: ``<out-dir>/private/<platform>``. A
+    deployed one keeps them under its own ``state-dir`` (node_config; default
+    ``~/.crossfed/private``), in a subfolder named by the run's ``out-dir``, so a resumed run
+    (same ``out-dir``) finds them and another run does not.
+    """
+    if state_dir is None:
+        return Path(out_dir).expanduser() / "private" / platform
+    run = hashlib.sha256(out_dir.encode()).hexdigest()[:16]
+    return Path(state_dir).expanduser() / platform / run

@@ -255,12 +255,25 @@ def _train(
     return {"train-loss": total.item() / max(seen, 1), "num-examples": float(sum(len(p.data) for p in parts))}
 
 
+def referenced_items(*splits: EncodedSplit) -> np.ndarray:
+    """Sorted catalogue rows that ``splits`` use as candidates or in histories."""
+    parts = [np.concatenate([d.items, d.liked.ravel(), d.disliked.ravel()]) for d in splits]
+    rows = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    return np.unique(rows[rows >= 0])
+
+
 @torch.no_grad()
-def catalogue_vectors(scorer: Scorer, part: PlatformBatches, batch_size: int, device: torch.device) -> torch.Tensor:
-    """(I, dim) vectors of every catalogue item, private residuals included; items sorted by length."""
+def catalogue_vectors(
+    scorer: Scorer, part: PlatformBatches, batch_size: int, device: torch.device, rows: np.ndarray | None = None
+) -> torch.Tensor:
+    """(I, dim) item vectors, private residuals included, for ``rows`` (default: the whole catalogue).
+
+    Items outside ``rows`` are left at zero: evaluating a few users need not encode a whole catalogue.
+    """
     table = part.table
-    order = np.argsort(table.lengths, kind="stable")
-    out = torch.empty((len(table), scorer.tower.out_features), device=device)
+    rows = np.arange(len(table)) if rows is None else rows
+    order = rows[np.argsort(table.lengths[rows], kind="stable")]  # similar lengths per batch: little padding
+    out = torch.zeros((len(table), scorer.tower.out_features), device=device)
     for idx in _batches(order, batch_size):
         ids = _to(table.tokens[idx, : int(table.lengths[idx].max())], device)
         with _autocast(device):
@@ -278,7 +291,7 @@ def predict(
     scorer.to(device).eval()
     part.private.to(device).eval()
     if vectors is None:
-        vectors = catalogue_vectors(scorer, part, batch_size, device)
+        vectors = catalogue_vectors(scorer, part, batch_size, device, referenced_items(data))
     probs = np.empty(len(data), dtype=np.float64)
     rows = max(batch_size, 1) * 16  # scoring from vectors is cheap: bigger chunks
     for idx in _batches(np.arange(len(data)), rows):
@@ -306,7 +319,8 @@ def evaluate(
     ``scores``, when given, receives each split's probabilities (the comparison's paired bootstrap).
     """
     out: dict[str, float] = {}
-    vectors = catalogue_vectors(scorer.to(device).eval(), part, batch_size, device)
+    used = referenced_items(*splits.values(), *([ranking[0]] if ranking is not None else []))
+    vectors = catalogue_vectors(scorer.to(device).eval(), part, batch_size, device, used)
     for name, data in splits.items():
         if len(data) == 0:
             continue

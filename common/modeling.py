@@ -74,7 +74,8 @@ def load_base(base: str, seed: int = 0) -> tuple[nn.Module, PreTrainedTokenizerB
     """Load (or, for ``tiny-random``, build) the frozen base encoder and its tokenizer.
 
     ``tiny-random`` is a 2-layer, 32-wide BERT with the default model's vocabulary,
-    initialised from ``seed``: real code paths, seconds instead of minutes, for tests.
+    initialised from ``seed``, without dropout (on a CPU, drawing dropout masks costs more
+    than the tiny layers): real code paths, seconds instead of minutes, for tests.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     hf_logging.disable_progress_bar()  # one bar per process and round is noise in federation logs
@@ -83,6 +84,7 @@ def load_base(base: str, seed: int = 0) -> tuple[nn.Module, PreTrainedTokenizerB
         config = BertConfig(
             vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
             num_attention_heads=2, intermediate_size=64, max_position_embeddings=512,
+            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
         )  # fmt: skip
         with torch.random.fork_rng():
             torch.manual_seed(seed)

@@ -214,12 +214,13 @@ class PooledTransport:
     ) -> tuple[OrderedDict[str, np.ndarray], PerPlatform, list[str]]:
         parts = []
         for setup in self.setups:
-            scorer, part, prepared = load_platform(cfg, setup, state, self.scorers.stores[setup.platform].load(rnd - 1))
+            store = self.scorers.store(cfg, setup.platform)
+            scorer, part, prepared = load_platform(cfg, setup, state, store.load(rnd - 1))
             part.data = subsample(prepared.train, cfg.train.max_examples, cfg.seed + rnd)
             parts.append(part)
         metrics = train(scorer, parts, cfg.train, pick_device(self.setups[0].device), seed=cfg.seed * 1000 + rnd)
         for setup, part in zip(self.setups, parts, strict=True):
-            self.scorers.stores[setup.platform].save(rnd, private_tensors(scorer, part.private))
+            self.scorers.store(cfg, setup.platform).save(rnd, private_tensors(scorer, part.private))
         return get_trainable_state(scorer), {"pooled": metrics}, []
 
     def evaluate_round(

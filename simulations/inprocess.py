@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from clients.platform import NodeSetup
-from clients.private_state import PrivateStore
+from clients.private_state import PrivateStore, private_folder
 from clients.tasks import evaluate_state, fit
 from common.config import AppConfig
 from common.fusion import weighted_average
@@ -25,15 +25,15 @@ from server.federation import PerPlatform, Tensors
 class InProcessTransport:
     """Train and evaluate each platform in turn, in this process.
 
-    Each platform's private parameters live in its own :class:`PrivateStore` (``stores``), as
-    they would in its ClientApp's context. ``states`` keeps the global state evaluated in each
-    round (the comparison harness fine-tunes from the best one); ``scores`` the probabilities
+    Each platform's private parameters live in its own :class:`PrivateStore` (``stores``) under
+    ``<out-dir>/private/<platform>``, as a simulated ClientApp keeps them. ``states`` keeps the global
+    state evaluated in each round (the comparison harness fine-tunes from the best one); ``scores`` the probabilities
     and labels of the latest test evaluation per platform (its paired bootstrap).
     """
 
     def __init__(self, setups: Sequence[NodeSetup]) -> None:
         self.setups = list(setups)
-        self.stores: dict[str, PrivateStore] = {s.platform: PrivateStore() for s in self.setups}
+        self.stores: dict[str, PrivateStore] = {}
         self.states: dict[int, OrderedDict[str, np.ndarray]] = {}  # round -> evaluated global state
         self.scores: dict[str, dict[str, list[float]]] = {}
 
@@ -42,7 +42,7 @@ class InProcessTransport:
     ) -> tuple[OrderedDict[str, np.ndarray], PerPlatform, list[str]]:
         states, weights, info = [], [], {}
         for setup in self.setups:
-            new_state, metrics = fit(cfg, setup, state, rnd, self.stores[setup.platform])
+            new_state, metrics = fit(cfg, setup, state, rnd, self.store(cfg, setup.platform))
             states.append(new_state)
             weights.append(metrics["num-examples"])
             info[setup.platform] = metrics
@@ -55,13 +55,21 @@ class InProcessTransport:
         out: PerPlatform = {}
         for setup in sorted(self.setups, key=lambda s: s.platform):
             scores: dict[str, np.ndarray] = {}
-            out[setup.platform] = evaluate_state(cfg, setup, state, rnd, self.stores[setup.platform], splits, scores)
+            store = self.store(cfg, setup.platform)
+            out[setup.platform] = evaluate_state(cfg, setup, state, rnd, store, splits, scores)
             if "test" in scores:
                 self.scores[setup.platform] = {
                     "labels": scores["test.labels"].tolist(),
                     "probs": scores["test"].tolist(),
                 }
         return out, []
+
+    def store(self, cfg: AppConfig, platform: str) -> PrivateStore:
+        """The platform's store, under the run folder (made on first use, when the run's config is known)."""
+        if platform not in self.stores:
+            keep = cfg.fed.patience + 1 if cfg.fed.patience else 0
+            self.stores[platform] = PrivateStore(private_folder(cfg.out_dir, platform), keep)
+        return self.stores[platform]
 
 
 def setups_for(

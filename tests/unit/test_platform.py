@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pytest
 
 from clients.platform import NodeSetup, prepare
-from clients.private_state import PrivateStore
+from clients.private_state import PrivateStore, private_folder
 from common.config import AppConfig
 from common.modeling import load_base
 from simulations.compare import train_fractions
@@ -38,10 +41,25 @@ def test_every_user_of_every_split_has_a_private_row() -> None:
     assert set(full.users) == users and sorted(full.users.values()) == list(range(len(users)))
 
 
-def test_private_store_loads_the_latest_round_at_or_before_and_keeps_only_recent_rounds() -> None:
-    store = PrivateStore(keep=2)
+@pytest.mark.parametrize("on_disk", [True, False])
+def test_private_store_loads_the_latest_round_at_or_before_and_keeps_only_recent_rounds(
+    tmp_path: Path, on_disk: bool
+) -> None:
+    store = PrivateStore(tmp_path / "p" if on_disk else None, keep=2)
     for rnd in (1, 2, 3):
         store.save(rnd, {"item_bias": np.full(2, float(rnd))})
     assert store.rounds() == [2, 3]
     assert store.load(1) is None and store.load(2)["item_bias"][0] == 2.0 and store.load(9)["item_bias"][0] == 3.0
-    assert store.upto(2).rounds() == [2]
+    assert store.upto(2).rounds() == [2] and store.upto(2).folder is None
+    if on_disk:  # another process (a resumed run) finds the same rounds
+        assert PrivateStore(tmp_path / "p").load(3)["item_bias"][0] == 3.0
+        assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["round-000002.safetensors",
+                                                                      "round-000003.safetensors"]  # fmt: skip
+
+
+def test_private_folders_are_per_platform_and_per_run() -> None:
+    assert private_folder("runs/a", "web") == Path("runs/a/private/web")
+    deployed = private_folder("/srv/run1", "web", "/var/crossfed")
+    assert deployed.parent == Path("/var/crossfed/web") and deployed != private_folder(
+        "/srv/run2", "web", "/var/crossfed"
+    )
