@@ -53,6 +53,7 @@ log = logging.getLogger("crossfed.compare")
 
 METRICS = ("auc", "logloss", "hr@10", "ndcg@10")
 SCENARIOS = ("full", "scarce")
+REPLOT_S = 60.0  # during a run, report.json/md follow every unit, the plots at most this often
 KINDS = ("cross", "same")  # cross-domain genre platforms (ML-100K genres) | same-domain shops (users split)
 DATA_SEED = 0  # the scarce subsample is one fixed dataset; seeds vary the model, sampling and training order
 DEFAULT_LARGE = "P1_action_scifi"  # ML-100K genre platforms: the one that stays large in the scarce scenario
@@ -416,14 +417,17 @@ def run_compare(opts: CompareOptions) -> dict[str, Any]:
         for a in arms}, "hardware": hardware(), "jobs": opts.jobs,
     }  # fmt: skip
     failed: list[dict[str, str]] = []
+    plotted = [0.0]  # when the plots were last drawn
 
-    def report(not_started: Sequence[Any] = ()) -> dict[str, Any]:
+    def report(not_started: Sequence[Any] = (), final: bool = True) -> dict[str, Any]:
         results = jobs.load_results(specs)
         missing = [f"{s}/seed{k}/{a}" for s, by_arm in results.items() for a, by in by_arm.items()
                    for k in range(opts.seeds) if k not in by]  # fmt: skip
         extra = {"total_wall_s": time.time() - started, "missing": missing, "failed": failed,
                  "not_started": [s.unit.label for s in not_started]}  # fmt: skip
-        return write_report(out, results, {**meta, **extra})
+        plots = final or time.time() - plotted[0] >= REPLOT_S
+        plotted[0] = time.time() if plots else plotted[0]
+        return write_report(out, results, {**meta, **extra}, plots=plots)
 
     done: list[Any] = []
 
@@ -434,7 +438,7 @@ def run_compare(opts: CompareOptions) -> dict[str, Any]:
         print(jobs.progress_line(result, len(done) + 1, len(todo)), file=sys.stderr if result.error else sys.stdout,
               flush=True)  # fmt: skip
         done.append(result)
-        report()
+        report(final=False)
 
     deadline = started + opts.budget_s if opts.budget_s is not None else None
     outcome = jobs.execute(todo, opts.jobs, deadline, finished)

@@ -283,7 +283,9 @@ def evaluate_targets(
 # --- writing ------------------------------------------------------------------------------
 
 
-def write_report(out: Path, results: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Any]:
+def write_report(out: Path, results: Mapping[str, Any], meta: Mapping[str, Any], plots: bool = True) -> dict[str, Any]:
+    """report.json and report.md; report.png and rounds.png too unless ``plots`` is False (they take
+    about a second: a run that rewrites its report after every unit draws them now and then)."""
     agg = aggregate(results, meta.get("seeds"))
     paired = paired_intervals(results)
     report = {
@@ -300,8 +302,9 @@ def write_report(out: Path, results: Mapping[str, Any], meta: Mapping[str, Any])
     }  # fmt: skip
     atomic_write_text(out / "report.json", to_json(report) + "\n")
     atomic_write_text(out / "report.md", render_markdown(report))
-    plot_auc(report, out / "report.png")
-    plot_rounds(report, out, out / "rounds.png")
+    if plots:
+        plot_auc(report, out / "report.png")
+        plot_rounds(report, out, out / "rounds.png")
     return report
 
 
