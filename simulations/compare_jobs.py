@@ -209,14 +209,21 @@ def run_unit(spec: UnitSpec) -> tuple[tuple[str, float, float], ...]:
     runner = ArmRunner(spec.cfg, list(spec.platforms), run_root, spec.out, set(spec.implicit))
     done = []
     for arm in u.arms:
-        record = runner.run(arm)
+        try:
+            record = runner.run(arm)
+        except Exception as exc:
+            raise ArmError(f"arm {arm.name}: {type(exc).__name__}: {exc}") from exc
         write_record(spec.out, u.scenario, u.seed, arm.name, spec.fingerprints[arm.name], record)
         done.append((arm.name, record.with_mean()["mean"].get("auc", math.nan), record.wall_s))
     return tuple(done)
 
 
+class ArmError(Exception):
+    """An arm of a unit failed: the message names the arm (a unit may hold several) and the cause."""
+
+
 def _error(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:ERROR_CHARS]
+    return (str(exc) if isinstance(exc, ArmError) else f"{type(exc).__name__}: {exc}")[:ERROR_CHARS]
 
 
 def run_captured(spec: UnitSpec) -> Finished:
