@@ -72,7 +72,7 @@ stamp prepare
 
 compare() { # compare KIND DATA RUN BUDGET_S
     "$PY" -m simulations.compare compare --kind "$1" --data "$2" --out "$3" --budget-s "$4" --jobs "$JOBS" \
-        --seeds "$SEEDS" --size "$SIZE" --scenario both "${ARMS[@]}" ${COMPARE_ARGS:-} || RC=$?
+        --seeds "$SEEDS" --size "$SIZE" --scenario both ${ARMS[@]+"${ARMS[@]}"} ${COMPARE_ARGS:-} || RC=$?
 }
 # cross gets half of what is left when the same-domain comparison follows, so both get their turn
 compare cross "$OUT/ml100k" "$OUT/compare-cross" $(($(left) / ${#RUNS[@]}))
