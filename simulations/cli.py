@@ -23,13 +23,12 @@ from typing import Any
 from common.config import AppConfig, ConfigError
 from common.data import DatasetError
 from common.modeling import ModelLoadError
-from deploy.cli import USER_ERRORS as DEPLOY_ERRORS
-from deploy.cli import add_deploy_parser
 from server.checkpoint import CheckpointError
 from simulations.compare import add_parsers as add_compare_parsers
 from simulations.movielens import SPLITS as MOVIELENS_SPLITS
 
-USER_ERRORS = (DatasetError, ConfigError, ModelLoadError, CheckpointError, FileNotFoundError, *DEPLOY_ERRORS)
+USER_ERRORS = (DatasetError, ConfigError, ModelLoadError, CheckpointError, FileNotFoundError)
+DEPLOY_ERRORS = (("deploy.certs", "CertError"), ("deploy.launch", "DeployError"))  # = deploy.cli.USER_ERRORS
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
@@ -105,7 +104,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     raise ConfigError(f"unknown benchmark {args.what!r}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(with_deploy: bool = True) -> argparse.ArgumentParser:
+    """The ``crossfed`` parser; ``with_deploy=False`` mounts a stub ``deploy`` so that other commands
+    never import :mod:`deploy` (cryptography, Flower): ``prepare`` and ``compare`` run without them."""
     parser = argparse.ArgumentParser(prog="crossfed", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -144,17 +145,30 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=cmd_bench)
 
     add_compare_parsers(sub)
-    add_deploy_parser(sub)
+    if with_deploy:
+        from deploy.cli import add_deploy_parser
+
+        add_deploy_parser(sub)
+    else:
+        sub.add_parser("deploy", help="run the federation on real machines (Flower Deployment Engine)")
     return parser
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that print one line and exit 2; deploy's once a command has loaded :mod:`deploy`."""
+    loaded = [getattr(sys.modules[m], name) for m, name in DEPLOY_ERRORS if m in sys.modules]
+    return (*USER_ERRORS, *loaded)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("crossfed").setLevel(logging.INFO)
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(with_deploy=command in (None, "deploy")).parse_args(argv)
     try:
         return int(args.func(args))
-    except USER_ERRORS as exc:
+    except user_errors() as exc:
         print(f"crossfed: error: {exc}", file=sys.stderr)
         return 2
 

@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import platform as pyplatform
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -37,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from clients.platform import NodeSetup, prepare, subsample
 from clients.private_state import PrivateStore
@@ -55,6 +56,8 @@ log = logging.getLogger("crossfed.compare")
 
 METRICS = ("auc", "logloss", "hr@10", "ndcg@10")
 SCENARIOS = ("full", "scarce")
+REPLOT_S = 60.0  # during a run, report.json/md follow every unit, the plots at most this often
+KINDS = ("cross", "same")  # cross-domain genre platforms (ML-100K genres) | same-domain shops (users split)
 DATA_SEED = 0  # the scarce subsample is one fixed dataset; seeds vary the model, sampling and training order
 DEFAULT_LARGE = "P1_action_scifi"  # ML-100K genre platforms: the one that stays large in the scarce scenario
 
@@ -362,11 +365,13 @@ class CompareOptions:
     overrides: Mapping[str, Any] = field(default_factory=dict)
     scarce_fraction: float | None = None
     large_platform: str | None = None
+    kind: str = "cross"  # cross: cross-domain (genre) platforms, same: same-domain shops; picks the targets
+    jobs: int = 1  # units at a time; 1 = in this process, one after the other
+    fresh: bool = False  # rerun units whose records already exist
+    budget_s: float | None = None  # launch no unit after this many seconds; the report is still written
 
 
 def hardware() -> dict[str, Any]:
-    import os
-
     import torch
 
     cpu = pyplatform.processor() or pyplatform.machine()
@@ -393,11 +398,21 @@ def base_config(opts: CompareOptions) -> AppConfig:
 
 
 def run_compare(opts: CompareOptions) -> dict[str, Any]:
-    """Train and score every arm x scenario x seed; write RUN/report.{json,md,png} and rounds.png."""
+    """Train and score every arm x scenario x seed as independent units (see
+    :mod:`simulations.compare_jobs`); rewrite RUN/report.{json,md,png} and rounds.png after each.
+
+    The report's ``meta`` lists the ``missing`` arms (scenario/seed/arm without a record: failed,
+    not started within ``budget_s``, or still to run) and the ``failed`` units with their error.
+    """
+    from simulations import compare_jobs as jobs
     from simulations.report import write_report
 
     if opts.seeds < 1:
         raise ConfigError(f"`--seeds` must be positive, got {opts.seeds}")
+    if opts.jobs < 1:
+        raise ConfigError(f"`--jobs` must be positive, got {opts.jobs}")
+    if opts.kind not in KINDS:
+        raise ConfigError(f"`--kind` must be one of {', '.join(KINDS)}, got {opts.kind!r}")
     scenarios = list(SCENARIOS) if opts.scenario == "both" else [opts.scenario]
     for scenario in scenarios:
         if scenario not in SCENARIOS:
@@ -425,32 +440,57 @@ def run_compare(opts: CompareOptions) -> dict[str, Any]:
             "large_platform": large if scenario == "scarce" else None,
             "scarce_fraction": fraction if scenario == "scarce" else None,  # of train examples
         }
-    implicit = {n for n, d in source.items() if d.feedback == "implicit"}
-
-    results: dict[str, dict[str, dict[int, Record]]] = {s: {a.name: {} for a in arms} for s in scenarios}
-    jobs = len(scenarios) * opts.seeds * len(arms)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, transient=False) as progress:
-        task = progress.add_task("compare", total=jobs)
-        for scenario in scenarios:
-            for seed in range(opts.seeds):
-                cfg = cfg0.replace(**{"seed": seed, "data.dir": str(data_dirs[scenario])})
-                platforms = discover_platforms(data_dirs[scenario])
-                fractions = train_fractions(platforms, scenario, large, fraction)
-                runner = ArmRunner(cfg, platforms, out / "runs" / scenario / f"seed{seed}", out, implicit, fractions)
-                for arm in arms:
-                    progress.update(task, description=f"{scenario} · seed {seed} · {arm.name}")
-                    results[scenario][arm.name][seed] = record = runner.run(arm)
-                    progress.advance(task)
-                    log.info("%s seed %d %s: mean test AUC %.4f (%.0f s)", scenario, seed, arm.name,
-                             record.with_mean()["mean"].get("auc", float("nan")), record.wall_s)  # fmt: skip
+    implicit = frozenset(n for n, d in source.items() if d.feedback == "implicit")
+    threads = max(1, (os.cpu_count() or 1) // opts.jobs) if opts.jobs > 1 else None
+    specs = []
+    for unit in jobs.plan_units(arms, scenarios, opts.seeds):
+        cfg = cfg0.replace(**{"seed": unit.seed, "data.dir": str(data_dirs[unit.scenario])})
+        fps = {a.name: jobs.fingerprint(cfg, a, scenario_info[unit.scenario], opts.data or "") for a in unit.arms}
+        platforms = tuple(discover_platforms(data_dirs[unit.scenario]))
+        fractions = tuple(sorted(train_fractions(platforms, unit.scenario, large, fraction).items()))
+        specs.append(jobs.UnitSpec(unit, cfg, platforms, out, implicit, fps, threads, fractions))
+    if opts.fresh:
+        for spec in specs:
+            jobs.forget(spec)
+    todo = [s for s in specs if not jobs.is_done(s)]
+    if len(todo) < len(specs):
+        print(f"{len(specs) - len(todo)} of {len(specs)} units already have their records in {out / jobs.RECORDS_DIR}: "
+              "skipped (--fresh reruns them)", flush=True)  # fmt: skip
     meta = {
-        "size": opts.size, "seeds": list(range(opts.seeds)), "config": cfg0.to_flat(), "data": opts.data or "",
-        "scenarios": scenario_info, "arms": {a.name: {"kind": a.kind, "overrides": dict(a.overrides),
-        "trained": a.trained, "about": a.about} for a in arms},
-        "hardware": hardware(), "total_wall_s": time.time() - started,
+        "size": opts.size, "kind": opts.kind, "seeds": list(range(opts.seeds)), "config": cfg0.to_flat(),
+        "data": opts.data or "", "scenarios": scenario_info, "arms": {a.name: {"kind": a.kind,
+        "overrides": dict(a.overrides), "trained": a.trained, "about": a.about}
+        for a in arms}, "hardware": hardware(), "jobs": opts.jobs,
     }  # fmt: skip
-    return write_report(out, results, meta)
+    failed: list[dict[str, str]] = []
+    plotted = [0.0]  # when the plots were last drawn
+
+    def report(not_started: Sequence[Any] = (), final: bool = True) -> dict[str, Any]:
+        results = jobs.load_results(specs)
+        missing = [f"{s}/seed{k}/{a}" for s, by_arm in results.items() for a, by in by_arm.items()
+                   for k in range(opts.seeds) if k not in by]  # fmt: skip
+        extra = {"total_wall_s": time.time() - started, "missing": missing, "failed": failed,
+                 "not_started": [s.unit.label for s in not_started]}  # fmt: skip
+        plots = final or time.time() - plotted[0] >= REPLOT_S
+        plotted[0] = time.time() if plots else plotted[0]
+        return write_report(out, results, {**meta, **extra}, plots=plots)
+
+    done: list[Any] = []
+
+    def finished(result: Any) -> None:
+        if result.error:
+            failed.append({"unit": result.spec.unit.label, "error": result.error})
+        # a failure is one line on stderr (naming the unit and its exception), progress one on stdout
+        print(jobs.progress_line(result, len(done) + 1, len(todo)), file=sys.stderr if result.error else sys.stdout,
+              flush=True)  # fmt: skip
+        done.append(result)
+        report(final=False)
+
+    deadline = started + opts.budget_s if opts.budget_s is not None else None
+    outcome = jobs.execute(todo, opts.jobs, deadline, finished)
+    if outcome.not_started:
+        print(f"budget of {opts.budget_s:.0f} s spent: {len(outcome.not_started)} units not started", flush=True)
+    return report(outcome.not_started)
 
 
 # --- command line -------------------------------------------------------------------------
@@ -475,6 +515,20 @@ def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--scarce-fraction", type=float, help="share of users the small platforms keep (scarce)")
     p.add_argument("--large-platform", help=f"the platform that keeps every user (default {DEFAULT_LARGE} or largest)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any run-config key, e.g. train.lr=1e-3")
+    p.add_argument(
+        "--kind",
+        choices=KINDS,
+        default="cross",
+        help="cross: cross-domain platforms (genres), same: same-domain shops; decides the targets",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="units (scenario x seed x arm) at a time, each in its own process; 1: in this process",
+    )
+    p.add_argument("--fresh", action="store_true", help="rerun units whose records already exist in RUN/records")
+    p.add_argument("--budget-s", type=float, help="launch no unit after this many seconds (the report is written)")
     p.set_defaults(func=cmd_compare)
     return p  # fmt: skip
 
@@ -486,11 +540,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
         out=args.out, data=args.data, seeds=args.seeds, size=args.size, scenario=args.scenario,
         base_model=args.base_model, arms=[a.strip() for a in args.arms.split(",") if a.strip()],
         levers=args.lever, overrides=parse_overrides(args.set or []), scarce_fraction=args.scarce_fraction,
-        large_platform=args.large_platform,
+        large_platform=args.large_platform, kind=args.kind, jobs=args.jobs, fresh=args.fresh,
+        budget_s=args.budget_s,
     )  # fmt: skip
     report = run_compare(opts)
-    print(f"report: {Path(args.out) / 'report.md'}  ({report['meta']['total_wall_s']:.0f} s)")
-    return 0
+    meta = report["meta"]
+    print(f"report: {Path(args.out) / 'report.md'}  ({meta['total_wall_s']:.0f} s, "
+          f"{len(meta['missing'])} arm runs missing, {len(meta['failed'])} units failed)")  # fmt: skip
+    return 1 if meta["failed"] else 0
 
 
 def add_parsers(subparsers: Any) -> None:

@@ -1,24 +1,57 @@
 #!/usr/bin/env bash
-# The full comparison on one GPU (H100/H200): ML-100K genre platforms, both scenarios
-# (full, scarce), every default arm (local, federated, +personal, +finetune, pooled, FedProx,
-# FedAvgM, FedAdam, freeze-a, no-training baselines), 3 seeds; then the TALLRec movie split.
+# The full comparison on one GPU (H100/H200), units in parallel processes:
+#   1. ML-100K twice: genre platforms (cross-domain) and, where `prepare movielens --split` exists,
+#      a users split into same-domain shops;
+#   2. `compare --kind cross` on the genres and `compare --kind same` on the shops: both scenarios
+#      (full, scarce), every default arm, $SEEDS seeds, --size full, $JOBS units at a time;
+#   3. the TALLRec movie split;
+#   4. OUTDIR/summary.md: both kinds' target tables.
 #
-#   simulations/gpu_full.sh OUTDIR
+#   simulations/gpu_full.sh [--quick] OUTDIR
+#
+# Environment: JOBS (6), SEEDS (3), BUDGET_S (480; --quick 100): total seconds after which no new
+# unit is launched (units already running finish; TALLRec runs only if TALLREC_MIN_S (60) remain);
+# the reports are written either way, listing what is missing. QUICK=1 = --quick: 1 seed, --size ci,
+# a few arms (QUICK_ARMS): checks the GPU path in about 2 minutes. COMPARE_ARGS / TALLREC_ARGS: extra
+# options. Rerunning with the same OUTDIR skips the units whose records exist (COMPARE_ARGS=--fresh
+# reruns them).
 #
 # Installs nothing: run it from a checkout whose .venv was made by scripts/install.sh (or with
-# PYTHON=/path/to/python). Reads ../shared/data (or $CROSSFED_SHARED_DATA). Writes
-# OUTDIR/compare/report.{json,md,png} + rounds.png, OUTDIR/tallrec/report.{json,md},
-# OUTDIR/timings.txt. The ML-100K derived data stays under OUTDIR: do not commit it.
+# PYTHON=/path/to/python); Flower and cryptography are not needed. Reads ../shared/data (or
+# $CROSSFED_SHARED_DATA). Writes OUTDIR/compare-{cross,same}/report.{json,md,png} + rounds.png +
+# records/ + logs/, OUTDIR/tallrec/report.{json,md}, OUTDIR/summary.md, OUTDIR/timings.txt. The
+# ML-100K derived data stays under OUTDIR: do not commit it.
 set -euo pipefail
 
-OUT=${1:?usage: simulations/gpu_full.sh OUTDIR}
+QUICK=${QUICK:-0}
+if [ "${1:-}" = "--quick" ]; then
+    QUICK=1
+    shift
+fi
+OUT=${1:?usage: simulations/gpu_full.sh [--quick] OUTDIR}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SHARED=${CROSSFED_SHARED_DATA:-$ROOT/../shared/data}
 PY=${PYTHON:-$ROOT/.venv/bin/python}
 [ -x "$PY" ] || PY=python3
+JOBS=${JOBS:-6}
+TALLREC_MIN_S=${TALLREC_MIN_S:-60}
+export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} TOKENIZERS_PARALLELISM=false
+if [ "$QUICK" = 1 ]; then
+    SEEDS=1 SIZE=ci BUDGET_S=${BUDGET_S:-100}
+    ARMS=(--arms "${QUICK_ARMS:-local,federated,fed+finetune,pooled,like-rate,popularity}")
+else
+    SEEDS=${SEEDS:-3} SIZE=full BUDGET_S=${BUDGET_S:-480}
+    ARMS=()
+fi
 cd "$ROOT"
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
+T0=$(date +%s)
+DEADLINE=$((T0 + BUDGET_S))
+left() { echo $((DEADLINE - $(date +%s))); }
+stamp() { echo "$1 $(($(date +%s) - T0)) s" | tee -a "$OUT/timings.txt"; }
+: >"$OUT/timings.txt"
+RC=0
 
 "$PY" - <<'PY'
 import torch
@@ -26,19 +59,40 @@ print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else "(no GPU: this will be slow)")
 PY
 
-stamp() { echo "$1 $(( $(date +%s) - T0 )) s" | tee -a "$OUT/timings.txt"; }
-T0=$(date +%s)
-: > "$OUT/timings.txt"
-
 "$PY" -m simulations.cli prepare movielens --src "$SHARED/ml-100k" --out "$OUT/ml100k" --overwrite
+RUNS=("$OUT/compare-cross")
+if "$PY" -m simulations.cli prepare movielens --help | grep -q -- --split; then
+    "$PY" -m simulations.cli prepare movielens --src "$SHARED/ml-100k" --split users --out "$OUT/ml100k-users" \
+        --overwrite
+    RUNS+=("$OUT/compare-same")
+else
+    echo "prepare movielens has no --split here: the same-domain comparison is left out"
+fi
 stamp prepare
 
-"$PY" -m simulations.compare compare --data "$OUT/ml100k" --out "$OUT/compare" \
-    --seeds "${SEEDS:-3}" --size full --scenario both ${COMPARE_ARGS:-}
-stamp compare
+compare() { # compare KIND DATA RUN BUDGET_S
+    "$PY" -m simulations.compare compare --kind "$1" --data "$2" --out "$3" --budget-s "$4" --jobs "$JOBS" \
+        --seeds "$SEEDS" --size "$SIZE" --scenario both ${ARMS[@]+"${ARMS[@]}"} ${COMPARE_ARGS:-} || RC=$?
+}
+# cross gets half of what is left when the same-domain comparison follows, so both get their turn
+compare cross "$OUT/ml100k" "$OUT/compare-cross" $(($(left) / ${#RUNS[@]}))
+stamp compare-cross
+if [ ${#RUNS[@]} -gt 1 ]; then
+    compare same "$OUT/ml100k-users" "$OUT/compare-same" "$(left)"
+    stamp compare-same
+fi
 
-"$PY" -m simulations.compare tallrec --src "$SHARED/tallrec-movie" --ml100k "$SHARED/ml-100k" \
-    --out "$OUT/tallrec" --size full --seeds "${SEEDS:-3}" ${TALLREC_ARGS:-}
-stamp tallrec
+if [ "$(left)" -ge "$TALLREC_MIN_S" ]; then
+    "$PY" -m simulations.compare tallrec --src "$SHARED/tallrec-movie" --ml100k "$SHARED/ml-100k" \
+        --out "$OUT/tallrec" --size "$SIZE" --seeds "$SEEDS" ${TALLREC_ARGS:-} || RC=$?
+    stamp tallrec
+else
+    echo "tallrec left out: $(left) s of the ${BUDGET_S} s budget remain (TALLREC_MIN_S=$TALLREC_MIN_S)" |
+        tee -a "$OUT/timings.txt"
+fi
 
-cat "$OUT/compare/report.md" "$OUT/tallrec/report.md"
+"$PY" -m simulations.report summary --out "$OUT/summary.md" "${RUNS[@]}"
+[ -f "$OUT/tallrec/report.md" ] && printf '\nTALLRec: see %s\n' "$OUT/tallrec/report.md" >>"$OUT/summary.md"
+stamp summary
+cat "$OUT/summary.md"
+exit "$RC"

@@ -1,31 +1,48 @@
 """What ``crossfed compare`` leaves in RUN/: report.json, report.md, report.png, rounds.png.
 
 ``report.json``: ``results[scenario][arm][platform | "mean"][metric] = {mean, std, values}``
-(values per seed, in seed order; std is the sample std over seeds, 0 for one seed), ``wall_s``
-per scenario and arm, ``targets`` (each met / missed / not evaluated, with its margin), and
-``meta`` (config, seeds, scenarios, arms, hardware, total wall time).
+(values per planned seed, in seed order, null where that seed's record is missing; std is the
+sample std over the seeds present, 0 for one seed), ``paired[scenario][ref][arm][platform | "mean"]
+= {diff, low, high, n_boot, n, seeds}`` (paired bootstrap of the test-AUC difference arm - ref,
+95 % interval; every arm against ``local``, the recommended arm also against the baselines,
+``pooled`` and ``mf-central``), ``wall_s`` per scenario and arm, ``targets`` (each met / missed /
+not evaluated, with its rule and margin), and ``meta`` (config, kind, seeds, scenarios, arms,
+hardware, wall time, missing / failed / not started units).
+
+``python -m simulations.report summary --out SUMMARY.md RUN [RUN ...]`` puts the target tables
+of several runs (e.g. the cross- and same-domain comparisons) into one file.
 """
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from common.metrics import auc, paired_diff_replicates, percentile_interval
 from server.outputs import atomic_write_text, to_json
 
 METRICS = ("auc", "logloss", "hr@10", "ndcg@10")
 METRIC_NAMES = {"auc": "test AUC", "logloss": "test log-loss", "hr@10": "HR@10", "ndcg@10": "NDCG@10"}
-SCARCE_GAIN = 0.03  # scarce: federated must beat local by this much AUC on each small platform
-POOLED_GAP = 0.005  # full: federated mean AUC within this of pooled
-BASELINES_TO_BEAT = ("liked-share", "popularity")
+RECOMMENDED = "federated"  # the arm the targets are about: what we tell a platform to deploy
+REFERENCE = "local"  # every arm's paired interval is taken against this one
+BASELINES_TO_BEAT = ("like-rate", "popularity", "mf")
+STRETCH = "mf-central"  # centralised matrix factorisation: reported when present, not required
+SCARCE_GAIN = 0.03  # same-domain, scarce: the recommended arm must beat local by this much AUC
+POOLED_GAP = 0.005  # cross-domain: mean AUC within this of pooled, or above
+N_BOOT = 1000
+LEVEL = 0.95
 
 
-def summarise(values: Sequence[float]) -> dict[str, Any]:
+def summarise(values: Sequence[float | None]) -> dict[str, Any]:
     """{mean, std, values}: mean and sample std (ddof 1; 0 for one value) of the finite values."""
     vals = [float(v) if v is not None else math.nan for v in values]
     finite = np.array([v for v in vals if math.isfinite(v)])
@@ -34,13 +51,20 @@ def summarise(values: Sequence[float]) -> dict[str, Any]:
     return {"mean": mean, "std": std, "values": vals}
 
 
-def aggregate(results: Mapping[str, Mapping[str, Mapping[int, Any]]]) -> dict[str, Any]:
-    """Records (scenario -> arm -> seed -> Record) -> scenario -> arm -> platform -> metric -> summary."""
+def aggregate(
+    results: Mapping[str, Mapping[str, Mapping[int, Any]]], seeds: Sequence[int] | None = None
+) -> dict[str, Any]:
+    """Records (scenario -> arm -> seed -> Record) -> scenario -> arm -> platform -> metric -> summary.
+
+    ``values`` has one entry per seed of ``seeds`` (default: the seeds with records), NaN where
+    a seed's record is missing, so a partial run keeps every value at its seed's position.
+    """
     out: dict[str, Any] = {}
     for scenario, arms in results.items():
         out[scenario] = {}
         for arm, by_seed in arms.items():
-            per_seed = [by_seed[s].with_mean() for s in sorted(by_seed)]
+            order = list(seeds) if seeds is not None else sorted(by_seed)
+            per_seed = [by_seed[s].with_mean() if s in by_seed else {} for s in order]
             platforms = sorted({p for r in per_seed for p in r}, key=lambda p: (p == "mean", p))
             out[scenario][arm] = {
                 p: {m: summarise([r.get(p, {}).get(m, math.nan) for r in per_seed]) for m in METRICS} for p in platforms
@@ -56,143 +80,231 @@ def wall_times(results: Mapping[str, Mapping[str, Mapping[int, Any]]]) -> dict[s
     }  # fmt: skip
 
 
+# --- paired bootstrap intervals -----------------------------------------------------------
+
+Pairs = list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+_REPLICATES: dict[str, tuple[float, np.ndarray]] = {}  # the parent rewrites the report after every unit
+
+
+def score_pairs(by_arm: Mapping[int, Any], by_ref: Mapping[int, Any], platform: str) -> Pairs:
+    """(labels, arm probs, ref probs) per seed where both records hold test scores of the same examples.
+
+    A seed whose two label vectors differ (other examples or order) is left out: it cannot be paired.
+    """
+    pairs: Pairs = []
+    for seed in sorted(set(by_arm) & set(by_ref)):
+        mine = getattr(by_arm[seed], "scores", {}).get(platform)
+        theirs = getattr(by_ref[seed], "scores", {}).get(platform)
+        if not mine or not theirs:
+            continue
+        labels = np.asarray(mine["labels"], dtype=np.float64)
+        if labels.size and np.array_equal(labels, np.asarray(theirs["labels"], dtype=np.float64)):
+            pairs.append((labels, np.asarray(mine["probs"], np.float64), np.asarray(theirs["probs"], np.float64)))
+    return pairs
+
+
+def _replicates(pairs: Pairs, seed: int) -> tuple[float, np.ndarray]:
+    """:func:`paired_diff_replicates` of test AUC, memoised on the inputs' bytes."""
+    digest = hashlib.sha1(str(seed).encode())
+    for triple in pairs:
+        for x in triple:
+            digest.update(np.ascontiguousarray(x).tobytes())
+    key = digest.hexdigest()
+    if key not in _REPLICATES:
+        _REPLICATES[key] = paired_diff_replicates(pairs, auc, N_BOOT, seed)
+    return _REPLICATES[key]
+
+
+def _interval(point: float, reps: np.ndarray, n: int, seeds: int) -> dict[str, Any]:
+    low, high = percentile_interval(reps, LEVEL)
+    return {"diff": point, "low": low, "high": high, "n_boot": N_BOOT, "n": n, "seeds": seeds}
+
+
+def compare_arms(scenario: str, by_arm: Mapping[int, Any], by_ref: Mapping[int, Any]) -> dict[str, Any]:
+    """platform -> paired interval of test AUC (arm - ref), plus ``mean`` when every platform has one.
+
+    Every comparison on one (scenario, platform) resamples with the same generator, so all arms
+    see the same bootstrap draws. ``mean`` weights each platform's point and replicates by its
+    test examples, as the ``mean`` row of the tables weights AUC.
+    """
+    platforms = sorted({p for r in [*by_arm.values(), *by_ref.values()] for p in getattr(r, "scores", {})})
+    cells: dict[str, Any] = {}
+    parts = []
+    for platform in platforms:
+        pairs = score_pairs(by_arm, by_ref, platform)
+        if not pairs:
+            continue
+        point, reps = _replicates(pairs, zlib.crc32(f"{scenario}/{platform}".encode()))
+        n = min(len(p[0]) for p in pairs)
+        cells[platform] = _interval(point, reps, n, len(pairs))
+        parts.append((float(n), point, reps))
+    if parts and len(parts) == len(platforms):
+        w = np.array([p[0] for p in parts])
+        point = float(np.dot(w, [p[1] for p in parts]) / w.sum())
+        reps = np.tensordot(w, np.stack([p[2] for p in parts]), axes=1) / w.sum()
+        cells["mean"] = _interval(point, reps, int(w.sum()), min(c["seeds"] for c in cells.values()))
+    return cells
+
+
+def paired_intervals(results: Mapping[str, Mapping[str, Mapping[int, Any]]]) -> dict[str, Any]:
+    """scenario -> ref -> arm -> platform -> interval: every arm vs ``local``; the recommended arm
+    also vs each baseline, ``pooled`` and ``mf-central``. Arms without test scores are left out."""
+    out: dict[str, Any] = {}
+    for scenario, arms in results.items():
+        wanted = [(a, REFERENCE) for a in arms if a != REFERENCE]
+        wanted += [(RECOMMENDED, ref) for ref in (*BASELINES_TO_BEAT, "pooled", STRETCH)]
+        for arm, ref in wanted:
+            if arm in arms and ref in arms and (cells := compare_arms(scenario, arms[arm], arms[ref])):
+                out.setdefault(scenario, {}).setdefault(ref, {})[arm] = cells
+    return out
+
+
 # --- targets ------------------------------------------------------------------------------
 
 
-def _auc(agg: Mapping[str, Any], scenario: str, arm: str, platform: str) -> tuple[float, float] | None:
-    try:
-        cell = agg[scenario][arm][platform]["auc"]
-    except KeyError:
-        return None
-    return (cell["mean"], cell["std"]) if math.isfinite(cell["mean"]) else None
+@dataclass(frozen=True)
+class Rule:
+    """How a target reads a paired interval: met when ``margin(cell)`` > 0 (strict) or >= 0."""
+
+    name: str
+    text: str
+    margin_text: str
+    margin: Callable[[Mapping[str, float]], float]
+    strict: bool = False
+
+    def met(self, margin: float) -> bool:
+        return margin > 0 if self.strict else margin >= 0
 
 
-def _target(name: str, scenario: str, met: bool | None, margin: float | None, detail: str) -> dict[str, Any]:
-    return {"target": name, "scenario": scenario, "met": met, "margin": margin, "detail": detail}
+BEATS = Rule("beats", "the 95 % paired interval of the AUC difference lies above 0 (low > 0)", "low",
+             lambda c: c["low"], strict=True)  # fmt: skip
+GAIN = Rule("gain", f"the interval lies at or above +{SCARCE_GAIN} (low >= {SCARCE_GAIN})", f"low − {SCARCE_GAIN}",
+            lambda c: c["low"] - SCARCE_GAIN)  # fmt: skip
+NOT_WORSE = Rule("not worse", "no significant loss: the interval's upper end is >= 0 (high >= 0)", "high",
+                 lambda c: c["high"])  # fmt: skip
+WITHIN = Rule("within", f"non-inferior by {POOLED_GAP}: the interval of the mean-AUC difference has low >= "
+              f"-{POOLED_GAP}", f"low + {POOLED_GAP}", lambda c: c["low"] + POOLED_GAP)  # fmt: skip
+NDCG_RULE = ("mean NDCG@10 over seeds above the other arm's on every platform (point estimates: the records "
+             "carry no per-user ranks to resample)")  # fmt: skip
+RULES = (BEATS, GAIN, NOT_WORSE, WITHIN)
 
 
-def evaluate_targets(agg: Mapping[str, Any], meta: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets, each met / missed / not evaluated (missing arm or scenario), with its margin."""
+def _target(
+    name: str, scenario: str, met: bool | None, margin: float | None, detail: str, rule: str, required: bool = True
+) -> dict[str, Any]:
+    return {"target": name, "scenario": scenario, "met": met, "margin": margin, "detail": detail, "rule": rule,
+            "required": required}  # fmt: skip
+
+
+def _describe(arm: str, ref: str, platform: str, cell: Mapping[str, Any]) -> str:
+    return (f"{arm} − {ref} on {platform}: {cell['diff']:+.4f} [{cell['low']:+.4f}, {cell['high']:+.4f}] "
+            f"({cell['seeds']} seed(s) x {cell['n']} examples)")  # fmt: skip
+
+
+def judge(
+    name: str,
+    scenario: str,
+    rule: Rule,
+    paired: Mapping[str, Any],
+    ref: str,
+    platforms: Sequence[str],
+    required: bool = True,
+) -> dict[str, Any]:
+    """``RECOMMENDED`` vs ``ref`` by ``rule`` on every platform of ``platforms``: met iff met on each;
+    the margin and detail are the tightest platform's; not evaluated if one has no interval."""
+    cells = paired.get(ref, {}).get(RECOMMENDED, {})
+    missing = [p for p in platforms if p not in cells or not math.isfinite(cells[p]["low"])]
+    if missing:
+        why = f"not evaluated: no paired test scores of {RECOMMENDED} and {ref} on {', '.join(missing)}"
+        return _target(name, scenario, None, None, why, rule.name, required)
+    margin, platform = min((rule.margin(cells[p]), p) for p in platforms)
+    detail = ("tightest: " if len(platforms) > 1 else "") + _describe(RECOMMENDED, ref, platform, cells[platform])
+    return _target(name, scenario, rule.met(margin), margin, detail, rule.name, required)
+
+
+def judge_ndcg(name: str, scenario: str, agg: Mapping[str, Any], ref: str, platforms: Sequence[str]) -> dict[str, Any]:
+    """NDCG@10: mean over seeds of the recommended arm above ``ref``'s on every platform."""
+    gaps = []
+    for p in platforms:
+        means = [agg.get(a, {}).get(p, {}).get("ndcg@10", {}).get("mean", math.nan) for a in (RECOMMENDED, ref)]
+        if not all(m is not None and math.isfinite(m) for m in means):
+            return _target(name, scenario, None, None, f"not evaluated: no NDCG@10 of {RECOMMENDED} and {ref} on {p}",
+                           "ndcg")  # fmt: skip
+        gaps.append((means[0] - means[1], p, means))
+    margin, p, (mine, theirs) = min(gaps)
+    return _target(name, scenario, margin > 0, margin, f"tightest: {RECOMMENDED} {mine:.4f} vs {ref} {theirs:.4f} "
+                   f"on {p}", "ndcg")  # fmt: skip
+
+
+def evaluate_targets(
+    agg: Mapping[str, Any], meta: Mapping[str, Any], paired: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """The targets for ``meta["kind"]`` (cross | same), each met / missed / not evaluated, judged on
+    the paired intervals (``paired``, see :func:`paired_intervals`) by the rule it names.
+
+    Everywhere: the recommended arm beats like-rate, popularity and mf on every platform (AUC and
+    NDCG@10). Same-domain: scarce, >= local + 0.03 AUC on each small platform and not worse on the
+    large one; full, beats local on every platform. Cross-domain: not worse than local on any
+    platform, mean AUC within 0.005 of pooled or above. Stretch (not required): beats mf-central.
+    """
     out: list[dict[str, Any]] = []
-    scen = meta.get("scenarios", {})
-    if "scarce" in agg:
-        large = scen["scarce"]["large_platform"]
-        platforms = [p for p in sorted(scen["scarce"]["users"]) if p != large]
-        for p in platforms:
-            fed, loc = _auc(agg, "scarce", "federated", p), _auc(agg, "scarce", "local", p)
-            if fed is None or loc is None:
-                out.append(
-                    _target(
-                        f"federated >= local + {SCARCE_GAIN} AUC on {p}",
-                        "scarce",
-                        None,
-                        None,
-                        "not evaluated (federated or local missing)",
-                    )
-                )
-                continue
-            margin = fed[0] - loc[0] - SCARCE_GAIN
-            out.append(
-                _target(
-                    f"federated >= local + {SCARCE_GAIN} AUC on {p}",
-                    "scarce",
-                    margin >= 0,
-                    margin,
-                    f"federated {fed[0]:.4f} vs local {loc[0]:.4f}: gain {fed[0] - loc[0]:+.4f}",
-                )
-            )
-        loc = _auc(agg, "scarce", "local", large)
-        feds = {a: _auc(agg, "scarce", a, large) for a in ("federated", "fed+personal")}
-        feds = {a: v for a, v in feds.items() if v is not None}
-        if loc is None or not feds:
-            out.append(_target(f"federated (or +personal) >= local on {large}", "scarce", None, None, "not evaluated"))
-        else:
-            arm, best = max(feds.items(), key=lambda kv: kv[1][0])
-            margin = best[0] - loc[0]
-            out.append(
-                _target(
-                    f"federated (or +personal) >= local on {large}",
-                    "scarce",
-                    margin >= 0,
-                    margin,
-                    f"{arm} {best[0]:.4f} vs local {loc[0]:.4f}",
-                )
-            )
-    if "full" in agg:
-        for p in sorted(scen["full"]["users"]):
-            per, loc = _auc(agg, "full", "fed+personal", p), _auc(agg, "full", "local", p)
-            name = f"fed+personal > local on {p}, non-overlapping ±1 std"
-            if per is None or loc is None:
-                out.append(_target(name, "full", None, None, "not evaluated (fed+personal or local missing)"))
-                continue
-            margin = (per[0] - per[1]) - (loc[0] + loc[1])
-            out.append(
-                _target(
-                    name,
-                    "full",
-                    margin > 0,
-                    margin,
-                    f"fed+personal {per[0]:.4f} ± {per[1]:.4f} vs local {loc[0]:.4f} ± {loc[1]:.4f}",
-                )
-            )
-        fed, pooled = _auc(agg, "full", "federated", "mean"), _auc(agg, "full", "pooled", "mean")
-        name = f"federated mean AUC within {POOLED_GAP} of pooled"
-        if fed is None or pooled is None:
-            out.append(_target(name, "full", None, None, "not evaluated (federated or pooled missing)"))
-        else:
-            margin = fed[0] - pooled[0] + POOLED_GAP
-            out.append(
-                _target(
-                    name,
-                    "full",
-                    margin >= 0,
-                    margin,
-                    f"federated {fed[0]:.4f} vs pooled {pooled[0]:.4f}: gap {fed[0] - pooled[0]:+.4f}",
-                )
-            )
-    trained = [a for a, info in meta.get("arms", {}).items() if info.get("trained")]
+    kind = meta.get("kind", "cross")
+    paired = paired or {}
+    R = RECOMMENDED
     for scenario in agg:
-        name = "every trained arm beats liked-share and popularity on every platform (AUC)"
-        have = [b for b in BASELINES_TO_BEAT if b in agg[scenario]]
-        if not trained or len(have) < len(BASELINES_TO_BEAT):
-            out.append(_target(name, scenario, None, None, "not evaluated (baselines or trained arms missing)"))
-            continue
-        worst: tuple[float, str] = (math.inf, "")
-        for arm in trained:
-            for p in agg[scenario][arm]:
-                if p == "mean":
-                    continue
-                for b in have:
-                    mine, theirs = _auc(agg, scenario, arm, p), _auc(agg, scenario, b, p)
-                    if mine is None or theirs is None:
-                        worst = min(worst, (-math.inf, f"{arm} or {b} has no AUC on {p}"))
-                        continue
-                    worst = min(worst, (mine[0] - theirs[0], f"{arm} {mine[0]:.4f} vs {b} {theirs[0]:.4f} on {p}"))
-        margin = worst[0] if math.isfinite(worst[0]) else None
-        out.append(_target(name, scenario, worst[0] > 0, margin, f"tightest: {worst[1]}"))
+        info = meta.get("scenarios", {}).get(scenario, {})
+        platforms = sorted(info.get("users", {}))
+        here = paired.get(scenario, {})
+        for base in BASELINES_TO_BEAT:
+            out.append(judge(f"{R} beats {base} in test AUC on every platform", scenario, BEATS, here, base, platforms))
+            out.append(judge_ndcg(f"{R} beats {base} in NDCG@10 on every platform", scenario, agg[scenario], base,
+                                  platforms))  # fmt: skip
+        if kind == "same" and scenario == "scarce":
+            large = info.get("large_platform")
+            for p in platforms:
+                if p == large:
+                    out.append(judge(f"{R} not worse than local on {p} (large)", scenario, NOT_WORSE, here, REFERENCE,
+                                     [p]))  # fmt: skip
+                else:
+                    out.append(judge(f"{R} >= local + {SCARCE_GAIN} AUC on {p}", scenario, GAIN, here, REFERENCE, [p]))
+        elif kind == "same":
+            out += [judge(f"{R} beats local on {p}", scenario, BEATS, here, REFERENCE, [p]) for p in platforms]
+        else:
+            out += [judge(f"{R} not worse than local on {p}", scenario, NOT_WORSE, here, REFERENCE, [p])
+                    for p in platforms]  # fmt: skip
+            out.append(judge(f"{R} mean AUC within {POOLED_GAP} of pooled or above", scenario, WITHIN, here, "pooled",
+                             ["mean"]))  # fmt: skip
+        if STRETCH in agg[scenario]:
+            out.append(judge(f"stretch: {R} beats {STRETCH} in test AUC on every platform", scenario, BEATS, here,
+                             STRETCH, platforms, required=False))  # fmt: skip
     return out
 
 
 # --- writing ------------------------------------------------------------------------------
 
 
-def write_report(out: Path, results: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Any]:
-    agg = aggregate(results)
+def write_report(out: Path, results: Mapping[str, Any], meta: Mapping[str, Any], plots: bool = True) -> dict[str, Any]:
+    """report.json and report.md; report.png and rounds.png too unless ``plots`` is False (they take
+    about a second: a run that rewrites its report after every unit draws them now and then)."""
+    agg = aggregate(results, meta.get("seeds"))
+    paired = paired_intervals(results)
     report = {
         "results": agg,
+        "paired": paired,
         "wall_s": wall_times(results),
         "rounds": {s: {a: [p for r in by.values() for p in r.rounds] for a, by in arms.items()}
                    for s, arms in results.items()},
         "best_round": {s: {a: [r.best_round for _, r in sorted(by.items())] for a, by in arms.items()}
                        for s, arms in results.items()},
-        "targets": evaluate_targets(agg, meta),
+        "targets": evaluate_targets(agg, meta, paired),
         "arm_order": list(meta.get("arms", {})),  # JSON keys come back sorted; tables and plots keep this order
         "meta": dict(meta),
     }  # fmt: skip
     atomic_write_text(out / "report.json", to_json(report) + "\n")
     atomic_write_text(out / "report.md", render_markdown(report))
-    plot_auc(report, out / "report.png")
-    plot_rounds(report, out, out / "rounds.png")
+    if plots:
+        plot_auc(report, out / "report.png")
+        plot_rounds(report, out, out / "rounds.png")
     return report
 
 
@@ -202,9 +314,62 @@ def _ordered(report: Mapping[str, Any], arms: Mapping[str, Any]) -> list[tuple[s
 
 
 def _cell(summary: Mapping[str, Any] | None, digits: int = 4) -> str:
+    """``mean ± std``, with ``(k/n seeds)`` when some seeds' records are missing."""
     if not summary or summary["mean"] is None or not math.isfinite(summary["mean"]):
         return "–"
-    return f"{summary['mean']:.{digits}f} ± {summary['std']:.{digits}f}"
+    have = sum(v is not None and math.isfinite(v) for v in summary["values"])
+    partial = f" ({have}/{len(summary['values'])} seeds)" if have < len(summary["values"]) else ""
+    return f"{summary['mean']:.{digits}f} ± {summary['std']:.{digits}f}{partial}"
+
+
+def _interval_cell(cell: Mapping[str, Any] | None) -> str:
+    """``+0.0123 [+0.0050, +0.0190]``, bold when the interval excludes 0."""
+    if not cell or cell.get("low") is None or not math.isfinite(cell["low"]):
+        return "–"
+    text = f"{cell['diff']:+.4f} [{cell['low']:+.4f}, {cell['high']:+.4f}]"
+    return f"**{text}**" if cell["low"] > 0 or cell["high"] < 0 else text
+
+
+def _platforms(arms: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    return sorted({p for a in arms.values() for p in a}, key=lambda p: (p == "mean", p))
+
+
+def paired_lines(report: Mapping[str, Any], scenario: str) -> list[str]:
+    """The scenario's paired-interval tables: every arm vs local, the recommended arm vs the others."""
+    lines: list[str] = []
+    by_ref = report.get("paired", {}).get(scenario, {})
+    vs_local = by_ref.get(REFERENCE, {})
+    if vs_local:
+        platforms = _platforms(vs_local)
+        lines += [f"### Paired bootstrap: arm − {REFERENCE}, test AUC ({LEVEL:.0%} interval, {N_BOOT} resamples)", "",
+                  "| arm | " + " | ".join(platforms) + " |", "|---" * (len(platforms) + 1) + "|"]  # fmt: skip
+        for arm, cells in _ordered(report, vs_local):
+            lines.append(f"| {arm} | " + " | ".join(_interval_cell(cells.get(p)) for p in platforms) + " |")
+        lines.append("")
+    others = {ref: arms[RECOMMENDED] for ref, arms in by_ref.items() if ref != REFERENCE and RECOMMENDED in arms}
+    if others:
+        platforms = _platforms(others)
+        lines += [f"### Paired bootstrap: {RECOMMENDED} − other arm, test AUC", "",
+                  "| other arm | " + " | ".join(platforms) + " |", "|---" * (len(platforms) + 1) + "|"]  # fmt: skip
+        for ref, cells in sorted(others.items()):
+            lines.append(f"| {ref} | " + " | ".join(_interval_cell(cells.get(p)) for p in platforms) + " |")
+        lines.append("")
+    return lines
+
+
+def target_lines(targets: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The targets table and the exact rule behind each ``rule`` name."""
+    lines = ["| scenario | target | rule | met | margin | detail |", "|---|---|---|---|---|---|"]
+    for t in targets:
+        met = {True: "**met**", False: "**missed**", None: "not evaluated"}[t["met"]]
+        met += "" if t.get("required", True) else " (stretch)"
+        margin = f"{t['margin']:+.4f}" if t["margin"] is not None else "–"
+        lines.append(f"| {t['scenario']} | {t['target']} | {t.get('rule', '')} | {met} | {margin} | {t['detail']} |")
+    lines += ["", f"Rules (paired intervals: the same test examples resampled for both arms, {N_BOOT} resamples "
+              "per seed, averaged over seeds; margin = the quantity the rule compares to 0):"]  # fmt: skip
+    lines += [f"- `{r.name}`: {r.text}; margin = {r.margin_text}" for r in RULES]
+    lines += [f"- `ndcg`: {NDCG_RULE}; margin = smallest gap", ""]
+    return lines
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:
@@ -212,18 +377,23 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     hw = meta["hardware"]
     cfg = meta["config"]
     device = hw["gpu"] or f"{hw['cpu']} ({hw['cpu_cores']} cores, no GPU)"
+    kind = meta.get("kind", "cross")
     lines = [
         "# Does federation pay? local vs federated vs pooled",
         "",
+        f"- kind `{kind}` ({'cross-domain platforms' if kind == 'cross' else 'same-domain shops'}); recommended "
+        f"arm `{RECOMMENDED}`",
         f"- size `{meta['size']}`, seeds {meta['seeds']} (mean ± sample std over seeds), base model "
         f"`{cfg['model.base']}`, data `{meta['data'] or 'embedded synthetic shops'}`",
         f"- budget per platform: {cfg['num-server-rounds']} rounds x {cfg['train.local-epochs']} local epoch(s) x "
         f"{cfg['train.max-examples'] or 'all'} train examples; early stopping patience {cfg['fed.patience']} "
         f"on mean valid {cfg['fed.metric']}; ranking: {cfg['eval.max-rank-users'] or 'all'} users/platform x "
         f"(1 + {cfg['data.rank-negatives']}) candidates",
-        f"- hardware: {device}; torch {hw['torch']}; total wall time {meta['total_wall_s'] / 60:.1f} min",
+        f"- hardware: {device}; torch {hw['torch']}; wall time of this invocation {meta['total_wall_s'] / 60:.1f} min"
+        + (f" ({meta['jobs']} units at a time)" if meta.get("jobs", 1) > 1 else ""),
         "",
     ]
+    lines += status_lines(meta)
     for scenario, arms in report["results"].items():
         info = meta["scenarios"][scenario]
         users = ", ".join(f"{p} {n}" for p, n in info["users"].items())
@@ -232,7 +402,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             lines.append(f"Scarce: {info['large_platform']} keeps every user, the others a seeded "
                          f"{info['scarce_fraction']:.0%}.")  # fmt: skip
         lines.append("")
-        platforms = sorted({p for a in arms.values() for p in a}, key=lambda p: (p == "mean", p))
+        platforms = _platforms(arms)
         for metric in METRICS:
             extra = " | wall s / seed" if metric == "auc" else ""
             lines += [f"### {METRIC_NAMES[metric]}", "", "| arm | " + " | ".join(platforms) + extra + " |",
@@ -241,15 +411,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 cells = [_cell(per.get(p, {}).get(metric)) for p in platforms]
                 if extra:
                     walls = report["wall_s"][scenario][arm]["values"]
-                    cells.append(f"{np.mean(walls):.0f}")
+                    cells.append(f"{np.mean(walls):.0f}" if walls else "–")
                 lines.append(f"| {arm} | " + " | ".join(cells) + " |")
             lines.append("")
-    lines += ["## Targets", "", "| scenario | target | met | margin | detail |", "|---|---|---|---|---|"]
-    for t in report["targets"]:
-        met = {True: "**met**", False: "**missed**", None: "not evaluated"}[t["met"]]
-        margin = f"{t['margin']:+.4f}" if t["margin"] is not None else "–"
-        lines.append(f"| {t['scenario']} | {t['target']} | {met} | {margin} | {t['detail']} |")
-    lines += ["", "The TALLRec target (movie test AUC >= 0.76) is checked by `crossfed tallrec` (its own report).", ""]
+        lines += paired_lines(report, scenario)
+    lines += ["## Targets", "", *target_lines(report["targets"])]
+    lines += ["The TALLRec target (movie test AUC >= 0.76) is checked by `crossfed tallrec` (its own report).", ""]
     lines += ["## Arms", ""]
     for name, info in meta["arms"].items():
         lines.append(f"- `{name}` ({info['kind']}): {info['about']}")
@@ -257,6 +424,19 @@ def render_markdown(report: Mapping[str, Any]) -> str:
               "held-out liked item against sampled unseen items, pessimistic ties), at the best round by mean "
               "validation metric; `mean` = example-weighted over platforms.", ""]  # fmt: skip
     return "\n".join(lines)
+
+
+def status_lines(meta: Mapping[str, Any]) -> list[str]:
+    """A partial run says so up front: which arm runs are missing, which units failed or never started."""
+    lines = []
+    if meta.get("missing"):
+        lines += [f"**Partial report:** {len(meta['missing'])} arm run(s) have no record yet (scenario/seed/arm): "
+                  + ", ".join(f"`{m}`" for m in meta["missing"]), ""]  # fmt: skip
+    for failure in meta.get("failed", []):
+        lines += [f"- failed: `{failure['unit']}`: {failure['error']}"]
+    if meta.get("not_started"):
+        lines += [f"- not started (time budget): {', '.join(f'`{u}`' for u in meta['not_started'])}"]
+    return lines + ([""] if meta.get("failed") or meta.get("not_started") else [])
 
 
 def _plt() -> Any:
@@ -274,7 +454,7 @@ def plot_auc(report: Mapping[str, Any], path: Path) -> None:
     results = report["results"]
     fig, axes = plt.subplots(len(results), 1, figsize=(14, 4.5 * len(results)), squeeze=False)
     for ax, (scenario, arms) in zip(axes[:, 0], results.items(), strict=True):
-        platforms = sorted({p for a in arms.values() for p in a}, key=lambda p: (p == "mean", p))
+        platforms = _platforms(arms)
         width = 0.8 / max(1, len(arms))
         x = np.arange(len(platforms))
         lows = []
@@ -326,7 +506,47 @@ def plot_rounds(report: Mapping[str, Any], out: Path, path: Path) -> None:
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylabel(f"mean valid {metric}")
         ax.set_title(f"scenario {scenario}: federated runs, one line per seed")
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# --- several runs in one file -------------------------------------------------------------
+
+
+def summary_markdown(runs: Sequence[Path]) -> str:
+    """The targets of several compare runs (e.g. cross- and same-domain), one section per run."""
+    lines = ["# Does federation pay? Targets of every comparison", ""]
+    for run in runs:
+        path = Path(run) / "report.json"
+        if not path.is_file():
+            lines += [f"## `{run}`", "", "No report.json: this comparison did not run or wrote nothing.", ""]
+            continue
+        report = json.loads(path.read_text())
+        meta = report["meta"]
+        met = [t["met"] for t in report["targets"] if t.get("required", True)]
+        lines += [f"## kind `{meta.get('kind', 'cross')}`: `{run}`", "",
+                  f"size `{meta['size']}`, seeds {meta['seeds']}, scenarios {', '.join(meta['scenarios'])}; "
+                  f"required targets: {met.count(True)} met, {met.count(False)} missed, {met.count(None)} not "
+                  f"evaluated; details in `{Path(run) / 'report.md'}`.", ""]  # fmt: skip
+        lines += status_lines(meta) + target_lines(report["targets"])
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m simulations.report summary --out SUMMARY.md RUN [RUN ...]``."""
+    parser = argparse.ArgumentParser(prog="python -m simulations.report")
+    sub = parser.add_subparsers(dest="command", required=True)
+    summary = sub.add_parser("summary", help="the target tables of several compare runs in one markdown file")
+    summary.add_argument("--out", required=True, help="markdown file to write")
+    summary.add_argument("runs", nargs="+", help="compare RUN folders (each with report.json)")
+    args = parser.parse_args(argv)
+    atomic_write_text(Path(args.out), summary_markdown([Path(r) for r in args.runs]))
+    print(f"summary: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -9,12 +9,15 @@ from sklearn.metrics import roc_auc_score
 
 from common.metrics import (
     auc,
+    bootstrap_metric,
     classification_metrics,
     hit_at_k,
     log_loss,
     ndcg_at_k,
+    paired_bootstrap_diff,
     rank_of_positive,
     ranking_metrics,
+    weighted_auc,
     weighted_mean,
 )
 
@@ -148,3 +151,81 @@ def test_weighted_mean_matches_numpy_and_skips_nan() -> None:
     assert mean["auc"] == pytest.approx(np.average([0.6, 0.8], weights=[1.0, 3.0]))
     assert mean["n"] == pytest.approx(np.average([10.0, 30.0, 5.0], weights=[1.0, 3.0, 2.0]))
     assert math.isnan(weighted_mean({"a": {"auc": math.nan}}, {"a": 1.0})["auc"])
+
+
+# --- paired bootstrap ------------------------------------------------------------------------
+
+
+def _seeded_pairs(n: int, seeds: int, gap: float) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per seed: labels, an arm whose scores separate the classes by ``gap`` more than ref's."""
+    pairs = []
+    for k in range(seeds):
+        rng = np.random.default_rng(100 + k)
+        y = (rng.random(n) < 0.4).astype(float)
+        noise = rng.normal(size=n)
+        pairs.append((y, y * (0.5 + gap) + noise, y * 0.5 + rng.normal(size=n)))
+    return pairs
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_weighted_auc_equals_auc_of_the_repeated_sample(seed: int) -> None:
+    # Prepare: scores with ties (rounded), multiplicities 0..3 per example
+    rng = np.random.default_rng(seed)
+    y = (rng.random(60) < 0.5).astype(float)
+    s = np.round(rng.random(60), 1)
+    counts = rng.integers(0, 4, size=(5, 60))
+    # Execute
+    got = weighted_auc(y, s, counts)
+    # Assert: the same as expanding each resample and calling auc (mean ranks for ties)
+    want = [auc(np.repeat(y, c), np.repeat(s, c)) for c in counts]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+
+
+def test_bootstrap_metric_vectorised_auc_matches_the_generic_loop() -> None:
+    y, arm, _ = _seeded_pairs(80, 1, 0.5)[0]
+    fast = bootstrap_metric(y, [arm], auc, n_boot=50, seed=3)
+    slow = bootstrap_metric(y, [arm], lambda a, b: auc(a, b), n_boot=50, seed=3)  # not `auc`: the loop path
+    np.testing.assert_allclose(fast, slow, rtol=0, atol=1e-12)
+
+
+def test_paired_bootstrap_identical_scores_give_zero() -> None:
+    pairs = [(y, arm, arm.copy()) for y, arm, _ in _seeded_pairs(200, 3, 0.0)]
+    got = paired_bootstrap_diff(pairs, n_boot=200)
+    assert (got["diff"], got["low"], got["high"]) == (0.0, 0.0, 0.0)
+    assert got["n_boot"] == 200 and got["n"] == 200
+
+
+def test_paired_bootstrap_clearly_better_arm_excludes_zero_and_point_is_the_auc_difference() -> None:
+    pairs = _seeded_pairs(1000, 3, 1.0)
+    got = paired_bootstrap_diff(pairs, n_boot=1000, seed=7)
+    want = np.mean([auc(y, a) - auc(y, r) for y, a, r in pairs])
+    assert got["diff"] == pytest.approx(want, abs=1e-12)
+    assert 0 < got["low"] < got["diff"] < got["high"]
+    # and the reverse comparison is the mirror image, below zero
+    flipped = paired_bootstrap_diff([(y, r, a) for y, a, r in pairs], n_boot=1000, seed=7)
+    assert flipped["high"] < 0 and flipped["low"] == pytest.approx(-got["high"])
+
+
+def test_paired_bootstrap_is_deterministic_by_seed_and_no_better_arm_straddles_zero() -> None:
+    pairs = _seeded_pairs(300, 2, 0.0)
+    a, b, c = (paired_bootstrap_diff(pairs, n_boot=300, seed=s) for s in (1, 1, 2))
+    assert a == b and a != c
+    assert a["low"] < 0 < a["high"]
+
+
+def test_paired_bootstrap_is_fast() -> None:
+    # 1,000 examples x 1,000 replicates x 3 seeds: the size of one platform's report cell
+    import time
+
+    pairs = _seeded_pairs(1000, 3, 0.2)
+    t0 = time.perf_counter()
+    paired_bootstrap_diff(pairs)
+    assert time.perf_counter() - t0 < 2.0
+
+
+def test_paired_bootstrap_rejects_misaligned_pairs() -> None:
+    y, a, _ = _seeded_pairs(10, 1, 0.0)[0]
+    with pytest.raises(ValueError, match="same examples"):
+        paired_bootstrap_diff([(y, a, a[:5])])
+    with pytest.raises(ValueError, match="at least one"):
+        paired_bootstrap_diff([])

@@ -1,0 +1,76 @@
+"""compare_jobs without training: unit planning, record round trips, fingerprints, failures, budget."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from common.config import AppConfig
+from simulations import compare_jobs as jobs
+from simulations.compare import ARMS, Record, resolve_arms
+
+SCENARIO = {"users": {"a": 3}, "interactions": {"a": 9}, "large_platform": None, "scarce_fraction": None}
+
+
+def _spec(tmp_path: Path, names: str, seed: int = 0) -> jobs.UnitSpec:
+    arms = tuple(resolve_arms(names.split(","), []))
+    cfg = AppConfig().replace(seed=seed)
+    fps = {a.name: jobs.fingerprint(cfg, a, SCENARIO, "") for a in arms}
+    return jobs.UnitSpec(jobs.Unit("full", seed, arms), cfg, ("a",), tmp_path, frozenset(), fps)
+
+
+def test_units_keep_finetune_with_federated_and_cheap_arms_together() -> None:
+    arms = resolve_arms(["local", "federated", "fed+finetune", "pooled", "like-rate", "popularity"], [])
+    units = jobs.plan_units(arms, ["full", "scarce"], 2)
+    labels = [u.label for u in units]
+    assert labels[:4] == ["full/seed0/local", "full/seed0/federated,fed+finetune", "full/seed0/pooled",
+                          "full/seed0/like-rate,popularity"]  # fmt: skip
+    assert len(units) == 16 and labels[4].startswith("scarce/seed0/") and units[-1].seed == 1  # seed-major
+
+
+def test_record_round_trip_and_fingerprint(tmp_path: Path) -> None:
+    # Prepare: a record with a NaN metric and test scores
+    spec = _spec(tmp_path, "local")
+    record = Record({"a": {"auc": math.nan, "n": 2.0}}, wall_s=1.5, rounds=["r"], best_round={"a": 1},
+                    scores={"a": {"labels": [0.0, 1.0], "probs": [0.2, 0.7]}})  # fmt: skip
+    fp = spec.fingerprints["local"]
+    # Execute
+    jobs.write_record(tmp_path, "full", 0, "local", fp, record)
+    back = jobs.read_record(tmp_path, "full", 0, "local", fp)
+    # Assert
+    assert back is not None and math.isnan(back.per_platform["a"]["auc"]) and back.scores == record.scores
+    assert back.rounds == ["r"] and back.best_round == {"a": 1} and jobs.is_done(spec)
+    assert jobs.read_record(tmp_path, "full", 0, "local", "other") is None  # config changed: rerun
+    other = jobs.fingerprint(AppConfig().replace(**{"train.lr": 0.1}), ARMS["local"], SCENARIO, "")
+    assert other != fp and fp == jobs.fingerprint(AppConfig().replace(**{"out-dir": "/x"}), ARMS["local"], SCENARIO, "")
+    jobs.forget(spec)
+    assert not jobs.is_done(spec)
+
+
+def test_sequential_failure_is_reported_and_budget_stops_launching(tmp_path: Path, monkeypatch) -> None:
+    # Prepare: every unit raises
+    def boom(spec: jobs.UnitSpec) -> tuple:
+        raise ValueError("no data")
+
+    monkeypatch.setattr(jobs, "run_unit", boom)
+    specs = [_spec(tmp_path, "local", seed) for seed in (0, 1)]
+    seen: list[jobs.Finished] = []
+    # Execute
+    outcome = jobs.execute(specs, 1, None, seen.append)
+    # Assert: both ran, both failed with one line naming the unit; their output went to the log
+    assert [f.error for f in outcome.failed] == ["ValueError: no data"] * 2 and seen == outcome.finished
+    line = jobs.progress_line(outcome.failed[0], 1, 2)
+    assert line.startswith("[1/2] full seed 0 FAILED full/seed0/local: ValueError: no data")
+    assert "ValueError: no data" in jobs.log_path(specs[0]).read_text()
+    # a spent budget launches nothing
+    late = jobs.execute(specs, 1, deadline=0.0, on_finish=seen.append)
+    assert late.finished == [] and late.not_started == specs
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_jsonable_turns_non_finite_into_null(value: float) -> None:
+    import numpy as np
+
+    assert jobs.jsonable({"x": [np.float32(1.5), value], "y": np.arange(2)}) == {"x": [1.5, None], "y": [0, 1]}

@@ -1,0 +1,134 @@
+"""report.py on hand-made records with test scores: paired intervals, targets per kind, partial runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.metrics import auc
+from simulations.compare import Record
+from simulations.report import evaluate_targets, summary_markdown, write_report
+
+PLATFORMS = {"L": 600, "s1": 400, "s2": 400}  # test examples per platform; L is the large one
+
+
+def _record(strength: dict[str, float], seed: int, ndcg: float = 0.1) -> Record:
+    """Scores y * strength + noise per platform: a larger strength separates the classes better.
+
+    Labels depend on the platform only (the same test examples for every arm, as in a real run);
+    the noise depends on the platform, seed and strength, so two arms with one strength score alike.
+    """
+    per_platform, scores = {}, {}
+    for i, (platform, n) in enumerate(PLATFORMS.items()):
+        y = (np.random.default_rng(i).random(n) < 0.5).astype(float)
+        noise = np.random.default_rng([i, seed, int(strength[platform] * 1000)]).normal(size=n)
+        probs = 1 / (1 + np.exp(-(y * strength[platform] + noise)))
+        per_platform[platform] = {"auc": auc(y, probs), "logloss": 0.6, "hr@10": 0.2, "ndcg@10": ndcg,
+                                  "n": float(n), "rank-users": 4.0}  # fmt: skip
+        scores[platform] = {"labels": y.tolist(), "probs": probs.tolist()}
+    return Record(per_platform, wall_s=1.0, scores=scores)
+
+
+def _arms(**strengths: dict[str, float]) -> dict[str, dict[int, Record]]:
+    ndcg = {"local": 0.1, "federated": 0.2, "pooled": 0.2}  # the baselines rank worse: 0.05
+    return {arm: {s: _record(st, s, ndcg.get(arm, 0.05)) for s in (0, 1)} for arm, st in strengths.items()}
+
+
+FLAT = {"L": 1.0, "s1": 1.0, "s2": 1.0}
+WEAK = {"L": 0.1, "s1": 0.1, "s2": 0.1}
+
+
+def _meta(kind: str, scenarios: list[str]) -> dict:
+    info = {"users": dict.fromkeys(PLATFORMS, 10), "interactions": {}, "large_platform": "L",
+            "scarce_fraction": 0.1}  # fmt: skip
+    cfg = {"model.base": "tiny-random", "num-server-rounds": 2, "train.local-epochs": 1, "train.max-examples": 64,
+           "fed.patience": 2, "fed.metric": "auc", "eval.max-rank-users": 4, "data.rank-negatives": 99}  # fmt: skip
+    return {"kind": kind, "size": "ci", "seeds": [0, 1], "data": "", "config": cfg,
+            "scenarios": {s: info for s in scenarios}, "arms": {}, "total_wall_s": 1.0,
+            "hardware": {"gpu": None, "cpu": "cpu", "cpu_cores": 2, "torch": "x"}}  # fmt: skip
+
+
+def _targets(report: dict) -> dict[tuple[str, str], dict]:
+    return {(t["scenario"], t["target"]): t for t in report["targets"]}
+
+
+def test_same_domain_scarce_targets_are_judged_on_paired_intervals(tmp_path: Path) -> None:
+    # Prepare: federated far better than local on s1, equal on s2 and L; baselines weak; no mf arm
+    results = {"scarce": _arms(local=FLAT, federated={"L": 1.0, "s1": 3.0, "s2": 1.0}, **{"like-rate": WEAK},
+                               popularity=WEAK)}  # fmt: skip
+    # Execute
+    report = write_report(tmp_path, results, _meta("same", ["scarce"]))
+    # Assert: the interval of federated - local on s1 excludes 0, its point is the mean AUC gain
+    cell = report["paired"]["scarce"]["local"]["federated"]["s1"]
+    gain = np.mean([r.per_platform["s1"]["auc"] for r in results["scarce"]["federated"].values()]) - np.mean(
+        [r.per_platform["s1"]["auc"] for r in results["scarce"]["local"].values()]
+    )
+    assert cell["diff"] == pytest.approx(gain) and cell["low"] > 0.03
+    assert cell["n"] == 400 and cell["seeds"] == 2 and cell["n_boot"] == 1000
+    same = report["paired"]["scarce"]["local"]["federated"]["L"]  # identical scores: exactly zero
+    assert (same["diff"], same["low"], same["high"]) == (0.0, 0.0, 0.0)
+    got = _targets(report)
+    assert got[("scarce", "federated >= local + 0.03 AUC on s1")]["met"] is True
+    s2 = got[("scarce", "federated >= local + 0.03 AUC on s2")]
+    assert s2["met"] is False and s2["margin"] == pytest.approx(-0.03) and s2["rule"] == "gain"
+    assert got[("scarce", "federated not worse than local on L (large)")]["met"] is True
+    assert got[("scarce", "federated beats like-rate in test AUC on every platform")]["met"] is True
+    assert got[("scarce", "federated beats popularity in NDCG@10 on every platform")]["met"] is True
+    assert got[("scarce", "federated beats mf in test AUC on every platform")]["met"] is None  # arm absent
+    md = (tmp_path / "report.md").read_text()
+    assert "Paired bootstrap: arm − local" in md and "`gain`: the interval lies at or above +0.03" in md
+    assert json.loads((tmp_path / "report.json").read_text())["paired"]["scarce"]["local"]["federated"]["s1"]
+
+
+def test_cross_domain_targets_and_the_weighted_mean_interval() -> None:
+    # Prepare: federated = pooled (identical scores), both better than local everywhere
+    from simulations.report import aggregate, paired_intervals
+
+    results = {"full": _arms(local=WEAK, federated=FLAT, pooled=FLAT)}
+    paired = paired_intervals(results)
+    # Execute
+    got = {t["target"]: t for t in evaluate_targets(aggregate(results), _meta("cross", ["full"]), paired)}
+    # Assert
+    within = got["federated mean AUC within 0.005 of pooled or above"]
+    assert within["met"] is True and within["margin"] == pytest.approx(0.005)
+    assert all(got[f"federated not worse than local on {p}"]["met"] for p in PLATFORMS)
+    mean = paired["full"]["local"]["federated"]["mean"]
+    per = paired["full"]["local"]["federated"]
+    weights = np.array(list(PLATFORMS.values()), dtype=float)
+    assert mean["diff"] == pytest.approx(np.dot(weights, [per[p]["diff"] for p in PLATFORMS]) / weights.sum())
+    assert mean["n"] == sum(PLATFORMS.values())
+
+
+def test_same_domain_full_needs_a_significant_win_and_stretch_is_optional() -> None:
+    from simulations.report import aggregate, paired_intervals
+
+    results = {"full": _arms(local=FLAT, federated=FLAT, **{"mf-central": WEAK})}
+    got = {t["target"]: t for t in evaluate_targets(aggregate(results), _meta("same", ["full"]),
+                                                    paired_intervals(results))}  # fmt: skip
+    assert got["federated beats local on s1"]["met"] is False  # equal is not a win
+    stretch = got["stretch: federated beats mf-central in test AUC on every platform"]
+    assert stretch["met"] is True and stretch["required"] is False
+
+
+def test_partial_run_and_records_without_scores(tmp_path: Path) -> None:
+    # Prepare: seed 1 of federated missing; local's records carry no scores (before the model side adds them)
+    results = {"full": _arms(local=FLAT, federated=FLAT)}
+    del results["full"]["federated"][1]
+    for record in results["full"]["local"].values():
+        record.scores = {}
+    meta = {**_meta("cross", ["full"]), "missing": ["full/seed1/federated"], "failed": []}
+    # Execute
+    report = write_report(tmp_path, results, meta)
+    # Assert
+    assert report["results"]["full"]["federated"]["s1"]["auc"]["values"][1] is None or np.isnan(
+        report["results"]["full"]["federated"]["s1"]["auc"]["values"][1]
+    )
+    assert report["paired"] == {}
+    assert _targets(report)[("full", "federated not worse than local on s1")]["met"] is None
+    md = (tmp_path / "report.md").read_text()
+    assert "(1/2 seeds)" in md and "**Partial report:**" in md and "`full/seed1/federated`" in md
+    summary = summary_markdown([tmp_path, tmp_path / "absent"])
+    assert "## kind `cross`" in summary and "No report.json" in summary
