@@ -11,7 +11,8 @@
 #
 # Environment: JOBS (6), SEEDS (3), BUDGET_S (480; --quick 100): total seconds after which no new
 # unit is launched (units already running finish; TALLRec runs only if TALLREC_MIN_S (60) remain);
-# the reports are written either way, listing what is missing. QUICK=1 = --quick: 1 seed, --size ci,
+# the reports are written either way, listing what is missing. FULL_ARMS: the arms of the full run
+# (default: the main arms and every baseline; `all` = every default arm). QUICK=1 = --quick: 1 seed, --size ci,
 # a few arms (QUICK_ARMS): checks the GPU path in about 2 minutes. COMPARE_ARGS / TALLREC_ARGS: extra
 # options. Rerunning with the same OUTDIR skips the units whose records exist (COMPARE_ARGS=--fresh
 # reruns them).
@@ -41,7 +42,10 @@ if [ "$QUICK" = 1 ]; then
     ARMS=(--arms "${QUICK_ARMS:-local,federated,fed+finetune,pooled,like-rate,popularity}")
 else
     SEEDS=${SEEDS:-3} SIZE=full BUDGET_S=${BUDGET_S:-480}
-    ARMS=()
+    # the main arms and every baseline fit the budget; the levers (fedprox, freeze-a, ...) are a
+    # separate run: FULL_ARMS=all for every default arm
+    FULL_ARMS=${FULL_ARMS:-local,federated,fed+personal,fed+finetune,pooled,fed-text-only,untrained,liked-share,popularity,like-rate,mf,mf-central}
+    if [ "$FULL_ARMS" = all ]; then ARMS=(); else ARMS=(--arms "$FULL_ARMS"); fi
 fi
 cd "$ROOT"
 mkdir -p "$OUT"
