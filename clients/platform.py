@@ -69,6 +69,7 @@ def split_config(spec: DataSpec, seed: int) -> SplitConfig:
     return SplitConfig(
         like_threshold=spec.like_threshold, history_len=spec.history_len,
         negatives_per_positive=spec.negatives_per_positive, rank_negatives=spec.rank_negatives,
+        train_unseen_negatives=spec.train_unseen_negatives,
         max_users=spec.max_users or None, seed=seed,
     )  # fmt: skip
 

@@ -98,12 +98,14 @@ class DataSpec:
     history_len: int = 10
     like_threshold: float = 3.0
     negatives_per_positive: int = 1
+    train_unseen_negatives: int = 0  # explicit ratings: unrated items per liked train example, as dislikes
     rank_negatives: int = 99
     max_users: int = 0  # 0 = every user
 
     def __post_init__(self) -> None:
         _positive(self, "history_len", "data.history-len")
         _positive(self, "negatives_per_positive", "data.negatives-per-positive")
+        _non_negative(self, "train_unseen_negatives", "data.train-unseen-negatives")
         _positive(self, "rank_negatives", "data.rank-negatives")
         _non_negative(self, "max_users", "data.max-users")
 

@@ -33,6 +33,7 @@ class SplitConfig:
     history_len: int = 10  # most recent liked and most recent disliked items, each up to this many
     min_interactions: int = 5  # users with fewer interactions are train-only
     negatives_per_positive: int = 1  # implicit feedback: sampled negatives per positive (train/valid/test)
+    train_unseen_negatives: int = 0  # explicit feedback: unseen items per liked TRAIN example, labelled 0
     rank_negatives: int = 99  # HR/NDCG protocol: sampled negatives per test positive
     max_users: int | None = None  # seeded subsample of users per platform (None = all)
     seed: int = 0
@@ -43,6 +44,8 @@ class SplitConfig:
         for name in ("history_len", "negatives_per_positive", "rank_negatives"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"`{name}` must be positive, got {getattr(self, name)}")
+        if self.train_unseen_negatives < 0:
+            raise ConfigError(f"`train_unseen_negatives` must be >= 0, got {self.train_unseen_negatives}")
         if self.min_interactions < 3:  # one train, one valid and one test interaction
             raise ConfigError(f"`min_interactions` must be at least 3, got {self.min_interactions}")
         if self.max_users is not None and self.max_users < 1:
@@ -202,6 +205,12 @@ def split_platform(data: PlatformData, cfg: SplitConfig) -> PlatformSplits:
     Implicit feedback: every interaction is a positive and gets ``negatives_per_positive``
     sampled negatives (catalogue items the user never interacted with, same history).
 
+    Explicit feedback with ``train_unseen_negatives`` = k > 0: each liked TRAIN example also gets
+    k items the user never interacted with as dislikes (same history), drawn from outside the
+    user's own ranking negatives. Ratings alone only teach "liked or disliked, among what the user
+    chose to rate"; ranking a held-out like against unrated items also needs "would not pick this
+    at all" (what item popularity knows). Validation and test keep only real ratings.
+
     Ranking: one case per evaluated user whose test interaction is a like, with
     ``rank_negatives`` items the user never interacted with. Every case on a platform gets
     the same number of negatives (the trainer scores them as one (U, 1+N) matrix), so when
@@ -215,6 +224,7 @@ def split_platform(data: PlatformData, cfg: SplitConfig) -> PlatformSplits:
     valid: list[Example] = []
     test: list[Example] = []
     pending: list[tuple[Example, list[str]]] = []  # liked test examples and their unseen items
+    liked_train: dict[str, tuple[list[Example], list[str]]] = {}  # user -> liked train examples, unseen items
     by_user = _by_user(data.interactions)
     for user in sorted(by_user):
         rows = by_user[user]
@@ -232,6 +242,8 @@ def split_platform(data: PlatformData, cfg: SplitConfig) -> PlatformSplits:
             if data.feedback == "implicit":
                 for neg in _sample(unseen, cfg.negatives_per_positive, neg_rng):
                     split.append(Example(user, neg, 0, liked, disliked))
+            elif cfg.train_unseen_negatives and label and split is train:
+                liked_train.setdefault(user, ([], unseen))[0].append(example)
         if held_out and labels[-1] == 1:
             pending.append((Example(user, item_ids[-1], 1, *histories[-1]), unseen))
     width = min([cfg.rank_negatives, *(len(unseen) for _, unseen in pending)])
@@ -245,7 +257,25 @@ def split_platform(data: PlatformData, cfg: SplitConfig) -> PlatformSplits:
         )
         for ex, unseen in pending
     ]
+    train += _unseen_negatives(liked_train, {c.user_id: set(c.negatives) for c in ranking}, data.name, cfg)
     return PlatformSplits(data.name, data.items, train, valid, test, ranking, len(data.interactions))
+
+
+def _unseen_negatives(
+    liked_train: dict[str, tuple[list[Example], list[str]]], held_out: dict[str, set[str]], platform: str,
+    cfg: SplitConfig,
+) -> list[Example]:  # fmt: skip
+    """``cfg.train_unseen_negatives`` dislikes per liked train example, never a user's ranking negative."""
+    out: list[Example] = []
+    for user in sorted(liked_train):
+        examples, unseen = liked_train[user]
+        pool = [item for item in unseen if item not in held_out.get(user, ())]
+        rng = _rng(cfg.seed, platform, user, "train-unseen")
+        for ex in examples:
+            out.extend(
+                Example(user, neg, 0, ex.liked, ex.disliked) for neg in _sample(pool, cfg.train_unseen_negatives, rng)
+            )
+    return out
 
 
 def split_dataset(

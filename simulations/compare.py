@@ -6,19 +6,22 @@ Every arm uses the same base model, the same splits (per seed) and the same trai
 budget per platform (rounds x local epochs x ``train.max-examples``):
 
 - ``local``: each platform alone (:func:`run_federation` over an in-process transport of that one platform);
-- ``federated``: all platforms, example-weighted fusion of adapter + head (the deployed app);
-- ``fed+personal``: federated adapter, but a private head per platform that never leaves it;
-- ``fed+finetune``: the best fused adapter, then one local epoch per platform;
-- ``pooled``: one adapter trained on the union of all platforms' train data (what a privacy law forbids);
-- levers: federated with one setting changed (FedProx, FedAvgM, FedAdam, exact-LoRA ``freeze-a``, ...),
+- ``federated``: all platforms; the shared model (adapter, tower, user, head) fused by example-weighted
+  averaging, the private item/user parameters kept per platform (the deployed app, the recommended recipe);
+- ``fed+personal``: as federated, with the head private too;
+- ``fed+finetune``: the best fused model, then one local epoch per platform;
+- ``pooled``: one shared model trained on the union of all platforms' train data (what a privacy law forbids);
+- levers: federated (or local) with one setting changed (``fed-text-only``/``local-text-only``: no private
+  parameters; ``fed-bias-only``; FedProx, FedAvgM, FedAdam, exact-LoRA ``freeze-a``, ...),
   built in (see ``ARMS``) or given as ``--lever NAME:key=value,key=value``;
 - no training: ``untrained`` (frozen base + untrained head), ``liked-share``, ``popularity``, ``like-rate``;
 - collaborative baselines (no text model, seconds on a CPU): ``mf`` (biased matrix factorisation per
   platform, tuned on validation) and ``mf-central`` (one MF on all platforms, users linked: the upper
   bound a privacy law forbids).
 
-Scenarios: ``full`` (the dataset as given) and ``scarce`` (the large platform keeps every user, the
-others a seeded ``--scarce-fraction`` of theirs, via :func:`common.splits.subsample_users`). Each
+Scenarios: ``full`` (the dataset as given) and ``scarce`` (the large platform keeps everything, the
+others a seeded ``--scarce-fraction`` of their train examples, validation and test whole; see
+:func:`train_fractions`). Each
 scenario's dataset is written under ``RUN/data/<scenario>`` and every run under ``RUN/runs/``;
 ``report.json``, ``report.md``, ``report.png`` and ``rounds.png`` summarise them (see
 :mod:`simulations.report`).
@@ -332,7 +335,7 @@ class ArmRunner:
     def _baseline(self, arm: Arm) -> Record:
         # every platform prepared first: mf-central fits on all of them at once
         _, tokenizer = load_scorer(self.cfg.model, self.cfg.lora, self.cfg.seed)
-        cfg = self.cfg
+        cfg = self.cfg.replace(**{"data.train-unseen-negatives": 0})  # baselines fit on real ratings only
         prepared = {
             setup.platform: prepare(setup, cfg.data, cfg.eval.max_rank_users, cfg.seed, tokenizer, cfg.model.max_length)
             for setup in self.setups(cfg)

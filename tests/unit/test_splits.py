@@ -322,3 +322,30 @@ def test_thin_train_rejects_negative_seed() -> None:
     # Execute / Assert
     with pytest.raises(ConfigError, match="`seed`"):
         thin_train(_many(), 0.5, seed=-1)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_train_unseen_negatives_are_unrated_items_never_a_ranking_negative(k: int) -> None:
+    # Prepare: explicit ratings; u1's test item (i06, rated 5) is a like, so u1 has a ranking case
+    data = _platform(ROWS)
+    plain = split_platform(data, SplitConfig(rank_negatives=10))  # 30 items: 14 of u1's unrated ones left
+    # Execute
+    splits = split_platform(data, SplitConfig(rank_negatives=10, train_unseen_negatives=k))
+    # Assert: k dislikes per liked train example, unrated by that user, outside its ranking negatives,
+    # with the history of the like they were drawn for; everything else unchanged
+    added = splits.train[len(plain.train) :]
+    assert splits.train[: len(plain.train)] == plain.train
+    assert (splits.valid, splits.test, splits.ranking) == (plain.valid, plain.test, plain.ranking)
+    liked = [ex for ex in plain.train if ex.label]
+    assert len(added) == k * len(liked) and all(ex.label == 0 for ex in added)
+    rated = {u: {r[1] for r in ROWS if r[0] == u} for u in ("u1", "u2")}
+    ranked = {c.user_id: set(c.negatives) for c in plain.ranking}
+    for ex in added:
+        assert ex.item_id not in rated[ex.user_id] and ex.item_id not in ranked.get(ex.user_id, set())
+    assert {(ex.user_id, ex.liked, ex.disliked) for ex in added} == {(e.user_id, e.liked, e.disliked) for e in liked}
+    assert split_platform(data, SplitConfig(rank_negatives=10, train_unseen_negatives=k)).train == splits.train
+
+
+def test_train_unseen_negatives_leave_implicit_data_alone() -> None:
+    data = _implicit()
+    assert split_platform(data, SplitConfig(train_unseen_negatives=2)) == split_platform(data, SplitConfig())
