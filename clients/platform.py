@@ -9,6 +9,7 @@ embedded synthetic dataset, generated in memory from the run seed.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,14 +96,20 @@ class PreparedPlatform:
     train: EncodedSplit
     valid: EncodedSplit
     test: EncodedSplit
-    ranking: tuple[EncodedSplit, int]
+    ranking: tuple[EncodedSplit, int]  # test ranking: row c*(1+N) is case c's held-out like
     cases: list[RankingCase] = field(default_factory=list)  # the ranked cases behind ``ranking``, in order
+    valid_ranking: tuple[EncodedSplit, int] | None = None  # the same protocol on validation likes
+
+    def rankings(self, splits: Sequence[str]) -> dict[str, tuple[EncodedSplit, int]]:
+        """The ranking cases of each named split that has them."""
+        known = {"test": self.ranking, "valid": self.valid_ranking}
+        return {name: known[name] for name in splits if known.get(name) is not None}  # type: ignore[misc]
 
 
 def user_index(splits: PlatformSplits) -> dict[str, int]:
     """Every user of the platform (any split or ranking case), sorted: the rows of its private user parameters."""
     ids = {ex.user_id for part in (splits.train, splits.valid, splits.test) for ex in part}
-    ids.update(case.user_id for case in splits.ranking)
+    ids.update(case.user_id for case in (*splits.ranking, *splits.valid_ranking))
     return {user: i for i, user in enumerate(sorted(ids))}
 
 
@@ -114,10 +121,7 @@ def prepare(
     splits = load_splits(setup, spec, seed)
     if setup.train_fraction < 1.0:
         splits = thin_train(splits, setup.train_fraction, seed)
-    cases = splits.ranking
-    if max_rank_users and len(cases) > max_rank_users:
-        keep = np.sort(np.random.default_rng(seed).choice(len(cases), max_rank_users, replace=False))
-        cases = [cases[i] for i in keep]
+    cases = _some(splits.ranking, max_rank_users, seed)
     table = encode_items(tokenizer, splits.items, max_length)
     users = user_index(splits)
     length = spec.history_len
@@ -128,7 +132,16 @@ def prepare(
         test=encode_examples(table, users, splits.test, length),
         ranking=encode_ranking(table, users, cases, length),
         cases=list(cases),
+        valid_ranking=encode_ranking(table, users, _some(splits.valid_ranking, max_rank_users, seed), length),
     )  # fmt: skip
+
+
+def _some(cases: list[RankingCase], max_rank_users: int, seed: int) -> list[RankingCase]:
+    """A seeded subset of ``max_rank_users`` ranking cases (0 = all of them), in order."""
+    if max_rank_users and len(cases) > max_rank_users:
+        keep = np.sort(np.random.default_rng(seed).choice(len(cases), max_rank_users, replace=False))
+        return [cases[i] for i in keep]
+    return cases
 
 
 def subsample(data: EncodedSplit, max_examples: int, seed: int) -> EncodedSplit:

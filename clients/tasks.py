@@ -93,11 +93,11 @@ def evaluate_state(
     splits: Sequence[str] = ALL_SPLITS,
     scores: dict[str, np.ndarray] | None = None,
 ) -> dict[str, float]:
-    """``valid.*`` / ``test.*`` metrics (AUC, log-loss, counts; HR@10, NDCG@10 with test) of ``state``.
+    """``valid.*`` / ``test.*`` metrics (AUC, log-loss, counts, HR@10, NDCG@10) of ``state``.
 
     Uses this platform's private parameters of ``server_round`` (the latest at or before it).
     """
     scorer, part, prepared = load_platform(cfg, setup, state, store.load(server_round))
     data = {name: getattr(prepared, name) for name in splits}
-    ranking = prepared.ranking if "test" in splits else None
-    return evaluate(scorer, part, data, ranking, cfg.eval.batch_size, pick_device(setup.device), scores)
+    rankings = prepared.rankings(splits)
+    return evaluate(scorer, part, data, rankings, cfg.eval.batch_size, pick_device(setup.device), scores)

@@ -309,17 +309,17 @@ def evaluate(
     scorer: Scorer,
     part: PlatformBatches,
     splits: Mapping[str, EncodedSplit],
-    ranking: tuple[EncodedSplit, int] | None,
+    rankings: Mapping[str, tuple[EncodedSplit, int]],
     batch_size: int,
     device: torch.device,
     scores: dict[str, np.ndarray] | None = None,
 ) -> dict[str, float]:
-    """``{split}.auc / .logloss / .n ...`` for every split, plus ``test.hr@10 / test.ndcg@10``.
+    """``{split}.auc / .logloss / .n ...`` for every split, ``{split}.hr@10 / .ndcg@10`` for every ranking.
 
     ``scores``, when given, receives each split's probabilities (the comparison's paired bootstrap).
     """
     out: dict[str, float] = {}
-    used = referenced_items(*splits.values(), *([ranking[0]] if ranking is not None else []))
+    used = referenced_items(*splits.values(), *(data for data, _ in rankings.values()))
     vectors = catalogue_vectors(scorer.to(device).eval(), part, batch_size, device, used)
     for name, data in splits.items():
         if len(data) == 0:
@@ -329,11 +329,12 @@ def evaluate(
             scores[name], scores[f"{name}.labels"] = probs, data.labels
         for key, value in classification_metrics(data.labels, probs).items():
             out[f"{name}.{key}"] = float(value)
-    if ranking is not None and len(ranking[0]) > 0:
-        data, width = ranking
+    for name, (data, width) in rankings.items():
+        if len(data) == 0:
+            continue
         ranked = predict(scorer, part, data, batch_size, device, vectors).reshape(-1, width)  # (U, 1+N)
         for key, value in ranking_metrics(ranked[:, 0], ranked[:, 1:]).items():
-            out[f"test.{key}"] = float(value)
-        out["test.rank-users"] = float(ranked.shape[0])
+            out[f"{name}.{key}"] = float(value)
+        out[f"{name}.rank-users"] = float(ranked.shape[0])
     scorer.train()
     return out

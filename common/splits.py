@@ -81,6 +81,7 @@ class PlatformSplits:
     test: list[Example]
     ranking: list[RankingCase]
     num_interactions: int = 0  # interactions behind the examples (sampled negatives excluded)
+    valid_ranking: list[RankingCase] = dataclasses.field(default_factory=list)  # the same protocol on valid likes
 
     def stats(self) -> dict[str, float | int]:
         users = {ex.user_id for split in (self.train, self.valid, self.test) for ex in split}
@@ -224,6 +225,7 @@ def split_platform(data: PlatformData, cfg: SplitConfig) -> PlatformSplits:
     valid: list[Example] = []
     test: list[Example] = []
     pending: list[tuple[Example, list[str]]] = []  # liked test examples and their unseen items
+    pending_valid: list[tuple[Example, list[str]]] = []  # liked validation examples and their unseen items
     liked_train: dict[str, tuple[list[Example], list[str]]] = {}  # user -> liked train examples, unseen items
     by_user = _by_user(data.interactions)
     for user in sorted(by_user):
@@ -246,26 +248,34 @@ def split_platform(data: PlatformData, cfg: SplitConfig) -> PlatformSplits:
                 liked_train.setdefault(user, ([], unseen))[0].append(example)
         if held_out and labels[-1] == 1:
             pending.append((Example(user, item_ids[-1], 1, *histories[-1]), unseen))
+        if held_out and labels[-2] == 1:
+            pending_valid.append((Example(user, item_ids[-2], 1, *histories[-2]), unseen))
+    ranking = _ranking_cases(pending, cfg, data.name, "ranking")
+    valid_ranking = _ranking_cases(pending_valid, cfg, data.name, "valid-ranking")
+    held: dict[str, set[str]] = defaultdict(set)
+    for case in (*ranking, *valid_ranking):
+        held[case.user_id].update(case.negatives)
+    train += _unseen_negatives(liked_train, held, data.name, cfg)
+    return PlatformSplits(data.name, data.items, train, valid, test, ranking, len(data.interactions), valid_ranking)
+
+
+def _ranking_cases(
+    pending: Sequence[tuple[Example, Sequence[str]]], cfg: SplitConfig, platform: str, purpose: str
+) -> list[RankingCase]:
+    """One case per held-out like: the same number of seeded unseen negatives for every case."""
     width = min([cfg.rank_negatives, *(len(unseen) for _, unseen in pending)])
-    ranking = [
-        RankingCase(
-            ex.user_id,
-            ex.item_id,
-            _sample(unseen, width, _rng(cfg.seed, data.name, ex.user_id, "ranking")),
-            ex.liked,
-            ex.disliked,
-        )
+    return [
+        RankingCase(ex.user_id, ex.item_id, _sample(unseen, width, _rng(cfg.seed, platform, ex.user_id, purpose)),
+                    ex.liked, ex.disliked)
         for ex, unseen in pending
-    ]
-    train += _unseen_negatives(liked_train, {c.user_id: set(c.negatives) for c in ranking}, data.name, cfg)
-    return PlatformSplits(data.name, data.items, train, valid, test, ranking, len(data.interactions))
+    ]  # fmt: skip
 
 
 def _unseen_negatives(
     liked_train: dict[str, tuple[list[Example], list[str]]], held_out: dict[str, set[str]], platform: str,
     cfg: SplitConfig,
 ) -> list[Example]:  # fmt: skip
-    """``cfg.train_unseen_negatives`` dislikes per liked train example, never a user's ranking negative."""
+    """``cfg.train_unseen_negatives`` dislikes per liked train example, never one of the user's ranking negatives."""
     out: list[Example] = []
     for user in sorted(liked_train):
         examples, unseen = liked_train[user]

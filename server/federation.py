@@ -214,8 +214,8 @@ def mean_metrics(per_platform: Mapping[str, Mapping[str, float]]) -> dict[str, f
     out: dict[str, float] = {}
     for key in keys:
         split = key.split(".")[0]
-        weight_key = "test.rank-users" if key.split(".")[1] in ("hr@10", "ndcg@10") else f"{split}.n"
-        if key.endswith(".n") or key == "test.rank-users":
+        weight_key = f"{split}.rank-users" if key.split(".")[1] in ("hr@10", "ndcg@10") else f"{split}.n"
+        if key.endswith((".n", ".rank-users")):
             out[key] = float(sum(m.get(key, 0.0) for m in per_platform.values()))
             continue
         values = {p: {key: m[key]} for p, m in per_platform.items() if key in m}

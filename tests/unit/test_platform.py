@@ -63,3 +63,14 @@ def test_private_folders_are_per_platform_and_per_run() -> None:
     assert deployed.parent == Path("/var/crossfed/web") and deployed != private_folder(
         "/srv/run2", "web", "/var/crossfed"
     )
+
+
+def test_validation_is_ranked_too_so_ndcg_can_pick_the_best_round() -> None:
+    from clients.tasks import evaluate_state
+    from common.modeling import build_scorer, get_trainable_state
+
+    cfg = CFG.replace(**{"model.dim": 16, "lora.r": 4})
+    state = get_trainable_state(build_scorer(cfg.model, cfg.lora, cfg.seed)[0])
+    metrics = evaluate_state(cfg, NodeSetup("web_shop", "", "cpu"), state, 1, PrivateStore(), ("valid",))
+    assert {"valid.auc", "valid.hr@10", "valid.ndcg@10", "valid.rank-users"} <= set(metrics)
+    assert metrics["valid.rank-users"] == 3 and not any(k.startswith("test.") for k in metrics)

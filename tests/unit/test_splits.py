@@ -349,3 +349,15 @@ def test_train_unseen_negatives_are_unrated_items_never_a_ranking_negative(k: in
 def test_train_unseen_negatives_leave_implicit_data_alone() -> None:
     data = _implicit()
     assert split_platform(data, SplitConfig(train_unseen_negatives=2)) == split_platform(data, SplitConfig())
+
+
+def test_validation_likes_get_ranking_cases_of_their_own() -> None:
+    # Prepare: u1's validation item (i04, second-last) rated 4 instead of 2, a like; u2 is train-only
+    rows = [(u, i, t, 4.0 if i == "i04" else v) for u, i, t, v in ROWS]
+    splits = split_platform(_platform(rows), SplitConfig(rank_negatives=10))
+    # Assert: one case, the valid like against 10 items u1 never rated, drawn apart from the test case's
+    (case,) = splits.valid_ranking
+    assert (case.user_id, case.positive) == ("u1", "i04") and len(case.negatives) == 10
+    assert not set(case.negatives) & {r[1] for r in ROWS if r[0] == "u1"}
+    assert case.negatives != splits.ranking[0].negatives
+    assert (case.liked, case.disliked) == (splits.valid[0].liked, splits.valid[0].disliked)
