@@ -80,20 +80,6 @@ class EncodedSplit:
             self.users[rows], self.items[rows], self.liked[rows], self.disliked[rows], self.labels[rows]
         )
 
-    @staticmethod
-    def concat(parts: Sequence[EncodedSplit]) -> EncodedSplit:
-        width = max((p.liked.shape[1] for p in parts), default=1)
-        return EncodedSplit(
-            np.concatenate([p.users for p in parts]), np.concatenate([p.items for p in parts]),
-            np.concatenate([_widen(p.liked, width) for p in parts]),
-            np.concatenate([_widen(p.disliked, width) for p in parts]),
-            np.concatenate([p.labels for p in parts]),
-        )  # fmt: skip
-
-
-def _widen(rows: np.ndarray, width: int) -> np.ndarray:
-    return np.pad(rows, ((0, 0), (0, width - rows.shape[1])), constant_values=-1)
-
 
 def _history(table: ItemTable, item_ids: Sequence[tuple[str, ...]], width: int) -> np.ndarray:
     out = np.full((len(item_ids), max(width, 1)), -1, dtype=np.int64)
