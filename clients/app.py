@@ -15,7 +15,7 @@ from flwr.clientapp import ClientApp
 
 from clients import secure
 from clients.platform import PARTITION_KEY, resolve_node
-from clients.private_state import STATE_DIR_KEY, PrivateStore, private_folder
+from clients.private_state import DEFAULT_STATE_DIR, STATE_DIR_KEY, PrivateStore, private_folder, rounds_to_keep
 from clients.tasks import evaluate_state, fit
 from common.config import AppConfig, ConfigError
 from common.data import DatasetError
@@ -42,7 +42,6 @@ OPERATOR_ERRORS = (
     DatasetError, ModelLoadError, ConfigError, PayloadError, SecAggError, ValueError, FloatingPointError,
 )  # fmt: skip
 ERROR_CODE = 1001
-DEFAULT_STATE_DIR = "~/.crossfed/private"  # a deployed platform's private parameters (node_config `state-dir`)
 
 app = ClientApp()
 
@@ -111,11 +110,8 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
 
 
 def _private_store(context: Context, cfg: AppConfig, platform: str) -> PrivateStore:
-    """This platform's private parameters on its own disk (simulation: under the run folder).
-
-    The best round is never older than ``fed.patience`` + 1 rounds, so no more are kept.
-    """
-    keep = cfg.fed.patience + 1 if cfg.fed.patience else 0
+    """This platform's private parameters on its own disk (simulation: under the run folder)."""
+    keep = rounds_to_keep(cfg.fed.patience)
     simulated = PARTITION_KEY in context.node_config and STATE_DIR_KEY not in context.node_config
     state_dir = None if simulated else str(context.node_config.get(STATE_DIR_KEY, DEFAULT_STATE_DIR))
     return PrivateStore(private_folder(cfg.out_dir, platform, state_dir), keep)

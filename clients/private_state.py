@@ -25,6 +25,7 @@ import numpy as np
 
 FILE = re.compile(r"round-(\d+)\.safetensors")
 STATE_DIR_KEY = "state-dir"  # node_config: where a deployed platform keeps its private parameters
+DEFAULT_STATE_DIR = "~/.crossfed/private"
 
 Tensors = Mapping[str, np.ndarray]
 
@@ -87,6 +88,12 @@ class PrivateStore:
             del self._memory[rnd]
         else:
             self._path(rnd).unlink(missing_ok=True)
+
+
+def rounds_to_keep(patience: int) -> int:
+    """With early stopping after ``patience`` stale rounds the best round is at most ``patience``
+    rounds old, so ``patience + 1`` rounds suffice; without it (0) every round is kept."""
+    return patience + 1 if patience else 0
 
 
 def private_folder(out_dir: str, platform: str, state_dir: str | None = None) -> Path:

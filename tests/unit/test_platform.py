@@ -74,3 +74,9 @@ def test_validation_is_ranked_too_so_ndcg_can_pick_the_best_round() -> None:
     metrics = evaluate_state(cfg, NodeSetup("web_shop", "", "cpu"), state, 1, PrivateStore(), ("valid",))
     assert {"valid.auc", "valid.hr@10", "valid.ndcg@10", "valid.rank-users"} <= set(metrics)
     assert metrics["valid.rank-users"] == 3 and not any(k.startswith("test.") for k in metrics)
+
+
+def test_rounds_kept_cover_the_oldest_possible_best_round() -> None:
+    from clients.private_state import rounds_to_keep
+
+    assert rounds_to_keep(2) == 3 and rounds_to_keep(0) == 0  # 0: no early stopping, keep every round
