@@ -107,9 +107,11 @@ class PreparedPlatform:
 
 
 def user_index(splits: PlatformSplits) -> dict[str, int]:
-    """Every user of the platform (any split or ranking case), sorted: the rows of its private user parameters."""
+    """Every user of the platform, sorted: the rows of its private user parameters.
+
+    Ranking cases need no look: their users are the held-out users of the valid and test splits.
+    """
     ids = {ex.user_id for part in (splits.train, splits.valid, splits.test) for ex in part}
-    ids.update(case.user_id for case in (*splits.ranking, *splits.valid_ranking))
     return {user: i for i, user in enumerate(sorted(ids))}
 
 

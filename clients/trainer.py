@@ -161,26 +161,35 @@ def _to(array: np.ndarray, device: torch.device) -> torch.Tensor:
     return tensor
 
 
-def batch_logits(scorer: Scorer, part: PlatformBatches, data: EncodedSplit, device: torch.device) -> torch.Tensor:
-    """Logits of ``data`` (one batch): encode its distinct items once, then score from their vectors."""
-    history = np.concatenate([data.liked.ravel(), data.disliked.ravel()])
-    needed = np.unique(np.concatenate([data.items, history[history >= 0]]))  # (U,) sorted catalogue rows
-    remap = np.full(len(part.table), -1, dtype=np.int64)
-    remap[needed] = np.arange(len(needed))
-    tokens = part.table.tokens[needed, : int(part.table.lengths[needed].max())]
-    local = [remap[data.items], np.where(data.liked >= 0, remap[data.liked], -1),
-             np.where(data.disliked >= 0, remap[data.disliked], -1)]  # fmt: skip
-    ids, cands, liked, disliked, needed_t, users, items = (
-        _to(x, device) for x in (tokens, *local, needed, data.users, data.items)
-    )
+def item_vectors(scorer: Scorer, part: PlatformBatches, rows: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(len(rows), dim) vectors of these catalogue rows: their text through the shared tower + private residual."""
+    table = part.table
+    ids = _to(table.tokens[rows, : int(table.lengths[rows].max())], device)
     with _autocast(device):
-        vectors = scorer.item_vectors(ids, (ids != part.table.pad_id).long())
-    vectors = vectors.float()
-    residual = part.private.item_vectors(needed_t)
-    if residual is not None:
-        vectors = vectors + residual
+        vectors = scorer.item_vectors(ids, (ids != table.pad_id).long()).float()
+    residual = part.private.item_vectors(_to(rows, device))
+    return vectors if residual is None else vectors + residual
+
+
+def _logits(
+    scorer: Scorer, part: PlatformBatches, vectors: torch.Tensor, rows: Sequence[np.ndarray], data: EncodedSplit,
+    device: torch.device,
+) -> torch.Tensor:  # fmt: skip
+    """Shared model over ``vectors`` (``rows`` = candidate, liked, disliked rows into them) + private user parts."""
+    users, items = _to(data.users, device), _to(data.items, device)
+    cands, liked, disliked = (_to(r, device) for r in rows)
     logits = scorer(vectors, cands, liked, disliked, part.private.user_vectors(users))
     return logits.float() + part.private.bias(items, users)
+
+
+def batch_logits(scorer: Scorer, part: PlatformBatches, data: EncodedSplit, device: torch.device) -> torch.Tensor:
+    """Logits of ``data`` (one batch): encode its distinct items once, then score from their vectors."""
+    needed = referenced_items(data)  # (U,) sorted catalogue rows
+    remap = np.full(len(part.table), -1, dtype=np.int64)
+    remap[needed] = np.arange(len(needed))
+    local = [remap[data.items], np.where(data.liked >= 0, remap[data.liked], -1),
+             np.where(data.disliked >= 0, remap[data.disliked], -1)]  # fmt: skip
+    return _logits(scorer, part, item_vectors(scorer, part, needed, device), local, data, device)
 
 
 def train(
@@ -261,11 +270,8 @@ def catalogue_vectors(
     order = rows[np.argsort(table.lengths[rows], kind="stable")]  # similar lengths per batch: little padding
     out = torch.zeros((len(table), scorer.tower.out_features), device=device)
     for idx in _batches(order, batch_size):
-        ids = _to(table.tokens[idx, : int(table.lengths[idx].max())], device)
-        with _autocast(device):
-            out[_to(idx, device)] = scorer.item_vectors(ids, (ids != table.pad_id).long()).float()
-    residual = part.private.item_vectors(torch.arange(len(table), device=device))
-    return out if residual is None else out + residual
+        out[_to(idx, device)] = item_vectors(scorer, part, idx, device)
+    return out
 
 
 @torch.no_grad()
@@ -281,11 +287,8 @@ def predict(
     probs = np.empty(len(data), dtype=np.float64)
     rows = max(batch_size, 1) * 16  # scoring from vectors is cheap: bigger chunks
     for idx in _batches(np.arange(len(data)), rows):
-        chunk = data.take(idx)
-        users, items = _to(chunk.users, device), _to(chunk.items, device)
-        logits = scorer(vectors, items, _to(chunk.liked, device), _to(chunk.disliked, device),
-                        part.private.user_vectors(users))  # fmt: skip
-        logits = logits.float() + part.private.bias(items, users)
+        chunk = data.take(idx)  # vectors cover the whole catalogue: rows are catalogue rows
+        logits = _logits(scorer, part, vectors, [chunk.items, chunk.liked, chunk.disliked], chunk, device)
         probs[idx] = torch.sigmoid(logits).cpu().numpy()
     scorer.train()
     return probs

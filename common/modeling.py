@@ -247,8 +247,8 @@ def set_head_state(scorer: Scorer, head: Mapping[str, np.ndarray] | None) -> Non
     """Load head tensors (``head.``-prefixed); ``None`` restores the seeded initial head."""
     if head is None:
         scorer.head.load_state_dict(scorer.initial_head)
-        return
-    scorer.head.load_state_dict({k.removeprefix(HEAD_PREFIX): torch.from_numpy(np.asarray(v)) for k, v in head.items()})
+    else:
+        _load_layers(scorer, head)
 
 
 def set_trainable_state(scorer: Scorer, state: Mapping[str, np.ndarray]) -> None:
@@ -259,9 +259,14 @@ def set_trainable_state(scorer: Scorer, state: Mapping[str, np.ndarray]) -> None
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
         raise ValueError(f"adapter tensors not in the model: {unexpected[:3]}")
+    _load_layers(scorer, state)
+
+
+def _load_layers(scorer: Scorer, tensors: Mapping[str, np.ndarray]) -> None:
+    """Load the ``tower.`` / ``user.`` / ``head.`` tensors present in ``tensors`` into their modules."""
     for prefix in SCORER_PREFIXES:
         part = {k.removeprefix(prefix): torch.from_numpy(np.ascontiguousarray(v))
-                for k, v in state.items() if k.startswith(prefix)}  # fmt: skip
+                for k, v in tensors.items() if k.startswith(prefix)}  # fmt: skip
         if part:
             getattr(scorer, prefix.rstrip(".")).load_state_dict(part)
 
@@ -313,11 +318,7 @@ def load_adapter(
     with torch.random.fork_rng():
         torch.manual_seed(seed)  # a private head not in the folder keeps the seeded init
         scorer = Scorer(encoder, base.config.hidden_size, model)
-    for prefix in SCORER_PREFIXES:
-        part = {k.removeprefix(prefix): torch.from_numpy(v)
-                for k, v in load_file(str(folder / HEAD_FILE)).items() if k.startswith(prefix)}  # fmt: skip
-        if part:
-            getattr(scorer, prefix.rstrip(".")).load_state_dict(part)
+    _load_layers(scorer, load_file(str(folder / HEAD_FILE)))
     return scorer, tokenizer
 
 
