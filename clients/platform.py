@@ -129,9 +129,9 @@ def prepare(
     length = spec.history_len
     return PreparedPlatform(
         splits=splits, table=table, users=users,
-        train=encode_examples(table, users, splits.train, length),
-        valid=encode_examples(table, users, splits.valid, length),
-        test=encode_examples(table, users, splits.test, length),
+        train=encode_examples(table, users, splits.train, length, splits.implicit),
+        valid=encode_examples(table, users, splits.valid, length, splits.implicit),
+        test=encode_examples(table, users, splits.test, length, splits.implicit),
         ranking=encode_ranking(table, users, cases, length),
         cases=list(cases),
         valid_ranking=encode_ranking(table, users, _some(splits.valid_ranking, max_rank_users, seed), length),

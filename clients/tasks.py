@@ -19,14 +19,13 @@ from clients.private_state import PrivateStore
 from clients.trainer import PlatformBatches, evaluate, train
 from common.config import AppConfig
 from common.modeling import (
-    HEAD_PREFIX,
     PrivateParts,
     Scorer,
-    get_head_state,
+    get_private_layers,
     get_trainable_state,
     load_scorer,
     pick_device,
-    set_head_state,
+    set_private_layers,
     set_trainable_state,
 )
 
@@ -34,32 +33,34 @@ ALL_SPLITS = ("valid", "test")
 
 
 def private_parts(cfg: AppConfig, prepared: PreparedPlatform, saved: Mapping[str, np.ndarray] | None) -> PrivateParts:
-    """This platform's private parameters: zeros, or the saved ones (a saved head is not part of them)."""
-    parts = PrivateParts(len(prepared.table), len(prepared.users), cfg.model.dim, cfg.model.private)
+    """This platform's private parameters: zeros, or the saved ones (saved private layers of the shared
+    model, a head or LoRA B, are not part of them)."""
+    parts = PrivateParts(len(prepared.table), len(prepared.users), cfg.model.dim, cfg.model.private,
+                         pick=cfg.model.pick_head)  # fmt: skip
     if saved:
-        own = {k: torch.from_numpy(np.array(v)) for k, v in saved.items() if not k.startswith(HEAD_PREFIX)}
+        names = set(parts.state_dict())
+        own = {k: torch.from_numpy(np.array(v)) for k, v in saved.items() if k in names}
         parts.load_state_dict(own)
     return parts
 
 
 def private_tensors(scorer: Scorer, parts: PrivateParts) -> OrderedDict[str, np.ndarray]:
-    """What the platform keeps: its private parameters, plus the head when the head is private."""
+    """What the platform keeps: its private parameters, plus the shared model's private layers (head, LoRA B)."""
     out = OrderedDict((k, v.detach().float().cpu().numpy()) for k, v in parts.state_dict().items())
-    if scorer.private_head:
-        out.update(get_head_state(scorer))
+    out.update(get_private_layers(scorer))
     return out
 
 
 def load_platform(
     cfg: AppConfig, setup: NodeSetup, state: Mapping[str, np.ndarray], saved: Mapping[str, np.ndarray] | None
 ) -> tuple[Scorer, PlatformBatches, PreparedPlatform]:
-    """The shared model with ``state`` (and this platform's private head, if any) plus its private parts."""
+    """The shared model with ``state`` (and this platform's private layers, if any) plus its private parts."""
     scorer, tokenizer = load_scorer(cfg.model, cfg.lora, cfg.seed)
     prepared = prepare(setup, cfg.data, cfg.eval.max_rank_users, cfg.seed, tokenizer, cfg.model.max_length)
     set_trainable_state(scorer, dict(state))
-    if scorer.private_head:
-        head = {k: v for k, v in (saved or {}).items() if k.startswith(HEAD_PREFIX)}
-        set_head_state(scorer, head or None)
+    if scorer.initial_private:
+        layers = {k: v for k, v in (saved or {}).items() if scorer.is_private(k)}
+        set_private_layers(scorer, layers or None)
     part = PlatformBatches(prepared.table, prepared.train, private_parts(cfg, prepared, saved))
     return scorer, part, prepared
 

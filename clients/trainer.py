@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
+import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
 from common.config import TrainSpec
@@ -70,15 +70,29 @@ class EncodedSplit:
     items: np.ndarray  # (N,) int64 candidate rows
     liked: np.ndarray  # (N, L) int64 history rows, most recent first, -1 = padding
     disliked: np.ndarray  # (N, L)
-    labels: np.ndarray  # (N,) float32 in {0, 1}
+    labels: np.ndarray  # (N,) float32 in {0, 1}: liked
+    rated: np.ndarray | None = None  # (N,) float32 in {0, 1}: a real interaction (0 = sampled unrated item)
+    implicit: bool = False  # implicit feedback: liked == interacted, so unrated rows are dislikes too
+
+    def __post_init__(self) -> None:
+        if self.rated is None:
+            self.rated = np.ones(len(self.labels), dtype=np.float32)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def take(self, rows: np.ndarray) -> EncodedSplit:
+        assert self.rated is not None
         return EncodedSplit(
-            self.users[rows], self.items[rows], self.liked[rows], self.disliked[rows], self.labels[rows]
-        )
+            self.users[rows], self.items[rows], self.liked[rows], self.disliked[rows], self.labels[rows],
+            self.rated[rows], self.implicit,
+        )  # fmt: skip
+
+    def like_rows(self, pick: bool) -> np.ndarray:
+        """(N,) 1 where the like loss applies: every row, except unrated rows of explicit data when
+        a pick output learns those (nobody knows whether the user would have liked them)."""
+        assert self.rated is not None
+        return self.rated if pick and not self.implicit else np.ones_like(self.rated)
 
 
 def _history(table: ItemTable, item_ids: Sequence[tuple[str, ...]], width: int) -> np.ndarray:
@@ -95,6 +109,8 @@ def encode_rows(
     candidates: Sequence[str],
     labels: Sequence[int],
     history_len: int,
+    rated: Sequence[bool] | None = None,
+    implicit: bool = False,
 ) -> EncodedSplit:
     """Rows for (history, candidate, label) triples; histories are padded to at least ``history_len``."""
     liked = [h.liked for h in histories]
@@ -106,14 +122,16 @@ def encode_rows(
         liked=_history(table, liked, width),
         disliked=_history(table, disliked, width),
         labels=np.asarray(labels, dtype=np.float32),
+        rated=None if rated is None else np.asarray(rated, dtype=np.float32),
+        implicit=implicit,
     )
 
 
 def encode_examples(
-    table: ItemTable, users: Mapping[str, int], examples: Sequence[Example], history_len: int
+    table: ItemTable, users: Mapping[str, int], examples: Sequence[Example], history_len: int, implicit: bool = False
 ) -> EncodedSplit:
     return encode_rows(table, users, examples, [ex.item_id for ex in examples], [ex.label for ex in examples],
-                       history_len)  # fmt: skip
+                       history_len, [ex.rated for ex in examples], implicit)  # fmt: skip
 
 
 def encode_ranking(
@@ -175,15 +193,19 @@ def _logits(
     scorer: Scorer, part: PlatformBatches, vectors: torch.Tensor, rows: Sequence[np.ndarray], data: EncodedSplit,
     device: torch.device,
 ) -> torch.Tensor:  # fmt: skip
-    """Shared model over ``vectors`` (``rows`` = candidate, liked, disliked rows into them) + private user parts."""
+    """(B, K) logits: the shared model over ``vectors`` (``rows`` = candidate, liked, disliked rows into
+    them) plus the private parts; column 0 like, column 1 pick (when the model has it)."""
     users, items = _to(data.users, device), _to(data.items, device)
     cands, liked, disliked = (_to(r, device) for r in rows)
-    logits = scorer(vectors, cands, liked, disliked, part.private.user_vectors(users))
-    return logits.float() + part.private.bias(items, users)
+    logits = scorer(vectors, cands, liked, disliked, part.private.user_vectors(users)).float()
+    like = logits[:, 0] + part.private.bias(items, users)
+    if logits.shape[1] == 1:
+        return like.unsqueeze(1)
+    return torch.stack([like, logits[:, 1] + part.private.pick_bias(items)], dim=1)
 
 
 def batch_logits(scorer: Scorer, part: PlatformBatches, data: EncodedSplit, device: torch.device) -> torch.Tensor:
-    """Logits of ``data`` (one batch): encode its distinct items once, then score from their vectors."""
+    """(B, K) logits of ``data`` (one batch): encode its distinct items once, then score from their vectors."""
     needed = referenced_items(data)  # (U,) sorted catalogue rows
     remap = np.full(len(part.table), -1, dtype=np.int64)
     remap[needed] = np.arange(len(needed))
@@ -200,6 +222,9 @@ def train(
     seed: int,
 ) -> dict[str, float]:
     """E epochs of AdamW on BCE (+ optional FedProx term); returns mean loss and example count.
+
+    The like output learns from the rows :meth:`EncodedSplit.like_rows` selects; the pick output
+    (when the model has one) from every row, rated vs unrated, weighted by ``spec.pick_weight``.
 
     Several ``parts`` (the pooled bound) interleave their batches; each batch comes from one
     platform, scored with that platform's private parameters. Batch order and dropout masks
@@ -226,7 +251,6 @@ def _train(
     if private:
         groups.append({"params": private, "lr": spec.private_lr, "weight_decay": spec.private_weight_decay})
     opt = torch.optim.AdamW(groups, foreach=True)
-    loss_fn = nn.BCEWithLogitsLoss()
     rng = np.random.default_rng(seed)
     total, seen = torch.zeros((), dtype=torch.float64, device=device), 0  # summed on device: no sync per step
     for _ in range(spec.local_epochs):
@@ -235,8 +259,7 @@ def _train(
         for j in rng.permutation(len(batches)):
             k, idx = batches[j]
             data = parts[k].data.take(idx)
-            logits = batch_logits(scorer, parts[k], data, device)
-            loss = loss_fn(logits, _to(data.labels, device))
+            loss = _loss(batch_logits(scorer, parts[k], data, device), data, spec, device)
             if anchor is not None:
                 prox = sum(((p - a) ** 2).sum() for p, a in zip(shared, anchor, strict=True))
                 loss = loss + 0.5 * spec.proximal_mu * prox
@@ -248,6 +271,18 @@ def _train(
         if not math.isfinite(total.item()):  # one device sync per epoch, not per step
             raise FloatingPointError("training loss became NaN/Inf; lower `train.lr`")
     return {"train-loss": total.item() / max(seen, 1), "num-examples": float(sum(len(p.data) for p in parts))}
+
+
+def _loss(logits: torch.Tensor, data: EncodedSplit, spec: TrainSpec, device: torch.device) -> torch.Tensor:
+    """Masked BCE of the like output, plus the pick output's BCE on rated-vs-unrated when present."""
+    pick = logits.shape[1] > 1
+    mask = _to(data.like_rows(pick), device)
+    like = F.binary_cross_entropy_with_logits(logits[:, 0], _to(data.labels, device), reduction="none")
+    loss = (like * mask).sum() / mask.sum().clamp(min=1.0)
+    if pick:
+        assert data.rated is not None
+        loss = loss + spec.pick_weight * F.binary_cross_entropy_with_logits(logits[:, 1], _to(data.rated, device))
+    return loss
 
 
 def referenced_items(*splits: EncodedSplit) -> np.ndarray:
@@ -277,9 +312,13 @@ def catalogue_vectors(
 @torch.no_grad()
 def predict(
     scorer: Scorer, part: PlatformBatches, data: EncodedSplit, batch_size: int, device: torch.device,
-    vectors: torch.Tensor | None = None,
+    vectors: torch.Tensor | None = None, score: str = "like",
 ) -> np.ndarray:  # fmt: skip
-    """Like-probabilities of ``data``'s rows, in order, from one pass over the catalogue."""
+    """Probabilities of ``data``'s rows, in order, from one pass over the catalogue.
+
+    ``score``: ``"like"`` (p(like): AUC over rated items) or ``"rank"`` (p(pick) * p(like) when the
+    model has a pick output, else p(like): ranking against unrated items).
+    """
     scorer.to(device).eval()
     part.private.to(device).eval()
     if vectors is None:
@@ -289,7 +328,8 @@ def predict(
     for idx in _batches(np.arange(len(data)), rows):
         chunk = data.take(idx)  # vectors cover the whole catalogue: rows are catalogue rows
         logits = _logits(scorer, part, vectors, [chunk.items, chunk.liked, chunk.disliked], chunk, device)
-        probs[idx] = torch.sigmoid(logits).cpu().numpy()
+        logp = F.logsigmoid(logits[:, 0] if score == "like" else logits).reshape(len(idx), -1).sum(1)
+        probs[idx] = torch.exp(logp).cpu().numpy()
     scorer.train()
     return probs
 
@@ -321,7 +361,7 @@ def evaluate(
     for name, (data, width) in rankings.items():
         if len(data) == 0:
             continue
-        ranked = predict(scorer, part, data, batch_size, device, vectors).reshape(-1, width)  # (U, 1+N)
+        ranked = predict(scorer, part, data, batch_size, device, vectors, "rank").reshape(-1, width)  # (U, 1+N)
         for key, value in ranking_metrics(ranked[:, 0], ranked[:, 1:]).items():
             out[f"{name}.{key}"] = float(value)
         out[f"{name}.rank-users"] = float(ranked.shape[0])

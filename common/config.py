@@ -35,6 +35,7 @@ class ModelSpec:
     dim: int = 64  # item and user vector size
     private: str = "embed"  # per-platform parameters that never leave: "embed" (biases + vectors), "bias", "none"
     private_head: bool = False  # keep the scoring head private too (FedPer); else it is fused with the rest
+    pick_head: bool = True  # a second output, "would the user pick this item at all"; ranking uses both
 
     def __post_init__(self) -> None:
         _positive(self, "max_length", "model.max-length")
@@ -53,6 +54,7 @@ class LoraSpec:
     dropout: float = 0.1
     target_modules: str = "query,key,value,dense"
     freeze_a: bool = False  # exact-LoRA fusion: A stays at its seeded init, only B trains (fused B.A = mean of B_i.A)
+    private_b: bool = False  # keep every LoRA B private, fuse only A (FedSA-LoRA): a private share of the adapter
 
     def __post_init__(self) -> None:
         _positive(self, "r", "lora.r")
@@ -78,6 +80,7 @@ class TrainSpec:
     private_weight_decay: float = 0.01
     max_examples: int = 2000  # 0 = the whole train split; else a seeded subsample per round (CPU default)
     proximal_mu: float = 0.0  # FedProx term mu/2 * ||w - w_global||^2 on the shared tensors; 0 disables it
+    pick_weight: float = 1.0  # weight of the pick output's loss (rated vs unrated rows) next to the like loss
 
     def __post_init__(self) -> None:
         _positive(self, "local_epochs", "train.local-epochs")
@@ -88,6 +91,7 @@ class TrainSpec:
         _non_negative(self, "private_weight_decay", "train.private-weight-decay")
         _non_negative(self, "max_examples", "train.max-examples")
         _non_negative(self, "proximal_mu", "train.proximal-mu")
+        _non_negative(self, "pick_weight", "train.pick-weight")
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,7 @@ class DataSpec:
     history_len: int = 10
     like_threshold: float = 3.0
     negatives_per_positive: int = 1
-    train_unseen_negatives: int = 0  # explicit ratings: unrated items per liked train example, as dislikes
+    train_unseen_negatives: int = 1  # explicit ratings: unrated items per rated train example (pick negatives)
     rank_negatives: int = 99
     max_users: int = 0  # 0 = every user
 

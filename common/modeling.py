@@ -11,14 +11,22 @@ can be scored with one pass per item.
   mean disliked item vectors -> user vector) and ``head`` (an MLP over the user and item
   vectors, their product and three history counts). This is what transfers between
   platforms: how a user's history relates to a candidate's text.
+- **Two outputs** (``model.pick-head``, on by default): *like* (would the user like the item,
+  among items they rate) and *pick* (would the user rate or pick the item at all, against
+  items they never touched). Ratings alone teach only the first; ranking a held-out like
+  among unrated items needs both, which is why item popularity beat a like-only model on
+  NDCG. AUC over rated items uses like; ranking uses p(pick) * p(like).
 - **Private (per platform, never sent; :class:`PrivateParts`):** with ``model.private =
   "embed"`` (the default) a bias and a residual vector per catalogue item and per user, with
-  ``"bias"`` the biases only, with ``"none"`` nothing. Item and user ids are local to a
+  ``"bias"`` the biases only, with ``"none"`` nothing; with the pick output, also a per-item
+  pick bias (how often this platform's users pick the item: its popularity). Item and user ids are local to a
   platform, so these could not be fused anyway. ``model.private-head = true`` keeps ``head``
-  private too (FedPer/FedRep: shared body, private head).
+  private too (FedPer/FedRep: shared body, private head); ``lora.private-b = true`` keeps every
+  LoRA B matrix private and fuses only the A matrices (FedSA-LoRA: A carries what is general,
+  B what is platform-specific): a private share of the adapter.
 
-logit(u, i) = head([u * v_i, u, v_i, counts]) + b_i + b_u, with v_i = tower(text_i) + e_i and
-u = user([mean liked v, mean disliked v]) + p_u.
+like(u, i) = head_0([u * v_i, u, v_i, counts]) + b_i + b_u and pick(u, i) = head_1(...) + c_i, with
+v_i = tower(text_i) + e_i and u = user([mean liked v, mean disliked v]) + p_u.
 
 Loading a base model costs seconds, so :func:`load_scorer` caches one shared model per
 process and configuration; every round overwrites its trainable tensors.
@@ -108,17 +116,25 @@ def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class Scorer(nn.Module):
     """The shared model: LoRA encoder -> item vectors; histories -> user vectors; an MLP head -> logit."""
 
-    def __init__(self, encoder: PeftModel, hidden_size: int, spec: ModelSpec) -> None:
+    def __init__(self, encoder: PeftModel, hidden_size: int, spec: ModelSpec, private_b: bool = False) -> None:
         super().__init__()
         dim = spec.dim
         self.encoder = encoder
         self.tower = nn.Linear(hidden_size, dim)
         self.user = nn.Linear(2 * dim, dim)
+        self.pick = spec.pick_head
         self.head = nn.Sequential(
-            nn.Dropout(spec.head_dropout), nn.Linear(3 * dim + NUM_COUNTS, dim), nn.GELU(), nn.Linear(dim, 1)
-        )
+            nn.Dropout(spec.head_dropout), nn.Linear(3 * dim + NUM_COUNTS, dim), nn.GELU(),
+            nn.Linear(dim, 2 if self.pick else 1),
+        )  # fmt: skip
         self.private_head = spec.private_head
-        self.initial_head = {k: v.detach().clone() for k, v in self.head.state_dict().items()}
+        self.private_b = private_b
+        # the seeded values of the shared layers kept private: what a platform with nothing saved starts from
+        self.initial_private = OrderedDict((k, v) for k, v in _module_state(self).items() if self.is_private(k))
+
+    def is_private(self, name: str) -> bool:
+        """Whether this tensor of the shared model stays on the platform (private head / LoRA B)."""
+        return (self.private_head and name.startswith(HEAD_PREFIX)) or (self.private_b and ".lora_B." in name)
 
     def item_vectors(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(U, T) item tokens -> (U, dim) item vectors (masked mean of the token states, projected)."""
@@ -133,7 +149,10 @@ class Scorer(nn.Module):
         disliked: torch.Tensor,  # (B, L)
         user_residual: torch.Tensor | None = None,  # (B, dim) private per-user vectors
     ) -> torch.Tensor:
-        """(B,) logits of the shared model (private biases are added by the caller)."""
+        """(B, K) logits of the shared model: column 0 like, column 1 pick (when the model has it).
+
+        Private biases are added by the caller.
+        """
         liked_mean, n_liked = _history_mean(vectors, liked)
         disliked_mean, n_disliked = _history_mean(vectors, disliked)
         user = self.user(torch.cat([liked_mean, disliked_mean], dim=-1))  # (B, dim)
@@ -142,7 +161,7 @@ class Scorer(nn.Module):
         item = vectors[candidates]  # (B, dim)
         share = torch.where(n_liked + n_disliked > 0, n_liked / (n_liked + n_disliked).clamp(min=1.0), 0.5)
         counts = torch.stack([share, torch.log1p(n_liked), torch.log1p(n_disliked)], dim=-1)  # (B, 3)
-        return self.head(torch.cat([user * item, user, item, counts.to(item.dtype)], dim=-1)).squeeze(-1)
+        return self.head(torch.cat([user * item, user, item, counts.to(item.dtype)], dim=-1))
 
 
 def _history_mean(vectors: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,13 +175,15 @@ class PrivateParts(nn.Module):
     """One platform's own parameters over its own item and user ids; they never leave the platform.
 
     All start at zero, so a platform with nothing trained yet scores with the shared model alone.
+    ``pick`` adds a per-item bias of the pick output (the item's popularity on this platform).
     """
 
-    def __init__(self, num_items: int, num_users: int, dim: int, kind: str) -> None:
+    def __init__(self, num_items: int, num_users: int, dim: int, kind: str, pick: bool = False) -> None:
         super().__init__()
         self.kind = kind
         self.item_bias = nn.Parameter(torch.zeros(num_items)) if kind != "none" else None
         self.user_bias = nn.Parameter(torch.zeros(num_users)) if kind != "none" else None
+        self.item_pick_bias = nn.Parameter(torch.zeros(num_items)) if kind != "none" and pick else None
         self.item_residual = nn.Parameter(torch.zeros(num_items, dim)) if kind == "embed" else None
         self.user_residual = nn.Parameter(torch.zeros(num_users, dim)) if kind == "embed" else None
 
@@ -173,9 +194,14 @@ class PrivateParts(nn.Module):
         return None if self.user_residual is None else self.user_residual[users]
 
     def bias(self, items: torch.Tensor, users: torch.Tensor) -> torch.Tensor | float:
+        """Private bias of the like output."""
         if self.item_bias is None or self.user_bias is None:
             return 0.0
         return self.item_bias[items] + self.user_bias[users]
+
+    def pick_bias(self, items: torch.Tensor) -> torch.Tensor | float:
+        """Private bias of the pick output."""
+        return 0.0 if self.item_pick_bias is None else self.item_pick_bias[items]
 
 
 def lora_config(spec: LoraSpec) -> LoraConfig:
@@ -198,7 +224,7 @@ def build_scorer(model: ModelSpec, lora: LoraSpec, seed: int = 0) -> tuple[Score
             peft_model = get_peft_model(encoder, lora_config(lora))
         except ValueError as exc:  # peft: target modules not found in the base model
             raise ModelLoadError(f"`lora.target-modules` = {lora.target_modules!r}: {exc}") from exc
-        scorer = Scorer(peft_model, encoder.config.hidden_size, model)
+        scorer = Scorer(peft_model, encoder.config.hidden_size, model, lora.private_b)
     if lora.freeze_a:  # A keeps its seeded init (the same on every platform): only B and the layers above train
         for name, param in peft_model.named_parameters():
             if ".lora_A." in name:
@@ -231,35 +257,38 @@ def _module_state(scorer: Scorer) -> OrderedDict[str, np.ndarray]:
 def get_trainable_state(scorer: Scorer) -> OrderedDict[str, np.ndarray]:
     """The shared tensors as float32 numpy arrays, in a stable order: the wire format.
 
-    With a private head (``model.private-head``) the head is not part of it.
+    Tensors kept private (``model.private-head``: the head; ``lora.private-b``: LoRA B) are not part of it.
     """
-    state = _module_state(scorer)
-    if scorer.private_head:
-        return OrderedDict((k, v) for k, v in state.items() if not k.startswith(HEAD_PREFIX))
-    return state
+    return OrderedDict((k, v) for k, v in _module_state(scorer).items() if not scorer.is_private(k))
 
 
-def get_head_state(scorer: Scorer) -> OrderedDict[str, np.ndarray]:
-    return OrderedDict((HEAD_PREFIX + k, _numpy(v)) for k, v in scorer.head.state_dict().items())
+def get_private_layers(scorer: Scorer) -> OrderedDict[str, np.ndarray]:
+    """The shared model's tensors that stay on the platform (empty unless a head or LoRA B is private)."""
+    return OrderedDict((k, v) for k, v in _module_state(scorer).items() if scorer.is_private(k))
 
 
-def set_head_state(scorer: Scorer, head: Mapping[str, np.ndarray] | None) -> None:
-    """Load head tensors (``head.``-prefixed); ``None`` restores the seeded initial head."""
-    if head is None:
-        scorer.head.load_state_dict(scorer.initial_head)
-    else:
-        _load_layers(scorer, head)
+def set_private_layers(scorer: Scorer, tensors: Mapping[str, np.ndarray] | None) -> None:
+    """Load the private tensors of the shared model; ``None`` restores their seeded initial values."""
+    values = scorer.initial_private if tensors is None else tensors
+    check_state_matches(scorer.initial_private, {k: v for k, v in values.items() if scorer.is_private(k)})
+    _load_tensors(scorer, values)
 
 
 def set_trainable_state(scorer: Scorer, state: Mapping[str, np.ndarray]) -> None:
     """Load the shared tensors; any missing, extra, wrong-shaped or non-finite tensor is an error."""
     check_state_matches(get_trainable_state(scorer), state)
-    adapter = {k: torch.from_numpy(np.asarray(v)) for k, v in state.items() if not k.startswith(SCORER_PREFIXES)}
-    result = set_peft_model_state_dict(scorer.encoder, adapter)
-    unexpected = getattr(result, "unexpected_keys", [])
-    if unexpected:
-        raise ValueError(f"adapter tensors not in the model: {unexpected[:3]}")
-    _load_layers(scorer, state)
+    _load_tensors(scorer, state)
+
+
+def _load_tensors(scorer: Scorer, tensors: Mapping[str, np.ndarray]) -> None:
+    """Load adapter tensors (peft names) and ``tower.`` / ``user.`` / ``head.`` tensors, whichever are given."""
+    adapter = {k: torch.from_numpy(np.asarray(v)) for k, v in tensors.items() if not k.startswith(SCORER_PREFIXES)}
+    if adapter:
+        result = set_peft_model_state_dict(scorer.encoder, adapter)
+        unexpected = getattr(result, "unexpected_keys", [])
+        if unexpected:
+            raise ValueError(f"adapter tensors not in the model: {unexpected[:3]}")
+    _load_layers(scorer, tensors)
 
 
 def _load_layers(scorer: Scorer, tensors: Mapping[str, np.ndarray]) -> None:
@@ -317,7 +346,7 @@ def load_adapter(
     encoder = PeftModel.from_pretrained(copy.deepcopy(base), str(folder))
     with torch.random.fork_rng():
         torch.manual_seed(seed)  # a private head not in the folder keeps the seeded init
-        scorer = Scorer(encoder, base.config.hidden_size, model)
+        scorer = Scorer(encoder, base.config.hidden_size, model, lora.private_b)
     _load_layers(scorer, load_file(str(folder / HEAD_FILE)))
     return scorer, tokenizer
 

@@ -33,7 +33,7 @@ class SplitConfig:
     history_len: int = 10  # most recent liked and most recent disliked items, each up to this many
     min_interactions: int = 5  # users with fewer interactions are train-only
     negatives_per_positive: int = 1  # implicit feedback: sampled negatives per positive (train/valid/test)
-    train_unseen_negatives: int = 0  # explicit feedback: unseen items per liked TRAIN example, labelled 0
+    train_unseen_negatives: int = 0  # explicit feedback: unrated items per rated TRAIN example (rated=False)
     rank_negatives: int = 99  # HR/NDCG protocol: sampled negatives per test positive
     max_users: int | None = None  # seeded subsample of users per platform (None = all)
     seed: int = 0
@@ -61,6 +61,7 @@ class Example:
     label: int  # 1 = liked
     liked: tuple[str, ...]  # item ids, most recent first, strictly before this interaction
     disliked: tuple[str, ...]
+    rated: bool = True  # False: a sampled item the user never interacted with (label 0)
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class PlatformSplits:
     ranking: list[RankingCase]
     num_interactions: int = 0  # interactions behind the examples (sampled negatives excluded)
     valid_ranking: list[RankingCase] = dataclasses.field(default_factory=list)  # the same protocol on valid likes
+    implicit: bool = False  # implicit feedback: "liked" and "interacted with" are the same thing
 
     def stats(self) -> dict[str, float | int]:
         users = {ex.user_id for split in (self.train, self.valid, self.test) for ex in split}
@@ -206,11 +208,12 @@ def split_platform(data: PlatformData, cfg: SplitConfig) -> PlatformSplits:
     Implicit feedback: every interaction is a positive and gets ``negatives_per_positive``
     sampled negatives (catalogue items the user never interacted with, same history).
 
-    Explicit feedback with ``train_unseen_negatives`` = k > 0: each liked TRAIN example also gets
-    k items the user never interacted with as dislikes (same history), drawn from outside the
-    user's own ranking negatives. Ratings alone only teach "liked or disliked, among what the user
-    chose to rate"; ranking a held-out like against unrated items also needs "would not pick this
-    at all" (what item popularity knows). Validation and test keep only real ratings.
+    Explicit feedback with ``train_unseen_negatives`` = k > 0: each rated TRAIN example also gets
+    k items the user never interacted with (``rated=False``, label 0, same history), drawn from
+    outside the user's own ranking negatives. Ratings alone only teach "liked or disliked, among
+    what the user chose to rate"; ranking a held-out like against unrated items also needs "would
+    not pick this at all" (what item popularity knows): the model's pick output learns it from
+    these rows. Validation and test keep only real ratings.
 
     Ranking: one case per evaluated user whose test interaction is a like, with
     ``rank_negatives`` items the user never interacted with. Every case on a platform gets
@@ -226,7 +229,7 @@ def split_platform(data: PlatformData, cfg: SplitConfig) -> PlatformSplits:
     test: list[Example] = []
     pending: list[tuple[Example, list[str]]] = []  # liked test examples and their unseen items
     pending_valid: list[tuple[Example, list[str]]] = []  # liked validation examples and their unseen items
-    liked_train: dict[str, tuple[list[Example], list[str]]] = {}  # user -> liked train examples, unseen items
+    rated_train: dict[str, tuple[list[Example], list[str]]] = {}  # user -> rated train examples, unseen items
     by_user = _by_user(data.interactions)
     for user in sorted(by_user):
         rows = by_user[user]
@@ -243,9 +246,9 @@ def split_platform(data: PlatformData, cfg: SplitConfig) -> PlatformSplits:
             split.append(example)
             if data.feedback == "implicit":
                 for neg in _sample(unseen, cfg.negatives_per_positive, neg_rng):
-                    split.append(Example(user, neg, 0, liked, disliked))
-            elif cfg.train_unseen_negatives and label and split is train:
-                liked_train.setdefault(user, ([], unseen))[0].append(example)
+                    split.append(Example(user, neg, 0, liked, disliked, rated=False))
+            elif cfg.train_unseen_negatives and split is train:
+                rated_train.setdefault(user, ([], unseen))[0].append(example)
         if held_out and labels[-1] == 1:
             pending.append((Example(user, item_ids[-1], 1, *histories[-1]), unseen))
         if held_out and labels[-2] == 1:
@@ -255,8 +258,9 @@ def split_platform(data: PlatformData, cfg: SplitConfig) -> PlatformSplits:
     held: dict[str, set[str]] = defaultdict(set)
     for case in (*ranking, *valid_ranking):
         held[case.user_id].update(case.negatives)
-    train += _unseen_negatives(liked_train, held, data.name, cfg)
-    return PlatformSplits(data.name, data.items, train, valid, test, ranking, len(data.interactions), valid_ranking)
+    train += _unseen_negatives(rated_train, held, data.name, cfg)
+    return PlatformSplits(data.name, data.items, train, valid, test, ranking, len(data.interactions), valid_ranking,
+                          implicit=data.feedback == "implicit")  # fmt: skip
 
 
 def _ranking_cases(
@@ -272,18 +276,19 @@ def _ranking_cases(
 
 
 def _unseen_negatives(
-    liked_train: dict[str, tuple[list[Example], list[str]]], held_out: dict[str, set[str]], platform: str,
+    rated_train: dict[str, tuple[list[Example], list[str]]], held_out: dict[str, set[str]], platform: str,
     cfg: SplitConfig,
 ) -> list[Example]:  # fmt: skip
-    """``cfg.train_unseen_negatives`` dislikes per liked train example, never one of the user's ranking negatives."""
+    """``cfg.train_unseen_negatives`` unrated items per rated train example, never a ranking negative of the user."""
     out: list[Example] = []
-    for user in sorted(liked_train):
-        examples, unseen = liked_train[user]
+    for user in sorted(rated_train):
+        examples, unseen = rated_train[user]
         pool = [item for item in unseen if item not in held_out.get(user, ())]
         rng = _rng(cfg.seed, platform, user, "train-unseen")
         for ex in examples:
             out.extend(
-                Example(user, neg, 0, ex.liked, ex.disliked) for neg in _sample(pool, cfg.train_unseen_negatives, rng)
+                Example(user, neg, 0, ex.liked, ex.disliked, rated=False)
+                for neg in _sample(pool, cfg.train_unseen_negatives, rng)
             )
     return out
 

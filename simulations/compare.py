@@ -10,6 +10,7 @@ budget per platform (rounds x local epochs x ``train.max-examples``):
   averaging, the private item/user parameters kept per platform (the deployed app, the recommended recipe);
 - ``fed+personal``: as federated, with the head private too;
 - ``fed+finetune``: the best fused model, then one local epoch per platform;
+- ``fed+mix``: per platform, a mix of the fused and its own local model, the share picked on validation;
 - ``pooled``: one shared model trained on the union of all platforms' train data (what a privacy law forbids);
 - levers: federated (or local) with one setting changed (``fed-text-only``/``local-text-only``: no private
   parameters; ``fed-bias-only``; FedProx, FedAvgM, FedAdam, exact-LoRA ``freeze-a``, ...),
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import platform as pyplatform
 import sys
@@ -49,6 +51,7 @@ from clients.tasks import fit, load_platform, private_tensors
 from clients.trainer import train
 from common.config import AppConfig, ConfigError
 from common.data import PlatformData, discover_platforms, load_dataset, write_dataset
+from common.fusion import weighted_average
 from common.modeling import build_scorer, get_trainable_state, load_scorer, pick_device
 from server.federation import PerPlatform, Tensors, mean_metrics, run_federation
 from server.outputs import ROUNDS_FILE
@@ -86,7 +89,7 @@ class Arm:
     """One way to train (or not) and score every platform."""
 
     name: str
-    kind: str  # local | federated | finetune | pooled | untrained | baseline
+    kind: str  # local | federated | finetune | mix | pooled | untrained | baseline
     overrides: Mapping[str, Any] = field(default_factory=dict)
     about: str = ""
 
@@ -95,6 +98,7 @@ class Arm:
         return self.kind not in ("untrained", "baseline")
 
 
+MIX_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)  # fed+mix: share of the fused model, picked per platform on validation
 ARMS: dict[str, Arm] = {a.name: a for a in (
     Arm("local", "local", about="each platform trains alone on its own data (same rounds/epochs)"),
     Arm("federated", "federated", about="all platforms: shared adapter + tower + head fused by example-weighted "
@@ -102,7 +106,11 @@ ARMS: dict[str, Arm] = {a.name: a for a in (
     Arm("fed+personal", "federated", {"model.private-head": True},
         about="as federated, and the head is private too (FedPer)"),
     Arm("fed+finetune", "finetune", about="best fused model, then 1 local epoch per platform"),
+    Arm("fed+mix", "mix", about="personalised mixing: per platform, a * fused + (1 - a) * its local model over every "
+        f"shared and private tensor, a in {{{', '.join(map(str, MIX_ALPHAS))}}} picked on validation"),
     Arm("pooled", "pooled", about="one shared model on the union of all platforms' train data (upper bound)"),
+    Arm("fed+private-b", "federated", {"lora.private-b": True},
+        about="a private share of the adapter: every LoRA B stays on its platform, only A is fused (FedSA-LoRA)"),
     Arm("fed-text-only", "federated", {"model.private": "none"},
         about="federated without private parameters: the fused text model alone"),
     Arm("local-text-only", "local", {"model.private": "none"}, about="local without private parameters"),
@@ -113,6 +121,8 @@ ARMS: dict[str, Arm] = {a.name: a for a in (
         about="FedAdam, server lr 0.01, betas (0.9, 0.99), tau 1e-3"),
     Arm("freeze-a", "federated", {"lora.freeze-a": True},
         about="exact LoRA fusion: A frozen at its seeded init, fused B.A = mean of the platforms' B.A"),
+    Arm("like-only", "federated", {"model.pick-head": False, "data.train-unseen-negatives": 0},
+        about="federated with the like output only, trained on real ratings (no pick output, no unrated rows)"),
     Arm("no-dropout", "federated", {"lora.dropout": 0.0, "model.head-dropout": 0.0}, about="no dropout"),
     Arm("wd0.1", "federated", {"train.weight-decay": 0.1}, about="weight decay 0.1 (default 0.01)"),
     Arm("no-early-stop", "federated", {"fed.patience": 0}, about="every round, best round still by validation"),
@@ -125,8 +135,9 @@ ARMS: dict[str, Arm] = {a.name: a for a in (
     Arm("mf-central", "baseline", about="one biased MF on all platforms' train splits, users linked across "
         "platforms, tuned on validation: upper bound a privacy law forbids: raw data and user ids pooled"),
 )}  # fmt: skip
-MAIN_ARMS = ("local", "federated", "fed+personal", "fed+finetune", "pooled")
-LEVER_ARMS = ("fed-text-only", "local-text-only", "fed-bias-only", "fedprox", "fedavgm", "fedadam", "freeze-a")
+MAIN_ARMS = ("local", "federated", "fed+personal", "fed+finetune", "fed+mix", "pooled")
+LEVER_ARMS = ("fed+private-b", "fed-text-only", "local-text-only", "fed-bias-only", "like-only", "fedprox", "fedavgm",
+              "fedadam", "freeze-a")  # fmt: skip
 BASELINE_ARMS = ("untrained", "liked-share", "popularity", "like-rate", "mf", "mf-central")
 DEFAULT_ARMS = (*MAIN_ARMS, *LEVER_ARMS, *BASELINE_ARMS)
 
@@ -152,10 +163,13 @@ def resolve_arms(names: Sequence[str], levers: Sequence[str]) -> list[Arm]:
     arms += [parse_lever(spec) for spec in levers]
     if len({a.name for a in arms}) != len(arms):
         raise ConfigError(f"`--arms`/`--lever`: arm names must be unique, got {[a.name for a in arms]}")
-    if any(a.kind == "finetune" for a in arms) and "federated" not in {a.name for a in arms}:
+    names = {a.name for a in arms}
+    if any(a.kind == "finetune" for a in arms) and "federated" not in names:
         raise ConfigError("`--arms`: fed+finetune starts from the federated arm's best adapter; add `federated`")
-    # trained arms in the given order, fine-tuning after them (it needs `federated`), the cheap baselines last
-    return sorted(arms, key=lambda a: (not a.trained, a.kind == "finetune"))
+    if any(a.kind == "mix" for a in arms) and not {"federated", "local"} <= names:
+        raise ConfigError("`--arms`: fed+mix mixes the federated and the local arms' models; add both")
+    # trained arms in the given order, the arms built on them after (they need `federated`), cheap baselines last
+    return sorted(arms, key=lambda a: (not a.trained, a.kind in ("finetune", "mix")))
 
 
 # --- scenarios ----------------------------------------------------------------------------
@@ -244,6 +258,7 @@ class Record:
     rounds: list[str] = field(default_factory=list)  # rounds.jsonl paths relative to RUN
     best_round: dict[str, int] = field(default_factory=dict)
     scores: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # platform -> test labels, probs
+    chosen: dict[str, dict[str, float]] = field(default_factory=dict)  # platform -> settings picked on validation
 
     def with_mean(self) -> dict[str, dict[str, float]]:
         """Per platform plus ``mean``: example-weighted (AUC/log-loss by test n, HR/NDCG by ranked users)."""
@@ -256,6 +271,21 @@ def _test_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
     return {k.removeprefix("test."): float(v) for k, v in metrics.items() if k.startswith("test.")}
 
 
+def _mixed_eval(
+    cfg: AppConfig, setup: NodeSetup, ends: Sequence[tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray] | None]],
+    alpha: float, splits: Sequence[str],
+) -> tuple[dict[str, float], InProcessTransport]:  # fmt: skip
+    """Metrics of alpha * (fused shared, fused private) + (1 - alpha) * (local shared, local private)."""
+    (fused, fused_private), (own, own_private) = ends
+    transport = InProcessTransport([setup])
+    state = weighted_average([fused, own], [alpha, 1.0 - alpha])
+    transport.stores[setup.platform] = store = PrivateStore(None)
+    if fused_private is not None and own_private is not None:
+        store.save(0, weighted_average([fused_private, own_private], [alpha, 1.0 - alpha]))
+    out, _ = transport.evaluate_round(state, cfg, 0, splits)
+    return out[setup.platform], transport
+
+
 class ArmRunner:
     """Runs arms for one scenario and seed; remembers the federated arm's best state for fine-tuning."""
 
@@ -266,6 +296,7 @@ class ArmRunner:
         self.cfg, self.platforms, self.run_root, self.out, self.implicit = cfg, list(platforms), run_root, out, implicit
         self.train_fraction = dict(train_fraction or {})
         self.federated: tuple[OrderedDict[str, np.ndarray], int, dict[str, PrivateStore]] | None = None
+        self.local: dict[str, tuple[OrderedDict[str, np.ndarray], int, PrivateStore]] = {}  # platform -> best
 
     def setups(self, cfg: AppConfig, platforms: Sequence[str] | None = None) -> list[NodeSetup]:
         return setups_for(cfg, self.platforms if platforms is None else platforms, train_fraction=self.train_fraction)
@@ -298,6 +329,9 @@ class ArmRunner:
             transport = InProcessTransport(self.setups(cfg, [name]))
             summary = run_federation(transport, cfg)
             per_platform[name] = summary["test"][name]
+            if arm.name == "local":
+                b = summary["best_round"]
+                self.local[name] = (transport.states[b], b, transport.stores[name].upto(b))
             scores.update(transport.scores)
             rounds.append(self._rel(cfg))
             best[name] = summary["best_round"]
@@ -323,6 +357,27 @@ class ArmRunner:
             tested, _ = transport.evaluate_round(tuned, cfg, best + 1, ("test",))
             per_platform[setup.platform] = _test_metrics(tested[setup.platform])
         return Record(per_platform, scores=transport.scores)
+
+    def _mix(self, arm: Arm) -> Record:
+        """Per platform, the share of the fused model (vs its own local model) that validates best."""
+        if self.federated is None or set(self.local) != set(self.platforms):
+            raise ConfigError(f"{arm.name} needs the local and federated arms to run first")
+        fused, fused_round, fused_stores = self.federated
+        cfg = self.cfg.replace(**arm.overrides)
+        per_platform, scores, chosen, metric = {}, {}, {}, f"valid.{cfg.fed.metric}"
+        sign = -1.0 if cfg.fed.metric == "logloss" else 1.0
+        for setup in self.setups(cfg):
+            own, own_round, own_store = self.local[setup.platform]
+            ends = ((fused, fused_stores[setup.platform].load(fused_round)), (own, own_store.load(own_round)))
+            best: tuple[float, float] = (-math.inf, 1.0)
+            for alpha in MIX_ALPHAS:
+                valid, _ = _mixed_eval(cfg, setup, ends, alpha, ("valid",))
+                best = max(best, (sign * valid.get(metric, -math.inf), alpha))
+            tested, transport = _mixed_eval(cfg, setup, ends, best[1], ("test",))
+            per_platform[setup.platform] = _test_metrics(tested)
+            chosen[setup.platform] = {"fused-share": best[1]}
+            scores.update(transport.scores)
+        return Record(per_platform, scores=scores, chosen=chosen)
 
     def _untrained(self, arm: Arm) -> Record:
         scorer, _ = build_scorer(self.cfg.model, self.cfg.lora, self.cfg.seed)

@@ -85,13 +85,21 @@ class Finished:
 
 
 def group_arms(arms: Sequence[Arm]) -> list[tuple[Arm, ...]]:
-    """Arms -> unit groups: each trained arm alone, fine-tuning with ``federated``, untrained ones together."""
-    finetune = tuple(a for a in arms if a.kind == "finetune")
+    """Arms -> unit groups: each trained arm alone, untrained ones together, and the arms built on the
+    federated arm's best state in its unit, after it: fine-tuning, and mixing (which also needs
+    ``local``, so ``local`` joins that unit, first, when a mixing arm runs)."""
+    after = tuple(a for a in arms if a.kind in ("finetune", "mix"))
+    local_joins = any(a.kind == "mix" for a in arms)
     cheap = tuple(a for a in arms if not a.trained)
     groups: list[tuple[Arm, ...]] = []
     for arm in arms:
-        if arm.trained and arm.kind != "finetune":
-            groups.append((arm, *finetune) if arm.name == "federated" else (arm,))
+        if not arm.trained or arm in after or (local_joins and arm.name == "local"):
+            continue
+        if arm.name == "federated":
+            local = tuple(a for a in arms if local_joins and a.name == "local")
+            groups.append((*local, arm, *after))
+        else:
+            groups.append((arm,))
     return groups + ([cheap] if cheap else [])
 
 

@@ -44,11 +44,8 @@ else
     SEEDS=${SEEDS:-3} SIZE=full BUDGET_S=${BUDGET_S:-480}
     # the main arms and every baseline fit the budget; the levers (fedprox, freeze-a, ...) are a
     # separate run: FULL_ARMS=all for every default arm
-    FULL_ARMS=${FULL_ARMS:-local,federated,fed+personal,fed+finetune,pooled,fed-text-only,untrained,liked-share,popularity,like-rate,mf,mf-central}
+    FULL_ARMS=${FULL_ARMS:-local,federated,fed+personal,fed+finetune,fed+mix,fed+private-b,pooled,fed-text-only,like-only,untrained,liked-share,popularity,like-rate,mf,mf-central}
     if [ "$FULL_ARMS" = all ]; then ARMS=(); else ARMS=(--arms "$FULL_ARMS"); fi
-    # federated with one unrated item per liked train example as a dislike: on the CPU proxy it trades
-    # test AUC for NDCG@10 (results/compare-cpu-proxy-2026-11-30); the GPU run measures both
-    ARMS+=(--lever "unseen1:data.train-unseen-negatives=1")
 fi
 cd "$ROOT"
 mkdir -p "$OUT"

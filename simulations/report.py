@@ -296,6 +296,8 @@ def write_report(out: Path, results: Mapping[str, Any], meta: Mapping[str, Any],
                    for s, arms in results.items()},
         "best_round": {s: {a: [r.best_round for _, r in sorted(by.items())] for a, by in arms.items()}
                        for s, arms in results.items()},
+        "chosen": {s: {a: [r.chosen for _, r in sorted(by.items())] for a, by in arms.items() if any(
+                   r.chosen for r in by.values())} for s, arms in results.items()},  # e.g. fed+mix's share per seed
         "targets": evaluate_targets(agg, meta, paired),
         "arm_order": list(meta.get("arms", {})),  # JSON keys come back sorted; tables and plots keep this order
         "meta": dict(meta),
@@ -415,6 +417,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 lines.append(f"| {arm} | " + " | ".join(cells) + " |")
             lines.append("")
         lines += paired_lines(report, scenario)
+        lines += chosen_lines(report.get("chosen", {}).get(scenario, {}))
     lines += ["## Targets", "", *target_lines(report["targets"])]
     lines += ["The TALLRec target (movie test AUC >= 0.76) is checked by `crossfed tallrec` (its own report).", ""]
     lines += ["## Arms", ""]
@@ -424,6 +427,19 @@ def render_markdown(report: Mapping[str, Any]) -> str:
               "held-out liked item against sampled unseen items, pessimistic ties), at the best round by mean "
               "validation metric; `mean` = example-weighted over platforms.", ""]  # fmt: skip
     return "\n".join(lines)
+
+
+def chosen_lines(chosen: Mapping[str, Sequence[Mapping[str, Mapping[str, float]]]]) -> list[str]:
+    """What an arm picked per platform on validation (fed+mix: the fused model's share), seed by seed."""
+    lines = []
+    for arm, seeds in chosen.items():
+        picks: dict[str, list[str]] = {}
+        for per_platform in seeds:
+            for platform, settings in per_platform.items():
+                picks.setdefault(platform, []).append(", ".join(f"{k} {v:g}" for k, v in settings.items()))
+        cells = "; ".join(f"{p}: {' / '.join(v)}" for p, v in sorted(picks.items()))
+        lines += [f"`{arm}` picked on validation (per seed): {cells}.", ""]
+    return lines
 
 
 def status_lines(meta: Mapping[str, Any]) -> list[str]:

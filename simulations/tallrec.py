@@ -203,7 +203,7 @@ def run_tallrec(opts: TallrecOptions) -> dict[str, Any]:
         enc = {n: encode_examples(table, users, e, cfg.data.history_len)
                for n, e in (("train", train_ex), ("valid", valid_ex), ("test", test_ex))}  # fmt: skip
         part = PlatformBatches(table, enc["train"], PrivateParts(len(table), len(users), cfg.model.dim,
-                                                                 cfg.model.private))  # fmt: skip
+                                                                 cfg.model.private, cfg.model.pick_head))  # fmt: skip
         spec = cfg.train.__class__(**{**cfg.train.__dict__, "local_epochs": 1, "max_examples": 0})
         best = (-math.inf, 0, get_trainable_state(scorer), private_tensors(scorer, part.private))
         curve = []

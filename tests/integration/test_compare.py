@@ -8,7 +8,9 @@ import pytest
 
 from simulations.compare import main
 
-ARMS = "local,federated,fed+personal,fed+finetune,pooled,untrained,liked-share,popularity,like-rate,mf,mf-central"
+ARMS = (
+    "local,federated,fed+personal,fed+finetune,fed+mix,pooled,untrained,liked-share,popularity,like-rate,mf,mf-central"
+)
 
 
 def _numbers(value: object) -> list[float]:
@@ -48,6 +50,9 @@ def test_compare_ci_size_writes_a_finite_report(tmp_path: Path) -> None:
                     values = _numbers(cell)
                     assert values and all(math.isfinite(v) for v in values), (scenario, arm, platform, metric, cell)
     assert all(math.isfinite(v) for v in _numbers(report["wall_s"]))
+    for scenario in ("full", "scarce"):  # fed+mix: the fused model's share, picked per platform and seed
+        shares = report["chosen"][scenario]["fed+mix"]
+        assert len(shares) == 2 and all(0 <= s["fused-share"] <= 1 for seed in shares for s in seed.values())
     assert report["meta"]["seeds"] == [0, 1] and report["meta"]["hardware"]["torch"]
     assert report["meta"]["scenarios"]["scarce"]["users"]["app"] == 100  # the large shop keeps every user
     assert report["meta"]["scenarios"]["scarce"]["users"]["social_shop"] == 25  # scarce thins train examples, not users

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from common.config import AppConfig
+from common.config import AppConfig, ConfigError
 from simulations import compare_jobs as jobs
 from simulations.compare import ARMS, Record, resolve_arms
 
@@ -28,6 +28,14 @@ def test_units_keep_finetune_with_federated_and_cheap_arms_together() -> None:
     assert labels[:4] == ["full/seed0/local", "full/seed0/federated,fed+finetune", "full/seed0/pooled",
                           "full/seed0/like-rate,popularity"]  # fmt: skip
     assert len(units) == 16 and labels[4].startswith("scarce/seed0/") and units[-1].seed == 1  # seed-major
+
+
+def test_mixing_runs_in_the_federated_unit_after_local_and_federated() -> None:
+    arms = resolve_arms(["local", "federated", "fed+mix", "fed+finetune", "pooled", "like-rate"], [])
+    labels = [u.label for u in jobs.plan_units(arms, ["full"], 1)]
+    assert labels == ["full/seed0/local,federated,fed+mix,fed+finetune", "full/seed0/pooled", "full/seed0/like-rate"]
+    with pytest.raises(ConfigError, match="fed\\+mix"):
+        resolve_arms(["federated", "fed+mix"], [])
 
 
 def test_record_round_trip_and_fingerprint(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """Levers of the comparison: exact LoRA fusion (freeze-a), FedAdam, FedProx, private heads."""
 
 from collections import OrderedDict
+from typing import Any
 
 import numpy as np
 import pytest
@@ -145,16 +146,21 @@ def test_lever_config_errors_name_the_key(override: dict, match: str) -> None:
         AppConfig().replace(**override)
 
 
-def test_private_heads_stay_on_their_platform() -> None:
-    # Prepare: the embedded shops, tiny model, the head kept private
+def _two_shops(private: dict) -> tuple[AppConfig, Any, Any, dict]:
+    """Two embedded shops in process with the tiny model, ``private`` overrides; (cfg, transport, scorer, start)."""
     from simulations.inprocess import InProcessTransport, setups_for
 
     cfg = AppConfig().replace(**TINY, **{"train.max-examples": 32, "eval.max-rank-users": 2, "data.history-len": 3,
-                                         "model.private-head": True})  # fmt: skip
+                                         **private})  # fmt: skip
     transport = InProcessTransport(setups_for(cfg, ["app", "web_shop"], device="cpu"))
     scorer, _ = build_scorer(cfg.model, cfg.lora, cfg.seed)
-    start = get_trainable_state(scorer)
-    initial_head = {HEAD_PREFIX + k: v.numpy() for k, v in scorer.initial_head.items()}
+    return cfg, transport, scorer, get_trainable_state(scorer)
+
+
+def test_private_heads_stay_on_their_platform() -> None:
+    # Prepare: the embedded shops, tiny model, the head kept private
+    cfg, transport, scorer, start = _two_shops({"model.private-head": True})
+    initial_head = scorer.initial_private
     # Execute
     fused, _, _ = transport.train_round(start, cfg, 1)
     # Assert: no head tensor travels; each platform kept its own trained head, next to its private parameters
@@ -165,3 +171,19 @@ def test_private_heads_stay_on_their_platform() -> None:
     assert any(not np.array_equal(app[k], initial_head[k]) for k in heads)
     assert any(not np.array_equal(app[k], web[k]) for k in heads)
     assert any(not np.array_equal(fused[k], start[k]) for k in start)  # the shared model did move
+
+
+def test_private_lora_b_stays_on_its_platform_and_only_a_is_fused() -> None:
+    # Prepare: the embedded shops, tiny model, LoRA B kept private (FedSA-LoRA)
+    cfg, transport, scorer, start = _two_shops({"lora.private-b": True})
+    # Execute: two rounds, so round 2 must start from each platform's own B
+    fused, _, _ = transport.train_round(start, cfg, 1)
+    fused2, _, _ = transport.train_round(fused, cfg, 2)
+    # Assert: no B travels, A does and moves; each platform trained its own B (from zeros) and kept it
+    assert not any(".lora_B." in k for k in [*start, *fused, *fused2]) and any(".lora_A." in k for k in fused)
+    app1, app2, web2 = (transport.stores[p].load(r) for p, r in (("app", 1), ("app", 2), ("web_shop", 2)))
+    bs = [k for k in app1 if ".lora_B." in k]
+    assert bs and all(not np.array_equal(app1[k], scorer.initial_private[k]) for k in bs)
+    assert any(not np.array_equal(app2[k], web2[k]) for k in bs)
+    assert any(not np.array_equal(app2[k], app1[k]) for k in bs)
+    assert any(not np.array_equal(fused[k], start[k]) for k in start if ".lora_A." in k)

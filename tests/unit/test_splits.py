@@ -331,13 +331,14 @@ def test_train_unseen_negatives_are_unrated_items_never_a_ranking_negative(k: in
     plain = split_platform(data, SplitConfig(rank_negatives=10))  # 30 items: 14 of u1's unrated ones left
     # Execute
     splits = split_platform(data, SplitConfig(rank_negatives=10, train_unseen_negatives=k))
-    # Assert: k dislikes per liked train example, unrated by that user, outside its ranking negatives,
-    # with the history of the like they were drawn for; everything else unchanged
+    # Assert: k unrated rows per rated train example (liked or not), unrated by that user, outside its
+    # ranking negatives, with the history of the example they were drawn for; everything else unchanged
     added = splits.train[len(plain.train) :]
     assert splits.train[: len(plain.train)] == plain.train
     assert (splits.valid, splits.test, splits.ranking) == (plain.valid, plain.test, plain.ranking)
-    liked = [ex for ex in plain.train if ex.label]
-    assert len(added) == k * len(liked) and all(ex.label == 0 for ex in added)
+    liked = plain.train
+    assert all(ex.rated for ex in plain.train)
+    assert len(added) == k * len(liked) and all(ex.label == 0 and not ex.rated for ex in added)
     rated = {u: {r[1] for r in ROWS if r[0] == u} for u in ("u1", "u2")}
     ranked = {c.user_id: set(c.negatives) for c in plain.ranking}
     for ex in added:
@@ -349,6 +350,13 @@ def test_train_unseen_negatives_are_unrated_items_never_a_ranking_negative(k: in
 def test_train_unseen_negatives_leave_implicit_data_alone() -> None:
     data = _implicit()
     assert split_platform(data, SplitConfig(train_unseen_negatives=2)) == split_platform(data, SplitConfig())
+
+
+def test_implicit_negatives_are_unrated_rows_and_the_split_says_implicit() -> None:
+    splits = split_platform(_implicit(), SplitConfig())
+    assert splits.implicit
+    assert {(ex.label, ex.rated) for ex in splits.train} == {(1, True), (0, False)}
+    assert not split_platform(_platform(ROWS), SplitConfig()).implicit
 
 
 def test_validation_likes_get_ranking_cases_of_their_own() -> None:
