@@ -167,7 +167,8 @@ def run_tallrec(opts: TallrecOptions) -> dict[str, Any]:
     if opts.size not in SIZES:
         raise ConfigError(f"`--size` must be one of {', '.join(SIZES)}, got {opts.size!r}")
     preset = SIZES[opts.size]
-    overrides = dict(preset["overrides"])
+    # TALLRec asks like or dislike of rated items only: no unrated rows, so no pick output to train
+    overrides = {"model.pick-head": False, **preset["overrides"]}
     if opts.base_model:
         overrides["model.base"] = opts.base_model
     overrides.update(opts.overrides or {})
