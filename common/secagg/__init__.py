@@ -52,10 +52,9 @@ Security notes (see also the module docstrings and the README's threat model):
 """
 
 from common.secagg.client import ClientState, SecAggClient
-from common.secagg.config import HEADER_WORDS, SecAggConfig
-from common.secagg.config import PlatformPolicy
-from common.secagg.identity import Identity, Roster
+from common.secagg.config import HEADER_WORDS, PlatformPolicy, SecAggConfig
 from common.secagg.errors import AbortError, ConfigError, InputError, ProtocolError, SecAggError
+from common.secagg.identity import Identity, Roster
 from common.secagg.messages import (
     STAGE_CONSISTENCY,
     STAGE_MASKED_INPUT,

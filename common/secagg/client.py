@@ -352,7 +352,15 @@ class SecAggClient:
         for nid, name, c, s, sig in zip(ids, req.platforms, req.pk_c, req.pk_s, req.signatures, strict=True):
             self.roster.verify(name, sig, crypto.keys_statement(st.session, st.round, nid, name, c, s, self.context))
         roster = crypto.roster_hash(
-            st.session, st.round, st.cohort_size, req.threshold, st.params_digest, ids, req.platforms, req.pk_c, req.pk_s
+            st.session,
+            st.round,
+            st.cohort_size,
+            req.threshold,
+            st.params_digest,
+            ids,
+            req.platforms,
+            req.pk_c,
+            req.pk_s,
         )
         st.threshold = req.threshold
         b_seed = os.urandom(32)
@@ -544,5 +552,12 @@ class SecAggClient:
         """Rebuild a client from ``state_bytes`` output (e.g. after a process restart)."""
         state = ClientState.from_bytes(data)
         return cls(
-            state.node_id, config, manifest, identity=identity, roster=roster, policy=policy, context=context, state=state
+            state.node_id,
+            config,
+            manifest,
+            identity=identity,
+            roster=roster,
+            policy=policy,
+            context=context,
+            state=state,
         )

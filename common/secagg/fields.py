@@ -98,8 +98,6 @@ class Array(Kind):
         return value
 
 
-
-
 class Share(Bytes):
     """A Shamir share: SHARE_BYTES big-endian bytes of a field element, strictly below p."""
 

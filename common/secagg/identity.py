@@ -132,7 +132,11 @@ class Roster:
             data = json.loads(text)
         except ValueError as exc:
             raise ConfigError(f"{where}: not JSON ({exc})") from None
-        if not isinstance(data, dict) or data.get("format") != ROSTER_FORMAT or not isinstance(data.get("platforms"), dict):
+        if (
+            not isinstance(data, dict)
+            or data.get("format") != ROSTER_FORMAT
+            or not isinstance(data.get("platforms"), dict)
+        ):
             raise ConfigError(f"{where}: not a {ROSTER_FORMAT} file")
         keys = {}
         for name, entry in data["platforms"].items():

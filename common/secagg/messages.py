@@ -28,7 +28,7 @@ import numpy as np
 
 from common.secagg.crypto import KEY_BYTES, NONCE_BYTES, PROTOCOL, SIGNATURE_BYTES, TAG_BYTES
 from common.secagg.errors import ProtocolError
-from common.secagg.fields import I63_MAX, MAX_LIST, NODE, NODES, SHARE, Array, Bytes, Float, Int, Kind, List, Str
+from common.secagg.fields import MAX_LIST, NODE, NODES, SHARE, Array, Bytes, Float, Int, Kind, List, Str
 from common.secagg.shamir import SHARE_BYTES
 
 VERSION = PROTOCOL.decode()

@@ -24,8 +24,8 @@ import numpy as np
 
 from common.secagg.client import NO_CONTEXT, SecAggClient
 from common.secagg.config import PlatformPolicy, SecAggConfig
-from common.secagg.identity import Identity, Roster
 from common.secagg.errors import AbortError, ProtocolError, SecAggError
+from common.secagg.identity import Identity, Roster
 from common.secagg.messages import STAGE_MASKED_INPUT, STAGES, record_nbytes
 from common.secagg.quantize import InputReport, Manifest
 from common.secagg.server import SecAggResult, SecAggServer
