@@ -15,7 +15,9 @@ What the platform decides itself, from its own node_config (never from the serve
   every key and signature of the round is bound to;
 - a contribution record on its own disk (next to its private parameters): one masked input
   per (run, round), written before the masked input leaves, so a restarted platform or a
-  replayed round is refused. A failed stage destroys the round's secrets and parked update.
+  replayed round is refused (simulated platforms keep it in ``context.state`` for the Flower
+  run, so a simulation can be re-run from scratch). A failed stage destroys the round's
+  secrets and parked update.
 """
 
 from __future__ import annotations
