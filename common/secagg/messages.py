@@ -75,6 +75,13 @@ class _Message:
     STAGE: ClassVar[str] = ""
     SCHEMA: ClassVar[dict[str, Kind]] = {}
 
+    def __post_init__(self) -> None:
+        """List fields become tuples: a parsed message is immutable."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, list):
+                object.__setattr__(self, f.name, tuple(value))
+
     def to_message(self) -> dict[str, Any]:
         """The plain dict that travels."""
         out: dict[str, Any] = {"secagg": VERSION, "stage": self.STAGE}
@@ -208,10 +215,6 @@ class ShareKeysRequest(_Message):
         "signatures": List(SIGNATURE),
     }
 
-    def __post_init__(self) -> None:
-        for name in ("node_ids", "platforms", "pk_c", "pk_s", "signatures"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
-
     def _check(self) -> None:
         ids = list(self.node_ids)
         if self.threshold > len(ids):
@@ -239,10 +242,6 @@ class ShareKeysReply(_Message):
         "b_commit": Bytes(32),
     }
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "receivers", tuple(self.receivers))
-        object.__setattr__(self, "ciphertexts", tuple(self.ciphertexts))
-
     def _check(self) -> None:
         _same_length("receivers", list(self.receivers), "ciphertexts", list(self.ciphertexts))
 
@@ -260,10 +259,6 @@ class MaskedInputRequest(_Message):
         "senders": NODES,
         "ciphertexts": List(Bytes(SHARE_CIPHERTEXT_BYTES)),
     }
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "senders", tuple(self.senders))
-        object.__setattr__(self, "ciphertexts", tuple(self.ciphertexts))
 
     def _check(self) -> None:
         _same_length("senders", list(self.senders), "ciphertexts", list(self.ciphertexts))
@@ -289,10 +284,6 @@ class ConsistencyRequest(_Message):
 
     STAGE: ClassVar[str] = STAGE_CONSISTENCY
     SCHEMA: ClassVar[dict[str, Kind]] = {"active": NODES, "dropped": NODES}
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "active", tuple(self.active))
-        object.__setattr__(self, "dropped", tuple(self.dropped))
 
 
 @dataclass(frozen=True)
@@ -323,10 +314,6 @@ class UnmaskRequest(_Message):
         "signatures": List(SIGNATURE),
     }
 
-    def __post_init__(self) -> None:
-        for name in ("active", "dropped", "signers", "signatures"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
-
     def _check(self) -> None:
         _same_length("signers", list(self.signers), "signatures", list(self.signatures))
 
@@ -347,10 +334,6 @@ class UnmaskReply(_Message):
         "sk_owners": NODES,
         "sk_shares": List(SHARE),
     }
-
-    def __post_init__(self) -> None:
-        for name in ("b_owners", "b_shares", "sk_owners", "sk_shares"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
 
     def _check(self) -> None:
         _same_length("b_owners", list(self.b_owners), "b_shares", list(self.b_shares))
