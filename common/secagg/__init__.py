@@ -2,7 +2,7 @@
 
 The server learns only ``sum_i n_i * x_i`` and ``sum_i n_i`` over the surviving
 platforms (plus cohort totals of clipping counts), never one platform's adapter
-or example count. Four stages; each is one request/reply exchange:
+or example count. Five stages; each is one request/reply exchange:
 
 =============  =====================================  ==========================================
 stage          server -> node (request fields)        node -> server (reply fields)
@@ -25,7 +25,7 @@ and rebuild with ``SecAggClient.from_state_bytes`` on the next message.
 
 Server loop (ServerApp)::
 
-    server = SecAggServer(cfg, manifest, sampled_node_ids, session=run_id_bytes, round=r)
+    server = SecAggServer(cfg, manifest, sampled_node_ids, session=run_id_bytes, round=r, context=ctx)
     while not server.finished:
         replies = send_and_receive(server.requests(), timeout)   # {node_id: reply dict}
         server.step(replies)            # bad replies and silent nodes count as dropped

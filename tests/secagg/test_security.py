@@ -128,6 +128,7 @@ def test_split_view_attack_cannot_collect_both_shares(cfg, manifest, colluders):
 
 
 def test_unmask_needs_t_signatures_on_the_signed_set(cfg, manifest):
+    """On main 2fd0f8a there was no consistency check: any well-formed unmask request was answered."""
     # Honest twin first: the server's own unmask request (t signatures) is answered ...
     server, clients, _ = drive_to(STAGE_UNMASK, cfg, manifest, IDS)
     good = server.requests()[0]
