@@ -38,14 +38,17 @@ from common.payload import ARRAYS, CONFIG
 from common.secagg import (
     STAGE_MASKED_INPUT,
     STAGE_UNMASK,
+    ClientState,
     ConfigError,
     Identity,
     Manifest,
     PlatformPolicy,
     Roster,
     SecAggClient,
+    SecAggError,
     stage_of,
 )
+from common.secagg.client import ABORTED
 from common.secagg.identity import load_identity
 from common.secure_wire import from_records, round_context, secagg_config, to_records
 
@@ -163,12 +166,13 @@ def start(
     record: Path | None,
 ) -> dict[str, ConfigRecord | ArrayRecord]:
     """After local training: park the update, answer the setup stage with signed keys."""
-    _forget(context)  # whatever an earlier round left is void now
+    previous = _last_round(context)  # its secrets are void now; its (session, round) refuses a replay
+    _forget(context)
     trust = platform_trust(context.node_config, platform, cfg)
     ctx = round_context(msg_content.get(ARRAYS), msg_content.get(CONFIG))
     client = SecAggClient(
         context.node_id, secagg_config(cfg), Manifest.from_arrays(update),
-        identity=trust.identity, roster=trust.roster, policy=trust.policy, context=ctx,
+        identity=trust.identity, roster=trust.roster, policy=trust.policy, context=ctx, state=previous,
     )  # fmt: skip
     reply = client.handle(from_records(msg_content))
     context.state[UPDATE] = ArrayRecord(OrderedDict((k, Array(np.ascontiguousarray(v))) for k, v in update.items()))
@@ -211,6 +215,22 @@ def _advance(
     else:
         context.state[STATE] = ConfigRecord({**dict(saved), "client": client.state_bytes()})  # type: ignore[arg-type]
     return to_records(reply)
+
+
+def _last_round(context: Context) -> ClientState | None:
+    """The protocol state an unfinished earlier setup left, wiped of its secrets (None if none)."""
+    saved = context.state.get(STATE)
+    if not isinstance(saved, ConfigRecord):
+        return None
+    try:
+        state = ClientState.from_bytes(saved["client"])  # type: ignore[arg-type]
+    except (SecAggError, KeyError):
+        return None
+    if state.node_id != context.node_id:
+        return None
+    state.wipe()
+    state.stage = ABORTED
+    return state
 
 
 def _forget(context: Context) -> None:

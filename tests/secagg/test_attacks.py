@@ -254,6 +254,31 @@ def test_a_round_is_contributed_to_once_even_after_a_restart(federation: Any, tm
     assert len(errors) == 3 and all("already received this platform's masked input" in e for e in errors.values())
 
 
+def test_a_replayed_setup_is_not_answered(federation: Any, tmp_path: Path) -> None:
+    """Mid-round, the server replays app's train message (same session, same round) to get fresh keys.
+
+    On main the replay was answered with new public keys for the same round. Now the platform
+    refuses it (a round is never re-keyed) and the round's secrets are gone: app drops out.
+    """
+    _, configs, state = federation
+    cfg = _cfg(tmp_path)
+    contexts = _contexts(configs)
+    sent: dict[int, Message] = {}
+    replayed: list[Message] = []
+
+    def down(node: int, m: Message) -> Message:
+        if m.metadata.message_type == MessageType.TRAIN:
+            sent[node] = m
+        elif node == 101 and not replayed:
+            replayed.append(handle_train(sent[101], contexts[101]))
+        return m
+
+    with pytest.raises(RoundAborted):  # app is gone after the replay: 2 of 3 < t = 3
+        SecureGridTransport(HandlerGrid(contexts, down=down)).train_round(state, cfg, 1)
+    (reply,) = replayed
+    assert reply.has_error() and "already started" in reply.error.reason  # an error reply: no keys
+
+
 def test_platforms_given_different_models_abort_the_round(federation: Any, tmp_path: Path) -> None:
     """The server sends web_shop a neutralised (zero) adapter with a setup request to match it.
 
