@@ -9,6 +9,7 @@ which leaves this platform out of the round; nothing else about the platform is 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -64,11 +65,16 @@ def handle_train(msg: Message, context: Context) -> Message:
                 "this platform trains only under secure aggregation (run with `secagg = true`, or set "
                 f"node_config `{secure.REQUIRE_KEY}=false` to allow rounds in the clear)"
             )
-        log.info("platform %s: round %d: training on the global adapter", setup.platform, server_round)
         store = _private_store(context, cfg, setup.platform)
+        record = _contribution_record(context, store)
+        if cfg.secagg:  # refuse a replayed round (or one past this platform's limit) before training
+            trust = secure.platform_trust(context.node_config, setup.platform, cfg)
+            secure.admit_round(context, record, server_round, trust.policy)
+        log.info("platform %s: round %d: training on the global adapter", setup.platform, server_round)
         state, metrics = fit(cfg, setup, arrays_to_state(msg.content[ARRAYS]), server_round, store)  # type: ignore[arg-type]
         if cfg.secagg:  # the update stays here; only the masked sum will leave
-            records = secure.start(msg.content, context, cfg, state, int(metrics["num-examples"]))
+            records = secure.start(msg.content, context, cfg, state, int(metrics["num-examples"]), setup.platform,
+                                   record)  # fmt: skip
             return Message(RecordDict({**records, INFO: _info(setup.platform)}), reply_to=msg)
     except OPERATOR_ERRORS as exc:
         return _error_reply(msg, exc, context)
@@ -115,6 +121,12 @@ def _private_store(context: Context, cfg: AppConfig, platform: str) -> PrivateSt
     simulated = PARTITION_KEY in context.node_config and STATE_DIR_KEY not in context.node_config
     state_dir = None if simulated else str(context.node_config.get(STATE_DIR_KEY, DEFAULT_STATE_DIR))
     return PrivateStore(private_folder(cfg.out_dir, platform, state_dir), keep)
+
+
+def _contribution_record(context: Context, store: PrivateStore) -> Path | None:
+    """A deployed platform's record of secure rounds it contributed to, beside its private parameters."""
+    simulated = PARTITION_KEY in context.node_config and STATE_DIR_KEY not in context.node_config
+    return None if simulated or store.folder is None else store.folder / secure.RECORD_FILE
 
 
 def _info(platform: str) -> ConfigRecord:

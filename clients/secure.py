@@ -2,66 +2,238 @@
 
 Round r: the ``train`` message carries the global adapter and the protocol's setup
 request; the platform trains, keeps its update in ``context.state`` (it never leaves
-in the clear) and answers with its public keys. The ``train.secagg`` messages that
+in the clear) and answers with its signed public keys. The ``train.secagg`` messages that
 follow carry the remaining stages; the protocol state (secrets included) is kept in
 ``context.state`` between them, because the ClientApp process may not survive.
+
+What the platform decides itself, from its own node_config (never from the server):
+- its identity and the operator's roster (``secagg-identity``, ``secagg-roster``: files made
+  by ``crossfed deploy identity`` / ``crossfed deploy roster``); simulated platforms derive
+  public identities for every platform of the dataset (they protect nothing);
+- its policy (``secagg-min-cohort``, ``secagg-threshold-fraction``, ``secagg-max-rounds``);
+- the round context: the hash of the global adapter and training config it received, which
+  every key and signature of the round is bound to;
+- a contribution record on its own disk (next to its private parameters): one masked input
+  per (run, round), written before the masked input leaves, so a restarted platform or a
+  replayed round is refused (simulated platforms keep it in ``context.state`` for the Flower
+  run, so a simulation can be re-run from scratch). A failed stage destroys the round's
+  secrets and parked update.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
 
+from clients.platform import PARTITION_KEY, platform_names
 from common.config import AppConfig
-from common.secagg import STAGE_MASKED_INPUT, STAGE_UNMASK, Manifest, SecAggClient, stage_of
-from common.secure_wire import from_records, secagg_config, to_records
+from common.payload import ARRAYS, CONFIG
+from common.secagg import (
+    STAGE_MASKED_INPUT,
+    STAGE_UNMASK,
+    ClientState,
+    ConfigError,
+    Identity,
+    Manifest,
+    PlatformPolicy,
+    Roster,
+    SecAggClient,
+    SecAggError,
+    stage_of,
+)
+from common.secagg.client import ABORTED
+from common.secagg.identity import load_identity
+from common.secure_wire import from_records, round_context, secagg_config, to_records
 
-STATE = "secagg-state"  # context.state ConfigRecord: {"client": bytes, "weight": int}
+STATE = "secagg-state"  # context.state ConfigRecord: {"client", "weight", "platform", "record", "context"}
 UPDATE = "secagg-update"  # context.state ArrayRecord: the trained adapter + head awaiting masking
 
 REQUIRE_KEY = "require-secagg"  # node_config: refuse rounds in the clear (default: on outside simulation)
 SHARE_METRICS_KEY = "share-metrics"  # node_config: send per-platform evaluation metrics under secagg
+IDENTITY_KEY = "secagg-identity"  # node_config: this platform's Ed25519 key (PEM), from `crossfed deploy identity`
+ROSTER_KEY = "secagg-roster"  # node_config: the operator's roster (JSON), from `crossfed deploy roster`
+RECORD_FILE = "secagg-contributions.json"
 
 
 def requires_secagg(node_config: Mapping[str, object]) -> bool:
     """Deployed platforms (no simulation ``partition-id``) only train under secure aggregation."""
-    return bool(node_config.get(REQUIRE_KEY, "partition-id" not in node_config))
+    return bool(node_config.get(REQUIRE_KEY, PARTITION_KEY not in node_config))
 
 
 def shares_metrics(node_config: Mapping[str, object]) -> bool:
     """Under secure aggregation, per-platform metrics leave only when the platform opts in."""
-    return bool(node_config.get(SHARE_METRICS_KEY, "partition-id" in node_config))
+    return bool(node_config.get(SHARE_METRICS_KEY, PARTITION_KEY in node_config))
 
 
+@dataclass(frozen=True)
+class PlatformTrust:
+    """Who this platform is, whom it shares secrets with, and what it requires of a round."""
+
+    identity: Identity
+    roster: Roster
+    policy: PlatformPolicy
+
+
+def platform_trust(node_config: Mapping[str, object], platform: str, cfg: AppConfig) -> PlatformTrust:
+    """Identity, roster and policy from the node_config; ConfigError saying how to provision them."""
+    simulated = PARTITION_KEY in node_config
+    policy_config = dict(node_config)
+    if simulated:  # a simulated federation may be two platforms; a deployed platform defaults to 3
+        policy_config.setdefault(PlatformPolicy.KEYS["min_cohort"], 2)
+    policy = PlatformPolicy.from_node_config(policy_config)
+    if IDENTITY_KEY in node_config or ROSTER_KEY in node_config:
+        if IDENTITY_KEY not in node_config or ROSTER_KEY not in node_config:
+            raise ConfigError(f"node_config needs both `{IDENTITY_KEY}` and `{ROSTER_KEY}`")
+        identity = load_identity(str(node_config[IDENTITY_KEY]), platform)
+        roster = Roster.load(str(node_config[ROSTER_KEY]))
+        roster.check_own(identity)
+        return PlatformTrust(identity, roster, policy)
+    if not simulated:
+        raise ConfigError(
+            f"platform `{platform}` has no secure-aggregation identity: run `crossfed deploy identity "
+            f"--platform {platform} --out keys/`, have the operator build the roster with `crossfed deploy "
+            f"roster`, and start the node with node_config `{IDENTITY_KEY}=<key file>` `{ROSTER_KEY}=<roster file>`"
+        )
+    names = platform_names(cfg.data.dir if "data-dir" not in node_config else str(node_config["data-dir"]), cfg.seed)
+    if platform not in names:
+        names.append(platform)
+    return PlatformTrust(Identity.simulated(platform), Roster.of(Identity.simulated(n) for n in names), policy)
+
+
+# -- the contribution record ------------------------------------------------------
+MEMORY_RECORD = "secagg-record"  # context.state ConfigRecord {"rounds": [...]}: a simulated platform's record
+
+
+def _read_record(context: Context, path: Path | None) -> list[int]:
+    if path is None:  # simulated: for the Flower run (a simulation re-run from scratch may repeat rounds)
+        saved = context.state.get(MEMORY_RECORD)
+        return [int(r) for r in saved["rounds"]] if isinstance(saved, ConfigRecord) else []  # type: ignore[union-attr]
+    if not path.exists():
+        return []
+    try:
+        rounds = json.loads(path.read_text())["rounds"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path}: unreadable contribution record ({exc}); refusing to contribute") from None
+    if not isinstance(rounds, list) or not all(isinstance(r, int) for r in rounds):
+        raise ConfigError(f"{path}: malformed contribution record; refusing to contribute")
+    return rounds
+
+
+def admit_round(context: Context, record: Path | None, rnd: int, policy: PlatformPolicy) -> None:
+    """ConfigError if this run already got this round's masked input or reached the round limit."""
+    rounds = _read_record(context, record)
+    if rnd in rounds:
+        raise ConfigError(
+            f"round {rnd} of this run already received this platform's masked input "
+            f"({record or 'this run'}); a round is never contributed to twice"
+        )
+    if len(rounds) >= policy.max_rounds:
+        raise ConfigError(f"this platform contributed to {len(rounds)} rounds of this run, its limit "
+                          f"(`{PlatformPolicy.KEYS['max_rounds']}`)")  # fmt: skip
+
+
+def record_round(context: Context, record: Path | None, rnd: int, policy: PlatformPolicy) -> None:
+    """Write the round into the record (file: atomically, fsynced) before its masked input leaves."""
+    admit_round(context, record, rnd, policy)
+    rounds = sorted([*_read_record(context, record), rnd])
+    if record is None:
+        context.state[MEMORY_RECORD] = ConfigRecord({"rounds": rounds})
+        return
+    record.parent.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_suffix(".tmp")
+    with open(tmp, "w") as fh:
+        json.dump({"rounds": rounds}, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, record)
+
+
+# -- the stages -------------------------------------------------------------------
 def start(
-    msg_content: RecordDict, context: Context, cfg: AppConfig, update: Mapping[str, np.ndarray], weight: int
+    msg_content: RecordDict,
+    context: Context,
+    cfg: AppConfig,
+    update: Mapping[str, np.ndarray],
+    weight: int,
+    platform: str,
+    record: Path | None,
 ) -> dict[str, ConfigRecord | ArrayRecord]:
-    """After local training: park the update, answer the setup stage."""
-    client = SecAggClient(context.node_id, secagg_config(cfg), Manifest.from_arrays(update))
+    """After local training: park the update, answer the setup stage with signed keys."""
+    previous = _last_round(context)  # its secrets are void now; its (session, round) refuses a replay
+    _forget(context)
+    trust = platform_trust(context.node_config, platform, cfg)
+    ctx = round_context(msg_content.get(ARRAYS), msg_content.get(CONFIG))
+    client = SecAggClient(
+        context.node_id, secagg_config(cfg), Manifest.from_arrays(update),
+        identity=trust.identity, roster=trust.roster, policy=trust.policy, context=ctx, state=previous,
+    )  # fmt: skip
     reply = client.handle(from_records(msg_content))
     context.state[UPDATE] = ArrayRecord(OrderedDict((k, Array(np.ascontiguousarray(v))) for k, v in update.items()))
-    context.state[STATE] = ConfigRecord({"client": client.state_bytes(), "weight": int(weight)})
+    context.state[STATE] = ConfigRecord({"client": client.state_bytes(), "weight": int(weight), "platform": platform,
+                                         "record": str(record or ""), "context": ctx})  # fmt: skip
     return to_records(reply)
 
 
 def advance(msg_content: RecordDict, context: Context, cfg: AppConfig) -> dict[str, ConfigRecord | ArrayRecord]:
-    """One later stage (share keys, masked input, unmask); the parked update is masked, never sent."""
+    """One later stage; the parked update is masked, never sent. Any failure destroys the round's secrets."""
     saved, parked = context.state.get(STATE), context.state.get(UPDATE)
     if not isinstance(saved, ConfigRecord) or not isinstance(parked, ArrayRecord):
         raise ValueError("secure-aggregation stage without a trained update on this platform (was it restarted?)")
+    try:
+        return _advance(msg_content, context, cfg, saved, parked)
+    except Exception:
+        _forget(context)
+        raise
+
+
+def _advance(
+    msg_content: RecordDict, context: Context, cfg: AppConfig, saved: ConfigRecord, parked: ArrayRecord
+) -> dict[str, ConfigRecord | ArrayRecord]:
     update = OrderedDict((k, a.numpy()) for k, a in parked.items())
-    client = SecAggClient.from_state_bytes(saved["client"], secagg_config(cfg), Manifest.from_arrays(update))
+    trust = platform_trust(context.node_config, str(saved["platform"]), cfg)
+    client = SecAggClient.from_state_bytes(
+        saved["client"], secagg_config(cfg), Manifest.from_arrays(update),  # type: ignore[arg-type]
+        identity=trust.identity, roster=trust.roster, policy=trust.policy, context=saved["context"],  # type: ignore[arg-type]
+    )  # fmt: skip
     request = from_records(msg_content)
     stage = stage_of(request)
     if stage == STAGE_MASKED_INPUT:
-        reply = client.handle(request, update, int(saved["weight"]))
+        reply = client.handle(request, update, int(saved["weight"]))  # type: ignore[call-overload]
+        record = Path(str(saved["record"])) if saved["record"] else None
+        record_round(context, record, client.state.round, trust.policy)  # before the reply leaves
     else:
         reply = client.handle(request)
     if stage == STAGE_UNMASK:  # the round is over for this platform: forget secrets and update
-        del context.state[STATE], context.state[UPDATE]
+        _forget(context)
     else:
-        context.state[STATE] = ConfigRecord({"client": client.state_bytes(), "weight": saved["weight"]})
+        context.state[STATE] = ConfigRecord({**dict(saved), "client": client.state_bytes()})  # type: ignore[arg-type]
     return to_records(reply)
+
+
+def _last_round(context: Context) -> ClientState | None:
+    """The protocol state an unfinished earlier setup left, wiped of its secrets (None if none)."""
+    saved = context.state.get(STATE)
+    if not isinstance(saved, ConfigRecord):
+        return None
+    try:
+        state = ClientState.from_bytes(saved["client"])  # type: ignore[arg-type]
+    except (SecAggError, KeyError):
+        return None
+    if state.node_id != context.node_id:
+        return None
+    state.wipe()
+    state.stage = ABORTED
+    return state
+
+
+def _forget(context: Context) -> None:
+    for key in (STATE, UPDATE):
+        if key in context.state:
+            del context.state[key]

@@ -8,6 +8,7 @@ two functions, so the wire format lives in one place.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,6 +39,24 @@ def from_records(content: RecordDict) -> dict[str, Any]:
     arrays = content.get(SECAGG_ARRAYS)
     tensors = {k: a.numpy() for k, a in arrays.items()} if isinstance(arrays, ArrayRecord) else {}
     return join_arrays(unpack_record(record["msg"]), tensors)
+
+
+def round_context(arrays: object, config: object) -> bytes:
+    """SHA-256 of the global adapter (ArrayRecord) and training config (ConfigRecord) of a train message.
+
+    Both sides compute it from the records themselves (names, dtypes, shapes, bytes; config
+    items sorted by key), so every platform can check it was given what the others were.
+    """
+    h = hashlib.sha256(b"crossfed-secagg/round-context|")
+    if isinstance(arrays, ArrayRecord):
+        for name, arr in arrays.items():
+            value = np.ascontiguousarray(arr.numpy())
+            h.update(repr((name, value.dtype.str, value.shape)).encode())
+            h.update(value.tobytes())
+    h.update(b"|config|")
+    if isinstance(config, ConfigRecord):
+        h.update(repr(sorted((k, type(v).__name__, v) for k, v in config.items())).encode())
+    return h.digest()
 
 
 def secagg_config(cfg: AppConfig) -> SecAggConfig:

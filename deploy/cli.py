@@ -5,10 +5,15 @@ On the coordinator (one machine):
     crossfed deploy superlink --certs certs/ --database state.db     # TLS + SuperNode authentication
 On each platform's machine (copy certs/ca.pem there; the private key never leaves it):
     crossfed deploy node-key --platform web_shop --out keys/         # keys/web_shop.key(.pub)
+    crossfed deploy identity --platform web_shop --out keys/         # secure-aggregation signing key
+The operator collects every platform's PLATFORM.secagg.pub into one roster and gives the same
+roster file to every platform (out of band: never through the coordinator):
+    crossfed deploy roster --pub app.secagg.pub --pub web_shop.secagg.pub ... --out roster.json
 On the coordinator again, admit that platform's public key, then start the node:
     crossfed deploy register --key web_shop.key.pub --superlink fl.example.org:9093 --certs certs/
     crossfed deploy supernode --platform web_shop --data /data --superlink fl.example.org:9093 \\
-        --certs certs/ --key keys/web_shop.key
+        --certs certs/ --key keys/web_shop.key \\
+        --secagg-identity keys/web_shop.secagg.key --secagg-roster roster.json
 Then submit the app (from a checkout of this repository) to a named federation; the name and
 its connection are saved in $FLWR_HOME/config.toml, so later submits need only the name:
     crossfed deploy submit --federation prod --superlink fl.example.org:9093 --certs certs/ \
@@ -33,6 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from common.secagg.errors import SecAggError
 from deploy.certs import CertError, TlsFiles, create_node_key, create_tls, load_node_private_key, public_key_fingerprint
 from deploy.launch import (
     DEFAULT_RUNTIME_PORT,
@@ -52,7 +58,7 @@ from deploy.launch import (
     worker_command,
 )
 
-USER_ERRORS = (CertError, DeployError)  # one line + exit 2, like crossfed's other user errors
+USER_ERRORS = (CertError, DeployError, SecAggError)  # one line + exit 2, like crossfed's other user errors
 CONNECTION = "crossfed"
 
 
@@ -78,6 +84,21 @@ def add_deploy_parser(subparsers: Any) -> argparse.ArgumentParser:
     _add_connection_args(key, required=False)
     key.set_defaults(func=cmd_node_key)
 
+    ident = sub.add_parser("identity", help="create a platform's secure-aggregation signing key (Ed25519)")
+    ident.add_argument("--platform", required=True)
+    ident.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="folder for PLATFORM.secagg.key (0600, stays) and PLATFORM.secagg.pub (to the operator)",
+    )
+    ident.set_defaults(func=cmd_identity)
+
+    roster = sub.add_parser("roster", help="build the roster of platform identities every platform gets")
+    roster.add_argument("--pub", required=True, action="append", type=Path, help="a PLATFORM.secagg.pub (repeat)")
+    roster.add_argument("--out", required=True, type=Path, help="the roster file (JSON) to hand to every platform")
+    roster.set_defaults(func=cmd_roster)
+
     reg = sub.add_parser("register", help="admit a SuperNode's public key at the SuperLink")
     reg.add_argument("--key", required=True, type=Path, help="PLATFORM.key.pub")
     reg.add_argument("--name", help="a name shown by `flwr supernode ls` (default: the file's stem)")
@@ -99,6 +120,8 @@ def add_deploy_parser(subparsers: Any) -> argparse.ArgumentParser:
     node.add_argument("--data", default="", help="DATASET folder holding PLATFORM/ ('' = embedded synthetic data)")
     node.add_argument("--key", type=Path, help="PLATFORM.key (authentication; required unless --insecure)")
     node.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, auto")
+    node.add_argument("--secagg-identity", type=Path, help="PLATFORM.secagg.key (`crossfed deploy identity`)")
+    node.add_argument("--secagg-roster", type=Path, help="the operator's roster (`crossfed deploy roster`)")
     node.add_argument(
         "--isolation",
         choices=ISOLATIONS,
@@ -162,6 +185,42 @@ def cmd_node_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_identity(args: argparse.Namespace) -> int:
+    from common.secagg.identity import Identity, fingerprint, save_identity
+
+    identity = Identity.generate(args.platform)
+    key_path, pub_path = save_identity(identity, args.out)
+    print(f"signing key {key_path} (0600, stays on this machine; node_config secagg-identity)")
+    print(f"public key  {pub_path}  fingerprint {fingerprint(identity.public_key)}")
+    print("send the .pub file to the operator, who builds the roster with `crossfed deploy roster`")
+    return 0
+
+
+def cmd_roster(args: argparse.Namespace) -> int:
+    from common.secagg.identity import build_roster, fingerprint
+
+    roster = build_roster(args.pub)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(roster.to_json())
+    for name, key in sorted(roster.keys.items()):
+        print(f"{name:24s} {fingerprint(key)}")
+    print(f"roster {args.out}: give this same file to every platform (node_config secagg-roster); "
+          "each platform should compare its own fingerprint")  # fmt: skip
+    return 0
+
+
+def _secagg_trust(args: argparse.Namespace) -> dict[str, str]:
+    """node_config entries naming the platform's identity and roster files (checked now, not mid-round)."""
+    from common.secagg.identity import Roster, load_identity
+
+    if args.secagg_identity is None and args.secagg_roster is None:
+        return {}
+    if args.secagg_identity is None or args.secagg_roster is None:
+        raise DeployError("--secagg-identity and --secagg-roster go together")
+    Roster.load(args.secagg_roster).check_own(load_identity(args.secagg_identity, args.platform))
+    return {"secagg-identity": str(args.secagg_identity.resolve()), "secagg-roster": str(args.secagg_roster.resolve())}
+
+
 def cmd_register(args: argparse.Namespace) -> int:
     from deploy.certs import load_node_public_key
 
@@ -198,7 +257,7 @@ def cmd_supernode(args: argparse.Namespace) -> int:
         key=None if args.insecure else args.key, data_dir=args.data, device=args.device,
         runtime_port=args.runtime_port, isolation=args.isolation, insecure=args.insecure,
         fast_poll_s=None if args.flower_polling else 0.25, max_wait_s=args.max_wait,
-        extra=parse_overrides(args.node_config),
+        extra={**parse_overrides(args.node_config), **_secagg_trust(args)},
     )  # fmt: skip
     env = {**base_env(), **supernode_env(spec)}
     cmds = [supernode_command(spec)]

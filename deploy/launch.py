@@ -614,6 +614,7 @@ class Federation:
         self.node_ids: dict[str, int] = {}
         self.superlink: Daemon | None = None
         self.nodes: dict[str, Daemon] = {}
+        self.secagg: dict[str, dict[str, str]] = {}  # platform -> node_config naming its identity + roster
         self.conn = Connection("crossfed-test", f"127.0.0.1:{self.port}", None, insecure, self.flwr_home)
 
     @property
@@ -641,10 +642,24 @@ class Federation:
         if self.node_auth:
             for p in self.platforms:
                 self.keys[p] = create_node_key(self.certs_dir, p)
+        self.provision_secagg()
         self.start_superlink()
         for p in self.platforms:
             self.start_node(p)
         self.wait_nodes_online(self.platforms)
+
+    def provision_secagg(self) -> None:
+        """Each platform's secure-aggregation identity and the roster of all of them (the operator's step)."""
+        from common.secagg.identity import KEY_SUFFIX, PUB_SUFFIX, Identity, build_roster, save_identity
+
+        folder = self.workdir / "secagg"
+        for p in self.platforms:
+            if not (folder / f"{p}{KEY_SUFFIX}").exists():
+                save_identity(Identity.generate(p), folder)
+        roster = build_roster(folder / f"{p}{PUB_SUFFIX}" for p in self.platforms)
+        (folder / "roster.json").write_text(roster.to_json())
+        self.secagg = {p: {"secagg-identity": str(folder / f"{p}{KEY_SUFFIX}"),
+                           "secagg-roster": str(folder / "roster.json")} for p in self.platforms}  # fmt: skip
 
     def close(self) -> None:
         for daemon in [*self.nodes.values(), *([self.superlink] if self.superlink else [])]:
@@ -683,7 +698,7 @@ class Federation:
             platform=platform, superlink=self.address, root_cert=self.tls.ca_cert if self.tls else None,
             key=self.keys[platform].private if platform in self.keys else None, data_dir=self.data_dir,
             runtime_port=self.runtime_ports[platform], isolation=self.isolation, insecure=self.insecure,
-            fast_poll_s=self.fast_poll_s, extra=self.node_extra,
+            fast_poll_s=self.fast_poll_s, extra={**self.secagg.get(platform, {}), **self.node_extra},
         )  # fmt: skip
         fields_.update(overrides)
         return SuperNodeSpec(**fields_)

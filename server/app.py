@@ -7,6 +7,7 @@ global adapter, fuses the replies by example-weighted averaging and evaluates.
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -22,6 +23,7 @@ from server.grid_tuning import tune_grid
 from server.messaging import Replies, broadcast, stragglers_for, wait_for_nodes
 
 app = ServerApp()
+log = logging.getLogger("crossfed.server")
 
 
 @app.main()
@@ -64,10 +66,14 @@ class GridTransport:
         for node_id, reply in replies.ok.items():
             try:
                 update = arrays_to_state(reply.content[ARRAYS])  # type: ignore[arg-type]
+                _check_update(update, state)
                 metrics = _metrics(replies, node_id)
                 n = float(metrics["num-examples"])
-            except (KeyError, ValueError) as exc:
+                if not np.isfinite(n) or n <= 0:
+                    raise ValueError(f"`num-examples` must be a positive count, got {n}")
+            except (KeyError, ValueError) as exc:  # left out of this round; the others are fused
                 failures.append(f"node {node_id}: malformed reply: {exc}")
+                log.error("round %d: node %d left out: malformed reply: %s", rnd, node_id, exc)
                 continue
             states.append(update)
             weights.append(n)
@@ -82,6 +88,16 @@ class GridTransport:
         replies = self._broadcast(state, cfg, rnd, MessageType.EVALUATE, splits)
         per_platform = {replies.platform(n): _metrics(replies, n) for n in replies.ok}
         return dict(sorted(per_platform.items())), replies.failures
+
+
+def _check_update(update: Tensors, reference: Tensors) -> None:
+    """ValueError unless ``update`` has the global adapter's tensor names (in order) and shapes."""
+    if list(update) != list(reference):
+        extra, missing = sorted(set(update) - set(reference)), sorted(set(reference) - set(update))
+        raise ValueError(f"tensor names differ from the global adapter's (unknown {extra[:3]}, missing {missing[:3]})")
+    for name, value in update.items():
+        if np.shape(value) != np.shape(reference[name]):
+            raise ValueError(f"tensor `{name}` has shape {np.shape(value)}, expected {np.shape(reference[name])}")
 
 
 def _metrics(replies: Replies, node_id: int) -> dict[str, float]:

@@ -19,7 +19,7 @@ from flwr.app import Message, MessageType, RecordDict
 from common.config import AppConfig
 from common.payload import ARRAYS, CONFIG, config_record, state_to_arrays
 from common.secagg import AbortError, Manifest, SecAggError, SecAggServer
-from common.secure_wire import SECAGG_ACTION, from_records, secagg_config, to_records
+from common.secure_wire import SECAGG_ACTION, from_records, round_context, secagg_config, to_records
 from server.app import GridTransport
 from server.federation import PerPlatform, RoundAborted, Tensors
 from server.messaging import exchange, stragglers_for, wait_for_nodes
@@ -33,9 +33,20 @@ class SecureGridTransport(GridTransport):
     def train_round(
         self, state: Tensors, cfg: AppConfig, rnd: int
     ) -> tuple[OrderedDict[str, np.ndarray], PerPlatform, list[str]]:
+        """One secure round; any protocol failure aborts this round (RoundAborted), never the run."""
+        try:
+            return self._secure_round(state, cfg, rnd)
+        except SecAggError as exc:
+            raise RoundAborted(f"secure aggregation failed: {type(exc).__name__}: {exc}") from exc
+
+    def _secure_round(
+        self, state: Tensors, cfg: AppConfig, rnd: int
+    ) -> tuple[OrderedDict[str, np.ndarray], PerPlatform, list[str]]:
         nodes = wait_for_nodes(self.grid, max(cfg.fed.min_nodes, cfg.secure.min_cohort), cfg.fed.node_wait_s)
         manifest = Manifest.from_arrays(state)
-        server = SecAggServer(secagg_config(cfg), manifest, nodes, round=rnd)
+        # What every platform must have been given (each message gets its own, identical records).
+        context = round_context(state_to_arrays(state), config_record(cfg, rnd))
+        server = SecAggServer(secagg_config(cfg), manifest, nodes, round=rnd, context=context)
         failures: list[str] = []
         first = True
         while not server.finished:
@@ -55,13 +66,15 @@ class SecureGridTransport(GridTransport):
                     continue
                 try:
                     server.receive(src, from_records(reply.content))
-                except SecAggError as exc:
+                except SecAggError as exc:  # a malformed or lying reply: that node drops out of the round
                     failures.append(f"node {src} ({stage}): rejected: {exc}")
             silent = set(server.awaiting)  # every node without a valid reply drops out of the round
             failures += [f"node {n} ({stage}): no reply in time" for n in sorted(silent - set(replies))]
             try:
                 server.end_stage(no_reply=silent)
             except AbortError as exc:
+                for line in failures:
+                    log.warning("round %d secure aggregation: %s", rnd, line)
                 raise RoundAborted(f"secure aggregation aborted in stage {stage}: {exc}") from exc
             first = False
         for line in failures:

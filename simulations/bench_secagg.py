@@ -11,9 +11,12 @@ What is measured, per (platforms, params), one round with no dropouts:
   *critical path* ``sum over stages of (slowest client + server)`` is the
   estimate of a round's protocol time when platforms run in parallel (no
   network time included);
-* bytes uploaded per platform (all four replies, canonical encoding ~ wire
+* bytes uploaded per platform (all five replies, canonical encoding ~ wire
   size) against a plain float32 upload and against the quantised adapter
   (``params x modulus_bits/8``; goal <= 1.1x);
+* what the malicious-setting checks add (issue 13): the consistency stage, every other
+  Ed25519 signature and verification of a platform, and the round-context hash, as
+  seconds and as a fraction of the rest of the critical path (goal <= 10 %);
 * mask-expansion throughput on one core: raw AES-256-CTR keystream into a
   preallocated buffer, keystream added to a vector (``apply_masks``), and numpy's
   Mersenne Twister (``RandomState.randint``, what Flower's SecAgg+ uses).
@@ -27,6 +30,7 @@ stated (not measured) training rate.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -38,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from common.secagg import HEADER_WORDS, STAGES, Manifest, SecAggConfig, run_round
+from common.secagg import HEADER_WORDS, STAGE_CONSISTENCY, STAGES, Identity, Manifest, Roster, SecAggConfig, run_round
 from common.secagg.prg import apply_masks, fill_keystream
 
 DEFAULT_PLATFORMS = (3, 10, 30)
@@ -134,6 +138,11 @@ def bench_one(platforms: int, params: int, repeats: int = 1, seed: int = 0, drop
     download = statistics.fmean(sum(b.values()) for b in runs[0].download_bytes.values())
     quantised = params * cfg.modulus_bits // 8
     plain = params * 4
+    critical = sum(client_max[s] + server[s] for s in STAGES)
+    auth = auth_seconds(platforms, runs[0].server.threshold, params)
+    # What issue 13 added to a round's critical path: the consistency stage (its signature included),
+    # the other signatures and verifications, and hashing the round context on every platform.
+    added = client_max[STAGE_CONSISTENCY] + server[STAGE_CONSISTENCY] + auth["other_signatures_s"] + auth["context_s"]
     return {
         "platforms": platforms,
         "params": params,
@@ -145,7 +154,10 @@ def bench_one(platforms: int, params: int, repeats: int = 1, seed: int = 0, drop
         "server_s": server,
         "client_round_s": sum(client_mean.values()),
         "server_round_s": sum(server.values()),
-        "critical_path_s": sum(client_max[s] + server[s] for s in STAGES),
+        "critical_path_s": critical,
+        "auth_s": auth,
+        "security_added_s": added,
+        "security_added_fraction": added / max(critical - added, 1e-12),
         "critical_path_cpu_s": sum(client_cpu_max[s] + server_cpu[s] for s in STAGES),
         "client_cpu_max_s": client_cpu_max,
         "server_cpu_s": server_cpu,
@@ -160,6 +172,29 @@ def bench_one(platforms: int, params: int, repeats: int = 1, seed: int = 0, drop
         "upload_vs_plain": upload / plain,
         "masked_words": params + HEADER_WORDS,
     }
+
+
+def auth_seconds(platforms: int, threshold: int, params: int, repeats: int = 3) -> dict[str, float]:
+    """One platform's signature work outside the consistency stage, and its round-context hash.
+
+    Setup signs its keys once, share_keys verifies every roster entry (n), unmask verifies t
+    consistency signatures: 1 sign + (n + t) verifies, on real Ed25519 keys. The context is
+    SHA-256 over the float32 global adapter (``params x 4`` bytes) and its config.
+    """
+    identities = [Identity.generate(f"p{i}") for i in range(platforms)]
+    roster = Roster.of(identities)
+    me, statement = identities[0], b"x" * 64
+    sigs = [(i.platform, i.sign(statement)) for i in identities]
+
+    def signatures() -> None:
+        me.sign(statement)
+        for name, sig in sigs + sigs[:threshold]:
+            roster.verify(name, sig, statement)
+
+    blob = np.zeros(params, dtype=np.float32).tobytes()
+    sig_s, _ = _best_seconds(signatures, repeats)
+    ctx_s, _ = _best_seconds(lambda: hashlib.sha256(blob).digest(), repeats)
+    return {"other_signatures_s": sig_s, "context_s": ctx_s}
 
 
 def run_bench(
@@ -223,16 +258,19 @@ def _mb(b: float) -> str:
 
 def print_table(rows: list[dict[str, Any]], overhead: dict[str, float] | None = None) -> None:
     """Three tables (time, traffic, PRG) with rich if available, else plain text."""
-    stage_short = {"setup": "setup", "share_keys": "share", "masked_input": "mask", "unmask": "unmask"}
+    stage_short = {"setup": "setup", "share_keys": "share", "masked_input": "mask", "consistency": "check",
+                   "unmask": "unmask"}  # fmt: skip
     time_cols = ["platforms", "params", "drops"]
     time_cols += [f"client {stage_short[s]} s" for s in STAGES]
     time_cols += [f"server {stage_short[s]} s" for s in STAGES]
-    time_cols += ["critical path s", "critical path CPU s", "in-process total s"]
+    time_cols += ["critical path s", "critical path CPU s", "in-process total s", "added by checks s",
+                  "added / rest"]  # fmt: skip
     time_rows = [
         [str(r["platforms"]), f"{r['params']:,}", str(r["dropped_at_masked_input"])]
         + [f"{r['client_s'][s]:.3f}" for s in STAGES]
         + [f"{r['server_s'][s]:.3f}" for s in STAGES]
         + [f"{r['critical_path_s']:.3f}", f"{r['critical_path_cpu_s']:.3f}", f"{r['in_process_total_s']:.2f}"]
+        + [f"{r['security_added_s']:.4f}", f"{100 * r['security_added_fraction']:.1f} %"]
         for r in rows
     ]
     byte_cols = [
@@ -306,6 +344,13 @@ def print_table(rows: list[dict[str, Any]], overhead: dict[str, float] | None = 
             for row in body:
                 print(" | ".join(row))
             print()
+    worst = max(rows, key=lambda r: r["security_added_fraction"])
+    print(
+        f"Malicious-setting checks (consistency stage, Ed25519 signatures, round-context hash) add at most "
+        f"{100 * worst['security_added_fraction']:.1f} % to the rest of the round's protocol critical path "
+        f"({worst['platforms']} platforms x {worst['params']:,} params: {worst['security_added_s']:.4f} s; "
+        f"goal <= {100 * OVERHEAD_GOAL:.0f} %)."
+    )
     if overhead is None:
         print("Training-overhead estimate: (10 platforms, 1M params) not measured in this run.")
     else:

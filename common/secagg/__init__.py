@@ -2,18 +2,19 @@
 
 The server learns only ``sum_i n_i * x_i`` and ``sum_i n_i`` over the surviving
 platforms (plus cohort totals of clipping counts), never one platform's adapter
-or example count. Four stages; each is one request/reply exchange:
+or example count. Five stages; each is one request/reply exchange:
 
 =============  =====================================  ==========================================
 stage          server -> node (request fields)        node -> server (reply fields)
 =============  =====================================  ==========================================
-setup          cohort_size, threshold, vector_length,  pk_c, pk_s (X25519, 32 B each),
-               manifest_digest, every SecAggConfig     signature (Ed25519 or b"")
-               field
-share_keys     node_ids, pk_c, pk_s, signatures        receivers, ciphertexts (176 B each),
-               (the roster, identical for all)         b_commit (32 B)
+setup          cohort_size, context, vector_length,    platform, pk_c, pk_s (X25519, 32 B each),
+               manifest_digest, every SecAggConfig     signature (Ed25519 by the platform's
+               field                                   identity over keys, node id, context)
+share_keys     threshold, node_ids, platforms, pk_c,   receivers, ciphertexts (176 B each),
+               pk_s, signatures (identical for all)    b_commit (32 B)
 masked_input   senders, ciphertexts (bundles for it)   masked (np.ndarray uint64, 4 + D words)
-unmask         active, dropped                         b_owners, b_shares, sk_owners, sk_shares
+consistency    active, dropped                         signature (over roster, U2, U3)
+unmask         active, dropped, signers, signatures    b_owners, b_shares, sk_owners, sk_shares
 =============  =====================================  ==========================================
 
 Every message also has ``secagg`` (version), ``stage``, ``session`` (bytes),
@@ -24,7 +25,7 @@ and rebuild with ``SecAggClient.from_state_bytes`` on the next message.
 
 Server loop (ServerApp)::
 
-    server = SecAggServer(cfg, manifest, sampled_node_ids, session=run_id_bytes, round=r)
+    server = SecAggServer(cfg, manifest, sampled_node_ids, session=run_id_bytes, round=r, context=ctx)
     while not server.finished:
         replies = send_and_receive(server.requests(), timeout)   # {node_id: reply dict}
         server.step(replies)            # bad replies and silent nodes count as dropped
@@ -32,28 +33,30 @@ Server loop (ServerApp)::
 
 Client handler (ClientApp)::
 
-    client = SecAggClient.from_state_bytes(state, cfg, manifest) if state else SecAggClient(node_id, cfg, manifest)
-    reply = client.handle(msg)                          # setup / share_keys / unmask
+    client = SecAggClient(node_id, cfg, manifest, identity=identity, roster=roster, policy=policy, context=ctx)
+    reply = client.handle(msg)                          # setup / share_keys / consistency / unmask
     reply = client.handle(msg, tensors, num_examples)   # masked_input, after local training
     state = client.state_bytes()
 
-Security notes (see also the module docstrings):
+Security notes (see also the module docstrings and the README's threat model):
 
-* Tolerates up to ``n - t`` dropouts at any stage; ``t = max(ceil(f*n), n//2+1)``
-  of the *sampled* cohort, so the server cannot lower it by claiming drops.
-* A server that deviates cannot obtain both shares of one node: each node
-  answers unmask once, refuses overlapping/own-dropped/unknown/short lists, and
-  2t > n. With k colluding platforms this holds while k < 2t - n.
-* Without registered identity keys (``peer_identity_keys``) the roster is
-  trusted from the server, which could then simulate platforms (Sybil); pass
-  pre-registered Ed25519 keys to close that.
+* Tolerates up to ``n - t`` dropouts after setup; ``t = max(ceil(f*n), floor(2n/3)+1)``
+  of the signed roster (the nodes that answered setup), so t > 2n/3 always.
+* Every roster entry is signed by a platform identity the client finds in its own roster
+  (from the operator, never from the server): no Sybils, no key substitution.
+* Before revealing any share a client needs t roster signatures on the identical
+  (roster hash, set it masked with, survivor set) statement: with k < 2t - n colluding
+  platforms the server cannot show two groups different survivor sets.
+* Every key, share ciphertext and signature is bound to the round context (hash of
+  the global adapter and training config): platforms given different models abort.
 """
 
 from common.secagg.client import ClientState, SecAggClient
-from common.secagg.config import HEADER_WORDS, SecAggConfig
-from common.secagg.crypto import generate_identity
+from common.secagg.config import HEADER_WORDS, PlatformPolicy, SecAggConfig
 from common.secagg.errors import AbortError, ConfigError, InputError, ProtocolError, SecAggError
+from common.secagg.identity import Identity, Roster
 from common.secagg.messages import (
+    STAGE_CONSISTENCY,
     STAGE_MASKED_INPUT,
     STAGE_SETUP,
     STAGE_SHARE_KEYS,
@@ -74,12 +77,13 @@ from common.secagg.quantize import (
     quantization_bound,
     weighted_mean,
 )
-from common.secagg.runner import RoundRun, run_round
+from common.secagg.runner import RoundRun, make_clients, run_round
 from common.secagg.server import SecAggResult, SecAggServer
 
 __all__ = [
     "HEADER_WORDS",
     "STAGES",
+    "STAGE_CONSISTENCY",
     "STAGE_MASKED_INPUT",
     "STAGE_SETUP",
     "STAGE_SHARE_KEYS",
@@ -87,10 +91,13 @@ __all__ = [
     "AbortError",
     "ClientState",
     "ConfigError",
+    "Identity",
     "InputError",
     "InputReport",
     "Manifest",
+    "PlatformPolicy",
     "ProtocolError",
+    "Roster",
     "RoundRun",
     "SecAggClient",
     "SecAggConfig",
@@ -99,8 +106,8 @@ __all__ = [
     "SecAggServer",
     "TensorSpec",
     "encode_input",
-    "generate_identity",
     "join_arrays",
+    "make_clients",
     "pack_record",
     "quantization_bound",
     "record_nbytes",

@@ -1,8 +1,9 @@
 """Platform side of the protocol: a state machine with one method per stage.
 
-    setup(request)                         -> reply {pk_c, pk_s, signature}
+    setup(request)                         -> reply {platform, pk_c, pk_s, signature}
     share_keys(request)                    -> reply {receivers, ciphertexts, b_commit}
     masked_input(request, tensors, weight) -> reply {masked: uint array}
+    consistency(request)                   -> reply {signature}
     unmask(request)                        -> reply {b_owners, b_shares, sk_owners, sk_shares}
 
 Each method parses the request, checks it is the expected next stage for the
@@ -11,6 +12,14 @@ it can *before* revealing anything. Any failure wipes the round's secrets,
 moves the client to ``aborted`` and raises a ``SecAggError`` (fail closed): a
 client never answers the same stage twice, never answers an out-of-order stage
 and never reveals both shares of one node.
+
+Against a malicious server (Bonawitz et al., CCS 2017, malicious setting): every
+roster entry must carry a signature by a platform of this platform's own roster
+(``identity.Roster``, from the operator, not the server) on its round keys, its node id
+and the round context (hash of the global adapter and training config); each platform
+name appears once; the threshold must exceed 2n/3 of the roster and meet the local
+``PlatformPolicy``; and shares are revealed only after t roster platforms signed the
+identical (roster, set masked with, survivor set) statement this client signed.
 
 Between stages all state lives in ``ClientState`` (``to_bytes``/``from_bytes``),
 so a Flower ClientApp can keep it in ``context.state`` and be restarted.
@@ -27,14 +36,19 @@ from typing import Any, ClassVar
 import numpy as np
 
 from common.secagg import crypto, shamir
-from common.secagg.config import SecAggConfig
+from common.secagg.config import PlatformPolicy, SecAggConfig
 from common.secagg.errors import AbortError, ConfigError, InputError, ProtocolError
+from common.secagg.fields import NODE, Bytes, Float, Int, Kind, List, Str
+from common.secagg.identity import Identity, Roster
 from common.secagg.messages import (
-    NODE,
+    CONTEXT_BYTES,
+    STAGE_CONSISTENCY,
     STAGE_MASKED_INPUT,
     STAGE_SETUP,
     STAGE_SHARE_KEYS,
     STAGE_UNMASK,
+    ConsistencyReply,
+    ConsistencyRequest,
     MaskedInputReply,
     MaskedInputRequest,
     SetupReply,
@@ -43,23 +57,26 @@ from common.secagg.messages import (
     ShareKeysRequest,
     UnmaskReply,
     UnmaskRequest,
-    _Bytes,
-    _Int,
-    _Kind,
-    _List,
-    _Str,
     pack_record,
     stage_of,
     unpack_record,
 )
 from common.secagg.prg import apply_masks
-from common.secagg.quantize import InputReport, Manifest, encode_input
+from common.secagg.quantize import InputReport, Manifest, check_weight, encode_input
 
 log = logging.getLogger(__name__)
 
 IDLE, DONE, ABORTED = "idle", "done", "aborted"
 # stage just completed -> stage accepted next
-_NEXT = {STAGE_SETUP: STAGE_SHARE_KEYS, STAGE_SHARE_KEYS: STAGE_MASKED_INPUT, STAGE_MASKED_INPUT: STAGE_UNMASK}
+_NEXT = {
+    STAGE_SETUP: STAGE_SHARE_KEYS,
+    STAGE_SHARE_KEYS: STAGE_MASKED_INPUT,
+    STAGE_MASKED_INPUT: STAGE_CONSISTENCY,
+    STAGE_CONSISTENCY: STAGE_UNMASK,
+}
+# Settings the platform's policy may tighten; every other one must equal the platform's own.
+_POLICY_PARAMS = ("min_cohort", "threshold_fraction")
+NO_CONTEXT = bytes(CONTEXT_BYTES)
 
 
 def _u64(v: int) -> bytes:
@@ -76,12 +93,16 @@ class ClientState:
     round: int = -1
     cohort_size: int = 0
     threshold: int = 0
+    min_cohort: int = 0  # the round's effective policy (server request tightened by the platform's)
+    threshold_fraction: float = 1.0
+    params_digest: bytes = b""
     sk_c: bytes = b""
     pk_c: bytes = b""
     sk_s: bytes = b""
     pk_s: bytes = b""
     b_seed: bytes = b""
     roster_ids: list[int] = field(default_factory=list)
+    roster_platforms: list[str] = field(default_factory=list)
     roster_pk_c: list[bytes] = field(default_factory=list)
     roster_pk_s: list[bytes] = field(default_factory=list)
     roster_hash: bytes = b""
@@ -90,26 +111,32 @@ class ClientState:
     holders: list[int] = field(default_factory=list)
     held_b: list[bytes] = field(default_factory=list)
     held_sk: list[bytes] = field(default_factory=list)
+    signed_active: list[int] = field(default_factory=list)  # the survivor set this client signed
 
-    _SCHEMA: ClassVar[dict[str, _Kind]] = {
+    _SCHEMA: ClassVar[dict[str, Kind]] = {
         "node_id": NODE,
-        "stage": _Str(),
-        "session": _Bytes(lo=0, hi=64),
-        "round": _Int(-1),
-        "cohort_size": _Int(),
-        "threshold": _Int(),
-        "sk_c": _Bytes(0, 32),
-        "pk_c": _Bytes(0, 32),
-        "sk_s": _Bytes(0, 32),
-        "pk_s": _Bytes(0, 32),
-        "b_seed": _Bytes(0, 32),
-        "roster_ids": _List(NODE, unique=True),
-        "roster_pk_c": _List(_Bytes(32)),
-        "roster_pk_s": _List(_Bytes(32)),
-        "roster_hash": _Bytes(0, 32),
-        "holders": _List(NODE, unique=True),
-        "held_b": _List(_Bytes(shamir.SHARE_BYTES)),
-        "held_sk": _List(_Bytes(shamir.SHARE_BYTES)),
+        "stage": Str(),
+        "session": Bytes(lo=0, hi=64),
+        "round": Int(-1),
+        "cohort_size": Int(),
+        "threshold": Int(),
+        "min_cohort": Int(),
+        "threshold_fraction": Float(),
+        "params_digest": Bytes(0, 32),
+        "sk_c": Bytes(0, 32),
+        "pk_c": Bytes(0, 32),
+        "sk_s": Bytes(0, 32),
+        "pk_s": Bytes(0, 32),
+        "b_seed": Bytes(0, 32),
+        "roster_ids": List(NODE, unique=True),
+        "roster_platforms": List(Str()),
+        "roster_pk_c": List(Bytes(32)),
+        "roster_pk_s": List(Bytes(32)),
+        "roster_hash": Bytes(0, 32),
+        "holders": List(NODE, unique=True),
+        "held_b": List(Bytes(shamir.SHARE_BYTES)),
+        "held_sk": List(Bytes(shamir.SHARE_BYTES)),
+        "signed_active": List(NODE, unique=True),
     }
 
     def to_record(self) -> dict[str, Any]:
@@ -123,9 +150,10 @@ class ClientState:
         if not isinstance(record, Mapping) or set(record.keys()) != set(schema):
             raise ProtocolError("client state record has the wrong keys")
         values = {k: kind.check(f"state.{k}", record[k]) for k, kind in schema.items()}
-        if values["stage"] not in (IDLE, DONE, ABORTED, STAGE_SETUP, STAGE_SHARE_KEYS, STAGE_MASKED_INPUT):
+        if values["stage"] not in (IDLE, DONE, ABORTED, *_NEXT):
             raise ProtocolError(f"client state has unknown stage {values['stage']!r}")
-        if not len(values["roster_ids"]) == len(values["roster_pk_c"]) == len(values["roster_pk_s"]):
+        roster = ("roster_ids", "roster_platforms", "roster_pk_c", "roster_pk_s")
+        if len({len(values[k]) for k in roster}) != 1:
             raise ProtocolError("client state roster lists differ in length")
         if not len(values["holders"]) == len(values["held_b"]) == len(values["held_sk"]):
             raise ProtocolError("client state share lists differ in length")
@@ -147,11 +175,13 @@ class ClientState:
 class SecAggClient:
     """One platform's protocol endpoint.
 
-    ``config`` and ``manifest`` are the platform's local policy: a setup request
-    whose values differ is refused. ``identity_key`` (Ed25519 raw private key)
-    signs this node's round keys; ``peer_identity_keys`` (node id -> Ed25519 raw
-    public key), when given, makes the client require a valid signature for
-    every roster entry -- without it the client trusts the server's roster.
+    ``config`` and ``manifest`` are what the platform expects (a setup request whose
+    values differ is refused); ``policy`` is the platform's own minimum cohort, threshold
+    and round limit (the server may only be stricter). ``identity`` signs this node's
+    round keys and its survivor-set view; ``roster`` (from the operator) holds the public
+    key of every platform this one will share secrets with. ``context`` is the hash of the
+    global adapter and training config this platform was given for the round
+    (``NO_CONTEXT`` where the caller binds none).
     """
 
     def __init__(
@@ -160,22 +190,24 @@ class SecAggClient:
         config: SecAggConfig,
         manifest: Manifest,
         *,
-        identity_key: bytes | None = None,
-        peer_identity_keys: Mapping[int, bytes] | None = None,
+        identity: Identity,
+        roster: Roster,
+        policy: PlatformPolicy | None = None,
+        context: bytes = NO_CONTEXT,
         state: ClientState | None = None,
     ) -> None:
         NODE.check("node_id", node_id)
         config.check_vector_length(manifest.size)
+        if not isinstance(identity, Identity) or not isinstance(roster, Roster):
+            raise ConfigError("a secure-aggregation client needs its `identity` and the operator's `roster`")
+        roster.check_own(identity)
+        if not isinstance(context, bytes) or len(context) != CONTEXT_BYTES:
+            raise ConfigError(f"`context` must be {CONTEXT_BYTES} bytes")
         self.config = config
         self.manifest = manifest
-        if identity_key is not None and (not isinstance(identity_key, bytes) or len(identity_key) != 32):
-            raise ConfigError("`identity_key` must be a 32-byte raw Ed25519 private key")
-        if peer_identity_keys is not None and any(
-            not isinstance(k, bytes) or len(k) != 32 for k in peer_identity_keys.values()
-        ):
-            raise ConfigError("`peer_identity_keys` values must be 32-byte raw Ed25519 public keys")
-        self.identity_key = identity_key
-        self.peer_identity_keys = dict(peer_identity_keys) if peer_identity_keys is not None else None
+        self.identity, self.roster = identity, roster
+        self.policy = policy if policy is not None else PlatformPolicy()
+        self.context = context
         if state is not None and state.node_id != node_id:
             raise ProtocolError(f"state belongs to node {state.node_id}, not {node_id}")
         self.state = state if state is not None else ClientState(node_id=node_id)
@@ -201,6 +233,8 @@ class SecAggClient:
             if tensors is None or weight is None:
                 raise InputError("masked_input needs the local tensors and weight")
             return self.masked_input(msg, tensors, weight)
+        if stage == STAGE_CONSISTENCY:
+            return self.consistency(msg)
         return self.unmask(msg)
 
     def _abort(self) -> None:
@@ -234,7 +268,7 @@ class SecAggClient:
 
     # -- stage 0 ------------------------------------------------------------------
     def setup(self, msg: Any) -> dict[str, Any]:
-        """Check the round parameters against local policy; make fresh key pairs."""
+        """Check the round parameters against local policy; make fresh key pairs and sign them."""
         return self._run(self._setup, msg)
 
     def _setup(self, msg: Any) -> dict[str, Any]:
@@ -247,21 +281,23 @@ class SecAggClient:
                 f"node {st.node_id}: round {req.round} of this session was already started "
                 f"(last round {st.round}); a round is never re-keyed"
             )
-        for name, value in req.params().items():
+        requested = req.params()
+        for name, value in requested.items():
             mine = getattr(cfg, name)
-            if value != mine:
+            if name not in _POLICY_PARAMS and value != mine:
                 raise ConfigError(f"`{name}` differs: server sent {value!r}, this platform uses {mine!r}")
         if req.manifest_digest != self.manifest.digest() or req.vector_length != self.manifest.size:
             raise ConfigError(
                 f"adapter manifest differs from the server's (server: {req.vector_length} values)"
                 f"; this platform has {self.manifest.size} values"
             )
-        cfg.check_cohort(req.cohort_size)
-        if req.threshold < cfg.threshold(req.cohort_size):
+        if req.context != self.context:
             raise AbortError(
-                f"threshold {req.threshold} is below this platform's policy "
-                f"{cfg.threshold(req.cohort_size)} for a cohort of {req.cohort_size}"
+                f"node {st.node_id}: the round's context (global adapter + training config) differs "
+                "from what this platform was given"
             )
+        effective = self.policy.apply(SecAggConfig.from_params(requested))
+        effective.check_cohort(req.cohort_size)
         if st.stage not in (IDLE, DONE, ABORTED):
             log.warning("node %d: abandoning round %d for round %d", st.node_id, st.round, req.round)
         sk_c, pk_c = crypto.generate_keypair()
@@ -272,20 +308,21 @@ class SecAggClient:
             session=req.session,
             round=req.round,
             cohort_size=req.cohort_size,
-            threshold=req.threshold,
+            min_cohort=effective.min_cohort,
+            threshold_fraction=effective.threshold_fraction,
+            params_digest=crypto.params_digest(requested, self.manifest.digest(), req.context),
             sk_c=sk_c,
             pk_c=pk_c,
             sk_s=sk_s,
             pk_s=pk_s,
         )
-        sig = b""
-        if self.identity_key is not None:
-            sig = crypto.sign_keys(self.identity_key, req.session, req.round, st.node_id, pk_c, pk_s)
-        return SetupReply(req.session, req.round, st.node_id, pk_c, pk_s, sig).to_message()
+        me = self.identity.platform
+        sig = self.identity.sign(crypto.keys_statement(req.session, req.round, st.node_id, me, pk_c, pk_s, req.context))
+        return SetupReply(req.session, req.round, st.node_id, me, pk_c, pk_s, sig).to_message()
 
     # -- stage 1 ------------------------------------------------------------------
     def share_keys(self, msg: Any) -> dict[str, Any]:
-        """Verify the roster; Shamir-share b and s_sk; encrypt a bundle per peer."""
+        """Verify the signed roster and threshold; Shamir-share b and s_sk; encrypt a bundle per peer."""
         return self._run(self._share_keys, msg)
 
     def _share_keys(self, msg: Any) -> dict[str, Any]:
@@ -295,25 +332,37 @@ class SecAggClient:
         if st.node_id not in ids:
             raise AbortError(f"node {st.node_id}: the roster does not list this node")
         me = ids.index(st.node_id)
-        if req.pk_c[me] != st.pk_c or req.pk_s[me] != st.pk_s:
-            raise AbortError(f"node {st.node_id}: the roster carries wrong public keys for this node")
+        if req.pk_c[me] != st.pk_c or req.pk_s[me] != st.pk_s or req.platforms[me] != self.identity.platform:
+            raise AbortError(f"node {st.node_id}: the roster carries wrong keys or name for this node")
         if len(ids) > st.cohort_size:
             raise AbortError(f"roster of {len(ids)} nodes exceeds the cohort size {st.cohort_size}")
-        need = max(st.threshold, self.config.min_cohort)
-        if len(ids) < need:
-            raise AbortError(f"roster of {len(ids)} nodes is below the required {need}")
+        if len(ids) < st.min_cohort:
+            raise AbortError(f"roster of {len(ids)} platforms is below this platform's minimum cohort {st.min_cohort}")
+        if len(set(req.platforms)) != len(ids):
+            raise AbortError("the roster lists one platform under two node ids (Sybil)")
         all_keys = list(req.pk_c) + list(req.pk_s)
         if len(set(all_keys)) != len(all_keys):
             raise AbortError("the roster repeats a public key")
-        if self.peer_identity_keys is not None:
-            for nid, c, s, sig in zip(ids, req.pk_c, req.pk_s, req.signatures, strict=True):
-                if nid not in self.peer_identity_keys:
-                    raise AbortError(f"roster node {nid} has no registered identity key")
-                crypto.verify_keys(self.peer_identity_keys[nid], sig, st.session, st.round, nid, c, s)
-        params_digest = crypto.params_digest(self.config.to_params(), self.manifest.digest())
+        policy = SecAggConfig(threshold_fraction=st.threshold_fraction, min_cohort=2).threshold(len(ids))
+        if not policy <= req.threshold <= len(ids):
+            raise AbortError(
+                f"threshold {req.threshold} for a roster of {len(ids)} is below this platform's policy {policy} "
+                "(t must exceed 2n/3)"
+            )
+        for nid, name, c, s, sig in zip(ids, req.platforms, req.pk_c, req.pk_s, req.signatures, strict=True):
+            self.roster.verify(name, sig, crypto.keys_statement(st.session, st.round, nid, name, c, s, self.context))
         roster = crypto.roster_hash(
-            st.session, st.round, st.cohort_size, st.threshold, params_digest, ids, req.pk_c, req.pk_s
+            st.session,
+            st.round,
+            st.cohort_size,
+            req.threshold,
+            st.params_digest,
+            ids,
+            req.platforms,
+            req.pk_c,
+            req.pk_s,
         )
+        st.threshold = req.threshold
         b_seed = os.urandom(32)
         points = [shamir.eval_point(nid) for nid in ids]
         b_shares = shamir.split(b_seed, st.threshold, points)
@@ -329,7 +378,8 @@ class SecAggClient:
                 crypto.encrypt_shares(st.sk_c, req.pk_c[i], st.session, st.round, st.node_id, nid, roster, plaintext)
             )
             receivers.append(nid)
-        st.roster_ids, st.roster_pk_c, st.roster_pk_s = ids, list(req.pk_c), list(req.pk_s)
+        st.roster_ids, st.roster_platforms = ids, list(req.platforms)
+        st.roster_pk_c, st.roster_pk_s = list(req.pk_c), list(req.pk_s)
         st.roster_hash, st.b_seed = roster, b_seed
         st.holders = [st.node_id]
         st.held_b = [shamir.share_to_bytes(b_shares[me])]
@@ -381,6 +431,8 @@ class SecAggClient:
             received[nid] = (b_share, sk_share)
 
         # Validate and encode before any mask is derived; InputError aborts the round.
+        if check_weight(weight) < 1:
+            raise InputError("weight must be >= 1: a platform without training examples does not contribute")
         words, report = encode_input(tensors, weight, self.manifest, self.config)
         self.input_report = report
 
@@ -403,32 +455,67 @@ class SecAggClient:
         return MaskedInputReply(st.session, st.round, st.node_id, words).to_message()
 
     # -- stage 3 ------------------------------------------------------------------
+    def consistency(self, msg: Any) -> dict[str, Any]:
+        """Check the survivor lists and sign (roster, set masked with, survivors); reveals nothing."""
+        return self._run(self._consistency, msg)
+
+    def _check_sets(self, active: set[int], dropped: set[int]) -> None:
+        st = self.state
+        if active & dropped:
+            raise AbortError(
+                f"node {st.node_id}: request lists {sorted(active & dropped)} as both "
+                "active and dropped (would reveal both shares)"
+            )
+        if st.node_id in dropped:
+            raise AbortError(f"node {st.node_id}: request lists this node as dropped")
+        if st.node_id not in active:
+            raise AbortError(f"node {st.node_id}: request does not list this node as active")
+        holders = set(st.holders)
+        unknown = (active | dropped) - holders
+        if unknown:
+            raise AbortError(f"node {st.node_id}: request names unknown nodes {sorted(unknown)}")
+        missing = holders - active - dropped
+        if missing:
+            raise AbortError(f"node {st.node_id}: request omits nodes {sorted(missing)}")
+        if len(active) < st.threshold:
+            raise AbortError(f"node {st.node_id}: only {len(active)} survivors, below the threshold {st.threshold}")
+
+    def _statement(self, active: list[int]) -> bytes:
+        st = self.state
+        return crypto.consistency_statement(st.session, st.round, st.roster_hash, st.holders, active)
+
+    def _consistency(self, msg: Any) -> dict[str, Any]:
+        req: ConsistencyRequest = self._guard(STAGE_CONSISTENCY, msg, ConsistencyRequest)
+        st = self.state
+        self._check_sets(set(req.active), set(req.dropped))
+        st.signed_active = sorted(req.active)
+        st.stage = STAGE_CONSISTENCY
+        signature = self.identity.sign(self._statement(st.signed_active))
+        return ConsistencyReply(st.session, st.round, st.node_id, signature).to_message()
+
+    # -- stage 4 ------------------------------------------------------------------
     def unmask(self, msg: Any) -> dict[str, Any]:
-        """Check the survivor lists, then reveal b shares (active) or s_sk shares (dropped)."""
+        """After t valid signatures on the set this node signed: reveal b (active) or s_sk (dropped) shares."""
         return self._run(self._unmask, msg)
 
     def _unmask(self, msg: Any) -> dict[str, Any]:
         req: UnmaskRequest = self._guard(STAGE_UNMASK, msg, UnmaskRequest)
         st = self.state
         active, dropped = set(req.active), set(req.dropped)
-        if active & dropped:
+        self._check_sets(active, dropped)
+        if sorted(active) != st.signed_active:
+            raise AbortError(f"node {st.node_id}: unmask request's survivor set differs from the one it signed")
+        signers = set(req.signers)
+        if not signers <= active:
+            raise AbortError(f"node {st.node_id}: consistency signatures from non-survivors {sorted(signers - active)}")
+        if len(signers) < st.threshold:
             raise AbortError(
-                f"node {st.node_id}: unmask request lists {sorted(active & dropped)} as both "
-                "active and dropped (would reveal both shares)"
+                f"node {st.node_id}: {len(signers)} consistency signatures, below the threshold {st.threshold}"
             )
-        if st.node_id in dropped:
-            raise AbortError(f"node {st.node_id}: unmask request lists this node as dropped")
-        if st.node_id not in active:
-            raise AbortError(f"node {st.node_id}: unmask request does not list this node as active")
-        holders = set(st.holders)
-        unknown = (active | dropped) - holders
-        if unknown:
-            raise AbortError(f"node {st.node_id}: unmask request names unknown nodes {sorted(unknown)}")
-        missing = holders - active - dropped
-        if missing:
-            raise AbortError(f"node {st.node_id}: unmask request omits nodes {sorted(missing)}")
-        if len(active) < st.threshold:
-            raise AbortError(f"node {st.node_id}: only {len(active)} survivors, below the threshold {st.threshold}")
+        statement = self._statement(st.signed_active)
+        platform_of = dict(zip(st.roster_ids, st.roster_platforms, strict=True))
+        for nid, sig in zip(req.signers, req.signatures, strict=True):
+            self.roster.verify(platform_of[nid], sig, statement)
         index = {n: i for i, n in enumerate(st.holders)}
         b_owners = sorted(active)
         sk_owners = sorted(dropped)
@@ -457,8 +544,10 @@ class SecAggClient:
         config: SecAggConfig,
         manifest: Manifest,
         *,
-        identity_key: bytes | None = None,
-        peer_identity_keys: Mapping[int, bytes] | None = None,
+        identity: Identity,
+        roster: Roster,
+        policy: PlatformPolicy | None = None,
+        context: bytes = NO_CONTEXT,
     ) -> SecAggClient:
         """Rebuild a client from ``state_bytes`` output (e.g. after a process restart)."""
         state = ClientState.from_bytes(data)
@@ -466,7 +555,9 @@ class SecAggClient:
             state.node_id,
             config,
             manifest,
-            identity_key=identity_key,
-            peer_identity_keys=peer_identity_keys,
+            identity=identity,
+            roster=roster,
+            policy=policy,
+            context=context,
             state=state,
         )

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -66,8 +66,9 @@ class SecAggConfig:
     threshold_fraction: float = field(
         default=2 / 3,
         metadata={
-            "help": "Shamir threshold t = max(ceil(f*n), n//2+1); must be > 1/2 so a server "
-            "cannot collect both shares of one node. Tolerates n - t dropouts."
+            "help": "Shamir threshold t = max(ceil(f*n), floor(2n/3)+1): always more than 2n/3, "
+            "so with fewer than 2t - n colluding platforms no two signed survivor sets both reach t. "
+            "A larger f only raises t. Tolerates n - t dropouts."
         },
     )
 
@@ -133,15 +134,16 @@ class SecAggConfig:
         return np.dtype(np.int64 if self.modulus_bits == 64 else np.int32)
 
     def threshold(self, cohort_size: int) -> int:
-        """Shamir threshold for a sampled cohort of ``cohort_size`` nodes.
+        """Shamir threshold for a roster of ``cohort_size`` nodes (those that sent signed keys).
 
-        ``t = max(ceil(f * n), n // 2 + 1)``: more than half, so shares of both of a
-        node's secrets can never reach t each (2t > n); the round survives n - t drops.
+        ``t = max(ceil(f * n), floor(2n / 3) + 1)``: strictly more than 2n/3 (Bonawitz et al.,
+        malicious setting), so two different survivor sets each signed by t platforms share
+        more than n/3 signers; the round survives n - t drops.
         """
         if cohort_size < 1:
             raise ConfigError(f"cohort size must be >= 1, got {cohort_size}")
         by_fraction = math.ceil(self.threshold_fraction * cohort_size - 1e-9)
-        return min(cohort_size, max(by_fraction, cohort_size // 2 + 1))
+        return min(cohort_size, max(by_fraction, 2 * cohort_size // 3 + 1))
 
     def check_cohort(self, cohort_size: int) -> None:
         """Refuse a cohort the overflow check does not cover or that is too small."""
@@ -198,6 +200,55 @@ class SecAggConfig:
                 value = float(value)
             kwargs[name] = value
         return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class PlatformPolicy:
+    """What a platform requires of every secure round, from its own node_config (never the server's).
+
+    The server's request can only make a round stricter: the platform applies the larger
+    ``min_cohort`` and ``threshold_fraction`` of the two, and refuses to send a masked input
+    for more than ``max_rounds`` rounds of one run.
+    """
+
+    min_cohort: int = field(default=3, metadata={"help": "Fewest platforms in a round's signed key roster."})
+    threshold_fraction: float = field(default=2 / 3, metadata={"help": "As `SecAggConfig.threshold_fraction`."})
+    max_rounds: int = field(default=1000, metadata={"help": "Most rounds of one run this platform contributes to."})
+
+    KEYS = {"min_cohort": "secagg-min-cohort", "threshold_fraction": "secagg-threshold-fraction",
+            "max_rounds": "secagg-max-rounds"}  # fmt: skip
+
+    def __post_init__(self) -> None:
+        _check_number("min_cohort", self.min_cohort, int)
+        _check_number("max_rounds", self.max_rounds, int)
+        _check_number("threshold_fraction", self.threshold_fraction, float)
+        object.__setattr__(self, "threshold_fraction", float(self.threshold_fraction))
+        if self.min_cohort < 2:
+            raise ConfigError(f"`{self.KEYS['min_cohort']}` must be >= 2, got {self.min_cohort}")
+        if self.max_rounds < 1:
+            raise ConfigError(f"`{self.KEYS['max_rounds']}` must be >= 1, got {self.max_rounds}")
+        if not 0.5 < self.threshold_fraction <= 1.0:
+            raise ConfigError(f"`{self.KEYS['threshold_fraction']}` must be in (0.5, 1], got {self.threshold_fraction}")
+
+    @classmethod
+    def from_node_config(cls, node_config: Mapping[str, Any]) -> PlatformPolicy:
+        """Read ``secagg-min-cohort`` etc.; absent keys keep their (safe) defaults."""
+        kwargs: dict[str, Any] = {}
+        for name, key in cls.KEYS.items():
+            if key in node_config:
+                value = node_config[key]
+                if name == "threshold_fraction" and isinstance(value, int) and not isinstance(value, bool):
+                    value = float(value)
+                kwargs[name] = value
+        return cls(**kwargs)
+
+    def apply(self, requested: SecAggConfig) -> SecAggConfig:
+        """The server's protocol settings, made at least as strict as this policy."""
+        return replace(
+            requested,
+            min_cohort=max(requested.min_cohort, self.min_cohort),
+            threshold_fraction=max(requested.threshold_fraction, self.threshold_fraction),
+        )
 
 
 def _check_number(name: str, value: object, kind: type) -> None:

@@ -9,8 +9,9 @@
   binds sender, receiver, round, session and the hash of the whole public-key
   roster. A ciphertext replayed to another node/round, a bit flip, or a roster in
   which the server swapped any public key fails authentication.
-* Identity signatures (Ed25519) are optional: with pre-registered platform keys
-  they stop a server from impersonating platforms in the key exchange.
+* Signed statements: every platform signs its round keys (``keys_statement``) and,
+  before unmasking, the survivor set it saw (``consistency_statement``) with its
+  long-term Ed25519 identity; peers verify against the operator's roster.
 """
 
 from __future__ import annotations
@@ -19,16 +20,15 @@ import hashlib
 import os
 from collections.abc import Mapping, Sequence
 
-from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from common.secagg.errors import AbortError, ProtocolError
 
-PROTOCOL = b"crossfed-secagg/1"
+PROTOCOL = b"crossfed-secagg/2"
 KEY_BYTES = 32
 NONCE_BYTES = 12
 TAG_BYTES = 16
@@ -80,21 +80,27 @@ def roster_hash(
     threshold: int,
     params_digest: bytes,
     node_ids: Sequence[int],
+    platforms: Sequence[str],
     pk_c: Sequence[bytes],
     pk_s: Sequence[bytes],
 ) -> bytes:
-    """SHA-256 over the round parameters and every (id, pk_c, pk_s) of the roster."""
+    """SHA-256 over the round parameters and every (id, platform, pk_c, pk_s) of the roster."""
     h = hashlib.sha256(_label(b"roster", session, rnd, cohort_size, threshold))
     h.update(params_digest)
-    for nid, c, s in zip(node_ids, pk_c, pk_s, strict=True):
-        h.update(_u64(nid) + c + s)
+    for nid, name, c, s in zip(node_ids, platforms, pk_c, pk_s, strict=True):
+        raw = name.encode()
+        h.update(_u64(nid) + _u64(len(raw)) + raw + c + s)
     return h.digest()
 
 
-def params_digest(params: Mapping[str, int | float], manifest_digest: bytes) -> bytes:
-    """Hash of the protocol settings and adapter layout (bound into the roster hash)."""
+def params_digest(params: Mapping[str, int | float], manifest_digest: bytes, context: bytes) -> bytes:
+    """Hash of the protocol settings, adapter layout and round context (bound into the roster hash).
+
+    ``context`` is the hash of the global adapter and training config every platform was
+    given: two platforms shown different models derive different keys and the round aborts.
+    """
     text = repr(sorted(params.items())).encode()
-    return hashlib.sha256(_label(b"params", b"", 0) + text + manifest_digest).digest()
+    return hashlib.sha256(_label(b"params", b"", 0) + text + manifest_digest + context).digest()
 
 
 # -- share encryption ---------------------------------------------------------------
@@ -163,33 +169,31 @@ def commit_b(b_seed: bytes, session: bytes, rnd: int, node_id: int) -> bytes:
     return hashlib.sha256(_label(b"b-commit", session, rnd, node_id) + b_seed).digest()
 
 
-# -- identity signatures (optional PKI) ---------------------------------------------
-def _keys_statement(session: bytes, rnd: int, node_id: int, pk_c: bytes, pk_s: bytes) -> bytes:
-    return _label(b"keys", session, rnd, node_id) + pk_c + pk_s
+# -- signed statements (identities: ``identity.py``) ----------------------------------
+def keys_statement(
+    session: bytes, rnd: int, node_id: int, platform: str, pk_c: bytes, pk_s: bytes, context: bytes
+) -> bytes:
+    """What a platform signs in setup: its round keys, bound to its name, node id and round context."""
+    name = platform.encode()
+    return _label(b"keys", session, rnd, node_id) + _u64(len(name)) + name + pk_c + pk_s + context
 
 
-def sign_keys(identity_sk: bytes, session: bytes, rnd: int, node_id: int, pk_c: bytes, pk_s: bytes) -> bytes:
-    """Ed25519 signature of a node's round public keys."""
-    sk = Ed25519PrivateKey.from_private_bytes(identity_sk)
-    return sk.sign(_keys_statement(session, rnd, node_id, pk_c, pk_s))
+def consistency_statement(
+    session: bytes, rnd: int, roster: bytes, masked_with: Sequence[int], active: Sequence[int]
+) -> bytes:
+    """What a surviving platform signs before unmasking (Bonawitz et al., malicious setting).
 
-
-def verify_keys(
-    identity_pk: bytes, signature: bytes, session: bytes, rnd: int, node_id: int, pk_c: bytes, pk_s: bytes
-) -> None:
-    """AbortError unless ``signature`` is the node's signature of these keys."""
-    try:
-        Ed25519PublicKey.from_public_bytes(identity_pk).verify(
-            signature, _keys_statement(session, rnd, node_id, pk_c, pk_s)
-        )
-    except (InvalidSignature, ValueError):
-        raise AbortError(f"identity signature of node {node_id} does not verify") from None
-
-
-def generate_identity() -> tuple[bytes, bytes]:
-    """Long-term Ed25519 identity (private raw, public raw) for a platform."""
-    sk = Ed25519PrivateKey.generate()
-    return sk.private_bytes_raw(), sk.public_key().public_bytes_raw()
+    ``roster`` is the roster hash (round parameters, context, every public key);
+    ``masked_with`` the node set it masked with (its view of U2), ``active`` the survivor set
+    U3 it was shown. Honest platforms of one round sign byte-identical statements.
+    """
+    h = hashlib.sha256(_label(b"consistency", session, rnd, len(masked_with), len(active)) + roster)
+    for nid in sorted(masked_with):
+        h.update(_u64(nid))
+    h.update(b"|")
+    for nid in sorted(active):
+        h.update(_u64(nid))
+    return h.digest()
 
 
 def check_key_bytes(value: bytes, what: str) -> None:

@@ -1,12 +1,12 @@
 """Message schemas, parsers and a canonical binary record encoding.
 
 Every message is a plain dict ``str -> int | float | str | bytes | list[int] |
-list[bytes] | np.ndarray`` (the only array is the uint masked vector), so a Flower
+list[bytes] | list[str] | np.ndarray`` (the only array is the uint masked vector), so a Flower
 handler can put the scalars in a ``ConfigRecord`` and the array in an
 ``ArrayRecord`` (``split_arrays`` / ``join_arrays``). Every message carries
 
-    secagg   "crossfed-secagg/1"
-    stage    "setup" | "share_keys" | "masked_input" | "unmask"
+    secagg   "crossfed-secagg/2"
+    stage    "setup" | "share_keys" | "masked_input" | "consistency" | "unmask"
     session  bytes (16..64): the run's session id
     round    int: the federated round
     node_id  int: recipient (requests) or sender (replies), unsigned 64-bit
@@ -28,6 +28,7 @@ import numpy as np
 
 from common.secagg.crypto import KEY_BYTES, NONCE_BYTES, PROTOCOL, SIGNATURE_BYTES, TAG_BYTES
 from common.secagg.errors import ProtocolError
+from common.secagg.fields import MAX_LIST, NODE, NODES, SHARE, Array, Bytes, Float, Int, Kind, List, Str
 from common.secagg.shamir import SHARE_BYTES
 
 VERSION = PROTOCOL.decode()
@@ -35,12 +36,11 @@ VERSION = PROTOCOL.decode()
 STAGE_SETUP = "setup"
 STAGE_SHARE_KEYS = "share_keys"
 STAGE_MASKED_INPUT = "masked_input"
+STAGE_CONSISTENCY = "consistency"
 STAGE_UNMASK = "unmask"
-STAGES = (STAGE_SETUP, STAGE_SHARE_KEYS, STAGE_MASKED_INPUT, STAGE_UNMASK)
+STAGES = (STAGE_SETUP, STAGE_SHARE_KEYS, STAGE_MASKED_INPUT, STAGE_CONSISTENCY, STAGE_UNMASK)
+CONTEXT_BYTES = 32  # SHA-256 of the global adapter and training config of the round
 
-U64_MAX = (1 << 64) - 1
-I63_MAX = (1 << 63) - 1
-MAX_LIST = 1 << 16  # no list in any message is longer (cohorts are far smaller)
 SESSION_MIN, SESSION_MAX = 16, 64
 
 # Plaintext of one encrypted share bundle: sender | receiver | b share | s_sk share.
@@ -50,89 +50,14 @@ SHARE_CIPHERTEXT_BYTES = NONCE_BYTES + SHARE_PLAINTEXT_BYTES + TAG_BYTES
 ARRAY_DTYPES = ("<u4", "<u8", "<i8", "<f4", "<f8")
 
 
-# -- field kinds --------------------------------------------------------------------
-class _Kind:
-    def check(self, key: str, value: Any) -> Any:  # pragma: no cover - interface
-        raise NotImplementedError
+KEY = Bytes(KEY_BYTES)
+SIGNATURE = Bytes(SIGNATURE_BYTES)
 
-
-class _Int(_Kind):
-    def __init__(self, lo: int = 0, hi: int = I63_MAX) -> None:
-        self.lo, self.hi = lo, hi
-
-    def check(self, key: str, value: Any) -> int:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ProtocolError(f"`{key}` must be int, got {type(value).__name__}")
-        if not self.lo <= value <= self.hi:
-            raise ProtocolError(f"`{key}` must be in [{self.lo}, {self.hi}], got {value}")
-        return int(value)
-
-
-class _Float(_Kind):
-    def check(self, key: str, value: Any) -> float:
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise ProtocolError(f"`{key}` must be float, got {type(value).__name__}")
-        if not math.isfinite(value):
-            raise ProtocolError(f"`{key}` must be finite")
-        return float(value)
-
-
-class _Str(_Kind):
-    def check(self, key: str, value: Any) -> str:
-        if not isinstance(value, str):
-            raise ProtocolError(f"`{key}` must be str, got {type(value).__name__}")
-        return value
-
-
-class _Bytes(_Kind):
-    def __init__(self, *lengths: int, lo: int | None = None, hi: int | None = None) -> None:
-        self.lengths, self.lo, self.hi = lengths, lo, hi
-
-    def check(self, key: str, value: Any) -> bytes:
-        if not isinstance(value, bytes):
-            raise ProtocolError(f"`{key}` must be bytes, got {type(value).__name__}")
-        n = len(value)
-        if self.lengths and n not in self.lengths:
-            raise ProtocolError(f"`{key}` must be {' or '.join(map(str, self.lengths))} bytes, got {n}")
-        if self.lo is not None and self.hi is not None and not self.lo <= n <= self.hi:
-            raise ProtocolError(f"`{key}` must be {self.lo}..{self.hi} bytes, got {n}")
-        return value
-
-
-class _List(_Kind):
-    def __init__(self, item: _Kind, unique: bool = False) -> None:
-        self.item, self.unique = item, unique
-
-    def check(self, key: str, value: Any) -> list[Any]:
-        if not isinstance(value, (list, tuple)):
-            raise ProtocolError(f"`{key}` must be a list, got {type(value).__name__}")
-        if len(value) > MAX_LIST:
-            raise ProtocolError(f"`{key}` has more than {MAX_LIST} items")
-        out = [self.item.check(f"{key}[{i}]", v) for i, v in enumerate(value)]
-        if self.unique and len(set(out)) != len(out):
-            raise ProtocolError(f"`{key}` has duplicate entries")
-        return out
-
-
-class _Array(_Kind):
-    def check(self, key: str, value: Any) -> np.ndarray:
-        if not isinstance(value, np.ndarray):
-            raise ProtocolError(f"`{key}` must be a numpy array, got {type(value).__name__}")
-        if value.dtype not in (np.uint32, np.uint64) or value.ndim != 1:
-            raise ProtocolError(f"`{key}` must be a 1-D uint32/uint64 array, got {value.dtype} {value.shape}")
-        return value
-
-
-NODE = _Int(0, U64_MAX)
-NODES = _List(NODE, unique=True)
-KEY = _Bytes(KEY_BYTES)
-SHARE = _Bytes(SHARE_BYTES)
-
-_HEADER: dict[str, _Kind] = {
-    "secagg": _Str(),
-    "stage": _Str(),
-    "session": _Bytes(lo=SESSION_MIN, hi=SESSION_MAX),
-    "round": _Int(),
+_HEADER: dict[str, Kind] = {
+    "secagg": Str(),
+    "stage": Str(),
+    "session": Bytes(lo=SESSION_MIN, hi=SESSION_MAX),
+    "round": Int(),
     "node_id": NODE,
 }
 
@@ -148,7 +73,14 @@ class _Message:
     node_id: int
 
     STAGE: ClassVar[str] = ""
-    SCHEMA: ClassVar[dict[str, _Kind]] = {}
+    SCHEMA: ClassVar[dict[str, Kind]] = {}
+
+    def __post_init__(self) -> None:
+        """List fields become tuples: a parsed message is immutable."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, list):
+                object.__setattr__(self, f.name, tuple(value))
 
     def to_message(self) -> dict[str, Any]:
         """The plain dict that travels."""
@@ -196,7 +128,7 @@ class SetupRequest(_Message):
     """Server -> node: start a round. Carries the config so the node can compare."""
 
     cohort_size: int
-    threshold: int
+    context: bytes
     vector_length: int
     manifest_digest: bytes
     clip_range: float
@@ -209,19 +141,19 @@ class SetupRequest(_Message):
     threshold_fraction: float
 
     STAGE: ClassVar[str] = STAGE_SETUP
-    SCHEMA: ClassVar[dict[str, _Kind]] = {
-        "cohort_size": _Int(1, MAX_LIST),
-        "threshold": _Int(1, MAX_LIST),
-        "vector_length": _Int(1),
-        "manifest_digest": _Bytes(32),
-        "clip_range": _Float(),
-        "l2_clip": _Float(),
-        "quant_bits": _Int(),
-        "modulus_bits": _Int(),
-        "max_weight": _Int(),
-        "max_cohort": _Int(),
-        "min_cohort": _Int(),
-        "threshold_fraction": _Float(),
+    SCHEMA: ClassVar[dict[str, Kind]] = {
+        "cohort_size": Int(1, MAX_LIST),
+        "context": Bytes(CONTEXT_BYTES),
+        "vector_length": Int(1),
+        "manifest_digest": Bytes(32),
+        "clip_range": Float(),
+        "l2_clip": Float(),
+        "quant_bits": Int(),
+        "modulus_bits": Int(),
+        "max_weight": Int(),
+        "max_cohort": Int(),
+        "min_cohort": Int(),
+        "threshold_fraction": Float(),
     }
 
     def params(self) -> dict[str, int | float]:
@@ -238,51 +170,56 @@ class SetupRequest(_Message):
         )
         return {n: getattr(self, n) for n in names}
 
-    def _check(self) -> None:
-        if self.threshold > self.cohort_size:
-            raise ProtocolError("`threshold` exceeds `cohort_size`")
-
 
 @dataclass(frozen=True)
 class SetupReply(_Message):
-    """Node -> server: the node's two fresh public keys (and optional signature)."""
+    """Node -> server: the node's two fresh public keys, signed with its platform identity."""
 
+    platform: str
     pk_c: bytes
     pk_s: bytes
     signature: bytes
 
     STAGE: ClassVar[str] = STAGE_SETUP
-    SCHEMA: ClassVar[dict[str, _Kind]] = {
+    SCHEMA: ClassVar[dict[str, Kind]] = {
+        "platform": Str(),
         "pk_c": KEY,
         "pk_s": KEY,
-        "signature": _Bytes(0, SIGNATURE_BYTES),
+        "signature": SIGNATURE,
     }
 
 
 # -- stage 1: share keys ------------------------------------------------------------
 @dataclass(frozen=True)
 class ShareKeysRequest(_Message):
-    """Server -> every node that answered setup: the public-key roster (same for all)."""
+    """Server -> every node that answered setup: the signed key roster (same for all) and t.
 
+    The threshold is fixed here, from the nodes that answered setup, so a platform lost
+    before it sent keys costs no dropout tolerance; each node checks it against its policy.
+    """
+
+    threshold: int
     node_ids: Sequence[int]
+    platforms: Sequence[str]
     pk_c: Sequence[bytes]
     pk_s: Sequence[bytes]
     signatures: Sequence[bytes]
 
     STAGE: ClassVar[str] = STAGE_SHARE_KEYS
-    SCHEMA: ClassVar[dict[str, _Kind]] = {
+    SCHEMA: ClassVar[dict[str, Kind]] = {
+        "threshold": Int(1, MAX_LIST),
         "node_ids": NODES,
-        "pk_c": _List(KEY),
-        "pk_s": _List(KEY),
-        "signatures": _List(_Bytes(0, SIGNATURE_BYTES)),
+        "platforms": List(Str()),
+        "pk_c": List(KEY),
+        "pk_s": List(KEY),
+        "signatures": List(SIGNATURE),
     }
-
-    def __post_init__(self) -> None:
-        for name in ("node_ids", "pk_c", "pk_s", "signatures"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
 
     def _check(self) -> None:
         ids = list(self.node_ids)
+        if self.threshold > len(ids):
+            raise ProtocolError("`threshold` exceeds the roster size")
+        _same_length("node_ids", ids, "platforms", list(self.platforms))
         _same_length("node_ids", ids, "pk_c", list(self.pk_c))
         _same_length("node_ids", ids, "pk_s", list(self.pk_s))
         _same_length("node_ids", ids, "signatures", list(self.signatures))
@@ -299,15 +236,11 @@ class ShareKeysReply(_Message):
     b_commit: bytes
 
     STAGE: ClassVar[str] = STAGE_SHARE_KEYS
-    SCHEMA: ClassVar[dict[str, _Kind]] = {
+    SCHEMA: ClassVar[dict[str, Kind]] = {
         "receivers": NODES,
-        "ciphertexts": _List(_Bytes(SHARE_CIPHERTEXT_BYTES)),
-        "b_commit": _Bytes(32),
+        "ciphertexts": List(Bytes(SHARE_CIPHERTEXT_BYTES)),
+        "b_commit": Bytes(32),
     }
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "receivers", tuple(self.receivers))
-        object.__setattr__(self, "ciphertexts", tuple(self.ciphertexts))
 
     def _check(self) -> None:
         _same_length("receivers", list(self.receivers), "ciphertexts", list(self.ciphertexts))
@@ -322,14 +255,10 @@ class MaskedInputRequest(_Message):
     ciphertexts: Sequence[bytes]
 
     STAGE: ClassVar[str] = STAGE_MASKED_INPUT
-    SCHEMA: ClassVar[dict[str, _Kind]] = {
+    SCHEMA: ClassVar[dict[str, Kind]] = {
         "senders": NODES,
-        "ciphertexts": _List(_Bytes(SHARE_CIPHERTEXT_BYTES)),
+        "ciphertexts": List(Bytes(SHARE_CIPHERTEXT_BYTES)),
     }
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "senders", tuple(self.senders))
-        object.__setattr__(self, "ciphertexts", tuple(self.ciphertexts))
 
     def _check(self) -> None:
         _same_length("senders", list(self.senders), "ciphertexts", list(self.ciphertexts))
@@ -342,28 +271,56 @@ class MaskedInputReply(_Message):
     masked: np.ndarray
 
     STAGE: ClassVar[str] = STAGE_MASKED_INPUT
-    SCHEMA: ClassVar[dict[str, _Kind]] = {"masked": _Array()}
+    SCHEMA: ClassVar[dict[str, Kind]] = {"masked": Array()}
 
 
-# -- stage 3: unmask ----------------------------------------------------------------
+# -- stage 3: consistency check ----------------------------------------------------
 @dataclass(frozen=True)
-class UnmaskRequest(_Message):
-    """Server -> surviving node: who sent a masked input (active) and who did not (dropped)."""
+class ConsistencyRequest(_Message):
+    """Server -> node that sent a masked input: who did (active) and who did not (dropped)."""
 
     active: Sequence[int]
     dropped: Sequence[int]
 
-    STAGE: ClassVar[str] = STAGE_UNMASK
-    SCHEMA: ClassVar[dict[str, _Kind]] = {"active": NODES, "dropped": NODES}
+    STAGE: ClassVar[str] = STAGE_CONSISTENCY
+    SCHEMA: ClassVar[dict[str, Kind]] = {"active": NODES, "dropped": NODES}
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "active", tuple(self.active))
-        object.__setattr__(self, "dropped", tuple(self.dropped))
+
+@dataclass(frozen=True)
+class ConsistencyReply(_Message):
+    """Node -> server: its identity's signature of (roster, set it masked with, active set)."""
+
+    signature: bytes
+
+    STAGE: ClassVar[str] = STAGE_CONSISTENCY
+    SCHEMA: ClassVar[dict[str, Kind]] = {"signature": SIGNATURE}
+
+
+# -- stage 4: unmask ----------------------------------------------------------------
+@dataclass(frozen=True)
+class UnmaskRequest(_Message):
+    """Server -> node that signed: the same sets again, and every signature collected on them."""
+
+    active: Sequence[int]
+    dropped: Sequence[int]
+    signers: Sequence[int]
+    signatures: Sequence[bytes]
+
+    STAGE: ClassVar[str] = STAGE_UNMASK
+    SCHEMA: ClassVar[dict[str, Kind]] = {
+        "active": NODES,
+        "dropped": NODES,
+        "signers": NODES,
+        "signatures": List(SIGNATURE),
+    }
+
+    def _check(self) -> None:
+        _same_length("signers", list(self.signers), "signatures", list(self.signatures))
 
 
 @dataclass(frozen=True)
 class UnmaskReply(_Message):
-    """Node -> server: shares of b for active nodes, shares of s_sk for dropped ones."""
+    """Node -> server: shares of b for active nodes, shares of s_sk for dropped ones (each < p)."""
 
     b_owners: Sequence[int]
     b_shares: Sequence[bytes]
@@ -371,16 +328,12 @@ class UnmaskReply(_Message):
     sk_shares: Sequence[bytes]
 
     STAGE: ClassVar[str] = STAGE_UNMASK
-    SCHEMA: ClassVar[dict[str, _Kind]] = {
+    SCHEMA: ClassVar[dict[str, Kind]] = {
         "b_owners": NODES,
-        "b_shares": _List(SHARE),
+        "b_shares": List(SHARE),
         "sk_owners": NODES,
-        "sk_shares": _List(SHARE),
+        "sk_shares": List(SHARE),
     }
-
-    def __post_init__(self) -> None:
-        for name in ("b_owners", "b_shares", "sk_owners", "sk_shares"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
 
     def _check(self) -> None:
         _same_length("b_owners", list(self.b_owners), "b_shares", list(self.b_shares))
@@ -391,12 +344,14 @@ REQUESTS: dict[str, type[_Message]] = {
     STAGE_SETUP: SetupRequest,
     STAGE_SHARE_KEYS: ShareKeysRequest,
     STAGE_MASKED_INPUT: MaskedInputRequest,
+    STAGE_CONSISTENCY: ConsistencyRequest,
     STAGE_UNMASK: UnmaskRequest,
 }
 REPLIES: dict[str, type[_Message]] = {
     STAGE_SETUP: SetupReply,
     STAGE_SHARE_KEYS: ShareKeysReply,
     STAGE_MASKED_INPUT: MaskedInputReply,
+    STAGE_CONSISTENCY: ConsistencyReply,
     STAGE_UNMASK: UnmaskReply,
 }
 
@@ -483,6 +438,9 @@ def _pack_value(key: str, value: Any) -> bytes:
             return b"I" + struct.pack(">I", len(items)) + b"".join(_pack_int(v) for v in items)
         if all(isinstance(v, bytes) for v in items):
             return b"B" + struct.pack(">I", len(items)) + b"".join(struct.pack(">I", len(v)) + v for v in items)
+        if all(isinstance(v, str) for v in items):
+            raws = [v.encode() for v in items]
+            return b"S" + struct.pack(">I", len(raws)) + b"".join(struct.pack(">I", len(v)) + v for v in raws)
     raise ProtocolError(f"`{key}`: unsupported value type {type(value).__name__}")
 
 
@@ -551,6 +509,11 @@ def _unpack_value(r: _Reader) -> Any:
         return [r.int_() for _ in range(r.count())]
     if tag == b"B":
         return [r.take(r.u32()) for _ in range(r.count())]
+    if tag == b"S":
+        try:
+            return [r.take(r.u32()).decode() for _ in range(r.count())]
+        except UnicodeDecodeError:
+            raise ProtocolError("record string is not UTF-8") from None
     if tag == b"a":
         try:
             dt = r.take(r.u8()).decode()

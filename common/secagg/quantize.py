@@ -257,19 +257,33 @@ class Aggregate:
 def decode_sum(words: np.ndarray, cfg: SecAggConfig, num_inputs: int) -> Aggregate:
     """Read the unmasked word vector (mod 2^bits) as the signed cohort sum.
 
-    Raises InputError when the header is impossible for ``num_inputs`` honest
-    inputs (a client sent a malformed masked vector).
+    Raises InputError, naming the check, when the sum is impossible for ``num_inputs``
+    honest inputs: total weight outside [num_inputs, num_inputs * max_weight] (every input
+    weighs at least 1), impossible clip counts, or a coordinate whose weighted mean leaves
+    [-c, c]. A malicious platform can still shift the sum *within* these bounds: that is
+    poisoning, which secure aggregation cannot see (README, threat model).
     """
     signed = words.view(cfg.int_dtype)
     total, clipped, norm_clipped, capped = (int(v) for v in signed[:HEADER_WORDS])
     body_len = signed.size - HEADER_WORDS
-    if not 0 <= total <= num_inputs * cfg.max_weight:
-        raise InputError(f"aggregate total weight {total} is impossible for {num_inputs} inputs")
+    if not num_inputs <= total <= num_inputs * cfg.max_weight:
+        raise InputError(
+            f"check `total-weight`: aggregate total weight {total} is outside [{num_inputs}, "
+            f"{num_inputs * cfg.max_weight}] for {num_inputs} inputs (every platform weighs 1..max_weight)"
+        )
     if not 0 <= clipped <= num_inputs * body_len:
-        raise InputError(f"aggregate clipped count {clipped} is impossible")
+        raise InputError(f"check `clipped-count`: aggregate clipped count {clipped} is impossible")
     if not (0 <= norm_clipped <= num_inputs and 0 <= capped <= num_inputs):
-        raise InputError("aggregate clip/cap flags are impossible")
-    weighted_sum = signed[HEADER_WORDS:].astype(np.float64)
+        raise InputError("check `clip-flags`: aggregate clip/cap flags are impossible")
+    body = signed[HEADER_WORDS:]
+    limit = total * cfg.q_max  # |sum_i n_i q_ij| <= sum_i n_i * Q: the fused mean lies in [-c, c]
+    outside = int(np.count_nonzero((body > limit) | (body < -limit)))
+    if outside:
+        raise InputError(
+            f"check `clip-range`: {outside} coordinate(s) of the fused mean lie outside "
+            f"[-{cfg.clip_range}, {cfg.clip_range}] (a platform masked an out-of-range input)"
+        )
+    weighted_sum = body.astype(np.float64)
     weighted_sum /= cfg.scale
     bound = total / (2 * cfg.scale) + 4 * cfg.clip_range * max(total, 1) * 2.0**-52
     return Aggregate(weighted_sum, total, clipped, norm_clipped, capped, bound)

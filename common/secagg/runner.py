@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from common.secagg.client import SecAggClient
-from common.secagg.config import SecAggConfig
+from common.secagg.client import NO_CONTEXT, SecAggClient
+from common.secagg.config import PlatformPolicy, SecAggConfig
 from common.secagg.errors import AbortError, ProtocolError, SecAggError
+from common.secagg.identity import Identity, Roster
 from common.secagg.messages import STAGE_MASKED_INPUT, STAGES, record_nbytes
 from common.secagg.quantize import InputReport, Manifest
 from common.secagg.server import SecAggResult, SecAggServer
@@ -55,6 +56,29 @@ class RoundRun:
     transcript: list[tuple[str, str, int, dict[str, Any]]] = field(default_factory=list)
 
 
+def make_clients(
+    config: SecAggConfig,
+    manifest: Manifest,
+    node_ids: Iterable[int],
+    *,
+    policy: PlatformPolicy | None = None,
+    context: bytes = NO_CONTEXT,
+) -> dict[int, SecAggClient]:
+    """One client per node, platform ``platform-<id>``, with simulated identities and their roster.
+
+    The policy defaults to one that accepts the config's own ``min_cohort``, so a small test
+    cohort runs; a deployed platform's policy comes from its node_config.
+    """
+    ids = sorted(node_ids)
+    identities = {n: Identity.simulated(f"platform-{n}") for n in ids}
+    roster = Roster.of(identities.values())
+    pol = policy if policy is not None else PlatformPolicy(min_cohort=config.min_cohort)
+    return {
+        n: SecAggClient(n, config, manifest, identity=identities[n], roster=roster, policy=pol, context=context)
+        for n in ids
+    }
+
+
 def run_round(
     config: SecAggConfig,
     manifest: Manifest,
@@ -78,7 +102,7 @@ def run_round(
     if unknown:
         raise ProtocolError(f"unknown stage(s) in drops: {sorted(unknown)}")
     server = SecAggServer(config, manifest, ids, session=session, round=round, threshold=threshold)
-    pool = dict(clients) if clients is not None else {n: SecAggClient(n, config, manifest) for n in ids}
+    pool = dict(clients) if clients is not None else make_clients(config, manifest, ids)
     run = RoundRun(server=server, clients=pool)
     for n in ids:
         run.upload_bytes[n] = dict.fromkeys(STAGES, 0)
@@ -103,8 +127,10 @@ def run_round(
                     client.state_bytes(),
                     client.config,
                     client.manifest,
-                    identity_key=client.identity_key,
-                    peer_identity_keys=client.peer_identity_keys,
+                    identity=client.identity,
+                    roster=client.roster,
+                    policy=client.policy,
+                    context=client.context,
                 )
             args = get_input(node) if stage == STAGE_MASKED_INPUT else (None, None)
             t0, c0 = time.perf_counter(), time.thread_time()

@@ -13,9 +13,11 @@
     result = server.result()
 
 Stage sets (Bonawitz et al. notation): U1 answered setup, U2 answered share_keys,
-U3 sent a masked input, U4 answered unmask. Each must hold at least t nodes
-(and U1 at least ``min_cohort``), otherwise the round aborts with no output; the
-server never asks for an unmask below t survivors.
+U3 sent a masked input, U3' signed the consistency statement (U2, U3), U4 answered
+unmask. t is fixed when setup closes, from |U1| (t > 2|U1|/3). Each set must hold at
+least t nodes (and U1 at least ``min_cohort``), otherwise the round aborts with no
+output; the server never asks for an unmask below t signed survivors. The server holds
+no roster: the platforms verify every signature; an honest server only collects them.
 
 Unmasking: sum(y_u for u in U3) - sum(PRG(b_u) for u in U3)
            - sum(+-PRG(s_uv) for u in U2 minus U3, v in U3),
@@ -38,12 +40,17 @@ import numpy as np
 from common.secagg import crypto, shamir
 from common.secagg.config import HEADER_WORDS, SecAggConfig
 from common.secagg.errors import AbortError, ConfigError, InputError, ProtocolError
+from common.secagg.fields import NODE
 from common.secagg.messages import (
-    NODE,
+    CONTEXT_BYTES,
+    STAGE_CONSISTENCY,
     STAGE_MASKED_INPUT,
     STAGE_SETUP,
     STAGE_SHARE_KEYS,
     STAGE_UNMASK,
+    STAGES,
+    ConsistencyReply,
+    ConsistencyRequest,
     MaskedInputReply,
     MaskedInputRequest,
     SetupReply,
@@ -59,7 +66,7 @@ from common.secagg.quantize import Manifest, decode_sum, weighted_mean
 log = logging.getLogger(__name__)
 
 DONE, ABORTED = "done", "aborted"
-_ORDER = (STAGE_SETUP, STAGE_SHARE_KEYS, STAGE_MASKED_INPUT, STAGE_UNMASK)
+_ORDER = STAGES
 # How many t-subsets to try when a reconstruction fails its check (a node sent a bad share).
 MAX_SUBSETS = 256
 
@@ -95,6 +102,7 @@ class SecAggServer:
         session: bytes | None = None,
         round: int = 0,  # noqa: A002 - the protocol's name for it
         threshold: int | None = None,
+        context: bytes = bytes(CONTEXT_BYTES),
     ) -> None:
         ids = sorted(int(NODE.check("node_ids", n)) for n in node_ids)
         if len(set(ids)) != len(ids):
@@ -102,15 +110,19 @@ class SecAggServer:
         config.check_cohort(len(ids))
         config.check_vector_length(manifest.size)
         min_t = config.threshold(len(ids))
-        t = min_t if threshold is None else threshold
-        if not min_t <= t <= len(ids):
-            raise ConfigError(f"`threshold` must be in [{min_t}, {len(ids)}] for {len(ids)} nodes, got {t}")
+        if threshold is not None and not min_t <= threshold <= len(ids):
+            raise ConfigError(f"`threshold` must be in [{min_t}, {len(ids)}] for {len(ids)} nodes, got {threshold}")
+        if not isinstance(context, bytes) or len(context) != CONTEXT_BYTES:
+            raise ConfigError(f"`context` must be {CONTEXT_BYTES} bytes")
         self.session = os.urandom(16) if session is None else session
         if not isinstance(self.session, bytes) or not 16 <= len(self.session) <= 64:
             raise ConfigError("`session` must be 16..64 bytes")
         if not isinstance(round, int) or isinstance(round, bool) or round < 0:
             raise ConfigError(f"`round` must be an int >= 0, got {round!r}")
-        self.config, self.manifest, self.round, self.threshold = config, manifest, round, t
+        self.config, self.manifest, self.round, self.context = config, manifest, round, context
+        # t until setup closes: the most the round can need; then fixed from |U1| (never below ``threshold``).
+        self._min_threshold = threshold or 0
+        self.threshold = max(min_t, self._min_threshold)
         self.cohort = tuple(ids)
         self.length = HEADER_WORDS + manifest.size
         self.stage = STAGE_SETUP
@@ -119,12 +131,14 @@ class SecAggServer:
         self._expected: set[int] = set(ids)
         self._replied: set[int] = set()
         self._rejected: set[int] = set()
-        self._params_digest = crypto.params_digest(config.to_params(), manifest.digest())
+        self._params_digest = crypto.params_digest(config.to_params(), manifest.digest(), context)
         # per-stage data
         self.u1: tuple[int, ...] = ()
         self.u2: tuple[int, ...] = ()
         self.u3: tuple[int, ...] = ()
+        self.signers: tuple[int, ...] = ()  # U3': signed the consistency statement
         self.u4: tuple[int, ...] = ()
+        self._signatures: dict[int, bytes] = {}
         self._keys: dict[int, SetupReply] = {}
         self._bundles: dict[int, dict[int, bytes]] = {}  # sender -> receiver -> ciphertext
         self._commits: dict[int, bytes] = {}
@@ -169,7 +183,7 @@ class SecAggServer:
                     r,
                     n,
                     cohort_size=len(self.cohort),
-                    threshold=self.threshold,
+                    context=self.context,
                     vector_length=self.manifest.size,
                     manifest_digest=self.manifest.digest(),
                     clip_range=cfg.clip_range,
@@ -185,10 +199,12 @@ class SecAggServer:
             }
         if self.stage == STAGE_SHARE_KEYS:
             ids = list(self.u1)
+            names = [self._keys[n].platform for n in ids]
             pk_c = [self._keys[n].pk_c for n in ids]
             pk_s = [self._keys[n].pk_s for n in ids]
             sigs = [self._keys[n].signature for n in ids]
-            return {n: ShareKeysRequest(s, r, n, ids, pk_c, pk_s, sigs).to_message() for n in ids}
+            t = self.threshold
+            return {n: ShareKeysRequest(s, r, n, t, ids, names, pk_c, pk_s, sigs).to_message() for n in ids}
         if self.stage == STAGE_MASKED_INPUT:
             out = {}
             for v in self.u2:
@@ -196,9 +212,13 @@ class SecAggServer:
                 cts = [self._bundles[u][v] for u in senders]
                 out[v] = MaskedInputRequest(s, r, v, senders, cts).to_message()
             return out
+        dropped = sorted(set(self.u2) - set(self.u3))
+        if self.stage == STAGE_CONSISTENCY:
+            return {v: ConsistencyRequest(s, r, v, list(self.u3), dropped).to_message() for v in self.u3}
         if self.stage == STAGE_UNMASK:
-            dropped = sorted(set(self.u2) - set(self.u3))
-            return {v: UnmaskRequest(s, r, v, list(self.u3), dropped).to_message() for v in self.u3}
+            signers = list(self.signers)
+            sigs = [self._signatures[v] for v in signers]
+            return {v: UnmaskRequest(s, r, v, list(self.u3), dropped, signers, sigs).to_message() for v in signers}
         raise ProtocolError(f"no requests in state {self.stage!r}")
 
     # -- incoming -----------------------------------------------------------------
@@ -235,6 +255,8 @@ class SecAggServer:
             seen = {k for r in self._keys.values() for k in (r.pk_c, r.pk_s)}
             if m.pk_c in seen or m.pk_s in seen or m.pk_c == m.pk_s:
                 raise ProtocolError(f"node {node_id} reused a public key")
+            if any(r.platform == m.platform for r in self._keys.values()):
+                raise ProtocolError(f"node {node_id} claims platform `{m.platform}`, which another node already has")
             self._keys[node_id] = m
         elif self.stage == STAGE_SHARE_KEYS:
             m = self._header(ShareKeysReply, node_id, reply)
@@ -253,6 +275,8 @@ class SecAggServer:
             if self._acc is None:
                 self._acc = np.zeros(self.length, dtype=self.config.uint_dtype)
             np.add(self._acc, vec, out=self._acc)  # wraps mod 2^bits
+        elif self.stage == STAGE_CONSISTENCY:
+            self._signatures[node_id] = self._header(ConsistencyReply, node_id, reply).signature
         elif self.stage == STAGE_UNMASK:
             m = self._header(UnmaskReply, node_id, reply)
             if list(m.b_owners) != list(self.u3) or list(m.sk_owners) != sorted(set(self.u2) - set(self.u3)):
@@ -279,16 +303,17 @@ class SecAggServer:
         self.dropped[stage] = tuple(sorted(self._expected - self._replied))
         if self.dropped[stage]:
             log.info("secagg round %d stage %s: dropped %s", self.round, stage, self.dropped[stage])
-        need = self.threshold
-        if stage == STAGE_SETUP:
-            need = max(need, self.config.min_cohort)
+        # Setup: t is not fixed yet; the signed roster needs min_cohort platforms.
+        need = self.config.min_cohort if stage == STAGE_SETUP else self.threshold
         if len(survivors) < need:
             self._abort(
                 f"stage {stage!r}: {len(survivors)} of {len(self._expected)} nodes answered, "
-                f"need {need} (at most {len(self.cohort) - self.threshold} dropouts tolerated)"
+                f"need {need} (t = {self.threshold}: at most {len(self.u1 or self.cohort) - self.threshold} "
+                "dropouts tolerated after setup)"
             )
         if stage == STAGE_SETUP:
             self.u1 = survivors
+            self.threshold = max(self.config.threshold(len(survivors)), min(self._min_threshold, len(survivors)))
         elif stage == STAGE_SHARE_KEYS:
             self.u2 = survivors
             # Bundles addressed to nodes that fell out are not needed any more.
@@ -297,6 +322,8 @@ class SecAggServer:
         elif stage == STAGE_MASKED_INPUT:
             self.u3 = survivors
             self._bundles.clear()
+        elif stage == STAGE_CONSISTENCY:
+            self.signers = survivors
         else:
             self.u4 = survivors
             self._finish()
@@ -326,6 +353,7 @@ class SecAggServer:
             self.threshold,
             self._params_digest,
             roster_ids,
+            [self._keys[n].platform for n in roster_ids],
             [self._keys[n].pk_c for n in roster_ids],
             [self._keys[n].pk_s for n in roster_ids],
         )
@@ -347,7 +375,7 @@ class SecAggServer:
         try:
             agg = decode_sum(self._acc, self.config, len(self.u3))
         except InputError as exc:
-            self._abort(f"unmasked aggregate is inconsistent ({exc}); a node sent a malformed vector")
+            self._abort(f"unmasked aggregate refused: {exc}")
         self._acc = None
         self._unmask.clear()
         self.stage = DONE

@@ -31,11 +31,11 @@ def flat(tensors, manifest: Manifest | None = None) -> np.ndarray:
 
 def drive_to(stage, cfg, manifest, ids, inputs=None, session=b"S" * 16, rnd=1):
     """Run a round by hand until ``stage`` requests are pending; return (server, clients, inputs)."""
-    from common.secagg import STAGES, SecAggClient, SecAggServer
+    from common.secagg import STAGES, SecAggServer, make_clients
 
     inputs = inputs or make_inputs(ids)
     server = SecAggServer(cfg, manifest, ids, session=session, round=rnd)
-    clients = {n: SecAggClient(n, cfg, manifest) for n in ids}
+    clients = make_clients(cfg, manifest, ids)
     while server.stage != stage:
         reqs = server.requests()
         extra = lambda n: inputs[n] if server.stage == STAGES[2] else (None, None)  # noqa: E731
@@ -52,3 +52,10 @@ def expected_sum(inputs, nodes, cfg, manifest):
     for n in nodes:
         acc += encode_input(*inputs[n], manifest, cfg)[0]
     return decode_sum(acc, cfg, len(nodes))
+
+
+def client_for(node, cfg, manifest, ids=None, **kwargs):
+    """One client of a federation ``ids`` (default: node 0..7) with simulated identities."""
+    from common.secagg import make_clients
+
+    return make_clients(cfg, manifest, sorted(set(ids or range(8)) | {node}), **kwargs)[node]

@@ -11,7 +11,8 @@ def test_run_bench_tiny_rows():
     rows = run_bench(platforms=(3,), params=(2_000,), verbose=False)
     (row,) = rows
     assert row["platforms"] == 3 and row["params"] == 2_000
-    assert set(row["client_s"]) == {"setup", "share_keys", "masked_input", "unmask"}
+    assert set(row["client_s"]) == {"setup", "share_keys", "masked_input", "consistency", "unmask"}
+    assert 0 < row["security_added_s"] < row["critical_path_s"] and row["security_added_fraction"] > 0
     assert 1.0 <= row["upload_vs_quantised"] < 1.5
     assert row["keystream_gbps"] > 0 and row["mersenne_twister_gbps"] > 0
     assert overhead_estimate(rows) is None

@@ -150,7 +150,8 @@ def test_parsers_raise_only_own_errors_on_garbage(parser, msg):
 @given(data=st.data())
 def test_client_handle_raises_only_own_errors(stage, data):
     req, _, clients, inputs = SAMPLES[("req", stage)]
-    client = SecAggClient.from_state_bytes(clients[1].state_bytes(), CFG, MAN)
+    old = clients[1]
+    client = SecAggClient.from_state_bytes(old.state_bytes(), CFG, MAN, identity=old.identity, roster=old.roster)
     msg = data.draw(_mutated({**req, "node_id": 1}))
     _only_secagg_errors(client.handle, msg, *inputs[1])
 

@@ -6,23 +6,28 @@ import numpy as np
 import pytest
 
 from common.secagg import (
+    STAGE_CONSISTENCY,
     STAGE_MASKED_INPUT,
     STAGE_SETUP,
     STAGE_SHARE_KEYS,
     STAGE_UNMASK,
     STAGES,
     AbortError,
+    ConfigError,
+    Identity,
     Manifest,
+    PlatformPolicy,
     ProtocolError,
+    Roster,
     SecAggClient,
     SecAggConfig,
     SecAggServer,
-    generate_identity,
+    make_clients,
     run_round,
 )
 from tests.secagg.helpers import expected_sum, flat, make_inputs
 
-N = 6  # t = max(ceil(2/3 * 6), 4) = 4: up to 2 dropouts
+N = 7  # t = floor(2 * 7 / 3) + 1 = 5: two dropouts after setup (setup drops lower t)
 
 
 def test_exact_modular_sum_no_drops(cfg, manifest):
@@ -67,7 +72,8 @@ def test_modulus_32(manifest):
 def _drop_cases():
     t = SecAggConfig().threshold(N)
     for stage in STAGES:
-        for k in range(0, N - t + 1):
+        # Before setup closes, t is not fixed: any drop leaving min_cohort (3) platforms is fine.
+        for k in range(0, (N - 3 if stage == STAGE_SETUP else N - t) + 1):
             yield stage, k
 
 
@@ -84,7 +90,7 @@ def test_drop_matrix_exact_survivor_sum(cfg, manifest, stage, k):
     # Assert: nodes lost before their masked input are out; at unmask they are in
     res = run.result
     assert res is not None, run.abort_reason
-    survivors = ids if stage == STAGE_UNMASK else ids[: N - k]
+    survivors = ids if stage in (STAGE_CONSISTENCY, STAGE_UNMASK) else ids[: N - k]
     assert list(res.survivors) == survivors
     exp = expected_sum(inputs, survivors, cfg, manifest)
     np.testing.assert_array_equal(res.weighted_sum, exp.weighted_sum)
@@ -97,23 +103,24 @@ def test_drops_spread_over_stages(cfg, manifest):
     inputs = make_inputs(ids, seed=4)
     drops = {STAGE_SHARE_KEYS: [0], STAGE_UNMASK: [3]}
     res = run_round(cfg, manifest, ids, inputs, drops=drops).result
-    assert list(res.survivors) == [1, 2, 3, 4, 5]
-    exp = expected_sum(inputs, [1, 2, 3, 4, 5], cfg, manifest)
+    assert list(res.survivors) == [1, 2, 3, 4, 5, 6]
+    exp = expected_sum(inputs, [1, 2, 3, 4, 5, 6], cfg, manifest)
     np.testing.assert_array_equal(res.weighted_sum, exp.weighted_sum)
 
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_too_many_drops_abort_cleanly(cfg, manifest, stage):
-    # Prepare: n - t + 1 = 3 drops
+    # Prepare: n - t + 1 = 3 drops (at setup: n - min_cohort + 1 = 5)
     ids = list(range(N))
     inputs = make_inputs(ids, seed=5)
+    dropped = [0, 1, 2, 3, 4] if stage == STAGE_SETUP else [0, 1, 2]
 
     # Execute
-    run = run_round(cfg, manifest, ids, inputs, drops={stage: [0, 1, 2]}, record=True)
+    run = run_round(cfg, manifest, ids, inputs, drops={stage: dropped}, record=True)
 
     # Assert: no output, and no node revealed any share unless unmask was reached
     assert run.result is None and run.server.aborted
-    assert "need 4" in run.abort_reason
+    assert ("need 3" if stage == STAGE_SETUP else "need 5") in run.abort_reason
     with pytest.raises(ProtocolError, match="no result"):
         run.server.result()
     unmask_replies = [m for d, s, _, m in run.transcript if d == "up" and s == STAGE_UNMASK]
@@ -145,7 +152,7 @@ def test_stalled_node_is_a_drop_and_its_late_reply_is_rejected(cfg, manifest):
     ids = list(range(N))
     inputs = make_inputs(ids, seed=6)
     server = SecAggServer(cfg, manifest, ids, round=3)
-    clients = {n: SecAggClient(n, cfg, manifest) for n in ids}
+    clients = make_clients(cfg, manifest, ids)
     for _ in range(2):  # setup, share_keys
         server.step({n: clients[n].handle(m) for n, m in server.requests().items()})
     reqs = server.requests()
@@ -163,17 +170,18 @@ def test_stalled_node_is_a_drop_and_its_late_reply_is_rejected(cfg, manifest):
         server.receive(2, late)
     replies = {n: clients[n].handle(m) for n, m in server.requests().items()}
     assert 2 not in replies
-    server.step(replies)
+    server.step(replies)  # consistency
+    server.step({n: clients[n].handle(m) for n, m in server.requests().items()})  # unmask
     res = server.result()
     assert 2 not in res.survivors and res.dropped[STAGE_MASKED_INPUT] == (2,)
-    exp = expected_sum(inputs, [0, 1, 3, 4, 5], cfg, manifest)
+    exp = expected_sum(inputs, [0, 1, 3, 4, 5, 6], cfg, manifest)
     np.testing.assert_array_equal(res.weighted_sum, exp.weighted_sum)
 
 
 def test_end_stage_rejects_silent_list_naming_a_replier(cfg, manifest):
     ids = list(range(4))
     server = SecAggServer(cfg, manifest, ids)
-    client = SecAggClient(0, cfg, manifest)
+    client = make_clients(cfg, manifest, ids)[0]
     server.receive(0, client.handle(server.requests()[0]))
     with pytest.raises(ProtocolError, match="did reply"):
         server.end_stage(no_reply=[0])
@@ -181,7 +189,7 @@ def test_end_stage_rejects_silent_list_naming_a_replier(cfg, manifest):
 
 def test_multi_round_with_persistent_clients(cfg, manifest):
     ids = list(range(4))
-    clients = {n: SecAggClient(n, cfg, manifest) for n in ids}
+    clients = make_clients(cfg, manifest, ids)
     session = b"s" * 16
     for rnd in range(3):
         inputs = make_inputs(ids, seed=rnd)
@@ -191,45 +199,45 @@ def test_multi_round_with_persistent_clients(cfg, manifest):
         clients = run.clients
 
 
+def _federation(cfg, manifest, ids, rogue=None):
+    """Clients with fresh random identities; ``rogue`` signs with a key the roster does not list."""
+    identities = {n: Identity.generate(f"shop-{n}") for n in ids}
+    roster = Roster.of(identities.values())
+    policy = PlatformPolicy(min_cohort=cfg.min_cohort)
+    clients = {n: SecAggClient(n, cfg, manifest, identity=identities[n], roster=roster, policy=policy) for n in ids}
+    if rogue is not None:  # the rogue key is only swapped in after construction checked the roster
+        clients[rogue].identity = Identity.generate(f"shop-{rogue}")
+    return clients
+
+
 def test_identity_signatures_accepted(cfg, manifest):
     ids = list(range(4))
-    idents = {n: generate_identity() for n in ids}
-    registry = {n: pk for n, (_, pk) in idents.items()}
-    clients = {n: SecAggClient(n, cfg, manifest, identity_key=idents[n][0], peer_identity_keys=registry) for n in ids}
-    run = run_round(cfg, manifest, ids, make_inputs(ids), clients=clients, restart_clients=True)
+    run = run_round(cfg, manifest, ids, make_inputs(ids), clients=_federation(cfg, manifest, ids),
+                    restart_clients=True)  # fmt: skip
     assert run.result is not None, run.client_errors
 
 
 def test_identity_signatures_forged_key_rejected(cfg, manifest):
     # Negative twin: node 3 signs with a key that is not the registered one.
     ids = list(range(4))
-    idents = {n: generate_identity() for n in ids}
-    registry = {n: pk for n, (_, pk) in idents.items()}
-    rogue_sk, _ = generate_identity()
-    clients = {
-        n: SecAggClient(
-            n, cfg, manifest, identity_key=rogue_sk if n == 3 else idents[n][0], peer_identity_keys=registry
-        )
-        for n in ids
-    }
-    run = run_round(cfg, manifest, ids, make_inputs(ids), clients=clients)
+    run = run_round(cfg, manifest, ids, make_inputs(ids), clients=_federation(cfg, manifest, ids, rogue=3))
     assert run.result is None
-    assert all("identity signature of node 3" in run.client_errors[n] for n in (0, 1, 2))
+    assert all("signature of platform `shop-3` does not verify" in run.client_errors[n] for n in (0, 1, 2))
 
 
-def test_unsigned_roster_rejected_when_identities_required(cfg, manifest):
-    ids = list(range(4))
-    registry = {n: generate_identity()[1] for n in ids}
-    clients = {n: SecAggClient(n, cfg, manifest, peer_identity_keys=registry) for n in ids}
-    run = run_round(cfg, manifest, ids, make_inputs(ids), clients=clients)
-    assert run.result is None and all("signature" in e for e in run.client_errors.values())
+def test_client_refuses_a_roster_without_its_own_identity(cfg, manifest):
+    me, other = Identity.generate("a"), Identity.generate("b")
+    with pytest.raises(ConfigError, match="does not list platform `a`"):
+        SecAggClient(0, cfg, manifest, identity=me, roster=Roster.of([other]))
+    with pytest.raises(ConfigError, match="identity"):
+        SecAggClient(0, cfg, manifest, identity=None, roster=Roster.of([other]))  # type: ignore[arg-type]
 
 
 def test_server_step_api(cfg, manifest):
     ids = list(range(4))
     inputs = make_inputs(ids, seed=8)
     server = SecAggServer(cfg, manifest, ids)
-    clients = {n: SecAggClient(n, cfg, manifest) for n in ids}
+    clients = make_clients(cfg, manifest, ids)
     reqs = server.requests()
     while reqs:
         reqs = server.step({n: clients[n].handle(m, *inputs[n]) for n, m in reqs.items()})

@@ -71,11 +71,12 @@ def test_vector_length_overflow_refused():
         cfg.check_vector_length(3_000_000)
 
 
-@pytest.mark.parametrize(("n", "t"), [(3, 2), (4, 3), (5, 4), (6, 4), (10, 7), (30, 20)])
-def test_threshold_is_two_thirds_and_a_majority(n, t):
+@pytest.mark.parametrize(("n", "t"), [(2, 2), (3, 3), (4, 3), (5, 4), (6, 5), (7, 5), (10, 7), (30, 21)])
+def test_threshold_strictly_above_two_thirds(n, t):
     cfg = SecAggConfig()
     assert cfg.threshold(n) == t
-    assert 2 * cfg.threshold(n) > n
+    assert 3 * cfg.threshold(n) > 2 * n  # t > 2n/3 (Bonawitz et al., malicious setting)
+    assert SecAggConfig(threshold_fraction=0.51).threshold(n) == t  # a lower fraction never lowers t
 
 
 def test_from_run_config_kebab_case():
@@ -235,4 +236,4 @@ def test_int_and_float_settings_hash_alike():
     a = SecAggConfig(clip_range=1, threshold_fraction=1)
     b = SecAggConfig(clip_range=1.0, threshold_fraction=1.0)
     assert isinstance(a.clip_range, float)
-    assert params_digest(a.to_params(), b"") == params_digest(b.to_params(), b"")
+    assert params_digest(a.to_params(), b"", b"") == params_digest(b.to_params(), b"", b"")

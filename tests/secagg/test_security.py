@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from common.secagg import (
+    STAGE_CONSISTENCY,
     STAGE_MASKED_INPUT,
     STAGE_SHARE_KEYS,
     STAGE_UNMASK,
@@ -19,10 +21,14 @@ from common.secagg import (
     run_round,
     shamir,
 )
-from common.secagg.messages import UnmaskReply
+from common.secagg.messages import UnmaskReply, UnmaskRequest
 from tests.secagg.helpers import drive_to, expected_sum, make_inputs
 
-IDS = list(range(6))  # t = 4
+IDS = list(range(6))  # t = 5
+
+
+def server_threshold(cfg):
+    return cfg.threshold(len(IDS))
 
 
 # -- unmask request checks -----------------------------------------------------------
@@ -68,27 +74,77 @@ def test_duplicate_ids_in_unmask_request_refused(cfg, manifest):
         clients[0].handle(_unmask_req(server, 0, active=[0, 0, 1, 2, 3, 4, 5]))
 
 
-def test_split_view_attack_cannot_collect_both_shares(cfg, manifest):
+def _split_view_shares(cfg, manifest, told_dropped, colluders=()):
+    """Play a server that tells ``told_dropped`` "1 dropped" and the rest "1 active" at the
+    consistency check, forges colluders' signatures on both views, then asks every node to
+    unmask with the signatures collected on its own view. Returns the shares of node 1 it got.
+    """
+    server, clients, _ = drive_to(STAGE_CONSISTENCY, cfg, manifest, IDS)
+    reqs = server.requests()
+    views = {True: ([a for a in IDS if a != 1], [1]), False: (IDS, [])}  # told_dropped -> (active, dropped)
+    sigs: dict[bool, dict[int, bytes]] = {True: {}, False: {}}
+    for n in IDS:
+        view = n in told_dropped
+        active, dropped = views[view]
+        with contextlib.suppress(AbortError):  # node 1 refuses to be called dropped
+            sigs[view][n] = clients[n].handle({**reqs[n], "active": active, "dropped": dropped})["signature"]
+    for c in colluders:  # a colluding platform signs whatever the server wants
+        st = clients[c].state
+        for view, (active, _) in views.items():
+            statement = crypto.consistency_statement(st.session, st.round, st.roster_hash, st.holders, active)
+            sigs[view][c] = clients[c].identity.sign(statement)
+    b_shares, sk_shares = 0, 0
+    for n in IDS:
+        if n in colluders or n not in sigs[n in told_dropped]:
+            continue
+        view = n in told_dropped
+        active, dropped = views[view]
+        signers = sorted(sigs[view])
+        req = UnmaskRequest(server.session, server.round, n, active, dropped, signers,
+                            [sigs[view][v] for v in signers]).to_message()  # fmt: skip
+        try:
+            reply = UnmaskReply.parse(clients[n].handle(req))
+        except AbortError:
+            continue
+        b_shares += 1 in reply.b_owners
+        sk_shares += 1 in reply.sk_owners
+    return b_shares + len([c for c in colluders if c != 1]), sk_shares + len(colluders), server.threshold
+
+
+@pytest.mark.parametrize("colluders", [(), (4,)])
+def test_split_view_attack_cannot_collect_both_shares(cfg, manifest, colluders):
     """Tell some nodes "1 dropped" (-> s_sk shares) and others "1 active" (-> b shares).
 
-    Every node answers once and node 1 never calls itself dropped, so over every
-    split the server gets fewer than t shares of at least one of node 1's secrets.
+    Fails on main 2fd0f8a: clients there answered any unmask request with t-1 senders, so a
+    split handed the server t shares of both of node 1's secrets. Now every node reveals only
+    after t roster signatures on the very statement it signed, so over every split, and with a
+    colluding platform that signs both views (k = 1 < 2t - n = 4), one side stays below t.
     """
-    others = [n for n in IDS if n != 1]
+    others = [n for n in IDS if n not in (1, *colluders)]
     for k in range(len(others) + 1):
         for told_dropped in itertools.combinations(others, k):
-            server, clients, _ = drive_to(STAGE_UNMASK, cfg, manifest, IDS)
-            sk_shares, b_shares = {}, {}
-            for n in IDS:
-                if n in told_dropped:
-                    active = [a for a in IDS if a != 1]
-                    r = UnmaskReply.parse(clients[n].handle(_unmask_req(server, n, active=active, dropped=[1])))
-                    sk_shares[n] = r.sk_shares[0]
-                else:
-                    r = UnmaskReply.parse(clients[n].handle(_unmask_req(server, n)))
-                    b_shares[n] = r.b_shares[IDS.index(1)]
-            t = server.threshold
-            assert len(sk_shares) < t or len(b_shares) < t
+            b_shares, sk_shares, t = _split_view_shares(cfg, manifest, set(told_dropped), colluders)
+            assert b_shares < t or sk_shares < t, (told_dropped, b_shares, sk_shares)
+
+
+def test_unmask_needs_t_signatures_on_the_signed_set(cfg, manifest):
+    """On main 2fd0f8a there was no consistency check: any well-formed unmask request was answered."""
+    # Honest twin first: the server's own unmask request (t signatures) is answered ...
+    server, clients, _ = drive_to(STAGE_UNMASK, cfg, manifest, IDS)
+    good = server.requests()[0]
+    # ... but with one signature fewer than t, or a forged one, nothing is revealed.
+    short = {**good, "signers": good["signers"][: server.threshold - 1],
+             "signatures": good["signatures"][: server.threshold - 1]}  # fmt: skip
+    with pytest.raises(AbortError, match="below the threshold"):
+        clients[0].handle(short)
+    server, clients, _ = drive_to(STAGE_UNMASK, cfg, manifest, IDS)
+    good = server.requests()[0]
+    forged = {**good, "signatures": [bytes(64)] + list(good["signatures"][1:])}
+    with pytest.raises(AbortError, match="does not verify"):
+        clients[0].handle(forged)
+    assert clients[0].state.held_b == []
+    server, clients, _ = drive_to(STAGE_UNMASK, cfg, manifest, IDS)
+    assert UnmaskReply.parse(clients[0].handle(server.requests()[0])).b_owners == tuple(IDS)
 
 
 # -- roster tampering ----------------------------------------------------------------
@@ -107,10 +163,11 @@ def _swap_key(field, victim, target):
 @pytest.mark.parametrize("field", ["pk_c", "pk_s"])
 def test_swapped_public_key_rejected(cfg, manifest, field):
     # Server shows node 0 a roster where node 1's key is the server's own.
+    # The signature on node 1's keys no longer verifies: node 0 refuses before sharing anything,
+    # and the round goes on without it (or aborts); node 0's input is never in a sum.
     run = run_round(cfg, manifest, IDS, make_inputs(IDS), intercept=_swap_key(field, 0, 1))
-    assert run.result is None
-    assert "failed authentication" in run.client_errors[0]
-    assert all("failed authentication" in run.client_errors[n] for n in IDS[1:])
+    assert "signature of platform `platform-1` does not verify" in run.client_errors[0]
+    assert run.result is None or 0 not in run.result.survivors
 
 
 def test_unswapped_roster_accepted(cfg, manifest):
@@ -121,7 +178,7 @@ def test_unswapped_roster_accepted(cfg, manifest):
 
 def test_roster_with_wrong_own_key_rejected(cfg, manifest):
     run = run_round(cfg, manifest, IDS, make_inputs(IDS), intercept=_swap_key("pk_c", 2, 2))
-    assert "wrong public keys for this node" in run.client_errors[2]
+    assert "wrong keys or name for this node" in run.client_errors[2]
 
 
 def test_roster_repeating_a_key_rejected(cfg, manifest):
@@ -299,7 +356,7 @@ def test_bad_share_detected_and_bypassed_with_spare_responders(cfg, manifest):
 def test_bad_share_with_exactly_t_responders_aborts(cfg, manifest):
     # Negative twin: no spare shares, so the commitment check fails and the round aborts
     # rather than output a wrong sum.
-    server, _ = _finish_with_bad_share(cfg, manifest, IDS[:4])
+    server, _ = _finish_with_bad_share(cfg, manifest, IDS[: server_threshold(cfg)])
     with pytest.raises(AbortError, match="could not reconstruct b of node 2"):
         server.end_stage()
     assert server.aborted
@@ -324,7 +381,8 @@ def test_client_reveals_nothing_for_round_it_did_not_mask(cfg, manifest):
 
 def test_fresh_client_from_bytes_refuses_to_skip_stages(cfg, manifest):
     server, clients, _ = drive_to(STAGE_UNMASK, cfg, manifest, IDS)
-    restored = SecAggClient.from_state_bytes(clients[0].state_bytes(), cfg, manifest)
+    old = clients[0]
+    restored = SecAggClient.from_state_bytes(old.state_bytes(), cfg, manifest, identity=old.identity, roster=old.roster)
     reply = restored.handle(_unmask_req(server, 0))
     assert reply["stage"] == "unmask"
     with pytest.raises(ProtocolError):

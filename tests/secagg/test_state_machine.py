@@ -13,6 +13,7 @@ from common.secagg import (
     AbortError,
     ClientState,
     ConfigError,
+    Identity,
     InputError,
     Manifest,
     ProtocolError,
@@ -20,13 +21,13 @@ from common.secagg import (
     SecAggConfig,
     SecAggServer,
 )
-from tests.secagg.helpers import drive_to, make_inputs
+from tests.secagg.helpers import client_for, drive_to, make_inputs
 
 IDS = list(range(4))  # t = 3
 
 
 def _fresh(cfg, manifest, node=0):
-    return SecAggClient(node, cfg, manifest)
+    return client_for(node, cfg, manifest, IDS)
 
 
 def test_in_order_stages_accepted(cfg, manifest):
@@ -100,7 +101,6 @@ def test_setup_addressed_to_other_node_rejected(cfg, manifest):
         ({"quant_bits": 20}, "`quant_bits`"),
         ({"max_weight": 10}, "`max_weight`"),
         ({"l2_clip": 3.0}, "`l2_clip`"),
-        ({"threshold_fraction": 0.9}, "`threshold_fraction`"),
     ],
 )
 def test_config_mismatch_refused(cfg, manifest, server_cfg, field):
@@ -117,9 +117,21 @@ def test_manifest_mismatch_refused(cfg, manifest):
 
 
 def test_threshold_below_policy_refused(cfg, manifest):
-    req = {**SecAggServer(cfg, manifest, IDS).requests()[0], "threshold": 2}
-    with pytest.raises(AbortError, match="threshold 2"):
-        _fresh(cfg, manifest).handle(req)
+    # A roster of 4 needs t > 8/3, i.e. 3; the server asks for 2.
+    server, clients, _ = drive_to(STAGE_SHARE_KEYS, cfg, manifest, IDS)
+    req = {**server.requests()[0], "threshold": 2}
+    with pytest.raises(AbortError, match="threshold 2 .* below this platform's policy 3"):
+        clients[0].handle(req)
+    assert clients[0].stage == "aborted" and clients[0].state.sk_s == b""
+
+
+def test_stricter_server_request_is_applied(cfg, manifest):
+    # Honest twin: a server asking for a larger threshold fraction than the platform's is obeyed.
+    strict = SecAggConfig(**{**cfg.to_params(), "threshold_fraction": 0.99})
+    req = SecAggServer(strict, manifest, IDS).requests()[0]
+    client = _fresh(cfg, manifest)
+    client.handle(req)
+    assert client.state.threshold_fraction == 0.99
 
 
 def test_server_threshold_override_validated(cfg, manifest):
@@ -134,7 +146,7 @@ def test_cohort_over_policy_refused(manifest):
     req = SecAggServer(big, manifest, range(8)).requests()[0]
     req = {**req, "max_cohort": 5}
     with pytest.raises(ConfigError, match="`max_cohort`"):
-        SecAggClient(0, small, manifest).handle(req)
+        client_for(0, small, manifest, IDS).handle(req)
 
 
 def test_roster_bigger_than_cohort_refused(cfg, manifest):
@@ -228,8 +240,9 @@ def test_client_state_roundtrip_bytes_and_record(cfg, manifest):
 
 def test_state_of_other_node_refused(cfg, manifest):
     st = ClientState(node_id=3)
+    ok = _fresh(cfg, manifest, node=2)
     with pytest.raises(ProtocolError):
-        SecAggClient(2, cfg, manifest, state=st)
+        SecAggClient(2, cfg, manifest, identity=ok.identity, roster=ok.roster, state=st)
 
 
 def test_make_inputs_is_seeded():
@@ -237,10 +250,7 @@ def test_make_inputs_is_seeded():
     np.testing.assert_array_equal(a[1][0]["lora_A"], b[1][0]["lora_A"])
 
 
-@pytest.mark.parametrize(
-    "kwargs",
-    [{"identity_key": b"short"}, {"identity_key": "x" * 32}, {"peer_identity_keys": {1: b"x" * 31}}],
-)
-def test_bad_identity_keys_refused(cfg, manifest, kwargs):
-    with pytest.raises(ConfigError, match="identity"):
-        SecAggClient(0, cfg, manifest, **kwargs)
+@pytest.mark.parametrize("key", [b"short", "x" * 32, None])
+def test_bad_identity_keys_refused(key):
+    with pytest.raises(ConfigError, match="identity key"):
+        Identity("shop", key)  # type: ignore[arg-type]

@@ -9,8 +9,9 @@ from flwr.app import ConfigRecord, Context, RecordDict
 from clients import secure
 from common.config import AppConfig
 from common.fusion import flatten
+from common.payload import ARRAYS, CONFIG, config_record, state_to_arrays
 from common.secagg import Manifest, ProtocolError, SecAggServer
-from common.secure_wire import SECAGG, SECAGG_ARRAYS, from_records, secagg_config, to_records
+from common.secure_wire import SECAGG, SECAGG_ARRAYS, from_records, round_context, secagg_config, to_records
 
 CFG = AppConfig().replace(secagg=True)
 
@@ -39,21 +40,19 @@ def test_missing_or_foreign_record_is_a_protocol_error() -> None:
         from_records(RecordDict({SECAGG: ConfigRecord({"msg": b"not a record"})}))
 
 
-def test_three_platforms_through_flower_records_give_the_weighted_mean() -> None:
-    # Prepare: three platforms with their own Context (state survives between stages there only)
-    ids = [11, 2**63 + 7, 2**40 + 3]
-    updates, weights = _updates(ids), {ids[0]: 50, ids[1]: 10, ids[2]: 140}
-    contexts = {n: Context(run_id=1, node_id=n, node_config={"partition-id": i}, state=RecordDict(), run_config={})
-                for i, n in enumerate(ids)}  # fmt: skip
-    manifest = Manifest.from_arrays(updates[ids[0]])
-    server = SecAggServer(secagg_config(CFG), manifest, ids, round=1)
+def _run_secure_round(ids, updates, weights, contexts, server, content_for=None, records=None):
+    """Drive ``server`` through the ClientApp-side functions; ``content_for`` may rewrite a node's train content."""
+    names = dict(zip(ids, ["app", "social_shop", "web_shop"], strict=True))  # the embedded dataset's platforms
     first = True
-    # Execute: every stage's request and reply go through Flower records
     while not server.finished:
         for node, request in server.requests().items():
             content = RecordDict(to_records(request))
             if first:
-                out = secure.start(content, contexts[node], CFG, updates[node], weights[node])
+                content[ARRAYS], content[CONFIG] = state_to_arrays(GLOBAL), config_record(CFG, 1)
+                if content_for is not None:
+                    content = content_for(node, content)
+                record = None if records is None else records[node]
+                out = secure.start(content, contexts[node], CFG, updates[node], weights[node], names[node], record)
             else:
                 out = secure.advance(content, contexts[node], CFG)
             assert set(out) <= {SECAGG, SECAGG_ARRAYS}  # nothing else leaves: no count, metric or adapter
@@ -62,11 +61,28 @@ def test_three_platforms_through_flower_records_give_the_weighted_mean() -> None
             server.receive(node, from_records(RecordDict(out)))
         server.end_stage()
         first = False
-    mean, bound = server.result().weighted_mean()
+    return server.result()
+
+
+GLOBAL = OrderedDict(a=np.zeros((4, 3), np.float32), b=np.ones(5, np.float32))
+
+
+def test_three_platforms_through_flower_records_give_the_weighted_mean() -> None:
+    # Prepare: three platforms with their own Context (state survives between stages there only)
+    ids = [11, 2**63 + 7, 2**40 + 3]
+    updates, weights = _updates(ids), {ids[0]: 50, ids[1]: 10, ids[2]: 140}
+    contexts = {n: Context(run_id=1, node_id=n, node_config={"partition-id": i}, state=RecordDict(), run_config={})
+                for i, n in enumerate(ids)}  # fmt: skip
+    manifest = Manifest.from_arrays(updates[ids[0]])
+    context = round_context(state_to_arrays(GLOBAL), config_record(CFG, 1))
+    server = SecAggServer(secagg_config(CFG), manifest, ids, round=1, context=context)
+    # Execute: every stage's request and reply go through Flower records
+    result = _run_secure_round(ids, updates, weights, contexts, server)
+    mean, bound = result.weighted_mean()
     # Assert
     expected = np.average(np.stack([flatten(updates[n]) for n in ids]), axis=0, weights=[weights[n] for n in ids])
     np.testing.assert_allclose(mean, expected, rtol=0, atol=bound)
-    assert server.result().total_weight == 200
+    assert result.total_weight == 200
     assert all(secure.STATE not in c.state and secure.UPDATE not in c.state for c in contexts.values())
 
 
@@ -89,7 +105,7 @@ def test_platform_policy_defaults(node_config: dict, requires: bool, shares: boo
     assert secure.shares_metrics(node_config) is shares
 
 
-@pytest.mark.parametrize(("cohort", "threshold"), [(3, 2), (4, 3), (5, 4), (10, 7), (30, 20)])
-def test_default_threshold_survives_a_third_of_the_platforms_dropping(cohort: int, threshold: int) -> None:
+@pytest.mark.parametrize(("cohort", "threshold"), [(3, 3), (4, 3), (5, 4), (10, 7), (30, 21)])
+def test_default_threshold_is_strictly_above_two_thirds(cohort: int, threshold: int) -> None:
     # Execute / Assert: the app's defaults, not the protocol's, are what a federation runs with
     assert secagg_config(CFG).threshold(cohort) == threshold
