@@ -13,11 +13,11 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 from common.config import FedSpec
-from common.payload import INFO
+from common.payload import INFO, METRICS
 from server.federation import FederationError
 
 log = logging.getLogger("crossfed.server")
@@ -45,8 +45,19 @@ class Replies:
     failures: list[str] = field(default_factory=list)
 
     def platform(self, node_id: int) -> str:
-        info = self.ok[node_id].content.get(INFO)
-        return str(info["platform"]) if isinstance(info, ConfigRecord) and "platform" in info else str(node_id)
+        return platform_of(self.ok[node_id], node_id)
+
+
+def platform_of(reply: Message, node_id: int) -> str:
+    """The platform name a reply carries (its INFO record), else the node id."""
+    info = reply.content.get(INFO)
+    return str(info["platform"]) if isinstance(info, ConfigRecord) and "platform" in info else str(node_id)
+
+
+def shared_metrics(reply: Message) -> dict[str, float]:
+    """The metrics a platform chose to send (none when it keeps them private)."""
+    record = reply.content.get(METRICS)
+    return {k: float(v) for k, v in record.items()} if isinstance(record, MetricRecord) else {}  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
