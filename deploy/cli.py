@@ -22,7 +22,9 @@ and always prints a warning. Also runnable as ``python -m deploy.cli``.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import math
 import os
 import re
 import signal
@@ -33,6 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from deploy.book import remember_run
 from deploy.certs import CertError, TlsFiles, create_node_key, create_tls, load_node_private_key, public_key_fingerprint
 from deploy.launch import (
     DEFAULT_RUNTIME_PORT,
@@ -46,11 +49,14 @@ from deploy.launch import (
     SuperNodeSpec,
     base_env,
     register_node,
+    start_run,
     superlink_command,
     supernode_command,
     supernode_env,
+    wait_run,
     worker_command,
 )
+from deploy.operate import collect_status, format_status, run_outcome
 
 USER_ERRORS = (CertError, DeployError)  # one line + exit 2, like crossfed's other user errors
 CONNECTION = "crossfed"
@@ -118,8 +124,16 @@ def add_deploy_parser(subparsers: Any) -> argparse.ArgumentParser:
     submit.add_argument("--app", type=Path, default=REPO_ROOT, help="app folder with pyproject.toml")
     submit.add_argument("--run-config", action="append", default=[], help="'k1=v1 k2=v2' (as `flwr run`)")
     submit.add_argument("--stream", action="store_true", help="stream the ServerApp log until the run ends")
+    submit.add_argument("--detach", action="store_true",
+                        help="return once started (default: wait for the end; exit 1 if the run failed)")  # fmt: skip
     _add_connection_args(submit, required=False, named=True)
     submit.set_defaults(func=cmd_submit)
+
+    status = sub.add_parser("status", help="runs, platforms online (by name), each run's latest round and failures")
+    status.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    status.add_argument("--runs", type=int, default=5, help="how many of the latest runs to show")
+    _add_connection_args(status, required=False, named=True)
+    status.set_defaults(func=cmd_status)
     return deploy
 
 
@@ -155,7 +169,8 @@ def cmd_node_key(args: argparse.Namespace) -> int:
     if args.register:
         if not args.superlink:
             raise DeployError("--register needs --superlink HOST:PORT (and --certs DIR)")
-        node_id = register_node(key.public, _connection(args), base_env(), name=args.platform)
+        conn = _connection(args)
+        node_id = register_node(key.public, conn, base_env(conn.flwr_home), name=args.platform)
         print(f"registered as node {node_id}")
     else:
         print("admit it at the SuperLink with: crossfed deploy register --key", key.public, "--superlink HOST:PORT ...")
@@ -167,7 +182,8 @@ def cmd_register(args: argparse.Namespace) -> int:
 
     load_node_public_key(args.key)  # a clear error before flwr's
     name = args.name or args.key.name.removesuffix(".pub").removesuffix(".key")
-    node_id = register_node(args.key, _connection(args), base_env(), name=name)
+    conn = _connection(args)
+    node_id = register_node(args.key, conn, base_env(conn.flwr_home), name=name)
     print(f"registered {args.key} ({public_key_fingerprint(args.key)}) as node {node_id}")
     return 0
 
@@ -212,15 +228,40 @@ def cmd_supernode(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    """Start the run; unless --detach, wait for its end: exit 0 only when it completed."""
     conn = _connection(args)
-    cmd = ["flwr", "run", str(args.app.resolve()), conn.name]
-    if not any(re.search(r"(^|\s)secagg\s*=", rc) for rc in args.run_config):
-        cmd += ["--run-config", "secagg=true"]  # deployed platforms refuse rounds in the clear by default
-    for rc in args.run_config:
-        cmd += ["--run-config", rc]
-    if args.stream:
-        cmd.append("--stream")
-    return subprocess.call(cmd, env=base_env(conn.flwr_home))  # noqa: S603
+    env = base_env(conn.flwr_home)
+    config_args = list(args.run_config)
+    if not any(re.search(r"(^|\s)secagg\s*=", rc) for rc in config_args):
+        config_args.insert(0, "secagg=true")  # deployed platforms refuse rounds in the clear by default
+    run_id = start_run(args.app, conn, env, config_args)
+    remember_run(conn.flwr_home, conn.name, run_id, _out_dir(config_args))
+    print(f"crossfed: run {run_id} started on federation {conn.name}", flush=True)
+    if args.detach:
+        return 0
+    if args.stream:  # ends when the run ends (or the SuperLink goes away)
+        subprocess.call(["flwr", "log", str(run_id), conn.name, "--stream"], env=env)  # noqa: S603
+    record = wait_run(run_id, conn, env, timeout_s=math.inf, poll_s=2.0)
+    code, line = run_outcome(run_id, record, conn, env)
+    print(
+        f"crossfed: {line}" if code == 0 else f"crossfed: error: {line}", file=sys.stdout if code == 0 else sys.stderr
+    )
+    return code
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    conn = _connection(args)
+    status = collect_status(conn, base_env(conn.flwr_home), limit=args.runs)
+    print(json.dumps(status, indent=1) if args.json else format_status(status))
+    return 0
+
+
+def _out_dir(config_args: Sequence[str]) -> str | None:
+    """The run folder a --run-config names (where its rounds.jsonl is), else None."""
+    from flwr.common.config import parse_config_args
+
+    value = parse_config_args(list(config_args)).get("out-dir")
+    return None if value is None else str(Path(str(value)).expanduser().resolve())
 
 
 # ---------------------------------------------------------------------------- helpers

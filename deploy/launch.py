@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deploy.book import remember_node
 from deploy.certs import NodeKey, TlsFiles, create_node_key, create_tls
 
 log = logging.getLogger("crossfed.deploy")
@@ -497,7 +498,9 @@ def register_node(public_key: Path, conn: Connection, env: Mapping[str, str], na
     args = ["supernode", "register", str(Path(public_key).resolve()), conn.name, "--format", "json"]
     if name:
         args += ["--name", name]
-    return int(_json_out(flwr_cli(args, env, check=False), f"registering {public_key}")["node-id"])
+    node_id = int(_json_out(flwr_cli(args, env, check=False), f"registering {public_key}")["node-id"])
+    remember_node(conn.flwr_home, conn.name, node_id, name or Path(public_key).name.removesuffix(".pub"))
+    return node_id
 
 
 def list_nodes(conn: Connection, env: Mapping[str, str]) -> list[dict[str, Any]]:
@@ -508,9 +511,14 @@ def list_nodes(conn: Connection, env: Mapping[str, str]) -> list[dict[str, Any]]
 def submit_run(app_dir: Path, conn: Connection, env: Mapping[str, str],
                run_config: Mapping[str, Any] | None = None) -> int:  # fmt: skip
     """``flwr run APP CONNECTION --run-config "k=v ..."``; returns the run id (does not wait)."""
+    return start_run(app_dir, conn, env, [config_string(run_config)] if run_config else [])
+
+
+def start_run(app_dir: Path, conn: Connection, env: Mapping[str, str], config_args: Sequence[str] = ()) -> int:
+    """``flwr run`` with ``--run-config`` strings as a user types them; the run id, or DeployError why not."""
     args = ["run", str(Path(app_dir).resolve()), conn.name, "--format", "json"]
-    if run_config:
-        args += ["--run-config", config_string(run_config)]
+    for rc in config_args:
+        args += ["--run-config", rc]
     return int(_json_out(flwr_cli(args, env, check=False), f"submitting {app_dir}")["run-id"])
 
 
@@ -525,7 +533,10 @@ def run_status(run_id: int, conn: Connection, env: Mapping[str, str]) -> dict[st
 
 def wait_run(run_id: int, conn: Connection, env: Mapping[str, str], timeout_s: float = 600.0,
              poll_s: float = 1.0) -> dict[str, Any]:  # fmt: skip
-    """Poll ``flwr ls`` until the run is finished; returns its record (``status`` says how)."""
+    """Poll ``flwr ls`` until the run is finished; returns its record (``status`` says how).
+
+    ``timeout_s = math.inf`` waits as long as the run takes.
+    """
     deadline = time.monotonic() + timeout_s
     while True:
         record = run_status(run_id, conn, env)
