@@ -19,7 +19,7 @@ from common.fusion import weighted_average
 from common.payload import ARRAYS, CONFIG, EVAL, METRICS, arrays_to_state, config_record, eval_record, state_to_arrays
 from server.federation import FederationError, PerPlatform, Tensors, run_federation
 from server.grid_tuning import tune_grid
-from server.messaging import Replies, broadcast, stragglers_for, wait_for_nodes
+from server.messaging import Replies, broadcast, quorum, stragglers_for, wait_for_nodes
 
 app = ServerApp()
 
@@ -45,11 +45,19 @@ class GridTransport:
 
     def __init__(self, grid: Grid) -> None:
         self.grid = grid
+        self.started = False  # once a round has reached its platforms, later ones need fewer
+
+    def _nodes(self, cfg: AppConfig) -> list[int]:
+        """The connected platforms, once the run's quorum is met (``server.messaging.quorum``)."""
+        need, setting = quorum(cfg.fed, cfg.secure.min_cohort if cfg.secagg else None, self.started)
+        nodes = wait_for_nodes(self.grid, need, cfg.fed.node_wait_s, setting=setting)
+        self.started = True
+        return nodes
 
     def _broadcast(
         self, state: Tensors, cfg: AppConfig, rnd: int, message_type: str, splits: Sequence[str] = ()
     ) -> Replies:
-        nodes = wait_for_nodes(self.grid, cfg.fed.min_nodes, cfg.fed.node_wait_s)
+        nodes = self._nodes(cfg)
         content = RecordDict({ARRAYS: state_to_arrays(state), CONFIG: config_record(cfg, rnd)})
         if splits:
             content[EVAL] = eval_record(splits)

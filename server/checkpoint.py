@@ -56,7 +56,8 @@ GROUPS = ("global", "optimizer", "best")  # tensor groups in the safetensors fil
 OPTIMIZER_DTYPES = (np.float32, np.float64)  # common.fusion keeps FedAdam moments in float64
 # Keys a resumed run may change without invalidating the saved state.
 RESUMABLE_KEYS = frozenset({
-    "num-server-rounds", "out-dir", "fed.resume", "fed.min-nodes", "fed.node-wait-s", "fed.round-timeout-s",
+    "num-server-rounds", "out-dir", "fed.resume", "fed.min-nodes", "fed.min-round-nodes", "fed.node-wait-s",
+    "fed.round-timeout-s",
     "fed.straggler-factor", "fed.straggler-min-s", "fed.resend-stragglers", "secure.stage-timeout-s",
 })  # fmt: skip
 

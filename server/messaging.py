@@ -23,7 +23,23 @@ from server.federation import FederationError
 log = logging.getLogger("crossfed.server")
 
 
-def wait_for_nodes(grid: Grid, min_nodes: int, timeout_s: float, poll_s: float = 1.0) -> list[int]:
+def quorum(fed: FedSpec, secure_min_cohort: int | None, started: bool) -> tuple[int, str]:
+    """(platforms to wait for, the setting that says so) before a round's exchange.
+
+    Starting the run needs ``fed.min-nodes``; once it runs, a round goes ahead with
+    ``fed.min-round-nodes`` (never more than min-nodes), so a platform that dies does not
+    stop the federation until it is back. Under secure aggregation never fewer than
+    ``secure.min-cohort``: a smaller cohort could not be summed anyway.
+    """
+    need, name = (fed.min_nodes, "fed.min-nodes") if not started else (
+        min(fed.min_round_nodes, fed.min_nodes), "fed.min-round-nodes")  # fmt: skip
+    if secure_min_cohort is not None and secure_min_cohort > need:
+        return secure_min_cohort, "secure.min-cohort"
+    return need, name
+
+
+def wait_for_nodes(grid: Grid, min_nodes: int, timeout_s: float, poll_s: float = 1.0,
+                   setting: str = "fed.min-nodes") -> list[int]:  # fmt: skip
     """Block until ``min_nodes`` platforms are connected; all connected ones are returned."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -32,7 +48,7 @@ def wait_for_nodes(grid: Grid, min_nodes: int, timeout_s: float, poll_s: float =
             return nodes
         if time.monotonic() > deadline:
             raise FederationError(
-                f"only {len(nodes)} platform(s) connected after {timeout_s:.0f} s, `fed.min-nodes` = {min_nodes}"
+                f"only {len(nodes)} platform(s) connected after {timeout_s:.0f} s, `{setting}` = {min_nodes}"
             )
         time.sleep(poll_s)
 

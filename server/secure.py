@@ -30,7 +30,7 @@ from common.secagg import AbortError, Manifest, SecAggError, SecAggResult, SecAg
 from common.secure_wire import SECAGG_ACTION, from_records, secagg_config, to_records
 from server.app import GridTransport
 from server.federation import AGGREGATE, PerPlatform, RoundAborted, Tensors
-from server.messaging import exchange, platform_of, shared_metrics, stragglers_for, wait_for_nodes
+from server.messaging import exchange, platform_of, shared_metrics, stragglers_for
 
 log = logging.getLogger("crossfed.server")
 
@@ -50,7 +50,7 @@ class SecureGridTransport(GridTransport):
     def train_round(
         self, state: Tensors, cfg: AppConfig, rnd: int
     ) -> tuple[OrderedDict[str, np.ndarray], PerPlatform, list[str]]:
-        nodes = wait_for_nodes(self.grid, max(cfg.fed.min_nodes, cfg.secure.min_cohort), cfg.fed.node_wait_s)
+        nodes = self._nodes(cfg)
         manifest = Manifest.from_arrays(state)
         first = {ARRAYS: state_to_arrays(state)}
         summed = self._secure_sum(cfg, rnd, manifest, nodes, first, MessageType.TRAIN, cfg.fed.round_timeout_s)
@@ -75,7 +75,7 @@ class SecureGridTransport(GridTransport):
         ``AGGREGATE``; each platform of the cohort is listed, with its own metrics only when it
         opted in (node_config ``share-metrics``), else with none.
         """
-        nodes = wait_for_nodes(self.grid, max(cfg.fed.min_nodes, cfg.secure.min_cohort), cfg.fed.node_wait_s)
+        nodes = self._nodes(cfg)
         manifest = Manifest.from_arrays({METRIC_VECTOR: np.zeros(vector_length(splits), dtype=np.float32)})
         first = {ARRAYS: state_to_arrays(state), EVAL: eval_record(splits)}
         try:
