@@ -38,21 +38,23 @@ from typing import Any
 from deploy.book import remember_run
 from deploy.certs import CertError, TlsFiles, create_node_key, create_tls, load_node_private_key, public_key_fingerprint
 from deploy.launch import (
-    DEFAULT_RUNTIME_PORT,
     DEFAULT_SUPERLINK_PORT,
     ISOLATIONS,
     REPO_ROOT,
+    THREAD_VARS,
     Connection,
     DeployError,
     InsecureDeploymentWarning,
     SuperLinkSpec,
     SuperNodeSpec,
     base_env,
+    free_ports,
     register_node,
     start_run,
     superlink_command,
     supernode_command,
     supernode_env,
+    thread_env,
     wait_run,
     worker_command,
 )
@@ -90,6 +92,18 @@ def add_deploy_parser(subparsers: Any) -> argparse.ArgumentParser:
     _add_connection_args(reg, required=False, named=True)
     reg.set_defaults(func=cmd_register)
 
+    kit = sub.add_parser("provision", help="one start-up kit per platform + one for the coordinator (certs, keys, "
+                         "scripts)")  # fmt: skip
+    kit.add_argument("--host", required=True, help="the SuperLink's DNS name or IP as SuperNodes will dial it")
+    kit.add_argument("--platforms", required=True, help="comma-separated platform names, e.g. app,web_shop")
+    kit.add_argument("--out", required=True, type=Path, help="a new folder for the kits")
+    kit.add_argument("--port", type=int, default=DEFAULT_SUPERLINK_PORT, help="the SuperLink's port")
+    kit.add_argument("--federation", default=CONNECTION, help="the federation's name for register/submit")
+    kit.add_argument("--extra-name", action="append", default=[], help="another DNS name / IP for the certificate")
+    kit.add_argument("--keys-on-platform", action="store_true",
+                     help="no key in the kits: each platform's start.sh makes its key pair on first start")  # fmt: skip
+    kit.set_defaults(func=cmd_provision)
+
     link = sub.add_parser("superlink", help="run the SuperLink (foreground)")
     link.add_argument("--certs", type=Path, help="folder with ca.pem, server.pem, server.key")
     link.add_argument("--host", default="0.0.0.0", help="bind address")
@@ -111,9 +125,13 @@ def add_deploy_parser(subparsers: Any) -> argparse.ArgumentParser:
         default="process",
         help="process = one warm ClientApp worker (default); subprocess = Flower's process per message",
     )
-    node.add_argument("--runtime-port", type=int, default=DEFAULT_RUNTIME_PORT, help="local Runtime API port")
+    node.add_argument("--runtime-port", type=int,
+                      help="local Runtime API port (default: a free one, so SuperNodes can share a host)")  # fmt: skip
     node.add_argument("--node-config", action="append", default=[], metavar="KEY=VALUE",
                       help="more node_config, e.g. require-secagg=true share-metrics=false")  # fmt: skip
+    node.add_argument("--threads", type=int,
+                      help="CPU threads for training (default: the cores shared among this host's SuperNodes; "
+                           "an OMP_NUM_THREADS already set wins)")  # fmt: skip
     node.add_argument("--flower-polling", action="store_true", help="keep Flower's 3 s idle polling")
     node.add_argument("--max-wait", type=float, help="give up connecting after this many seconds")
     node.add_argument("--print", action="store_true", help="print the commands instead of running them")
@@ -188,6 +206,19 @@ def cmd_register(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_provision(args: argparse.Namespace) -> int:
+    from deploy.provision import provision
+
+    platforms = [p.strip() for p in args.platforms.split(",") if p.strip()]
+    kits = provision(args.out, args.host, platforms, port=args.port, federation=args.federation,
+                     extra_names=args.extra_name, keys_on_platform=args.keys_on_platform)  # fmt: skip
+    print(f"CA key        {kits.ca}/  (signs certificates: keep offline, ship nowhere)")
+    print(f'coordinator   {kits.coordinator}/  ./start.sh; ./register.sh; ./submit.sh "RUN CONFIG" --stream')
+    for platform, folder in kits.platforms.items():
+        print(f"{platform:<13} {folder}/  ship to {platform}'s machine; DATA_DIR=/data/DATASET ./start.sh")
+    return 0
+
+
 def cmd_superlink(args: argparse.Namespace) -> int:
     tls = None if args.insecure else TlsFiles.in_dir(_need(args.certs, "--certs")).check()
     spec = SuperLinkSpec(tls=tls, host=args.host, port=args.port, node_auth=not (args.no_node_auth or args.insecure),
@@ -206,23 +237,22 @@ def cmd_supernode(args: argparse.Namespace) -> int:
         if args.key is None:
             raise DeployError("--key PLATFORM.key is required (create it with `crossfed deploy node-key`)")
         load_node_private_key(args.key)
-    from simulations.cli import parse_overrides  # the same key=value parsing as `crossfed simulate --set`
-
     spec = SuperNodeSpec(
         platform=args.platform, superlink=args.superlink,
         root_cert=None if args.insecure else _ca_cert(args.certs),
         key=None if args.insecure else args.key, data_dir=args.data, device=args.device,
-        runtime_port=args.runtime_port, isolation=args.isolation, insecure=args.insecure,
+        runtime_port=args.runtime_port or free_ports(1)[0], isolation=args.isolation, insecure=args.insecure,
         fast_poll_s=None if args.flower_polling else 0.25, max_wait_s=args.max_wait,
-        extra=parse_overrides(args.node_config),
+        extra=_config_pairs(args.node_config, "--node-config"),
     )  # fmt: skip
-    env = {**base_env(), **supernode_env(spec)}
+    env = {**base_env(), **supernode_env(spec), **thread_env(args.threads)}
     cmds = [supernode_command(spec)]
     if spec.isolation == "process":
         cmds.append(worker_command(spec.runtime_port, parent_pid=0))  # pid filled in by _foreground
     if args.print:
+        caps = " ".join(f"{k}={v}" for k, v in env.items() if k in THREAD_VARS)
         for cmd in cmds:
-            print(" ".join(cmd))
+            print(" ".join([caps, *cmd]) if caps else " ".join(cmd))
         return 0
     return _foreground(cmds, env)
 
@@ -256,11 +286,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _out_dir(config_args: Sequence[str]) -> str | None:
-    """The run folder a --run-config names (where its rounds.jsonl is), else None."""
+def _config_pairs(args: Sequence[str], flag: str) -> dict[str, Any]:
+    """``k1=v1 k2='text'`` strings parsed as Flower parses them (no torch import here: this CLI stays light)."""
+    import click
     from flwr.common.config import parse_config_args
 
-    value = parse_config_args(list(config_args)).get("out-dir")
+    try:
+        return dict(parse_config_args(list(args)))
+    except click.ClickException as exc:
+        raise DeployError(f"{flag} {' '.join(args)!r}: {exc.message}") from exc
+
+
+def _out_dir(config_args: Sequence[str]) -> str | None:
+    """The run folder a --run-config names (where its rounds.jsonl is), else None."""
+    value = _config_pairs(config_args, "--run-config").get("out-dir")
     return None if value is None else str(Path(str(value)).expanduser().resolve())
 
 

@@ -196,6 +196,35 @@ def supernode_env(spec: SuperNodeSpec) -> dict[str, str]:
     return env
 
 
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def thread_env(threads: int | None, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """Thread caps for a SuperNode's ClientApp, as the benchmarks set them.
+
+    Why: torch starts one thread per core in every process; SuperNodes sharing a host (or a
+    host's cores shared with the SuperLink) then oversubscribe it and a round takes several
+    times longer. ``threads=None`` = the cores divided among the crossfed SuperNodes running
+    on this host, counting the new one. A cap already in the environment is kept.
+    """
+    if threads is None:
+        threads = max(1, (os.cpu_count() or 1) // (1 + len(running_supernodes())))
+    return {var: str(threads) for var in THREAD_VARS if var not in environ}
+
+
+def running_supernodes() -> list[int]:
+    """Pids of the crossfed SuperNodes running on this host (Linux /proc; [] elsewhere)."""
+    pids = []
+    for entry in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            cmd = entry.read_bytes()
+        except OSError:
+            continue
+        if b"deploy.supernode_entry" in cmd or b"flower-supernode" in cmd:
+            pids.append(int(entry.parent.name))
+    return pids
+
+
 def worker_command(runtime_port: int, parent_pid: int, poll_s: float = 0.05) -> list[str]:
     """The warm ClientApp worker beside a ``--isolation process`` SuperNode (loopback Runtime API)."""
     return [sys.executable, "-m", "deploy.worker", "--runtime-api-address", f"127.0.0.1:{runtime_port}",
