@@ -19,7 +19,7 @@ from common.fusion import weighted_average
 from common.payload import ARRAYS, CONFIG, EVAL, METRICS, arrays_to_state, config_record, eval_record, state_to_arrays
 from server.federation import FederationError, PerPlatform, Tensors, run_federation
 from server.grid_tuning import tune_grid
-from server.messaging import Replies, broadcast, quorum, stragglers_for, wait_for_nodes
+from server.messaging import Replies, broadcast, node_label, quorum, stragglers_for, wait_for_nodes
 
 app = ServerApp()
 
@@ -46,6 +46,7 @@ class GridTransport:
     def __init__(self, grid: Grid) -> None:
         self.grid = grid
         self.started = False  # once a round has reached its platforms, later ones need fewer
+        self.names: dict[int, str] = {}  # node id -> platform, learned from replies (for failure lines)
 
     def _nodes(self, cfg: AppConfig) -> list[int]:
         """The connected platforms, once the run's quorum is met (``server.messaging.quorum``)."""
@@ -61,7 +62,8 @@ class GridTransport:
         content = RecordDict({ARRAYS: state_to_arrays(state), CONFIG: config_record(cfg, rnd)})
         if splits:
             content[EVAL] = eval_record(splits)
-        return broadcast(self.grid, nodes, content, message_type, rnd, cfg.fed.round_timeout_s, stragglers_for(cfg.fed))
+        return broadcast(self.grid, nodes, content, message_type, rnd, cfg.fed.round_timeout_s, stragglers_for(cfg.fed),
+                         self.names)  # fmt: skip
 
     def train_round(
         self, state: Tensors, cfg: AppConfig, rnd: int
@@ -75,7 +77,7 @@ class GridTransport:
                 metrics = _metrics(replies, node_id)
                 n = float(metrics["num-examples"])
             except (KeyError, ValueError) as exc:
-                failures.append(f"node {node_id}: malformed reply: {exc}")
+                failures.append(f"{node_label(node_id, self.names)}: malformed reply: {exc}")
                 continue
             states.append(update)
             weights.append(n)

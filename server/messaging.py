@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
@@ -68,6 +68,19 @@ def platform_of(reply: Message, node_id: int) -> str:
     """The platform name a reply carries (its INFO record), else the node id."""
     info = reply.content.get(INFO)
     return str(info["platform"]) if isinstance(info, ConfigRecord) and "platform" in info else str(node_id)
+
+
+def node_label(node_id: int, names: Mapping[int, str] | None = None) -> str:
+    """``web_shop (node 123)`` once a reply told which platform a node is, else ``node 123``."""
+    name = (names or {}).get(node_id)
+    return f"{name} (node {node_id})" if name and name != str(node_id) else f"node {node_id}"
+
+
+def learn_names(names: dict[int, str], replies: Mapping[int, Message]) -> None:
+    """Remember which platform each replying node is, for later failure lines."""
+    for node_id, reply in replies.items():
+        if not reply.has_error():
+            names[node_id] = platform_of(reply, node_id)
 
 
 def shared_metrics(reply: Message) -> dict[str, float]:
@@ -174,20 +187,27 @@ def broadcast(
     server_round: int,
     timeout_s: float,
     stragglers: Stragglers | None = None,
+    names: dict[int, str] | None = None,
 ) -> Replies:
-    """Send the same content to every node and gather what comes back in time."""
+    """Send the same content to every node and gather what comes back in time.
+
+    ``names`` (node id -> platform) labels failure lines and learns from this exchange's replies.
+    """
     nodes = list(nodes)
     messages = [Message(content, dst_node_id=n, message_type=message_type, group_id=str(server_round)) for n in nodes]
     replies = Replies()
     started = time.monotonic()
-    for node, reply in exchange(grid, messages, timeout_s, stragglers).items():
+    names = {} if names is None else names
+    received = exchange(grid, messages, timeout_s, stragglers)
+    learn_names(names, received)
+    for node, reply in received.items():
         if reply.has_error():
-            replies.failures.append(f"node {node}: {reply.error.reason}")
+            replies.failures.append(f"{node_label(node, names)}: {reply.error.reason}")
         else:
             replies.ok[node] = reply
     for n in nodes:
-        if n not in replies.ok and not any(f.startswith(f"node {n}:") for f in replies.failures):
-            replies.failures.append(f"node {n}: no reply after {time.monotonic() - started:.0f} s")
+        if n not in received:
+            replies.failures.append(f"{node_label(n, names)}: no reply after {time.monotonic() - started:.0f} s")
     for line in replies.failures:
         log.warning("round %d %s left out: %s", server_round, message_type, line)
     return replies

@@ -30,7 +30,7 @@ from common.secagg import AbortError, Manifest, SecAggError, SecAggResult, SecAg
 from common.secure_wire import SECAGG_ACTION, from_records, secagg_config, to_records
 from server.app import GridTransport
 from server.federation import AGGREGATE, PerPlatform, RoundAborted, Tensors
-from server.messaging import exchange, platform_of, shared_metrics, stragglers_for
+from server.messaging import exchange, learn_names, node_label, platform_of, shared_metrics, stragglers_for
 
 log = logging.getLogger("crossfed.server")
 
@@ -108,20 +108,23 @@ class SecureGridTransport(GridTransport):
                 messages.append(Message(content, dst_node_id=node, message_type=mtype, group_id=str(rnd)))
             timeout = first_timeout_s if first else cfg.secure.stage_timeout_s
             replies = exchange(self.grid, messages, timeout, stragglers_for(cfg.fed, resend=False))
+            learn_names(self.names, replies)
             failures = summed.failures
             for src, reply in replies.items():
                 if reply.has_error():
-                    failures.append(f"node {src} ({stage}): {reply.error.reason}")
+                    failures.append(f"{node_label(src, self.names)} ({stage}): {reply.error.reason}")
                     continue
                 try:
                     server.receive(src, from_records(reply.content))
                 except SecAggError as exc:
-                    failures.append(f"node {src} ({stage}): rejected: {exc}")
+                    failures.append(f"{node_label(src, self.names)} ({stage}): rejected: {exc}")
                     continue
                 if first:
                     summed.replies[src] = reply
             silent = set(server.awaiting)  # every node without a valid reply drops out of the round
-            failures += [f"node {n} ({stage}): no reply in time" for n in sorted(silent - set(replies))]
+            failures += [
+                f"{node_label(n, self.names)} ({stage}): no reply in time" for n in sorted(silent - set(replies))
+            ]
             try:
                 server.end_stage(no_reply=silent)
             except AbortError as exc:
