@@ -60,6 +60,8 @@ from deploy.launch import (
 )
 from deploy.operate import collect_status, format_status, run_outcome
 
+DEFAULT_MAX_WAIT_S = 600.0  # a SuperNode that cannot reach or is refused by the SuperLink stops, saying why
+FLOWER_CONNECTION_ERROR = 305  # flwr 1.42 ExitCode.SUPERNODE_CONNECTION_ERROR
 USER_ERRORS = (CertError, DeployError)  # one line + exit 2, like crossfed's other user errors
 CONNECTION = "crossfed"
 
@@ -133,7 +135,8 @@ def add_deploy_parser(subparsers: Any) -> argparse.ArgumentParser:
                       help="CPU threads for training (default: the cores shared among this host's SuperNodes; "
                            "an OMP_NUM_THREADS already set wins)")  # fmt: skip
     node.add_argument("--flower-polling", action="store_true", help="keep Flower's 3 s idle polling")
-    node.add_argument("--max-wait", type=float, help="give up connecting after this many seconds")
+    node.add_argument("--max-wait", type=float, default=DEFAULT_MAX_WAIT_S,
+                      help="give up connecting after S seconds; 0 = retry forever (default: %(default)s)")  # fmt: skip
     node.add_argument("--print", action="store_true", help="print the commands instead of running them")
     _add_connection_args(node)
     node.set_defaults(func=cmd_supernode)
@@ -242,7 +245,7 @@ def cmd_supernode(args: argparse.Namespace) -> int:
         root_cert=None if args.insecure else _ca_cert(args.certs),
         key=None if args.insecure else args.key, data_dir=args.data, device=args.device,
         runtime_port=args.runtime_port or free_ports(1)[0], isolation=args.isolation, insecure=args.insecure,
-        fast_poll_s=None if args.flower_polling else 0.25, max_wait_s=args.max_wait,
+        fast_poll_s=None if args.flower_polling else 0.25, max_wait_s=args.max_wait or None,
         extra=_config_pairs(args.node_config, "--node-config"),
     )  # fmt: skip
     env = {**base_env(), **supernode_env(spec), **thread_env(args.threads)}
@@ -254,7 +257,23 @@ def cmd_supernode(args: argparse.Namespace) -> int:
         for cmd in cmds:
             print(" ".join([caps, *cmd]) if caps else " ".join(cmd))
         return 0
-    return _foreground(cmds, env)
+    code = _foreground(cmds, env)
+    if code == FLOWER_CONNECTION_ERROR:
+        print(refusal_hint(spec), file=sys.stderr)
+    return code
+
+
+def refusal_hint(spec: SuperNodeSpec) -> str:
+    """One line for Flower's "connection error" exit: the SuperLink said no, or was never reached."""
+    checks = [f"its public key is registered at the coordinator (`crossfed deploy register --key {spec.key}.pub`)"
+              if spec.key else "the SuperLink admits nodes without authentication",
+              "it trusts the CA that signed the SuperLink (`--certs` holds that ca.pem)" if not spec.insecure else
+              "the SuperLink runs without TLS too (a plaintext node cannot talk to a TLS SuperLink)",
+              f"{spec.superlink} is reachable"]  # fmt: skip
+    return (
+        f"crossfed: error: SuperNode {spec.platform} could not join {spec.superlink} (Flower exit "
+        f"{FLOWER_CONNECTION_ERROR}); check that " + "; that ".join(checks)
+    )
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
