@@ -99,7 +99,9 @@ def format_status(status: Mapping[str, Any]) -> str:
         lines.append(f"  {p['platform']:<20} node {p['node-id']:<22} {p['status']:<10} {since or ''}".rstrip())
     lines.append("runs (latest first):" if status["runs"] else "runs: none")
     for run in status["runs"]:
-        head = f"  run {run['run-id']}  {run['status']}  {run.get('elapsed') or ''}".rstrip()
+        elapsed = run.get("elapsed")
+        took = f"{elapsed:.0f} s" if isinstance(elapsed, int | float) else str(elapsed or "")
+        head = f"  run {run['run-id']}  {run['status']}  {took}".rstrip()
         if run.get("round") is not None:
             metrics = "  ".join(f"{k} {v:.4f}" for k, v in sorted(run.get("metrics", {}).items()) if v is not None)
             head += f"  round {run['round']}" + (f"  {metrics}" if metrics else "")
