@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
+
+import pytest
 
 from deploy.book import node_names, read_book, remember_node, remember_run
 from deploy.cli import refusal_hint
 from deploy.launch import SuperNodeSpec
 from deploy.operate import failure_reason, format_status, latest_round
+from deploy.supernode_entry import quiet_flower_chatter
 
 LOG = """INFO :      [ROUND 1]
 Traceback (most recent call last):
@@ -59,3 +63,20 @@ def test_refusal_hint_names_what_to_check(tmp_path: Path) -> None:
     hint = refusal_hint(spec)
     assert "web_shop could not join fl:9093" in hint and "crossfed deploy register --key" in hint
     assert "trusts the CA" in hint and "\n" not in hint
+
+
+@pytest.mark.parametrize(
+    ("message", "level", "kept"),
+    [
+        ("[RUN 968, ROUND 2]", logging.INFO, False),
+        ("Received successfully", logging.INFO, False),
+        ("Sending: evaluate.secagg message (ID: a79)", logging.INFO, False),
+        ("", logging.INFO, False),
+        ("SuperNode ID: 13898351035860326694", logging.INFO, True),  # launch.Federation waits for this line
+        ("Connection attempt failed, retrying in 0.7 seconds", logging.WARNING, True),
+        ("Sent successfully", logging.WARNING, True),  # never drop a warning
+    ],
+)
+def test_supernode_log_drops_only_flower_per_message_chatter(message: str, level: int, kept: bool) -> None:
+    record = logging.LogRecord("flwr", level, __file__, 0, message, (), None)
+    assert quiet_flower_chatter(record) is kept
