@@ -173,8 +173,12 @@ def run_federation(transport: Transport, cfg: AppConfig) -> dict[str, Any]:
         "adapter_changed": not _same(initial_state, best.state),
     }  # fmt: skip
     write_summary(out_dir, summary)
-    table = platform_table(best.per_platform, best.mean, f"crossfed: test metrics of best round {best.round}")
-    print(table, flush=True)
+    shared = {p: m for p, m in best.per_platform.items() if m}  # a platform listed with no metrics kept them
+    private = sorted(set(best.per_platform) - set(shared))
+    title = f"crossfed: test metrics of best round {best.round}"
+    if private:
+        title += f" (kept private, in the mean only: {', '.join(private)})"
+    print(platform_table(shared, best.mean, title), flush=True)
     log.info("run written to %s", out_dir)
     return summary
 
