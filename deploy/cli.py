@@ -1,6 +1,12 @@
 """``crossfed deploy ...``: run the federation on real machines (Flower Deployment Engine).
 
-On the coordinator (one machine):
+Quickest: one start-up kit per party, then each kit's scripts (see the README):
+    crossfed deploy provision --host fl.example.org --platforms app,web_shop --out kits/ --federation prod
+    kits/coordinator/start.sh & kits/coordinator/register.sh       # on the coordinator
+    DATA_DIR=/data kits/web_shop/start.sh                           # on each platform
+    kits/coordinator/submit.sh "num-server-rounds=5" --stream       # exit 0 only if the run completed
+    crossfed deploy status --federation prod [--json]               # platforms by name, runs, rounds
+Step by step, on the coordinator (one machine):
     crossfed deploy ca --host fl.example.org --out certs/            # CA + SuperLink certificate
     crossfed deploy superlink --certs certs/ --database state.db     # TLS + SuperNode authentication
 On each platform's machine (copy certs/ca.pem there; the private key never leaves it):
