@@ -54,6 +54,7 @@ from deploy.launch import (
     SuperLinkSpec,
     SuperNodeSpec,
     base_env,
+    flower_bin,
     free_ports,
     register_node,
     start_run,
@@ -295,7 +296,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.detach:
         return 0
     if args.stream:  # ends when the run ends (or the SuperLink goes away)
-        subprocess.call(["flwr", "log", str(run_id), conn.name, "--stream"], env=env)  # noqa: S603
+        subprocess.call([flower_bin("flwr"), "log", str(run_id), conn.name, "--stream"], env=env)  # noqa: S603
     record = wait_run(run_id, conn, env, timeout_s=math.inf, poll_s=2.0)
     code, line = run_outcome(run_id, record, conn, env)
     print(

@@ -128,8 +128,15 @@ class SuperLinkSpec:
             raise DeployError("a SuperLink needs TLS certificates (`--certs DIR`); plaintext only with --insecure")
 
 
+def flower_bin(name: str) -> str:
+    """Flower's command ``name`` beside this Python (``.venv/bin``), so that calling
+    ``.venv/bin/crossfed`` works without the venv on PATH; else ``name`` from PATH."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.is_file() else name
+
+
 def superlink_command(spec: SuperLinkSpec) -> list[str]:
-    cmd = ["flower-superlink", "--host", spec.host, "--port", str(spec.port),
+    cmd = [flower_bin("flower-superlink"), "--host", spec.host, "--port", str(spec.port),
            "--disable-runtime-dependency-installation"]  # fmt: skip
     if spec.insecure:
         _warn_insecure("SuperLink")
@@ -173,7 +180,11 @@ class SuperNodeSpec:
 
 def supernode_command(spec: SuperNodeSpec) -> list[str]:
     # Flower's own entry point, or the same one with shorter polling (deploy.supernode_entry)
-    cmd = ["flower-supernode"] if spec.fast_poll_s is None else [sys.executable, "-m", "deploy.supernode_entry"]
+    cmd = (
+        [flower_bin("flower-supernode")]
+        if spec.fast_poll_s is None
+        else [sys.executable, "-m", "deploy.supernode_entry"]
+    )
     config = node_config(spec.platform, spec.data_dir, spec.device, spec.extra)
     cmd += ["--superlink", spec.superlink, "--node-config", config, "--isolation", spec.isolation,
             "--host", "127.0.0.1", "--port", str(spec.runtime_port)]  # fmt: skip
@@ -241,6 +252,8 @@ def base_env(flwr_home: Path | None = None, extra: Mapping[str, str] | None = No
         "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
     })  # fmt: skip
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    # Flower starts its own commands (flower-superexec, flwr-serverapp) from PATH: this Python's first
+    env["PATH"] = os.pathsep.join(p for p in (str(Path(sys.executable).parent), env.get("PATH", "")) if p)
     if flwr_home is not None:
         env["FLWR_HOME"] = str(Path(flwr_home).resolve())
     env.update(extra or {})
@@ -500,7 +513,8 @@ def _read_config(path: Path) -> dict[str, Any]:
 def flwr_cli(args: Sequence[str], env: Mapping[str, str], timeout_s: float = 120.0, cwd: Path | None = None,
              check: bool = True) -> subprocess.CompletedProcess[str]:  # fmt: skip
     res = subprocess.run(  # noqa: S603
-        ["flwr", *args], env=dict(env), cwd=str(cwd or REPO_ROOT), capture_output=True, text=True, timeout=timeout_s,
+        [flower_bin("flwr"), *args], env=dict(env), cwd=str(cwd or REPO_ROOT), capture_output=True, text=True,
+        timeout=timeout_s,
     )  # fmt: skip
     if check and res.returncode != 0:
         output = (res.stdout + res.stderr).strip()[-2000:]
