@@ -255,6 +255,9 @@ def cmd_supernode(args: argparse.Namespace) -> int:
         fast_poll_s=None if args.flower_polling else 0.25, max_wait_s=args.max_wait or None,
         extra=_config_pairs(args.node_config, "--node-config"),
     )  # fmt: skip
+    if not args.data:
+        print(f"crossfed: warning: no --data: SuperNode {args.platform} serves the embedded synthetic demo "
+              "data, not a platform's own", file=sys.stderr)  # fmt: skip
     env = {**base_env(), **supernode_env(spec), **thread_env(args.threads)}
     cmds = [supernode_command(spec)]
     if spec.isolation == "process":
