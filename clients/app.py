@@ -11,15 +11,17 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients import secure
+from clients.metrics_log import append_metrics
 from clients.platform import PARTITION_KEY, resolve_node
 from clients.private_state import DEFAULT_STATE_DIR, STATE_DIR_KEY, PrivateStore, private_folder, rounds_to_keep
 from clients.tasks import evaluate_state, fit
 from common.config import AppConfig, ConfigError
 from common.data import DatasetError
+from common.metric_sums import METRIC_VECTOR, encode_metrics
 from common.modeling import ModelLoadError
 from common.payload import (
     ARRAYS,
@@ -34,7 +36,7 @@ from common.payload import (
     state_to_arrays,
 )
 from common.secagg import SecAggError
-from common.secure_wire import SECAGG_ACTION
+from common.secure_wire import SECAGG, SECAGG_ACTION
 
 log = logging.getLogger("crossfed.client")
 
@@ -97,22 +99,37 @@ def handle_secagg_stage(msg: Message, context: Context) -> Message:
 def handle_evaluate(msg: Message, context: Context) -> Message:
     """Validation/test metrics of the received (fused) adapter on this platform.
 
-    Under secure aggregation they are sent only when the platform opts in
-    (node_config ``share-metrics``); otherwise the reply carries no metric at all.
+    The platform always evaluates and appends its metrics to its own log
+    (``metrics.jsonl`` beside its private parameters). Under secure aggregation the server
+    asks for a secure sum of them (``common.metric_sums``): the reply then carries only the
+    setup answer, and the platform's own metrics only when it opts in (node_config
+    ``share-metrics``); in the clear they are sent as they are.
     """
     try:
         cfg, server_round = parse_config(msg.content[CONFIG])  # type: ignore[arg-type]
         setup = resolve_node(dict(context.node_config), cfg)
-        if cfg.secagg and not secure.shares_metrics(context.node_config):
-            metrics: dict[str, float] = {}
-        else:
-            splits = parse_eval(msg.content.get(EVAL))
-            state = arrays_to_state(msg.content[ARRAYS])  # type: ignore[arg-type]
-            store = _private_store(context, cfg, setup.platform)
-            metrics = evaluate_state(cfg, setup, state, server_round, store, splits)
+        splits = parse_eval(msg.content.get(EVAL))
+        state = arrays_to_state(msg.content[ARRAYS])  # type: ignore[arg-type]
+        store = _private_store(context, cfg, setup.platform)
+        metrics = evaluate_state(cfg, setup, state, server_round, store, splits)
+        append_metrics(store.folder, server_round, metrics)
+        content: dict[str, ConfigRecord | ArrayRecord | MetricRecord] = {INFO: _info(setup.platform)}
+        if cfg.secagg and SECAGG in msg.content:  # only the cohort's weighted sum leaves (masked)
+            vector, weight = encode_metrics(metrics, splits, cfg.secure.clip_range)
+            record = _contribution_record(context, store)
+            content.update(secure.start(msg.content, context, cfg, {METRIC_VECTOR: vector}, weight, setup.platform,
+                                        record, kind="evaluate"))  # fmt: skip
+        if not cfg.secagg or secure.shares_metrics(context.node_config):
+            content[METRICS] = MetricRecord(metrics)
     except OPERATOR_ERRORS as exc:
         return _error_reply(msg, exc, context)
-    return Message(RecordDict({METRICS: MetricRecord(metrics), INFO: _info(setup.platform)}), reply_to=msg)
+    return Message(RecordDict(content), reply_to=msg)
+
+
+@app.evaluate(SECAGG_ACTION)
+def handle_evaluate_secagg_stage(msg: Message, context: Context) -> Message:
+    """Key sharing, masked input and unmasking of the secure sum of evaluation metrics."""
+    return handle_secagg_stage(msg, context)
 
 
 def _private_store(context: Context, cfg: AppConfig, platform: str) -> PrivateStore:

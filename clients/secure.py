@@ -14,8 +14,9 @@ What the platform decides itself, from its own node_config (never from the serve
 - the round context: the hash of the global adapter and training config it received, which
   every key and signature of the round is bound to;
 - a contribution record on its own disk (next to its private parameters): one masked input
-  per (run, round), written before the masked input leaves, so a restarted platform or a
-  replayed round is refused (simulated platforms keep it in ``context.state`` for the Flower
+  per (run, round) and kind of sum (``train``: the adapter; ``evaluate``: the metrics), written
+  before the masked input leaves, so a restarted platform or a replayed round is refused
+  (simulated platforms keep it in ``context.state`` for the Flower
   run, so a simulation can be re-run from scratch). A failed stage destroys the round's
   secrets and parked update.
 """
@@ -52,7 +53,7 @@ from common.secagg.client import ABORTED
 from common.secagg.identity import load_identity
 from common.secure_wire import from_records, round_context, secagg_config, to_records
 
-STATE = "secagg-state"  # context.state ConfigRecord: {"client", "weight", "platform", "record", "context"}
+STATE = "secagg-state"  # context.state ConfigRecord: {"client", "weight", "platform", "record", "context", "kind"}
 UPDATE = "secagg-update"  # context.state ArrayRecord: the trained adapter + head awaiting masking
 
 REQUIRE_KEY = "require-secagg"  # node_config: refuse rounds in the clear (default: on outside simulation)
@@ -109,11 +110,20 @@ def platform_trust(node_config: Mapping[str, object], platform: str, cfg: AppCon
 
 # -- the contribution record ------------------------------------------------------
 MEMORY_RECORD = "secagg-record"  # context.state ConfigRecord {"rounds": [...]}: a simulated platform's record
+TRAIN = "train"  # the kinds of secure sum a round has: the adapter (train) and the metrics (evaluate)
 
 
-def _read_record(context: Context, path: Path | None) -> list[int]:
+def _record_of(record: Path | None, kind: str) -> tuple[Path | None, str]:
+    """(file, context.state key) of the record of one kind of sum: each kind counts its own rounds."""
+    if kind == TRAIN:
+        return record, MEMORY_RECORD
+    path = None if record is None else record.with_name(f"{record.stem}-{kind}{record.suffix}")
+    return path, f"{MEMORY_RECORD}-{kind}"
+
+
+def _read_record(context: Context, path: Path | None, key: str = MEMORY_RECORD) -> list[int]:
     if path is None:  # simulated: for the Flower run (a simulation re-run from scratch may repeat rounds)
-        saved = context.state.get(MEMORY_RECORD)
+        saved = context.state.get(key)
         return [int(r) for r in saved["rounds"]] if isinstance(saved, ConfigRecord) else []  # type: ignore[union-attr]
     if not path.exists():
         return []
@@ -126,9 +136,10 @@ def _read_record(context: Context, path: Path | None) -> list[int]:
     return rounds
 
 
-def admit_round(context: Context, record: Path | None, rnd: int, policy: PlatformPolicy) -> None:
+def admit_round(context: Context, record: Path | None, rnd: int, policy: PlatformPolicy, kind: str = TRAIN) -> None:
     """ConfigError if this run already got this round's masked input or reached the round limit."""
-    rounds = _read_record(context, record)
+    record, key = _record_of(record, kind)
+    rounds = _read_record(context, record, key)
     if rnd in rounds:
         raise ConfigError(
             f"round {rnd} of this run already received this platform's masked input "
@@ -139,12 +150,13 @@ def admit_round(context: Context, record: Path | None, rnd: int, policy: Platfor
                           f"(`{PlatformPolicy.KEYS['max_rounds']}`)")  # fmt: skip
 
 
-def record_round(context: Context, record: Path | None, rnd: int, policy: PlatformPolicy) -> None:
+def record_round(context: Context, record: Path | None, rnd: int, policy: PlatformPolicy, kind: str = TRAIN) -> None:
     """Write the round into the record (file: atomically, fsynced) before its masked input leaves."""
-    admit_round(context, record, rnd, policy)
-    rounds = sorted([*_read_record(context, record), rnd])
+    admit_round(context, record, rnd, policy, kind)
+    record, key = _record_of(record, kind)
+    rounds = sorted([*_read_record(context, record, key), rnd])
     if record is None:
-        context.state[MEMORY_RECORD] = ConfigRecord({"rounds": rounds})
+        context.state[key] = ConfigRecord({"rounds": rounds})
         return
     record.parent.mkdir(parents=True, exist_ok=True)
     tmp = record.with_suffix(".tmp")
@@ -164,6 +176,7 @@ def start(
     weight: int,
     platform: str,
     record: Path | None,
+    kind: str = TRAIN,
 ) -> dict[str, ConfigRecord | ArrayRecord]:
     """After local training: park the update, answer the setup stage with signed keys."""
     previous = _last_round(context)  # its secrets are void now; its (session, round) refuses a replay
@@ -177,7 +190,7 @@ def start(
     reply = client.handle(from_records(msg_content))
     context.state[UPDATE] = ArrayRecord(OrderedDict((k, Array(np.ascontiguousarray(v))) for k, v in update.items()))
     context.state[STATE] = ConfigRecord({"client": client.state_bytes(), "weight": int(weight), "platform": platform,
-                                         "record": str(record or ""), "context": ctx})  # fmt: skip
+                                         "record": str(record or ""), "context": ctx, "kind": kind})  # fmt: skip
     return to_records(reply)
 
 
@@ -207,7 +220,7 @@ def _advance(
     if stage == STAGE_MASKED_INPUT:
         reply = client.handle(request, update, int(saved["weight"]))  # type: ignore[call-overload]
         record = Path(str(saved["record"])) if saved["record"] else None
-        record_round(context, record, client.state.round, trust.policy)  # before the reply leaves
+        record_round(context, record, client.state.round, trust.policy, str(saved.get("kind", TRAIN)))
     else:
         reply = client.handle(request)
     if stage == STAGE_UNMASK:  # the round is over for this platform: forget secrets and update

@@ -149,8 +149,11 @@ class SecureSpec:
 class FedSpec:
     """Server side: rounds, cohort, early stopping, fusion."""
 
-    min_nodes: int = 2  # a round waits for this many platforms, then starts
-    node_wait_s: float = 120.0  # how long to wait for min-nodes before giving up
+    min_nodes: int = 2  # platforms needed to START: the run's first round waits for this many
+    # platforms needed for each LATER round (capped at min-nodes; under secagg at least secure.min-cohort):
+    # lower than min-nodes, a run survives a platform that dies and comes back later
+    min_round_nodes: int = 2
+    node_wait_s: float = 120.0  # how long to wait for min-nodes / min-round-nodes before giving up
     round_timeout_s: float = 3600.0  # replies later than this are dropped from the round
     # Stragglers: once half the platforms answered after h s, the rest get max(min-s, factor*h) s more
     # (then plain train/evaluate messages are sent once more and wait as long again); 0 = off.
@@ -169,6 +172,7 @@ class FedSpec:
 
     def __post_init__(self) -> None:
         _positive(self, "min_nodes", "fed.min-nodes")
+        _positive(self, "min_round_nodes", "fed.min-round-nodes")
         _positive(self, "node_wait_s", "fed.node-wait-s")
         _positive(self, "round_timeout_s", "fed.round-timeout-s")
         _non_negative(self, "straggler_factor", "fed.straggler-factor")

@@ -10,8 +10,11 @@
           (one warm ClientApp process per platform) and :mod:`deploy.supernode_entry`
           (short polling)
 
-Every mode runs the same config (default: the tiny test config) on the embedded
-synthetic platforms and is timed from ``rounds.jsonl``: round 1 includes each side's
+Every mode runs the same config (default: the tiny test config with secure aggregation
+on, as the README's deployment runs it: platforms with their default node_config, i.e.
+secure rounds required and metrics summed securely; ``--set secagg=false`` times rounds in
+the clear) on the embedded synthetic platforms, each SuperNode capped to its share of the
+cores as ``crossfed deploy supernode`` does by default, and is timed from ``rounds.jsonl``: round 1 includes each side's
 start-up, rounds >= 2 are steady state. Run the modes back to back on an idle machine;
 on a shared one, repeat and compare medians.
 """
@@ -33,10 +36,10 @@ from deploy.launch import REPO_ROOT, Federation, base_env
 
 TINY = {
     "model.base": "tiny-random", "model.max-length": 48, "data.history-len": 3, "lora.r": 4,
-    "train.max-examples": 64, "train.batch-size": 16, "eval.max-rank-users": 3, "fed.patience": 0,
+    "train.max-examples": 64, "train.batch-size": 16, "eval.max-rank-users": 3, "fed.patience": 0, "secagg": True,
 }  # fmt: skip
 PLATFORMS = ("app", "social_shop", "web_shop")  # the embedded synthetic dataset
-CLEAR_ROUNDS = {"require-secagg": False}  # node_config: these benchmarks time rounds in the clear
+CLEAR_ROUNDS = {"require-secagg": False}  # node_config that admits rounds in the clear (`--set secagg=false`)
 
 
 def parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
@@ -76,7 +79,8 @@ def run_deployed(work: Path, config: dict[str, Any], rounds: int, warm: bool) ->
     kwargs: dict[str, Any] = {"isolation": "process", "fast_poll_s": 0.25} if warm else {
         "isolation": "subprocess", "fast_poll_s": None}  # fmt: skip
     t0 = time.monotonic()
-    with Federation(work, PLATFORMS, node_extra=CLEAR_ROUNDS, **kwargs) as fed:
+    node_extra = {"state-dir": str(work / "private"), **({} if config.get("secagg") else CLEAR_ROUNDS)}
+    with Federation(work, PLATFORMS, node_extra=node_extra, **kwargs) as fed:
         started = time.monotonic() - t0
         result = fed.run({**config, "num-server-rounds": rounds, "out-dir": str(work / "run")}, timeout_s=1800)
         if not result.ok:

@@ -1,6 +1,12 @@
 """``crossfed deploy ...``: run the federation on real machines (Flower Deployment Engine).
 
-On the coordinator (one machine):
+Quickest: one start-up kit per party, then each kit's scripts (see the README):
+    crossfed deploy provision --host fl.example.org --platforms app,web_shop --out kits/ --federation prod
+    kits/coordinator/start.sh & kits/coordinator/register.sh       # on the coordinator
+    DATA_DIR=/data kits/web_shop/start.sh                           # on each platform
+    kits/coordinator/submit.sh "num-server-rounds=5" --stream       # exit 0 only if the run completed
+    crossfed deploy status --federation prod [--json]               # platforms by name, runs, rounds
+Step by step, on the coordinator (one machine):
     crossfed deploy ca --host fl.example.org --out certs/            # CA + SuperLink certificate
     crossfed deploy superlink --certs certs/ --database state.db     # TLS + SuperNode authentication
 On each platform's machine (copy certs/ca.pem there; the private key never leaves it):
@@ -27,7 +33,9 @@ and always prints a warning. Also runnable as ``python -m deploy.cli``.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import math
 import os
 import re
 import signal
@@ -39,25 +47,34 @@ from pathlib import Path
 from typing import Any
 
 from common.secagg.errors import SecAggError
+from deploy.book import remember_run
 from deploy.certs import CertError, TlsFiles, create_node_key, create_tls, load_node_private_key, public_key_fingerprint
 from deploy.launch import (
-    DEFAULT_RUNTIME_PORT,
     DEFAULT_SUPERLINK_PORT,
     ISOLATIONS,
     REPO_ROOT,
+    THREAD_VARS,
     Connection,
     DeployError,
     InsecureDeploymentWarning,
     SuperLinkSpec,
     SuperNodeSpec,
     base_env,
+    flower_bin,
+    free_ports,
     register_node,
+    start_run,
     superlink_command,
     supernode_command,
     supernode_env,
+    thread_env,
+    wait_run,
     worker_command,
 )
+from deploy.operate import collect_status, format_status, run_outcome
 
+DEFAULT_MAX_WAIT_S = 600.0  # a SuperNode that cannot reach or is refused by the SuperLink stops, saying why
+FLOWER_CONNECTION_ERROR = 305  # flwr 1.42 ExitCode.SUPERNODE_CONNECTION_ERROR
 USER_ERRORS = (CertError, DeployError, SecAggError)  # one line + exit 2, like crossfed's other user errors
 CONNECTION = "crossfed"
 
@@ -105,6 +122,18 @@ def add_deploy_parser(subparsers: Any) -> argparse.ArgumentParser:
     _add_connection_args(reg, required=False, named=True)
     reg.set_defaults(func=cmd_register)
 
+    kit = sub.add_parser("provision", help="one start-up kit per platform + one for the coordinator (certs, keys, "
+                         "scripts)")  # fmt: skip
+    kit.add_argument("--host", required=True, help="the SuperLink's DNS name or IP as SuperNodes will dial it")
+    kit.add_argument("--platforms", required=True, help="comma-separated platform names, e.g. app,web_shop")
+    kit.add_argument("--out", required=True, type=Path, help="a new folder for the kits")
+    kit.add_argument("--port", type=int, default=DEFAULT_SUPERLINK_PORT, help="the SuperLink's port")
+    kit.add_argument("--federation", default=CONNECTION, help="the federation's name for register/submit")
+    kit.add_argument("--extra-name", action="append", default=[], help="another DNS name / IP for the certificate")
+    kit.add_argument("--keys-on-platform", action="store_true",
+                     help="no key in the kits: each platform's start.sh makes its key pair on first start")  # fmt: skip
+    kit.set_defaults(func=cmd_provision)
+
     link = sub.add_parser("superlink", help="run the SuperLink (foreground)")
     link.add_argument("--certs", type=Path, help="folder with ca.pem, server.pem, server.key")
     link.add_argument("--host", default="0.0.0.0", help="bind address")
@@ -128,11 +157,16 @@ def add_deploy_parser(subparsers: Any) -> argparse.ArgumentParser:
         default="process",
         help="process = one warm ClientApp worker (default); subprocess = Flower's process per message",
     )
-    node.add_argument("--runtime-port", type=int, default=DEFAULT_RUNTIME_PORT, help="local Runtime API port")
+    node.add_argument("--runtime-port", type=int,
+                      help="local Runtime API port (default: a free one, so SuperNodes can share a host)")  # fmt: skip
     node.add_argument("--node-config", action="append", default=[], metavar="KEY=VALUE",
                       help="more node_config, e.g. require-secagg=true share-metrics=false")  # fmt: skip
+    node.add_argument("--threads", type=int,
+                      help="CPU threads for training (default: the cores shared among this host's SuperNodes; "
+                           "an OMP_NUM_THREADS already set wins)")  # fmt: skip
     node.add_argument("--flower-polling", action="store_true", help="keep Flower's 3 s idle polling")
-    node.add_argument("--max-wait", type=float, help="give up connecting after this many seconds")
+    node.add_argument("--max-wait", type=float, default=DEFAULT_MAX_WAIT_S,
+                      help="give up connecting after S seconds; 0 = retry forever (default: %(default)s)")  # fmt: skip
     node.add_argument("--print", action="store_true", help="print the commands instead of running them")
     _add_connection_args(node)
     node.set_defaults(func=cmd_supernode)
@@ -141,8 +175,16 @@ def add_deploy_parser(subparsers: Any) -> argparse.ArgumentParser:
     submit.add_argument("--app", type=Path, default=REPO_ROOT, help="app folder with pyproject.toml")
     submit.add_argument("--run-config", action="append", default=[], help="'k1=v1 k2=v2' (as `flwr run`)")
     submit.add_argument("--stream", action="store_true", help="stream the ServerApp log until the run ends")
+    submit.add_argument("--detach", action="store_true",
+                        help="return once started (default: wait for the end; exit 1 if the run failed)")  # fmt: skip
     _add_connection_args(submit, required=False, named=True)
     submit.set_defaults(func=cmd_submit)
+
+    status = sub.add_parser("status", help="runs, platforms online (by name), each run's latest round and failures")
+    status.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    status.add_argument("--runs", type=int, default=5, help="how many of the latest runs to show")
+    _add_connection_args(status, required=False, named=True)
+    status.set_defaults(func=cmd_status)
     return deploy
 
 
@@ -178,7 +220,8 @@ def cmd_node_key(args: argparse.Namespace) -> int:
     if args.register:
         if not args.superlink:
             raise DeployError("--register needs --superlink HOST:PORT (and --certs DIR)")
-        node_id = register_node(key.public, _connection(args), base_env(), name=args.platform)
+        conn = _connection(args)
+        node_id = register_node(key.public, conn, base_env(conn.flwr_home), name=args.platform)
         print(f"registered as node {node_id}")
     else:
         print("admit it at the SuperLink with: crossfed deploy register --key", key.public, "--superlink HOST:PORT ...")
@@ -226,8 +269,22 @@ def cmd_register(args: argparse.Namespace) -> int:
 
     load_node_public_key(args.key)  # a clear error before flwr's
     name = args.name or args.key.name.removesuffix(".pub").removesuffix(".key")
-    node_id = register_node(args.key, _connection(args), base_env(), name=name)
+    conn = _connection(args)
+    node_id = register_node(args.key, conn, base_env(conn.flwr_home), name=name)
     print(f"registered {args.key} ({public_key_fingerprint(args.key)}) as node {node_id}")
+    return 0
+
+
+def cmd_provision(args: argparse.Namespace) -> int:
+    from deploy.provision import provision
+
+    platforms = [p.strip() for p in args.platforms.split(",") if p.strip()]
+    kits = provision(args.out, args.host, platforms, port=args.port, federation=args.federation,
+                     extra_names=args.extra_name, keys_on_platform=args.keys_on_platform)  # fmt: skip
+    print(f"CA key        {kits.ca}/  (signs certificates: keep offline, ship nowhere)")
+    print(f'coordinator   {kits.coordinator}/  ./start.sh; ./register.sh; ./submit.sh "RUN CONFIG" --stream')
+    for platform, folder in kits.platforms.items():
+        print(f"{platform:<13} {folder}/  ship to {platform}'s machine; DATA_DIR=/data/DATASET ./start.sh")
     return 0
 
 
@@ -249,37 +306,89 @@ def cmd_supernode(args: argparse.Namespace) -> int:
         if args.key is None:
             raise DeployError("--key PLATFORM.key is required (create it with `crossfed deploy node-key`)")
         load_node_private_key(args.key)
-    from simulations.cli import parse_overrides  # the same key=value parsing as `crossfed simulate --set`
-
     spec = SuperNodeSpec(
         platform=args.platform, superlink=args.superlink,
         root_cert=None if args.insecure else _ca_cert(args.certs),
         key=None if args.insecure else args.key, data_dir=args.data, device=args.device,
-        runtime_port=args.runtime_port, isolation=args.isolation, insecure=args.insecure,
-        fast_poll_s=None if args.flower_polling else 0.25, max_wait_s=args.max_wait,
-        extra={**parse_overrides(args.node_config), **_secagg_trust(args)},
+        runtime_port=args.runtime_port or free_ports(1)[0], isolation=args.isolation, insecure=args.insecure,
+        fast_poll_s=None if args.flower_polling else 0.25, max_wait_s=args.max_wait or None,
+        extra={**_config_pairs(args.node_config, "--node-config"), **_secagg_trust(args)},
     )  # fmt: skip
-    env = {**base_env(), **supernode_env(spec)}
+    if not args.data:
+        print(f"crossfed: warning: no --data: SuperNode {args.platform} serves the embedded synthetic demo "
+              "data, not a platform's own", file=sys.stderr)  # fmt: skip
+    env = {**base_env(), **supernode_env(spec), **thread_env(args.threads)}
     cmds = [supernode_command(spec)]
     if spec.isolation == "process":
         cmds.append(worker_command(spec.runtime_port, parent_pid=0))  # pid filled in by _foreground
     if args.print:
+        caps = " ".join(f"{k}={v}" for k, v in env.items() if k in THREAD_VARS)
         for cmd in cmds:
-            print(" ".join(cmd))
+            print(" ".join([caps, *cmd]) if caps else " ".join(cmd))
         return 0
-    return _foreground(cmds, env)
+    code = _foreground(cmds, env)
+    if code == FLOWER_CONNECTION_ERROR:
+        print(refusal_hint(spec), file=sys.stderr)
+    return code
+
+
+def refusal_hint(spec: SuperNodeSpec) -> str:
+    """One line for Flower's "connection error" exit: the SuperLink said no, or was never reached."""
+    checks = [f"its public key is registered at the coordinator (`crossfed deploy register --key {spec.key}.pub`)"
+              if spec.key else "the SuperLink admits nodes without authentication",
+              "it trusts the CA that signed the SuperLink (`--certs` holds that ca.pem)" if not spec.insecure else
+              "the SuperLink runs without TLS too (a plaintext node cannot talk to a TLS SuperLink)",
+              f"{spec.superlink} is reachable"]  # fmt: skip
+    return (
+        f"crossfed: error: SuperNode {spec.platform} could not join {spec.superlink} (Flower exit "
+        f"{FLOWER_CONNECTION_ERROR}); check that " + "; that ".join(checks)
+    )
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    """Start the run; unless --detach, wait for its end: exit 0 only when it completed."""
     conn = _connection(args)
-    cmd = ["flwr", "run", str(args.app.resolve()), conn.name]
-    if not any(re.search(r"(^|\s)secagg\s*=", rc) for rc in args.run_config):
-        cmd += ["--run-config", "secagg=true"]  # deployed platforms refuse rounds in the clear by default
-    for rc in args.run_config:
-        cmd += ["--run-config", rc]
-    if args.stream:
-        cmd.append("--stream")
-    return subprocess.call(cmd, env=base_env(conn.flwr_home))  # noqa: S603
+    env = base_env(conn.flwr_home)
+    config_args = list(args.run_config)
+    if not any(re.search(r"(^|\s)secagg\s*=", rc) for rc in config_args):
+        config_args.insert(0, "secagg=true")  # deployed platforms refuse rounds in the clear by default
+    run_id = start_run(args.app, conn, env, config_args)
+    remember_run(conn.flwr_home, conn.name, run_id, _out_dir(config_args))
+    print(f"crossfed: run {run_id} started on federation {conn.name}", flush=True)
+    if args.detach:
+        return 0
+    if args.stream:  # ends when the run ends (or the SuperLink goes away)
+        subprocess.call([flower_bin("flwr"), "log", str(run_id), conn.name, "--stream"], env=env)  # noqa: S603
+    record = wait_run(run_id, conn, env, timeout_s=math.inf, poll_s=2.0)
+    code, line = run_outcome(run_id, record, conn, env)
+    print(
+        f"crossfed: {line}" if code == 0 else f"crossfed: error: {line}", file=sys.stdout if code == 0 else sys.stderr
+    )
+    return code
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    conn = _connection(args)
+    status = collect_status(conn, base_env(conn.flwr_home), limit=args.runs)
+    print(json.dumps(status, indent=1) if args.json else format_status(status))
+    return 0
+
+
+def _config_pairs(args: Sequence[str], flag: str) -> dict[str, Any]:
+    """``k1=v1 k2='text'`` strings parsed as Flower parses them (no torch import here: this CLI stays light)."""
+    import click
+    from flwr.common.config import parse_config_args
+
+    try:
+        return dict(parse_config_args(list(args)))
+    except click.ClickException as exc:
+        raise DeployError(f"{flag} {' '.join(args)!r}: {exc.message}") from exc
+
+
+def _out_dir(config_args: Sequence[str]) -> str | None:
+    """The run folder a --run-config names (where its rounds.jsonl is), else None."""
+    value = _config_pairs(config_args, "--run-config").get("out-dir")
+    return None if value is None else str(Path(str(value)).expanduser().resolve())
 
 
 # ---------------------------------------------------------------------------- helpers

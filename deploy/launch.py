@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deploy.book import remember_node
 from deploy.certs import NodeKey, TlsFiles, create_node_key, create_tls
 
 log = logging.getLogger("crossfed.deploy")
@@ -127,8 +128,15 @@ class SuperLinkSpec:
             raise DeployError("a SuperLink needs TLS certificates (`--certs DIR`); plaintext only with --insecure")
 
 
+def flower_bin(name: str) -> str:
+    """Flower's command ``name`` beside this Python (``.venv/bin``), so that calling
+    ``.venv/bin/crossfed`` works without the venv on PATH; else ``name`` from PATH."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.is_file() else name
+
+
 def superlink_command(spec: SuperLinkSpec) -> list[str]:
-    cmd = ["flower-superlink", "--host", spec.host, "--port", str(spec.port),
+    cmd = [flower_bin("flower-superlink"), "--host", spec.host, "--port", str(spec.port),
            "--disable-runtime-dependency-installation"]  # fmt: skip
     if spec.insecure:
         _warn_insecure("SuperLink")
@@ -172,7 +180,11 @@ class SuperNodeSpec:
 
 def supernode_command(spec: SuperNodeSpec) -> list[str]:
     # Flower's own entry point, or the same one with shorter polling (deploy.supernode_entry)
-    cmd = ["flower-supernode"] if spec.fast_poll_s is None else [sys.executable, "-m", "deploy.supernode_entry"]
+    cmd = (
+        [flower_bin("flower-supernode")]
+        if spec.fast_poll_s is None
+        else [sys.executable, "-m", "deploy.supernode_entry"]
+    )
     config = node_config(spec.platform, spec.data_dir, spec.device, spec.extra)
     cmd += ["--superlink", spec.superlink, "--node-config", config, "--isolation", spec.isolation,
             "--host", "127.0.0.1", "--port", str(spec.runtime_port)]  # fmt: skip
@@ -195,6 +207,35 @@ def supernode_env(spec: SuperNodeSpec) -> dict[str, str]:
     return env
 
 
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def thread_env(threads: int | None, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """Thread caps for a SuperNode's ClientApp, as the benchmarks set them.
+
+    Why: torch starts one thread per core in every process; SuperNodes sharing a host (or a
+    host's cores shared with the SuperLink) then oversubscribe it and a round takes several
+    times longer. ``threads=None`` = the cores divided among the crossfed SuperNodes running
+    on this host, counting the new one. A cap already in the environment is kept.
+    """
+    if threads is None:
+        threads = max(1, (os.cpu_count() or 1) // (1 + len(running_supernodes())))
+    return {var: str(threads) for var in THREAD_VARS if var not in environ}
+
+
+def running_supernodes() -> list[int]:
+    """Pids of the crossfed SuperNodes running on this host (Linux /proc; [] elsewhere)."""
+    pids = []
+    for entry in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            cmd = entry.read_bytes()
+        except OSError:
+            continue
+        if b"deploy.supernode_entry" in cmd or b"flower-supernode" in cmd:
+            pids.append(int(entry.parent.name))
+    return pids
+
+
 def worker_command(runtime_port: int, parent_pid: int, poll_s: float = 0.05) -> list[str]:
     """The warm ClientApp worker beside a ``--isolation process`` SuperNode (loopback Runtime API)."""
     return [sys.executable, "-m", "deploy.worker", "--runtime-api-address", f"127.0.0.1:{runtime_port}",
@@ -211,6 +252,8 @@ def base_env(flwr_home: Path | None = None, extra: Mapping[str, str] | None = No
         "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
     })  # fmt: skip
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    # Flower starts its own commands (flower-superexec, flwr-serverapp) from PATH: this Python's first
+    env["PATH"] = os.pathsep.join(p for p in (str(Path(sys.executable).parent), env.get("PATH", "")) if p)
     if flwr_home is not None:
         env["FLWR_HOME"] = str(Path(flwr_home).resolve())
     env.update(extra or {})
@@ -470,7 +513,8 @@ def _read_config(path: Path) -> dict[str, Any]:
 def flwr_cli(args: Sequence[str], env: Mapping[str, str], timeout_s: float = 120.0, cwd: Path | None = None,
              check: bool = True) -> subprocess.CompletedProcess[str]:  # fmt: skip
     res = subprocess.run(  # noqa: S603
-        ["flwr", *args], env=dict(env), cwd=str(cwd or REPO_ROOT), capture_output=True, text=True, timeout=timeout_s,
+        [flower_bin("flwr"), *args], env=dict(env), cwd=str(cwd or REPO_ROOT), capture_output=True, text=True,
+        timeout=timeout_s,
     )  # fmt: skip
     if check and res.returncode != 0:
         output = (res.stdout + res.stderr).strip()[-2000:]
@@ -497,7 +541,9 @@ def register_node(public_key: Path, conn: Connection, env: Mapping[str, str], na
     args = ["supernode", "register", str(Path(public_key).resolve()), conn.name, "--format", "json"]
     if name:
         args += ["--name", name]
-    return int(_json_out(flwr_cli(args, env, check=False), f"registering {public_key}")["node-id"])
+    node_id = int(_json_out(flwr_cli(args, env, check=False), f"registering {public_key}")["node-id"])
+    remember_node(conn.flwr_home, conn.name, node_id, name or Path(public_key).name.removesuffix(".pub"))
+    return node_id
 
 
 def list_nodes(conn: Connection, env: Mapping[str, str]) -> list[dict[str, Any]]:
@@ -508,9 +554,14 @@ def list_nodes(conn: Connection, env: Mapping[str, str]) -> list[dict[str, Any]]
 def submit_run(app_dir: Path, conn: Connection, env: Mapping[str, str],
                run_config: Mapping[str, Any] | None = None) -> int:  # fmt: skip
     """``flwr run APP CONNECTION --run-config "k=v ..."``; returns the run id (does not wait)."""
+    return start_run(app_dir, conn, env, [config_string(run_config)] if run_config else [])
+
+
+def start_run(app_dir: Path, conn: Connection, env: Mapping[str, str], config_args: Sequence[str] = ()) -> int:
+    """``flwr run`` with ``--run-config`` strings as a user types them; the run id, or DeployError why not."""
     args = ["run", str(Path(app_dir).resolve()), conn.name, "--format", "json"]
-    if run_config:
-        args += ["--run-config", config_string(run_config)]
+    for rc in config_args:
+        args += ["--run-config", rc]
     return int(_json_out(flwr_cli(args, env, check=False), f"submitting {app_dir}")["run-id"])
 
 
@@ -525,7 +576,10 @@ def run_status(run_id: int, conn: Connection, env: Mapping[str, str]) -> dict[st
 
 def wait_run(run_id: int, conn: Connection, env: Mapping[str, str], timeout_s: float = 600.0,
              poll_s: float = 1.0) -> dict[str, Any]:  # fmt: skip
-    """Poll ``flwr ls`` until the run is finished; returns its record (``status`` says how)."""
+    """Poll ``flwr ls`` until the run is finished; returns its record (``status`` says how).
+
+    ``timeout_s = math.inf`` waits as long as the run takes.
+    """
     deadline = time.monotonic() + timeout_s
     while True:
         record = run_status(run_id, conn, env)

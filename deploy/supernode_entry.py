@@ -15,6 +15,9 @@ node survive HTTP 500s from a busy SuperLink, then runs the unmodified
     CROSSFED_SUPERNODE_500_RETRIES  times one SuperLink call is retried after an HTTP 500
                                     (default 5, backoff 0.5 s doubling; Flower: 0, the
                                     message is dropped)
+    CROSSFED_SUPERNODE_VERBOSE      1 keeps Flower's per-message INFO lines (default: dropped;
+                                    they were ~80 % of a node's log: "[RUN r, ROUND n]",
+                                    "Received successfully", "Sending: ... message (ID: ...)")
 
 Why the HTTP 500 retries: see :mod:`common.flower_http`. Every Fleet call the SuperNode
 makes is safe to repeat: objects are content-addressed, and the SuperLink stores a
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time as _time
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -115,11 +119,21 @@ def beat_through_server_errors(heartbeat_fn: Callable[[], bool]) -> Callable[[],
     return beat
 
 
+CHATTER = re.compile(r"^\s*$|^\[RUN \d+, ROUND \d+\]$|^(Sent|Received) successfully$|^(Sending|Receiving): \S+ message")
+
+
+def quiet_flower_chatter(record: logging.LogRecord) -> bool:
+    """Logging filter: drop Flower's per-message INFO lines; keep warnings, errors and the rest."""
+    return record.levelno > logging.INFO or not CHATTER.match(record.getMessage())
+
+
 def main() -> None:
     poll_s = float(os.environ.get("CROSSFED_SUPERNODE_POLL_S", DEFAULT_POLL_S))
     heartbeat_s = float(os.environ.get("CROSSFED_SUPERNODE_HEARTBEAT_S", DEFAULT_HEARTBEAT_S))
     patch_polling(poll_s, heartbeat_s)
     patch_server_error_retries(int(os.environ.get("CROSSFED_SUPERNODE_500_RETRIES", DEFAULT_SERVER_ERROR_RETRIES)))
+    if os.environ.get("CROSSFED_SUPERNODE_VERBOSE", "0") != "1":
+        logging.getLogger("flwr").addFilter(quiet_flower_chatter)
     from flwr.supernode.cli import flower_supernode
 
     flower_supernode()

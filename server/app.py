@@ -20,7 +20,7 @@ from common.fusion import weighted_average
 from common.payload import ARRAYS, CONFIG, EVAL, METRICS, arrays_to_state, config_record, eval_record, state_to_arrays
 from server.federation import FederationError, PerPlatform, Tensors, run_federation
 from server.grid_tuning import tune_grid
-from server.messaging import Replies, broadcast, stragglers_for, wait_for_nodes
+from server.messaging import Replies, broadcast, node_label, quorum, stragglers_for, wait_for_nodes
 
 app = ServerApp()
 log = logging.getLogger("crossfed.server")
@@ -47,15 +47,25 @@ class GridTransport:
 
     def __init__(self, grid: Grid) -> None:
         self.grid = grid
+        self.started = False  # once a round has reached its platforms, later ones need fewer
+        self.names: dict[int, str] = {}  # node id -> platform, learned from replies (for failure lines)
+
+    def _nodes(self, cfg: AppConfig) -> list[int]:
+        """The connected platforms, once the run's quorum is met (``server.messaging.quorum``)."""
+        need, setting = quorum(cfg.fed, cfg.secure.min_cohort if cfg.secagg else None, self.started)
+        nodes = wait_for_nodes(self.grid, need, cfg.fed.node_wait_s, setting=setting)
+        self.started = True
+        return nodes
 
     def _broadcast(
         self, state: Tensors, cfg: AppConfig, rnd: int, message_type: str, splits: Sequence[str] = ()
     ) -> Replies:
-        nodes = wait_for_nodes(self.grid, cfg.fed.min_nodes, cfg.fed.node_wait_s)
+        nodes = self._nodes(cfg)
         content = RecordDict({ARRAYS: state_to_arrays(state), CONFIG: config_record(cfg, rnd)})
         if splits:
             content[EVAL] = eval_record(splits)
-        return broadcast(self.grid, nodes, content, message_type, rnd, cfg.fed.round_timeout_s, stragglers_for(cfg.fed))
+        return broadcast(self.grid, nodes, content, message_type, rnd, cfg.fed.round_timeout_s, stragglers_for(cfg.fed),
+                         self.names)  # fmt: skip
 
     def train_round(
         self, state: Tensors, cfg: AppConfig, rnd: int
@@ -72,8 +82,9 @@ class GridTransport:
                 if not np.isfinite(n) or n <= 0:
                     raise ValueError(f"`num-examples` must be a positive count, got {n}")
             except (KeyError, ValueError) as exc:  # left out of this round; the others are fused
-                failures.append(f"node {node_id}: malformed reply: {exc}")
-                log.error("round %d: node %d left out: malformed reply: %s", rnd, node_id, exc)
+                label = node_label(node_id, self.names)
+                failures.append(f"{label}: malformed reply: {exc}")
+                log.error("round %d: %s left out: malformed reply: %s", rnd, label, exc)
                 continue
             states.append(update)
             weights.append(n)

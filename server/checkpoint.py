@@ -21,14 +21,24 @@ checkpoint raises :class:`CheckpointError` naming the file and is never half-loa
 checkpoint written under a different config (say another ``lora.r``) is refused with the
 differing keys, except keys a resumed run may legitimately change
 (:data:`RESUMABLE_KEYS`, e.g. more ``num-server-rounds``).
+
+Digests stop corruption, not tampering: whoever can write the run folder can also
+recompute them. So the manifest also carries an HMAC-SHA256 over all of it (tensor
+digest included) under a key the coordinator keeps OUTSIDE the run folder
+(:func:`checkpoint_key`: ``$CROSSFED_CHECKPOINT_KEY`` or ``~/.crossfed/checkpoint.key``,
+32 random bytes made 0600 on first use). A checkpoint without it, under another key, or
+edited and re-hashed is refused with one line; nothing of it is used.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import hmac
 import json
 import math
 import os
+import secrets
 import tempfile
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -46,9 +56,14 @@ GROUPS = ("global", "optimizer", "best")  # tensor groups in the safetensors fil
 OPTIMIZER_DTYPES = (np.float32, np.float64)  # common.fusion keeps FedAdam moments in float64
 # Keys a resumed run may change without invalidating the saved state.
 RESUMABLE_KEYS = frozenset({
-    "num-server-rounds", "out-dir", "fed.resume", "fed.min-nodes", "fed.node-wait-s", "fed.round-timeout-s",
+    "num-server-rounds", "out-dir", "fed.resume", "fed.min-nodes", "fed.min-round-nodes", "fed.node-wait-s",
+    "fed.round-timeout-s",
     "fed.straggler-factor", "fed.straggler-min-s", "fed.resend-stragglers", "secure.stage-timeout-s",
 })  # fmt: skip
+
+KEY_ENV = "CROSSFED_CHECKPOINT_KEY"  # path of the coordinator's checkpoint key
+DEFAULT_KEY_FILE = "~/.crossfed/checkpoint.key"
+MAC_ALG = "HMAC-SHA256"
 
 Scalar = bool | int | float | str
 
@@ -106,12 +121,13 @@ class RunState:
 # ---------------------------------------------------------------------------- save
 
 
-def save_checkpoint(run_dir: Path, state: RunState) -> Path:
-    """Write ``state`` under ``run_dir`` atomically; returns the manifest path."""
+def save_checkpoint(run_dir: Path, state: RunState, key: bytes | None = None) -> Path:
+    """Write ``state`` under ``run_dir`` atomically, MAC'ed with ``key`` (default :func:`checkpoint_key`)."""
     from safetensors.numpy import save
 
     state.validate()
     run_dir = Path(run_dir)
+    key = checkpoint_key(outside=run_dir) if key is None else key
     run_dir.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, np.ndarray] = {}
     for group, values in _groups(state):
@@ -138,6 +154,7 @@ def save_checkpoint(run_dir: Path, state: RunState) -> Path:
         "state": body,
         "state_sha256": _digest(body),
     }
+    manifest["mac"] = {"alg": MAC_ALG, "key-id": key_id(key), "value": _mac(key, manifest)}
     path = run_dir / MANIFEST
     _atomic_write(path, (json.dumps(manifest, indent=1, sort_keys=True, allow_nan=False) + "\n").encode())
     for old in run_dir.glob(f"{TENSOR_PREFIX}*.safetensors"):  # only now is the previous one garbage
@@ -150,12 +167,16 @@ def save_checkpoint(run_dir: Path, state: RunState) -> Path:
 
 
 def load_checkpoint(
-    run_dir: Path, expected_config: Mapping[str, Scalar] | None, resumable_keys: Iterable[str] = RESUMABLE_KEYS
+    run_dir: Path,
+    expected_config: Mapping[str, Scalar] | None,
+    resumable_keys: Iterable[str] = RESUMABLE_KEYS,
+    key: bytes | None = None,
 ) -> RunState | None:
     """The saved state, or None if ``run_dir`` has no checkpoint; CheckpointError if it is bad.
 
     ``expected_config`` (the flat config of the run that wants to resume) must equal the
     saved one except for ``resumable_keys``; pass None to skip that check (inspection).
+    The manifest's MAC must verify under ``key`` (default :func:`checkpoint_key`).
     """
     from safetensors import SafetensorError
     from safetensors.numpy import load
@@ -164,6 +185,7 @@ def load_checkpoint(
     if not path.exists():
         return None
     manifest = _read_manifest(path)
+    verify_mac(path, manifest, checkpoint_key(outside=path.parent) if key is None else key)
     body = manifest["state"]
     if _digest(body) != manifest.get("state_sha256"):
         raise CheckpointError(f"{path}: the run state does not match its SHA-256 (altered or corrupt); refusing it")
@@ -233,6 +255,76 @@ def remove_checkpoint(run_dir: Path) -> None:
     (run_dir / MANIFEST).unlink(missing_ok=True)
     for old in run_dir.glob(f"{TENSOR_PREFIX}*.safetensors"):
         old.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------- MAC
+
+
+def checkpoint_key(path: Path | str | None = None, outside: Path | None = None) -> bytes:
+    """The coordinator's 32-byte checkpoint key; made (0600, its folder 0700) on first use.
+
+    ``path`` defaults to ``$CROSSFED_CHECKPOINT_KEY``, else ``~/.crossfed/checkpoint.key``.
+    A key inside ``outside`` (the run folder) is refused: whoever can rewrite the run
+    folder must not be able to read the key.
+    """
+    where = Path(path or os.environ.get(KEY_ENV) or DEFAULT_KEY_FILE).expanduser().resolve()
+    if outside is not None and where.is_relative_to(Path(outside).expanduser().resolve()):
+        raise CheckpointError(f"checkpoint key {where} lies inside the run folder {outside}; keep it outside "
+                              f"(set {KEY_ENV} to another path)")  # fmt: skip
+    if not where.exists():
+        _create_key(where)
+    try:
+        mode = where.stat().st_mode
+        text = where.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"checkpoint key {where}: unreadable ({exc})") from exc
+    if mode & 0o077:
+        raise CheckpointError(f"checkpoint key {where} is readable by others (mode {mode & 0o777:o}); "
+                              f"run `chmod 600 {where}`")  # fmt: skip
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise CheckpointError(f"checkpoint key {where}: expected 64 hex digits (32 bytes), got {len(text)} characters")
+    return key
+
+
+def key_id(key: bytes) -> str:
+    """A short public name of a key (it reveals nothing of the key), to tell keys apart in errors."""
+    return hashlib.sha256(b"crossfed checkpoint key id\0" + key).hexdigest()[:16]
+
+
+def verify_mac(path: Path, manifest: Mapping[str, Any], key: bytes) -> None:
+    """CheckpointError unless the manifest carries a valid MAC under ``key``."""
+    mac = manifest.get("mac")
+    if not isinstance(mac, dict) or mac.get("alg") != MAC_ALG or not isinstance(mac.get("value"), str):
+        raise CheckpointError(f"{path}: carries no {MAC_ALG} (written by an older crossfed, or stripped); refusing "
+                              "it: use a new run folder or fed.resume=false")  # fmt: skip
+    if mac.get("key-id") != key_id(key):
+        raise CheckpointError(f"{path}: signed with another checkpoint key (key id {mac.get('key-id')}, this "
+                              f"coordinator's is {key_id(key)}); refusing it")  # fmt: skip
+    if not hmac.compare_digest(mac["value"], _mac(key, manifest)):
+        raise CheckpointError(f"{path}: {MAC_ALG} does not match: the checkpoint was altered after it was written "
+                              "(edited or re-hashed); refusing it")  # fmt: skip
+
+
+def _mac(key: bytes, manifest: Mapping[str, Any]) -> str:
+    signed = {k: v for k, v in manifest.items() if k != "mac"}
+    return hmac.new(key, json.dumps(signed, sort_keys=True, allow_nan=False).encode(), hashlib.sha256).hexdigest()
+
+
+def _create_key(path: Path) -> None:
+    """32 random bytes as hex, 0600, created atomically (a concurrent creator's key wins, never half a key)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mkstemp files are 0600
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(secrets.token_hex(32) + "\n")
+        with contextlib.suppress(FileExistsError):  # another process made it first: keep theirs
+            os.link(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -33,6 +33,9 @@ log = logging.getLogger("crossfed.server")
 
 Tensors = Mapping[str, np.ndarray]
 PerPlatform = dict[str, dict[str, float]]
+# evaluate_round's key for the cohort's mean metrics when the platforms keep their own private
+# (secure aggregation): the platforms are then listed with no metrics, or those they chose to share.
+AGGREGATE = "*"
 
 
 class FederationError(RuntimeError):
@@ -61,13 +64,29 @@ class Transport(Protocol):
 
 @dataclass
 class Best:
-    """The best round so far by the mean validation metric."""
+    """The best round so far by the mean validation metric, among comparable rounds.
+
+    Comparable: the round's evaluation cohort is every platform that has evaluated in this
+    run so far. A round that misses a platform (dropped, late, restarted) is recorded but
+    never becomes the best and counts as a stale round for early stopping: its mean is over
+    other platforms, so it may beat a full round only because the weakest one was absent.
+    When the federation grows, the first round with the larger cohort becomes the best
+    (the earlier ones are no longer comparable). A round is taken only provisionally, with
+    no score, while no comparable round with a metric exists, so a run always saves one.
+    """
 
     round: int = 0
     score: float = -np.inf
     state: Mapping[str, np.ndarray] | None = None
     per_platform: dict[str, dict[str, float]] = field(default_factory=dict)
     mean: dict[str, float] = field(default_factory=dict)
+    cohort: list[str] = field(default_factory=list)
+
+    def improved_by(self, score: float, cohort: Sequence[str], platforms: set[str]) -> bool:
+        """Whether a round with this (signed) score and evaluation cohort becomes the best."""
+        if set(cohort) != platforms or not np.isfinite(score):
+            return self.state is None  # provisional: nothing better to keep yet
+        return sorted(cohort) != sorted(self.cohort) or not np.isfinite(self.score) or score > self.score
 
 
 def run_federation(transport: Transport, cfg: AppConfig) -> dict[str, Any]:
@@ -109,20 +128,24 @@ def run_federation(transport: Transport, cfg: AppConfig) -> dict[str, Any]:
                 loop.global_state, fused, loop.opt_state, cfg.fed.optimizer, cfg.fed.server_lr,
                 cfg.fed.server_momentum, (cfg.fed.adam_beta1, cfg.fed.adam_beta2), cfg.fed.adam_tau,
             )  # fmt: skip
-            per_platform, eval_failures = transport.evaluate_round(loop.global_state, cfg, rnd, round_splits)
-            mean = mean_metrics(per_platform)
+            evaluated, eval_failures = transport.evaluate_round(loop.global_state, cfg, rnd, round_splits)
+            per_platform, mean = split_mean(evaluated)
+            cohort = sorted(per_platform)
+            loop.platforms.update(cohort)
             score = sign * mean.get(f"valid.{cfg.fed.metric}", np.nan)
-            # No platform shares validation metrics (secure mode without opt-in): the latest is the best.
-            blind = f"valid.{cfg.fed.metric}" not in mean
-            improved = blind or bool(np.isfinite(score) and score > loop.best.score)
+            improved = loop.best.improved_by(score, cohort, loop.platforms)
             if improved:
-                loop.best = Best(rnd, score, loop.global_state, per_platform, mean)
+                loop.best = Best(rnd, score if np.isfinite(score) else -np.inf, loop.global_state, per_platform, mean,
+                                 cohort)  # fmt: skip
                 loop.stale = 0
             else:
                 loop.stale += 1
+                if set(cohort) != loop.platforms:
+                    log.info("round %d is not comparable for the best round: %s did not evaluate", rnd,
+                             ", ".join(sorted(loop.platforms - set(cohort))))  # fmt: skip
             loop.done = rnd
             append_round(out_dir, {
-                "round": rnd, "train": train_info, "eval": per_platform, "mean": mean,
+                "round": rnd, "train": train_info, "eval": per_platform, "mean": mean, "cohort": cohort,
                 "failures": train_failures + eval_failures, "improved": improved, "seconds": time.time() - t0,
             })  # fmt: skip
             save_checkpoint(out_dir, loop.run_state(cfg))  # the commit point of this round
@@ -133,15 +156,16 @@ def run_federation(transport: Transport, cfg: AppConfig) -> dict[str, Any]:
         raise FederationError("no round produced a finite validation metric; nothing to save")
     if "test" not in round_splits:
         tested, failures = transport.evaluate_round(best.state, cfg, best.round, ("test",))
+        tested, test_mean = split_mean(tested)
         for platform, metrics in tested.items():
             best.per_platform.setdefault(platform, {}).update(metrics)
-        best.mean = mean_metrics(best.per_platform)
+        best.mean = {**{k: v for k, v in best.mean.items() if not k.startswith("test.")}, **test_mean}
         if failures:
             log.warning("final test evaluation left out: %s", "; ".join(failures))
     save_adapter(scorer, best.state, out_dir / ADAPTER_DIR)
     summary = {
         "best_round": best.round, "rounds_run": loop.done, "resumed_after_round": loop.resumed_after,
-        "metric": f"valid.{cfg.fed.metric}",
+        "metric": f"valid.{cfg.fed.metric}", "best_cohort": best.cohort,
         "test": {p: _split(m, "test") for p, m in best.per_platform.items()},
         "valid": {p: _split(m, "valid") for p, m in best.per_platform.items()},
         "mean": best.mean, "seed": cfg.seed, "config": cfg.to_flat(),
@@ -149,8 +173,12 @@ def run_federation(transport: Transport, cfg: AppConfig) -> dict[str, Any]:
         "adapter_changed": not _same(initial_state, best.state),
     }  # fmt: skip
     write_summary(out_dir, summary)
-    table = platform_table(best.per_platform, best.mean, f"crossfed: test metrics of best round {best.round}")
-    print(table, flush=True)
+    shared = {p: m for p, m in best.per_platform.items() if m}  # a platform listed with no metrics kept them
+    private = sorted(set(best.per_platform) - set(shared))
+    title = f"crossfed: test metrics of best round {best.round}"
+    if private:
+        title += f" (kept private, in the mean only: {', '.join(private)})"
+    print(platform_table(shared, best.mean, title), flush=True)
     log.info("run written to %s", out_dir)
     return summary
 
@@ -165,6 +193,7 @@ class LoopState:
     stale: int = 0  # rounds without improvement (early stopping)
     done: int = 0  # rounds completed
     resumed_after: int | None = None  # the checkpoint's round when this run resumed
+    platforms: set[str] = field(default_factory=set)  # every platform that has evaluated in this run
 
     def run_state(self, cfg: AppConfig) -> RunState:
         # The server loop draws no random numbers (platforms seed by seed/platform/round and
@@ -174,7 +203,9 @@ class LoopState:
             optimizer_state=None if self.opt_state is None else OrderedDict(self.opt_state.items()),
             best_round=self.best.round, best_score=float(self.best.score),
             best_state=None if self.best.state is None else _f32(self.best.state),
-            best_metrics={"per_platform": self.best.per_platform, "mean": self.best.mean}, stale=self.stale,
+            best_metrics={"per_platform": self.best.per_platform, "mean": self.best.mean,
+                          "cohort": self.best.cohort, "platforms": sorted(self.platforms)},
+            stale=self.stale,
         )  # fmt: skip
 
 
@@ -198,14 +229,23 @@ def _start_or_resume(out_dir: Path, cfg: AppConfig, initial: Mapping[str, np.nda
         atomic_write_text(rounds_file, "".join(f"{line}\n" for line in kept))
     metrics = saved.best_metrics
     best = Best(saved.best_round, saved.best_score, saved.best_state, dict(metrics.get("per_platform", {})),
-                dict(metrics.get("mean", {})))  # fmt: skip
+                dict(metrics.get("mean", {})), list(metrics.get("cohort", [])))  # fmt: skip
     if saved.round >= cfg.num_server_rounds:
         log.warning("%s already holds all %d rounds of this run: re-testing its best round only (more rounds: "
                     "raise num-server-rounds; a fresh run: a new out-dir or fed.resume=false)", out_dir,
                     saved.round)  # fmt: skip
     else:
         log.info("resuming %s after round %d (best round %d)", out_dir, saved.round, saved.best_round)
-    return LoopState(saved.global_state, saved.optimizer_state, best, saved.stale, saved.round, saved.round)
+    return LoopState(saved.global_state, saved.optimizer_state, best, saved.stale, saved.round, saved.round,
+                     set(metrics.get("platforms", best.per_platform)))  # fmt: skip
+
+
+def split_mean(evaluated: Mapping[str, Mapping[str, float]]) -> tuple[PerPlatform, dict[str, float]]:
+    """(metrics by platform, their mean): the transport's secure mean when it sent one
+    (``AGGREGATE``), else the example-weighted mean of the platforms' own metrics."""
+    per_platform = {p: dict(m) for p, m in evaluated.items() if p != AGGREGATE}
+    mean = dict(evaluated[AGGREGATE]) if AGGREGATE in evaluated else mean_metrics(per_platform)
+    return per_platform, mean
 
 
 def mean_metrics(per_platform: Mapping[str, Mapping[str, float]]) -> dict[str, float]:

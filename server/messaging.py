@@ -10,20 +10,36 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 from common.config import FedSpec
-from common.payload import INFO
+from common.payload import INFO, METRICS
 from server.federation import FederationError
 
 log = logging.getLogger("crossfed.server")
 
 
-def wait_for_nodes(grid: Grid, min_nodes: int, timeout_s: float, poll_s: float = 1.0) -> list[int]:
+def quorum(fed: FedSpec, secure_min_cohort: int | None, started: bool) -> tuple[int, str]:
+    """(platforms to wait for, the setting that says so) before a round's exchange.
+
+    Starting the run needs ``fed.min-nodes``; once it runs, a round goes ahead with
+    ``fed.min-round-nodes`` (never more than min-nodes), so a platform that dies does not
+    stop the federation until it is back. Under secure aggregation never fewer than
+    ``secure.min-cohort``: a smaller cohort could not be summed anyway.
+    """
+    need, name = (fed.min_nodes, "fed.min-nodes") if not started else (
+        min(fed.min_round_nodes, fed.min_nodes), "fed.min-round-nodes")  # fmt: skip
+    if secure_min_cohort is not None and secure_min_cohort > need:
+        return secure_min_cohort, "secure.min-cohort"
+    return need, name
+
+
+def wait_for_nodes(grid: Grid, min_nodes: int, timeout_s: float, poll_s: float = 1.0,
+                   setting: str = "fed.min-nodes") -> list[int]:  # fmt: skip
     """Block until ``min_nodes`` platforms are connected; all connected ones are returned."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -32,7 +48,7 @@ def wait_for_nodes(grid: Grid, min_nodes: int, timeout_s: float, poll_s: float =
             return nodes
         if time.monotonic() > deadline:
             raise FederationError(
-                f"only {len(nodes)} platform(s) connected after {timeout_s:.0f} s, `fed.min-nodes` = {min_nodes}"
+                f"only {len(nodes)} platform(s) connected after {timeout_s:.0f} s, `{setting}` = {min_nodes}"
             )
         time.sleep(poll_s)
 
@@ -45,8 +61,32 @@ class Replies:
     failures: list[str] = field(default_factory=list)
 
     def platform(self, node_id: int) -> str:
-        info = self.ok[node_id].content.get(INFO)
-        return str(info["platform"]) if isinstance(info, ConfigRecord) and "platform" in info else str(node_id)
+        return platform_of(self.ok[node_id], node_id)
+
+
+def platform_of(reply: Message, node_id: int) -> str:
+    """The platform name a reply carries (its INFO record), else the node id."""
+    info = reply.content.get(INFO)
+    return str(info["platform"]) if isinstance(info, ConfigRecord) and "platform" in info else str(node_id)
+
+
+def node_label(node_id: int, names: Mapping[int, str] | None = None) -> str:
+    """``web_shop (node 123)`` once a reply told which platform a node is, else ``node 123``."""
+    name = (names or {}).get(node_id)
+    return f"{name} (node {node_id})" if name and name != str(node_id) else f"node {node_id}"
+
+
+def learn_names(names: dict[int, str], replies: Mapping[int, Message]) -> None:
+    """Remember which platform each replying node is, for later failure lines."""
+    for node_id, reply in replies.items():
+        if not reply.has_error():
+            names[node_id] = platform_of(reply, node_id)
+
+
+def shared_metrics(reply: Message) -> dict[str, float]:
+    """The metrics a platform chose to send (none when it keeps them private)."""
+    record = reply.content.get(METRICS)
+    return {k: float(v) for k, v in record.items()} if isinstance(record, MetricRecord) else {}  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -147,20 +187,27 @@ def broadcast(
     server_round: int,
     timeout_s: float,
     stragglers: Stragglers | None = None,
+    names: dict[int, str] | None = None,
 ) -> Replies:
-    """Send the same content to every node and gather what comes back in time."""
+    """Send the same content to every node and gather what comes back in time.
+
+    ``names`` (node id -> platform) labels failure lines and learns from this exchange's replies.
+    """
     nodes = list(nodes)
     messages = [Message(content, dst_node_id=n, message_type=message_type, group_id=str(server_round)) for n in nodes]
     replies = Replies()
     started = time.monotonic()
-    for node, reply in exchange(grid, messages, timeout_s, stragglers).items():
+    names = {} if names is None else names
+    received = exchange(grid, messages, timeout_s, stragglers)
+    learn_names(names, received)
+    for node, reply in received.items():
         if reply.has_error():
-            replies.failures.append(f"node {node}: {reply.error.reason}")
+            replies.failures.append(f"{node_label(node, names)}: {reply.error.reason}")
         else:
             replies.ok[node] = reply
     for n in nodes:
-        if n not in replies.ok and not any(f.startswith(f"node {n}:") for f in replies.failures):
-            replies.failures.append(f"node {n}: no reply after {time.monotonic() - started:.0f} s")
+        if n not in received:
+            replies.failures.append(f"{node_label(n, names)}: no reply after {time.monotonic() - started:.0f} s")
     for line in replies.failures:
         log.warning("round %d %s left out: %s", server_round, message_type, line)
     return replies

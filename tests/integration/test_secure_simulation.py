@@ -47,3 +47,8 @@ def test_secure_fusion_equals_plain_fusion_within_quantisation_bound(tmp_path: P
     for platform, metrics in sa["test"].items():
         for key in ("auc", "logloss", "hr@10", "ndcg@10"):
             assert abs(metrics[key] - sb["test"][platform][key]) < 1e-3, (platform, key)
+    # ... and the secure sum of evaluation metrics gives the plain example-weighted mean
+    for key in ("valid.auc", "valid.logloss", "valid.n", "test.auc", "test.hr@10", "test.rank-users"):
+        assert abs(sa["mean"][key] - sb["mean"][key]) < 1e-4, (key, sa["mean"][key], sb["mean"][key])
+    assert sb["best_cohort"] == sorted(sa["test"])
+    assert (tmp_path / "secure" / "private" / platforms[0] / "metrics.jsonl").is_file()  # each platform's own log

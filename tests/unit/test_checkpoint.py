@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
+import stat
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from server.checkpoint import (
+    KEY_ENV,
     MANIFEST,
     CheckpointError,
     RunState,
+    _digest,
     check_config,
+    checkpoint_key,
     load_checkpoint,
     remove_checkpoint,
     save_checkpoint,
@@ -257,3 +263,74 @@ def test_remove_checkpoint(tmp_path: Path) -> None:
     remove_checkpoint(tmp_path)
     assert load_checkpoint(tmp_path, CONFIG) is None
     assert not list(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------------------- tamper evidence (HMAC)
+
+
+def _rehash(path: Path, edit: Callable[[dict], None]) -> None:
+    """What an attacker with write access to the run folder can do: edit, then recompute every digest."""
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    manifest["state_sha256"] = _digest(manifest["state"])
+    path.write_text(json.dumps(manifest))
+
+
+def _scale_adapter(run: Path) -> Callable[[dict], None]:
+    from safetensors.numpy import load_file, save_file
+
+    def edit(manifest: dict) -> None:
+        tensor_file = run / manifest["tensors"]["file"]
+        tensors = {k: v * 100 for k, v in load_file(str(tensor_file)).items()}
+        save_file(tensors, str(tensor_file))
+        blob = tensor_file.read_bytes()
+        manifest["tensors"].update(sha256=hashlib.sha256(blob).hexdigest(), bytes=len(blob))
+
+    return edit
+
+
+@pytest.mark.parametrize("tamper", ["scale_adapter", "best_score", "strip_mac"])
+def test_tampered_and_rehashed_checkpoint_is_refused(tmp_path: Path, tamper: str) -> None:
+    # Prepare: a checkpoint, then an edit whose SHA-256 digests are all recomputed
+    key = bytes(range(32))
+    path = save_checkpoint(tmp_path, _state(), key=key)
+    if tamper == "scale_adapter":
+        _rehash(path, _scale_adapter(tmp_path))
+    elif tamper == "best_score":
+        _rehash(path, lambda m: m["state"].update(best_score=0.99))
+    else:
+        _rehash(path, lambda m: m.pop("mac"))
+    # Execute / Assert: one CheckpointError naming the manifest; the right key alone does not help
+    with pytest.raises(CheckpointError, match=rf"{MANIFEST}: .*(altered|no HMAC)"):
+        load_checkpoint(tmp_path, CONFIG, key=key)
+
+
+def test_untampered_checkpoint_loads_only_under_its_key(tmp_path: Path) -> None:
+    # Prepare
+    save_checkpoint(tmp_path, _state(), key=bytes(32))
+    # Execute / Assert: the positive twin, then the wrong-key negative
+    assert load_checkpoint(tmp_path, CONFIG, key=bytes(32)) is not None
+    with pytest.raises(CheckpointError, match="another checkpoint key"):
+        load_checkpoint(tmp_path, CONFIG, key=bytes([1] * 32))
+
+
+def test_checkpoint_key_is_made_0600_once_and_kept_outside_the_run(tmp_path: Path) -> None:
+    # Prepare
+    path = tmp_path / "home" / ".crossfed" / "checkpoint.key"
+    # Execute
+    first, second = checkpoint_key(path), checkpoint_key(path)
+    # Assert
+    assert first == second and len(first) == 32
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    with pytest.raises(CheckpointError, match="inside the run folder"):
+        checkpoint_key(path, outside=tmp_path / "home")
+    path.chmod(0o644)
+    with pytest.raises(CheckpointError, match="chmod 600"):
+        checkpoint_key(path)
+
+
+def test_default_key_comes_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, str(tmp_path / "keys" / "ckpt.key"))
+    save_checkpoint(tmp_path / "run", _state())
+    assert (tmp_path / "keys" / "ckpt.key").is_file()
+    assert load_checkpoint(tmp_path / "run", CONFIG) is not None

@@ -14,7 +14,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from common.config import ConfigError, FedSpec
-from server.messaging import Stragglers, broadcast, exchange, stragglers_for
+from server.messaging import Stragglers, broadcast, exchange, quorum, stragglers_for
 
 
 @pytest.fixture(autouse=True)
@@ -120,3 +120,18 @@ def test_broadcast_names_the_node_left_out_and_the_wait() -> None:
     replies = broadcast(grid, [1, 2], RecordDict(), "evaluate", 1, 30.0, Stragglers(1.0, 0.1, resend=False))
     assert sorted(replies.ok) == [1]
     assert len(replies.failures) == 1 and replies.failures[0].startswith("node 2: no reply after ")
+
+
+@pytest.mark.parametrize(
+    ("min_nodes", "min_round", "secure", "started", "expected"),
+    [
+        (3, 2, None, False, (3, "fed.min-nodes")),  # the README's start: all three platforms
+        (3, 2, None, True, (2, "fed.min-round-nodes")),  # later rounds survive one dead platform
+        (3, 2, 2, True, (2, "fed.min-round-nodes")),  # ... under secure aggregation too (t = 2 of 3)
+        (3, 1, 2, True, (2, "secure.min-cohort")),  # never below what secure aggregation can sum
+        (2, 5, None, True, (2, "fed.min-round-nodes")),  # capped at min-nodes
+    ],
+)
+def test_quorum_to_start_and_to_go_on(min_nodes, min_round, secure, started, expected) -> None:
+    fed = FedSpec(min_nodes=min_nodes, min_round_nodes=min_round)
+    assert quorum(fed, secure, started) == expected

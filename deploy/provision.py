@@ -1,0 +1,169 @@
+"""Start-up kits: one folder per platform and one for the coordinator, made by one command.
+
+In the spirit of NVIDIA FLARE's provisioning: instead of a dozen commands and hand copies
+(CA, server certificate, one key pair per platform, registration, node configs, ports),
+``crossfed deploy provision`` writes everything each party needs into its own folder; each
+folder is shipped to its machine as a whole and started with its ``start.sh``::
+
+    KITS/ca/                 ca.key: signs certificates; keep it offline, ship it nowhere
+    KITS/coordinator/        certs/ (ca.pem, server.pem, server.key), node-keys/*.pub,
+                             start.sh (SuperLink), register.sh (admit every platform), submit.sh
+    KITS/<platform>/         ca.pem, <platform>.key (0600) + .pub, <platform>.secagg.key (0600) + .pub,
+                             roster.json, start.sh (its SuperNode)
+
+Each platform's key pairs (Flower node authentication; the secure-aggregation identity) are made
+here by default (the kit is the secret: ship it like a password), and every platform kit gets
+the roster of all identities: provisioning is the out-of-band channel secure aggregation needs
+(the roster never travels through the coordinator). With ``keys_on_platform=True`` the kit holds
+no private key: ``start.sh`` makes both pairs on the platform the first time, prints the public
+files to send and stops; the operator registers the node key at the coordinator (``node-keys/``,
+``register.sh``), builds the roster from every ``.secagg.pub`` (``crossfed deploy roster``) and
+puts ``roster.json`` into every platform's folder. Every platform gets its own Runtime API port,
+so kits may share a host.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.secagg.identity import KEY_SUFFIX, PUB_SUFFIX, Identity, build_roster, save_identity
+from deploy.certs import CA_KEY, CertError, create_node_key, create_tls
+from deploy.launch import DEFAULT_RUNTIME_PORT, DEFAULT_SUPERLINK_PORT, config_string
+
+START = "start.sh"
+ROSTER = "roster.json"
+
+
+@dataclass(frozen=True)
+class Kits:
+    """Where each kit went."""
+
+    ca: Path
+    coordinator: Path
+    platforms: dict[str, Path] = field(default_factory=dict)
+
+
+def provision(
+    out: Path,
+    host: str,
+    platforms: Sequence[str],
+    *,
+    port: int = DEFAULT_SUPERLINK_PORT,
+    federation: str = "crossfed",
+    extra_names: Sequence[str] = (),
+    keys_on_platform: bool = False,
+    node_extra: Mapping[str, Any] | None = None,
+    first_runtime_port: int = DEFAULT_RUNTIME_PORT,
+) -> Kits:
+    """Write the kits under ``out`` (which must not hold kits yet: nothing is overwritten)."""
+    out = Path(out).expanduser().resolve()
+    names = list(platforms)
+    if not names or len(set(names)) != len(names):
+        raise CertError(f"`--platforms` must name distinct platforms, got {names}")
+    if out.exists() and any(out.iterdir()):
+        raise CertError(f"{out} is not empty: provision into a new folder (kits are never overwritten)")
+    kits = Kits(out / "ca", out / "coordinator", {p: out / p for p in names})
+    certs = kits.coordinator / "certs"
+    tls = create_tls(certs, host, tuple(extra_names))
+    kits.ca.mkdir(parents=True, mode=0o700)
+    shutil.move(str(tls.ca_key), kits.ca / CA_KEY)  # the coordinator runs without the CA's key
+    node_keys = kits.coordinator / "node-keys"
+    node_keys.mkdir()
+    address = f"{host}:{port}"
+    for i, (platform, folder) in enumerate(kits.platforms.items()):
+        folder.mkdir(parents=True)
+        shutil.copy(tls.ca_cert, folder / tls.ca_cert.name)
+        if not keys_on_platform:
+            key = create_node_key(folder, platform)
+            shutil.copy(key.public, node_keys / key.public.name)
+            save_identity(Identity.generate(platform), folder)
+        _script(folder / START, _platform_script(platform, address, first_runtime_port + i, keys_on_platform,
+                                                 node_extra or {}))  # fmt: skip
+    if not keys_on_platform:
+        roster = build_roster(kits.platforms[p] / f"{p}{PUB_SUFFIX}" for p in names).to_json()
+        for folder in kits.platforms.values():
+            (folder / ROSTER).write_text(roster)
+    _script(kits.coordinator / START, _superlink_script(port))
+    _script(kits.coordinator / "register.sh", _register_script(federation, port))
+    _script(kits.coordinator / "submit.sh", _submit_script(federation, port))
+    return kits
+
+
+def _script(path: Path, body: str) -> None:
+    path.write_text(body)
+    path.chmod(0o755)
+
+
+HEADER = """#!/bin/sh
+# Made by `crossfed deploy provision`. CROSSFED names the crossfed command (default: crossfed).
+set -e
+cd "$(dirname "$0")"
+CROSSFED=${CROSSFED:-crossfed}
+"""
+
+
+def _platform_script(platform: str, address: str, runtime_port: int, keygen: bool, extra: Mapping[str, Any]) -> str:
+    q = shlex.quote
+    key, ident = f"{platform}.key", f"{platform}{KEY_SUFFIX}"
+    keygen_step = f"""if [ ! -f {q(key)} ]; then  # the private keys are made here and never leave this machine
+  $CROSSFED deploy node-key --platform {q(platform)} --out .
+  $CROSSFED deploy identity --platform {q(platform)} --out .
+  echo "send $(pwd)/{key}.pub to the coordinator (its node-keys/ folder, then register.sh) and"
+  echo "$(pwd)/{platform}{PUB_SUFFIX} to the operator (the roster); then run $0 again"
+  exit 3
+fi
+if [ ! -f {ROSTER} ]; then
+  echo "no {ROSTER} here yet: the operator builds it from every platform's .secagg.pub (crossfed deploy roster)"
+  exit 3
+fi
+""" if keygen else ""  # fmt: skip
+    extras = "".join(f" --node-config {q(config_string({k: v}))}" for k, v in extra.items())
+    return (
+        HEADER
+        + f"""# The SuperNode of platform {platform}. DATA_DIR: its DATASET folder (default: the embedded
+# synthetic shops); DEVICE: cpu, cuda, auto. More flags (e.g. --node-config share-metrics=true) pass through.
+{keygen_step}exec $CROSSFED deploy supernode --platform {q(platform)} --superlink {q(address)} --certs . \\
+  --key {q(key)} --secagg-identity {q(ident)} --secagg-roster {ROSTER} \
+  --data "${{DATA_DIR:-}}" --device "${{DEVICE:-cpu}}" --runtime-port {runtime_port}{extras} "$@"
+"""
+    )
+
+
+def _superlink_script(port: int) -> str:
+    return (
+        HEADER
+        + f"""# The SuperLink (TLS + SuperNode authentication); state.db keeps registered nodes and runs.
+exec $CROSSFED deploy superlink --certs certs --database state.db --port {port} "$@"
+"""
+    )
+
+
+def _register_script(federation: str, port: int) -> str:
+    return (
+        HEADER
+        + f"""# Admit every platform's public key in node-keys/ (once the SuperLink is up; again after adding keys).
+status=0
+for pub in node-keys/*.key.pub; do
+  [ -e "$pub" ] || continue
+  $CROSSFED deploy register --key "$pub" --federation {shlex.quote(federation)} --superlink 127.0.0.1:{port} \\
+    --certs certs || status=1
+done
+exit $status
+"""
+    )
+
+
+def _submit_script(federation: str, port: int) -> str:
+    return (
+        HEADER
+        + f"""# Submit a run: ./submit.sh "num-server-rounds=10 fed.min-nodes=3 out-dir='/srv/run1'" [--stream]
+rc="$1"; shift
+exec $CROSSFED deploy submit --federation {shlex.quote(federation)} --superlink 127.0.0.1:{port} --certs certs \\
+  --run-config "$rc" "$@"
+"""
+    )
