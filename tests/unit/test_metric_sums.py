@@ -95,17 +95,18 @@ def test_best_round_only_among_comparable_cohorts(best, score, cohort, platforms
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_a_platform_lost_at_any_stage_leaves_the_mean_of_the_survivors(stage: str) -> None:
-    # Prepare: 3 platforms (t = 2), `web` (node 2) stops answering at `stage`
+    # Prepare: 4 platforms (t = 3 > 2n/3: one dropout is recovered), `web` (node 2) stops answering at `stage`
     config = SecAggConfig(min_cohort=2)
-    names = dict(enumerate(PLATFORMS, start=1))
+    platforms = {**PLATFORMS, "shop": {**PLATFORMS["app"], "valid.auc": 0.6, "valid.n": 15.0}}
+    names = dict(enumerate(platforms, start=1))
     inputs = {n: ({METRIC_VECTOR: v}, w) for n, (v, w) in
-              ((n, encode_metrics(PLATFORMS[p], ("valid",), 1.0)) for n, p in names.items())}  # fmt: skip
+              ((n, encode_metrics(platforms[p], ("valid",), 1.0)) for n, p in names.items())}  # fmt: skip
     manifest = Manifest.from_arrays({METRIC_VECTOR: np.zeros(vector_length(("valid",)), np.float32)})
     # Execute
     run = run_round(config, manifest, list(inputs), inputs, drops={stage: [2]})
     # Assert: the mean is exactly that of the platforms whose inputs are in the sum
     assert run.result is not None, run.abort_reason
-    survivors = {names[n]: PLATFORMS[names[n]] for n in run.result.survivors}
+    survivors = {names[n]: platforms[names[n]] for n in run.result.survivors}
     mean, _ = run.result.weighted_mean()
     decoded = decode_metric_sum(mean, run.result.total_weight, ("valid",), 1.0)
     for key, value in mean_metrics(survivors).items():
