@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from clients.trainer import EncodedSplit, ItemTable, encode_examples, encode_items, encode_ranking
+from clients.trainer import EncodedSplit, ItemTable, encode_examples, encode_items, encode_ranking, with_item_stats
 from common.config import AppConfig, DataSpec
 from common.data import DatasetError, PlatformData, discover_platforms, load_platform
+from common.item_stats import ItemStats
 from common.splits import PlatformSplits, RankingCase, SplitConfig, split_platform, thin_train
 
 PLATFORM_KEY = "platform"
@@ -99,6 +100,7 @@ class PreparedPlatform:
     ranking: tuple[EncodedSplit, int]  # test ranking: row c*(1+N) is case c's held-out like
     cases: list[RankingCase] = field(default_factory=list)  # the ranked cases behind ``ranking``, in order
     valid_ranking: tuple[EncodedSplit, int] | None = None  # the same protocol on validation likes
+    stats: ItemStats | None = None  # the catalogue's train statistics (scoring new rows needs them too)
 
     def rankings(self, splits: Sequence[str]) -> dict[str, tuple[EncodedSplit, int]]:
         """The ranking cases of each named split that has them."""
@@ -127,14 +129,19 @@ def prepare(
     table = encode_items(tokenizer, splits.items, max_length)
     users = user_index(splits)
     length = spec.history_len
+    train = encode_examples(table, users, splits.train, length, splits.implicit)
+    stats = ItemStats.from_train(len(table), train.items, train.labels, train.rated)  # type: ignore[arg-type]
+    ranking, width = encode_ranking(table, users, cases, length)
+    valid_ranking, valid_width = encode_ranking(table, users, _some(splits.valid_ranking, max_rank_users, seed), length)
     return PreparedPlatform(
         splits=splits, table=table, users=users,
-        train=encode_examples(table, users, splits.train, length, splits.implicit),
-        valid=encode_examples(table, users, splits.valid, length, splits.implicit),
-        test=encode_examples(table, users, splits.test, length, splits.implicit),
-        ranking=encode_ranking(table, users, cases, length),
+        train=with_item_stats(stats, train, train=True),
+        valid=with_item_stats(stats, encode_examples(table, users, splits.valid, length, splits.implicit)),
+        test=with_item_stats(stats, encode_examples(table, users, splits.test, length, splits.implicit)),
+        ranking=(with_item_stats(stats, ranking), width),
         cases=list(cases),
-        valid_ranking=encode_ranking(table, users, _some(splits.valid_ranking, max_rank_users, seed), length),
+        valid_ranking=(with_item_stats(stats, valid_ranking), valid_width),
+        stats=stats,
     )  # fmt: skip
 
 

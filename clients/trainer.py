@@ -12,6 +12,7 @@ The optimiser is rebuilt every round because the fused adapter replaces the weig
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from transformers import PreTrainedTokenizerBase
 
 from common.config import TrainSpec
 from common.data import Item
+from common.item_stats import NUM_ITEM_STATS, ItemStats
 from common.metrics import classification_metrics, ranking_metrics
 from common.modeling import PrivateParts, Scorer
 from common.splits import Example, RankingCase
@@ -73,19 +75,22 @@ class EncodedSplit:
     labels: np.ndarray  # (N,) float32 in {0, 1}: liked
     rated: np.ndarray | None = None  # (N,) float32 in {0, 1}: a real interaction (0 = sampled unrated item)
     implicit: bool = False  # implicit feedback: liked == interacted, so unrated rows are dislikes too
+    stats: np.ndarray | None = None  # (N, NUM_ITEM_STATS) float32 candidate statistics (zeros: none known)
 
     def __post_init__(self) -> None:
         if self.rated is None:
             self.rated = np.ones(len(self.labels), dtype=np.float32)
+        if self.stats is None:
+            self.stats = np.zeros((len(self.labels), NUM_ITEM_STATS), dtype=np.float32)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def take(self, rows: np.ndarray) -> EncodedSplit:
-        assert self.rated is not None
+        assert self.rated is not None and self.stats is not None
         return EncodedSplit(
             self.users[rows], self.items[rows], self.liked[rows], self.disliked[rows], self.labels[rows],
-            self.rated[rows], self.implicit,
+            self.rated[rows], self.implicit, self.stats[rows],
         )  # fmt: skip
 
     def like_rows(self, pick: bool) -> np.ndarray:
@@ -125,6 +130,12 @@ def encode_rows(
         rated=None if rated is None else np.asarray(rated, dtype=np.float32),
         implicit=implicit,
     )
+
+
+def with_item_stats(stats: ItemStats, data: EncodedSplit, train: bool = False) -> EncodedSplit:
+    """``data`` with its candidates' statistics set; ``train``: each row without its own interaction."""
+    own = (data.labels, data.rated) if train else (None, None)
+    return dataclasses.replace(data, stats=stats.features(data.items, *own))
 
 
 def encode_examples(
@@ -197,7 +208,8 @@ def _logits(
     them) plus the private parts; column 0 like, column 1 pick (when the model has it)."""
     users, items = _to(data.users, device), _to(data.items, device)
     cands, liked, disliked = (_to(r, device) for r in rows)
-    logits = scorer(vectors, cands, liked, disliked, part.private.user_vectors(users)).float()
+    assert data.stats is not None
+    logits = scorer(vectors, cands, liked, disliked, part.private.user_vectors(users), _to(data.stats, device)).float()
     like = logits[:, 0] + part.private.bias(items, users)
     if logits.shape[1] == 1:
         return like.unsqueeze(1)

@@ -36,6 +36,7 @@ class ModelSpec:
     private: str = "embed"  # per-platform parameters that never leave: "embed" (biases + vectors), "bias", "none"
     private_head: bool = False  # keep the scoring head private too (FedPer); else it is fused with the rest
     pick_head: bool = True  # a second output, "would the user pick this item at all"; ranking uses both
+    item_stats: bool = True  # the head also sees the candidate's train count and like-rate on this platform
 
     def __post_init__(self) -> None:
         _positive(self, "max_length", "model.max-length")

@@ -25,8 +25,9 @@ can be scored with one pass per item.
   LoRA B matrix private and fuses only the A matrices (FedSA-LoRA: A carries what is general,
   B what is platform-specific): a private share of the adapter.
 
-like(u, i) = head_0([u * v_i, u, v_i, counts]) + b_i + b_u and pick(u, i) = head_1(...) + c_i, with
-v_i = tower(text_i) + e_i and u = user([mean liked v, mean disliked v]) + p_u.
+like(u, i) = head_0([u * v_i, u, v_i, counts, stats_i]) + b_i + b_u and pick(u, i) = head_1(...) + c_i,
+with v_i = tower(text_i) + e_i, u = user([mean liked v, mean disliked v]) + p_u and stats_i the
+item's train count and like-rate on this platform (``model.item-stats``, :mod:`common.item_stats`).
 
 Loading a base model costs seconds, so :func:`load_scorer` caches one shared model per
 process and configuration; every round overwrites its trainable tensors.
@@ -49,6 +50,7 @@ from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTra
 from transformers.utils import logging as hf_logging
 
 from common.config import LoraSpec, ModelSpec
+from common.item_stats import NUM_ITEM_STATS
 
 DEFAULT_BASE = "default"
 TINY_BASE = "tiny-random"
@@ -123,8 +125,10 @@ class Scorer(nn.Module):
         self.tower = nn.Linear(hidden_size, dim)
         self.user = nn.Linear(2 * dim, dim)
         self.pick = spec.pick_head
+        self.item_stats = spec.item_stats
+        inputs = 3 * dim + NUM_COUNTS + (NUM_ITEM_STATS if spec.item_stats else 0)
         self.head = nn.Sequential(
-            nn.Dropout(spec.head_dropout), nn.Linear(3 * dim + NUM_COUNTS, dim), nn.GELU(),
+            nn.Dropout(spec.head_dropout), nn.Linear(inputs, dim), nn.GELU(),
             nn.Linear(dim, 2 if self.pick else 1),
         )  # fmt: skip
         self.private_head = spec.private_head
@@ -148,6 +152,7 @@ class Scorer(nn.Module):
         liked: torch.Tensor,  # (B, L) rows of ``vectors``, -1 = padding
         disliked: torch.Tensor,  # (B, L)
         user_residual: torch.Tensor | None = None,  # (B, dim) private per-user vectors
+        stats: torch.Tensor | None = None,  # (B, NUM_ITEM_STATS) the candidates' train statistics (common.item_stats)
     ) -> torch.Tensor:
         """(B, K) logits of the shared model: column 0 like, column 1 pick (when the model has it).
 
@@ -161,7 +166,12 @@ class Scorer(nn.Module):
         item = vectors[candidates]  # (B, dim)
         share = torch.where(n_liked + n_disliked > 0, n_liked / (n_liked + n_disliked).clamp(min=1.0), 0.5)
         counts = torch.stack([share, torch.log1p(n_liked), torch.log1p(n_disliked)], dim=-1)  # (B, 3)
-        return self.head(torch.cat([user * item, user, item, counts.to(item.dtype)], dim=-1))
+        features = [user * item, user, item, counts.to(item.dtype)]
+        if self.item_stats:
+            if stats is None:
+                raise ValueError("this model reads the candidates' item statistics (`model.item-stats`); none given")
+            features.append(stats.to(item.dtype))
+        return self.head(torch.cat(features, dim=-1))
 
 
 def _history_mean(vectors: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -34,12 +34,12 @@ from typing import Protocol
 
 import numpy as np
 
+from common.item_stats import smoothed_rate
 from common.metrics import classification_metrics, ranking_metrics
 from common.splits import Example, PlatformSplits, RankingCase
 from simulations.mf import MFModel, central_item_id, fit_central_mf, fit_mf
 
 BASELINES = ("liked-share", "popularity", "like-rate", "mf", "mf-central")
-PRIOR_STRENGTH = 5.0  # like-rate smoothing: pseudo-interactions at the platform's mean rate
 
 
 class Query(Protocol):
@@ -60,11 +60,6 @@ def liked_share(liked: Sequence[str], disliked: Sequence[str]) -> float:
     """|liked| / (|liked| + |disliked|); 0.5 for an empty history."""
     total = len(liked) + len(disliked)
     return len(liked) / total if total else 0.5
-
-
-def smoothed_rate(likes: float, count: float, prior: float, strength: float = PRIOR_STRENGTH) -> float:
-    """(likes + strength * prior) / (count + strength): the prior for an unseen item, the raw rate when well seen."""
-    return (likes + strength * prior) / (count + strength)
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, steps: int = 50, ridge: float = 1e-6) -> tuple[float, float]:

@@ -121,6 +121,8 @@ ARMS: dict[str, Arm] = {a.name: a for a in (
         about="FedAdam, server lr 0.01, betas (0.9, 0.99), tau 1e-3"),
     Arm("freeze-a", "federated", {"lora.freeze-a": True},
         about="exact LoRA fusion: A frozen at its seeded init, fused B.A = mean of the platforms' B.A"),
+    Arm("no-item-stats", "federated", {"model.item-stats": False},
+        about="federated without the item statistics (train count, like-rate) as head features"),
     Arm("like-only", "federated", {"model.pick-head": False, "data.train-unseen-negatives": 0},
         about="federated with the like output only, trained on real ratings (no pick output, no unrated rows)"),
     Arm("no-dropout", "federated", {"lora.dropout": 0.0, "model.head-dropout": 0.0}, about="no dropout"),
@@ -136,8 +138,8 @@ ARMS: dict[str, Arm] = {a.name: a for a in (
         "platforms, tuned on validation: upper bound a privacy law forbids: raw data and user ids pooled"),
 )}  # fmt: skip
 MAIN_ARMS = ("local", "federated", "fed+personal", "fed+finetune", "fed+mix", "pooled")
-LEVER_ARMS = ("fed+private-b", "fed-text-only", "local-text-only", "fed-bias-only", "like-only", "fedprox", "fedavgm",
-              "fedadam", "freeze-a")  # fmt: skip
+LEVER_ARMS = ("fed+private-b", "fed-text-only", "local-text-only", "fed-bias-only", "like-only", "no-item-stats",
+              "fedprox", "fedavgm", "fedadam", "freeze-a")  # fmt: skip
 BASELINE_ARMS = ("untrained", "liked-share", "popularity", "like-rate", "mf", "mf-central")
 DEFAULT_ARMS = (*MAIN_ARMS, *LEVER_ARMS, *BASELINE_ARMS)
 

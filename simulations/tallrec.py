@@ -168,7 +168,8 @@ def run_tallrec(opts: TallrecOptions) -> dict[str, Any]:
         raise ConfigError(f"`--size` must be one of {', '.join(SIZES)}, got {opts.size!r}")
     preset = SIZES[opts.size]
     # TALLRec asks like or dislike of rated items only: no unrated rows, so no pick output to train
-    overrides = {"model.pick-head": False, **preset["overrides"]}
+    # (and its few-shot train split makes item statistics noise: the item features stay off too)
+    overrides = {"model.pick-head": False, "model.item-stats": False, **preset["overrides"]}
     if opts.base_model:
         overrides["model.base"] = opts.base_model
     overrides.update(opts.overrides or {})

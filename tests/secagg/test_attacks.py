@@ -404,7 +404,7 @@ def test_a_malformed_plain_reply_is_left_out(federation: Any, tmp_path: Path) ->
 
     fused, info, failures = GridTransport(HandlerGrid(_contexts(clear), up=up)).train_round(state, cfg, 1)
     assert sorted(info) == ["app", "social_shop"] and list(fused) == list(state)
-    assert any("node 103: malformed reply: tensor names differ" in f for f in failures), failures
+    assert any("(node 103): malformed reply: tensor names differ" in f for f in failures), failures
 
 
 def _context_of(request: Message) -> bytes:

@@ -28,7 +28,8 @@ def _scores(scorer, tokenizer) -> np.ndarray:
     with torch.no_grad():
         vectors = scorer.item_vectors(enc["input_ids"], enc["attention_mask"])
         liked, disliked = torch.tensor([[2], [2]]), torch.tensor([[-1], [-1]])
-        return scorer(vectors, torch.tensor([0, 1]), liked, disliked).numpy()
+        stats = torch.tensor([[1.0, 0.1], [0.0, -0.1]])  # the candidates' train count and like-rate features
+        return scorer(vectors, torch.tensor([0, 1]), liked, disliked, stats=stats).numpy()
 
 
 def _perturbed(state: dict, seed: int) -> dict:
