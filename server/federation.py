@@ -27,7 +27,7 @@ from common.fusion import server_update
 from common.metrics import weighted_mean
 from common.modeling import build_scorer, get_trainable_state, save_adapter
 from server.checkpoint import CheckpointError, RunState, load_checkpoint, remove_checkpoint, save_checkpoint
-from server.outputs import ADAPTER_DIR, ROUNDS_FILE, append_round, atomic_write_text, platform_table, write_summary
+from server.outputs import ADAPTER_DIR, ROUNDS_FILE, RoundLog, atomic_write_text, platform_table, write_summary
 
 log = logging.getLogger("crossfed.server")
 
@@ -70,8 +70,11 @@ class Best:
     mean: dict[str, float] = field(default_factory=dict)
 
 
-def run_federation(transport: Transport, cfg: AppConfig) -> dict[str, Any]:
+def run_federation(transport: Transport, cfg: AppConfig, table: bool = True) -> dict[str, Any]:
     """R rounds of train -> fuse -> evaluate; writes rounds.jsonl, summary.json and the adapter.
+
+    ``table``: print the per-platform test table at the end (a caller that prints its own, such as
+    ``crossfed simulate`` with its local baseline, turns it off).
 
     After every round the run state is checkpointed in the run folder; a run started on a
     folder that holds a checkpoint (``fed.resume = true``, the default) continues after its
@@ -89,7 +92,7 @@ def run_federation(transport: Transport, cfg: AppConfig) -> dict[str, Any]:
     # rounds evaluate validation only, and the best adapter is tested once at the end.
     round_splits = ("valid", "test") if cfg.eval.test_every_round else ("valid",)
     log.info("crossfed: %d rounds, %d adapter+head parameters", cfg.num_server_rounds, _size(loop.global_state))
-    with Progress(transient=False) as progress:
+    with Progress(transient=False) as progress, RoundLog(out_dir) as rounds_log:
         task = progress.add_task("federated rounds", total=cfg.num_server_rounds, completed=loop.done)
         for rnd in range(loop.done + 1, cfg.num_server_rounds + 1):
             if cfg.fed.patience and loop.stale >= cfg.fed.patience:
@@ -100,7 +103,7 @@ def run_federation(transport: Transport, cfg: AppConfig) -> dict[str, Any]:
                 fused, train_info, train_failures = transport.train_round(loop.global_state, cfg, rnd)
             except RoundAborted as exc:  # nothing fused: keep the adapter, try again next round
                 log.warning("round %d aborted, keeping the previous adapter: %s", rnd, exc)
-                append_round(out_dir, {"round": rnd, "aborted": str(exc), "seconds": time.time() - t0})
+                rounds_log.append({"round": rnd, "aborted": str(exc), "seconds": time.time() - t0})
                 loop.done = rnd
                 save_checkpoint(out_dir, loop.run_state(cfg))
                 progress.update(task, advance=1, description=f"round {rnd}: aborted")
@@ -121,7 +124,7 @@ def run_federation(transport: Transport, cfg: AppConfig) -> dict[str, Any]:
             else:
                 loop.stale += 1
             loop.done = rnd
-            append_round(out_dir, {
+            rounds_log.append({
                 "round": rnd, "train": train_info, "eval": per_platform, "mean": mean,
                 "failures": train_failures + eval_failures, "improved": improved, "seconds": time.time() - t0,
             })  # fmt: skip
@@ -149,8 +152,9 @@ def run_federation(transport: Transport, cfg: AppConfig) -> dict[str, Any]:
         "adapter_changed": not _same(initial_state, best.state),
     }  # fmt: skip
     write_summary(out_dir, summary)
-    table = platform_table(best.per_platform, best.mean, f"crossfed: test metrics of best round {best.round}")
-    print(table, flush=True)
+    if table:
+        print(platform_table(best.per_platform, best.mean, f"crossfed: test metrics of best round {best.round}"),
+              flush=True)  # fmt: skip
     log.info("run written to %s", out_dir)
     return summary
 
