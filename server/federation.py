@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -197,8 +198,7 @@ def _start_or_resume(out_dir: Path, cfg: AppConfig, initial: Mapping[str, np.nda
         raise CheckpointError(f"{out_dir}: the checkpoint's adapter does not fit this model; use a new run folder")
     # A crash between a round's rounds.jsonl line and its checkpoint reruns that round: drop its line.
     if rounds_file.exists():
-        kept = [line for line in rounds_file.read_text().splitlines()
-                if line.strip() and json.loads(line).get("round", 0) <= saved.round]  # fmt: skip
+        kept = [line for line in rounds_file.read_text().splitlines() if _round_of(line) <= saved.round]
         atomic_write_text(rounds_file, "".join(f"{line}\n" for line in kept))
     metrics = saved.best_metrics
     best = Best(saved.best_round, saved.best_score, saved.best_state, dict(metrics.get("per_platform", {})),
@@ -210,6 +210,14 @@ def _start_or_resume(out_dir: Path, cfg: AppConfig, initial: Mapping[str, np.nda
     else:
         log.info("resuming %s after round %d (best round %d)", out_dir, saved.round, saved.best_round)
     return LoopState(saved.global_state, saved.optimizer_state, best, saved.stale, saved.round, saved.round)
+
+
+def _round_of(line: str) -> float:
+    """The round of a rounds.jsonl line; a torn last line (killed mid-append) counts as not done."""
+    try:
+        return float(json.loads(line).get("round", 0)) if line.strip() else math.inf
+    except json.JSONDecodeError:
+        return math.inf
 
 
 def mean_metrics(per_platform: Mapping[str, Mapping[str, float]]) -> dict[str, float]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from common.files import result_mode
-from simulations.console import EXIT_INTERRUPTED, INTERRUPTED
+from simulations.console import EXIT_INTERRUPTED, INTERRUPTED, session_pids
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--base-model", "tiny-random", "--set", "train.max-examples=32", "--set", "eval.max-rank-users=2",
@@ -58,21 +58,6 @@ def test_piped_simulate_is_quiet_and_ends_with_local_vs_federated(tmp_path: Path
         assert (out / name).stat().st_mode & 0o777 == result_mode(), name
 
 
-def _session_members(sid: int) -> list[int]:
-    """Pids of live processes in session ``sid`` (field 6 of /proc/<pid>/stat; the child's pid, as it
-    called setsid)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[3]) == sid and fields[0] != "Z":
-                pids.append(int(entry.name))
-    return pids
-
-
 def test_first_ctrl_c_stops_simulate_cleanly(tmp_path: Path) -> None:
     # Prepare: a long run; wait until its first round is checkpointed
     out = tmp_path / "run"
@@ -91,7 +76,7 @@ def test_first_ctrl_c_stops_simulate_cleanly(tmp_path: Path) -> None:
             assert proc.poll() is None, log_err.read_text()[-3000:]
             assert (out / "checkpoint.json").exists(), "no round completed in time"
             (child,) = _children(proc.pid)  # the command itself runs in a child, in a session of its own
-            assert len(_session_members(child)) > 1  # ... with Ray's processes in that session
+            assert len(session_pids(child)) > 1  # ... with Ray's processes in that session
             before = log_err.stat().st_size
             # Execute: one Ctrl-C, as a terminal sends it to the foreground process
             proc.send_signal(signal.SIGINT)
@@ -103,9 +88,9 @@ def test_first_ctrl_c_stops_simulate_cleanly(tmp_path: Path) -> None:
     after = log_err.read_text()[before:]
     assert rc == EXIT_INTERRUPTED
     assert after.strip().splitlines() == [INTERRUPTED], after[-3000:]
-    assert _session_members(child) == []
+    assert session_pids(child) == []
     state = json.loads((out / "checkpoint.json").read_text())
-    assert state["round"] >= 1
+    assert state["state"]["round"] >= 1
 
 
 def _children(parent: int) -> list[int]:
