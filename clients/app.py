@@ -9,9 +9,11 @@ which leaves this platform out of the round; nothing else about the platform is 
 from __future__ import annotations
 
 import logging
+import os
 
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.logger import update_console_handler
 
 from clients import secure
 from clients.platform import PARTITION_KEY, resolve_node
@@ -36,6 +38,8 @@ from common.secagg import SecAggError
 from common.secure_wire import SECAGG_ACTION
 
 log = logging.getLogger("crossfed.client")
+if os.environ.get("NO_COLOR"):  # the no-color.org convention; `crossfed` sets it unless --verbose on a terminal
+    update_console_handler(colored=False)  # Flower colours its level names even when not on a terminal
 
 # Errors a platform operator can act on; anything else is a bug and keeps its traceback.
 OPERATOR_ERRORS = (

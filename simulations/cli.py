@@ -203,9 +203,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     them); a Python caller passing ``argv`` runs every command in its own process."""
     from_shell = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = next((a for a in argv if not a.startswith("-")), None)
-    args = build_parser(command).parse_args(argv)
-    args.verbose = bool(getattr(args, "verbose", False))
+    rest = [a for a in argv if a != "--verbose"]  # anywhere: `crossfed simulate ... --verbose` reads naturally
+    command = next((a for a in rest if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(rest)
+    args.verbose = args.verbose or len(rest) < len(argv)
     console.setup_console(args.verbose)
     if from_shell and args.command in SUPERVISED and not console.supervised():
         return console.supervise(argv)
