@@ -321,7 +321,7 @@ def summary_table(report: Mapping[str, Any]) -> str:
             mean = by_arm.get(arm, {}).get("mean", {})
             cells += [_cell(mean.get("auc")), _cell(mean.get("ndcg@10"))]
         rows.append(cells)
-    title = "crossfed compare: mean test metrics per arm (per platform and paired intervals: report.md)"
+    title = "mean test metrics per arm (more in report.md)"
     return render_table(title, columns, rows, width=160)
 
 

@@ -87,7 +87,7 @@ def test_compare_summary_is_one_table_with_a_row_per_arm() -> None:
     # Assert
     rows = [line for line in text.splitlines() if "0.6123 ± 0.0100" in line]
     assert [r.split()[1] for r in rows] == ["local", "federated"]
-    assert "full AUC" in text and "scarce NDCG@10" in text and text.count("crossfed compare") == 1
+    assert "full AUC" in text and "scarce NDCG@10" in text and text.count("mean test metrics per arm") == 1
     assert "–" in rows[1]  # federated has no scarce record
 
 
