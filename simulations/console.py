@@ -41,6 +41,7 @@ QUIET_ENV = {
     "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning",
     "TRANSFORMERS_VERBOSITY": "error",
     "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",  # silences Ray's "Tip: in future versions..." warning
+    "CROSSFED_QUIET": "1",  # = clients.app.QUIET_ENV: the ClientApp hides Flower's actor-shutdown warnings
 }
 NO_COLOUR_ENV = {"RAY_COLOR_PREFIX": "0", "NO_COLOR": "1"}
 

@@ -37,7 +37,7 @@ def test_piped_simulate_is_quiet_and_ends_with_local_vs_federated(tmp_path: Path
     text = result.stdout + result.stderr
     assert result.returncode == 0, text[-3000:]
     assert "DEBUG" not in text and "FutureWarning" not in text and "DeprecationWarning" not in text
-    assert "Tip:" not in text and not ESCAPE.search(text), text
+    assert "Tip:" not in text and "Manually terminating" not in text and not ESCAPE.search(text), text
     logged = [line for line in text.splitlines() if line.startswith(("INFO", "WARNING"))]
     assert len(logged) == len(set(logged)), logged
     assert "only" not in text or "SuperNodes" not in text  # one SuperNode per platform: no warning
