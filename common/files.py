@@ -3,7 +3,8 @@
 The rule: what a run writes for people and tools to read (datasets, rounds.jsonl,
 summary.json, adapters, plots, checkpoints, TensorBoard logs) gets the mode any ``open()``
 gives, ``0o666`` less the umask (0644 under the usual umask 022); secrets (private keys,
-written by ``deploy.certs``) get 0600 and are never widened. ``tempfile.mkstemp`` creates
+written by ``deploy.certs``) and a platform's private per-user/per-item parameters
+(``clients.private_state``) stay 0600 and are never widened. ``tempfile.mkstemp`` creates
 its file 0600, so an atomic writer must set the mode before the rename, or results end up
 0600 next to 0644 files written by ``open()`` (as safetensors does).
 """
@@ -38,6 +39,15 @@ def result_mode() -> int:
 def result_dir_mode() -> int:
     """Mode of a result folder: ``0o777`` less the umask (``tempfile.mkdtemp`` makes it 0700)."""
     return 0o777 & ~umask()
+
+
+def set_result_modes(folder: Path) -> None:
+    """Give every file directly in ``folder`` :func:`result_mode` (for writers that create their
+    files 0600 themselves, as ``safetensors.save_file`` does)."""
+    mode = result_mode()
+    for path in folder.iterdir():
+        if path.is_file():
+            path.chmod(mode)
 
 
 def atomic_write_bytes(path: Path, data: bytes, *, mode: int | None = None, fsync: bool = False) -> None:

@@ -54,7 +54,9 @@ def test_piped_simulate_is_quiet_and_ends_with_local_vs_federated(tmp_path: Path
     assert {"test.auc", "valid.auc"} <= set(rounds[0]["eval"]["app"])
     assert (out / "rounds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # ... one rule for file modes: results are 0666 less the umask (no stray 0600)
-    for name in ("rounds.jsonl", "summary.json", "checkpoint.json", "local_vs_federated.json", "rounds.png"):
+    names = ("rounds.jsonl", "summary.json", "checkpoint.json", "local_vs_federated.json", "rounds.png",
+             "adapter/adapter_model.safetensors", "adapter/head.safetensors")  # fmt: skip
+    for name in names:
         assert (out / name).stat().st_mode & 0o777 == result_mode(), name
 
 
