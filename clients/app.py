@@ -9,10 +9,12 @@ which leaves this platform out of the round; nothing else about the platform is 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.logger import update_console_handler
 
 from clients import secure
 from clients.metrics_log import append_metrics
@@ -39,6 +41,21 @@ from common.secagg import SecAggError
 from common.secure_wire import SECAGG, SECAGG_ACTION
 
 log = logging.getLogger("crossfed.client")
+QUIET_ENV = "CROSSFED_QUIET"  # set by `crossfed` (simulations.console) unless --verbose; Ray actors inherit it
+
+
+class _HideActorShutdown(logging.Filter):
+    """Flower's simulation stops every ClientApp actor with a WARNING ("Manually terminating
+    ClientAppActor"), one per actor at every normal end of a run: nothing to act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Manually terminating")
+
+
+if os.environ.get("NO_COLOR"):  # the no-color.org convention; `crossfed` sets it unless --verbose on a terminal
+    update_console_handler(colored=False)  # Flower colours its level names even when not on a terminal
+if os.environ.get(QUIET_ENV) == "1":
+    logging.getLogger("flwr").addFilter(_HideActorShutdown())
 
 # Errors a platform operator can act on; anything else is a bug and keeps its traceback.
 OPERATOR_ERRORS = (

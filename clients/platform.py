@@ -78,7 +78,7 @@ def split_config(spec: DataSpec, seed: int) -> SplitConfig:
 
 def load_splits(setup: NodeSetup, spec: DataSpec, seed: int) -> PlatformSplits:
     if setup.data_dir:
-        data = load_platform(Path(setup.data_dir), setup.platform)
+        data = load_platform(Path(setup.data_dir), setup.platform, spec.scale)
     else:
         synthetic = _synthetic(seed)
         if setup.platform not in synthetic:

@@ -17,6 +17,8 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any, get_type_hints
 
+from common.data import parse_rating_scale
+
 Scalar = bool | int | float | str
 PRIVATE_KINDS = ("embed", "bias", "none")
 
@@ -106,13 +108,23 @@ class DataSpec:
     train_unseen_negatives: int = 1  # explicit ratings: unrated items per rated train example (pick negatives)
     rank_negatives: int = 99
     max_users: int = 0  # 0 = every user
+    rating_scale: str = ""  # "lowest,highest" of explicit ratings ("1,5"): one outside is refused; "" = unchecked
 
     def __post_init__(self) -> None:
+        try:
+            parse_rating_scale(self.rating_scale)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         _positive(self, "history_len", "data.history-len")
         _positive(self, "negatives_per_positive", "data.negatives-per-positive")
         _non_negative(self, "train_unseen_negatives", "data.train-unseen-negatives")
         _positive(self, "rank_negatives", "data.rank-negatives")
         _non_negative(self, "max_users", "data.max-users")
+
+    @property
+    def scale(self) -> tuple[float, float] | None:
+        """``rating_scale`` parsed: (lowest, highest), or None when not declared."""
+        return parse_rating_scale(self.rating_scale)
 
 
 @dataclass(frozen=True)

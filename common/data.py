@@ -24,14 +24,16 @@ import csv
 import io
 import logging
 import math
-import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
+
+from common.files import atomic_write_bytes, result_dir_mode
 
 USER_COL = "user_id"
 ITEM_COL = "item_id"
@@ -43,6 +45,10 @@ TEXT_COL = "text"
 
 ITEMS_FILE = "items.csv"
 INTERACTIONS_FILE = "interactions.csv"
+
+# Clocks disagree and exports use local time: a timestamp up to a day ahead of this machine is
+# accepted; later ones are refused (a typo'd year, milliseconds read as seconds).
+FUTURE_SLACK_S = 86_400.0
 
 # Per field: a 5,000-character description loads; an unclosed quote that swallows the rest of
 # a large file into one field is reported where it starts instead of crashing in ``csv``.
@@ -192,17 +198,27 @@ def _number(raw: str, path: Path, line: int, field: str) -> float:
     return value
 
 
-def parse_timestamp(raw: str, path: Path, line: int) -> float:
+def parse_timestamp(raw: str, path: Path, line: int, now: float | None = None) -> float:
     """Unix seconds (int or float) or ISO-8601 date/datetime; naive datetimes are taken as UTC.
 
     Times before 1970 are refused: in an interaction log they are almost always a placeholder
     such as ``-1`` for "unknown", which would silently sort first in every user's history.
+    Times more than :data:`FUTURE_SLACK_S` after ``now`` (default: this machine's clock) are
+    refused too: milliseconds read as seconds, or a typo'd year, would sort last in every
+    history and so become the test interaction of leave-last-out.
     """
     seconds = _seconds(raw.strip(), path, line)
     if seconds < 0:
         raise DatasetError.at(
             path, "negative timestamp", line=line, field=TIME_COL,
             expected="a time at or after 1970-01-01 (unix seconds >= 0)", got=raw,
+        )  # fmt: skip
+    latest = (time.time() if now is None else now) + FUTURE_SLACK_S
+    if seconds > latest:
+        limit = datetime.fromtimestamp(latest, UTC).isoformat(timespec="seconds")
+        raise DatasetError.at(
+            path, "timestamp in the future", line=line, field=TIME_COL,
+            expected=f"a time before {limit} (unix seconds, not milliseconds)", got=raw,
         )  # fmt: skip
     return seconds
 
@@ -298,8 +314,42 @@ def _warn_duplicates(path: Path, dropped: Sequence[Duplicate], value_col: str | 
     )  # fmt: skip
 
 
-def parse_interactions(text: str, path: Path, items: dict[str, Item]) -> tuple[list[Interaction], Feedback]:
-    """The platform's interactions in file order, repeated rows dropped (one warning), and its feedback kind."""
+RatingScale = tuple[float, float]
+
+
+def parse_rating_scale(raw: str) -> RatingScale | None:
+    """``data.rating-scale`` (``"1,5"``: lowest, highest) as a pair; ``""`` = not declared (unchecked).
+
+    Raises ValueError with a message naming the setting (the config layer turns it into a ConfigError).
+    """
+    if not raw.strip():
+        return None
+    parts = raw.split(",")
+    try:
+        low, high = (float(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"`data.rating-scale` must be 'lowest,highest' such as '1,5', got {raw!r}") from None
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ValueError(f"`data.rating-scale` must have finite lowest < highest, got {raw!r}")
+    return low, high
+
+
+def _check_rating(value: float, scale: RatingScale | None, raw: str, path: Path, line: int) -> None:
+    if scale is not None and not scale[0] <= value <= scale[1]:
+        raise DatasetError.at(
+            path, "rating outside the declared scale", line=line, field=RATING_COL,
+            expected=f"a rating from {_fmt(scale[0])} to {_fmt(scale[1])} (data.rating-scale)", got=raw,
+        )  # fmt: skip
+
+
+def parse_interactions(
+    text: str, path: Path, items: dict[str, Item], rating_scale: RatingScale | None = None
+) -> tuple[list[Interaction], Feedback]:
+    """The platform's interactions in file order, repeated rows dropped (one warning), and its feedback kind.
+
+    ``rating_scale`` (lowest, highest), when declared, refuses a rating outside it: a 99 on a
+    1-5 scale would be a like by any threshold and silently bias training.
+    """
     header, rows = _rows(text, path, (USER_COL, ITEM_COL, TIME_COL))
     feedback = _feedback(header, path)
     parsed: list[tuple[int, Interaction]] = []
@@ -314,6 +364,7 @@ def parse_interactions(text: str, path: Path, items: dict[str, Item]) -> tuple[l
         value: float | None = None
         if feedback == "rating":
             value = _number(row[RATING_COL].strip(), path, line, RATING_COL)
+            _check_rating(value, rating_scale, row[RATING_COL], path, line)
         elif feedback == "label":
             value = _number(row[LABEL_COL].strip(), path, line, LABEL_COL)
             if value not in (0.0, 1.0):
@@ -349,19 +400,21 @@ def discover_platforms(root: Path) -> list[str]:
     return names
 
 
-def load_platform(root: Path, name: str) -> PlatformData:
+def load_platform(root: Path, name: str, rating_scale: RatingScale | None = None) -> PlatformData:
     folder = _platform_dir(root, name)
     if not folder.is_dir():
         raise DatasetError.at(folder, "platform folder not found")
     items_path, inter_path = folder / ITEMS_FILE, folder / INTERACTIONS_FILE
     items = parse_items(_read_text(items_path), items_path)
-    interactions, feedback = parse_interactions(_read_text(inter_path), inter_path, items)
+    interactions, feedback = parse_interactions(_read_text(inter_path), inter_path, items, rating_scale)
     return PlatformData(name, items, interactions, feedback)
 
 
-def load_dataset(root: Path, platforms: Sequence[str] | None = None) -> dict[str, PlatformData]:
+def load_dataset(
+    root: Path, platforms: Sequence[str] | None = None, rating_scale: RatingScale | None = None
+) -> dict[str, PlatformData]:
     names = discover_platforms(root) if platforms is None else list(platforms)
-    return {name: load_platform(root, name) for name in names}
+    return {name: load_platform(root, name, rating_scale) for name in names}
 
 
 # --- writing -----------------------------------------------------------------------------
@@ -422,18 +475,6 @@ def _encode(text: str, path: Path) -> bytes:
         ) from None
 
 
-def _atomic_write(path: Path, payload: bytes) -> None:
-    """Write to a temp file in the same folder, then ``os.replace``: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_platform(root: Path, data: PlatformData) -> None:
     """Validate, then write both CSVs atomically; on a validation error nothing is touched."""
     folder = _platform_dir(root, data.name)
@@ -444,7 +485,7 @@ def write_platform(root: Path, data: PlatformData) -> None:
     }
     folder.mkdir(parents=True, exist_ok=True)
     for path, payload in payloads.items():
-        _atomic_write(path, payload)
+        atomic_write_bytes(path, payload)
 
 
 def write_dataset(root: Path, platforms: Iterable[PlatformData], overwrite: bool = False) -> None:
@@ -464,6 +505,7 @@ def write_dataset(root: Path, platforms: Iterable[PlatformData], overwrite: bool
         )
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.tmp-"))
+    tmp.chmod(result_dir_mode())
     try:
         seen: set[str] = set()
         for data in platforms:

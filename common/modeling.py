@@ -50,6 +50,7 @@ from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTra
 from transformers.utils import logging as hf_logging
 
 from common.config import LoraSpec, ModelSpec
+from common.files import set_result_modes
 from common.item_stats import NUM_ITEM_STATS
 
 DEFAULT_BASE = "default"
@@ -343,6 +344,7 @@ def save_adapter(scorer: Scorer, state: Mapping[str, np.ndarray], out: Path) -> 
     out.mkdir(parents=True, exist_ok=True)
     scorer.encoder.save_pretrained(str(out))
     save_file(split_adapter(state)[1], str(out / HEAD_FILE))
+    set_result_modes(out)  # safetensors writes 0600; an adapter is a result (common.files)
     return out
 
 

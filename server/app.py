@@ -10,18 +10,23 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from flwr.app import Context, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
+from flwr.superlink.grid import InMemoryGrid
 
 from common.config import AppConfig
+from common.data import DatasetError, discover_platforms
 from common.fusion import weighted_average
 from common.payload import ARRAYS, CONFIG, EVAL, METRICS, arrays_to_state, config_record, eval_record, state_to_arrays
+from common.synthetic import SHOPS
 from server.federation import FederationError, PerPlatform, Tensors, run_federation
 from server.grid_tuning import tune_grid
 from server.messaging import Replies, broadcast, node_label, quorum, stragglers_for, wait_for_nodes
 
+log = logging.getLogger("crossfed.server")
 app = ServerApp()
 log = logging.getLogger("crossfed.server")
 
@@ -42,11 +47,42 @@ def transport_for(grid: Grid, cfg: AppConfig) -> GridTransport:
     return GridTransport(grid)
 
 
+def simulated_platforms(cfg: AppConfig) -> list[str]:
+    """The platforms a simulation serves, one per SuperNode by ``partition-id`` (as clients.platform)."""
+    return discover_platforms(Path(cfg.data.dir)) if cfg.data.dir else sorted(shop.name for shop in SHOPS)
+
+
+def warn_if_platforms_left_out(grid: Grid, cfg: AppConfig) -> str | None:
+    """Simulation only: warn when fewer SuperNodes run than the data has platforms (called once, after
+    round 1's training, when every simulated SuperNode is online).
+
+    ``flwr run .`` without ``num-supernodes`` simulates Flower's default of 2 SuperNodes, and the
+    platforms beyond them would silently never train. In a deployment each SuperNode names its
+    platform and the server has no dataset to count, so nothing is checked there.
+    """
+    if not isinstance(grid, InMemoryGrid):
+        return None
+    try:
+        platforms = simulated_platforms(cfg)
+    except DatasetError:
+        return None  # the ClientApps report a bad data.dir, each with its own line
+    nodes = len(list(grid.get_node_ids()))
+    if nodes >= len(platforms):
+        return None
+    message = (
+        f"only {nodes} SuperNodes for {len(platforms)} platforms: {', '.join(platforms[nodes:])} will not train "
+        f'(flwr run . --federation-config "num-supernodes={len(platforms)}")'
+    )
+    log.warning(message)
+    return message
+
+
 class GridTransport:
     """Rounds over a Flower Grid (simulation engine or Deployment Engine alike)."""
 
     def __init__(self, grid: Grid) -> None:
         self.grid = grid
+        self.nodes_checked = False
         self.started = False  # once a round has reached its platforms, later ones need fewer
         self.names: dict[int, str] = {}  # node id -> platform, learned from replies (for failure lines)
 
@@ -96,6 +132,9 @@ class GridTransport:
     def evaluate_round(
         self, state: Tensors, cfg: AppConfig, rnd: int, splits: Sequence[str]
     ) -> tuple[PerPlatform, list[str]]:
+        if not self.nodes_checked:
+            self.nodes_checked = True
+            warn_if_platforms_left_out(self.grid, cfg)
         replies = self._broadcast(state, cfg, rnd, MessageType.EVALUATE, splits)
         per_platform = {replies.platform(n): _metrics(replies, n) for n in replies.ok}
         return dict(sorted(per_platform.items())), replies.failures

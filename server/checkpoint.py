@@ -48,6 +48,8 @@ from typing import Any
 
 import numpy as np
 
+from common.files import result_mode
+
 MANIFEST = "checkpoint.json"
 TENSOR_PREFIX = "checkpoint-r"
 FORMAT = "crossfed-checkpoint"
@@ -395,6 +397,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, result_mode())  # mkstemp makes it 0600; results follow common.files' rule
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

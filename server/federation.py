@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -27,7 +28,7 @@ from common.fusion import server_update
 from common.metrics import weighted_mean
 from common.modeling import build_scorer, get_trainable_state, save_adapter
 from server.checkpoint import CheckpointError, RunState, load_checkpoint, remove_checkpoint, save_checkpoint
-from server.outputs import ADAPTER_DIR, ROUNDS_FILE, append_round, atomic_write_text, platform_table, write_summary
+from server.outputs import ADAPTER_DIR, ROUNDS_FILE, RoundLog, atomic_write_text, platform_table, write_summary
 
 log = logging.getLogger("crossfed.server")
 
@@ -89,8 +90,11 @@ class Best:
         return sorted(cohort) != sorted(self.cohort) or not np.isfinite(self.score) or score > self.score
 
 
-def run_federation(transport: Transport, cfg: AppConfig) -> dict[str, Any]:
+def run_federation(transport: Transport, cfg: AppConfig, table: bool = True) -> dict[str, Any]:
     """R rounds of train -> fuse -> evaluate; writes rounds.jsonl, summary.json and the adapter.
+
+    ``table``: print the per-platform test table at the end (a caller that prints its own, such as
+    ``crossfed simulate`` with its local baseline, turns it off).
 
     After every round the run state is checkpointed in the run folder; a run started on a
     folder that holds a checkpoint (``fed.resume = true``, the default) continues after its
@@ -108,7 +112,7 @@ def run_federation(transport: Transport, cfg: AppConfig) -> dict[str, Any]:
     # rounds evaluate validation only, and the best adapter is tested once at the end.
     round_splits = ("valid", "test") if cfg.eval.test_every_round else ("valid",)
     log.info("crossfed: %d rounds, %d adapter+head parameters", cfg.num_server_rounds, _size(loop.global_state))
-    with Progress(transient=False) as progress:
+    with Progress(transient=False) as progress, RoundLog(out_dir) as rounds_log:
         task = progress.add_task("federated rounds", total=cfg.num_server_rounds, completed=loop.done)
         for rnd in range(loop.done + 1, cfg.num_server_rounds + 1):
             if cfg.fed.patience and loop.stale >= cfg.fed.patience:
@@ -119,7 +123,7 @@ def run_federation(transport: Transport, cfg: AppConfig) -> dict[str, Any]:
                 fused, train_info, train_failures = transport.train_round(loop.global_state, cfg, rnd)
             except RoundAborted as exc:  # nothing fused: keep the adapter, try again next round
                 log.warning("round %d aborted, keeping the previous adapter: %s", rnd, exc)
-                append_round(out_dir, {"round": rnd, "aborted": str(exc), "seconds": time.time() - t0})
+                rounds_log.append({"round": rnd, "aborted": str(exc), "seconds": time.time() - t0})
                 loop.done = rnd
                 save_checkpoint(out_dir, loop.run_state(cfg))
                 progress.update(task, advance=1, description=f"round {rnd}: aborted")
@@ -144,7 +148,7 @@ def run_federation(transport: Transport, cfg: AppConfig) -> dict[str, Any]:
                     log.info("round %d is not comparable for the best round: %s did not evaluate", rnd,
                              ", ".join(sorted(loop.platforms - set(cohort))))  # fmt: skip
             loop.done = rnd
-            append_round(out_dir, {
+            rounds_log.append({
                 "round": rnd, "train": train_info, "eval": per_platform, "mean": mean, "cohort": cohort,
                 "failures": train_failures + eval_failures, "improved": improved, "seconds": time.time() - t0,
             })  # fmt: skip
@@ -173,12 +177,13 @@ def run_federation(transport: Transport, cfg: AppConfig) -> dict[str, Any]:
         "adapter_changed": not _same(initial_state, best.state),
     }  # fmt: skip
     write_summary(out_dir, summary)
-    shared = {p: m for p, m in best.per_platform.items() if m}  # a platform listed with no metrics kept them
-    private = sorted(set(best.per_platform) - set(shared))
-    title = f"crossfed: test metrics of best round {best.round}"
-    if private:
-        title += f" (kept private, in the mean only: {', '.join(private)})"
-    print(platform_table(shared, best.mean, title), flush=True)
+    if table:
+        shared = {p: m for p, m in best.per_platform.items() if m}  # a platform listed with no metrics kept them
+        private = sorted(set(best.per_platform) - set(shared))
+        title = f"crossfed: test metrics of best round {best.round}"
+        if private:
+            title += f" (kept private, in the mean only: {', '.join(private)})"
+        print(platform_table(shared, best.mean, title), flush=True)
     log.info("run written to %s", out_dir)
     return summary
 
@@ -224,8 +229,7 @@ def _start_or_resume(out_dir: Path, cfg: AppConfig, initial: Mapping[str, np.nda
         raise CheckpointError(f"{out_dir}: the checkpoint's adapter does not fit this model; use a new run folder")
     # A crash between a round's rounds.jsonl line and its checkpoint reruns that round: drop its line.
     if rounds_file.exists():
-        kept = [line for line in rounds_file.read_text().splitlines()
-                if line.strip() and json.loads(line).get("round", 0) <= saved.round]  # fmt: skip
+        kept = [line for line in rounds_file.read_text().splitlines() if _round_of(line) <= saved.round]
         atomic_write_text(rounds_file, "".join(f"{line}\n" for line in kept))
     metrics = saved.best_metrics
     best = Best(saved.best_round, saved.best_score, saved.best_state, dict(metrics.get("per_platform", {})),
@@ -246,6 +250,14 @@ def split_mean(evaluated: Mapping[str, Mapping[str, float]]) -> tuple[PerPlatfor
     per_platform = {p: dict(m) for p, m in evaluated.items() if p != AGGREGATE}
     mean = dict(evaluated[AGGREGATE]) if AGGREGATE in evaluated else mean_metrics(per_platform)
     return per_platform, mean
+
+
+def _round_of(line: str) -> float:
+    """The round of a rounds.jsonl line; a torn last line (killed mid-append) counts as not done."""
+    try:
+        return float(json.loads(line).get("round", 0)) if line.strip() else math.inf
+    except json.JSONDecodeError:
+        return math.inf
 
 
 def mean_metrics(per_platform: Mapping[str, Mapping[str, float]]) -> dict[str, float]:

@@ -6,14 +6,17 @@
     crossfed tallrec --src ../shared/data/tallrec-movie --out RUN
     crossfed bench secagg [--quick] | crossfed bench deploy [--nodes 30]
     crossfed deploy ca | node-key | register | superlink | supernode | submit
+    crossfed stop-local                  (the flower-superlink/-superexec daemons `flwr run` left)
 
-Errors a user can fix (bad data, bad config, missing model) print ONE line and exit 2.
+Errors a user can fix (bad data, bad config, missing model) print ONE line and exit 2; the first
+Ctrl-C prints one line and exits 130 (``simulations.console``). ``--verbose`` shows library logs.
+Only the invoked command's module is imported, so ``--help`` does not load torch.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
+import importlib
 import os
 import sys
 from collections.abc import Sequence
@@ -22,13 +25,22 @@ from typing import Any
 
 from common.config import AppConfig, ConfigError
 from common.data import DatasetError
-from common.modeling import ModelLoadError
-from server.checkpoint import CheckpointError
-from simulations.compare import add_parsers as add_compare_parsers
+from simulations import console
 from simulations.movielens import SPLITS as MOVIELENS_SPLITS
 
-USER_ERRORS = (DatasetError, ConfigError, ModelLoadError, CheckpointError, FileNotFoundError)
-DEPLOY_ERRORS = (("deploy.certs", "CertError"), ("deploy.launch", "DeployError"))  # = deploy.cli.USER_ERRORS
+USER_ERRORS = (DatasetError, ConfigError, FileNotFoundError)
+# Errors of modules that load torch, Flower or cryptography: looked up only once a command has loaded them.
+LAZY_ERRORS = (
+    ("common.modeling", "ModelLoadError"), ("server.checkpoint", "CheckpointError"),
+    ("deploy.certs", "CertError"), ("deploy.launch", "DeployError"),  # = deploy.cli.USER_ERRORS
+)  # fmt: skip
+# Commands whose parsers live in heavy modules: mounted only when invoked (a stub with its help otherwise).
+LAZY_COMMANDS = {
+    "compare": ("simulations.compare", "add_compare_parser", "local vs federated vs pooled (+ levers, baselines)"),
+    "tallrec": ("simulations.tallrec", "add_tallrec_parser", "train + score our model on the TALLRec movie split"),
+    "deploy": ("deploy.cli", "add_deploy_parser", "run the federation on real machines (Flower Deployment Engine)"),
+}
+SUPERVISED = frozenset({"simulate", "compare", "tallrec", "bench"})  # long commands: a child process, one Ctrl-C
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
@@ -60,12 +72,27 @@ def simulate_config(args: argparse.Namespace) -> AppConfig:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from simulations.simulate import run_simulated_federation, validate_inputs
+    from simulations.simulate import compare_with_local, run_simulated_federation, validate_inputs
 
+    console.quiet_flower(args.verbose)  # Flower is imported now: its handler exists
     cfg = simulate_config(args)
     platforms = validate_inputs(cfg)  # fails fast, before anything is written
-    summary = run_simulated_federation(cfg, platforms, num_cpus=args.cpus)
+    baseline = not cfg.data.dir if args.baseline is None else args.baseline
+    summary = run_simulated_federation(cfg, platforms, num_cpus=args.cpus, table=not baseline)
+    if baseline:
+        compare_with_local(cfg, platforms, summary)
     print(f"summary: {Path(cfg.out_dir) / 'summary.json'}  adapter: {summary['adapter_dir']}")
+    return 0
+
+
+def cmd_stop_local(args: argparse.Namespace) -> int:
+    from simulations.flwr_local import stop_local_daemons
+
+    stopped = stop_local_daemons(args.flwr_home)
+    for line in stopped:
+        print(line)
+    if not stopped:
+        print("no flower-superlink/flower-superexec started by `flwr run` for this FLWR_HOME is running")
     return 0
 
 
@@ -104,10 +131,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     raise ConfigError(f"unknown benchmark {args.what!r}")
 
 
-def build_parser(with_deploy: bool = True) -> argparse.ArgumentParser:
-    """The ``crossfed`` parser; ``with_deploy=False`` mounts a stub ``deploy`` so that other commands
-    never import :mod:`deploy` (cryptography, Flower): ``prepare`` and ``compare`` run without them."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``crossfed`` parser. Of :data:`LAZY_COMMANDS` only ``command``'s module is imported (the
+    others get a stub with their help line): ``--help`` stays fast, and ``prepare`` and ``compare``
+    never import :mod:`deploy` (cryptography, Flower), so they run where those are missing."""
     parser = argparse.ArgumentParser(prog="crossfed", description=__doc__.split("\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="library logs (DEBUG), warnings and colours")
     sub = parser.add_subparsers(dest="command", required=True)
 
     prep = sub.add_parser("prepare", help="convert a public dataset into the platform format")
@@ -137,40 +166,58 @@ def build_parser(with_deploy: bool = True) -> argparse.ArgumentParser:
     sim.add_argument("--secagg", action=argparse.BooleanOptionalAction, default=None)
     sim.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="CPUs the simulation may use")
     sim.add_argument("--set", action="append", metavar="KEY=VALUE", help="any run-config key, e.g. lora.r=4")
+    sim.add_argument(
+        "--baseline",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="then train each platform alone (same rounds and budget) and print local vs federated "
+        "(default: on for the embedded synthetic data)",
+    )
     sim.set_defaults(func=cmd_simulate)
+
+    stop = sub.add_parser("stop-local", help="stop the flower-superlink/-superexec daemons that `flwr run` started")
+    stop.add_argument("--flwr-home", help="the FLWR_HOME `flwr run` used (default: $FLWR_HOME or ~/.flwr)")
+    stop.set_defaults(func=cmd_stop_local)
 
     bench = sub.add_parser("bench", help="benchmarks that print a table")
     bench.add_argument("what", choices=["secagg", "deploy"])
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
     bench.set_defaults(func=cmd_bench)
 
-    add_compare_parsers(sub)
-    if with_deploy:
-        from deploy.cli import add_deploy_parser
-
-        add_deploy_parser(sub)
-    else:
-        sub.add_parser("deploy", help="run the federation on real machines (Flower Deployment Engine)")
+    for name, (module, adder, help_line) in LAZY_COMMANDS.items():
+        if name == command:
+            getattr(importlib.import_module(module), adder)(sub)
+        else:
+            sub.add_parser(name, help=help_line)
     return parser
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """Errors that print one line and exit 2; deploy's once a command has loaded :mod:`deploy`."""
-    loaded = [getattr(sys.modules[m], name) for m, name in DEPLOY_ERRORS if m in sys.modules]
+    """Errors that print one line and exit 2 (those of heavy modules once a command has loaded them)."""
+    loaded = [getattr(sys.modules[m], name) for m, name in LAZY_ERRORS if m in sys.modules]
     return (*USER_ERRORS, *loaded)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("crossfed").setLevel(logging.INFO)
+    """``crossfed`` itself (``argv`` None) runs long commands under a supervisor (one Ctrl-C ends
+    them); a Python caller passing ``argv`` runs every command in its own process."""
+    from_shell = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = next((a for a in argv if not a.startswith("-")), None)
-    args = build_parser(with_deploy=command in (None, "deploy")).parse_args(argv)
+    rest = [a for a in argv if a != "--verbose"]  # anywhere: `crossfed simulate ... --verbose` reads naturally
+    command = next((a for a in rest if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(rest)
+    args.verbose = args.verbose or len(rest) < len(argv)
+    console.setup_console(args.verbose)
+    if from_shell and args.command in SUPERVISED and not console.supervised():
+        return console.supervise(argv)
     try:
         return int(args.func(args))
     except user_errors() as exc:
         print(f"crossfed: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(console.INTERRUPTED, file=sys.stderr)
+        return console.EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -595,6 +595,7 @@ def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from simulations.cli import parse_overrides
+    from simulations.report import summary_table
 
     opts = CompareOptions(
         out=args.out, data=args.data, seeds=args.seeds, size=args.size, scenario=args.scenario,
@@ -605,6 +606,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     )  # fmt: skip
     report = run_compare(opts)
     meta = report["meta"]
+    print(summary_table(report), end="")
     print(f"report: {Path(args.out) / 'report.md'}  ({meta['total_wall_s']:.0f} s, "
           f"{len(meta['missing'])} arm runs missing, {len(meta['failed'])} units failed)")  # fmt: skip
     return 1 if meta["failed"] else 0

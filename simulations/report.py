@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from common.metrics import auc, paired_diff_replicates, percentile_interval
-from server.outputs import atomic_write_text, to_json
+from server.outputs import ROUNDS_FILE, atomic_write_text, render_table, to_json
 
 METRICS = ("auc", "logloss", "hr@10", "ndcg@10")
 METRIC_NAMES = {"auc": "test AUC", "logloss": "test log-loss", "hr@10": "HR@10", "ndcg@10": "NDCG@10"}
@@ -310,6 +310,23 @@ def write_report(out: Path, results: Mapping[str, Any], meta: Mapping[str, Any],
     return report
 
 
+def summary_table(report: Mapping[str, Any]) -> str:
+    """The console's one table of a comparison: an arm per row; per scenario its mean test AUC and
+    NDCG@10 (example-weighted over platforms, mean ± std over seeds). Per-platform detail: report.md."""
+    results = report["results"]
+    arms = {a: None for by_arm in results.values() for a in by_arm}
+    columns = ["arm"] + [f"{s} {m}" for s in results for m in ("AUC", "NDCG@10")]
+    rows = []
+    for arm, _ in _ordered(report, arms):
+        cells = [arm]
+        for by_arm in results.values():
+            mean = by_arm.get(arm, {}).get("mean", {})
+            cells += [_cell(mean.get("auc")), _cell(mean.get("ndcg@10"))]
+        rows.append(cells)
+    title = "mean test metrics per arm (more in report.md)"
+    return render_table(title, columns, rows, width=160)
+
+
 def _ordered(report: Mapping[str, Any], arms: Mapping[str, Any]) -> list[tuple[str, Any]]:
     order = [a for a in report.get("arm_order", []) if a in arms]
     return [(a, arms[a]) for a in order + sorted(set(arms) - set(order))]
@@ -527,6 +544,40 @@ def plot_rounds(report: Mapping[str, Any], out: Path, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_run_rounds(run_dir: Path, metric: str = "auc") -> Path | None:
+    """One run's rounds.jsonl as ``rounds.png`` beside it: ``metric`` per round, a line per platform
+    and one (bold) for the example-weighted mean; validation solid, test dashed when it was measured
+    every round (``eval.test-every-round``). None when the run has no round with metrics yet."""
+    rows = [json.loads(line) for line in (run_dir / ROUNDS_FILE).read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "eval" in r]  # aborted rounds carry no metrics
+    if not rows:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    platforms = sorted({p for r in rows for p in r["eval"]})
+    for split, style in (("valid", "-"), ("test", "--")):
+        key = f"{split}.{metric}"
+        if not any(key in r["mean"] for r in rows):
+            continue
+        for i, name in enumerate([*platforms, "mean"]):
+            points = [(r["round"], (r["mean"] if name == "mean" else r["eval"].get(name, {})).get(key)) for r in rows]
+            points = [(x, y) for x, y in points if y is not None]
+            ax.plot([x for x, _ in points], [y for _, y in points], ls=style, marker="o",
+                    color="black" if name == "mean" else colours[i % len(colours)],
+                    lw=2.2 if name == "mean" else 1.2, label=f"{name} ({split})")  # fmt: skip
+    ax.set_xlabel("round")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_ylabel(metric)
+    ax.set_title(f"{run_dir.name}: {metric} per round")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = run_dir / "rounds.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 # --- several runs in one file -------------------------------------------------------------

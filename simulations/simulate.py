@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +21,12 @@ from common.config import AppConfig
 from common.data import load_dataset
 from common.modeling import TINY_BASE, resolve_base_path
 from common.splits import split_dataset
-from server.outputs import SUMMARY_FILE
+from server.outputs import SUMMARY_FILE, atomic_write_text, fmt_number, render_table, to_json
+from simulations.report import plot_run_rounds
 
 log = logging.getLogger("crossfed.simulate")
+LOCAL_ARM = "local"  # the comparison's arm name, also the folder of the local runs
+COMPARISON_FILE = "local_vs_federated.json"
 
 
 def validate_inputs(cfg: AppConfig) -> list[str]:
@@ -35,7 +40,7 @@ def validate_inputs(cfg: AppConfig) -> list[str]:
     if cfg.data.dir:
         from clients.platform import split_config
 
-        dataset = load_dataset(Path(cfg.data.dir))
+        dataset = load_dataset(Path(cfg.data.dir), rating_scale=cfg.data.scale)
         split_dataset(dataset, split_config(cfg.data, cfg.seed))
         return sorted(dataset)
     from clients.platform import platform_names
@@ -43,7 +48,7 @@ def validate_inputs(cfg: AppConfig) -> list[str]:
     return platform_names("", cfg.seed)
 
 
-def server_app_for(cfg: AppConfig) -> ServerApp:
+def server_app_for(cfg: AppConfig, table: bool = True) -> ServerApp:
     """A ServerApp bound to ``cfg`` (run_simulation has no run_config of its own)."""
     from server.app import transport_for
     from server.federation import run_federation
@@ -52,7 +57,7 @@ def server_app_for(cfg: AppConfig) -> ServerApp:
 
     @app.main()
     def _main(grid: Grid, context: Context) -> None:
-        run_federation(transport_for(grid, cfg), cfg)
+        run_federation(transport_for(grid, cfg), cfg, table=table)
 
     return app
 
@@ -64,8 +69,13 @@ class _HideDeprecation(logging.Filter):
         return "run_simulation` function is deprecated" not in record.getMessage()
 
 
-def run_simulated_federation(cfg: AppConfig, platforms: list[str], num_cpus: int = 2) -> dict[str, Any]:
-    """One SuperNode per platform; returns the parsed summary.json (raises if the run made none)."""
+def run_simulated_federation(
+    cfg: AppConfig, platforms: list[str], num_cpus: int = 2, table: bool = True
+) -> dict[str, Any]:
+    """One SuperNode per platform; returns the parsed summary.json (raises if the run made none).
+
+    Also draws ``rounds.png`` beside rounds.jsonl; ``table``: the ServerApp prints its test table.
+    """
     from flwr.simulation import run_simulation
 
     from clients.app import app as client_app
@@ -82,11 +92,57 @@ def run_simulated_federation(cfg: AppConfig, platforms: list[str], num_cpus: int
     flwr_logger.addFilter(hide)
     try:
         run_simulation(
-            server_app=server_app_for(cfg), client_app=client_app,
+            server_app=server_app_for(cfg, table), client_app=client_app,
             num_supernodes=len(platforms), backend_config=backend,
         )  # fmt: skip
     finally:
         flwr_logger.removeFilter(hide)
     if not (out / SUMMARY_FILE).is_file():
         raise RuntimeError(f"the federation ended without writing {out / SUMMARY_FILE}; see the log above")
+    plot = plot_run_rounds(out, cfg.fed.metric)
+    if plot is not None:
+        log.info("rounds plot: %s", plot)
     return json.loads((out / SUMMARY_FILE).read_text())
+
+
+def compare_with_local(cfg: AppConfig, platforms: list[str], federated: dict[str, Any]) -> dict[str, Any]:
+    """Train each platform alone (the comparison's ``local`` arm: same rounds, per-round budget, seed
+    and splits), print one table of local vs federated test metrics, write ``local_vs_federated.json``.
+
+    The local runs go to ``<run>/local/<platform>/``, their console output to ``<run>/local/local.log``.
+    """
+    from simulations.compare import ARMS, ArmRunner
+    from simulations.compare_jobs import captured
+
+    out = Path(cfg.out_dir)
+    log_path = out / LOCAL_ARM / "local.log"
+    log.info("local-only baseline: each platform trains alone, same rounds and budget (log: %s)", log_path)
+    runner = ArmRunner(cfg, platforms, run_root=out, out=out, implicit=set())
+    t0 = time.time()
+    with captured(log_path):
+        local = runner.run(ARMS[LOCAL_ARM]).with_mean()
+    fed = {**federated["test"], "mean": {k.removeprefix("test."): v for k, v in federated["mean"].items()
+                                         if k.startswith("test.")}}  # fmt: skip
+    rows = {name: {"n": fed.get(name, {}).get("n"), "local": local.get(name, {}), "federated": fed.get(name, {})}
+            for name in [*platforms, "mean"]}  # fmt: skip
+    doc = {"rows": rows, "local_wall_s": time.time() - t0, "federated_wall_s": federated.get("wall_seconds"),
+           "config": cfg.to_flat()}  # fmt: skip
+    atomic_write_text(out / COMPARISON_FILE, to_json(doc) + "\n")
+    print(comparison_table(rows, f"test metrics: each platform alone (local) vs federated ({cfg.num_server_rounds} "
+                                 "rounds)"), flush=True)  # fmt: skip
+    return doc
+
+
+def comparison_table(rows: dict[str, dict[str, Any]], title: str) -> str:
+    """platform | n test | AUC local, federated, gain | NDCG@10 local, federated (``mean``: weighted)."""
+    cells = []
+    for name, row in rows.items():
+        local, fed = row["local"], row["federated"]
+        gain = fed.get("auc", math.nan) - local.get("auc", math.nan)
+        cells.append([
+            "weighted mean" if name == "mean" else name, fmt_number(row["n"], 0), fmt_number(local.get("auc")),
+            fmt_number(fed.get("auc")), fmt_number(gain, signed=True), fmt_number(local.get("ndcg@10")),
+            fmt_number(fed.get("ndcg@10")),
+        ])  # fmt: skip
+    columns = ["platform", "n test", "AUC local", "AUC federated", "AUC gain", "NDCG@10 local", "NDCG@10 fed."]
+    return render_table(title, columns, cells, width=110)

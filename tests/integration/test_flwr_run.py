@@ -1,25 +1,16 @@
 """`flwr run .`: the repo is a Flower app that the Flower CLI simulates as it is."""
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from simulations.flwr_local import stop_local_daemons
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _stop_daemons(flwr_home: Path) -> None:
-    """`flwr run` with the `local` SuperLink leaves flower-superlink/-superexec running: stop ours."""
-    out = subprocess.run(["pgrep", "-f", str(flwr_home)], capture_output=True, text=True).stdout
-    for pid in (int(p) for p in out.split()):
-        if pid != os.getpid():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
 
 
 @pytest.mark.slow
@@ -41,7 +32,7 @@ def test_flwr_run_simulates_the_app(tmp_path: Path) -> None:
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
         )  # fmt: skip
     finally:
-        _stop_daemons(flwr_home)
+        stop_local_daemons(str(flwr_home))  # `flwr run` leaves flower-superlink/-superexec running
     # Assert: `flwr run` exits 0 even when every client fails, so check what the run wrote
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())

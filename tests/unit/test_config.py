@@ -45,3 +45,14 @@ def test_flat_round_trip_and_override() -> None:
 def test_bad_values_name_the_key(override: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         AppConfig().replace(**override)
+
+
+@pytest.mark.parametrize("raw", ["5,1", "1-5", "1,5,7"])
+def test_bad_rating_scale_names_the_key(raw: str) -> None:
+    with pytest.raises(ConfigError, match="`data.rating-scale`"):
+        AppConfig().replace(**{"data.rating-scale": raw})
+
+
+def test_rating_scale_is_parsed() -> None:
+    assert AppConfig().data.scale is None
+    assert AppConfig().replace(**{"data.rating-scale": "1,5"}).data.scale == (1.0, 5.0)

@@ -18,6 +18,8 @@ from common.data import (
     drop_duplicate_interactions,
     load_dataset,
     load_platform,
+    parse_rating_scale,
+    parse_timestamp,
     write_dataset,
     write_platform,
 )
@@ -147,6 +149,8 @@ ERROR_CASES = {
     "too few fields": (ITEMS.replace("c,Green Gloves", "c"), RATED, ITEMS_FILE, 4, None, "number of fields"),
     "negative timestamp": (ITEMS, RATED.replace(",200,", ",-1,"), INTERACTIONS_FILE, 3, "timestamp", "negative"),
     "before 1970": (ITEMS, RATED.replace(",200,", ",1969-12-31,"), INTERACTIONS_FILE, 3, "timestamp", "negative"),
+    "milliseconds": (ITEMS, RATED.replace(",200,", ",1600000000000,"), INTERACTIONS_FILE, 3, "timestamp", "future"),
+    "future date": (ITEMS, RATED.replace(",150,", ",3020-01-01,"), INTERACTIONS_FILE, 4, "timestamp", "future"),
     "field too long": (
         ITEMS.replace("Blue Hat", "x" * (MAX_FIELD_CHARS + 1)),
         RATED,
@@ -371,3 +375,53 @@ def test_empty_and_very_long_titles_load(tmp_path: Path) -> None:
     (folder / INTERACTIONS_FILE).write_text("user_id,item_id,timestamp\nu1,a,1\nu1,b,2\nu2,c,3\n", encoding="utf-8")
     data = load_platform(tmp_path / "ds", "shop")
     assert data.items["a"].title == "" and data.items["b"].title == long_title.strip()
+
+
+def test_timestamp_up_to_a_day_ahead_is_accepted() -> None:
+    # Prepare: a clock fixed at 1,600,000,000 s; exports in local time run up to a day ahead
+    now = 1_600_000_000.0
+    # Execute / Assert
+    assert parse_timestamp(str(now + 86_000), Path("x.csv"), 2, now=now) == now + 86_000
+    with pytest.raises(DatasetError, match="x.csv:2: field `timestamp`: timestamp in the future"):
+        parse_timestamp(str(now + 86_401), Path("x.csv"), 2, now=now)
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("", None), ("1,5", (1.0, 5.0)), (" 0 , 10 ", (0.0, 10.0))])
+def test_parse_rating_scale(raw: str, expected: tuple[float, float] | None) -> None:
+    assert parse_rating_scale(raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["5,1", "1", "1,2,3", "a,b", "1,inf"])
+def test_parse_rating_scale_refuses_bad_declarations(raw: str) -> None:
+    with pytest.raises(ValueError, match="`data.rating-scale`"):
+        parse_rating_scale(raw)
+
+
+def test_rating_outside_declared_scale_is_one_line(tmp_path: Path) -> None:
+    # Prepare: a 99 on a 1-5 scale on line 3
+    folder = _write_raw(tmp_path, ITEMS, RATED.replace("u1,b,200,2", "u1,b,200,99"))
+    # Execute
+    with pytest.raises(DatasetError) as info:
+        load_platform(tmp_path, "shop", rating_scale=(1.0, 5.0))
+    # Assert
+    message = str(info.value)
+    assert message.startswith(f"{folder / INTERACTIONS_FILE}:3: field `rating`: rating outside the declared scale")
+    assert "from 1 to 5 (data.rating-scale)" in message and "'99'" in message and "\n" not in message
+
+
+def test_ratings_on_the_scale_edges_load_and_undeclared_scale_is_unchecked(tmp_path: Path) -> None:
+    _write_raw(tmp_path / "edges", ITEMS, RATED.replace("u1,b,200,2", "u1,b,200,1"))  # ratings 4, 1, 5
+    assert len(load_platform(tmp_path / "edges", "shop", rating_scale=(1.0, 5.0)).interactions) == 3
+    _write_raw(tmp_path / "free", ITEMS, RATED.replace("u1,b,200,2", "u1,b,200,99"))
+    assert load_platform(tmp_path / "free", "shop").interactions[1].value == 99.0
+
+
+def test_written_dataset_has_result_modes(tmp_path: Path) -> None:
+    # Prepare / Execute
+    write_dataset(tmp_path / "data", [_platform()])
+    # Assert: 0o666 / 0o777 less the umask (mkstemp's 0600 and mkdtemp's 0700 are not left behind)
+    from common.files import result_dir_mode, result_mode
+
+    assert (tmp_path / "data").stat().st_mode & 0o777 == result_dir_mode()
+    for f in (tmp_path / "data" / "shop").iterdir():
+        assert f.stat().st_mode & 0o777 == result_mode()
