@@ -135,7 +135,7 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
             vector, weight = encode_metrics(metrics, splits, cfg.secure.clip_range)
             record = _contribution_record(context, store)
             content.update(secure.start(msg.content, context, cfg, {METRIC_VECTOR: vector}, weight, setup.platform,
-                                        record, kind="evaluate"))  # fmt: skip
+                                        record, kind=f"evaluate-{'+'.join(splits)}"))  # fmt: skip
         if not cfg.secagg or secure.shares_metrics(context.node_config):
             content[METRICS] = MetricRecord(metrics)
     except OPERATOR_ERRORS as exc:

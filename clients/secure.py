@@ -14,7 +14,8 @@ What the platform decides itself, from its own node_config (never from the serve
 - the round context: the hash of the global adapter and training config it received, which
   every key and signature of the round is bound to;
 - a contribution record on its own disk (next to its private parameters): one masked input
-  per (run, round) and kind of sum (``train``: the adapter; ``evaluate``: the metrics), written
+  per (run, round) and kind of sum (``train``: the adapter; ``evaluate-<splits>``: the metrics of
+  those splits, e.g. validation every round and test once for the best round), written
   before the masked input leaves, so a restarted platform or a replayed round is refused
   (simulated platforms keep it in ``context.state`` for the Flower
   run, so a simulation can be re-run from scratch). A failed stage destroys the round's
