@@ -9,7 +9,10 @@ Every loop runs in this one process on the same model (one base, one LoRA config
 examples, the same batch size and the same token lengths, on whatever device is present
 (``--device``). Loops are timed in turn, ``--repeats`` times each, interleaved, and the
 best-of-repeats rate is reported, so machine noise hits all of them alike; the ratios are the
-result, absolute rates depend on the machine.
+result, absolute rates depend on the machine. CPU seconds of the process are reported too: on
+a CPU shared with other jobs, wall time mostly measures the neighbours, and samples per
+CPU-second (best with ``--threads 1``, no spinning threads) is the fairer ratio. On CUDA each
+loop first runs one untimed batch (kernels, allocator); a CPU has nothing to warm up.
 
 Train loops (samples/s = training examples per second, one optimiser step per batch):
 
@@ -20,6 +23,8 @@ Train loops (samples/s = training examples per second, one optimiser step per ba
   trainer with ``train.history-grad = true`` (the trainer before issue 12).
 * ``trainer history-grad``: :func:`clients.trainer.train` with ``train.history-grad = true``
   (exact same gradients as ``eager``: the mechanics alone).
+* ``reference`` (with ``--reference-trainer OTHER/clients/trainer.py``): another checkout's
+  trainer, e.g. main's before this change, with all distinct items under gradient.
 * ``trainer``: :func:`clients.trainer.train` as configured by default (history items encoded
   without gradient).
 
@@ -72,6 +77,8 @@ class BenchSpec:
     device: str = "auto"
     peak_tflops: float = 0.0  # 0 = look up the device; unknown -> no MFU
     seed: int = 0
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+    reference_trainer: str = ""  # another checkout's clients/trainer.py, timed as "reference" (e.g. main's)
 
 
 QUICK = BenchSpec(base="tiny-random", batch_size=16, eval_batch_size=32, train_examples=64, infer_examples=128,
@@ -208,10 +215,14 @@ class Row:
     loop: str
     samples: int
     seconds: float
+    cpu_seconds: float  # CPU time of this process (all threads) during the best run
     flops: float
 
     def rate(self) -> float:
         return self.samples / self.seconds if self.seconds > 0 else math.nan
+
+    def cpu_rate(self) -> float:
+        return self.samples / self.cpu_seconds if self.cpu_seconds > 0 else math.nan
 
 
 def _sync(device: torch.device) -> None:
@@ -219,12 +230,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(fn: Callable[[], Any], device: torch.device) -> float:
+def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of one call."""
     _sync(device)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     fn()
     _sync(device)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def load_part(spec: BenchSpec, cfg: AppConfig, tokenizer: Any) -> tuple[PlatformBatches, EncodedSplit]:
@@ -256,6 +268,8 @@ def run(spec: BenchSpec, progress: Callable[[str], None] = print) -> dict[str, A
     """Time every loop; returns the JSON payload (rows, ratios, hardware)."""
     cfg = AppConfig().replace(**{"model.base": spec.base, "data.dir": spec.data_dir, "seed": spec.seed})
     device = pick_device(spec.device)
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
     scorer, tokenizer = build_scorer(cfg.model, cfg.lora, spec.seed)
     scorer.to(device)
     part, infer = load_part(spec, cfg, tokenizer)
@@ -285,20 +299,27 @@ def run(spec: BenchSpec, progress: Callable[[str], None] = print) -> dict[str, A
         ("inference", "eager"): lambda: eager_predict(scorer, part, infer, spec.eval_batch_size, device),
         ("inference", "trainer"): lambda: predict(scorer, part, infer, spec.eval_batch_size, device),
     }
+    if spec.reference_trainer:  # same gradients as "eager"/"history-grad": all distinct items with gradient
+        ref = load_reference_trainer(spec.reference_trainer)
+        loops[("train", "reference")] = lambda: ref.train(scorer, [part], exact, device, spec.seed)
+        loops[("inference", "reference")] = lambda: ref.predict(scorer, part, infer, spec.eval_batch_size, device)
+        flops[("train", "reference")] = flops[("train", "eager")]
+        flops[("inference", "reference")] = flops[("inference", "trainer")]
     samples = {"train": n_train, "inference": n_infer}
-    best: dict[tuple[str, str], float] = {}
-    for key, fn in loops.items():  # warm-up: allocator, kernels, the device token table
+    best: dict[tuple[str, str], tuple[float, float]] = {}
+    for key, fn in loops.items() if device.type == "cuda" else ():  # warm-up: allocator, kernels, token table
         progress(f"warm-up {key[0]} / {key[1]}")
         _warm(key, fn, part, spec)
     for rep in range(spec.repeats):
         for key, fn in loops.items():
-            seconds = _timed(fn, device)
-            best[key] = min(best.get(key, math.inf), seconds)
+            seconds, cpu_seconds = _timed(fn, device)
+            best[key] = min(best.get(key, (math.inf, math.inf)), (seconds, cpu_seconds))
             rate = samples[key[0]] / seconds
             progress(f"repeat {rep + 1}/{spec.repeats} {key[0]:<9} {key[1]:<21} {rate:9.1f} samples/s")
     peak = peak_flops(device, spec.peak_tflops)
-    rows = [Row(phase, loop, samples[phase], best[(phase, loop)], flops[(phase, loop)]) for phase, loop in loops]
+    rows = [Row(phase, loop, samples[phase], *best[(phase, loop)], flops[(phase, loop)]) for phase, loop in loops]
     rate = {(r.phase, r.loop): r.rate() for r in rows}
+    cpu_rate = {(r.phase, r.loop): r.cpu_rate() for r in rows}
     return {
         "spec": spec.__dict__,
         "hardware": hardware(device),
@@ -310,18 +331,42 @@ def run(spec: BenchSpec, progress: Callable[[str], None] = print) -> dict[str, A
                 "loop": r.loop,
                 "samples": r.samples,
                 "seconds": r.seconds,
+                "cpu_seconds": r.cpu_seconds,
                 "samples_per_s": r.rate(),
+                "samples_per_cpu_s": r.cpu_rate(),
                 "tflops_per_s": r.flops / r.seconds / 1e12,
                 "mfu": (r.flops / r.seconds / peak) if peak else None,
             }  # fmt: skip
             for r in rows
         ],
-        "ratios": {
-            "train trainer / eager": rate[("train", "trainer")] / rate[("train", "eager")],
-            "train trainer history-grad / eager": rate[("train", "trainer history-grad")] / rate[("train", "eager")],
-            "inference trainer / eager": rate[("inference", "trainer")] / rate[("inference", "eager")],
-        },
+        "ratios": ratios(rate),
+        "cpu_time_ratios": ratios(cpu_rate),  # on a shared CPU, wall time measures the neighbours too
     }
+
+
+def ratios(rate: dict[tuple[str, str], float]) -> dict[str, float]:
+    """Each trainer loop's samples/s over the eager loop's (and over the reference's, when timed)."""
+    out = {}
+    for base in ("eager", "reference"):
+        for phase, loop in rate:
+            if loop not in ("eager", "reference") and (phase, base) in rate:
+                out[f"{phase} {loop} / {base}"] = rate[(phase, loop)] / rate[(phase, base)]
+    return out
+
+
+def load_reference_trainer(path: str) -> Any:
+    """Import another checkout's ``clients/trainer.py`` under its own module name (this checkout's ``common``)."""
+    import importlib.util
+
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"`--reference-trainer` {path}: no such file")
+    module_spec = importlib.util.spec_from_file_location("reference_trainer", file)
+    assert module_spec is not None and module_spec.loader is not None
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules["reference_trainer"] = module  # dataclasses look their module up
+    module_spec.loader.exec_module(module)
+    return module
 
 
 def _batch_widths_flat(lengths: np.ndarray) -> np.ndarray:
@@ -366,13 +411,17 @@ def format_table(payload: dict[str, Any]) -> str:
         f"device {payload['hardware']['device']} ({payload['hardware'].get('gpu', payload['hardware']['cpu'])}), "
         f"base {payload['spec']['base']}, batch {payload['spec']['batch_size']} (eval "
         f"{payload['spec']['eval_batch_size']}), mean item tokens {payload['mean_item_tokens']:.1f}",
-        f"{'phase':<10} {'loop':<22} {'samples':>8} {'seconds':>8} {'samples/s':>10} {'TFLOP/s':>8} {'MFU':>6}",
+        f"{'phase':<10} {'loop':<22} {'samples':>8} {'seconds':>8} {'CPU s':>8} {'samples/s':>10} "
+        f"{'/CPU s':>8} {'TFLOP/s':>8} {'MFU':>6}",
     ]
     for r in payload["rows"]:
         mfu = f"{100 * r['mfu']:5.1f}%" if r["mfu"] is not None else "   n/a"
         lines.append(f"{r['phase']:<10} {r['loop']:<22} {r['samples']:>8} {r['seconds']:>8.2f} "
-                     f"{r['samples_per_s']:>10.1f} {r['tflops_per_s']:>8.3f} {mfu:>6}")  # fmt: skip
-    lines += [f"{name}: {value:.2f}x" for name, value in payload["ratios"].items()]
+                     f"{r['cpu_seconds']:>8.2f} {r['samples_per_s']:>10.1f} {r['samples_per_cpu_s']:>8.1f} "
+                     f"{r['tflops_per_s']:>8.3f} {mfu:>6}")  # fmt: skip
+    cpu = payload["cpu_time_ratios"]
+    lines += [f"{name}: {value:.2f}x samples/s, {cpu[name]:.2f}x samples/CPU-s" for name, value in
+              payload["ratios"].items()]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -391,6 +440,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchSpec, argparse.Namespac
     parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
     parser.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: known CUDA devices)")
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--reference-trainer", help="another checkout's clients/trainer.py, timed as 'reference'")
     parser.add_argument("--json", action="store_true", help="print the JSON payload instead of the table")
     parser.add_argument("--out", type=Path, help="also write bench_train.json and bench_train.txt here")
     args = parser.parse_args(argv)
@@ -398,7 +449,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchSpec, argparse.Namespac
     for flag, name in (("base", "base"), ("data", "data_dir"), ("platform", "platform"), ("batch", "batch_size"),
                        ("eval_batch", "eval_batch_size"), ("train_examples", "train_examples"),
                        ("infer_examples", "infer_examples"), ("repeats", "repeats"), ("device", "device"),
-                       ("peak_tflops", "peak_tflops"), ("seed", "seed")):  # fmt: skip
+                       ("peak_tflops", "peak_tflops"), ("seed", "seed"), ("threads", "threads"),
+                       ("reference_trainer", "reference_trainer")):  # fmt: skip
         value = getattr(args, flag)
         if value is not None:
             spec = replace(spec, **{name: str(Path(value).resolve()) if flag == "data" else value})
