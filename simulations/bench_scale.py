@@ -202,13 +202,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     payload = {"command": " ".join(["crossfed bench scale", *(argv if argv is not None else sys.argv[1:])]),
                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "overrides": overrides,
                "cpu_count": os.cpu_count(), "results": results}  # fmt: skip
-    table = format_table(results)
-    print(json.dumps(payload, indent=2) if args.json else table)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "bench_scale.json").write_text(json.dumps(payload, indent=2))
-        (args.out / "bench_scale.txt").write_text(table + "\n")
+    emit(payload, format_table(results), args.json, args.out, "bench_scale")
     return 0
+
+
+def emit(payload: dict[str, Any], table: str, as_json: bool, out: Path | None, name: str) -> None:
+    """Print the table (or the JSON), and write ``name``.json and ``name``.txt under ``out`` when given."""
+    print(json.dumps(payload, indent=2) if as_json else table)
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{name}.json").write_text(json.dumps(payload, indent=2))
+        (out / f"{name}.txt").write_text(table + "\n")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,6 @@ or given with ``--peak-tflops``; on a CPU MFU is left out.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform as host_platform
@@ -60,6 +59,7 @@ from clients.platform import NodeSetup, prepare
 from clients.trainer import EncodedSplit, PlatformBatches, predict, referenced_items, train
 from common.config import AppConfig
 from common.modeling import PrivateParts, Scorer, build_scorer, pick_device
+from simulations.bench_scale import emit
 
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0}
 
@@ -467,12 +467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     payload = run(spec, progress)
     payload["command"] = " ".join(["crossfed bench train", *(argv if argv is not None else sys.argv[1:])])
     payload["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    table = format_table(payload)
-    print(json.dumps(payload, indent=2) if args.json else table)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "bench_train.json").write_text(json.dumps(payload, indent=2))
-        (args.out / "bench_train.txt").write_text(table + "\n")
+    emit(payload, format_table(payload), args.json, args.out, "bench_train")
     return 0
 
 

@@ -39,3 +39,10 @@ bench default-b128 --batch 128 --eval-batch 128 --train-examples 2048 --infer-ex
 "$PY" -m simulations.bench_scale --platforms 3,10,100 --base tiny-random --out "$OUT/scale-tiny" 2>&1 | tee "$OUT/scale-tiny.log"
 "$PY" -m simulations.bench_scale --platforms 3,10 --base "$BASE" --set train.max-examples=512 \
     --out "$OUT/scale-base" 2>&1 | tee "$OUT/scale-base.log"
+# quality: the default (history items without encoder gradient) against train.history-grad=true,
+# 2 seeds, the full preset; a few minutes of the budget (no unit starts after BUDGET_S)
+if [ -d "$OUT/ml100k" ]; then
+    "$PY" -m simulations.cli compare --data "$OUT/ml100k" --out "$OUT/quality" --size full --seeds 2 \
+        --scenario full --arms local,federated --lever history-grad:train.history-grad=true \
+        --jobs "${JOBS:-4}" --budget-s "${BUDGET_S:-600}" 2>&1 | tail -20 | tee "$OUT/quality.log"
+fi
