@@ -163,3 +163,12 @@ def test_bench_scale_runs_a_small_federation(capsys: pytest.CaptureFixture[str])
     assert result["platforms"] == 2 and len(result["rounds"]) == 1
     assert result["peak_rss_bytes"] > result["base_bytes"] > 0
     assert 0 <= result["rounds"][0]["train_s"] < result["rounds"][0]["seconds"]
+
+
+def test_benches_do_not_import_flower_or_cryptography() -> None:
+    # the GPU image has torch, transformers and peft only
+    from tests.unit.test_compare_imports import CLI_HELP, _loaded
+
+    code = "\n".join(["import simulations.bench_train, simulations.bench_scale, server.federation",
+                      CLI_HELP.format(argv=["bench", "train", "--help"])])  # fmt: skip
+    assert _loaded(code) == ""
