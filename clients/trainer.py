@@ -14,7 +14,8 @@ Where the time goes, and what this loop does about it (``crossfed bench train`` 
   only its ~128 candidates need gradients through the encoder: with ``train.history-grad =
   false`` (the default) the history-only items are encoded under ``no_grad`` (a forward is a
   third of forward + backward, and keeps no activations). Their private residuals, the ``user``
-  layer and the head still train; only the encoder's gradient through history items is cut.
+  layer and the head still train; only the encoder's gradient through items that are not a
+  candidate of the batch is cut (a candidate that is also in a history keeps both paths).
 - The distinct items are sorted by length and encoded in chunks of similar width, padded to a
   multiple of 8 (a few fixed shapes; attention and matmuls run on padding too otherwise).
 - The token table lives on the device once per process (no per-step host->device copy of
