@@ -84,6 +84,7 @@ class TrainSpec:
     max_examples: int = 2000  # 0 = the whole train split; else a seeded subsample per round (CPU default)
     proximal_mu: float = 0.0  # FedProx term mu/2 * ||w - w_global||^2 on the shared tensors; 0 disables it
     pick_weight: float = 1.0  # weight of the pick output's loss (rated vs unrated rows) next to the like loss
+    history_grad: bool = False  # True: encoder gradients through history-only items too (~1.5x slower steps)
 
     def __post_init__(self) -> None:
         _positive(self, "local_epochs", "train.local-epochs")

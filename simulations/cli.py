@@ -5,6 +5,7 @@
     crossfed compare --data DIR --out RUN --seeds 3 [--size ci|full]
     crossfed tallrec --src ../shared/data/tallrec-movie --out RUN
     crossfed bench secagg [--quick] | crossfed bench deploy [--nodes 30]
+    crossfed bench train [--quick] [--json] | crossfed bench scale [--platforms 3,10,100]
     crossfed deploy ca | node-key | register | superlink | supernode | submit
     crossfed stop-local                  (the flower-superlink/-superexec daemons `flwr run` left)
 
@@ -128,6 +129,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from deploy.bench import main as deploy_bench_main
 
         return deploy_bench_main(args.rest) or 0
+    if args.what == "train":
+        from simulations.bench_train import main as train_bench_main
+
+        return train_bench_main(args.rest) or 0
+    if args.what == "scale":
+        from simulations.bench_scale import main as scale_bench_main
+
+        return scale_bench_main(args.rest) or 0
     raise ConfigError(f"unknown benchmark {args.what!r}")
 
 
@@ -180,7 +189,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     stop.set_defaults(func=cmd_stop_local)
 
     bench = sub.add_parser("bench", help="benchmarks that print a table")
-    bench.add_argument("what", choices=["secagg", "deploy"])
+    bench.add_argument("what", choices=["secagg", "deploy", "train", "scale"])
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
     bench.set_defaults(func=cmd_bench)
 

@@ -123,6 +123,8 @@ ARMS: dict[str, Arm] = {a.name: a for a in (
         about="exact LoRA fusion: A frozen at its seeded init, fused B.A = mean of the platforms' B.A"),
     Arm("no-item-stats", "federated", {"model.item-stats": False},
         about="federated without the item statistics (train count, like-rate) as head features"),
+    Arm("history-grad", "federated", {"train.history-grad": True},
+        about="encoder gradients through history-only items too (the default encodes them without gradient)"),
     Arm("like-only", "federated", {"model.pick-head": False, "data.train-unseen-negatives": 0},
         about="federated with the like output only, trained on real ratings (no pick output, no unrated rows)"),
     Arm("no-dropout", "federated", {"lora.dropout": 0.0, "model.head-dropout": 0.0}, about="no dropout"),
@@ -139,7 +141,7 @@ ARMS: dict[str, Arm] = {a.name: a for a in (
 )}  # fmt: skip
 MAIN_ARMS = ("local", "federated", "fed+personal", "fed+finetune", "fed+mix", "pooled")
 LEVER_ARMS = ("fed+private-b", "fed-text-only", "local-text-only", "fed-bias-only", "like-only", "no-item-stats",
-              "fedprox", "fedavgm", "fedadam", "freeze-a")  # fmt: skip
+              "history-grad", "fedprox", "fedavgm", "fedadam", "freeze-a")  # fmt: skip
 BASELINE_ARMS = ("untrained", "liked-share", "popularity", "like-rate", "mf", "mf-central")
 DEFAULT_ARMS = (*MAIN_ARMS, *LEVER_ARMS, *BASELINE_ARMS)
 
