@@ -75,15 +75,18 @@ def split_config(spec: DataSpec, seed: int) -> SplitConfig:
     )  # fmt: skip
 
 
-def load_splits(setup: NodeSetup, spec: DataSpec, seed: int) -> PlatformSplits:
+def platform_data(setup: NodeSetup, seed: int) -> PlatformData:
+    """The platform's catalogue and interactions: its folder, or the embedded dataset of ``seed``."""
     if setup.data_dir:
-        data = load_platform(Path(setup.data_dir), setup.platform)
-    else:
-        synthetic = _synthetic(seed)
-        if setup.platform not in synthetic:
-            raise DatasetError(f"no platform {setup.platform!r} in the embedded dataset {sorted(synthetic)}")
-        data = synthetic[setup.platform]
-    return split_platform(data, split_config(spec, seed))
+        return load_platform(Path(setup.data_dir), setup.platform)
+    synthetic = _synthetic(seed)
+    if setup.platform not in synthetic:
+        raise DatasetError(f"no platform {setup.platform!r} in the embedded dataset {sorted(synthetic)}")
+    return synthetic[setup.platform]
+
+
+def load_splits(setup: NodeSetup, spec: DataSpec, seed: int) -> PlatformSplits:
+    return split_platform(platform_data(setup, seed), split_config(spec, seed))
 
 
 @dataclass

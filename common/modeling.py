@@ -134,14 +134,28 @@ class Scorer(nn.Module):
         user_residual: torch.Tensor | None = None,  # (B, dim) private per-user vectors
     ) -> torch.Tensor:
         """(B,) logits of the shared model (private biases are added by the caller)."""
+        user, counts = self.users(vectors, liked, disliked, user_residual)
+        return self.score(user, counts, vectors[candidates])
+
+    def users(
+        self,
+        vectors: torch.Tensor,  # (U, dim) item vectors
+        liked: torch.Tensor,  # (B, L) rows of ``vectors``, -1 = padding
+        disliked: torch.Tensor,  # (B, L)
+        user_residual: torch.Tensor | None = None,  # (B, dim)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, dim) user vectors and (B, 3) history counts: computed once per user, reused for every candidate."""
         liked_mean, n_liked = _history_mean(vectors, liked)
         disliked_mean, n_disliked = _history_mean(vectors, disliked)
         user = self.user(torch.cat([liked_mean, disliked_mean], dim=-1))  # (B, dim)
         if user_residual is not None:
             user = user + user_residual
-        item = vectors[candidates]  # (B, dim)
         share = torch.where(n_liked + n_disliked > 0, n_liked / (n_liked + n_disliked).clamp(min=1.0), 0.5)
         counts = torch.stack([share, torch.log1p(n_liked), torch.log1p(n_disliked)], dim=-1)  # (B, 3)
+        return user, counts.to(user.dtype)
+
+    def score(self, user: torch.Tensor, counts: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+        """(B,) shared logits of (B, dim) users (with their (B, 3) counts) against (B, dim) items."""
         return self.head(torch.cat([user * item, user, item, counts.to(item.dtype)], dim=-1)).squeeze(-1)
 
 

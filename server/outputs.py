@@ -13,9 +13,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-ROUNDS_FILE = "rounds.jsonl"
-SUMMARY_FILE = "summary.json"
-ADAPTER_DIR = "adapter"
+from common.run_layout import ADAPTER_DIR as ADAPTER_DIR  # re-exported: the server writes these
+from common.run_layout import ROUNDS_FILE as ROUNDS_FILE
+from common.run_layout import SUMMARY_FILE as SUMMARY_FILE
+
 TABLE_METRICS = ("auc", "logloss", "hr@10", "ndcg@10")
 
 
