@@ -122,13 +122,13 @@ class Recommender:
         best = int(summary["best_round"])
         folder = private_folder(str(run), platform) if state_dir is None else private_folder(
             cfg.out_dir, platform, state_dir)  # fmt: skip
+        data = platform_data(NodeSetup(platform, cfg.data.dir if data_dir is None else data_dir, device), cfg.seed)
         store = PrivateStore(folder)
         saved = store.load(best)
         if saved is None:
             where = "pass the platform's --state-dir" if state_dir is None else "is this the platform's state-dir?"
             raise RecommendError(f"no private parameters of platform {platform!r} at or before round {best} "
                                  f"in {folder} ({where})")  # fmt: skip
-        data = platform_data(NodeSetup(platform, cfg.data.dir if data_dir is None else data_dir, device), cfg.seed)
         scorer, tokenizer = load_adapter(cfg.model, cfg.lora, run / ADAPTER_DIR, seed=cfg.seed)
         if scorer.private_head:
             set_head_state(scorer, {k: v for k, v in saved.items() if k.startswith(HEAD_PREFIX)})
@@ -167,7 +167,10 @@ class Recommender:
         if user_id in self.histories:
             return self.histories[user_id]
         if not cold_start:
-            raise RecommendError(f"unknown user {user_id!r} on this platform (cold start: allow it explicitly)")
+            raise RecommendError(
+                f"unknown user {user_id!r} on this platform (cold start: score a new user by the "
+                "shared model alone with --cold-start / cold_start=True)"
+            )
         return UserHistory((), (), frozenset())
 
     @torch.no_grad()

@@ -1,7 +1,8 @@
 """``crossfed``: everything that is not a single ``flwr run``.
 
     crossfed prepare movielens --src ../shared/data/ml-100k --out data/ml100k [--split genre|users]
-    crossfed simulate [--data DIR] --out RUN [--rounds R --max-users N --set key=value ...]
+    crossfed simulate [--data DIR] --out RUN [--rounds R --max-users N --set key=value ...] [--continue-from RUN]
+    crossfed recommend | score --run RUN --platform P --user U ... ; crossfed export | serve --run RUN ...
     crossfed compare --data DIR --out RUN --seeds 3 [--size ci|full]
     crossfed tallrec --src ../shared/data/tallrec-movie --out RUN
     crossfed bench secagg [--quick] | crossfed bench deploy [--nodes 30]
@@ -26,6 +27,8 @@ from common.modeling import ModelLoadError
 from server.checkpoint import CheckpointError
 from simulations.compare import add_parsers as add_compare_parsers
 from simulations.movielens import SPLITS as MOVIELENS_SPLITS
+from simulations.use_cli import USER_ERRORS as USE_ERRORS
+from simulations.use_cli import add_parsers as add_use_parsers
 
 USER_ERRORS = (DatasetError, ConfigError, ModelLoadError, CheckpointError, FileNotFoundError)
 DEPLOY_ERRORS = (("deploy.certs", "CertError"), ("deploy.launch", "DeployError"))  # = deploy.cli.USER_ERRORS
@@ -48,6 +51,7 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def simulate_config(args: argparse.Namespace) -> AppConfig:
+    """The run's config: defaults (or, with ``--continue-from``, the old run's config) + flags + ``--set``."""
     overrides: dict[str, Any] = parse_overrides(args.set or [])
     if args.data:
         overrides["data.dir"] = str(Path(args.data).resolve())
@@ -56,7 +60,16 @@ def simulate_config(args: argparse.Namespace) -> AppConfig:
                       ("base_model", "model.base"), ("secagg", "secagg")):  # fmt: skip
         if getattr(args, flag) is not None:
             overrides[key] = getattr(args, flag)
-    return AppConfig().replace(**overrides)
+    if not getattr(args, "continue_from", None):
+        return AppConfig().replace(**overrides)
+    from server.warm_start import read_finished_run
+
+    old_dir = Path(args.continue_from).resolve()
+    old = read_finished_run(old_dir)
+    added = int(overrides.get("num-server-rounds", AppConfig().num_server_rounds))  # --rounds = rounds to add
+    overrides.update({"num-server-rounds": int(old["rounds_run"]) + added, "fed.warm-start": old["config"]["out-dir"],
+                      "fed.warm-start-round": 0})  # fmt: skip
+    return AppConfig.from_flat({**old["config"], **overrides})
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -137,6 +150,8 @@ def build_parser(with_deploy: bool = True) -> argparse.ArgumentParser:
     sim.add_argument("--secagg", action=argparse.BooleanOptionalAction, default=None)
     sim.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="CPUs the simulation may use")
     sim.add_argument("--set", action="append", metavar="KEY=VALUE", help="any run-config key, e.g. lora.r=4")
+    sim.add_argument("--continue-from", metavar="RUN", help="a finished run to keep training on (new) data: its "
+                     "config, fused adapter and private parameters are the start; --rounds: rounds to add")  # fmt: skip
     sim.set_defaults(func=cmd_simulate)
 
     bench = sub.add_parser("bench", help="benchmarks that print a table")
@@ -144,6 +159,7 @@ def build_parser(with_deploy: bool = True) -> argparse.ArgumentParser:
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
     bench.set_defaults(func=cmd_bench)
 
+    add_use_parsers(sub)
     add_compare_parsers(sub)
     if with_deploy:
         from deploy.cli import add_deploy_parser
@@ -156,7 +172,7 @@ def build_parser(with_deploy: bool = True) -> argparse.ArgumentParser:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors that print one line and exit 2; deploy's once a command has loaded :mod:`deploy`."""
-    loaded = [getattr(sys.modules[m], name) for m, name in DEPLOY_ERRORS if m in sys.modules]
+    loaded = [getattr(sys.modules[m], name) for m, name in (*DEPLOY_ERRORS, *USE_ERRORS) if m in sys.modules]
     return (*USER_ERRORS, *loaded)
 
 
