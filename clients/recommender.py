@@ -189,6 +189,7 @@ class Recommender:
     @torch.no_grad()
     def _logits(self, user_id: str, history: UserHistory, items: torch.Tensor) -> torch.Tensor:
         """(N,) logits of ``items`` (catalogue rows) for one user, in chunks of the head."""
+        self.scorer.eval()  # no head dropout, whoever used the model before
         vectors = self.item_vectors()
         user, counts, user_bias = self._user(user_id, history)
         out = torch.empty(len(items), device=self.device)
