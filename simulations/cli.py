@@ -5,7 +5,7 @@
     crossfed recommend | score --run RUN --platform P --user U ... ; crossfed export | serve --run RUN ...
     crossfed compare --data DIR --out RUN --seeds 3 [--size ci|full]
     crossfed tallrec --src ../shared/data/tallrec-movie --out RUN
-    crossfed bench secagg [--quick] | crossfed bench deploy [--nodes 30]
+    crossfed bench secagg [--quick] | crossfed bench deploy [--nodes 30] | crossfed bench recommend [--items N]
     crossfed deploy ca | node-key | register | superlink | supernode | submit
 
 Errors a user can fix (bad data, bad config, missing model) print ONE line and exit 2.
@@ -110,6 +110,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from simulations.bench_secagg import main as bench_main
 
         return bench_main(args.rest) or 0
+    if args.what == "recommend":
+        from simulations.bench_recommend import main as recommend_bench_main
+
+        return recommend_bench_main(args.rest) or 0
     if args.what == "deploy":
         from deploy.bench import main as deploy_bench_main
 
@@ -155,7 +159,7 @@ def build_parser(with_deploy: bool = True) -> argparse.ArgumentParser:
     sim.set_defaults(func=cmd_simulate)
 
     bench = sub.add_parser("bench", help="benchmarks that print a table")
-    bench.add_argument("what", choices=["secagg", "deploy"])
+    bench.add_argument("what", choices=["secagg", "deploy", "recommend"])
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
     bench.set_defaults(func=cmd_bench)
 
