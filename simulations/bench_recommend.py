@@ -52,8 +52,8 @@ def synthetic_catalogue(root: Path, items: int, users: int, per_user: int = 20, 
     words = VOCABULARY.split()
     catalogue = {}
     for i in range(items):
-        words = rng.choice(len(words), size=int(rng.integers(3, 9)))
-        catalogue[f"it{i:06d}"] = Item(f"it{i:06d}", " ".join(words[w] for w in words).capitalize())
+        picks = rng.choice(len(words), size=int(rng.integers(3, 9)))
+        catalogue[f"it{i:06d}"] = Item(f"it{i:06d}", " ".join(words[w] for w in picks).capitalize())
     ids = sorted(catalogue)
     rows = []
     for u in range(users):
