@@ -67,7 +67,8 @@ def simulate_config(args: argparse.Namespace) -> AppConfig:
     old_dir = Path(args.continue_from).resolve()
     old = read_finished_run(old_dir)
     added = int(overrides.get("num-server-rounds", AppConfig().num_server_rounds))  # --rounds = rounds to add
-    overrides.update({"num-server-rounds": int(old["rounds_run"]) + added, "fed.warm-start": old["config"]["out-dir"],
+    # Simulated platforms keep private parameters under <run>/private: the folder as it is now, even if moved.
+    overrides.update({"num-server-rounds": int(old["rounds_run"]) + added, "fed.warm-start": str(old_dir),
                       "fed.warm-start-round": 0})  # fmt: skip
     return AppConfig.from_flat({**old["config"], **overrides})
 
