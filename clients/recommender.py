@@ -9,8 +9,9 @@
 The model is a two-tower one (``common.modeling``), so nothing is paid per (user, item) pair but a
 small MLP: every catalogue item is read by the LoRA encoder once (:meth:`Recommender.item_vectors`,
 cached in memory and, keyed by the adapter, private parameters and catalogue, on disk), a user's
-vector is built once from their history, and the head scores the whole catalogue in a few batched
-passes. Items the user already interacted with are left out of a top-K.
+vector is built once from their history, and the head scores the whole catalogue in one batched
+pass whose item-side share is precomputed too (:meth:`Scorer.item_head_part`). Items the user
+already interacted with are left out of a top-K.
 
 What is loaded, and from where:
 - the shared model: ``<run>/adapter`` (PEFT folder + ``head.safetensors``), with the run's config
@@ -47,7 +48,6 @@ from common.splits import UserHistory, current_histories, split_platform
 log = logging.getLogger("crossfed.recommend")
 
 CACHE_DIR = "cache"  # under the run folder: item vectors per platform, keyed by what produced them
-SCORE_CHUNK = 65_536  # (user, item) pairs per head pass: ~50 MB of activations at dim 64
 
 
 class RecommendError(ValueError):
@@ -105,6 +105,7 @@ class Recommender:
         self.cache_key = cache_key
         self.cache_dir = cache_dir
         self._vectors: torch.Tensor | None = None
+        self._item_part: torch.Tensor | None = None  # item side of the head's first layer (Scorer.item_head_part)
 
     @classmethod
     def from_run(
@@ -150,9 +151,10 @@ class Recommender:
     def item_vectors(self) -> torch.Tensor:
         """(I, dim) catalogue vectors (text tower + private residual): computed once, then cached."""
         if self._vectors is None:
-            path = (
-                None if self.cache_dir is None or self.cache_key is None else self.cache_dir / f"{self.cache_key}.npy"
-            )
+            self.scorer.eval()  # no dropout in the encoder
+            self._item_part = None
+            cached = self.cache_dir is not None and self.cache_key is not None
+            path = self.cache_dir / f"{self.cache_key}.npy" if cached else None
             if path is not None and path.is_file():
                 self._vectors = torch.from_numpy(np.load(path)).to(self.device)
             else:
@@ -187,20 +189,19 @@ class Recommender:
         return user, counts, bias
 
     @torch.no_grad()
-    def _logits(self, user_id: str, history: UserHistory, items: torch.Tensor) -> torch.Tensor:
-        """(N,) logits of ``items`` (catalogue rows) for one user, in chunks of the head."""
-        self.scorer.eval()  # no head dropout, whoever used the model before
+    def _logits(self, user_id: str, history: UserHistory, items: torch.Tensor | None) -> torch.Tensor:
+        """Logits of ``items`` (catalogue rows; None = the whole catalogue, in order) for one user."""
         vectors = self.item_vectors()
+        if self._item_part is None:
+            self._item_part = self.scorer.item_head_part(vectors)
         user, counts, user_bias = self._user(user_id, history)
-        out = torch.empty(len(items), device=self.device)
-        for start in range(0, len(items), SCORE_CHUNK):
-            rows = items[start : start + SCORE_CHUNK]
-            n = len(rows)
-            logits = self.scorer.score(user.expand(n, -1), counts.expand(n, -1), vectors[rows])
-            if self.part.private.item_bias is not None:
-                logits = logits + self.part.private.item_bias[rows] + user_bias
-            out[start : start + n] = logits
-        return out
+        item_part = self._item_part if items is None else self._item_part[items]
+        picked = vectors if items is None else vectors[items]
+        logits = self.scorer.score_items(user[0], counts[0], picked, item_part)
+        if self.part.private.item_bias is not None:
+            bias = self.part.private.item_bias
+            logits = logits + (bias if items is None else bias[items]) + user_bias
+        return logits
 
     def score(self, user_id: str, item_ids: Sequence[str], cold_start: bool = False) -> np.ndarray:
         """Like-probabilities of ``item_ids`` for ``user_id``, in order."""
@@ -216,7 +217,7 @@ class Recommender:
             raise RecommendError(f"`k` must be positive, got {k}")
         history = self.history(user_id, cold_start)
         table = self.part.table
-        logits = self._logits(user_id, history, torch.arange(len(table), device=self.device))
+        logits = self._logits(user_id, history, None)
         if exclude_seen and history.seen:
             logits[torch.as_tensor(table.rows(sorted(history.seen)), device=self.device)] = -torch.inf
         best = torch.topk(logits, min(k, len(table))).indices

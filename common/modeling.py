@@ -158,6 +158,26 @@ class Scorer(nn.Module):
         """(B,) shared logits of (B, dim) users (with their (B, 3) counts) against (B, dim) items."""
         return self.head(torch.cat([user * item, user, item, counts.to(item.dtype)], dim=-1)).squeeze(-1)
 
+    def item_head_part(self, items: torch.Tensor) -> torch.Tensor:
+        """(I, dim) item side of the head's first layer, ``W_v v + b``: computed once per catalogue.
+
+        The first layer is linear in its input ``[u * v, u, v, counts]``, so it splits into
+        ``W_uv (u * v) + W_u u + W_v v + W_c counts + b``: one user's scores over a catalogue then
+        cost one (I, dim) x (dim, dim) product instead of an (I, 3 dim + 3) x (3 dim + 3, dim) one.
+        """
+        first, dim = self.head[1], items.shape[-1]
+        return items @ first.weight[:, 2 * dim : 3 * dim].T + first.bias
+
+    def score_items(
+        self, user: torch.Tensor, counts: torch.Tensor, items: torch.Tensor, item_part: torch.Tensor
+    ) -> torch.Tensor:
+        """(I,) logits of one (dim,) user with (3,) counts against (I, dim) items: :meth:`score` split
+        as in :meth:`item_head_part` (``item_part`` holds those rows of it); no dropout (inference)."""
+        weight, dim = self.head[1].weight, items.shape[-1]
+        user_part = weight[:, dim : 2 * dim] @ user + weight[:, 3 * dim :] @ counts.to(user.dtype)  # (dim,)
+        hidden = items @ (weight[:, :dim] * user).T + item_part + user_part  # (I, dim): (u * v) W_uv^T + ...
+        return self.head[3](self.head[2](hidden)).squeeze(-1)
+
 
 def _history_mean(vectors: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean item vector of each history (B, L) with -1 padding, and the history lengths (B,)."""

@@ -112,3 +112,17 @@ def test_users_then_score_equals_forward() -> None:
     torch.testing.assert_close(got, expected)
     share = counts[:, 0].tolist()
     assert share == pytest.approx([2 / 3, 0.0, 1.0])
+
+
+def test_score_items_with_the_precomputed_item_part_equals_score() -> None:
+    # Prepare
+    scorer, _ = build_scorer(ModelSpec(base="tiny-random", dim=8), LoraSpec(r=2), seed=0)
+    scorer.eval()
+    gen = torch.Generator().manual_seed(1)
+    items, user, counts = torch.randn(50, 8, generator=gen), torch.randn(8, generator=gen), torch.rand(3, generator=gen)
+    # Execute
+    with torch.no_grad():
+        expected = scorer.score(user.expand(50, -1), counts.expand(50, -1), items)
+        got = scorer.score_items(user, counts, items, scorer.item_head_part(items))
+    # Assert: the split first layer is the same linear map
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
