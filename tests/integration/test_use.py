@@ -112,42 +112,56 @@ def test_item_vectors_are_cached_on_disk_and_reused(run: tuple[Path, Path], rec:
     torch.testing.assert_close(again.item_vectors(), rec.item_vectors())
 
 
-def test_recommend_and_score_commands(run: tuple[Path, Path], tmp_path: Path) -> None:
+def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """The ``crossfed`` entry point in this process (the subprocess tests cover start-up)."""
+    from simulations.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_recommend_and_score_commands(run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     # Prepare
     users = tmp_path / "users.txt"
     users.write_text("user_id\nu000\nu001\n")
+    common = ("--run", str(run[0]), "--platform", "app")
     # Execute
-    as_json = _crossfed("recommend", "--run", str(run[0]), "--platform", "app", "--users", str(users), "-k", "4")
-    as_csv = _crossfed("recommend", "--run", str(run[0]), "--platform", "app", "--user", "u000", "-k", "4",
-                       "--format", "csv")  # fmt: skip
-    scored = _crossfed("score", "--run", str(run[0]), "--platform", "app", "--user", "u000", "--items", "app-003",
-                       "app-007")  # fmt: skip
-    bad = _crossfed("recommend", "--run", str(run[0]), "--platform", "app", "--user", "ghost")
+    as_json = _cli(capsys, "recommend", *common, "--users", str(users), "-k", "4")
+    as_csv = _cli(capsys, "recommend", *common, "--user", "u000", "-k", "4", "--format", "csv")
+    scored = _cli(capsys, "score", *common, "--user", "u000", "--items", "app-003", "app-007")
+    bad = _cli(capsys, "recommend", *common, "--user", "ghost")
     # Assert
-    assert as_json.returncode == 0, as_json.stderr
-    document = json.loads(as_json.stdout)
+    assert as_json[0] == 0, as_json[2]
+    document = json.loads(as_json[1])
     assert sorted(document["recommendations"]) == ["u000", "u001"]
     assert all(len(top) == 4 for top in document["recommendations"].values())
-    rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    rows = list(csv.DictReader(io.StringIO(as_csv[1])))
     assert [r["item_id"] for r in rows] == [s["item_id"] for s in document["recommendations"]["u000"]]
     assert [r["rank"] for r in rows] == ["1", "2", "3", "4"]
-    assert scored.returncode == 0, scored.stderr
-    assert [s["item_id"] for s in json.loads(scored.stdout)["scores"]] == ["app-003", "app-007"]
-    assert bad.returncode == 2 and "crossfed: error: unknown user 'ghost'" in bad.stderr
-    assert "Traceback" not in bad.stderr
+    assert scored[0] == 0, scored[2]
+    assert [s["item_id"] for s in json.loads(scored[1])["scores"]] == ["app-003", "app-007"]
+    assert (
+        bad[0] == 2
+        and bad[2].strip()
+        == "crossfed: error: unknown user 'ghost' on this platform (cold start: "
+        "score a new user by the shared model alone with --cold-start / cold_start=True)"
+    )
 
 
 @pytest.mark.parametrize("merge", [True, False])
 def test_export_loads_with_transformers_and_scores_like_the_run(
-    run: tuple[Path, Path], rec: Recommender, tmp_path: Path, merge: bool
+    run: tuple[Path, Path], rec: Recommender, tmp_path: Path, merge: bool, capsys: pytest.CaptureFixture
 ) -> None:
     # Prepare
     out = tmp_path / "export"
     # Execute
-    args = ["export", "--run", str(run[0]), "--out", str(out), *(["--merge"] if merge else [])]
-    result = _crossfed(*args)
+    code, _, err = _cli(capsys, "export", "--run", str(run[0]), "--out", str(out), *(["--merge"] if merge else []))
     # Assert: the folder, its card and its config
-    assert result.returncode == 0, result.stderr
+    assert code == 0, err
+    again = _cli(capsys, "export", "--run", str(run[0]), "--out", str(out))
+    assert again[0] == 2 and "exists and is not empty (pass --overwrite" in again[2]
     card = (out / "README.md").read_text()
     summary = json.loads((run[0] / SUMMARY_FILE).read_text())
     assert f"{summary['test']['app']['auc']:.4f}" in card and "lora.r = 4" in card
