@@ -74,7 +74,8 @@ def read_run(run_dir: Path) -> tuple[AppConfig, dict]:
 
 
 def training_index(cfg: AppConfig, platform: str, data: PlatformData) -> dict[str, list[str]]:
-    """The ids of the private rows as training laid them out, for runs that did not save them."""
+    """The ids of the private rows as training laid them out, for runs that did not save them (older
+    runs): right only while the platform's data is what the run trained on; other row counts are refused."""
     splits = split_platform(data, split_config(cfg.data, cfg.seed))
     return {"items": sorted(splits.items), "users": list(user_index(splits))}
 

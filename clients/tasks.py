@@ -62,6 +62,9 @@ def align_rows(
                 )
             out[name] = np.asarray(value)
             continue
+        if len(saved_index[kind]) != value.shape[0]:
+            raise ValueError(f"private `{name}` has {value.shape[0]} rows but {len(saved_index[kind])} saved {kind} "
+                             "ids: the saved private parameters are inconsistent")  # fmt: skip
         position = {key: i for i, key in enumerate(saved_index[kind])}
         pairs = [(i, position[key]) for i, key in enumerate(index[kind]) if key in position]
         aligned = np.zeros((rows, *value.shape[1:]), dtype=np.float32)

@@ -34,6 +34,11 @@ def test_align_rows_matches_by_id_new_ids_start_at_zero_gone_ids_dropped() -> No
     np.testing.assert_array_equal(out["user_bias"], [20.0, 0.0])
 
 
+def test_align_rows_refuses_ids_that_do_not_fit_the_rows() -> None:
+    with pytest.raises(ValueError, match=r"`item_bias` has 3 rows but 2 saved items ids"):
+        align_rows(_saved(), {"items": ["a", "b"], "users": ["u", "v"]}, {"items": ["a"], "users": ["u"]})
+
+
 def test_align_rows_same_ids_is_identity() -> None:
     index = {"items": ["a", "b", "c"], "users": ["u", "v"]}
     out = align_rows(_saved(), index, index)
