@@ -159,6 +159,8 @@ class Recommender:
             if path is not None and path.is_file():
                 self._vectors = torch.from_numpy(np.load(path)).to(self.device)
             else:
+                log.info("encoding %d catalogue items once (%s)", len(self.part.table),
+                         "then cached in " + str(self.cache_dir) if path is not None else "not cached")  # fmt: skip
                 self._vectors = catalogue_vectors(self.scorer, self.part, self.batch_size, self.device)
                 if path is not None:
                     _save_npy(path, self._vectors.cpu().numpy())
