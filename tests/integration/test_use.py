@@ -289,3 +289,11 @@ def test_continue_training_on_appended_data(run: tuple[Path, Path], tmp_path: Pa
     assert summary["config"]["lora.r"] == 4 and summary["config"]["data.dir"] == str(data)
     rec2 = Recommender.from_run(out, "app", device="cpu")
     assert "newbie" in rec2.histories and "app-005" not in {s.item_id for s in rec2.top_k("u000", 90)}
+
+
+def test_continue_with_another_model_is_one_clear_line(run: tuple[Path, Path], tmp_path: Path) -> None:
+    result = _crossfed("simulate", "--continue-from", str(run[0]), "--out", str(tmp_path / "run2"), "--set",
+                       "lora.r=8")  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "cannot continue a run of another model: `lora.r` (4 there, 8 now)" in result.stderr
+    assert not (tmp_path / "run2").exists()
