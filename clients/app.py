@@ -19,7 +19,7 @@ from flwr.common.logger import update_console_handler
 from clients import secure
 from clients.metrics_log import append_metrics
 from clients.platform import PARTITION_KEY, resolve_node
-from clients.private_state import DEFAULT_STATE_DIR, STATE_DIR_KEY, PrivateStore, private_folder, rounds_to_keep
+from clients.private_state import DEFAULT_STATE_DIR, STATE_DIR_KEY, PrivateStore, run_store
 from clients.tasks import evaluate_state, fit
 from common.config import AppConfig, ConfigError
 from common.data import DatasetError
@@ -151,10 +151,9 @@ def handle_evaluate_secagg_stage(msg: Message, context: Context) -> Message:
 
 def _private_store(context: Context, cfg: AppConfig, platform: str) -> PrivateStore:
     """This platform's private parameters on its own disk (simulation: under the run folder)."""
-    keep = rounds_to_keep(cfg.fed.patience)
     simulated = PARTITION_KEY in context.node_config and STATE_DIR_KEY not in context.node_config
     state_dir = None if simulated else str(context.node_config.get(STATE_DIR_KEY, DEFAULT_STATE_DIR))
-    return PrivateStore(private_folder(cfg.out_dir, platform, state_dir), keep)
+    return run_store(cfg, platform, state_dir)
 
 
 def _contribution_record(context: Context, store: PrivateStore) -> Path | None:

@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 
 from clients.trainer import EncodedSplit, ItemTable, encode_examples, encode_items, encode_ranking, with_item_stats
 from common.config import AppConfig, DataSpec
-from common.data import DatasetError, PlatformData, discover_platforms, load_platform
+from common.data import DatasetError, PlatformData, RatingScale, discover_platforms, load_platform
 from common.item_stats import ItemStats
 from common.splits import PlatformSplits, RankingCase, SplitConfig, split_platform, thin_train
 
@@ -76,15 +76,19 @@ def split_config(spec: DataSpec, seed: int) -> SplitConfig:
     )  # fmt: skip
 
 
-def load_splits(setup: NodeSetup, spec: DataSpec, seed: int) -> PlatformSplits:
+def platform_data(setup: NodeSetup, seed: int, scale: RatingScale | None = None) -> PlatformData:
+    """The platform's catalogue and interactions: its folder (ratings checked against ``scale``), or
+    the embedded dataset of ``seed``."""
     if setup.data_dir:
-        data = load_platform(Path(setup.data_dir), setup.platform, spec.scale)
-    else:
-        synthetic = _synthetic(seed)
-        if setup.platform not in synthetic:
-            raise DatasetError(f"no platform {setup.platform!r} in the embedded dataset {sorted(synthetic)}")
-        data = synthetic[setup.platform]
-    return split_platform(data, split_config(spec, seed))
+        return load_platform(Path(setup.data_dir), setup.platform, scale)
+    synthetic = _synthetic(seed)
+    if setup.platform not in synthetic:
+        raise DatasetError(f"no platform {setup.platform!r} in the embedded dataset {sorted(synthetic)}")
+    return synthetic[setup.platform]
+
+
+def load_splits(setup: NodeSetup, spec: DataSpec, seed: int) -> PlatformSplits:
+    return split_platform(platform_data(setup, seed, spec.scale), split_config(spec, seed))
 
 
 @dataclass

@@ -15,19 +15,26 @@ Without a folder (fine-tuning copies in the comparison harness) they live in mem
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from common.config import AppConfig
+from common.run_layout import PRIVATE_DIR
 
 FILE = re.compile(r"round-(\d+)\.safetensors")
 STATE_DIR_KEY = "state-dir"  # node_config: where a deployed platform keeps its private parameters
 DEFAULT_STATE_DIR = "~/.crossfed/private"
 
+INDEX_KEY = "crossfed-index"  # safetensors metadata: JSON {"items": [ids], "users": [ids]}, one per row
+
 Tensors = Mapping[str, np.ndarray]
+Index = Mapping[str, Sequence[str]]
 
 
 class PrivateStore:
@@ -37,6 +44,17 @@ class PrivateStore:
         self.folder = folder
         self.keep = keep  # 0 = keep every round
         self._memory: dict[int, OrderedDict[str, np.ndarray]] = {}
+        self._index: dict[int, dict[str, list[str]]] = {}
+        self.warm: tuple[PrivateStore, int] | None = None  # (an earlier run's store, its round): see warm_start
+
+    def warm_start(self, earlier: PrivateStore, rnd: int) -> PrivateStore:
+        """Start from ``earlier``'s parameters of round ``rnd`` while this store has none of its own.
+
+        A run that continues a finished one on new data trains its first round from the old run's
+        private parameters (of the round whose fused adapter it starts from).
+        """
+        self.warm = (earlier, rnd)
+        return self
 
     def rounds(self) -> list[int]:
         if self.folder is None:
@@ -49,23 +67,41 @@ class PrivateStore:
         """The tensors saved at the latest round <= ``rnd``; None when there are none (start from zero)."""
         earlier = [r for r in self.rounds() if r <= rnd]
         if not earlier:
-            return None
+            return None if self.warm is None else self.warm[0].load(self.warm[1])
         if self.folder is None:
             return self._memory[max(earlier)]
         from safetensors.numpy import load_file
 
         return OrderedDict(load_file(str(self._path(max(earlier)))))
 
-    def save(self, rnd: int, tensors: Tensors) -> None:
+    def index(self, rnd: int) -> dict[str, list[str]] | None:
+        """The item and user ids (one per row) saved with :meth:`load`'s tensors; None if not saved."""
+        earlier = [r for r in self.rounds() if r <= rnd]
+        if not earlier:
+            return None if self.warm is None else self.warm[0].index(self.warm[1])
+        if self.folder is None:
+            return self._index.get(max(earlier))
+        from safetensors import safe_open
+
+        with safe_open(str(self._path(max(earlier))), "np") as fh:
+            raw = (fh.metadata() or {}).get(INDEX_KEY)
+        return None if raw is None else {k: list(v) for k, v in json.loads(raw).items()}
+
+    def save(self, rnd: int, tensors: Tensors, index: Index | None = None) -> None:
+        """Save round ``rnd``; ``index`` names the item and user id of each row (so that a later run
+        on grown data can line the rows up by id)."""
         arrays = OrderedDict((k, np.array(v, dtype=np.float32, copy=True)) for k, v in tensors.items())
+        ids = None if index is None else {k: list(v) for k, v in index.items()}
         if self.folder is None:
             self._memory[rnd] = arrays
+            if ids is not None:
+                self._index[rnd] = ids
         else:
             from safetensors.numpy import save_file
 
             self.folder.mkdir(parents=True, exist_ok=True)
             tmp = self._path(rnd).with_suffix(".tmp")
-            save_file(arrays, str(tmp))
+            save_file(arrays, str(tmp), metadata=None if ids is None else {INDEX_KEY: json.dumps(ids)})
             os.replace(tmp, self._path(rnd))  # a crash leaves the old round or the new one, never half
         if self.keep:
             for old in self.rounds()[: -self.keep]:
@@ -76,7 +112,11 @@ class PrivateStore:
         copy = PrivateStore(None, self.keep)
         saved = self.load(rnd)
         if saved is not None:
-            copy._memory[max(r for r in self.rounds() if r <= rnd)] = saved
+            at = max((r for r in self.rounds() if r <= rnd), default=0)
+            copy._memory[at] = saved
+            ids = self.index(rnd)
+            if ids is not None:
+                copy._index[at] = ids
         return copy
 
     def _path(self, rnd: int) -> Path:
@@ -86,6 +126,7 @@ class PrivateStore:
     def _drop(self, rnd: int) -> None:
         if self.folder is None:
             del self._memory[rnd]
+            self._index.pop(rnd, None)
         else:
             self._path(rnd).unlink(missing_ok=True)
 
@@ -105,6 +146,16 @@ def private_folder(out_dir: str, platform: str, state_dir: str | None = None) ->
     (same ``out-dir``) finds them and another run does not.
     """
     if state_dir is None:
-        return Path(out_dir).expanduser() / "private" / platform
+        return Path(out_dir).expanduser() / PRIVATE_DIR / platform
     run = hashlib.sha256(out_dir.encode()).hexdigest()[:16]
     return Path(state_dir).expanduser() / platform / run
+
+
+def run_store(cfg: AppConfig, platform: str, state_dir: str | None = None) -> PrivateStore:
+    """A platform's store for the run ``cfg`` describes; a continued run (``fed.warm-start``) falls back
+    to the platform's private parameters of the old run's best round until it has its own."""
+    store = PrivateStore(private_folder(cfg.out_dir, platform, state_dir), rounds_to_keep(cfg.fed.patience))
+    if cfg.fed.warm_start:
+        earlier = PrivateStore(private_folder(cfg.fed.warm_start, platform, state_dir))
+        store.warm_start(earlier, cfg.fed.warm_start_round)
+    return store

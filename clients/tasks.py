@@ -32,15 +32,63 @@ from common.modeling import (
 ALL_SPLITS = ("valid", "test")
 
 
-def private_parts(cfg: AppConfig, prepared: PreparedPlatform, saved: Mapping[str, np.ndarray] | None) -> PrivateParts:
-    """This platform's private parameters: zeros, or the saved ones (saved private layers of the shared
-    model, a head or LoRA B, are not part of them)."""
+def platform_index(prepared: PreparedPlatform) -> dict[str, list[str]]:
+    """The item and user id of each row of the platform's private parameters (saved beside them)."""
+    return {"items": list(prepared.table.ids), "users": list(prepared.users)}
+
+
+def align_rows(
+    saved: Mapping[str, np.ndarray], saved_index: Mapping[str, Sequence[str]] | None, index: Mapping[str, Sequence[str]]
+) -> dict[str, np.ndarray]:
+    """Saved private tensors laid out for the current ids: rows matched by item/user id, new ids at zero.
+
+    ``item_*`` tensors have one row per item, ``user_*`` one per user. Saved ids no longer present
+    are dropped (a user who left). Without a saved index (an older run) the rows can only be
+    taken as they are, which is sound only if the counts still match.
+    """
+    out: dict[str, np.ndarray] = {}
+    for name, value in saved.items():
+        kind = "items" if name.startswith("item_") else "users" if name.startswith("user_") else None
+        if kind is None:
+            out[name] = np.asarray(value)
+            continue
+        rows = len(index[kind])
+        if saved_index is None:
+            if value.shape[0] != rows:
+                raise ValueError(
+                    f"private `{name}` was saved for {value.shape[0]} {kind} without their ids and this platform "
+                    f"now has {rows}: its rows cannot be matched to ids; start from a run that saved them"
+                )
+            out[name] = np.asarray(value)
+            continue
+        if len(saved_index[kind]) != value.shape[0]:
+            raise ValueError(f"private `{name}` has {value.shape[0]} rows but {len(saved_index[kind])} saved {kind} "
+                             "ids: the saved private parameters are inconsistent")  # fmt: skip
+        position = {key: i for i, key in enumerate(saved_index[kind])}
+        pairs = [(i, position[key]) for i, key in enumerate(index[kind]) if key in position]
+        aligned = np.zeros((rows, *value.shape[1:]), dtype=np.float32)
+        if pairs:
+            new_rows, old_rows = (np.asarray(x, dtype=np.int64) for x in zip(*pairs, strict=True))
+            aligned[new_rows] = value[old_rows]
+        out[name] = aligned
+    return out
+
+
+def private_parts(
+    cfg: AppConfig,
+    prepared: PreparedPlatform,
+    saved: Mapping[str, np.ndarray] | None,
+    saved_index: Mapping[str, Sequence[str]] | None = None,
+) -> PrivateParts:
+    """This platform's private parameters: zeros, or the saved ones lined up by id (saved private layers
+    of the shared model, a head or LoRA B, are not part of them)."""
     parts = PrivateParts(len(prepared.table), len(prepared.users), cfg.model.dim, cfg.model.private,
                          pick=cfg.model.pick_head)  # fmt: skip
     if saved:
         names = set(parts.state_dict())
-        own = {k: torch.from_numpy(np.array(v)) for k, v in saved.items() if k in names}
-        parts.load_state_dict(own)
+        own = {k: v for k, v in saved.items() if k in names}
+        aligned = align_rows(own, saved_index, platform_index(prepared))
+        parts.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in aligned.items()})
     return parts
 
 
@@ -52,17 +100,19 @@ def private_tensors(scorer: Scorer, parts: PrivateParts) -> OrderedDict[str, np.
 
 
 def load_platform(
-    cfg: AppConfig, setup: NodeSetup, state: Mapping[str, np.ndarray], saved: Mapping[str, np.ndarray] | None
+    cfg: AppConfig, setup: NodeSetup, state: Mapping[str, np.ndarray], store: PrivateStore, rnd: int
 ) -> tuple[Scorer, PlatformBatches, PreparedPlatform]:
-    """The shared model with ``state`` (and this platform's private layers, if any) plus its private parts."""
+    """The shared model with ``state`` plus this platform's private parts (and private layers: head, LoRA B)
+    of round ``rnd``."""
     scorer, tokenizer = load_scorer(cfg.model, cfg.lora, cfg.seed)
     prepared = prepare(setup, cfg.data, cfg.eval.max_rank_users, cfg.seed, tokenizer, cfg.model.max_length)
     set_trainable_state(scorer, dict(state))
+    saved = store.load(rnd)
     if scorer.initial_private:
         layers = {k: v for k, v in (saved or {}).items() if scorer.is_private(k)}
         set_private_layers(scorer, layers or None)
-    part = PlatformBatches(prepared.table, prepared.train, private_parts(cfg, prepared, saved))
-    return scorer, part, prepared
+    parts = private_parts(cfg, prepared, saved, store.index(rnd) if saved else None)
+    return scorer, PlatformBatches(prepared.table, prepared.train, parts), prepared
 
 
 def train_seed(cfg: AppConfig, platform: str, server_round: int) -> int:
@@ -77,11 +127,11 @@ def fit(
 
     The private parameters continue from the latest earlier round and are saved under this one.
     """
-    scorer, part, prepared = load_platform(cfg, setup, state, store.load(server_round - 1))
+    scorer, part, prepared = load_platform(cfg, setup, state, store, server_round - 1)
     part.data = subsample(prepared.train, cfg.train.max_examples, cfg.seed + server_round)
     metrics = train(scorer, [part], cfg.train, pick_device(setup.device), seed=train_seed(cfg, setup.platform,
                                                                                        server_round))  # fmt: skip
-    store.save(server_round, private_tensors(scorer, part.private))
+    store.save(server_round, private_tensors(scorer, part.private), platform_index(prepared))
     return get_trainable_state(scorer), metrics
 
 
@@ -98,7 +148,7 @@ def evaluate_state(
 
     Uses this platform's private parameters of ``server_round`` (the latest at or before it).
     """
-    scorer, part, prepared = load_platform(cfg, setup, state, store.load(server_round))
+    scorer, part, prepared = load_platform(cfg, setup, state, store, server_round)
     data = {name: getattr(prepared, name) for name in splits}
     rankings = prepared.rankings(splits)
     return evaluate(scorer, part, data, rankings, cfg.eval.batch_size, pick_device(setup.device), scores)

@@ -183,6 +183,10 @@ class FedSpec:
     adam_beta2: float = 0.99  # FedAdam second-moment decay
     adam_tau: float = 1e-3  # FedAdam adaptivity (added to sqrt(v)); use fed.server-lr ~ 1e-2 with adam
     resume: bool = True  # a run folder with a checkpoint resumes after its last completed round
+    # Continue a finished run (its out-dir) on new data: start from its fused adapter and each platform's
+    # private parameters of its best round; rounds are numbered after its last (num-server-rounds = last round).
+    warm_start: str = ""
+    warm_start_round: int = 0  # set by the server from that run: the round whose private parameters platforms load
 
     def __post_init__(self) -> None:
         _positive(self, "min_nodes", "fed.min-nodes")
@@ -192,6 +196,7 @@ class FedSpec:
         _non_negative(self, "straggler_factor", "fed.straggler-factor")
         _non_negative(self, "straggler_min_s", "fed.straggler-min-s")
         _non_negative(self, "patience", "fed.patience")
+        _non_negative(self, "warm_start_round", "fed.warm-start-round")
         _positive(self, "server_lr", "fed.server-lr")
         if not 0.0 <= self.server_momentum < 1.0:
             raise ConfigError(f"`fed.server-momentum` must be in [0, 1), got {self.server_momentum}")

@@ -159,20 +159,64 @@ class Scorer(nn.Module):
 
         Private biases are added by the caller.
         """
+        user, counts = self.users(vectors, liked, disliked, user_residual)
+        return self.score(user, counts, vectors[candidates], stats)
+
+    def users(
+        self,
+        vectors: torch.Tensor,  # (U, dim) item vectors
+        liked: torch.Tensor,  # (B, L) rows of ``vectors``, -1 = padding
+        disliked: torch.Tensor,  # (B, L)
+        user_residual: torch.Tensor | None = None,  # (B, dim)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, dim) user vectors and (B, 3) history counts: computed once per user, reused for every candidate."""
         liked_mean, n_liked = _history_mean(vectors, liked)
         disliked_mean, n_disliked = _history_mean(vectors, disliked)
         user = self.user(torch.cat([liked_mean, disliked_mean], dim=-1))  # (B, dim)
         if user_residual is not None:
             user = user + user_residual
-        item = vectors[candidates]  # (B, dim)
         share = torch.where(n_liked + n_disliked > 0, n_liked / (n_liked + n_disliked).clamp(min=1.0), 0.5)
         counts = torch.stack([share, torch.log1p(n_liked), torch.log1p(n_disliked)], dim=-1)  # (B, 3)
+        return user, counts.to(user.dtype)
+
+    def score(
+        self, user: torch.Tensor, counts: torch.Tensor, item: torch.Tensor, stats: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, K) shared logits of (B, dim) users (with their (B, 3) counts) against (B, dim) items
+        (with their (B, NUM_ITEM_STATS) statistics when the model reads them)."""
         features = [user * item, user, item, counts.to(item.dtype)]
         if self.item_stats:
-            if stats is None:
-                raise ValueError("this model reads the candidates' item statistics (`model.item-stats`); none given")
-            features.append(stats.to(item.dtype))
+            features.append(self._stats(stats).to(item.dtype))
         return self.head(torch.cat(features, dim=-1))
+
+    @staticmethod
+    def _stats(stats: torch.Tensor | None) -> torch.Tensor:
+        if stats is None:
+            raise ValueError("this model reads the candidates' item statistics (`model.item-stats`); none given")
+        return stats
+
+    def item_head_part(self, items: torch.Tensor, stats: torch.Tensor | None = None) -> torch.Tensor:
+        """(I, dim) item side of the head's first layer, ``W_v v + W_s s + b``: computed once per catalogue.
+
+        The first layer is linear in its input ``[u * v, u, v, counts, stats]``, so it splits into
+        ``W_uv (u * v) + W_u u + W_v v + W_c counts + W_s stats + b``: one user's scores over a catalogue
+        then cost one (I, dim) x (dim, dim) product instead of an (I, 3 dim + 5) x (3 dim + 5, dim) one.
+        """
+        first, dim = self.head[1], items.shape[-1]
+        part = items @ first.weight[:, 2 * dim : 3 * dim].T + first.bias
+        if self.item_stats:
+            part = part + self._stats(stats).to(items.dtype) @ first.weight[:, 3 * dim + NUM_COUNTS :].T
+        return part
+
+    def score_items(
+        self, user: torch.Tensor, counts: torch.Tensor, items: torch.Tensor, item_part: torch.Tensor
+    ) -> torch.Tensor:
+        """(I, K) logits of one (dim,) user with (3,) counts against (I, dim) items: :meth:`score` split
+        as in :meth:`item_head_part` (``item_part`` holds those rows of it); no dropout (inference)."""
+        weight, dim = self.head[1].weight, items.shape[-1]
+        user_part = weight[:, dim : 2 * dim] @ user + weight[:, 3 * dim : 3 * dim + NUM_COUNTS] @ counts.to(user.dtype)
+        hidden = items @ (weight[:, :dim] * user).T + item_part + user_part  # (I, dim): (u * v) W_uv^T + ...
+        return self.head[3](self.head[2](hidden))
 
 
 def _history_mean(vectors: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

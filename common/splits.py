@@ -196,6 +196,35 @@ def _histories(
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class UserHistory:
+    """What a platform knows of one user now: their latest likes and dislikes and everything they touched."""
+
+    liked: tuple[str, ...]  # most recent first, up to ``history_len``
+    disliked: tuple[str, ...]
+    seen: frozenset[str]  # every item the user interacted with (never recommended back)
+
+
+def interaction_labels(data: PlatformData, like_threshold: float) -> list[tuple[str, int]]:
+    """(item id, like label) of every interaction, with the labels training uses."""
+    return [(row.item_id, _label(row, data.feedback, like_threshold)) for row in data.interactions]
+
+
+def current_histories(data: PlatformData, like_threshold: float, history_len: int) -> dict[str, UserHistory]:
+    """Each user's history after their last interaction: what a recommendation is made from.
+
+    The same labels and ordering as the training examples (:func:`split_platform`), over all of a
+    user's interactions instead of those before a held-out one.
+    """
+    out: dict[str, UserHistory] = {}
+    for user, rows in _by_user(data.interactions).items():
+        item_ids = [row.item_id for row in rows]
+        labels = [_label(row, data.feedback, like_threshold) for row in rows]
+        liked, disliked = _histories([*item_ids, ""], [*labels, 0], history_len)[-1]
+        out[user] = UserHistory(liked, disliked, frozenset(item_ids))
+    return out
+
+
 def _sample(pool: Sequence[str], size: int, rng: np.random.Generator) -> tuple[str, ...]:
     """``size`` distinct items from ``pool`` (all of them, shuffled, when the pool is smaller)."""
     picks = rng.choice(len(pool), size=min(size, len(pool)), replace=False)

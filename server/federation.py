@@ -29,6 +29,7 @@ from common.metrics import weighted_mean
 from common.modeling import build_scorer, get_trainable_state, save_adapter
 from server.checkpoint import CheckpointError, RunState, load_checkpoint, remove_checkpoint, save_checkpoint
 from server.outputs import ADAPTER_DIR, ROUNDS_FILE, RoundLog, atomic_write_text, platform_table, write_summary
+from server.warm_start import prepare_warm_start
 
 log = logging.getLogger("crossfed.server")
 
@@ -100,13 +101,14 @@ def run_federation(transport: Transport, cfg: AppConfig, table: bool = True) -> 
     folder that holds a checkpoint (``fed.resume = true``, the default) continues after its
     last completed round instead of starting over.
     """
+    cfg, warm = prepare_warm_start(cfg)  # before anything is written: a bad `fed.warm-start` loses nothing
     out_dir = Path(cfg.out_dir).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     # A fresh scorer, not the per-process cache: a cached one may carry another run's adapter.
     scorer, _ = build_scorer(cfg.model, cfg.lora, cfg.seed)
-    initial_state = get_trainable_state(scorer)
-    loop = _start_or_resume(out_dir, cfg, initial_state)
+    initial_state = get_trainable_state(scorer) if warm is None else warm.state
+    loop = _start_or_resume(out_dir, cfg, initial_state, 0 if warm is None else warm.rounds_run)
     sign = -1.0 if cfg.fed.metric == "logloss" else 1.0
     # Test metrics (and the costly ranking) are only needed for the best round: by default
     # rounds evaluate validation only, and the best adapter is tested once at the end.
@@ -175,6 +177,8 @@ def run_federation(transport: Transport, cfg: AppConfig, table: bool = True) -> 
         "mean": best.mean, "seed": cfg.seed, "config": cfg.to_flat(),
         "adapter_dir": str(out_dir / ADAPTER_DIR), "wall_seconds": time.time() - started,
         "adapter_changed": not _same(initial_state, best.state),
+        "continued_from": None if warm is None else {"run": str(warm.run_dir), "after_round": warm.rounds_run,
+                                                     "adapter_of_round": warm.best_round},
     }  # fmt: skip
     write_summary(out_dir, summary)
     if table:
@@ -214,15 +218,20 @@ class LoopState:
         )  # fmt: skip
 
 
-def _start_or_resume(out_dir: Path, cfg: AppConfig, initial: Mapping[str, np.ndarray]) -> LoopState:
-    """A fresh loop, or the one a checkpoint in ``out_dir`` left (rounds.jsonl trimmed to match)."""
+def _start_or_resume(
+    out_dir: Path, cfg: AppConfig, initial: Mapping[str, np.ndarray], first_after: int = 0
+) -> LoopState:
+    """A fresh loop from ``initial`` whose first round is ``first_after + 1`` (a continued run), or the
+    one a checkpoint in ``out_dir`` left (rounds.jsonl trimmed to match)."""
     rounds_file = out_dir / ROUNDS_FILE
     if not cfg.fed.resume:
         remove_checkpoint(out_dir)
     saved = load_checkpoint(out_dir, cfg.to_flat())
     if saved is None:
         rounds_file.unlink(missing_ok=True)
-        return LoopState(global_state=OrderedDict((k, v.copy()) for k, v in initial.items()))
+        if first_after:
+            log.info("continuing %s after its round %d on this run's data", cfg.fed.warm_start, first_after)
+        return LoopState(global_state=OrderedDict((k, v.copy()) for k, v in initial.items()), done=first_after)
     if list(saved.global_state) != list(initial) or any(
         saved.global_state[k].shape != v.shape for k, v in initial.items()
     ):

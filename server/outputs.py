@@ -17,12 +17,12 @@ from types import TracebackType
 from typing import Any
 
 from common.files import atomic_write_bytes, result_mode
+from common.run_layout import ADAPTER_DIR as ADAPTER_DIR  # re-exported: the server writes these
+from common.run_layout import ROUNDS_FILE as ROUNDS_FILE
+from common.run_layout import SUMMARY_FILE as SUMMARY_FILE
 
 log = logging.getLogger("crossfed.server")
 
-ROUNDS_FILE = "rounds.jsonl"
-SUMMARY_FILE = "summary.json"
-ADAPTER_DIR = "adapter"
 TENSORBOARD_DIR = "tensorboard"
 TABLE_METRICS = ("auc", "logloss", "hr@10", "ndcg@10")
 

@@ -1,10 +1,11 @@
 """``crossfed``: everything that is not a single ``flwr run``.
 
     crossfed prepare movielens --src ../shared/data/ml-100k --out data/ml100k [--split genre|users]
-    crossfed simulate [--data DIR] --out RUN [--rounds R --max-users N --set key=value ...]
+    crossfed simulate [--data DIR] --out RUN [--rounds R --max-users N --set key=value ...] [--continue-from RUN]
+    crossfed recommend | score --run RUN --platform P --user U ... ; crossfed export | serve --run RUN ...
     crossfed compare --data DIR --out RUN --seeds 3 [--size ci|full]
     crossfed tallrec --src ../shared/data/tallrec-movie --out RUN
-    crossfed bench secagg [--quick] | crossfed bench deploy [--nodes 30]
+    crossfed bench secagg [--quick] | crossfed bench deploy [--nodes 30] | crossfed bench recommend [--items N]
     crossfed bench train [--quick] [--json] | crossfed bench scale [--platforms 3,10,100]
     crossfed deploy ca | node-key | register | superlink | supernode | submit
     crossfed stop-local                  (the flower-superlink/-superexec daemons `flwr run` left)
@@ -28,6 +29,8 @@ from common.config import AppConfig, ConfigError
 from common.data import DatasetError
 from simulations import console
 from simulations.movielens import SPLITS as MOVIELENS_SPLITS
+from simulations.use_cli import USER_ERRORS as USE_ERRORS
+from simulations.use_cli import add_parsers as add_use_parsers
 
 USER_ERRORS = (DatasetError, ConfigError, FileNotFoundError)
 # Errors of modules that load torch, Flower or cryptography: looked up only once a command has loaded them.
@@ -61,6 +64,7 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def simulate_config(args: argparse.Namespace) -> AppConfig:
+    """The run's config: defaults (or, with ``--continue-from``, the old run's config) + flags + ``--set``."""
     overrides: dict[str, Any] = parse_overrides(args.set or [])
     if args.data:
         overrides["data.dir"] = str(Path(args.data).resolve())
@@ -69,7 +73,17 @@ def simulate_config(args: argparse.Namespace) -> AppConfig:
                       ("base_model", "model.base"), ("secagg", "secagg")):  # fmt: skip
         if getattr(args, flag) is not None:
             overrides[key] = getattr(args, flag)
-    return AppConfig().replace(**overrides)
+    if not getattr(args, "continue_from", None):
+        return AppConfig().replace(**overrides)
+    from server.warm_start import read_finished_run
+
+    old_dir = Path(args.continue_from).resolve()
+    old = read_finished_run(old_dir)
+    added = int(overrides.get("num-server-rounds", AppConfig().num_server_rounds))  # --rounds = rounds to add
+    # Simulated platforms keep private parameters under <run>/private: the folder as it is now, even if moved.
+    overrides.update({"num-server-rounds": int(old["rounds_run"]) + added, "fed.warm-start": str(old_dir),
+                      "fed.warm-start-round": 0})  # fmt: skip
+    return AppConfig.from_flat({**old["config"], **overrides})
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -125,6 +139,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from simulations.bench_secagg import main as bench_main
 
         return bench_main(args.rest) or 0
+    if args.what == "recommend":
+        from simulations.bench_recommend import main as recommend_bench_main
+
+        return recommend_bench_main(args.rest) or 0
     if args.what == "deploy":
         from deploy.bench import main as deploy_bench_main
 
@@ -182,6 +200,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         help="then train each platform alone (same rounds and budget) and print local vs federated "
         "(default: on for the embedded synthetic data)",
     )
+    sim.add_argument("--continue-from", metavar="RUN", help="a finished run to keep training on (new) data: its "
+                     "config, fused adapter and private parameters are the start; --rounds: rounds to add")  # fmt: skip
     sim.set_defaults(func=cmd_simulate)
 
     stop = sub.add_parser("stop-local", help="stop the flower-superlink/-superexec daemons that `flwr run` started")
@@ -189,10 +209,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     stop.set_defaults(func=cmd_stop_local)
 
     bench = sub.add_parser("bench", help="benchmarks that print a table")
-    bench.add_argument("what", choices=["secagg", "deploy", "train", "scale"])
+    bench.add_argument("what", choices=["secagg", "deploy", "train", "scale", "recommend"])
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
     bench.set_defaults(func=cmd_bench)
 
+    add_use_parsers(sub)  # recommend, score, export, serve: light parsers (their commands import lazily)
     for name, (module, adder, help_line) in LAZY_COMMANDS.items():
         if name == command:
             getattr(importlib.import_module(module), adder)(sub)
@@ -203,7 +224,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors that print one line and exit 2 (those of heavy modules once a command has loaded them)."""
-    loaded = [getattr(sys.modules[m], name) for m, name in LAZY_ERRORS if m in sys.modules]
+    loaded = [getattr(sys.modules[m], name) for m, name in (*LAZY_ERRORS, *USE_ERRORS) if m in sys.modules]
     return (*USER_ERRORS, *loaded)
 
 

@@ -239,7 +239,7 @@ class PooledTransport:
         parts = []
         for setup in self.setups:
             store = self.scorers.store(cfg, setup.platform)
-            scorer, part, prepared = load_platform(cfg, setup, state, store.load(rnd - 1))
+            scorer, part, prepared = load_platform(cfg, setup, state, store, rnd - 1)
             part.data = subsample(prepared.train, cfg.train.max_examples, cfg.seed + rnd)
             parts.append(part)
         metrics = train(scorer, parts, cfg.train, pick_device(self.setups[0].device), seed=cfg.seed * 1000 + rnd)

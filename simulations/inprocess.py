@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from clients.platform import NodeSetup
-from clients.private_state import PrivateStore, private_folder, rounds_to_keep
+from clients.private_state import PrivateStore, run_store
 from clients.tasks import evaluate_state, fit
 from common.config import AppConfig
 from common.fusion import weighted_average
@@ -67,8 +67,7 @@ class InProcessTransport:
     def store(self, cfg: AppConfig, platform: str) -> PrivateStore:
         """The platform's store, under the run folder (made on first use, when the run's config is known)."""
         if platform not in self.stores:
-            keep = rounds_to_keep(cfg.fed.patience)
-            self.stores[platform] = PrivateStore(private_folder(cfg.out_dir, platform), keep)
+            self.stores[platform] = run_store(cfg, platform)
         return self.stores[platform]
 
 

@@ -37,6 +37,10 @@ def validate_inputs(cfg: AppConfig) -> list[str]:
     """
     if cfg.model.base != TINY_BASE:
         resolve_base_path(cfg.model.base)
+    if cfg.fed.warm_start:  # another model, too few rounds, no run there: one line now, not a Ray traceback later
+        from server.warm_start import prepare_warm_start
+
+        prepare_warm_start(cfg)
     if cfg.data.dir:
         from clients.platform import split_config
 

@@ -1,0 +1,175 @@
+"""``crossfed recommend | score | export | serve``: use what a finished run learned.
+
+Thin wrappers over :mod:`clients.recommender`, :mod:`clients.export` and :mod:`clients.serve`;
+torch, transformers and FastAPI are imported inside the commands so that ``crossfed --help``
+stays light. Output is JSON (default) or CSV, to stdout or ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from common.config import ConfigError
+
+if TYPE_CHECKING:
+    from clients.recommender import Recommender
+
+USER_ERRORS = (("clients.recommender", "RecommendError"), ("clients.export", "ExportError"))
+
+
+def _load(args: argparse.Namespace, platform: str) -> Recommender:
+    from clients.recommender import Recommender
+
+    return Recommender.from_run(args.run, platform, data_dir=args.data, state_dir=args.state_dir, device=args.device)
+
+
+def read_ids(path: Path, column: str) -> list[str]:
+    """Ids one per line, or a CSV whose header names ``column``; blank lines skipped, order kept."""
+    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if lines and "," in lines[0]:
+        rows = list(csv.DictReader(io.StringIO("\n".join(lines))))
+        if not rows or column not in rows[0]:
+            raise ConfigError(f"{path}: a CSV needs a `{column}` column, got {list(rows[0]) if rows else []}")
+        return [row[column] for row in rows]
+    return lines[1:] if lines and lines[0] == column else lines
+
+
+def read_pairs(path: Path) -> list[tuple[str, str]]:
+    """(user_id, item_id) rows of a CSV with those columns."""
+    with open(path, encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or not {"user_id", "item_id"} <= set(reader.fieldnames):
+            raise ConfigError(f"{path}: expected a CSV with columns user_id,item_id, got {reader.fieldnames}")
+        return [(row["user_id"], row["item_id"]) for row in reader]
+
+
+def emit(rows: Sequence[dict[str, Any]], document: dict[str, Any], fmt: str, out: str | None) -> None:
+    """``document`` as JSON, or ``rows`` as CSV; to ``out`` or stdout."""
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["user_id"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        text = buf.getvalue()
+    else:
+        text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    if out:
+        Path(out).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    users = list(args.user or []) + (read_ids(Path(args.users), "user_id") if args.users else [])
+    if not users:
+        raise ConfigError("`crossfed recommend` needs --user ID or --users FILE")
+    rec = _load(args, args.platform)
+    result = rec.top_k_many(users, args.k, exclude_seen=not args.include_seen, cold_start=args.cold_start)
+    rows = [{"user_id": u, "rank": r, **s.to_dict()} for u, top in result.items() for r, s in enumerate(top, 1)]
+    document = {"run": str(Path(args.run).resolve()), "platform": args.platform, "k": args.k,
+                "recommendations": {u: [s.to_dict() for s in top] for u, top in result.items()}}  # fmt: skip
+    emit(rows, document, args.format, args.out)
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    if args.pairs:
+        pairs = read_pairs(Path(args.pairs))
+    elif args.user and args.items:
+        pairs = [(args.user[0], item) for item in args.items]
+    else:
+        raise ConfigError("`crossfed score` needs --user ID --items ID [ID ...], or --pairs FILE (user_id,item_id)")
+    rec = _load(args, args.platform)
+    by_user: dict[str, list[int]] = {}
+    for i, (user, _) in enumerate(pairs):
+        by_user.setdefault(user, []).append(i)
+    scores = [0.0] * len(pairs)
+    for user, rows in by_user.items():
+        probs = rec.score(user, [pairs[i][1] for i in rows], cold_start=args.cold_start)
+        for i, p in zip(rows, probs, strict=True):
+            scores[i] = float(p)
+    rows_out = [{"user_id": u, "item_id": i, "score": s} for (u, i), s in zip(pairs, scores, strict=True)]
+    emit(rows_out, {"run": str(Path(args.run).resolve()), "platform": args.platform, "scores": rows_out},
+         args.format, args.out)  # fmt: skip
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from clients.export import export_run
+
+    out = export_run(Path(args.run), Path(args.out), merge=args.merge, copy_base=args.copy_base,
+                     overwrite=args.overwrite)  # fmt: skip
+    print(f"exported {'merged model' if args.merge else 'adapter'} to {out} (model card: {out / 'README.md'})")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from clients.serve import create_app, serve
+
+    platforms = args.platform
+    recommenders = {p: _load(args, p) for p in platforms}
+    app = create_app(recommenders, {"run": str(Path(args.run).resolve())})
+    print(f"serving {', '.join(platforms)} of {args.run} on http://{args.host}:{args.port} "
+          f"(GET /health, GET /platforms/<platform>/recommend?user_id=..., POST /platforms/<platform>/score)",
+          flush=True)  # fmt: skip
+    serve(app, args.host, args.port)
+    return 0
+
+
+def _model_args(p: argparse.ArgumentParser, many_platforms: bool = False) -> None:
+    p.add_argument("--run", required=True, help="a finished run folder (summary.json, adapter/, private/)")
+    if many_platforms:
+        p.add_argument("--platform", required=True, action="append", help="a platform to serve (repeatable)")
+    else:
+        p.add_argument("--platform", required=True, help="the platform whose catalogue and users to use")
+    p.add_argument("--data", help="DATASET folder (default: the run's data.dir); newer interactions count as history")
+    p.add_argument("--state-dir", help="a deployed platform's state-dir (default: the run's private/ folder)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    if not many_platforms:  # the server takes cold_start per request
+        p.add_argument("--cold-start", action="store_true", help="allow users without history (no private parts)")
+
+
+def _output_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=["json", "csv"], default="json")
+    p.add_argument("--out", help="write here instead of stdout")
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    rec = sub.add_parser("recommend", help="top-K items for users of a platform, from a finished run")
+    _model_args(rec)
+    rec.add_argument("--user", action="append", help="a user id (repeatable)")
+    rec.add_argument("--users", help="file of user ids: one per line, or a CSV with a user_id column")
+    rec.add_argument("-k", type=int, default=10, help="items per user (default 10)")
+    rec.add_argument("--include-seen", action="store_true", help="do not leave out items the user already has")
+    _output_args(rec)
+    rec.set_defaults(func=cmd_recommend)
+
+    score = sub.add_parser("score", help="like-probabilities of given items for users, from a finished run")
+    _model_args(score)
+    score.add_argument("--user", action="append", help="the user id")
+    score.add_argument("--items", nargs="+", help="candidate item ids")
+    score.add_argument("--pairs", help="CSV with columns user_id,item_id")
+    _output_args(score)
+    score.set_defaults(func=cmd_score)
+
+    exp = sub.add_parser("export", help="a portable model folder (PEFT adapter, or --merge) with a model card")
+    exp.add_argument("--run", required=True, help="a finished run folder")
+    exp.add_argument("--out", required=True, help="folder to write")
+    exp.add_argument("--merge", action="store_true", help="merge LoRA into the base: a plain transformers model")
+    exp.add_argument("--copy-base", action=argparse.BooleanOptionalAction, default=True,
+                     help="copy the base model in (default); else reference it (Hub id / relative path)")  # fmt: skip
+    exp.add_argument("--overwrite", action="store_true")
+    exp.set_defaults(func=cmd_export)
+
+    srv = sub.add_parser("serve", help="HTTP recommendations for platforms of a finished run (FastAPI)")
+    _model_args(srv, many_platforms=True)
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.set_defaults(func=cmd_serve)
