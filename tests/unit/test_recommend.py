@@ -107,12 +107,12 @@ def test_users_then_score_equals_forward() -> None:
     liked = torch.tensor([[1, 2, -1], [-1, -1, -1], [5, 6, 7]])
     disliked = torch.tensor([[3, -1, -1], [4, -1, -1], [-1, -1, -1]])
     candidates = torch.tensor([9, 10, 11])
-    residual = torch.randn(3, 8, generator=gen)
+    residual, stats = torch.randn(3, 8, generator=gen), torch.randn(3, 2, generator=gen)
     # Execute
     with torch.no_grad():
-        expected = scorer(vectors, candidates, liked, disliked, residual)
+        expected = scorer(vectors, candidates, liked, disliked, residual, stats)
         user, counts = scorer.users(vectors, liked, disliked, residual)
-        got = scorer.score(user, counts, vectors[candidates])
+        got = scorer.score(user, counts, vectors[candidates], stats)
     # Assert: one user vector reused for every candidate is the same maths as the per-row forward
     torch.testing.assert_close(got, expected)
     share = counts[:, 0].tolist()
@@ -125,9 +125,11 @@ def test_score_items_with_the_precomputed_item_part_equals_score() -> None:
     scorer.eval()
     gen = torch.Generator().manual_seed(1)
     items, user, counts = torch.randn(50, 8, generator=gen), torch.randn(8, generator=gen), torch.rand(3, generator=gen)
+    stats = torch.randn(50, 2, generator=gen)  # the items' count and like-rate features
     # Execute
     with torch.no_grad():
-        expected = scorer.score(user.expand(50, -1), counts.expand(50, -1), items)
-        got = scorer.score_items(user, counts, items, scorer.item_head_part(items))
-    # Assert: the split first layer is the same linear map
+        expected = scorer.score(user.expand(50, -1), counts.expand(50, -1), items, stats)
+        got = scorer.score_items(user, counts, items, scorer.item_head_part(items, stats))
+    # Assert: the split first layer is the same linear map, for both outputs (like, pick)
+    assert got.shape == (50, 2)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
