@@ -227,13 +227,18 @@ class Recommender:
             out = out + torch.nn.functional.logsigmoid(pick)
         return out
 
-    def score(self, user_id: str, item_ids: Sequence[str], cold_start: bool = False) -> np.ndarray:
-        """Like-probabilities of ``item_ids`` for ``user_id``, in order."""
+    def score(
+        self, user_id: str, item_ids: Sequence[str], cold_start: bool = False, output: str = "like"
+    ) -> np.ndarray:
+        """Probabilities of ``item_ids`` for ``user_id``, in order: ``output`` "like" = p(like), "rank" =
+        p(pick) * p(like), the score :meth:`top_k` ranks by."""
+        if output not in ("like", "rank"):
+            raise RecommendError(f"`output` must be 'like' or 'rank', got {output!r}")
         unknown = [i for i in item_ids if i not in self.part.table.index]
         if unknown:
             raise RecommendError(f"unknown item ids {unknown[:5]} (not in this platform's catalogue)")
         rows = torch.as_tensor(self.part.table.rows(item_ids), dtype=torch.long, device=self.device)
-        logp = self._logits(user_id, self.history(user_id, cold_start), rows, "like")
+        logp = self._logits(user_id, self.history(user_id, cold_start), rows, output)
         return torch.exp(logp).cpu().double().numpy()
 
     def top_k(self, user_id: str, k: int = 10, exclude_seen: bool = True, cold_start: bool = False) -> list[Scored]:

@@ -64,7 +64,7 @@ def test_continued_run_starts_from_the_old_adapter_and_private_parts(
 ) -> None:
     # Prepare: new interactions (a new user; a new item in the catalogue)
     old_dir, old_cfg = finished
-    data = _dataset(tmp_path / "data", "newbie,app-003,1900000000,5\nnewbie,app-004,1900000001,1\n")
+    data = _dataset(tmp_path / "data", "newbie,app-003,1750000000,5\nnewbie,app-004,1750000001,1\n")
     items = data / "app" / "items.csv"
     items.write_text(items.read_text() + "app-new,Purple Velvet Scarf\n")
     cfg = _cfg(data, tmp_path / "run", **{"num-server-rounds": 4, "fed.warm-start": str(old_dir)})

@@ -67,19 +67,22 @@ def test_scores_are_the_trainers_predictions(rec: Recommender) -> None:
     n = len(table)
     liked = np.tile(np.r_[table.rows(history.liked), -1], (n, 1))
     disliked = np.tile(np.r_[table.rows(history.disliked), -1], (n, 1))
-    data = EncodedSplit(np.full(n, rec.users[user]), np.arange(n), liked, disliked, np.zeros(n, np.float32))
+    data = EncodedSplit(np.full(n, rec.users[user]), np.arange(n), liked, disliked, np.zeros(n, np.float32),
+                        stats=rec.item_stats.cpu().numpy())  # fmt: skip
     # Execute
-    expected = predict(rec.scorer, rec.part, data, 64, rec.device, vectors=rec.item_vectors())
-    got = rec.score(user, table.ids)
-    # Assert: the serving path (one user vector, batched head) is the evaluation path
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    vectors = rec.item_vectors()
+    expected = {s: predict(rec.scorer, rec.part, data, 64, rec.device, vectors, s) for s in ("like", "rank")}
+    got = {s: rec.score(user, table.ids, output=s) for s in ("like", "rank")}
+    # Assert: the serving path (one user vector, batched head) is the evaluation path, for both scores
+    for s in ("like", "rank"):
+        np.testing.assert_allclose(got[s], expected[s], rtol=1e-5, atol=1e-6)
 
 
 def test_top_k_is_the_best_unseen_items_best_first(rec: Recommender) -> None:
     # Prepare
     user = sorted(rec.histories)[0]
     seen = rec.histories[user].seen
-    scores = dict(zip(rec.part.table.ids, rec.score(user, rec.part.table.ids), strict=True))
+    scores = dict(zip(rec.part.table.ids, rec.score(user, rec.part.table.ids, output="rank"), strict=True))
     # Execute
     top = rec.top_k(user, k=5)
     # Assert
@@ -190,11 +193,13 @@ def test_export_loads_with_transformers_and_scores_like_the_run(
     user = sorted(rec.histories)[0]
     history = rec.histories[user]
     rows = [rec.part.table.rows(h) for h in (history.liked, history.disliked)]
-    got = model.score(vectors[rows[0]], vectors[rows[1]], vectors).numpy()
     shared = Recommender.from_run(run[0], "app", device="cpu", cache=False)
     for p in shared.part.private.parameters():
-        p.data.zero_()  # the export is the shared model only
-    np.testing.assert_allclose(got, shared.score(user, ids), rtol=1e-4, atol=1e-5)
+        p.data.zero_()  # the export is the shared model only; the platform supplies its item statistics
+    stats = shared.item_stats.cpu()
+    for output in ("like", "rank"):
+        got = model.score(vectors[rows[0]], vectors[rows[1]], vectors, stats, output=output).numpy()
+        np.testing.assert_allclose(got, shared.score(user, ids, output=output), rtol=1e-4, atol=1e-5)
 
 
 @pytest.fixture
@@ -275,7 +280,7 @@ def test_continue_training_on_appended_data(run: tuple[Path, Path], tmp_path: Pa
     data = tmp_path / "data"
     write_dataset(data, make_synthetic(seed=0).values())
     with open(data / "app" / "interactions.csv", "a") as fh:
-        fh.write("newbie,app-003,1900000000,5\nnewbie,app-004,1900000001,1\nu000,app-005,1900000002,5\n")
+        fh.write("newbie,app-003,1750000000,5\nnewbie,app-004,1750000001,1\nu000,app-005,1750000002,5\n")
     out = tmp_path / "run2"
     # Execute: the documented command
     result = _crossfed("simulate", "--continue-from", str(run[0]), "--data", str(data), "--out", str(out),
