@@ -707,6 +707,7 @@ class Federation:
         from common.secagg.identity import KEY_SUFFIX, PUB_SUFFIX, Identity, build_roster, save_identity
 
         folder = self.workdir / "secagg"
+        folder.mkdir(parents=True, exist_ok=True)
         for p in self.platforms:
             if not (folder / f"{p}{KEY_SUFFIX}").exists():
                 save_identity(Identity.generate(p), folder)

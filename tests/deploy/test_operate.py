@@ -31,10 +31,11 @@ def _cli(fed: Federation, *args: str, timeout_s: float = 300) -> subprocess.Comp
 
 
 def test_default_platforms_give_mean_metrics_exit_codes_and_status(tmp_path: Path) -> None:
-    # Prepare: two platforms with default node_config (no share-metrics), secure aggregation on
+    # Prepare: two platforms with default node_config (no share-metrics), secure aggregation on, whose
+    # operators accept a cohort of two (a deployed platform requires 3 by default)
     run, failed = tmp_path / "run", tmp_path / "failed"
     config = {**TINY, "num-server-rounds": 1, "fed.min-nodes": 2, "out-dir": str(run)}  # one round keeps CI short
-    with Federation(tmp_path / "fed", PAIR, node_extra=STATE) as fed:
+    with Federation(tmp_path / "fed", PAIR, node_extra={**STATE, "secagg-min-cohort": 2}) as fed:
         # Execute: a run that completes, then one that cannot start (3 platforms needed, 2 online)
         ok = _cli(fed, "submit", "--run-config", config_string(config), "--stream")
         bad_config = {**config, "fed.min-nodes": 3, "fed.node-wait-s": 3.0, "out-dir": str(failed)}
