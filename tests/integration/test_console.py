@@ -69,7 +69,7 @@ def test_first_ctrl_c_stops_simulate_cleanly(tmp_path: Path) -> None:
         proc = subprocess.Popen(
             [sys.executable, "-m", "simulations.cli", "simulate", "--out", str(out), "--rounds", "50",
              "--set", "fed.patience=0", "--no-baseline", *TINY],
-            cwd=ROOT, env=env, stdout=fo, stderr=fe,
+            cwd=ROOT, env=env, stdout=fo, stderr=fe, preexec_fn=_default_sigint,
         )  # fmt: skip
         try:
             deadline = time.monotonic() + 300
@@ -93,6 +93,12 @@ def test_first_ctrl_c_stops_simulate_cleanly(tmp_path: Path) -> None:
     assert session_pids(child) == []
     state = json.loads((out / "checkpoint.json").read_text())
     assert state["state"]["round"] >= 1
+
+
+def _default_sigint() -> None:
+    """Ctrl-C as a terminal's foreground job gets it: an earlier in-process Flower run may have left
+    SIGINT ignored in this pytest process, and an ignored SIGINT is inherited (as by `cmd &`)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _children(parent: int) -> list[int]:
