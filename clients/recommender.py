@@ -145,7 +145,8 @@ class Recommender:
         users = {user: i for i, user in enumerate(sorted(histories))}
         index = {"items": list(table.ids), "users": list(users)}
         private = PrivateParts(len(table), len(users), cfg.model.dim, cfg.model.private, cfg.model.pick_head)
-        own = {k: v for k, v in saved.items() if k in private.state_dict()}
+        names = set(private.state_dict())  # once, not per saved tensor
+        own = {k: v for k, v in saved.items() if k in names}
         aligned = align_rows(own, store.index(best) or training_index(cfg, platform, data), index)
         private.load_state_dict({k: torch.from_numpy(v) for k, v in aligned.items()})
         key = _cache_key(run / ADAPTER_DIR, aligned, table, cfg) if cache else None
