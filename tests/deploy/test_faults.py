@@ -19,6 +19,7 @@ from safetensors.numpy import load_file
 from common.config import AppConfig
 from deploy.launch import DeployError, Federation
 from deploy.worker import STALL_ENV
+from server.checkpoint import MANIFEST as CHECKPOINT_MANIFEST
 from server.outputs import ROUNDS_FILE, SUMMARY_FILE
 from simulations.simulate import run_simulated_federation, validate_inputs
 from tests.deploy.fault_proxy import FaultProxy
@@ -30,6 +31,15 @@ pytestmark = pytest.mark.slow
 def _rounds(run: Path) -> list[dict]:
     path = run / ROUNDS_FILE
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _checkpoint_round(run: Path) -> int:
+    """The round of the run's last committed checkpoint (0 before the first)."""
+    path = run / CHECKPOINT_MANIFEST
+    try:
+        return int(json.loads(path.read_text())["state"]["round"])
+    except (OSError, ValueError, KeyError):  # not there yet, or replaced while we read it
+        return 0
 
 
 def _adapter(run: Path) -> dict[str, np.ndarray]:
@@ -136,7 +146,8 @@ def test_server_killed_mid_run_resumes_without_losing_or_repeating_a_round(tmp_p
     env = {STALL_ENV: "15"}
     with Federation(tmp_path / "fed", PLATFORMS, node_extra=CLEAR, env=env) as fed:
         first = fed.submit(config)
-        _wait_for(lambda: len(_rounds(run)) >= 2, 300, "two completed rounds", fed)
+        # (a round is committed by its checkpoint, written just after its line in rounds.jsonl)
+        _wait_for(lambda: _checkpoint_round(run) >= 2, 300, "two checkpointed rounds", fed)
         # Execute: kill the SuperLink and its ServerApp, restart it (same database, port, keys) ...
         fed.kill_superlink()
         killed_after = len(_rounds(run))
