@@ -25,7 +25,9 @@ What the platform decides itself, from its own node_config (never from the serve
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -56,6 +58,13 @@ from common.secure_wire import from_records, round_context, secagg_config, to_re
 
 STATE = "secagg-state"  # context.state ConfigRecord: {"client", "weight", "platform", "record", "context", "kind"}
 UPDATE = "secagg-update"  # context.state ArrayRecord: the trained adapter + head awaiting masking
+
+log = logging.getLogger("crossfed.client")
+
+# Fault injection for the real-process tests (tests/deploy): while this file exists and names
+# "<platform> <round> <stage>", that platform stops answering at that stage of that round, as a
+# platform that dies mid-protocol would; the test then kills its processes. Unset in normal use.
+HANG_FILE_ENV = "CROSSFED_TEST_HANG_FILE"
 
 REQUIRE_KEY = "require-secagg"  # node_config: refuse rounds in the clear (default: on outside simulation)
 SHARE_METRICS_KEY = "share-metrics"  # node_config: send per-platform evaluation metrics under secagg
@@ -218,6 +227,9 @@ def _advance(
     )  # fmt: skip
     request = from_records(msg_content)
     stage = stage_of(request)
+    log.info("platform %s: round %d: secure aggregation (%s), %s", saved["platform"], client.state.round,
+             saved.get("kind", TRAIN), stage)  # fmt: skip
+    _hang_if_told(str(saved["platform"]), client.state.round, stage)
     if stage == STAGE_MASKED_INPUT:
         reply = client.handle(request, update, int(saved["weight"]))  # type: ignore[call-overload]
         record = Path(str(saved["record"])) if saved["record"] else None
@@ -229,6 +241,17 @@ def _advance(
     else:
         context.state[STATE] = ConfigRecord({**dict(saved), "client": client.state_bytes()})  # type: ignore[arg-type]
     return to_records(reply)
+
+
+def _hang_if_told(platform: str, rnd: int, stage: str) -> None:
+    """Never return while the test's hang file (:data:`HANG_FILE_ENV`) names this platform, round and stage."""
+    path = os.environ.get(HANG_FILE_ENV)
+    if not path:
+        return
+    told = f"{platform} {rnd} {stage}"
+    while Path(path).exists() and Path(path).read_text().split() == told.split():
+        log.warning("platform %s: round %d: hanging at %s (%s)", platform, rnd, stage, HANG_FILE_ENV)
+        time.sleep(1.0)
 
 
 def _last_round(context: Context) -> ClientState | None:

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from clients.secure import HANG_FILE_ENV
 from common.config import AppConfig
 from deploy.launch import DeployError, Federation
 from deploy.worker import STALL_ENV
@@ -31,6 +32,10 @@ pytestmark = pytest.mark.slow
 def _rounds(run: Path) -> list[dict]:
     path = run / ROUNDS_FILE
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _text(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
 
 
 def _checkpoint_round(run: Path) -> int:
@@ -102,37 +107,50 @@ def test_platforms_refuse_rounds_in_the_clear_by_default(tmp_path: Path) -> None
     assert "trains only under secure aggregation" in log, log[-3000:]
 
 
-def test_node_killed_mid_round_is_dropped_and_rejoins(tmp_path: Path) -> None:
+def test_nodes_killed_mid_round_are_dropped_and_rejoin(tmp_path: Path) -> None:
     # Prepare: the README's deployment: 3 platforms with their default node_config (secure
     # aggregation required, metrics not shared) except that their operators accept a cohort of 2
     # (the platform default is 3: with 3 platforms t > 2n/3 leaves no dropout to recover, so a
     # death aborts that round instead); a run that needs all 3 to start (`fed.min-nodes=3`) and the
-    # default `fed.min-round-nodes` (2) to go on; web_shop dies before it sends keys, so t = 2
+    # default `fed.min-round-nodes` (2) to go on. Two deaths: web_shop while it trains in round 1
+    # (before it sends keys, so t = 2 of the other two), app after the keys of round 3, when it was
+    # asked for its masked input (3 keyed, t = 3: the round cannot finish and is aborted)
     run = tmp_path / "run"
-    config = {**TINY, "secagg": True, "num-server-rounds": 3, "fed.min-nodes": 3, "out-dir": str(run)}
-    with Federation(tmp_path / "fed", PLATFORMS, node_extra={**STATE, "secagg-min-cohort": 2}) as fed:
+    hang = tmp_path / "hang"
+    hang.write_text("app 3 masked_input")
+    config = {**TINY, "secagg": True, "num-server-rounds": 5, "fed.min-nodes": 3, "out-dir": str(run)}
+    with Federation(tmp_path / "fed", PLATFORMS, node_extra={**STATE, "secagg-min-cohort": 2},
+                    env={HANG_FILE_ENV: str(hang)}) as fed:  # fmt: skip
         run_id = fed.submit(config)
-        worker_log = tmp_path / "fed" / "logs" / "worker-web_shop.log"
+        logs = tmp_path / "fed" / "logs"
         # Execute: kill web_shop (SuperNode + its ClientApp worker) while it trains in round 1 ...
-        _wait_for(lambda: "web_shop: round 1: training" in worker_log.read_text(errors="replace"), 120,
+        _wait_for(lambda: "web_shop: round 1: training" in _text(logs / "worker-web_shop.log"), 120,
                   "web_shop to start round 1", fed)  # fmt: skip
         fed.kill_node("web_shop")
         # ... and bring it back once round 1 is over
         _wait_for(lambda: len(_rounds(run)) >= 1, 240, "round 1 to finish", fed)
         fed.start_node("web_shop")
+        # ... kill app when it stops answering at round 3's masked-input stage, back after round 3
+        _wait_for(lambda: "round 3: hanging at masked_input" in _text(logs / "worker-app.log"), 300,
+                  "app to hang in round 3", fed)  # fmt: skip
+        fed.kill_node("app")
+        hang.unlink()
+        _wait_for(lambda: len(_rounds(run)) >= 3, 240, "round 3 to end", fed)
+        fed.start_node("app")
         _finish(fed, run_id)
-    # Assert: round 1 completed with the two survivors (secure-aggregation dropout path), every
-    # round completed, and web_shop contributed again in a later round
+    # Assert: round 1 completed with the two survivors (secure-aggregation dropout path), round 3
+    # was aborted naming the stage, the run went on, and both platforms trained again later (a
+    # restarted node is back in time to evaluate the round it missed, to train the round after)
     rounds = _rounds(run)
-    assert [r["round"] for r in rounds] == [1, 2, 3]
-    assert not any(r.get("aborted") for r in rounds), rounds
-    survivors = [r["train"]["secure-aggregation"]["survivors"] for r in rounds]
-    assert survivors[0] == 2, survivors
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5]
+    assert not any(r.get("aborted") for r in rounds[:2] + rounds[3:]), rounds
+    assert "stage masked_input" in rounds[2]["aborted"], rounds[2]
+    survivors = [r["train"]["secure-aggregation"]["survivors"] for r in rounds if not r.get("aborted")]
+    assert survivors[0] == 2 and survivors[-1] == 3, survivors
     assert any("(setup)" in f or "no reply" in f or "unavailable" in f.lower() for f in rounds[0]["failures"])
-    assert 3 in survivors[1:], survivors
     assert rounds[-1]["cohort"] == PLATFORMS and rounds[-1]["eval"]["web_shop"] == {}, rounds[-1]
     # the mean of every round came from the secure sum; the best round is a full-cohort one
-    assert all("valid.auc" in r["mean"] for r in rounds), [r["mean"] for r in rounds]
+    assert all("valid.auc" in r["mean"] for r in rounds if not r.get("aborted")), rounds
     summary = json.loads((run / SUMMARY_FILE).read_text())
     assert summary["best_cohort"] == PLATFORMS, summary["best_cohort"]
 
