@@ -109,6 +109,7 @@ def run_federation(transport: Transport, cfg: AppConfig, table: bool = True) -> 
     scorer, _ = build_scorer(cfg.model, cfg.lora, cfg.seed)
     initial_state = get_trainable_state(scorer) if warm is None else warm.state
     loop = _start_or_resume(out_dir, cfg, initial_state, 0 if warm is None else warm.rounds_run)
+    loop.started = started
     sign = -1.0 if cfg.fed.metric == "logloss" else 1.0
     # Test metrics (and the costly ranking) are only needed for the best round: by default
     # rounds evaluate validation only, and the best adapter is tested once at the end.
@@ -169,13 +170,15 @@ def run_federation(transport: Transport, cfg: AppConfig, table: bool = True) -> 
         if failures:
             log.warning("final test evaluation left out: %s", "; ".join(failures))
     save_adapter(scorer, best.state, out_dir / ADAPTER_DIR)
+    this_start = time.time() - loop.started
     summary = {
         "best_round": best.round, "rounds_run": loop.done, "resumed_after_round": loop.resumed_after,
         "metric": f"valid.{cfg.fed.metric}", "best_cohort": best.cohort,
         "test": {p: _split(m, "test") for p, m in best.per_platform.items()},
         "valid": {p: _split(m, "valid") for p, m in best.per_platform.items()},
         "mean": best.mean, "seed": cfg.seed, "config": cfg.to_flat(),
-        "adapter_dir": str(out_dir / ADAPTER_DIR), "wall_seconds": time.time() - started,
+        "adapter_dir": str(out_dir / ADAPTER_DIR), "wall_seconds": loop.wall_before + this_start,
+        "wall_seconds_this_start": this_start,
         "adapter_changed": not _same(initial_state, best.state),
         "continued_from": None if warm is None else {"run": str(warm.run_dir), "after_round": warm.rounds_run,
                                                      "adapter_of_round": warm.best_round},
@@ -203,6 +206,12 @@ class LoopState:
     done: int = 0  # rounds completed
     resumed_after: int | None = None  # the checkpoint's round when this run resumed
     platforms: set[str] = field(default_factory=set)  # every platform that has evaluated in this run
+    wall_before: float = 0.0  # seconds the run had taken before this start (from the checkpoint)
+    started: float = field(default_factory=time.time)
+
+    def wall_seconds(self) -> float:
+        """Wall-clock seconds of the whole run: earlier starts (up to their last checkpoint) + this one."""
+        return self.wall_before + (time.time() - self.started)
 
     def run_state(self, cfg: AppConfig) -> RunState:
         # The server loop draws no random numbers (platforms seed by seed/platform/round and
@@ -214,7 +223,7 @@ class LoopState:
             best_state=None if self.best.state is None else _f32(self.best.state),
             best_metrics={"per_platform": self.best.per_platform, "mean": self.best.mean,
                           "cohort": self.best.cohort, "platforms": sorted(self.platforms)},
-            stale=self.stale,
+            stale=self.stale, extra={"wall_seconds": self.wall_seconds()},
         )  # fmt: skip
 
 
@@ -250,7 +259,8 @@ def _start_or_resume(
     else:
         log.info("resuming %s after round %d (best round %d)", out_dir, saved.round, saved.best_round)
     return LoopState(saved.global_state, saved.optimizer_state, best, saved.stale, saved.round, saved.round,
-                     set(metrics.get("platforms", best.per_platform)))  # fmt: skip
+                     set(metrics.get("platforms", best.per_platform)),
+                     float(saved.extra.get("wall_seconds", 0.0)))  # fmt: skip
 
 
 def split_mean(evaluated: Mapping[str, Mapping[str, float]]) -> tuple[PerPlatform, dict[str, float]]:

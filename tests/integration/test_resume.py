@@ -73,7 +73,8 @@ def test_killed_run_resumes_after_last_completed_round(tmp_path: Path, uninterru
     cfg = _cfg(tmp_path)
     summary, first = _run(cfg, crash_in_round=3)
     assert summary is None and first.trained == [1, 2]
-    assert load_checkpoint(tmp_path, cfg.to_flat()).round == 2
+    saved = load_checkpoint(tmp_path, cfg.to_flat())
+    assert saved.round == 2 and saved.extra["wall_seconds"] > 0
     # Execute: restart on the same run folder
     summary, second = _run(cfg)
     # Assert: only round 3 was trained again; every round is in rounds.jsonl exactly once, and the
@@ -81,6 +82,8 @@ def test_killed_run_resumes_after_last_completed_round(tmp_path: Path, uninterru
     assert second.trained == [3]
     assert [r["round"] for r in _rounds(tmp_path)] == [1, 2, 3]
     assert summary["resumed_after_round"] == 2 and summary["rounds_run"] == 3
+    # the run's wall time counts the first start up to its last checkpoint, not only the resumed part
+    assert summary["wall_seconds"] >= saved.extra["wall_seconds"] + summary["wall_seconds_this_start"] - 1e-6
     assert summary["best_round"] == straight_summary["best_round"]
     for a, b in zip(_rounds(tmp_path), _rounds(straight), strict=True):
         assert a["train"] == b["train"] and a["eval"] == b["eval"]
