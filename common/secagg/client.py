@@ -35,7 +35,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from common.secagg import crypto, shamir
+import common.secagg.crypto as crypto
+import common.secagg.shamir as shamir
 from common.secagg.config import PlatformPolicy, SecAggConfig
 from common.secagg.errors import AbortError, ConfigError, InputError, ProtocolError
 from common.secagg.fields import NODE, Bytes, Float, Int, Kind, List, Str
