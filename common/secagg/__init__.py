@@ -52,6 +52,7 @@ Security notes (see also the module docstrings and the README's threat model):
 """
 
 from common.secagg.client import ClientState, SecAggClient
+from common.secagg.codec import pack_record, record_nbytes, unpack_record
 from common.secagg.config import HEADER_WORDS, PlatformPolicy, SecAggConfig
 from common.secagg.errors import AbortError, ConfigError, InputError, ProtocolError, SecAggError
 from common.secagg.identity import Identity, Roster
@@ -63,11 +64,8 @@ from common.secagg.messages import (
     STAGE_UNMASK,
     STAGES,
     join_arrays,
-    pack_record,
-    record_nbytes,
     split_arrays,
     stage_of,
-    unpack_record,
 )
 from common.secagg.quantize import (
     InputReport,
