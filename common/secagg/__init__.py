@@ -70,13 +70,13 @@ from common.secagg.messages import (
 from common.secagg.quantize import (
     InputReport,
     Manifest,
-    TensorSpec,
     encode_input,
     quantization_bound,
     weighted_mean,
 )
 from common.secagg.runner import RoundRun, make_clients, run_round
 from common.secagg.server import SecAggResult, SecAggServer
+from common.tensor_layout import TensorSpec
 
 __all__ = [
     "HEADER_WORDS",
