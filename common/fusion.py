@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -40,39 +39,6 @@ def weighted_average(states: Sequence[State], weights: Sequence[float]) -> Order
             raise FusionError(f"tensor `{name}` has different shapes across updates")
         fused[name] = (np.tensordot(w, stack, axes=1) / w.sum()).astype(np.float32)
     return fused
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """Names and shapes of the tensors behind a flat vector, in order."""
-
-    names: tuple[str, ...]
-    shapes: tuple[tuple[int, ...], ...]
-
-    @property
-    def size(self) -> int:
-        return int(sum(int(np.prod(s)) for s in self.shapes))
-
-    @classmethod
-    def of(cls, state: State) -> Manifest:
-        return cls(tuple(state), tuple(tuple(np.shape(v)) for v in state.values()))
-
-
-def flatten(state: State) -> np.ndarray:
-    """Concatenate every tensor (in order) into one float64 vector."""
-    return np.concatenate([np.asarray(v, dtype=np.float64).ravel() for v in state.values()])
-
-
-def unflatten(vector: np.ndarray, manifest: Manifest) -> OrderedDict[str, np.ndarray]:
-    if vector.shape != (manifest.size,):
-        raise FusionError(f"vector has shape {vector.shape}, manifest needs ({manifest.size},)")
-    out: OrderedDict[str, np.ndarray] = OrderedDict()
-    offset = 0
-    for name, shape in zip(manifest.names, manifest.shapes, strict=True):
-        n = int(np.prod(shape))
-        out[name] = vector[offset : offset + n].reshape(shape).astype(np.float32)
-        offset += n
-    return out
 
 
 def server_step(

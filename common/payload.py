@@ -5,7 +5,6 @@ Only adapter + head tensors are ever packed here; user data and the base model n
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 
@@ -13,6 +12,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
 from common.config import AppConfig
+from common.tensor_layout import TensorLayout
 
 ARRAYS = "arrays"  # RecordDict key of the adapter + head tensors
 CONFIG = "config"  # RecordDict key of the flat run config (+ round)
@@ -27,21 +27,19 @@ class PayloadError(ValueError):
 
 
 FLAT = "flat"  # the ArrayRecord's one float32 array: every tensor, raveled, in manifest order
-MANIFEST = "manifest"  # the ArrayRecord's uint8 array: JSON [[name, shape], ...]
+MANIFEST = "manifest"  # the ArrayRecord's uint8 array: the tensor layout as JSON [[name, shape], ...]
 
 
 def state_to_arrays(state: Mapping[str, np.ndarray]) -> ArrayRecord:
-    """All tensors as ONE flat float32 array plus a manifest.
+    """All tensors as ONE flat float32 array plus a manifest (``common.tensor_layout``).
 
     Why: Flower 1.42 moves every Array as its own objects, each pulled by its own HTTP call
     on every hop (ServerApp -> SuperLink -> SuperNode -> ClientApp, and back); an adapter of
     dozens of tensors spent most of a short deployed round in those calls.
     """
-    manifest = [[name, list(np.shape(v))] for name, v in state.items()]
-    flat = np.concatenate([np.asarray(v, dtype=np.float32).ravel() for v in state.values()]) if state else (
-        np.zeros(0, np.float32))  # fmt: skip
-    blob = np.frombuffer(json.dumps(manifest).encode(), dtype=np.uint8)
-    return ArrayRecord(OrderedDict([(FLAT, Array(np.ascontiguousarray(flat))), (MANIFEST, Array(blob.copy()))]))
+    layout = TensorLayout.from_arrays(state)
+    blob = np.frombuffer(layout.to_json(), dtype=np.uint8)
+    return ArrayRecord(OrderedDict([(FLAT, Array(layout.flatten(state, np.float32))), (MANIFEST, Array(blob.copy()))]))
 
 
 def arrays_to_state(record: ArrayRecord) -> OrderedDict[str, np.ndarray]:
@@ -51,23 +49,16 @@ def arrays_to_state(record: ArrayRecord) -> OrderedDict[str, np.ndarray]:
     if record[FLAT].dtype != "float32":
         raise PayloadError(f"adapter payload has dtype {record[FLAT].dtype}, expected float32")
     try:
-        manifest = json.loads(record[MANIFEST].numpy().tobytes().decode())
-        names = [str(name) for name, _ in manifest]
-        shapes = [tuple(int(d) for d in shape) for _, shape in manifest]
+        layout = TensorLayout.from_json(record[MANIFEST].numpy().tobytes())
     except (ValueError, TypeError) as exc:
         raise PayloadError(f"adapter payload manifest is unreadable: {exc}") from None
     flat = record[FLAT].numpy()
-    sizes = [int(np.prod(shape)) for shape in shapes]
-    if flat.ndim != 1 or sum(sizes) != flat.size:
-        raise PayloadError(f"adapter payload holds {flat.size} values, its manifest names {sum(sizes)}")
-    state: OrderedDict[str, np.ndarray] = OrderedDict()
-    offset = 0
-    for name, shape, size in zip(names, shapes, sizes, strict=True):
-        value = flat[offset : offset + size].reshape(shape)
-        offset += size
+    if flat.ndim != 1 or layout.size != flat.size:
+        raise PayloadError(f"adapter payload holds {flat.size} values, its manifest names {layout.size}")
+    state = OrderedDict(layout.unflatten(flat))
+    for name, value in state.items():
         if not np.all(np.isfinite(value)):
             raise PayloadError(f"tensor `{name}` contains NaN or Inf")
-        state[name] = value
     return state
 
 

@@ -28,8 +28,8 @@ from common.metric_sums import METRIC_VECTOR, decode_metric_sum, vector_length
 from common.payload import ARRAYS, CONFIG, EVAL, config_record, eval_record, state_to_arrays
 from common.secagg import AbortError, Manifest, SecAggError, SecAggResult, SecAggServer
 from common.secure_wire import SECAGG_ACTION, from_records, round_context, secagg_config, to_records
-from server.app import GridTransport
 from server.federation import AGGREGATE, PerPlatform, RoundAborted, Tensors
+from server.grid_transport import GridTransport
 from server.messaging import exchange, learn_names, node_label, platform_of, shared_metrics, stragglers_for
 
 log = logging.getLogger("crossfed.server")

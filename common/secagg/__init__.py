@@ -52,6 +52,7 @@ Security notes (see also the module docstrings and the README's threat model):
 """
 
 from common.secagg.client import ClientState, SecAggClient
+from common.secagg.codec import pack_record, record_nbytes, unpack_record
 from common.secagg.config import HEADER_WORDS, PlatformPolicy, SecAggConfig
 from common.secagg.errors import AbortError, ConfigError, InputError, ProtocolError, SecAggError
 from common.secagg.identity import Identity, Roster
@@ -63,22 +64,19 @@ from common.secagg.messages import (
     STAGE_UNMASK,
     STAGES,
     join_arrays,
-    pack_record,
-    record_nbytes,
     split_arrays,
     stage_of,
-    unpack_record,
 )
 from common.secagg.quantize import (
     InputReport,
     Manifest,
-    TensorSpec,
     encode_input,
     quantization_bound,
     weighted_mean,
 )
 from common.secagg.runner import RoundRun, make_clients, run_round
 from common.secagg.server import SecAggResult, SecAggServer
+from common.tensor_layout import TensorSpec
 
 __all__ = [
     "HEADER_WORDS",

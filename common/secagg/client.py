@@ -35,7 +35,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from common.secagg import crypto, shamir
+import common.secagg.crypto as crypto
+import common.secagg.shamir as shamir
+from common.secagg.codec import pack_record, unpack_record
 from common.secagg.config import PlatformPolicy, SecAggConfig
 from common.secagg.errors import AbortError, ConfigError, InputError, ProtocolError
 from common.secagg.fields import NODE, Bytes, Float, Int, Kind, List, Str
@@ -57,9 +59,7 @@ from common.secagg.messages import (
     ShareKeysRequest,
     UnmaskReply,
     UnmaskRequest,
-    pack_record,
     stage_of,
-    unpack_record,
 )
 from common.secagg.prg import apply_masks
 from common.secagg.quantize import InputReport, Manifest, check_weight, encode_input

@@ -1,4 +1,4 @@
-"""Message schemas, parsers and a canonical binary record encoding.
+"""Typed protocol messages: one frozen dataclass per stage and direction, parsed from a plain dict.
 
 Every message is a plain dict ``str -> int | float | str | bytes | list[int] |
 list[bytes] | list[str] | np.ndarray`` (the only array is the uint masked vector), so a Flower
@@ -13,14 +13,13 @@ handler can put the scalars in a ``ConfigRecord`` and the array in an
 
 Parsers (``<Message>.parse(msg)``) check keys (no missing, no unknown), types,
 ranges and lengths and raise only ``ProtocolError``. Semantic checks (is this
-my roster? is the stage expected now?) live in the client and server.
+my roster? is the stage expected now?) live in the client and server; the byte encoding of a
+record is ``common.secagg.codec``.
 """
 
 from __future__ import annotations
 
-import math
-import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, TypeVar
 
@@ -47,8 +46,6 @@ SESSION_MIN, SESSION_MAX = 16, 64
 SHARE_PLAINTEXT_BYTES = 8 + 8 + 2 * SHARE_BYTES
 SHARE_CIPHERTEXT_BYTES = NONCE_BYTES + SHARE_PLAINTEXT_BYTES + TAG_BYTES
 
-ARRAY_DTYPES = ("<u4", "<u8", "<i8", "<f4", "<f8")
-
 
 KEY = Bytes(KEY_BYTES)
 SIGNATURE = Bytes(SIGNATURE_BYTES)
@@ -61,12 +58,12 @@ _HEADER: dict[str, Kind] = {
     "node_id": NODE,
 }
 
-M = TypeVar("M", bound="_Message")
+M = TypeVar("M", bound="ProtocolMessage")
 
 
 @dataclass(frozen=True)
-class _Message:
-    """Common header; subclasses add their fields and SCHEMA."""
+class ProtocolMessage:
+    """Common header of every message; subclasses add their fields and SCHEMA."""
 
     session: bytes
     round: int
@@ -124,7 +121,7 @@ def _same_length(key_a: str, a: list[Any], key_b: str, b: list[Any]) -> None:
 
 # -- stage 0: setup -----------------------------------------------------------------
 @dataclass(frozen=True)
-class SetupRequest(_Message):
+class SetupRequest(ProtocolMessage):
     """Server -> node: start a round. Carries the config so the node can compare."""
 
     cohort_size: int
@@ -172,7 +169,7 @@ class SetupRequest(_Message):
 
 
 @dataclass(frozen=True)
-class SetupReply(_Message):
+class SetupReply(ProtocolMessage):
     """Node -> server: the node's two fresh public keys, signed with its platform identity."""
 
     platform: str
@@ -191,7 +188,7 @@ class SetupReply(_Message):
 
 # -- stage 1: share keys ------------------------------------------------------------
 @dataclass(frozen=True)
-class ShareKeysRequest(_Message):
+class ShareKeysRequest(ProtocolMessage):
     """Server -> every node that answered setup: the signed key roster (same for all) and t.
 
     The threshold is fixed here, from the nodes that answered setup, so a platform lost
@@ -228,7 +225,7 @@ class ShareKeysRequest(_Message):
 
 
 @dataclass(frozen=True)
-class ShareKeysReply(_Message):
+class ShareKeysReply(ProtocolMessage):
     """Node -> server: one encrypted share bundle per other roster node, plus a commitment to b."""
 
     receivers: Sequence[int]
@@ -248,7 +245,7 @@ class ShareKeysReply(_Message):
 
 # -- stage 2: masked input ----------------------------------------------------------
 @dataclass(frozen=True)
-class MaskedInputRequest(_Message):
+class MaskedInputRequest(ProtocolMessage):
     """Server -> node: the share bundles other nodes encrypted for this node."""
 
     senders: Sequence[int]
@@ -265,7 +262,7 @@ class MaskedInputRequest(_Message):
 
 
 @dataclass(frozen=True, eq=False)
-class MaskedInputReply(_Message):
+class MaskedInputReply(ProtocolMessage):
     """Node -> server: ``[n, stats, n*q(x)] + masks`` as uint words mod 2^bits."""
 
     masked: np.ndarray
@@ -276,7 +273,7 @@ class MaskedInputReply(_Message):
 
 # -- stage 3: consistency check ----------------------------------------------------
 @dataclass(frozen=True)
-class ConsistencyRequest(_Message):
+class ConsistencyRequest(ProtocolMessage):
     """Server -> node that sent a masked input: who did (active) and who did not (dropped)."""
 
     active: Sequence[int]
@@ -287,7 +284,7 @@ class ConsistencyRequest(_Message):
 
 
 @dataclass(frozen=True)
-class ConsistencyReply(_Message):
+class ConsistencyReply(ProtocolMessage):
     """Node -> server: its identity's signature of (roster, set it masked with, active set)."""
 
     signature: bytes
@@ -298,7 +295,7 @@ class ConsistencyReply(_Message):
 
 # -- stage 4: unmask ----------------------------------------------------------------
 @dataclass(frozen=True)
-class UnmaskRequest(_Message):
+class UnmaskRequest(ProtocolMessage):
     """Server -> node that signed: the same sets again, and every signature collected on them."""
 
     active: Sequence[int]
@@ -319,7 +316,7 @@ class UnmaskRequest(_Message):
 
 
 @dataclass(frozen=True)
-class UnmaskReply(_Message):
+class UnmaskReply(ProtocolMessage):
     """Node -> server: shares of b for active nodes, shares of s_sk for dropped ones (each < p)."""
 
     b_owners: Sequence[int]
@@ -340,14 +337,14 @@ class UnmaskReply(_Message):
         _same_length("sk_owners", list(self.sk_owners), "sk_shares", list(self.sk_shares))
 
 
-REQUESTS: dict[str, type[_Message]] = {
+REQUESTS: dict[str, type[ProtocolMessage]] = {
     STAGE_SETUP: SetupRequest,
     STAGE_SHARE_KEYS: ShareKeysRequest,
     STAGE_MASKED_INPUT: MaskedInputRequest,
     STAGE_CONSISTENCY: ConsistencyRequest,
     STAGE_UNMASK: UnmaskRequest,
 }
-REPLIES: dict[str, type[_Message]] = {
+REPLIES: dict[str, type[ProtocolMessage]] = {
     STAGE_SETUP: SetupReply,
     STAGE_SHARE_KEYS: ShareKeysReply,
     STAGE_MASKED_INPUT: MaskedInputReply,
@@ -380,153 +377,3 @@ def join_arrays(scalars: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) ->
     if both:
         raise ProtocolError(f"keys in both the config and array parts: {sorted(both)}")
     return {**dict(scalars), **dict(arrays)}
-
-
-# -- canonical binary record encoding (client state, message sizes, tests) ----------
-_MAGIC = b"CFSA\x01"
-
-
-def pack_record(record: Mapping[str, Any]) -> bytes:
-    """Encode a flat record (same value types as messages) to bytes, in key order."""
-    out = [_MAGIC, struct.pack(">I", len(record))]
-    for key, value in record.items():
-        kb = key.encode()
-        out.append(struct.pack(">H", len(kb)) + kb)
-        out.append(_pack_value(key, value))
-    return b"".join(out)
-
-
-def record_nbytes(record: Mapping[str, Any]) -> int:
-    """``len(pack_record(record))`` without copying arrays (wire-size estimate)."""
-    total = len(_MAGIC) + 4
-    for key, value in record.items():
-        total += 2 + len(key.encode())
-        if isinstance(value, np.ndarray):
-            total += 1 + 1 + len(value.dtype.str) + 1 + 8 * value.ndim + value.nbytes
-        else:
-            total += len(_pack_value(key, value))
-    return total
-
-
-def _pack_int(v: int) -> bytes:
-    raw = v.to_bytes((v.bit_length() + 8) // 8, "big", signed=True)
-    return struct.pack(">B", len(raw)) + raw
-
-
-def _pack_value(key: str, value: Any) -> bytes:
-    if isinstance(value, bool):
-        raise ProtocolError(f"`{key}`: bool values are not supported")
-    if isinstance(value, int):
-        return b"i" + _pack_int(value)
-    if isinstance(value, float):
-        return b"f" + struct.pack(">d", value)
-    if isinstance(value, str):
-        raw = value.encode()
-        return b"s" + struct.pack(">I", len(raw)) + raw
-    if isinstance(value, bytes):
-        return b"b" + struct.pack(">I", len(value)) + value
-    if isinstance(value, np.ndarray):
-        arr = np.ascontiguousarray(value)
-        dt = arr.dtype.str
-        if dt not in ARRAY_DTYPES:
-            raise ProtocolError(f"`{key}`: array dtype {dt} is not supported")
-        head = b"a" + struct.pack(">B", len(dt)) + dt.encode() + struct.pack(">B", arr.ndim)
-        return head + b"".join(struct.pack(">Q", d) for d in arr.shape) + arr.tobytes()
-    if isinstance(value, (list, tuple)):
-        items = list(value)
-        if all(isinstance(v, int) and not isinstance(v, bool) for v in items):
-            return b"I" + struct.pack(">I", len(items)) + b"".join(_pack_int(v) for v in items)
-        if all(isinstance(v, bytes) for v in items):
-            return b"B" + struct.pack(">I", len(items)) + b"".join(struct.pack(">I", len(v)) + v for v in items)
-        if all(isinstance(v, str) for v in items):
-            raws = [v.encode() for v in items]
-            return b"S" + struct.pack(">I", len(raws)) + b"".join(struct.pack(">I", len(v)) + v for v in raws)
-    raise ProtocolError(f"`{key}`: unsupported value type {type(value).__name__}")
-
-
-class _Reader:
-    def __init__(self, data: bytes) -> None:
-        self.data, self.pos = memoryview(data), 0
-
-    def take(self, n: int) -> bytes:
-        if n < 0 or self.pos + n > len(self.data):
-            raise ProtocolError("record is truncated")
-        chunk = bytes(self.data[self.pos : self.pos + n])
-        self.pos += n
-        return chunk
-
-    def u8(self) -> int:
-        return self.take(1)[0]
-
-    def u32(self) -> int:
-        return int(struct.unpack(">I", self.take(4))[0])
-
-    def int_(self) -> int:
-        return int.from_bytes(self.take(self.u8()), "big", signed=True)
-
-    def count(self) -> int:
-        n = self.u32()
-        if n > len(self.data) - self.pos:  # every item takes at least one byte
-            raise ProtocolError("record list length exceeds the data")
-        return n
-
-
-def unpack_record(data: bytes) -> dict[str, Any]:
-    """Inverse of ``pack_record``; ProtocolError on any malformed input."""
-    if not isinstance(data, (bytes, bytearray)):
-        raise ProtocolError(f"record must be bytes, got {type(data).__name__}")
-    r = _Reader(bytes(data))
-    if r.take(len(_MAGIC)) != _MAGIC:
-        raise ProtocolError("not a secagg record (bad magic)")
-    out: dict[str, Any] = {}
-    for _ in range(r.count()):
-        try:
-            key = r.take(int(struct.unpack(">H", r.take(2))[0])).decode()
-        except UnicodeDecodeError:
-            raise ProtocolError("record key is not UTF-8") from None
-        if key in out:
-            raise ProtocolError(f"record has duplicate key {key!r}")
-        out[key] = _unpack_value(r)
-    if r.pos != len(r.data):
-        raise ProtocolError("record has trailing bytes")
-    return out
-
-
-def _unpack_value(r: _Reader) -> Any:
-    tag = r.take(1)
-    if tag == b"i":
-        return r.int_()
-    if tag == b"f":
-        return float(struct.unpack(">d", r.take(8))[0])
-    if tag == b"s":
-        try:
-            return r.take(r.u32()).decode()
-        except UnicodeDecodeError:
-            raise ProtocolError("record string is not UTF-8") from None
-    if tag == b"b":
-        return r.take(r.u32())
-    if tag == b"I":
-        return [r.int_() for _ in range(r.count())]
-    if tag == b"B":
-        return [r.take(r.u32()) for _ in range(r.count())]
-    if tag == b"S":
-        try:
-            return [r.take(r.u32()).decode() for _ in range(r.count())]
-        except UnicodeDecodeError:
-            raise ProtocolError("record string is not UTF-8") from None
-    if tag == b"a":
-        try:
-            dt = r.take(r.u8()).decode()
-        except UnicodeDecodeError:
-            raise ProtocolError("record array dtype is not ASCII") from None
-        if dt not in ARRAY_DTYPES:
-            raise ProtocolError(f"record array dtype {dt!r} is not supported")
-        shape = tuple(int(struct.unpack(">Q", r.take(8))[0]) for _ in range(r.u8()))
-        nbytes = math.prod(shape) * np.dtype(dt).itemsize
-        return np.frombuffer(r.take(nbytes), dtype=dt).reshape(shape).copy()
-    raise ProtocolError(f"record has unknown value tag {tag!r}")
-
-
-def node_list(values: Iterable[int]) -> list[int]:
-    """Sorted Python-int list (node ids in messages are always plain ints)."""
-    return sorted(int(v) for v in values)

@@ -2,8 +2,9 @@
 
 Encoding of one platform's input, in this order:
 
-1. validate the named tensors against the ``Manifest`` (names, shapes, dtypes,
-   all finite) -- ``InputError`` otherwise, before anything is masked;
+1. validate the named tensors against the ``Manifest`` (a ``common.tensor_layout``
+   layout: names, shapes, dtypes; all finite) -- ``InputError`` otherwise, before
+   anything is masked;
 2. flatten to float64 ``x`` in manifest order;
 3. if ``l2_clip`` > 0 and ``||x||_2 > l2_clip``: ``x *= l2_clip / ||x||_2`` (reported);
 4. clip every value to ``[-c, c]`` (count reported);
@@ -31,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,7 @@ import numpy as np
 
 from common.secagg.config import HEADER_WORDS, SecAggConfig
 from common.secagg.errors import ConfigError, InputError
+from common.tensor_layout import LayoutError, TensorLayout, TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -47,23 +49,14 @@ _ALLOWED_DTYPES = ("float16", "float32", "float64")
 _CHUNK = 8192
 
 
-@dataclass(frozen=True)
-class TensorSpec:
-    """One named tensor of the adapter: name, shape and float dtype."""
+class Manifest(TensorLayout):
+    """The layout of the vector a platform contributes (e.g. a LoRA state dict), checked for the protocol.
 
-    name: str
-    shape: tuple[int, ...]
-    dtype: str = "float32"
+    At least one value, unique non-empty names, float dtypes; its ``digest`` binds the layout
+    into every round, so platforms with different adapters cannot be aggregated together.
+    """
 
-    @property
-    def size(self) -> int:
-        return math.prod(self.shape)
-
-
-class Manifest:
-    """Ordered list of the tensors a platform contributes (e.g. a LoRA state dict)."""
-
-    def __init__(self, specs: list[TensorSpec] | tuple[TensorSpec, ...]) -> None:
+    def __init__(self, specs: Iterable[TensorSpec]) -> None:
         specs = tuple(specs)
         if not specs:
             raise ConfigError("the manifest must list at least one tensor")
@@ -77,20 +70,9 @@ class Manifest:
                 raise ConfigError(f"tensor `{s.name}` has an invalid shape {s.shape}")
             if s.dtype not in _ALLOWED_DTYPES:
                 raise ConfigError(f"tensor `{s.name}` dtype must be one of {_ALLOWED_DTYPES}, got {s.dtype}")
-        self.specs = specs
-        self.size = sum(s.size for s in specs)
+        super().__init__(specs)
         if self.size < 1:
             raise ConfigError("the manifest holds no values")
-
-    @classmethod
-    def from_arrays(cls, tensors: Mapping[str, np.ndarray]) -> Manifest:
-        """Manifest describing ``tensors`` in their iteration order."""
-        return cls([TensorSpec(k, tuple(int(d) for d in v.shape), str(v.dtype)) for k, v in tensors.items()])
-
-    @classmethod
-    def flat(cls, length: int, dtype: str = "float32", name: str = "vector") -> Manifest:
-        """A single flat tensor of ``length`` values."""
-        return cls([TensorSpec(name, (length,), dtype)])
 
     def digest(self) -> bytes:
         """SHA-256 of a canonical text form; equal digests mean the same layout."""
@@ -98,23 +80,11 @@ class Manifest:
         return hashlib.sha256(b"crossfed-secagg/1|manifest|" + text.encode()).digest()
 
     def unflatten(self, vector: np.ndarray) -> dict[str, np.ndarray]:
-        """Split a flat vector (e.g. the aggregate) into named tensors (views)."""
-        if vector.shape != (self.size,):
-            raise InputError(f"expected a flat vector of {self.size} values, got {vector.shape}")
-        out, pos = {}, 0
-        for s in self.specs:
-            out[s.name] = vector[pos : pos + s.size].reshape(s.shape)
-            pos += s.size
-        return out
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Manifest) and self.specs == other.specs
-
-    def __hash__(self) -> int:
-        return hash(self.specs)
-
-    def __repr__(self) -> str:
-        return f"Manifest({len(self.specs)} tensors, {self.size} values)"
+        """Split a flat vector (e.g. the aggregate) into named tensors (views); InputError on a wrong length."""
+        try:
+            return super().unflatten(vector)
+        except LayoutError as exc:
+            raise InputError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -183,7 +153,7 @@ def encode_input(
     capped = n > cfg.max_weight
     n = min(n, cfg.max_weight)
 
-    flats = [np.asarray(tensors[s.name]).reshape(-1) for s in manifest.specs]
+    flats = manifest.raveled(tensors)
     sq = 0.0
     buf = np.empty(_CHUNK, dtype=np.float64)  # all temporaries preallocated: no page faults
     absbuf = np.empty(_CHUNK, dtype=np.float64)

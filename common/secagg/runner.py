@@ -23,10 +23,11 @@ from typing import Any
 import numpy as np
 
 from common.secagg.client import NO_CONTEXT, SecAggClient
+from common.secagg.codec import record_nbytes
 from common.secagg.config import PlatformPolicy, SecAggConfig
 from common.secagg.errors import AbortError, ProtocolError, SecAggError
 from common.secagg.identity import Identity, Roster
-from common.secagg.messages import STAGE_MASKED_INPUT, STAGES, record_nbytes
+from common.secagg.messages import STAGE_MASKED_INPUT, STAGES
 from common.secagg.quantize import InputReport, Manifest
 from common.secagg.server import SecAggResult, SecAggServer
 

@@ -37,7 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from common.secagg import crypto, shamir
+import common.secagg.crypto as crypto
+import common.secagg.shamir as shamir
 from common.secagg.config import HEADER_WORDS, SecAggConfig
 from common.secagg.errors import AbortError, ConfigError, InputError, ProtocolError
 from common.secagg.fields import NODE

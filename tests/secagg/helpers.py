@@ -25,8 +25,8 @@ def make_inputs(node_ids, seed: int = 0, scale: float = 0.3, manifest: Manifest 
 
 
 def flat(tensors, manifest: Manifest | None = None) -> np.ndarray:
-    man = manifest or tiny_manifest()
-    return np.concatenate([tensors[s.name].astype(np.float64).reshape(-1) for s in man.specs])
+    """The float64 vector the tensors make in the manifest's layout (the oracle's input)."""
+    return (manifest or tiny_manifest()).flatten(tensors, np.float64)
 
 
 def drive_to(stage, cfg, manifest, ids, inputs=None, session=b"S" * 16, rnd=1):

@@ -32,8 +32,8 @@ from common.secagg.identity import Roster, save_identity
 from common.secagg.messages import UnmaskReply
 from common.secagg.shamir import PRIME, SHARE_BYTES
 from common.secure_wire import SECAGG, SECAGG_ARRAYS, from_records, round_context, to_records
-from server.app import GridTransport
 from server.federation import RoundAborted
+from server.grid_transport import GridTransport
 from server.secure import SecureGridTransport
 
 TINY = {

@@ -5,7 +5,7 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
-from common.fusion import FusionError, Manifest, flatten, server_step, unflatten, weighted_average
+from common.fusion import FusionError, server_step, weighted_average
 
 
 def _states(k: int, seed: int) -> list[OrderedDict[str, np.ndarray]]:
@@ -49,18 +49,6 @@ def test_mismatched_tensors_refused() -> None:
         weighted_average([a, b], [1, 1])
     with pytest.raises(FusionError, match="no updates"):
         weighted_average([], [])
-
-
-def test_flatten_unflatten_round_trip() -> None:
-    state = _states(1, seed=3)[0]
-    manifest = Manifest.of(state)
-    vec = flatten(state)
-    assert vec.shape == (manifest.size,) == (17,)
-    back = unflatten(vec, manifest)
-    for name in state:
-        np.testing.assert_array_equal(back[name], state[name])
-    with pytest.raises(FusionError, match="shape"):
-        unflatten(vec[:-1], manifest)
 
 
 def test_server_step_plain_is_exactly_fused() -> None:

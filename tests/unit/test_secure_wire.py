@@ -8,7 +8,6 @@ from flwr.app import ConfigRecord, Context, RecordDict
 
 from clients import secure
 from common.config import AppConfig
-from common.fusion import flatten
 from common.payload import ARRAYS, CONFIG, config_record, state_to_arrays
 from common.secagg import Manifest, ProtocolError, SecAggServer
 from common.secure_wire import SECAGG, SECAGG_ARRAYS, from_records, round_context, secagg_config, to_records
@@ -80,7 +79,9 @@ def test_three_platforms_through_flower_records_give_the_weighted_mean() -> None
     result = _run_secure_round(ids, updates, weights, contexts, server)
     mean, bound = result.weighted_mean()
     # Assert
-    expected = np.average(np.stack([flatten(updates[n]) for n in ids]), axis=0, weights=[weights[n] for n in ids])
+    expected = np.average(
+        np.stack([manifest.flatten(updates[n], np.float64) for n in ids]), axis=0, weights=[weights[n] for n in ids]
+    )
     np.testing.assert_allclose(mean, expected, rtol=0, atol=bound)
     assert result.total_weight == 200
     assert all(secure.STATE not in c.state and secure.UPDATE not in c.state for c in contexts.values())

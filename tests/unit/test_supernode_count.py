@@ -11,7 +11,7 @@ from flwr.superlink.grid import InMemoryGrid
 from common.config import AppConfig
 from common.data import write_dataset
 from common.synthetic import make_synthetic
-from server.app import warn_if_platforms_left_out
+from server.grid_transport import warn_if_platforms_left_out
 
 
 class _Nodes(InMemoryGrid):
