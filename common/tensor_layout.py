@@ -91,10 +91,15 @@ class TensorLayout:
 
     @classmethod
     def from_json(cls, data: bytes) -> Self:
-        """Inverse of ``to_json`` (every dtype float32); ValueError or TypeError when ``data`` is not such JSON."""
+        """Inverse of ``to_json`` (every dtype float32); ValueError or TypeError when ``data`` is not such
+        JSON, names a tensor twice or gives a negative dimension (it comes from another party)."""
         manifest = json.loads(data.decode())
         names = [str(name) for name, _ in manifest]
         shapes = [tuple(int(d) for d in shape) for _, shape in manifest]
+        if len(set(names)) != len(names):
+            raise LayoutError(f"tensor `{next(n for n in names if names.count(n) > 1)}` is listed twice")
+        if any(d < 0 for shape in shapes for d in shape):
+            raise LayoutError(f"negative dimension in {next(s for s in shapes if min(s, default=0) < 0)}")
         return cls(TensorSpec(name, shape) for name, shape in zip(names, shapes, strict=True))
 
     def __eq__(self, other: object) -> bool:

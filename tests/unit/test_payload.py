@@ -63,6 +63,17 @@ def test_manifest_that_does_not_match_the_values_is_refused() -> None:
         arrays_to_state(_record(np.zeros(3, np.float32), [["w", [2, 2]]]))
 
 
+@pytest.mark.parametrize(
+    ("manifest", "problem"),
+    [([["w", [2]], ["w", [2]]], "`w` is listed twice"), ([["w", [-2, -2]]], r"negative dimension in \(-2, -2\)")],
+)
+def test_manifest_from_another_party_naming_a_tensor_twice_or_a_negative_shape_is_refused(
+    manifest: list, problem: str
+) -> None:
+    with pytest.raises(PayloadError, match=f"manifest is unreadable: .*{problem}"):
+        arrays_to_state(_record(np.zeros(4, np.float32), manifest))
+
+
 def test_wrong_dtype_is_refused() -> None:
     with pytest.raises(PayloadError, match="dtype float64, expected float32"):
         arrays_to_state(_record(np.zeros(4, np.float64), [["w", [2, 2]]]))
