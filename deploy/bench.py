@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from common.run_files import read_rounds
 from deploy.launch import REPO_ROOT, Federation, base_env
 
 TINY = {
@@ -56,7 +57,7 @@ def parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def round_times(run_dir: Path) -> list[float]:
-    rows = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_rounds(run_dir)
     bad = [r["failures"] for r in rows if r.get("failures")]
     if bad:
         raise RuntimeError(f"{run_dir}: rounds with failures: {bad}")

@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 from common.data import PlatformData, write_dataset
+from common.run_files import SUMMARY_FILE, read_rounds, read_summary, to_json
 from deploy.bench import TINY, parse_sets
 from deploy.launch import Daemon, DeployError, Federation, run_status, start_supernode
 
@@ -331,19 +332,6 @@ NODE_RE = re.compile(r"node (\d+)")
 UNAVAILABLE = "Node Unavailable"
 
 
-def read_rounds(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "rounds.jsonl"
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a line being written
-            break
-    return rows
-
-
 def _down(kill: KillEvent, start: float, end: float) -> bool:
     """Was the platform down (killed and not yet back online) at some point in [start, end]?"""
     back = kill.t_online if math.isfinite(kill.t_online) else math.inf
@@ -400,10 +388,10 @@ def mark_rejoins(kills: Sequence[KillEvent], rounds: Sequence[Mapping[str, Any]]
 
 def final_test_missing(run_dir: Path, platforms: Sequence[str]) -> list[str] | None:
     """Platforms without test metrics in ``summary.json`` (the best round's final test); None: no summary."""
-    path = run_dir / "summary.json"
-    if not path.is_file():
+    summary = read_summary(run_dir)
+    if summary is None:
         return None
-    tested = {p for p, metrics in (json.loads(path.read_text()).get("test") or {}).items() if metrics}
+    tested = {p for p, metrics in (summary.get("test") or {}).items() if metrics}
     return [p for p in platforms if p not in tested]
 
 
@@ -513,7 +501,7 @@ def drive(fed: Federation, run_dir: Path, config: dict[str, Any], plan: Sequence
                     event.t_online = now
                     del down[name]
                     _say(t0, f"{name} is back online")
-            finished = len(state.ends) >= rounds and (run_dir / "summary.json").is_file()
+            finished = len(state.ends) >= rounds and (run_dir / SUMMARY_FILE).is_file()
             if status is None and (finished or now >= next_status):
                 status = pool.submit(run_status, state.run_id, fed.conn, fed.env)
                 next_status = now + STATUS_EVERY_S
@@ -659,8 +647,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     import logging
 
     import psutil
-
-    from server.outputs import to_json
 
     args = build_parser().parse_args(argv)
     logging.getLogger("crossfed.deploy").setLevel(logging.WARNING)  # not one line per started process

@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from common.files import result_mode
+from common.files import atomic_write_bytes, atomic_write_text
 
 MANIFEST = "checkpoint.json"
 TENSOR_PREFIX = "checkpoint-r"
@@ -137,7 +137,7 @@ def save_checkpoint(run_dir: Path, state: RunState, key: bytes | None = None) ->
             tensors[f"{group}/{name}"] = np.ascontiguousarray(value)
     blob = save(tensors, metadata={"format": FORMAT, "round": str(state.round)})
     tensor_name = f"{TENSOR_PREFIX}{state.round:06d}.safetensors"
-    _atomic_write(run_dir / tensor_name, blob)
+    atomic_write_bytes(run_dir / tensor_name, blob, fsync=True)
     body = {
         "round": state.round,
         "keys": {group: list(values) for group, values in _groups(state)},
@@ -158,7 +158,7 @@ def save_checkpoint(run_dir: Path, state: RunState, key: bytes | None = None) ->
     }
     manifest["mac"] = {"alg": MAC_ALG, "key-id": key_id(key), "value": _mac(key, manifest)}
     path = run_dir / MANIFEST
-    _atomic_write(path, (json.dumps(manifest, indent=1, sort_keys=True, allow_nan=False) + "\n").encode())
+    atomic_write_text(path, json.dumps(manifest, indent=1, sort_keys=True, allow_nan=False) + "\n", fsync=True)
     for old in run_dir.glob(f"{TENSOR_PREFIX}*.safetensors"):  # only now is the previous one garbage
         if old.name != tensor_name:
             old.unlink(missing_ok=True)
@@ -388,22 +388,3 @@ def _same_value(a: Scalar, b: Scalar) -> bool:
     if isinstance(a, int | float) and isinstance(b, int | float):
         return float(a) == float(b)
     return a == b
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, result_mode())  # mkstemp makes it 0600; results follow common.files' rule
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself survives a power cut
-    finally:
-        os.close(dir_fd)

@@ -53,8 +53,8 @@ from common.config import AppConfig, ConfigError
 from common.data import PlatformData, discover_platforms, load_dataset, write_dataset
 from common.fusion import weighted_average
 from common.modeling import build_scorer, get_trainable_state, load_scorer, pick_device
+from common.run_files import ROUNDS_FILE
 from server.federation import PerPlatform, Tensors, mean_metrics, run_federation
-from server.outputs import ROUNDS_FILE
 from simulations.baselines import evaluate_baseline, platform_scorers
 from simulations.inprocess import InProcessTransport, setups_for
 

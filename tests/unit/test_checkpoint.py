@@ -10,6 +10,7 @@ import stat
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -139,14 +140,14 @@ def test_crash_before_manifest_keeps_previous_checkpoint(tmp_path: Path, monkeyp
     save_checkpoint(tmp_path, _state(rnd=3))
     import server.checkpoint as ckpt
 
-    real = ckpt._atomic_write
+    real = ckpt.atomic_write_text
 
-    def dying(path: Path, data: bytes) -> None:
+    def dying(path: Path, text: str, **kwargs: Any) -> None:
         if path.name == MANIFEST:
             raise OSError("disk full")
-        real(path, data)
+        real(path, text, **kwargs)
 
-    monkeypatch.setattr(ckpt, "_atomic_write", dying)
+    monkeypatch.setattr(ckpt, "atomic_write_text", dying)
     # Execute
     with pytest.raises(OSError):
         save_checkpoint(tmp_path, _state(rnd=4))
