@@ -7,8 +7,11 @@ next round depends on:
 * the global adapter + head tensors, the server optimiser's state (FedAvgM velocity,
   FedAdam ``m:``/``v:`` moments, in their own dtype, or none) and the best round's
   tensors: ONE safetensors file, ``checkpoint-r<round>.safetensors``;
-* the round counter, the RNG state, best score/round/metrics, the early-stopping counter
-  and the flat run config: JSON inside the manifest ``checkpoint.json``.
+* the round counter, best score/round/metrics, the early-stopping counter and the flat
+  run config: JSON inside the manifest ``checkpoint.json``.
+
+No RNG state: the server loop draws no random numbers (a platform seeds its training by
+seed, platform and round), so a resumed round draws what it would have drawn.
 
 Write order makes a crash harmless: the tensor file goes to a temp name, is fsync'ed and
 renamed; then the manifest, which names that file and its SHA-256 (and carries the
@@ -87,7 +90,6 @@ class RunState:
     global_state: OrderedDict[str, np.ndarray]
     config: dict[str, Scalar]  # AppConfig.to_flat()
     optimizer_state: OrderedDict[str, np.ndarray] | None = None  # FedAvgM velocity / FedAdam moments
-    rng_state: dict[str, Any] | None = None  # np.random.Generator(...).bit_generator.state
     best_round: int = 0
     best_score: float = -math.inf
     best_state: OrderedDict[str, np.ndarray] | None = None
@@ -141,7 +143,6 @@ def save_checkpoint(run_dir: Path, state: RunState, key: bytes | None = None) ->
     body = {
         "round": state.round,
         "keys": {group: list(values) for group, values in _groups(state)},
-        "rng_state": state.rng_state,
         "best_round": state.best_round,
         "best_score": _enc(state.best_score),
         "best_metrics": _enc(state.best_metrics),
@@ -221,7 +222,7 @@ def load_checkpoint(
         raise CheckpointError(f"{path}: no global adapter tensors")
     state = RunState(
         round=int(body["round"]), global_state=groups["global"], config=saved_config,
-        optimizer_state=groups["optimizer"], rng_state=body.get("rng_state"), best_round=int(body["best_round"]),
+        optimizer_state=groups["optimizer"], best_round=int(body["best_round"]),
         best_score=float(_dec(body["best_score"])),
         best_state=groups["best"], best_metrics=_dec(body.get("best_metrics") or {}), stale=int(body["stale"]),
         extra=_dec(body.get("extra") or {}),
