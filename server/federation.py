@@ -23,7 +23,7 @@ from rich.progress import Progress
 
 from common.config import AppConfig
 from common.fusion import server_update
-from common.metrics import weighted_mean
+from common.metrics import mean_metrics
 from common.modeling import build_scorer, get_trainable_state, save_adapter
 from common.run_files import ADAPTER_DIR, ROUNDS_FILE, trim_rounds, write_summary
 from server.checkpoint import CheckpointError, RunState, load_checkpoint, remove_checkpoint, save_checkpoint
@@ -255,22 +255,6 @@ def split_mean(evaluated: Mapping[str, Mapping[str, float]]) -> tuple[PerPlatfor
     per_platform = {p: dict(m) for p, m in evaluated.items() if p != AGGREGATE}
     mean = dict(evaluated[AGGREGATE]) if AGGREGATE in evaluated else mean_metrics(per_platform)
     return per_platform, mean
-
-
-def mean_metrics(per_platform: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-    """Example-weighted mean per metric: split metrics by that split's n, ranking by ranked users."""
-    keys = sorted({k for m in per_platform.values() for k in m})
-    out: dict[str, float] = {}
-    for key in keys:
-        split = key.split(".")[0]
-        weight_key = f"{split}.rank-users" if key.split(".")[1] in ("hr@10", "ndcg@10") else f"{split}.n"
-        if key.endswith((".n", ".rank-users")):
-            out[key] = float(sum(m.get(key, 0.0) for m in per_platform.values()))
-            continue
-        values = {p: {key: m[key]} for p, m in per_platform.items() if key in m}
-        weights = {p: per_platform[p].get(weight_key, 0.0) for p in values}
-        out.update(weighted_mean(values, weights))
-    return out
 
 
 def _split(metrics: Mapping[str, float], split: str) -> dict[str, float]:

@@ -52,9 +52,10 @@ from clients.trainer import train
 from common.config import AppConfig, ConfigError
 from common.data import PlatformData, discover_platforms, load_dataset, write_dataset
 from common.fusion import weighted_average
+from common.metrics import mean_metrics
 from common.modeling import build_scorer, get_trainable_state, load_scorer, pick_device
 from common.run_files import ROUNDS_FILE
-from server.federation import PerPlatform, Tensors, mean_metrics, run_federation
+from server.federation import PerPlatform, Tensors, run_federation
 from simulations.baselines import evaluate_baseline, platform_scorers
 from simulations.inprocess import InProcessTransport, setups_for
 
