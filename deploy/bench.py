@@ -1,7 +1,8 @@
-"""Round time: simulation vs a real deployment (``python -m deploy.bench``); with ``--nodes``, a load test.
+"""Round time: simulation vs a real deployment (``crossfed bench deploy``, ``python -m deploy.bench``).
 
     python -m deploy.bench --out /tmp/bench --rounds 3 --modes sim,cold,warm [--set key=value ...]
-    crossfed bench deploy --nodes 30 [--rounds 5 --kill-fraction 0.2 ...]   (see deploy.bench_load)
+
+With ``--nodes N``, ``crossfed bench deploy`` runs the load test instead (:mod:`deploy.loadbench`).
 
 ``sim``   ``crossfed simulate`` (Flower's simulation engine, Ray)
 ``cold``  Flower 1.42 defaults: TLS SuperLink + SuperNodes, ``--isolation subprocess``
@@ -100,10 +101,6 @@ def summarize(name: str, res: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a == "--nodes" or a.startswith("--nodes=") for a in argv):  # the load benchmark
-        from deploy.bench_load import main as load_main
-
-        return load_main(argv)
     p = argparse.ArgumentParser(
         prog="python -m deploy.bench",
         description=__doc__.split("\n")[0],
