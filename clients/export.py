@@ -29,7 +29,7 @@ from clients.trainer import CHARS_PER_TOKEN_CAP
 from common.config import AppConfig
 from common.item_stats import NUM_ITEM_STATS
 from common.modeling import DEFAULT_BASE, HEAD_FILE, NUM_COUNTS, TINY_BASE, load_adapter, load_base, resolve_base_path
-from common.run_layout import ADAPTER_DIR
+from common.run_files import ADAPTER_DIR, SUMMARY_FILE
 
 BASE_DIR = "base"
 SCORING_FILE = "crossfed_scoring.py"
@@ -60,7 +60,7 @@ def export_run(run_dir: Path, out: Path, merge: bool = False, copy_base: bool = 
         (_write_merged if merge else _write_adapter)(cfg, run_dir, tmp, copy_base, out)
         shutil.copy2(run_dir / ADAPTER_DIR / HEAD_FILE, tmp / HEAD_FILE)
         shutil.copy2(Path(__file__).with_name("merged_scoring.py"), tmp / SCORING_FILE)
-        shutil.copy2(run_dir / "summary.json", tmp / SUMMARY_COPY)
+        shutil.copy2(run_dir / SUMMARY_FILE, tmp / SUMMARY_COPY)
         (tmp / CONFIG_FILE).write_text(json.dumps(_scoring_config(cfg, merge), indent=2) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(model_card(cfg, summary, merge, copy_base), encoding="utf-8")
         if out.exists():

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from common.config import AppConfig
-from common.run_layout import PRIVATE_DIR
+from common.run_files import PRIVATE_DIR
 
 FILE = re.compile(r"round-(\d+)\.safetensors")
 STATE_DIR_KEY = "state-dir"  # node_config: where a deployed platform keeps its private parameters

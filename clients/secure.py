@@ -38,6 +38,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
 
 from clients.platform import PARTITION_KEY, platform_names
 from common.config import AppConfig
+from common.files import atomic_write_text
 from common.payload import ARRAYS, CONFIG
 from common.secagg import (
     STAGE_MASKED_INPUT,
@@ -168,13 +169,7 @@ def record_round(context: Context, record: Path | None, rnd: int, policy: Platfo
     if record is None:
         context.state[key] = ConfigRecord({"rounds": rounds})
         return
-    record.parent.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_suffix(".tmp")
-    with open(tmp, "w") as fh:
-        json.dump({"rounds": rounds}, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, record)
+    atomic_write_text(record, json.dumps({"rounds": rounds}), fsync=True)
 
 
 # -- the stages -------------------------------------------------------------------

@@ -127,11 +127,32 @@ def fit(
 
     The private parameters continue from the latest earlier round and are saved under this one.
     """
-    scorer, part, prepared = load_platform(cfg, setup, state, store, server_round - 1)
-    part.data = subsample(prepared.train, cfg.train.max_examples, cfg.seed + server_round)
-    metrics = train(scorer, [part], cfg.train, pick_device(setup.device), seed=train_seed(cfg, setup.platform,
-                                                                                       server_round))  # fmt: skip
-    store.save(server_round, private_tensors(scorer, part.private), platform_index(prepared))
+    return fit_together(cfg, [(setup, store)], state, server_round, train_seed(cfg, setup.platform, server_round))
+
+
+def fit_together(
+    cfg: AppConfig,
+    platforms: Sequence[tuple[NodeSetup, PrivateStore]],
+    state: Mapping[str, np.ndarray],
+    server_round: int,
+    seed: int,
+) -> tuple[OrderedDict[str, np.ndarray], dict[str, float]]:
+    """:func:`fit` over the round's train subsample of one or more platforms, batches interleaved.
+
+    One platform is what a deployed platform runs; several is the comparison's pooled upper bound
+    (one shared model, each batch with its own platform's private parameters). Each platform's
+    private parameters continue from the latest earlier round and are saved under this one.
+    """
+    loaded = []
+    for setup, store in platforms:
+        scorer, part, prepared = load_platform(cfg, setup, state, store, server_round - 1)
+        part.data = subsample(prepared.train, cfg.train.max_examples, cfg.seed + server_round)
+        loaded.append((part, prepared))
+    # every platform loaded the same shared ``state``: the last one's model trains (with its private layers)
+    parts = [part for part, _ in loaded]
+    metrics = train(scorer, parts, cfg.train, pick_device(platforms[0][0].device), seed=seed)
+    for (_, store), (part, prepared) in zip(platforms, loaded, strict=True):
+        store.save(server_round, private_tensors(scorer, part.private), platform_index(prepared))
     return get_trainable_state(scorer), metrics
 
 

@@ -1,4 +1,4 @@
-"""Writing output files: atomically, and with one rule for their modes.
+"""Writing files atomically (the one writer every module uses), with one rule for their modes.
 
 The rule: what a run writes for people and tools to read (datasets, rounds.jsonl,
 summary.json, adapters, plots, checkpoints, TensorBoard logs) gets the mode any ``open()``
@@ -52,7 +52,9 @@ def set_result_modes(folder: Path) -> None:
 
 def atomic_write_bytes(path: Path, data: bytes, *, mode: int | None = None, fsync: bool = False) -> None:
     """Write to a temp file in the same folder, set its mode, then ``os.replace``: readers never see
-    half a file. ``mode`` defaults to :func:`result_mode`; ``fsync`` makes the bytes durable first."""
+    half a file. ``mode`` defaults to :func:`result_mode` (a secret passes :data:`SECRET_MODE`: the temp
+    file is 0600 from its creation, so a key is never briefly readable by others); ``fsync`` makes the
+    bytes and then the rename itself durable (a power cut leaves the old file or the new one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -66,3 +68,19 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int | None = None, fsyn
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if fsync:
+        fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str, *, mode: int | None = None, fsync: bool = False) -> None:
+    """:func:`atomic_write_bytes` of ``text`` as UTF-8."""
+    atomic_write_bytes(path, text.encode("utf-8"), mode=mode, fsync=fsync)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make the renames and creations in ``folder`` durable (POSIX keeps them in the folder's own inode)."""
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -4,7 +4,7 @@ Why: a deployed platform does not reveal its own validation metrics by default, 
 stopping and best-round selection need the federation's mean. Each platform encodes its
 metrics as a vector ``v_i`` with weight ``N_i`` (its evaluated examples over all splits);
 secure aggregation then reveals only ``sum_i N_i v_i / sum_i N_i`` and ``sum_i N_i``, from
-which :func:`decode_metric_sum` recovers exactly what :func:`server.federation.mean_metrics`
+which :func:`decode_metric_sum` recovers exactly what :func:`common.metrics.mean_metrics`
 computes from per-platform metrics (up to quantisation).
 
 Layout per split ``s`` (``n`` its examples, ``r`` its ranked users), every entry divided by

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -110,6 +110,25 @@ def weighted_mean(per_platform: dict[str, dict[str, float]], weights: dict[str, 
         ]
         total = sum(w for w, _ in pairs)
         out[key] = sum(w * v for w, v in pairs) / total if total > 0 else math.nan
+    return out
+
+
+def mean_metrics(per_platform: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """The federation's mean of platform metrics (``<split>.<metric>`` keys): example-weighted, split
+    metrics by that split's n, ranking metrics (HR/NDCG@10) by its ranked users; the counts
+    (``.n``, ``.rank-users``) are summed. The one rule: :mod:`common.metric_sums` encodes it for a
+    secure sum, which decodes to the same means."""
+    keys = sorted({k for m in per_platform.values() for k in m})
+    out: dict[str, float] = {}
+    for key in keys:
+        split = key.split(".")[0]
+        weight_key = f"{split}.rank-users" if key.split(".")[1] in ("hr@10", "ndcg@10") else f"{split}.n"
+        if key.endswith((".n", ".rank-users")):
+            out[key] = float(sum(m.get(key, 0.0) for m in per_platform.values()))
+            continue
+        values = {p: {key: m[key]} for p, m in per_platform.items() if key in m}
+        weights = {p: per_platform[p].get(weight_key, 0.0) for p in values}
+        out.update(weighted_mean(values, weights))
     return out
 
 

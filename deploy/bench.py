@@ -1,7 +1,8 @@
-"""Round time: simulation vs a real deployment (``python -m deploy.bench``); with ``--nodes``, a load test.
+"""Round time: simulation vs a real deployment (``crossfed bench deploy``, ``python -m deploy.bench``).
 
     python -m deploy.bench --out /tmp/bench --rounds 3 --modes sim,cold,warm [--set key=value ...]
-    crossfed bench deploy --nodes 30 [--rounds 5 --kill-fraction 0.2 ...]   (see deploy.bench_load)
+
+With ``--nodes N``, ``crossfed bench deploy`` runs the load test instead (:mod:`deploy.loadbench`).
 
 ``sim``   ``crossfed simulate`` (Flower's simulation engine, Ray)
 ``cold``  Flower 1.42 defaults: TLS SuperLink + SuperNodes, ``--isolation subprocess``
@@ -32,6 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from common.run_files import read_rounds
 from deploy.launch import REPO_ROOT, Federation, base_env
 
 TINY = {
@@ -56,7 +58,7 @@ def parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def round_times(run_dir: Path) -> list[float]:
-    rows = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_rounds(run_dir)
     bad = [r["failures"] for r in rows if r.get("failures")]
     if bad:
         raise RuntimeError(f"{run_dir}: rounds with failures: {bad}")
@@ -99,10 +101,6 @@ def summarize(name: str, res: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a == "--nodes" or a.startswith("--nodes=") for a in argv):  # the load benchmark
-        from deploy.bench_load import main as load_main
-
-        return load_main(argv)
     p = argparse.ArgumentParser(
         prog="python -m deploy.bench",
         description=__doc__.split("\n")[0],

@@ -9,11 +9,12 @@ submission), so status and failure lines can name platforms and find a run's rou
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from common.files import atomic_write_text
 
 BOOK = "crossfed.json"
 
@@ -54,8 +55,4 @@ def node_names(flwr_home: Path, federation: str) -> dict[str, str]:
 
 
 def _write(flwr_home: Path, data: Mapping[str, Any]) -> None:
-    path = book_path(flwr_home)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(book_path(flwr_home), json.dumps(data, indent=1, sort_keys=True) + "\n")

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +32,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from common.files import SECRET_MODE, atomic_write_bytes
 
 CA_CERT = "ca.pem"
 CA_KEY = "ca.key"
@@ -269,7 +269,7 @@ def _load_pem_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
 
 
 def _write_private(path: Path, data: bytes, overwrite: bool) -> None:
-    _write(path, data, 0o600, overwrite)
+    _write(path, data, SECRET_MODE, overwrite)
 
 
 def _write_public(path: Path, data: bytes, overwrite: bool) -> None:
@@ -277,19 +277,7 @@ def _write_public(path: Path, data: bytes, overwrite: bool) -> None:
 
 
 def _write(path: Path, data: bytes, mode: int, overwrite: bool) -> None:
-    """Atomic write; the temp file is created with ``mode`` so a key is never briefly world-readable."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Atomic and durable; exactly ``mode`` (the temp file is 0600 until then, so a key is never world-readable)."""
     if path.exists() and not overwrite:
         raise CertError(f"{path}: already exists (refusing to overwrite key material; pass --overwrite)")
-    tmp = Path(tempfile.mktemp(dir=path.parent, prefix=f".{path.name}."))
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)  # the umask may have narrowed it; never widens beyond `mode`
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data, mode=mode, fsync=True)

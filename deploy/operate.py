@@ -8,12 +8,12 @@ code and one reason line; :func:`collect_status` gathers runs, platforms (named 
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from common.run_files import ROUNDS_FILE, read_rounds
 from deploy.book import node_names, read_book
 from deploy.launch import Connection, list_nodes, run_log
 
@@ -70,12 +70,14 @@ def latest_round(out_dir: str | None) -> dict[str, Any]:
     """Current round, its mean metrics and failures from ``<out-dir>/rounds.jsonl``, if readable."""
     if not out_dir:
         return {}
-    path = Path(out_dir).expanduser() / "rounds.jsonl"
+    run_dir = Path(out_dir).expanduser()
     try:
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        last = json.loads(lines[-1]) if lines else None
-    except (OSError, json.JSONDecodeError):
+        if not (run_dir / ROUNDS_FILE).is_file():
+            return {}
+        rows = read_rounds(run_dir)
+    except OSError:
         return {}
+    last = rows[-1] if rows else None
     if not isinstance(last, dict):
         return {"round": 0}
     out: dict[str, Any] = {"round": last.get("round"), "failures": list(last.get("failures") or [])}

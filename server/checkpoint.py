@@ -7,8 +7,11 @@ next round depends on:
 * the global adapter + head tensors, the server optimiser's state (FedAvgM velocity,
   FedAdam ``m:``/``v:`` moments, in their own dtype, or none) and the best round's
   tensors: ONE safetensors file, ``checkpoint-r<round>.safetensors``;
-* the round counter, the RNG state, best score/round/metrics, the early-stopping counter
-  and the flat run config: JSON inside the manifest ``checkpoint.json``.
+* the round counter, best score/round/metrics, the early-stopping counter and the flat
+  run config: JSON inside the manifest ``checkpoint.json``.
+
+No RNG state: the server loop draws no random numbers (a platform seeds its training by
+seed, platform and round), so a resumed round draws what it would have drawn.
 
 Write order makes a crash harmless: the tensor file goes to a temp name, is fsync'ed and
 renamed; then the manifest, which names that file and its SHA-256 (and carries the
@@ -48,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from common.files import result_mode
+from common.files import atomic_write_bytes, atomic_write_text
 
 MANIFEST = "checkpoint.json"
 TENSOR_PREFIX = "checkpoint-r"
@@ -87,7 +90,6 @@ class RunState:
     global_state: OrderedDict[str, np.ndarray]
     config: dict[str, Scalar]  # AppConfig.to_flat()
     optimizer_state: OrderedDict[str, np.ndarray] | None = None  # FedAvgM velocity / FedAdam moments
-    rng_state: dict[str, Any] | None = None  # np.random.Generator(...).bit_generator.state
     best_round: int = 0
     best_score: float = -math.inf
     best_state: OrderedDict[str, np.ndarray] | None = None
@@ -137,11 +139,10 @@ def save_checkpoint(run_dir: Path, state: RunState, key: bytes | None = None) ->
             tensors[f"{group}/{name}"] = np.ascontiguousarray(value)
     blob = save(tensors, metadata={"format": FORMAT, "round": str(state.round)})
     tensor_name = f"{TENSOR_PREFIX}{state.round:06d}.safetensors"
-    _atomic_write(run_dir / tensor_name, blob)
+    atomic_write_bytes(run_dir / tensor_name, blob, fsync=True)
     body = {
         "round": state.round,
         "keys": {group: list(values) for group, values in _groups(state)},
-        "rng_state": state.rng_state,
         "best_round": state.best_round,
         "best_score": _enc(state.best_score),
         "best_metrics": _enc(state.best_metrics),
@@ -158,7 +159,7 @@ def save_checkpoint(run_dir: Path, state: RunState, key: bytes | None = None) ->
     }
     manifest["mac"] = {"alg": MAC_ALG, "key-id": key_id(key), "value": _mac(key, manifest)}
     path = run_dir / MANIFEST
-    _atomic_write(path, (json.dumps(manifest, indent=1, sort_keys=True, allow_nan=False) + "\n").encode())
+    atomic_write_text(path, json.dumps(manifest, indent=1, sort_keys=True, allow_nan=False) + "\n", fsync=True)
     for old in run_dir.glob(f"{TENSOR_PREFIX}*.safetensors"):  # only now is the previous one garbage
         if old.name != tensor_name:
             old.unlink(missing_ok=True)
@@ -221,7 +222,7 @@ def load_checkpoint(
         raise CheckpointError(f"{path}: no global adapter tensors")
     state = RunState(
         round=int(body["round"]), global_state=groups["global"], config=saved_config,
-        optimizer_state=groups["optimizer"], rng_state=body.get("rng_state"), best_round=int(body["best_round"]),
+        optimizer_state=groups["optimizer"], best_round=int(body["best_round"]),
         best_score=float(_dec(body["best_score"])),
         best_state=groups["best"], best_metrics=_dec(body.get("best_metrics") or {}), stale=int(body["stale"]),
         extra=_dec(body.get("extra") or {}),
@@ -388,22 +389,3 @@ def _same_value(a: Scalar, b: Scalar) -> bool:
     if isinstance(a, int | float) and isinstance(b, int | float):
         return float(a) == float(b)
     return a == b
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, result_mode())  # mkstemp makes it 0600; results follow common.files' rule
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself survives a power cut
-    finally:
-        os.close(dir_fd)

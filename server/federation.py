@@ -10,9 +10,7 @@ harness drives the very same loop in-process.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -25,10 +23,11 @@ from rich.progress import Progress
 
 from common.config import AppConfig
 from common.fusion import server_update
-from common.metrics import weighted_mean
+from common.metrics import mean_metrics
 from common.modeling import build_scorer, get_trainable_state, save_adapter
+from common.run_files import ADAPTER_DIR, ROUNDS_FILE, trim_rounds, write_summary
 from server.checkpoint import CheckpointError, RunState, load_checkpoint, remove_checkpoint, save_checkpoint
-from server.outputs import ADAPTER_DIR, ROUNDS_FILE, RoundLog, atomic_write_text, platform_table, write_summary
+from server.outputs import RoundLog, platform_table
 from server.warm_start import prepare_warm_start
 
 log = logging.getLogger("crossfed.server")
@@ -232,12 +231,11 @@ def _start_or_resume(
 ) -> LoopState:
     """A fresh loop from ``initial`` whose first round is ``first_after + 1`` (a continued run), or the
     one a checkpoint in ``out_dir`` left (rounds.jsonl trimmed to match)."""
-    rounds_file = out_dir / ROUNDS_FILE
     if not cfg.fed.resume:
         remove_checkpoint(out_dir)
     saved = load_checkpoint(out_dir, cfg.to_flat())
     if saved is None:
-        rounds_file.unlink(missing_ok=True)
+        (out_dir / ROUNDS_FILE).unlink(missing_ok=True)
         if first_after:
             log.info("continuing %s after its round %d on this run's data", cfg.fed.warm_start, first_after)
         return LoopState(global_state=OrderedDict((k, v.copy()) for k, v in initial.items()), done=first_after)
@@ -246,9 +244,7 @@ def _start_or_resume(
     ):
         raise CheckpointError(f"{out_dir}: the checkpoint's adapter does not fit this model; use a new run folder")
     # A crash between a round's rounds.jsonl line and its checkpoint reruns that round: drop its line.
-    if rounds_file.exists():
-        kept = [line for line in rounds_file.read_text().splitlines() if _round_of(line) <= saved.round]
-        atomic_write_text(rounds_file, "".join(f"{line}\n" for line in kept))
+    trim_rounds(out_dir, saved.round)
     metrics = saved.best_metrics
     best = Best(saved.best_round, saved.best_score, saved.best_state, dict(metrics.get("per_platform", {})),
                 dict(metrics.get("mean", {})), list(metrics.get("cohort", [])))  # fmt: skip
@@ -269,30 +265,6 @@ def split_mean(evaluated: Mapping[str, Mapping[str, float]]) -> tuple[PerPlatfor
     per_platform = {p: dict(m) for p, m in evaluated.items() if p != AGGREGATE}
     mean = dict(evaluated[AGGREGATE]) if AGGREGATE in evaluated else mean_metrics(per_platform)
     return per_platform, mean
-
-
-def _round_of(line: str) -> float:
-    """The round of a rounds.jsonl line; a torn last line (killed mid-append) counts as not done."""
-    try:
-        return float(json.loads(line).get("round", 0)) if line.strip() else math.inf
-    except json.JSONDecodeError:
-        return math.inf
-
-
-def mean_metrics(per_platform: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-    """Example-weighted mean per metric: split metrics by that split's n, ranking by ranked users."""
-    keys = sorted({k for m in per_platform.values() for k in m})
-    out: dict[str, float] = {}
-    for key in keys:
-        split = key.split(".")[0]
-        weight_key = f"{split}.rank-users" if key.split(".")[1] in ("hr@10", "ndcg@10") else f"{split}.n"
-        if key.endswith((".n", ".rank-users")):
-            out[key] = float(sum(m.get(key, 0.0) for m in per_platform.values()))
-            continue
-        values = {p: {key: m[key]} for p, m in per_platform.items() if key in m}
-        weights = {p: per_platform[p].get(weight_key, 0.0) for p in values}
-        out.update(weighted_mean(values, weights))
-    return out
 
 
 def _split(metrics: Mapping[str, float], split: str) -> dict[str, float]:

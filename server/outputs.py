@@ -1,59 +1,25 @@
-"""What a run leaves on disk: rounds.jsonl, summary.json, TensorBoard logs, the best adapter, a table.
+"""The coordinator's view of a run as it goes: time-stamped round records, TensorBoard scalars, tables.
 
-Every file is written to a temp name and renamed, so a crash never leaves half a file; file
-modes follow one rule (:mod:`common.files`: results ``0o666`` less the umask).
+The files themselves (rounds.jsonl, summary.json: names, JSON without NaN, atomic writes, readers)
+have one home, :mod:`common.run_files`; this module adds what a person watching the run sees.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from common.files import atomic_write_bytes, result_mode
-from common.run_layout import ADAPTER_DIR as ADAPTER_DIR  # re-exported: the server writes these
-from common.run_layout import ROUNDS_FILE as ROUNDS_FILE
-from common.run_layout import SUMMARY_FILE as SUMMARY_FILE
+from common.run_files import append_round
 
 log = logging.getLogger("crossfed.server")
 
 TENSORBOARD_DIR = "tensorboard"
 TABLE_METRICS = ("auc", "logloss", "hr@10", "ndcg@10")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _clean(value: Any) -> Any:
-    """JSON has no NaN: write null so every reader can parse the file."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
-def to_json(value: Any) -> str:
-    return json.dumps(_clean(value), indent=2, sort_keys=True)
-
-
-def append_round(out_dir: Path, record: Mapping[str, Any]) -> None:
-    """One JSON line per round; appended and flushed so a crash keeps finished rounds."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out_dir / ROUNDS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, result_mode())
-    with os.fdopen(fd, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(_clean(record), sort_keys=True) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def now_utc() -> str:
@@ -111,12 +77,6 @@ class RoundLog:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
-
-
-def write_summary(out_dir: Path, summary: Mapping[str, Any]) -> Path:
-    path = out_dir / SUMMARY_FILE
-    atomic_write_text(path, to_json(summary) + "\n")
-    return path
 
 
 def platform_table(per_platform: Mapping[str, Mapping[str, float]], mean: Mapping[str, float], title: str) -> str:

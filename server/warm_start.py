@@ -13,7 +13,6 @@ private parts) than the one that produced the adapter, or a run that never finis
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ import numpy as np
 
 from common.config import AppConfig, ConfigError
 from common.modeling import TINY_BASE, get_trainable_state, load_adapter
-from common.run_layout import ADAPTER_DIR, SUMMARY_FILE
+from common.run_files import ADAPTER_DIR, SUMMARY_FILE, RunFileError, read_summary
 
 # What may change between the finished run and its continuation: data, training, fusion, rounds...
 # but not what shapes or interprets the adapter and the private parameters.
@@ -54,7 +53,10 @@ def read_finished_run(run_dir: Path) -> dict:
             f"`fed.warm-start` = {str(run_dir)!r}: no finished run there (expected {path} and {run_dir / ADAPTER_DIR}/)"
         )
     try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
+        summary = read_summary(run_dir) or {}
+    except RunFileError as exc:
+        raise WarmStartError(str(exc)) from exc
+    try:
         int(summary["best_round"]), int(summary["rounds_run"]), dict(summary["config"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise WarmStartError(f"{path}: not a readable run summary ({exc})") from exc

@@ -143,6 +143,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from simulations.bench_recommend import main as recommend_bench_main
 
         return recommend_bench_main(args.rest) or 0
+    if args.what == "deploy" and any(a == "--nodes" or a.startswith("--nodes=") for a in args.rest):
+        from deploy.loadbench.cli import main as load_bench_main  # the load test
+
+        return load_bench_main(args.rest) or 0
     if args.what == "deploy":
         from deploy.bench import main as deploy_bench_main
 

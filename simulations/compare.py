@@ -45,16 +45,16 @@ from typing import Any
 
 import numpy as np
 
-from clients.platform import NodeSetup, prepare, subsample
+from clients.platform import NodeSetup, prepare
 from clients.private_state import PrivateStore
-from clients.tasks import fit, load_platform, private_tensors
-from clients.trainer import train
+from clients.tasks import fit, fit_together
 from common.config import AppConfig, ConfigError
 from common.data import PlatformData, discover_platforms, load_dataset, write_dataset
 from common.fusion import weighted_average
-from common.modeling import build_scorer, get_trainable_state, load_scorer, pick_device
-from server.federation import PerPlatform, Tensors, mean_metrics, run_federation
-from server.outputs import ROUNDS_FILE
+from common.metrics import mean_metrics
+from common.modeling import build_scorer, get_trainable_state, load_scorer
+from common.run_files import ROUNDS_FILE
+from server.federation import PerPlatform, Tensors, run_federation
 from simulations.baselines import evaluate_baseline, platform_scorers
 from simulations.inprocess import InProcessTransport, setups_for
 
@@ -236,16 +236,10 @@ class PooledTransport:
     def train_round(
         self, state: Tensors, cfg: AppConfig, rnd: int
     ) -> tuple[OrderedDict[str, np.ndarray], PerPlatform, list[str]]:
-        parts = []
-        for setup in self.setups:
-            store = self.scorers.store(cfg, setup.platform)
-            scorer, part, prepared = load_platform(cfg, setup, state, store, rnd - 1)
-            part.data = subsample(prepared.train, cfg.train.max_examples, cfg.seed + rnd)
-            parts.append(part)
-        metrics = train(scorer, parts, cfg.train, pick_device(self.setups[0].device), seed=cfg.seed * 1000 + rnd)
-        for setup, part in zip(self.setups, parts, strict=True):
-            self.scorers.store(cfg, setup.platform).save(rnd, private_tensors(scorer, part.private))
-        return get_trainable_state(scorer), {"pooled": metrics}, []
+        platforms = [(setup, self.scorers.store(cfg, setup.platform)) for setup in self.setups]
+        # its own seed, not clients.tasks.train_seed: kept so that pooled results match earlier runs
+        new_state, metrics = fit_together(cfg, platforms, state, rnd, seed=cfg.seed * 1000 + rnd)
+        return new_state, {"pooled": metrics}, []
 
     def evaluate_round(
         self, state: Tensors, cfg: AppConfig, rnd: int, splits: Sequence[str]

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from common.config import AppConfig
-from server.outputs import atomic_write_text
+from common.files import atomic_write_text
 from simulations.compare import Arm, ArmRunner, Record
 
 RECORDS_DIR = "records"

@@ -27,8 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from common.files import atomic_write_text
 from common.metrics import auc, paired_diff_replicates, percentile_interval
-from server.outputs import ROUNDS_FILE, atomic_write_text, render_table, to_json
+from common.run_files import read_rounds, to_json
+from server.outputs import render_table
 
 METRICS = ("auc", "logloss", "hr@10", "ndcg@10")
 METRIC_NAMES = {"auc": "test AUC", "logloss": "test log-loss", "hr@10": "HR@10", "ndcg@10": "NDCG@10"}
@@ -509,15 +511,10 @@ def plot_auc(report: Mapping[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def read_rounds(path: Path, metric: str) -> list[float]:
-    """Mean validation ``metric`` per round of one run's rounds.jsonl."""
-    if not path.is_file():
-        return []
-    values = []
-    for line in path.read_text().splitlines():
-        value = json.loads(line)["mean"].get(f"valid.{metric}")
-        values.append(float(value) if value is not None else math.nan)
-    return values
+def mean_valid_per_round(path: Path, metric: str) -> list[float]:
+    """Mean validation ``metric`` per round of one run's rounds.jsonl (``path``)."""
+    values = [row["mean"].get(f"valid.{metric}") for row in read_rounds(path.parent)]
+    return [float(value) if value is not None else math.nan for value in values]
 
 
 def plot_rounds(report: Mapping[str, Any], out: Path, path: Path) -> None:
@@ -532,7 +529,7 @@ def plot_rounds(report: Mapping[str, Any], out: Path, path: Path) -> None:
             if arm == "local" or not paths:  # local runs are one platform each: not a federated mean
                 continue
             for j, rel in enumerate(paths):
-                values = read_rounds(out / rel, metric)
+                values = mean_valid_per_round(out / rel, metric)
                 ax.plot(range(1, len(values) + 1), values, marker="o", color=colours[i % len(colours)],
                         alpha=0.8, lw=1.2, label=arm if j == 0 else None)  # fmt: skip
         ax.set_xlabel("round")
@@ -550,8 +547,7 @@ def plot_run_rounds(run_dir: Path, metric: str = "auc") -> Path | None:
     """One run's rounds.jsonl as ``rounds.png`` beside it: ``metric`` per round, a line per platform
     and one (bold) for the example-weighted mean; validation solid, test dashed when it was measured
     every round (``eval.test-every-round``). None when the run has no round with metrics yet."""
-    rows = [json.loads(line) for line in (run_dir / ROUNDS_FILE).read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if "eval" in r]  # aborted rounds carry no metrics
+    rows = [r for r in read_rounds(run_dir) if "eval" in r]  # aborted rounds carry no metrics
     if not rows:
         return None
     plt = _plt()

@@ -7,7 +7,6 @@ comes from the ``crossfed simulate`` flags instead of ``--run-config``.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -19,9 +18,11 @@ from flwr.serverapp import Grid, ServerApp
 
 from common.config import AppConfig
 from common.data import load_dataset
+from common.files import atomic_write_text
 from common.modeling import TINY_BASE, resolve_base_path
+from common.run_files import SUMMARY_FILE, read_summary, to_json
 from common.splits import split_dataset
-from server.outputs import SUMMARY_FILE, atomic_write_text, fmt_number, render_table, to_json
+from server.outputs import fmt_number, render_table
 from simulations.report import plot_run_rounds
 
 log = logging.getLogger("crossfed.simulate")
@@ -101,12 +102,13 @@ def run_simulated_federation(
         )  # fmt: skip
     finally:
         flwr_logger.removeFilter(hide)
-    if not (out / SUMMARY_FILE).is_file():
+    summary = read_summary(out)
+    if summary is None:
         raise RuntimeError(f"the federation ended without writing {out / SUMMARY_FILE}; see the log above")
     plot = plot_run_rounds(out, cfg.fed.metric)
     if plot is not None:
         log.info("rounds plot: %s", plot)
-    return json.loads((out / SUMMARY_FILE).read_text())
+    return summary
 
 
 def compare_with_local(cfg: AppConfig, platforms: list[str], federated: dict[str, Any]) -> dict[str, Any]:

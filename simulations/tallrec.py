@@ -38,9 +38,10 @@ import numpy as np
 
 from common.config import AppConfig, ConfigError
 from common.data import DatasetError, Item
+from common.files import atomic_write_text
 from common.metrics import auc, classification_metrics
+from common.run_files import to_json
 from common.splits import Example
-from server.outputs import atomic_write_text, to_json
 from simulations.baselines import liked_share
 
 PUBLISHED = {"liked-share rule (published)": 0.726, "TALLRec LLaMA-7B + LoRA, 256 samples (published)": 0.7198}

@@ -18,10 +18,10 @@ from safetensors.numpy import load_file
 
 from clients.secure import HANG_FILE_ENV
 from common.config import AppConfig
+from common.run_files import ROUNDS_FILE, SUMMARY_FILE
 from deploy.launch import DeployError, Federation
 from deploy.worker import STALL_ENV
 from server.checkpoint import MANIFEST as CHECKPOINT_MANIFEST
-from server.outputs import ROUNDS_FILE, SUMMARY_FILE
 from simulations.simulate import run_simulated_federation, validate_inputs
 from tests.deploy.fault_proxy import FaultProxy
 from tests.deploy.settings import CLEAR, PLATFORMS, SHARE, STATE, TINY

@@ -12,9 +12,9 @@ import pytest
 from common.config import AppConfig
 from common.data import write_dataset
 from common.modeling import get_trainable_state, load_adapter
+from common.run_files import ADAPTER_DIR, ROUNDS_FILE
 from common.synthetic import make_synthetic
 from server.federation import run_federation
-from server.outputs import ADAPTER_DIR, ROUNDS_FILE
 from server.warm_start import WarmStartError
 from simulations.inprocess import InProcessTransport, setups_for
 

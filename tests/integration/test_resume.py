@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from common.config import AppConfig
+from common.run_files import ROUNDS_FILE, SUMMARY_FILE
 from server.checkpoint import MANIFEST, CheckpointError, load_checkpoint
 from server.federation import run_federation
-from server.outputs import ROUNDS_FILE, SUMMARY_FILE
 from simulations.inprocess import InProcessTransport, setups_for
 
 TINY = {

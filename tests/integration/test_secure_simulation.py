@@ -7,7 +7,7 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from common.config import AppConfig
-from server.outputs import ROUNDS_FILE
+from common.run_files import ROUNDS_FILE
 from simulations.simulate import run_simulated_federation, validate_inputs
 
 TINY = {

@@ -9,7 +9,7 @@ import pytest
 
 from common.config import AppConfig
 from common.modeling import load_adapter
-from server.outputs import ROUNDS_FILE, SUMMARY_FILE
+from common.run_files import ROUNDS_FILE, SUMMARY_FILE
 from simulations.simulate import run_simulated_federation, validate_inputs
 
 TINY = {

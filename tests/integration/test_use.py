@@ -25,8 +25,8 @@ from clients.recommender import CACHE_DIR, Recommender, RecommendError
 from clients.trainer import EncodedSplit, predict
 from common.config import AppConfig
 from common.data import write_dataset
+from common.run_files import ROUNDS_FILE, SUMMARY_FILE
 from common.synthetic import make_synthetic
-from server.outputs import ROUNDS_FILE, SUMMARY_FILE
 from simulations.simulate import run_simulated_federation, validate_inputs
 
 TINY = {

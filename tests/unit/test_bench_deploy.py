@@ -10,22 +10,12 @@ import pytest
 
 from common.data import load_dataset
 from deploy.bench import main as bench_main
-from deploy.bench_load import (
-    KillEvent,
-    MemoryPeaks,
-    bench_platforms,
-    final_test_missing,
-    kill_count,
-    kill_schedule,
-    mark_rejoins,
-    platform_names,
-    polling,
-    problems,
-    process_kind,
-    restart_due,
-    summarize_rounds,
-    write_bench_dataset,
-)
+from deploy.loadbench.dataset import bench_platforms, platform_names, write_bench_dataset
+from deploy.loadbench.driver import polling
+from deploy.loadbench.kills import KillEvent, kill_count, kill_schedule, restart_due
+from deploy.loadbench.memory import MemoryPeaks, process_kind
+from deploy.loadbench.rounds import final_test_missing, mark_rejoins, problems, summarize_rounds
+from simulations.cli import main as cli_main
 
 MIB = 1024 * 1024
 
@@ -157,8 +147,8 @@ def test_bench_without_nodes_keeps_the_mode_comparison(capsys: pytest.CaptureFix
     with pytest.raises(SystemExit):
         bench_main(["--help"])
     assert "--modes" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        bench_main(["--nodes", "30", "--help"])
+    with pytest.raises(SystemExit):  # `crossfed bench deploy --nodes N`: the load test
+        cli_main(["bench", "deploy", "--nodes", "30", "--help"])
     assert "--kill-fraction" in capsys.readouterr().out
 
 

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from common.metric_sums import METRIC_VECTOR, decode_metric_sum, encode_metrics, vector_length
+from common.metrics import mean_metrics
 from common.secagg import Manifest, SecAggConfig
 from common.secagg.messages import STAGES
 from common.secagg.runner import run_round
-from server.federation import AGGREGATE, Best, mean_metrics, split_mean
+from server.federation import AGGREGATE, Best, split_mean
 
 PLATFORMS = {
     "app": {"valid.auc": 0.71, "valid.logloss": 0.62, "valid.positive_rate": 0.5, "valid.n": 40.0,

@@ -13,6 +13,7 @@ from common.metrics import (
     classification_metrics,
     hit_at_k,
     log_loss,
+    mean_metrics,
     ndcg_at_k,
     paired_bootstrap_diff,
     rank_of_positive,
@@ -151,6 +152,25 @@ def test_weighted_mean_matches_numpy_and_skips_nan() -> None:
     assert mean["auc"] == pytest.approx(np.average([0.6, 0.8], weights=[1.0, 3.0]))
     assert mean["n"] == pytest.approx(np.average([10.0, 30.0, 5.0], weights=[1.0, 3.0, 2.0]))
     assert math.isnan(weighted_mean({"a": {"auc": math.nan}}, {"a": 1.0})["auc"])
+
+
+def test_mean_metrics_weights_split_metrics_by_n_and_ranking_by_ranked_users() -> None:
+    # Prepare: web's AUC is NaN (one class), so it drops out of the AUC mean only
+    per_platform = {
+        "app": {"valid.n": 10.0, "valid.rank-users": 4.0, "valid.auc": 0.6, "valid.hr@10": 0.5},
+        "web": {"valid.n": 30.0, "valid.rank-users": 1.0, "valid.auc": math.nan, "valid.hr@10": 1.0},
+    }
+
+    # Execute
+    mean = mean_metrics(per_platform)
+
+    # Assert: hand-derived
+    assert mean == {
+        "valid.n": 40.0,
+        "valid.rank-users": 5.0,
+        "valid.auc": 0.6,
+        "valid.hr@10": pytest.approx((4 * 0.5 + 1 * 1.0) / 5),
+    }
 
 
 # --- paired bootstrap ------------------------------------------------------------------------

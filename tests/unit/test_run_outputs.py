@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from common.files import SECRET_MODE, atomic_write_bytes, result_mode, umask
-from server.outputs import ROUNDS_FILE, RoundLog, render_table, scalars
+from common.run_files import ROUNDS_FILE
+from server.outputs import RoundLog, render_table, scalars
 from simulations.report import plot_run_rounds, summary_table
 
 RECORD = {

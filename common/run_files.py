@@ -1,0 +1,108 @@
+"""A run folder's files by name, and the one reader and writer of its records: rounds.jsonl, summary.json.
+
+The coordinator writes them (``server.outputs``, ``server.federation``); platforms, reports,
+benchmarks and ``crossfed deploy status`` read them back, all through here. JSON has no NaN, so
+non-finite numbers are written as null and every reader can parse the files. A rounds.jsonl line is
+appended and fsynced whole, so only the last line can be torn (a coordinator killed mid-append):
+readers stop there, and that round counts as not done.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from common.files import atomic_write_text, result_mode
+
+ROUNDS_FILE = "rounds.jsonl"  # one JSON line per round
+SUMMARY_FILE = "summary.json"  # best round, its test metrics, the run's flat config
+ADAPTER_DIR = "adapter"  # the best fused model: PEFT folder + head.safetensors
+PRIVATE_DIR = "private"  # simulation only: <run>/private/<platform>/round-<r>.safetensors
+
+
+class RunFileError(ValueError):
+    """A run file that exists but cannot be read (not JSON, or not the expected shape)."""
+
+
+def clean(value: Any) -> Any:
+    """JSON has no NaN: write null so every reader can parse the file."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(v) for v in value]
+    return value
+
+
+def to_json(value: Any) -> str:
+    """Indented, key-sorted JSON with non-finite numbers as null (summary.json, reports)."""
+    return json.dumps(clean(value), indent=2, sort_keys=True)
+
+
+def append_round(out_dir: Path, record: Mapping[str, Any]) -> None:
+    """One JSON line per round; appended and flushed so a crash keeps finished rounds."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out_dir / ROUNDS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, result_mode())
+    with os.fdopen(fd, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(clean(record), sort_keys=True) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_rounds(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's round records in order; [] when there is no rounds.jsonl (yet). Blank lines are
+    skipped; the read stops at a line that does not parse (one being written, or torn by a kill)."""
+    path = run_dir / ROUNDS_FILE
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
+def trim_rounds(run_dir: Path, last_round: int) -> None:
+    """Keep the lines of rounds up to ``last_round`` (a resumed run reruns the rest); drops a torn line."""
+    path = run_dir / ROUNDS_FILE
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines() if _round_of(line) <= last_round]
+        atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+
+
+def _round_of(line: str) -> float:
+    """The round of a rounds.jsonl line; a torn last line (killed mid-append) counts as not done."""
+    try:
+        return float(json.loads(line).get("round", 0)) if line.strip() else math.inf
+    except json.JSONDecodeError:
+        return math.inf
+
+
+def write_summary(out_dir: Path, summary: Mapping[str, Any]) -> Path:
+    """``summary.json``, written atomically; returns its path."""
+    path = out_dir / SUMMARY_FILE
+    atomic_write_text(path, to_json(summary) + "\n")
+    return path
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """The run's ``summary.json``; None when the run has written none (yet), RunFileError when unreadable."""
+    path = run_dir / SUMMARY_FILE
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunFileError(f"{path}: not a readable run summary ({exc})") from exc
+    if not isinstance(summary, dict):
+        raise RunFileError(f"{path}: not a run summary (a JSON object), got {type(summary).__name__}")
+    return summary
