@@ -63,8 +63,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.config import parse_overrides
 from common.data import PlatformData, write_dataset
-from deploy.bench import TINY, parse_sets
+from deploy.bench import TINY
 from deploy.launch import Daemon, DeployError, Federation, run_status, start_supernode
 
 KINDS = ("superlink", "superexec", "serverapp", "supernode", "clientapp", "other")
@@ -674,7 +675,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.monotonic()
     names = write_bench_dataset(work / "data", args.nodes, args.seed)
     plan = kill_schedule(names, args.kill_fraction, args.rounds, args.seed)
-    config = run_config(args.nodes, len(plan), args.rounds, args.secagg, args.seed, run_dir, parse_sets(args.set))
+    config = run_config(args.nodes, len(plan), args.rounds, args.secagg, args.seed, run_dir, parse_overrides(args.set))
     node_extra = {"require-secagg": bool(args.secagg), "share-metrics": True}
     poll_s, worker_poll_s = polling(args.nodes, args.poll_s, args.worker_poll_s)
     fed = LoadFederation(work / "fed", names, data_dir=work / "data", node_extra=node_extra, fast_poll_s=poll_s,

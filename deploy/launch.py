@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import signal
 import socket
@@ -40,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.config import config_string
 from deploy.book import remember_node
 from deploy.certs import NodeKey, TlsFiles, create_node_key, create_tls
 
@@ -61,36 +61,6 @@ class InsecureDeploymentWarning(UserWarning):
 
 
 # ---------------------------------------------------------------------------- config strings
-
-
-def toml_value(value: Any) -> str:
-    """One scalar the way ``--node-config`` / ``--run-config`` (TOML) expects it."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"TOML config values must be finite, got {value}")
-        text = repr(value)
-        return text if any(c in text for c in ".en") else text + ".0"
-    if isinstance(value, str):
-        # Flower splits `k=v` pairs with a regex that ends a quoted value at the first
-        # matching quote, so a value may contain one kind of quote but not both.
-        if "'" not in value:
-            return f"'{value}'"
-        if '"' not in value and "\\" not in value:
-            return f'"{value}"'
-        raise ValueError(f"a config string cannot contain both quote kinds: {value!r}")
-    raise TypeError(f"config values must be bool, int, float or str, got {type(value).__name__}")
-
-
-def config_string(values: Mapping[str, Any]) -> str:
-    """``{"platform": "web", "device": "cpu"}`` -> ``platform='web' device='cpu'``."""
-    for key in values:
-        if not key or any(c.isspace() or c in "='\"" for c in key):
-            raise ValueError(f"bad config key {key!r}")
-    return " ".join(f"{k}={toml_value(v)}" for k, v in values.items())
 
 
 def node_config(platform: str, data_dir: str | Path = "", device: str = "cpu",

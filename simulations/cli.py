@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from common.config import AppConfig, ConfigError
+from common.config import AppConfig, ConfigError, parse_overrides
 from common.data import DatasetError
 from simulations import console
 from simulations.movielens import SPLITS as MOVIELENS_SPLITS
@@ -45,22 +45,6 @@ LAZY_COMMANDS = {
     "deploy": ("deploy.cli", "add_deploy_parser", "run the federation on real machines (Flower Deployment Engine)"),
 }
 SUPERVISED = frozenset({"simulate", "compare", "tallrec", "bench"})  # long commands: a child process, one Ctrl-C
-
-
-def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    """``key=value`` pairs (as in ``flwr run --run-config``) with TOML-ish scalar parsing."""
-    import tomllib
-
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep:
-            raise ConfigError(f"`--set {pair}`: expected key=value")
-        try:
-            out[key.strip()] = tomllib.loads(f"v = {raw.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
-            out[key.strip()] = raw.strip()  # bare string
-    return out
 
 
 def simulate_config(args: argparse.Namespace) -> AppConfig:

@@ -49,7 +49,7 @@ from clients.platform import NodeSetup, prepare, subsample
 from clients.private_state import PrivateStore
 from clients.tasks import fit, load_platform, private_tensors
 from clients.trainer import train
-from common.config import AppConfig, ConfigError
+from common.config import AppConfig, ConfigError, parse_overrides
 from common.data import PlatformData, discover_platforms, load_dataset, write_dataset
 from common.fusion import weighted_average
 from common.modeling import build_scorer, get_trainable_state, load_scorer, pick_device
@@ -148,7 +148,6 @@ DEFAULT_ARMS = (*MAIN_ARMS, *LEVER_ARMS, *BASELINE_ARMS)
 
 def parse_lever(spec: str) -> Arm:
     """``NAME:key=value,key=value`` -> a federated arm with those run-config overrides."""
-    from simulations.cli import parse_overrides
 
     name, sep, rest = spec.partition(":")
     if not sep or not name.strip() or not rest.strip():
@@ -596,7 +595,6 @@ def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from simulations.cli import parse_overrides
     from simulations.report import summary_table
 
     opts = CompareOptions(

@@ -17,9 +17,9 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from common.config import AppConfig
+from common.config import TINY_BASE, AppConfig
 from common.data import load_dataset
-from common.modeling import TINY_BASE, resolve_base_path
+from common.modeling import resolve_base_path
 from common.splits import split_dataset
 from server.outputs import SUMMARY_FILE, atomic_write_text, fmt_number, render_table, to_json
 from simulations.report import plot_run_rounds

@@ -14,6 +14,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from common.config import config_string
 from deploy.certs import (
     CertError,
     TlsFiles,
@@ -28,7 +29,6 @@ from deploy.launch import (
     InsecureDeploymentWarning,
     SuperLinkSpec,
     SuperNodeSpec,
-    config_string,
     node_config,
     superlink_command,
     supernode_command,

@@ -16,7 +16,8 @@ import pytest
 
 from clients.metrics_log import METRICS_LOG
 from clients.private_state import private_folder
-from deploy.launch import Federation, config_string
+from common.config import config_string
+from deploy.launch import Federation
 from server.outputs import ROUNDS_FILE, SUMMARY_FILE
 from tests.deploy.settings import STATE, TINY
 
