@@ -40,7 +40,7 @@ LAZY_ERRORS = (
 )  # fmt: skip
 # Commands whose parsers live in heavy modules: mounted only when invoked (a stub with its help otherwise).
 LAZY_COMMANDS = {
-    "compare": ("simulations.compare", "add_compare_parser", "local vs federated vs pooled (+ levers, baselines)"),
+    "compare": ("simulations.compare_run", "add_compare_parser", "local vs federated vs pooled (+ levers, baselines)"),
     "tallrec": ("simulations.tallrec", "add_tallrec_parser", "train + score our model on the TALLRec movie split"),
     "deploy": ("deploy.cli", "add_deploy_parser", "run the federation on real machines (Flower Deployment Engine)"),
 }
