@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from common.config import TINY_PRESET, parse_overrides, toml_value
-from deploy.launch import REPO_ROOT, Federation, base_env
+from deploy.commands import REPO_ROOT, base_env
+from deploy.federation import Federation
 
 TINY = {**TINY_PRESET, "fed.patience": 0, "secagg": True}
 PLATFORMS = ("app", "social_shop", "web_shop")  # the embedded synthetic dataset

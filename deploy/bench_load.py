@@ -8,7 +8,7 @@ What it does:
 * writes an N-platform dataset under ``OUT/work/data``: ``platform_00`` .. ``platform_NN``,
   platform i is shop ``i % 3`` of the embedded synthetic dataset generated with seed
   ``seed + i // 3`` (so every platform has its own users and ratings);
-* starts a :class:`deploy.launch.Federation`: TLS SuperLink with node authentication, one
+* starts a :class:`deploy.federation.Federation`: TLS SuperLink with node authentication, one
   SuperNode + one warm ClientApp worker (:mod:`deploy.worker`) per platform, tiny model
   (:data:`deploy.bench.TINY`);
 * runs ``--rounds`` rounds and kills ``ceil(kill-fraction * N)`` distinct nodes (SuperNode
@@ -66,7 +66,10 @@ from typing import Any
 from common.config import parse_overrides
 from common.data import PlatformData, write_dataset
 from deploy.bench import TINY
-from deploy.launch import Daemon, DeployError, Federation, run_status, start_supernode
+from deploy.errors import DeployError
+from deploy.federation import Federation
+from deploy.flwr_cli import run_status
+from deploy.processes import Daemon, start_supernode
 
 KINDS = ("superlink", "superexec", "serverapp", "supernode", "clientapp", "other")
 HEARTBEAT_PATIENCE_S = 20.0  # deploy.supernode_entry: 10 s heartbeat, the SuperLink waits 2 x that

@@ -49,29 +49,25 @@ from typing import Any
 from common.secagg.errors import SecAggError
 from deploy.book import remember_run
 from deploy.certs import CertError, TlsFiles, create_node_key, create_tls, load_node_private_key, public_key_fingerprint
-from deploy.launch import (
+from deploy.commands import (
     DEFAULT_SUPERLINK_PORT,
     ISOLATIONS,
     REPO_ROOT,
     THREAD_VARS,
-    Connection,
-    DeployError,
-    InsecureDeploymentWarning,
     SuperLinkSpec,
     SuperNodeSpec,
     base_env,
     flower_bin,
-    free_ports,
-    register_node,
-    start_run,
     superlink_command,
     supernode_command,
     supernode_env,
     thread_env,
-    wait_run,
     worker_command,
 )
+from deploy.errors import DeployError, InsecureDeploymentWarning
+from deploy.flwr_cli import Connection, register_node, start_run, wait_run
 from deploy.operate import collect_status, format_status, run_outcome
+from deploy.processes import free_ports
 
 DEFAULT_MAX_WAIT_S = 600.0  # a SuperNode that cannot reach or is refused by the SuperLink stops, saying why
 FLOWER_CONNECTION_ERROR = 305  # flwr 1.42 ExitCode.SUPERNODE_CONNECTION_ERROR

@@ -34,7 +34,7 @@ from typing import Any
 from common.config import config_string
 from common.secagg.identity import KEY_SUFFIX, PUB_SUFFIX, Identity, build_roster, save_identity
 from deploy.certs import CA_KEY, CertError, create_node_key, create_tls
-from deploy.launch import DEFAULT_RUNTIME_PORT, DEFAULT_SUPERLINK_PORT
+from deploy.commands import DEFAULT_RUNTIME_PORT, DEFAULT_SUPERLINK_PORT
 
 START = "start.sh"
 ROSTER = "roster.json"

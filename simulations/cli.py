@@ -36,7 +36,7 @@ USER_ERRORS = (DatasetError, ConfigError, FileNotFoundError)
 # Errors of modules that load torch, Flower or cryptography: looked up only once a command has loaded them.
 LAZY_ERRORS = (
     ("common.modeling", "ModelLoadError"), ("server.checkpoint", "CheckpointError"),
-    ("deploy.certs", "CertError"), ("deploy.launch", "DeployError"),  # = deploy.cli.USER_ERRORS
+    ("deploy.certs", "CertError"), ("deploy.errors", "DeployError"),  # = deploy.cli.USER_ERRORS
 )  # fmt: skip
 # Commands whose parsers live in heavy modules: mounted only when invoked (a stub with its help otherwise).
 LAZY_COMMANDS = {

@@ -1,4 +1,4 @@
-"""deploy.certs and the command lines of deploy.launch: fast, no processes started."""
+"""deploy.certs and the command lines of deploy.commands: fast, no processes started."""
 
 from __future__ import annotations
 
@@ -24,15 +24,8 @@ from deploy.certs import (
     load_node_private_key,
     load_node_public_key,
 )
-from deploy.launch import (
-    DeployError,
-    InsecureDeploymentWarning,
-    SuperLinkSpec,
-    SuperNodeSpec,
-    node_config,
-    superlink_command,
-    supernode_command,
-)
+from deploy.commands import SuperLinkSpec, SuperNodeSpec, node_config, superlink_command, supernode_command
+from deploy.errors import DeployError, InsecureDeploymentWarning
 
 
 def _mode(path: Path) -> int:

@@ -17,7 +17,7 @@ import pytest
 from clients.metrics_log import METRICS_LOG
 from clients.private_state import private_folder
 from common.config import config_string
-from deploy.launch import Federation
+from deploy.federation import Federation
 from server.outputs import ROUNDS_FILE, SUMMARY_FILE
 from tests.deploy.settings import STATE, TINY
 
