@@ -110,7 +110,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         dataset = convert_movielens(
             Path(args.src), Path(args.out), overwrite=args.overwrite, split=args.split, split_seed=args.split_seed
         )
-    cfg = SplitConfig(like_threshold=args.like_threshold)
+    # the data as rated: a run's sampled unrated train negatives (data.train-unseen-negatives) are not data
+    cfg = SplitConfig(like_threshold=args.like_threshold, train_unseen_negatives=0)
     for name, splits in split_dataset(dataset, cfg).items():
         stats = ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in splits.stats().items())
         print(f"{name}: {stats}")
