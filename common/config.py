@@ -9,9 +9,9 @@ place instead of silently falling back to a default.
 Key mapping: section ``train`` + field ``local_epochs`` <-> ``train.local-epochs``;
 top-level fields have no prefix (``num-server-rounds``).
 
-The text form lives here too: :func:`parse_overrides` reads ``key=value`` pairs (``--set``,
-``--run-config``), :func:`toml_value` / :func:`config_string` write them (``--run-config``,
-``--node-config``), and :data:`TINY_PRESET` is the run every test and smoke benchmark shrinks to.
+The text form lives here too: :func:`parse_overrides` reads ``key=value`` pairs (``--set``),
+:func:`parse_config_strings` Flower's ``--run-config`` / ``--node-config`` strings, :func:`toml_value` /
+:func:`config_string` write them, and :data:`TINY_PRESET` is the run every test and smoke benchmark shrinks to.
 """
 
 from __future__ import annotations
@@ -302,6 +302,17 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
         except tomllib.TOMLDecodeError:
             out[key.strip()] = raw.strip()  # bare string
     return out
+
+
+def parse_config_strings(args: Sequence[str], flag: str) -> dict[str, Any]:
+    """``k1=v1 k2='text'`` strings (``--run-config``, ``--node-config``) parsed as Flower parses them."""
+    import click
+    from flwr.common.config import parse_config_args
+
+    try:
+        return dict(parse_config_args(list(args)))
+    except click.ClickException as exc:
+        raise ConfigError(f"{flag} {' '.join(args)!r}: {exc.message}") from exc
 
 
 def toml_value(value: Any) -> str:

@@ -14,7 +14,6 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from common.config import config_string
 from deploy.certs import (
     CertError,
     TlsFiles,
@@ -118,26 +117,6 @@ def test_private_key_readable_by_others_is_refused(tmp_path: Path) -> None:
 def test_platform_name_must_be_plain(tmp_path: Path, bad: str) -> None:
     with pytest.raises(CertError, match="--platform"):
         create_node_key(tmp_path, bad)
-
-
-@pytest.mark.parametrize(
-    ("values", "expected"),
-    [
-        ({"platform": "web_shop", "device": "cpu"}, "platform='web_shop' device='cpu'"),
-        ({"data-dir": "/data/it's"}, 'data-dir="/data/it\'s"'),
-        ({"require-secagg": False, "n": 3, "x": 0.5, "y": 1.0}, "require-secagg=false n=3 x=0.5 y=1.0"),
-    ],
-)
-def test_config_strings_are_flower_parsable(values: dict, expected: str) -> None:
-    from flwr.common.config import parse_config_args
-
-    assert config_string(values) == expected
-    assert parse_config_args([expected]) == values  # what flower-supernode / flwr run do with it
-
-
-def test_config_string_refuses_unquotable_values() -> None:
-    with pytest.raises(ValueError, match="both quote kinds"):
-        config_string({"a": 'it\'s "x"'})
 
 
 def test_node_config_resolves_data_dir_and_refuses_shadowing(tmp_path: Path) -> None:

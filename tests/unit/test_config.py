@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from common.config import TINY_PRESET, AppConfig, ConfigError, config_string, parse_overrides
+from common.config import TINY_PRESET, AppConfig, ConfigError, config_string, parse_config_strings, parse_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,3 +77,26 @@ def test_overrides_keep_bare_strings_and_refuse_a_pair_without_value() -> None:
 
 def test_tiny_preset_is_a_valid_config() -> None:
     assert AppConfig().replace(**TINY_PRESET).model.base == "tiny-random"
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"platform": "web_shop", "device": "cpu"}, "platform='web_shop' device='cpu'"),
+        ({"data-dir": "/data/it's"}, 'data-dir="/data/it\'s"'),
+        ({"require-secagg": False, "n": 3, "x": 0.5, "y": 1.0}, "require-secagg=false n=3 x=0.5 y=1.0"),
+    ],
+)
+def test_config_strings_are_flower_parsable(values: dict, expected: str) -> None:
+    assert config_string(values) == expected
+    assert parse_config_strings([expected], "--node-config") == values  # what flower-supernode / flwr run read
+
+
+def test_config_string_refuses_unquotable_values() -> None:
+    with pytest.raises(ValueError, match="both quote kinds"):
+        config_string({"a": 'it\'s "x"'})
+
+
+def test_a_malformed_config_string_names_its_flag() -> None:
+    with pytest.raises(ConfigError, match="--run-config"):
+        parse_config_strings(["a='x"], "--run-config")
