@@ -26,9 +26,9 @@ from pathlib import Path
 
 from clients.recommender import read_run
 from clients.trainer import CHARS_PER_TOKEN_CAP
-from common.config import AppConfig
+from common.config import TINY_BASE, AppConfig
 from common.item_stats import NUM_ITEM_STATS
-from common.modeling import DEFAULT_BASE, HEAD_FILE, NUM_COUNTS, TINY_BASE, load_adapter, load_base, resolve_base_path
+from common.modeling import DEFAULT_BASE, HEAD_FILE, NUM_COUNTS, load_adapter, load_base, resolve_base_path
 from common.run_files import ADAPTER_DIR, SUMMARY_FILE
 
 BASE_DIR = "base"

@@ -1,4 +1,4 @@
-"""Run configuration: one set of dataclasses, built from Flower's flat run_config.
+"""Run configuration: one set of dataclasses, built from Flower's flat run_config; its text both ways.
 
 Flower passes configuration as flat kebab-case scalars (``lora.r = 8``,
 ``train.local-epochs = 1``) from ``[tool.flwr.app.config]`` plus ``--run-config``
@@ -8,12 +8,19 @@ place instead of silently falling back to a default.
 
 Key mapping: section ``train`` + field ``local_epochs`` <-> ``train.local-epochs``;
 top-level fields have no prefix (``num-server-rounds``).
+
+The text form lives here too: :func:`parse_overrides` reads ``key=value`` pairs (``--set``),
+:func:`parse_config_strings` Flower's ``--run-config`` / ``--node-config`` strings, :func:`toml_value` /
+:func:`config_string` write them, and :data:`TINY_PRESET` is the run every test and smoke benchmark shrinks to.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import tomllib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, get_type_hints
 
@@ -21,6 +28,12 @@ from common.data import parse_rating_scale
 
 Scalar = bool | int | float | str
 PRIVATE_KINDS = ("embed", "bias", "none")
+TINY_BASE = "tiny-random"  # `model.base` of a 2-layer, 32-wide random BERT built in memory (tests, CI)
+# A run that takes seconds on a CPU: tests and smoke benchmarks start from it (and add rounds, secagg...).
+TINY_PRESET: dict[str, Scalar] = {
+    "model.base": TINY_BASE, "model.max-length": 48, "data.history-len": 3, "lora.r": 4,
+    "train.max-examples": 64, "train.batch-size": 16, "eval.max-rank-users": 3,
+}  # fmt: skip
 
 
 class ConfigError(ValueError):
@@ -271,6 +284,65 @@ class AppConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_flat(), sort_keys=True)
+
+
+# ---------------------------------------------------------------- run-config text, both ways
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` pairs (``--set``, as in ``flwr run --run-config``), each value read as a TOML
+    scalar; a value TOML cannot read is kept as a bare string (``--set data.dir=/tmp/x``)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"`--set {pair}`: expected key=value")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = raw.strip()  # bare string
+    return out
+
+
+def parse_config_strings(args: Sequence[str], flag: str) -> dict[str, Any]:
+    """``k1=v1 k2='text'`` strings (``--run-config``, ``--node-config``) parsed as Flower parses them."""
+    import click
+    from flwr.common.config import parse_config_args
+
+    try:
+        return dict(parse_config_args(list(args)))
+    except click.ClickException as exc:
+        raise ConfigError(f"{flag} {' '.join(args)!r}: {exc.message}") from exc
+
+
+def toml_value(value: Any) -> str:
+    """One scalar the way ``--node-config`` / ``--run-config`` (TOML) expects it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"TOML config values must be finite, got {value}")
+        text = repr(value)
+        return text if any(c in text for c in ".en") else text + ".0"
+    if isinstance(value, str):
+        # Flower splits `k=v` pairs with a regex that ends a quoted value at the first
+        # matching quote, so a value may contain one kind of quote but not both.
+        if "'" not in value:
+            return f"'{value}'"
+        if '"' not in value and "\\" not in value:
+            return f'"{value}"'
+        raise ValueError(f"a config string cannot contain both quote kinds: {value!r}")
+    raise TypeError(f"config values must be bool, int, float or str, got {type(value).__name__}")
+
+
+def config_string(values: Mapping[str, Any]) -> str:
+    """``{"platform": "web", "device": "cpu"}`` -> ``platform='web' device='cpu'``."""
+    for key in values:
+        if not key or any(c.isspace() or c in "='\"" for c in key):
+            raise ValueError(f"bad config key {key!r}")
+    return " ".join(f"{k}={toml_value(v)}" for k, v in values.items())
 
 
 def _kebab(name: str) -> str:

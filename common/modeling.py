@@ -49,12 +49,11 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from common.config import LoraSpec, ModelSpec
+from common.config import TINY_BASE, LoraSpec, ModelSpec
 from common.files import set_result_modes
 from common.item_stats import NUM_ITEM_STATS
 
 DEFAULT_BASE = "default"
-TINY_BASE = "tiny-random"
 HEAD_PREFIX = "head."
 SCORER_PREFIXES = ("tower.", "user.", HEAD_PREFIX)  # the shared non-LoRA modules of :class:`Scorer`
 HEAD_FILE = "head.safetensors"  # tower + user + head tensors beside the PEFT folder

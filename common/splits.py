@@ -23,18 +23,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.config import ConfigError
+from common.config import ConfigError, DataSpec
 from common.data import Feedback, Interaction, Item, PlatformData
 
 
 @dataclass(frozen=True)
 class SplitConfig:
-    like_threshold: float = 3.0  # explicit ratings: rating > threshold is a like
-    history_len: int = 10  # most recent liked and most recent disliked items, each up to this many
+    """How one platform is split; the settings a run configures default to ``common.config.DataSpec``'s
+    (``data.*``, declared there once): a run builds this with ``clients.platform.split_config``."""
+
+    like_threshold: float = DataSpec.like_threshold  # explicit ratings: rating > threshold is a like
+    history_len: int = DataSpec.history_len  # most recent liked and most recent disliked items, each up to this many
     min_interactions: int = 5  # users with fewer interactions are train-only
-    negatives_per_positive: int = 1  # implicit feedback: sampled negatives per positive (train/valid/test)
-    train_unseen_negatives: int = 0  # explicit feedback: unrated items per rated TRAIN example (rated=False)
-    rank_negatives: int = 99  # HR/NDCG protocol: sampled negatives per test positive
+    negatives_per_positive: int = DataSpec.negatives_per_positive  # implicit: sampled negatives per positive
+    # explicit feedback: unrated items per rated TRAIN example (rated=False)
+    train_unseen_negatives: int = DataSpec.train_unseen_negatives
+    rank_negatives: int = DataSpec.rank_negatives  # HR/NDCG protocol: sampled negatives per test positive
     max_users: int | None = None  # seeded subsample of users per platform (None = all)
     seed: int = 0
 

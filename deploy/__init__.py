@@ -1,8 +1,11 @@
 """Deploying crossfed on real machines: one SuperNode per platform, one SuperLink (Flower 1.42).
 
 ``certs``            a private CA, the SuperLink's TLS certificate, SuperNode authentication keys
-``launch``           command lines for flower-superlink / flower-supernode / flwr, processes, and
-                     ``Federation``: real processes on loopback for tests, benchmarks and fault drills
+``commands``         command lines and environments of flower-superlink / flower-supernode / the worker
+``processes``        starting them (own session, appended log), waiting for them, stopping whole trees
+``flwr_cli``         the ``flwr`` CLI as functions: named connections, node registration, runs
+``federation``       ``Federation``: real processes on loopback for tests, benchmarks and fault drills
+``errors``           ``DeployError`` and the plaintext warning
 ``worker``           the warm ClientApp worker (``--isolation process``): one long-lived process per
                      SuperNode, so torch, the model and the tokenised data load once, not per message
 ``supernode_entry``  ``flower-supernode`` with short idle polling (Flower's is a hard-coded 3 s)

@@ -33,28 +33,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from common.config import TINY_PRESET, parse_overrides, toml_value
 from common.run_files import read_rounds
-from deploy.launch import REPO_ROOT, Federation, base_env
+from deploy.commands import REPO_ROOT, base_env
+from deploy.federation import Federation
 
-TINY = {
-    "model.base": "tiny-random", "model.max-length": 48, "data.history-len": 3, "lora.r": 4,
-    "train.max-examples": 64, "train.batch-size": 16, "eval.max-rank-users": 3, "fed.patience": 0, "secagg": True,
-}  # fmt: skip
+TINY = {**TINY_PRESET, "fed.patience": 0, "secagg": True}
 PLATFORMS = ("app", "social_shop", "web_shop")  # the embedded synthetic dataset
 CLEAR_ROUNDS = {"require-secagg": False}  # node_config that admits rounds in the clear (`--set secagg=false`)
-
-
-def parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
-    import tomllib
-
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, _, raw = pair.partition("=")
-        try:
-            out[key.strip()] = tomllib.loads(f"v = {raw.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
-            out[key.strip()] = raw.strip()
-    return out
 
 
 def round_times(run_dir: Path) -> list[float]:
@@ -69,7 +55,7 @@ def run_sim(out: Path, config: dict[str, Any], rounds: int) -> dict[str, Any]:
     crossfed = shutil.which("crossfed", path=str(Path(sys.executable).parent)) or "crossfed"
     args = [crossfed, "simulate", "--out", str(out), "--rounds", str(rounds), "--cpus", "2"]
     for key, value in config.items():
-        args += ["--set", f"{key}={json.dumps(value) if isinstance(value, str) else str(value).lower()}"]
+        args += ["--set", f"{key}={toml_value(value)}"]
     t0 = time.monotonic()
     res = subprocess.run(args, env=base_env(), capture_output=True, text=True, cwd=REPO_ROOT)  # noqa: S603
     if res.returncode != 0:
@@ -111,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--modes", default="sim,cold,warm")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="run-config override")
     args = p.parse_args(argv)
-    config = {**TINY, **parse_sets(args.set)}
+    config = {**TINY, **parse_overrides(args.set)}
     results: dict[str, Any] = {}
     for mode in args.modes.split(","):
         out = args.out / mode

@@ -46,36 +46,33 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from common.config import ConfigError, parse_config_strings
 from common.secagg.errors import SecAggError
 from deploy.book import remember_run
 from deploy.certs import CertError, TlsFiles, create_node_key, create_tls, load_node_private_key, public_key_fingerprint
-from deploy.launch import (
+from deploy.commands import (
     DEFAULT_SUPERLINK_PORT,
     ISOLATIONS,
     REPO_ROOT,
     THREAD_VARS,
-    Connection,
-    DeployError,
-    InsecureDeploymentWarning,
     SuperLinkSpec,
     SuperNodeSpec,
     base_env,
     flower_bin,
-    free_ports,
-    register_node,
-    start_run,
     superlink_command,
     supernode_command,
     supernode_env,
     thread_env,
-    wait_run,
     worker_command,
 )
+from deploy.errors import DeployError, InsecureDeploymentWarning
+from deploy.flwr_cli import Connection, register_node, start_run, wait_run
 from deploy.operate import collect_status, format_status, run_outcome
+from deploy.processes import free_ports
 
 DEFAULT_MAX_WAIT_S = 600.0  # a SuperNode that cannot reach or is refused by the SuperLink stops, saying why
 FLOWER_CONNECTION_ERROR = 305  # flwr 1.42 ExitCode.SUPERNODE_CONNECTION_ERROR
-USER_ERRORS = (CertError, DeployError, SecAggError)  # one line + exit 2, like crossfed's other user errors
+USER_ERRORS = (CertError, ConfigError, DeployError, SecAggError)  # one line + exit 2, like crossfed's other user errors
 CONNECTION = "crossfed"
 
 
@@ -312,7 +309,7 @@ def cmd_supernode(args: argparse.Namespace) -> int:
         key=None if args.insecure else args.key, data_dir=args.data, device=args.device,
         runtime_port=args.runtime_port or free_ports(1)[0], isolation=args.isolation, insecure=args.insecure,
         fast_poll_s=None if args.flower_polling else 0.25, max_wait_s=args.max_wait or None,
-        extra={**_config_pairs(args.node_config, "--node-config"), **_secagg_trust(args)},
+        extra={**parse_config_strings(args.node_config, "--node-config"), **_secagg_trust(args)},
     )  # fmt: skip
     if not args.data:
         print(f"crossfed: warning: no --data: SuperNode {args.platform} serves the embedded synthetic demo "
@@ -374,20 +371,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _config_pairs(args: Sequence[str], flag: str) -> dict[str, Any]:
-    """``k1=v1 k2='text'`` strings parsed as Flower parses them (no torch import here: this CLI stays light)."""
-    import click
-    from flwr.common.config import parse_config_args
-
-    try:
-        return dict(parse_config_args(list(args)))
-    except click.ClickException as exc:
-        raise DeployError(f"{flag} {' '.join(args)!r}: {exc.message}") from exc
-
-
 def _out_dir(config_args: Sequence[str]) -> str | None:
     """The run folder a --run-config names (where its rounds.jsonl is), else None."""
-    value = _config_pairs(config_args, "--run-config").get("out-dir")
+    value = parse_config_strings(config_args, "--run-config").get("out-dir")
     return None if value is None else str(Path(str(value)).expanduser().resolve())
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from common.run_files import ROUNDS_FILE, read_rounds
 from deploy.book import node_names, read_book
-from deploy.launch import Connection, list_nodes, run_log
+from deploy.flwr_cli import Connection, flwr_cli, flwr_json, list_nodes, run_log
 
 COMPLETED = "finished:completed"
 # a ServerApp log line that says why a run failed: the exception that ended it
@@ -45,15 +45,13 @@ def failure_reason(log_text: str) -> str:
 
 def collect_status(conn: Connection, env: Mapping[str, str], limit: int = 5) -> dict[str, Any]:
     """Runs (latest first, with their latest round when the run folder is readable) and platforms."""
-    from deploy.launch import _json_out, flwr_cli
-
     names = node_names(conn.flwr_home, conn.name)
     nodes = [
         {"platform": names.get(str(n["node-id"]), f"node {n['node-id']}"), "node-id": int(n["node-id"]),
          "status": n.get("status"), "online-at": n.get("online-at"), "offline-at": n.get("offline-at")}
         for n in list_nodes(conn, env)
     ]  # fmt: skip
-    listed = _json_out(flwr_cli(["ls", conn.name, "--format", "json"], env, check=False), "listing runs")
+    listed = flwr_json(flwr_cli(["ls", conn.name, "--format", "json"], env, check=False), "listing runs")
     runs_book = read_book(conn.flwr_home).get(conn.name, {}).get("runs", {})
     runs = []
     for record in sorted(listed.get("runs", []), key=lambda r: str(r.get("pending-at") or ""), reverse=True)[:limit]:

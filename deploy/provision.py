@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.config import config_string
 from common.secagg.identity import KEY_SUFFIX, PUB_SUFFIX, Identity, build_roster, save_identity
 from deploy.certs import CA_KEY, CertError, create_node_key, create_tls
-from deploy.launch import DEFAULT_RUNTIME_PORT, DEFAULT_SUPERLINK_PORT, config_string
+from deploy.commands import DEFAULT_RUNTIME_PORT, DEFAULT_SUPERLINK_PORT
 
 START = "start.sh"
 ROSTER = "roster.json"

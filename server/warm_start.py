@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common.config import AppConfig, ConfigError
-from common.modeling import TINY_BASE, get_trainable_state, load_adapter
+from common.config import TINY_BASE, AppConfig, ConfigError
+from common.modeling import get_trainable_state, load_adapter
 from common.run_files import ADAPTER_DIR, SUMMARY_FILE, RunFileError, read_summary
 
 # What may change between the finished run and its continuation: data, training, fusion, rounds...

@@ -183,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write bench_scale.json and bench_scale.txt here")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    from simulations.cli import parse_overrides
+    from common.config import parse_overrides
 
     overrides = parse_overrides(args.set or [])
     if args.child is not None:

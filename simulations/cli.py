@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from common.config import AppConfig, ConfigError
+from common.config import AppConfig, ConfigError, parse_overrides
 from common.data import DatasetError
 from simulations import console
 from simulations.movielens import SPLITS as MOVIELENS_SPLITS
@@ -36,31 +36,15 @@ USER_ERRORS = (DatasetError, ConfigError, FileNotFoundError)
 # Errors of modules that load torch, Flower or cryptography: looked up only once a command has loaded them.
 LAZY_ERRORS = (
     ("common.modeling", "ModelLoadError"), ("server.checkpoint", "CheckpointError"),
-    ("deploy.certs", "CertError"), ("deploy.launch", "DeployError"),  # = deploy.cli.USER_ERRORS
+    ("deploy.certs", "CertError"), ("deploy.errors", "DeployError"),  # = deploy.cli.USER_ERRORS
 )  # fmt: skip
 # Commands whose parsers live in heavy modules: mounted only when invoked (a stub with its help otherwise).
 LAZY_COMMANDS = {
-    "compare": ("simulations.compare", "add_compare_parser", "local vs federated vs pooled (+ levers, baselines)"),
+    "compare": ("simulations.compare_run", "add_compare_parser", "local vs federated vs pooled (+ levers, baselines)"),
     "tallrec": ("simulations.tallrec", "add_tallrec_parser", "train + score our model on the TALLRec movie split"),
     "deploy": ("deploy.cli", "add_deploy_parser", "run the federation on real machines (Flower Deployment Engine)"),
 }
 SUPERVISED = frozenset({"simulate", "compare", "tallrec", "bench"})  # long commands: a child process, one Ctrl-C
-
-
-def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    """``key=value`` pairs (as in ``flwr run --run-config``) with TOML-ish scalar parsing."""
-    import tomllib
-
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep:
-            raise ConfigError(f"`--set {pair}`: expected key=value")
-        try:
-            out[key.strip()] = tomllib.loads(f"v = {raw.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
-            out[key.strip()] = raw.strip()  # bare string
-    return out
 
 
 def simulate_config(args: argparse.Namespace) -> AppConfig:
@@ -126,7 +110,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         dataset = convert_movielens(
             Path(args.src), Path(args.out), overwrite=args.overwrite, split=args.split, split_seed=args.split_seed
         )
-    cfg = SplitConfig(like_threshold=args.like_threshold)
+    # the data as rated: a run's sampled unrated train negatives (data.train-unseen-negatives) are not data
+    cfg = SplitConfig(like_threshold=args.like_threshold, train_unseen_negatives=0)
     for name, splits in split_dataset(dataset, cfg).items():
         stats = ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in splits.stats().items())
         print(f"{name}: {stats}")

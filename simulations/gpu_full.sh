@@ -75,7 +75,7 @@ fi
 stamp prepare
 
 compare() { # compare KIND DATA RUN BUDGET_S
-    "$PY" -m simulations.compare compare --kind "$1" --data "$2" --out "$3" --budget-s "$4" --jobs "$JOBS" \
+    "$PY" -m simulations.cli compare --kind "$1" --data "$2" --out "$3" --budget-s "$4" --jobs "$JOBS" \
         --seeds "$SEEDS" --size "$SIZE" --scenario both ${ARMS[@]+"${ARMS[@]}"} ${COMPARE_ARGS:-} || RC=$?
 }
 # cross gets half of what is left when the same-domain comparison follows, so both get their turn
@@ -87,7 +87,7 @@ if [ ${#RUNS[@]} -gt 1 ]; then
 fi
 
 if [ "$(left)" -ge "$TALLREC_MIN_S" ]; then
-    "$PY" -m simulations.compare tallrec --src "$SHARED/tallrec-movie" --ml100k "$SHARED/ml-100k" \
+    "$PY" -m simulations.cli tallrec --src "$SHARED/tallrec-movie" --ml100k "$SHARED/ml-100k" \
         --out "$OUT/tallrec" --size "$SIZE" --seeds "$SEEDS" ${TALLREC_ARGS:-} || RC=$?
     stamp tallrec
 else

@@ -16,10 +16,10 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from common.config import AppConfig
+from common.config import TINY_BASE, AppConfig
 from common.data import load_dataset
 from common.files import atomic_write_text
-from common.modeling import TINY_BASE, resolve_base_path
+from common.modeling import resolve_base_path
 from common.run_files import SUMMARY_FILE, read_summary, to_json
 from common.splits import split_dataset
 from server.outputs import fmt_number, render_table

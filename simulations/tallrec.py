@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from common.config import AppConfig, ConfigError
+from common.config import AppConfig, ConfigError, parse_overrides
 from common.data import DatasetError, Item
 from common.files import atomic_write_text
 from common.metrics import auc, classification_metrics
@@ -290,7 +290,6 @@ def add_tallrec_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def cmd_tallrec(args: argparse.Namespace) -> int:
-    from simulations.cli import parse_overrides
 
     if args.seeds < 1:
         raise ConfigError(f"`--seeds` must be positive, got {args.seeds}")

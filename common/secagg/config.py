@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from common.config import SecureSpec
 from common.secagg.errors import ConfigError
 
 # Number of uint words in front of the adapter values in every masked vector:
@@ -33,18 +34,22 @@ HEADER_WORDS = 4
 
 @dataclass(frozen=True)
 class SecAggConfig:
-    """Protocol parameters shared by the server and every platform."""
+    """Protocol parameters shared by the server and every platform.
+
+    The settings a run configures are declared once, in ``common.config.SecureSpec`` (``secure.*``):
+    their defaults here are those. ``modulus_bits`` and ``max_cohort`` are the protocol's own.
+    """
 
     clip_range: float = field(
-        default=1.0,
+        default=SecureSpec.clip_range,
         metadata={"help": "c: each adapter value is clipped to [-c, c] (counted, reported)."},
     )
     l2_clip: float = field(
-        default=0.0,
+        default=SecureSpec.l2_clip,
         metadata={"help": "L2-norm bound applied before the per-value clip; 0 disables it."},
     )
     quant_bits: int = field(
-        default=24,
+        default=SecureSpec.quant_bits,
         metadata={"help": "Signed bits per quantised value: q in [-(2^(b-1)-1), 2^(b-1)-1]."},
     )
     modulus_bits: int = field(
@@ -52,7 +57,7 @@ class SecAggConfig:
         metadata={"help": "Masked arithmetic is modulo 2^modulus_bits (32 or 64; uint words)."},
     )
     max_weight: int = field(
-        default=1_000_000,
+        default=SecureSpec.max_weight,
         metadata={"help": "Cap on a platform's example count n_i (capping is reported)."},
     )
     max_cohort: int = field(
@@ -60,11 +65,11 @@ class SecAggConfig:
         metadata={"help": "Largest cohort the overflow check must cover."},
     )
     min_cohort: int = field(
-        default=3,
+        default=SecureSpec.min_cohort,
         metadata={"help": "Fewest platforms that must finish key setup for a round to run."},
     )
     threshold_fraction: float = field(
-        default=2 / 3,
+        default=SecureSpec.threshold_fraction,
         metadata={
             "help": "Shamir threshold t = max(ceil(f*n), floor(2n/3)+1): always more than 2n/3, "
             "so with fewer than 2t - n colluding platforms no two signed survivor sets both reach t. "
@@ -179,27 +184,6 @@ class SecAggConfig:
         if unknown:
             raise ConfigError(f"unknown secagg setting(s): {', '.join(unknown)}")
         return cls(**dict(params))
-
-    @classmethod
-    def from_run_config(cls, run_config: Mapping[str, Any], prefix: str = "secagg.") -> SecAggConfig:
-        """Read kebab-case keys such as ``secagg.clip-range`` from a Flower run_config.
-
-        Keys under ``prefix`` that are not fields raise ConfigError; absent keys keep
-        their defaults. Ints given for float fields are accepted.
-        """
-        kwargs: dict[str, Any] = {}
-        float_fields = {"clip_range", "l2_clip", "threshold_fraction"}
-        names = {f.name for f in fields(cls)}
-        for key, value in run_config.items():
-            if not key.startswith(prefix):
-                continue
-            name = key[len(prefix) :].replace("-", "_")
-            if name not in names:
-                raise ConfigError(f"unknown secagg setting `{key}`")
-            if name in float_fields and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            kwargs[name] = value
-        return cls(**kwargs)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ What it does:
 * writes an N-platform dataset under ``OUT/work/data``: ``platform_00`` .. ``platform_NN``,
   platform i is shop ``i % 3`` of the embedded synthetic dataset generated with seed
   ``seed + i // 3`` (so every platform has its own users and ratings);
-* starts a :class:`deploy.launch.Federation`: TLS SuperLink with node authentication, one
+* starts a :class:`deploy.federation.Federation`: TLS SuperLink with node authentication, one
   SuperNode + one warm ClientApp worker (:mod:`deploy.worker`) per platform, tiny model
   (:data:`deploy.bench.TINY`);
 * runs ``--rounds`` rounds and kills ``ceil(kill-fraction * N)`` distinct nodes (SuperNode
@@ -59,8 +59,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from common.config import parse_overrides
 from common.run_files import read_rounds, to_json
-from deploy.bench import TINY, parse_sets
+from deploy.bench import TINY
 from deploy.loadbench.dataset import write_bench_dataset
 from deploy.loadbench.driver import BenchAborted, LoadFederation, RunState, drive, polling, say
 from deploy.loadbench.kills import HEARTBEAT_PATIENCE_S, REJOIN_POLICIES, kill_schedule
@@ -118,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.monotonic()
     names = write_bench_dataset(work / "data", args.nodes, args.seed)
     plan = kill_schedule(names, args.kill_fraction, args.rounds, args.seed)
-    config = run_config(args.nodes, len(plan), args.rounds, args.secagg, args.seed, run_dir, parse_sets(args.set))
+    config = run_config(args.nodes, len(plan), args.rounds, args.secagg, args.seed, run_dir, parse_overrides(args.set))
     node_extra = {"require-secagg": bool(args.secagg), "share-metrics": True}
     poll_s, worker_poll_s = polling(args.nodes, args.poll_s, args.worker_poll_s)
     fed = LoadFederation(work / "fed", names, data_dir=work / "data", node_extra=node_extra, fast_poll_s=poll_s,

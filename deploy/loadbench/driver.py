@@ -15,9 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from common.run_files import SUMMARY_FILE, read_rounds
-from deploy.launch import Daemon, DeployError, Federation, run_status, start_supernode
+from deploy.errors import DeployError
+from deploy.federation import Federation
+from deploy.flwr_cli import run_status
 from deploy.loadbench.kills import KillEvent, PlannedKill, restart_due
 from deploy.loadbench.memory import MemorySampler
+from deploy.processes import Daemon, start_supernode
 
 STATUS_EVERY_S = 30.0  # `flwr ls` (a subprocess) this often while the run goes on
 

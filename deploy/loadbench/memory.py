@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from deploy.launch import Federation
+from deploy.federation import Federation
 
 KINDS = ("superlink", "superexec", "serverapp", "supernode", "clientapp", "other")
 MIB = 1024 * 1024

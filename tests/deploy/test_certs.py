@@ -1,4 +1,4 @@
-"""deploy.certs and the command lines of deploy.launch: fast, no processes started."""
+"""deploy.certs and the command lines of deploy.commands: fast, no processes started."""
 
 from __future__ import annotations
 
@@ -23,16 +23,8 @@ from deploy.certs import (
     load_node_private_key,
     load_node_public_key,
 )
-from deploy.launch import (
-    DeployError,
-    InsecureDeploymentWarning,
-    SuperLinkSpec,
-    SuperNodeSpec,
-    config_string,
-    node_config,
-    superlink_command,
-    supernode_command,
-)
+from deploy.commands import SuperLinkSpec, SuperNodeSpec, node_config, superlink_command, supernode_command
+from deploy.errors import DeployError, InsecureDeploymentWarning
 
 
 def _mode(path: Path) -> int:
@@ -125,26 +117,6 @@ def test_private_key_readable_by_others_is_refused(tmp_path: Path) -> None:
 def test_platform_name_must_be_plain(tmp_path: Path, bad: str) -> None:
     with pytest.raises(CertError, match="--platform"):
         create_node_key(tmp_path, bad)
-
-
-@pytest.mark.parametrize(
-    ("values", "expected"),
-    [
-        ({"platform": "web_shop", "device": "cpu"}, "platform='web_shop' device='cpu'"),
-        ({"data-dir": "/data/it's"}, 'data-dir="/data/it\'s"'),
-        ({"require-secagg": False, "n": 3, "x": 0.5, "y": 1.0}, "require-secagg=false n=3 x=0.5 y=1.0"),
-    ],
-)
-def test_config_strings_are_flower_parsable(values: dict, expected: str) -> None:
-    from flwr.common.config import parse_config_args
-
-    assert config_string(values) == expected
-    assert parse_config_args([expected]) == values  # what flower-supernode / flwr run do with it
-
-
-def test_config_string_refuses_unquotable_values() -> None:
-    with pytest.raises(ValueError, match="both quote kinds"):
-        config_string({"a": 'it\'s "x"'})
 
 
 def test_node_config_resolves_data_dir_and_refuses_shadowing(tmp_path: Path) -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy.launch import Connection, DeployError, InsecureDeploymentWarning
+from deploy.errors import DeployError, InsecureDeploymentWarning
+from deploy.flwr_cli import Connection
 
 
 def test_named_federations_are_saved_side_by_side_and_loaded_by_name(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """Deployed federations under secure aggregation and faults: real SuperLink/SuperNode processes.
 
-Every federation runs with TLS and node authentication on 127.0.0.1 (``deploy.launch.Federation``);
+Every federation runs with TLS and node authentication on 127.0.0.1 (``deploy.federation.Federation``);
 platforms keep their secure defaults (they refuse rounds in the clear) unless a test says otherwise.
 """
 
@@ -19,7 +19,8 @@ from safetensors.numpy import load_file
 from clients.secure import HANG_FILE_ENV
 from common.config import AppConfig
 from common.run_files import ROUNDS_FILE, SUMMARY_FILE
-from deploy.launch import DeployError, Federation
+from deploy.errors import DeployError
+from deploy.federation import Federation
 from deploy.worker import STALL_ENV
 from server.checkpoint import MANIFEST as CHECKPOINT_MANIFEST
 from simulations.simulate import run_simulated_federation, validate_inputs
@@ -204,7 +205,7 @@ def test_platform_with_missing_data_is_left_out_with_one_clear_error(tmp_path: P
 
 def _register(fed: Federation, platform: str):  # noqa: ANN202
     from deploy.certs import create_node_key
-    from deploy.launch import register_node
+    from deploy.flwr_cli import register_node
 
     key = create_node_key(fed.certs_dir, platform)
     fed.node_ids[platform] = register_node(key.public, fed.conn, fed.env, name=platform)

@@ -2,7 +2,7 @@
 
 Every test starts a TLS SuperLink (``--enable-supernode-auth``) with certificates made in
 its temp dir, on free ports, and tears every process down (also on failure) through
-``deploy.launch.Federation``. Logs are under the test's tmp dir and printed on failure.
+``deploy.federation.Federation``. Logs are under the test's tmp dir and printed on failure.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 
 from deploy.certs import create_node_key, create_tls
-from deploy.launch import Connection, DeployError, Federation, InsecureDeploymentWarning, list_nodes, register_node
+from deploy.errors import DeployError, InsecureDeploymentWarning
+from deploy.federation import Federation
+from deploy.flwr_cli import Connection, list_nodes, register_node
 from tests.deploy.settings import CLEAR, PLATFORMS, TINY
 
 pytestmark = pytest.mark.slow

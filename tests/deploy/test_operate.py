@@ -16,8 +16,9 @@ import pytest
 
 from clients.metrics_log import METRICS_LOG
 from clients.private_state import private_folder
+from common.config import config_string
 from common.run_files import ROUNDS_FILE, SUMMARY_FILE
-from deploy.launch import Federation, config_string
+from deploy.federation import Federation
 from tests.deploy.settings import STATE, TINY
 
 pytestmark = pytest.mark.slow

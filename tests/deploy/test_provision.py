@@ -12,7 +12,7 @@ import pytest
 
 from common.secagg.identity import Roster, build_roster
 from deploy.certs import CertError, load_node_private_key, load_node_public_key
-from deploy.launch import THREAD_VARS, thread_env
+from deploy.commands import THREAD_VARS, thread_env
 from deploy.provision import START, provision
 
 REPO = Path(__file__).resolve().parents[2]

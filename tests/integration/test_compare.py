@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from simulations.compare import main
+from simulations.cli import main
 
 ARMS = (
     "local,federated,fed+personal,fed+finetune,fed+mix,pooled,untrained,liked-share,popularity,like-rate,mf,mf-central"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.config import AppConfig
+from common.config import TINY_PRESET, AppConfig
 from common.data import write_dataset
 from common.modeling import get_trainable_state, load_adapter
 from common.run_files import ADAPTER_DIR, ROUNDS_FILE
@@ -18,11 +18,7 @@ from server.federation import run_federation
 from server.warm_start import WarmStartError
 from simulations.inprocess import InProcessTransport, setups_for
 
-TINY = {
-    "model.base": "tiny-random", "model.max-length": 48, "data.history-len": 3, "lora.r": 4,
-    "train.max-examples": 48, "train.batch-size": 16, "eval.max-rank-users": 2, "num-server-rounds": 2,
-    "fed.patience": 0,
-}  # fmt: skip
+TINY = {**TINY_PRESET, "train.max-examples": 48, "eval.max-rank-users": 2, "num-server-rounds": 2, "fed.patience": 0}
 PLATFORMS = ["app", "social_shop", "web_shop"]
 
 

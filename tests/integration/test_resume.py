@@ -10,15 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.config import AppConfig
+from common.config import TINY_PRESET, AppConfig
 from common.run_files import ROUNDS_FILE, SUMMARY_FILE
 from server.checkpoint import MANIFEST, CheckpointError, load_checkpoint
 from server.federation import run_federation
 from simulations.inprocess import InProcessTransport, setups_for
 
 TINY = {
-    "model.base": "tiny-random", "model.max-length": 48, "data.history-len": 3, "lora.r": 4,
-    "train.max-examples": 48, "train.batch-size": 16, "eval.max-rank-users": 2, "num-server-rounds": 3,
+    **TINY_PRESET, "train.max-examples": 48, "eval.max-rank-users": 2, "num-server-rounds": 3,
     "fed.patience": 0, "fed.optimizer": "adam", "fed.server-lr": 0.01,
 }  # fmt: skip
 PLATFORMS = ["app", "social_shop", "web_shop"]

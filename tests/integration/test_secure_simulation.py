@@ -6,14 +6,11 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file
 
-from common.config import AppConfig
+from common.config import TINY_PRESET, AppConfig
 from common.run_files import ROUNDS_FILE
 from simulations.simulate import run_simulated_federation, validate_inputs
 
-TINY = {
-    "model.base": "tiny-random", "model.max-length": 48, "data.history-len": 3, "lora.r": 4,
-    "train.max-examples": 64, "train.batch-size": 16, "eval.max-rank-users": 3, "num-server-rounds": 1,
-}  # fmt: skip
+TINY = {**TINY_PRESET, "num-server-rounds": 1}
 
 
 def _adapter(run: Path) -> dict[str, np.ndarray]:

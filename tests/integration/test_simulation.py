@@ -7,15 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.config import AppConfig
+from common.config import TINY_PRESET, AppConfig
 from common.modeling import load_adapter
 from common.run_files import ROUNDS_FILE, SUMMARY_FILE
 from simulations.simulate import run_simulated_federation, validate_inputs
 
-TINY = {
-    "model.base": "tiny-random", "model.max-length": 48, "data.history-len": 3, "lora.r": 4,
-    "train.max-examples": 64, "train.batch-size": 16, "eval.max-rank-users": 3, "num-server-rounds": 2,
-}  # fmt: skip
+TINY = {**TINY_PRESET, "num-server-rounds": 2}
 
 
 def _assert_finished_run(out: Path, cfg: AppConfig, platforms: list[str]) -> dict:

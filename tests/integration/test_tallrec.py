@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from simulations.compare import main
+from simulations.cli import main
 from simulations.tallrec import parse_prompt, read_rows
 
 

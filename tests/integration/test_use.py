@@ -23,17 +23,13 @@ import torch
 
 from clients.recommender import CACHE_DIR, Recommender, RecommendError
 from clients.trainer import EncodedSplit, predict
-from common.config import AppConfig
+from common.config import TINY_PRESET, AppConfig
 from common.data import write_dataset
 from common.run_files import ROUNDS_FILE, SUMMARY_FILE
 from common.synthetic import make_synthetic
 from simulations.simulate import run_simulated_federation, validate_inputs
 
-TINY = {
-    "model.base": "tiny-random", "model.max-length": 48, "data.history-len": 3, "lora.r": 4,
-    "train.max-examples": 64, "train.batch-size": 16, "eval.max-rank-users": 3, "num-server-rounds": 2,
-    "fed.patience": 0,
-}  # fmt: skip
+TINY = {**TINY_PRESET, "num-server-rounds": 2, "fed.patience": 0}
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}  # fmt: skip
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from common.config import AppConfig
 from common.secagg import HEADER_WORDS, InputError, Manifest, SecAggConfig, TensorSpec
 from common.secagg.errors import ConfigError
 from common.secagg.quantize import decode_sum, encode_input, quantization_bound, weighted_mean
+from common.secure_wire import secagg_config
 from tests.secagg.helpers import flat, make_inputs, tiny_manifest
 
 
@@ -79,11 +81,11 @@ def test_threshold_strictly_above_two_thirds(n, t):
     assert SecAggConfig(threshold_fraction=0.51).threshold(n) == t  # a lower fraction never lowers t
 
 
-def test_from_run_config_kebab_case():
-    cfg = SecAggConfig.from_run_config({"secagg.clip-range": 2, "secagg.quant-bits": 20, "lora.r": 8})
-    assert cfg.clip_range == 2.0 and cfg.quant_bits == 20
-    with pytest.raises(ConfigError, match="secagg.nope"):
-        SecAggConfig.from_run_config({"secagg.nope": 1})
+def test_run_config_secure_section_is_the_protocol_config():
+    # One declaration: `secure.*` defaults are SecAggConfig's, and each key reaches its field
+    tuned = AppConfig().replace(**{"secure.clip-range": 2, "secure.quant-bits": 20, "lora.r": 8})
+    assert secagg_config(AppConfig()) == SecAggConfig()
+    assert secagg_config(tuned) == SecAggConfig(clip_range=2.0, quant_bits=20)
 
 
 # -- input validation ----------------------------------------------------------------

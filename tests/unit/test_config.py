@@ -1,11 +1,11 @@
-"""Run config: pyproject defaults, flat round trip, clear errors."""
+"""Run config: pyproject defaults, flat round trip, its text both ways, clear errors."""
 
 import tomllib
 from pathlib import Path
 
 import pytest
 
-from common.config import AppConfig, ConfigError
+from common.config import TINY_PRESET, AppConfig, ConfigError, config_string, parse_config_strings, parse_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,3 +56,47 @@ def test_bad_rating_scale_names_the_key(raw: str) -> None:
 def test_rating_scale_is_parsed() -> None:
     assert AppConfig().data.scale is None
     assert AppConfig().replace(**{"data.rating-scale": "1,5"}).data.scale == (1.0, 5.0)
+
+
+def test_config_text_written_is_read_back_as_the_same_values() -> None:
+    # Prepare: every scalar kind, a string that needs the other quote, a path
+    values = {"lora.r": 4, "train.lr": 0.001, "secagg": True, "model.base": "tiny-random",
+              "data.dir": "/tmp/it's", "train.proximal-mu": 1e-05, "fed.server-lr": 1.0}  # fmt: skip
+    # Execute: written as --run-config text, read back as --set pairs
+    read = parse_overrides(config_string(values).split(" "))  # no value holds a space
+    # Assert
+    assert read == values and all(type(read[k]) is type(v) for k, v in values.items())
+    assert AppConfig().replace(**read).data.dir == "/tmp/it's"
+
+
+def test_overrides_keep_bare_strings_and_refuse_a_pair_without_value() -> None:
+    assert parse_overrides(["data.dir=/tmp/data", " lora.r = 4 "]) == {"data.dir": "/tmp/data", "lora.r": 4}
+    with pytest.raises(ConfigError, match="expected key=value"):
+        parse_overrides(["lora.r"])
+
+
+def test_tiny_preset_is_a_valid_config() -> None:
+    assert AppConfig().replace(**TINY_PRESET).model.base == "tiny-random"
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"platform": "web_shop", "device": "cpu"}, "platform='web_shop' device='cpu'"),
+        ({"data-dir": "/data/it's"}, 'data-dir="/data/it\'s"'),
+        ({"require-secagg": False, "n": 3, "x": 0.5, "y": 1.0}, "require-secagg=false n=3 x=0.5 y=1.0"),
+    ],
+)
+def test_config_strings_are_flower_parsable(values: dict, expected: str) -> None:
+    assert config_string(values) == expected
+    assert parse_config_strings([expected], "--node-config") == values  # what flower-supernode / flwr run read
+
+
+def test_config_string_refuses_unquotable_values() -> None:
+    with pytest.raises(ValueError, match="both quote kinds"):
+        config_string({"a": 'it\'s "x"'})
+
+
+def test_a_malformed_config_string_names_its_flag() -> None:
+    with pytest.raises(ConfigError, match="--run-config"):
+        parse_config_strings(["a='x"], "--run-config")

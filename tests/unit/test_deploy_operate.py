@@ -10,7 +10,7 @@ import pytest
 
 from deploy.book import node_names, read_book, remember_node, remember_run
 from deploy.cli import refusal_hint
-from deploy.launch import SuperNodeSpec
+from deploy.commands import SuperNodeSpec
 from deploy.operate import failure_reason, format_status, latest_round
 from deploy.supernode_entry import quiet_flower_chatter
 
@@ -72,7 +72,7 @@ def test_refusal_hint_names_what_to_check(tmp_path: Path) -> None:
         ("Received successfully", logging.INFO, False),
         ("Sending: evaluate.secagg message (ID: a79)", logging.INFO, False),
         ("", logging.INFO, False),
-        ("SuperNode ID: 13898351035860326694", logging.INFO, True),  # launch.Federation waits for this line
+        ("SuperNode ID: 13898351035860326694", logging.INFO, True),  # federation.Federation waits for this line
         ("Connection attempt failed, retrying in 0.7 seconds", logging.WARNING, True),
         ("Sent successfully", logging.WARNING, True),  # never drop a warning
     ],

@@ -140,3 +140,10 @@ def test_every_module_opens_with_a_docstring_that_says_its_job(package: str) -> 
         if path.stat().st_size and not (ast.get_docstring(ast.parse(path.read_text())) or "").strip()
     ]
     assert not missing, f"modules without a docstring: {missing}"
+
+
+def test_the_crossfed_cli_is_on_top_no_module_imports_it() -> None:
+    # simulations.cli mounts its commands by name (importlib), an arrow the graph above cannot see:
+    # a command module importing the CLI back would be a circle all the same
+    importers = sorted(module for module, imported in import_graph().items() if "simulations.cli" in imported)
+    assert importers == [], f"modules importing simulations.cli: {importers}"

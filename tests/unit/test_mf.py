@@ -28,7 +28,9 @@ def _planted_platform(name: str = "p", users: int = 80, items: int = 40, per_use
             like = rng.random() < 1 / (1 + np.exp(-4 * p[u] @ q[i]))
             rows.append(Interaction(f"u{u}", f"i{i}", float(t), 5.0 if like else 1.0))
     catalogue = {f"i{i}": Item(f"i{i}", f"item {i}") for i in range(items)}
-    return split_platform(PlatformData(name, catalogue, rows, "rating"), SplitConfig(rank_negatives=20))
+    return split_platform(
+        PlatformData(name, catalogue, rows, "rating"), SplitConfig(rank_negatives=20, train_unseen_negatives=0)
+    )
 
 
 @pytest.fixture(scope="module")

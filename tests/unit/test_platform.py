@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clients.platform import NodeSetup, prepare
+from clients.platform import NodeSetup, prepare, split_config
 from clients.private_state import PrivateStore, private_folder
-from common.config import AppConfig
+from common.config import AppConfig, DataSpec
 from common.modeling import load_base
+from common.splits import SplitConfig
 from simulations.compare import train_fractions
 
 CFG = AppConfig().replace(**{"model.base": "tiny-random", "model.max-length": 16, "eval.max-rank-users": 3})
@@ -80,3 +81,8 @@ def test_rounds_kept_cover_the_oldest_possible_best_round() -> None:
     from clients.private_state import rounds_to_keep
 
     assert rounds_to_keep(2) == 3 and rounds_to_keep(0) == 0  # 0: no early stopping, keep every round
+
+
+def test_a_runs_split_defaults_are_the_split_defaults() -> None:
+    # `data.*` is declared once (DataSpec): SplitConfig's defaults are the same settings
+    assert split_config(DataSpec(), seed=0) == SplitConfig()

@@ -19,6 +19,11 @@ from common.splits import (
 CATALOGUE = {f"i{n:02d}": Item(f"i{n:02d}", f"Item {n}") for n in range(30)}
 
 
+def _rated(**overrides: object) -> SplitConfig:
+    """These tests' split: rated interactions only (a run adds ``data.train-unseen-negatives`` unrated ones)."""
+    return SplitConfig(**{"train_unseen_negatives": 0, **overrides})  # type: ignore[arg-type]
+
+
 def _platform(rows: list[tuple[str, str, float, float | None]], feedback: str = "rating") -> PlatformData:
     interactions = [Interaction(u, i, t, v) for u, i, t, v in rows]
     return PlatformData("shop", dict(CATALOGUE), interactions, feedback)  # type: ignore[arg-type]
@@ -45,7 +50,7 @@ def test_leave_last_out() -> None:
     data = _platform(ROWS)
 
     # Execute
-    splits = split_platform(data, SplitConfig())
+    splits = split_platform(data, _rated())
 
     # Assert
     assert [(ex.user_id, ex.item_id) for ex in splits.train] == [
@@ -68,7 +73,7 @@ def test_like_threshold(threshold: float, expected: list[int]) -> None:
     data = _platform([*rows, ("u2", "i05", 1.0, 1.0)])
 
     # Execute
-    splits = split_platform(data, SplitConfig(like_threshold=threshold, min_interactions=5))
+    splits = split_platform(data, _rated(like_threshold=threshold, min_interactions=5))
 
     # Assert
     assert [ex.label for ex in splits.train if ex.user_id == "u1"] == expected
@@ -79,7 +84,7 @@ def test_like_threshold_per_platform() -> None:
     dataset = {"a": _platform(ROWS), "b": _platform(ROWS)}
 
     # Execute
-    splits = split_dataset(dataset, SplitConfig(), like_thresholds={"b": 4.5})
+    splits = split_dataset(dataset, _rated(), like_thresholds={"b": 4.5})
 
     # Assert
     assert splits["a"].train[1].label == 1  # rating 4 > 3
@@ -91,7 +96,7 @@ def test_explicit_labels_used_as_is() -> None:
     data = _platform([("u1", "i01", 1.0, 0.0), ("u1", "i02", 2.0, 1.0), ("u2", "i03", 1.0, 1.0)], "label")
 
     # Execute
-    splits = split_platform(data, SplitConfig())
+    splits = split_platform(data, _rated())
 
     # Assert
     assert [ex.label for ex in splits.train] == [0, 1, 1]
@@ -103,7 +108,7 @@ def test_history_len_caps_each_side() -> None:
     rows = [("u1", f"i{n:02d}", float(n), 5.0 if n % 2 else 1.0) for n in range(10)] + [("u2", "i20", 1.0, 5.0)]
 
     # Execute
-    splits = split_platform(_platform(rows), SplitConfig(history_len=2))
+    splits = split_platform(_platform(rows), _rated(history_len=2))
 
     # Assert
     assert splits.test[0].liked == ("i07", "i05")
@@ -122,7 +127,7 @@ def test_implicit_negatives_exclude_interacted_items(negatives: int) -> None:
     seen = {u: {r.item_id for r in data.interactions if r.user_id == u} for u in ("u1", "u2", "u3")}
 
     # Execute
-    splits = split_platform(data, SplitConfig(negatives_per_positive=negatives))
+    splits = split_platform(data, _rated(negatives_per_positive=negatives))
 
     # Assert
     for split in (splits.train, splits.valid, splits.test):
@@ -138,9 +143,9 @@ def test_ranking_negatives_exclude_interacted_items_and_are_seeded() -> None:
     seen = {u: {r.item_id for r in data.interactions if r.user_id == u} for u in ("u1", "u2", "u3")}
 
     # Execute
-    first = split_platform(data, SplitConfig(rank_negatives=10, seed=1))
-    again = split_platform(data, SplitConfig(rank_negatives=10, seed=1))
-    other = split_platform(data, SplitConfig(rank_negatives=10, seed=2))
+    first = split_platform(data, _rated(rank_negatives=10, seed=1))
+    again = split_platform(data, _rated(rank_negatives=10, seed=1))
+    other = split_platform(data, _rated(rank_negatives=10, seed=2))
 
     # Assert
     assert first == again
@@ -158,7 +163,7 @@ def test_ranking_small_catalogue_uses_all_unseen_items() -> None:
     data = _implicit()
 
     # Execute
-    splits = split_platform(data, SplitConfig(rank_negatives=99))
+    splits = split_platform(data, _rated(rank_negatives=99))
 
     # Assert
     assert {len(c.negatives) for c in splits.ranking} == {22}
@@ -170,7 +175,7 @@ def test_ranking_only_for_liked_test_items() -> None:
     rows = [*ROWS, *[("u3", f"i2{n}", float(n), 5.0 if n < 5 else 1.0) for n in range(6)]]
 
     # Execute
-    splits = split_platform(_platform(rows), SplitConfig())
+    splits = split_platform(_platform(rows), _rated())
 
     # Assert
     assert [c.user_id for c in splits.ranking] == ["u1"]
@@ -182,7 +187,7 @@ def test_no_leakage() -> None:
     order = {(r.user_id, r.item_id): r.timestamp for r in data.interactions}
 
     # Execute
-    splits = split_platform(data, SplitConfig(history_len=100))
+    splits = split_platform(data, _rated(history_len=100))
 
     # Assert: every history item is strictly earlier than the positive it comes with
     for ex in splits.train + splits.valid + splits.test:
@@ -217,8 +222,8 @@ def test_max_users_subsample_in_split() -> None:
     data = _platform(rows)
 
     # Execute
-    first = split_platform(data, SplitConfig(max_users=3, seed=5))
-    again = split_platform(data, SplitConfig(max_users=3, seed=5))
+    first = split_platform(data, _rated(max_users=3, seed=5))
+    again = split_platform(data, _rated(max_users=3, seed=5))
 
     # Assert
     assert first == again
@@ -253,7 +258,7 @@ def test_subsample_users_rejects_bad_amount(amount: float) -> None:
 def _many(name: str = "shop") -> PlatformSplits:
     """10 users x 12 interactions: 100 training examples, 10 validation, 10 test."""
     rows = [(f"u{u}", f"i{n:02d}", float(n), 5.0 if (u + n) % 3 else 1.0) for u in range(10) for n in range(12)]
-    return split_platform(dataclasses.replace(_platform(rows), name=name), SplitConfig())
+    return split_platform(dataclasses.replace(_platform(rows), name=name), _rated())
 
 
 @pytest.mark.parametrize(("fraction", "kept"), [(0.1, 10), (0.25, 25), (0.333, 33), (0.001, 1), (1.0, 100)])
@@ -328,9 +333,9 @@ def test_thin_train_rejects_negative_seed() -> None:
 def test_train_unseen_negatives_are_unrated_items_never_a_ranking_negative(k: int) -> None:
     # Prepare: explicit ratings; u1's test item (i06, rated 5) is a like, so u1 has a ranking case
     data = _platform(ROWS)
-    plain = split_platform(data, SplitConfig(rank_negatives=10))  # 30 items: 14 of u1's unrated ones left
+    plain = split_platform(data, _rated(rank_negatives=10))  # 30 items: 14 of u1's unrated ones left
     # Execute
-    splits = split_platform(data, SplitConfig(rank_negatives=10, train_unseen_negatives=k))
+    splits = split_platform(data, _rated(rank_negatives=10, train_unseen_negatives=k))
     # Assert: k unrated rows per rated train example (liked or not), unrated by that user, outside its
     # ranking negatives, with the history of the example they were drawn for; everything else unchanged
     added = splits.train[len(plain.train) :]
@@ -344,25 +349,25 @@ def test_train_unseen_negatives_are_unrated_items_never_a_ranking_negative(k: in
     for ex in added:
         assert ex.item_id not in rated[ex.user_id] and ex.item_id not in ranked.get(ex.user_id, set())
     assert {(ex.user_id, ex.liked, ex.disliked) for ex in added} == {(e.user_id, e.liked, e.disliked) for e in liked}
-    assert split_platform(data, SplitConfig(rank_negatives=10, train_unseen_negatives=k)).train == splits.train
+    assert split_platform(data, _rated(rank_negatives=10, train_unseen_negatives=k)).train == splits.train
 
 
 def test_train_unseen_negatives_leave_implicit_data_alone() -> None:
     data = _implicit()
-    assert split_platform(data, SplitConfig(train_unseen_negatives=2)) == split_platform(data, SplitConfig())
+    assert split_platform(data, _rated(train_unseen_negatives=2)) == split_platform(data, _rated())
 
 
 def test_implicit_negatives_are_unrated_rows_and_the_split_says_implicit() -> None:
-    splits = split_platform(_implicit(), SplitConfig())
+    splits = split_platform(_implicit(), _rated())
     assert splits.implicit
     assert {(ex.label, ex.rated) for ex in splits.train} == {(1, True), (0, False)}
-    assert not split_platform(_platform(ROWS), SplitConfig()).implicit
+    assert not split_platform(_platform(ROWS), _rated()).implicit
 
 
 def test_validation_likes_get_ranking_cases_of_their_own() -> None:
     # Prepare: u1's validation item (i04, second-last) rated 4 instead of 2, a like; u2 is train-only
     rows = [(u, i, t, 4.0 if i == "i04" else v) for u, i, t, v in ROWS]
-    splits = split_platform(_platform(rows), SplitConfig(rank_negatives=10))
+    splits = split_platform(_platform(rows), _rated(rank_negatives=10))
     # Assert: one case, the valid like against 10 items u1 never rated, drawn apart from the test case's
     (case,) = splits.valid_ranking
     assert (case.user_id, case.positive) == ("u1", "i04") and len(case.negatives) == 10

@@ -17,7 +17,7 @@ def test_deterministic() -> None:
 def test_shape() -> None:
     # Execute
     data = make_synthetic()
-    splits = split_dataset(data, SplitConfig())
+    splits = split_dataset(data, SplitConfig(train_unseen_negatives=0))
 
     # Assert: unequal platforms, disjoint catalogues, small train split
     sizes = sorted(p.num_users for p in data.values())
@@ -44,7 +44,7 @@ def _attribute_match(ex: Example, items: dict[str, Item]) -> int:
 
 def test_learnable_from_titles() -> None:
     # Prepare
-    splits = split_dataset(make_synthetic(), SplitConfig())
+    splits = split_dataset(make_synthetic(), SplitConfig(train_unseen_negatives=0))
     pairs = [(ex.label, _attribute_match(ex, s.items)) for s in splits.values() for ex in s.valid + s.test]
 
     # Execute
