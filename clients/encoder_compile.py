@@ -13,13 +13,18 @@ batch. A compiled encoder therefore only ever sees
 - widths rounded up to one of :data:`WIDTHS` (capped at the token table's width, fixed per
   process).
 
-Masked padding leaves every real item's vector unchanged (within float rounding), so results
-equal the eager trainer's. The graphs a process can compile are bounded: one per width bucket
-times the three ways the trainer calls the encoder (training with gradient, training without
-gradient for history items, evaluation); a second scorer of the same architecture reuses them
-(parameters are graph inputs). :data:`RECOMPILE_LIMIT` lifts dynamo's per-function limit (8 by
-default, after which it silently falls back to eager) to that bound, so every bucket compiles
-once and nothing past the bound can compile forever.
+Masked padding leaves every real item's vector unchanged (within float rounding), so without
+dropout results equal the eager trainer's; with dropout they differ by seed noise only (a
+topped-up chunk draws its masks for more rows). :func:`clients.trainer.train` sets the mode from
+``train.compile`` on its scorer, and inference on that scorer (``predict``, ``evaluate``,
+``catalogue_vectors``) follows it; :func:`set_compile` sets it without training.
+
+The graphs a process can compile are bounded: one per width bucket times the three ways the
+trainer calls the encoder (training with gradient, training without gradient for history items,
+evaluation); a second scorer of the same architecture reuses them (parameters are graph inputs).
+:data:`RECOMPILE_LIMIT` lifts dynamo's per-function limit (8 by default, after which it silently
+falls back to eager) to that bound, so every bucket compiles once and nothing past the bound can
+compile forever.
 """
 
 from __future__ import annotations
@@ -77,7 +82,7 @@ def compiled_encoder(scorer: Scorer) -> Encode | None:
             options["mode"] = mode
         _compiled[key] = torch.compile(_encode, **options)
     fn = _compiled[key]
-    if mode == "reduce-overhead":  # CUDA graphs replay into the same output memory: take a copy
+    if mode != "default":  # both other modes use CUDA graphs on a GPU: a replay reuses the output memory
         return lambda ids, mask: fn(scorer, ids, mask).clone()
     return lambda ids, mask: fn(scorer, ids, mask)
 
