@@ -39,7 +39,7 @@ from common.config import COMPILE_MODES
 from common.modeling import Scorer
 
 ROWS = 64  # items per compiled call (the eager trainer's chunks are at least this many, too)
-WIDTHS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)  # padded token widths a compiled call sees
+WIDTHS = (8, 16, 32, 48, 64, 96, 128, 192, 256, 384, 512)  # padded token widths a compiled call sees
 RECOMPILE_LIMIT = 2 * 3 * (len(WIDTHS) + 1)  # x2: a different architecture in the same process
 BACKEND = "inductor"  # tests swap in "aot_eager" (same graphs, no code generation: seconds on a CPU)
 

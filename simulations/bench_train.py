@@ -350,6 +350,11 @@ def run(spec: BenchSpec, progress: Callable[[str], None] = print) -> dict[str, A
             best[key] = min(best.get(key, (math.inf, math.inf)), (seconds, cpu_seconds))
             rate = samples[key[0]] / seconds
             progress(f"repeat {rep + 1}/{spec.repeats} {key[0]:<9} {key[1]:<21} {rate:9.1f} samples/s")
+    # the compiled encoder's numerics (inductor here, not the tests' aot_eager): same weights, both ways
+    compiled_diff = None
+    if spec.compile != "off":
+        eager_p, compiled_p = (infer_with(mode)()[1] for mode in ("off", spec.compile))
+        compiled_diff = float(np.max(np.abs(eager_p - compiled_p))) if len(eager_p) else 0.0
     peak = peak_flops(device, spec.peak_tflops)
     rows = [Row(phase, loop, samples[phase], *best[(phase, loop)], flops[(phase, loop)]) for phase, loop in loops]
     rate = {(r.phase, r.loop): r.rate() for r in rows}
@@ -376,6 +381,7 @@ def run(spec: BenchSpec, progress: Callable[[str], None] = print) -> dict[str, A
         ],
         "ratios": ratios(rate),
         "cpu_time_ratios": ratios(cpu_rate),  # on a shared CPU, wall time measures the neighbours too
+        "compiled_max_abs_prob_diff": compiled_diff,  # max |p(eager) - p(compiled)| over the inference rows
     }
 
 
@@ -466,6 +472,9 @@ def format_table(payload: dict[str, Any]) -> str:
                      f"{r['tflops_per_s']:>8.3f} {mfu:>6}")  # fmt: skip
     lines += [f"{r['phase']:<10} {r['loop']:<22} first call (compile + one run) {r['first_call_s']:.2f} s"
               for r in payload["rows"] if r.get("first_call_s") is not None]  # fmt: skip
+    if payload.get("compiled_max_abs_prob_diff") is not None:
+        lines.append(f"compiled vs eager inference: max |probability difference| "
+                     f"{payload['compiled_max_abs_prob_diff']:.2e}")  # fmt: skip
     cpu = payload["cpu_time_ratios"]
     lines += [f"{name}: {value:.2f}x samples/s, {cpu[name]:.2f}x samples/CPU-s" for name, value in
               payload["ratios"].items()]  # fmt: skip

@@ -149,6 +149,7 @@ def test_bench_train_times_the_compiled_trainer_apart_from_its_compile(
     payload = json.loads(capsys.readouterr().out)
     rows = {(r["phase"], r["loop"]): r for r in payload["rows"]}
     assert payload["ratios"]["train trainer compiled / trainer"] > 0
+    assert 0 <= payload["compiled_max_abs_prob_diff"] < 1e-4
     for phase in ("train", "inference"):
         assert rows[(phase, "trainer compiled")]["samples_per_s"] > 0
         assert (
