@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from clients.encoder_compile import set_compile
 from clients.platform import NodeSetup, PreparedPlatform, prepare, subsample
 from clients.private_state import PrivateStore
 from clients.trainer import PlatformBatches, evaluate, train
@@ -107,6 +108,7 @@ def load_platform(
     scorer, tokenizer = load_scorer(cfg.model, cfg.lora, cfg.seed)
     prepared = prepare(setup, cfg.data, cfg.eval.max_rank_users, cfg.seed, tokenizer, cfg.model.max_length)
     set_trainable_state(scorer, dict(state))
+    set_compile(scorer, cfg.train.compile)  # evaluation-only processes run the encoder as training does
     saved = store.load(rnd)
     if scorer.initial_private:
         layers = {k: v for k, v in (saved or {}).items() if scorer.is_private(k)}

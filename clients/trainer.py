@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
+from clients.encoder_compile import bucket_chunks, compiled_encoder, pad_rows, set_compile
 from common.config import TrainSpec
 from common.data import Item
 from common.item_stats import NUM_ITEM_STATS, ItemStats
@@ -237,18 +238,28 @@ def length_chunks(lengths: np.ndarray, min_items: int = CHUNK_ITEMS) -> list[np.
 
 
 def text_vectors(scorer: Scorer, table: ItemTable, rows: np.ndarray, device: torch.device) -> torch.Tensor:
-    """(len(rows), dim) tower vectors of these catalogue rows' texts, in ``rows`` order (length-bucketed)."""
+    """(len(rows), dim) tower vectors of these catalogue rows' texts, in ``rows`` order (length-bucketed).
+
+    With ``train.compile`` on (:mod:`clients.encoder_compile`) the chunks are the compiled encoder's
+    fixed shapes instead.
+    """
     tokens = table.device_tokens(device)
-    chunks = length_chunks(table.lengths[rows]) if len(rows) else []
+    compiled = compiled_encoder(scorer)
+    if compiled is None:
+        chunks = length_chunks(table.lengths[rows]) if len(rows) else []
+        plan = [(pos, _width(table.lengths[rows[pos]]), rows[pos]) for pos in chunks]
+        encode = scorer.item_vectors
+    else:
+        plan = [(pos, width, pad_rows(rows[pos])) for pos, width in bucket_chunks(table.lengths[rows], tokens.shape[1])]
+        encode = compiled
     outs = []
-    for pos in chunks:
-        idx = _to(rows[pos], device)
-        ids = tokens[idx, : min(_width(table.lengths[rows[pos]]), tokens.shape[1])]  # (U, T)
+    for pos, width, chunk in plan:
+        ids = tokens[_to(chunk, device), : min(width, tokens.shape[1])]  # (U, T)
         with _autocast(device):
-            outs.append(scorer.item_vectors(ids, (ids != table.pad_id).long()).float())
+            outs.append(encode(ids, (ids != table.pad_id).long())[: len(pos)].float())
     if not outs:
         return torch.zeros((0, scorer.tower.out_features), device=device)
-    order = np.concatenate(chunks)  # outs' rows are rows[order]
+    order = np.concatenate([pos for pos, _, _ in plan])  # outs' rows are rows[order]
     vectors = torch.cat(outs) if len(outs) > 1 else outs[0]
     return vectors if np.all(order[1:] > order[:-1]) else vectors[_to(np.argsort(order), device)]
 
@@ -326,6 +337,7 @@ def train(
     """
     if sum(len(p.data) for p in parts) == 0:
         raise ValueError("no training examples on this platform")
+    set_compile(scorer, spec.compile)  # later inference on this scorer runs compiled too
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         return _train(scorer, parts, spec, device, seed)

@@ -34,6 +34,7 @@ TINY_PRESET: dict[str, Scalar] = {
     "model.base": TINY_BASE, "model.max-length": 48, "data.history-len": 3, "lora.r": 4,
     "train.max-examples": 64, "train.batch-size": 16, "eval.max-rank-users": 3,
 }  # fmt: skip
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")  # train.compile: eager or a torch.compile mode
 
 
 class ConfigError(ValueError):
@@ -98,6 +99,9 @@ class TrainSpec:
     proximal_mu: float = 0.0  # FedProx term mu/2 * ||w - w_global||^2 on the shared tensors; 0 disables it
     pick_weight: float = 1.0  # weight of the pick output's loss (rated vs unrated rows) next to the like loss
     history_grad: bool = False  # True: encoder gradients through history-only items too (~1.5x slower steps)
+    # torch.compile the text encoder (training and inference) over a few fixed shapes: "off" (eager),
+    # "default", "reduce-overhead" (CUDA graphs), "max-autotune"; the first steps pay the compile time
+    compile: str = "off"
 
     def __post_init__(self) -> None:
         _positive(self, "local_epochs", "train.local-epochs")
@@ -109,6 +113,8 @@ class TrainSpec:
         _non_negative(self, "max_examples", "train.max-examples")
         _non_negative(self, "proximal_mu", "train.proximal-mu")
         _non_negative(self, "pick_weight", "train.pick-weight")
+        if self.compile not in COMPILE_MODES:
+            raise ConfigError(f"`train.compile` must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
 
 
 @dataclass(frozen=True)

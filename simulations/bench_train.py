@@ -27,10 +27,16 @@ Train loops (samples/s = training examples per second, one optimiser step per ba
   trainer, e.g. main's before this change, with all distinct items under gradient.
 * ``trainer``: :func:`clients.trainer.train` as configured by default (history items encoded
   without gradient).
+* ``trainer compiled`` (``--compile MODE``, default ``default``; ``off`` leaves it out): the same
+  with ``train.compile = MODE`` (:mod:`clients.encoder_compile`: the encoder through
+  ``torch.compile`` over fixed chunk shapes). Its first call, which compiles every shape the
+  run meets, is timed apart and reported as ``first call (compile)``; the rate comes from the
+  repeats after it, so compile time never mixes into samples/s.
 
 Inference loops (samples/s = scored examples per second): ``eager`` encodes each batch's
 distinct items under ``no_grad`` and scores the batch; ``trainer`` is :func:`clients.trainer.predict`
-(referenced catalogue encoded once, length-bucketed, then scored from vectors).
+(referenced catalogue encoded once, length-bucketed, then scored from vectors); ``trainer compiled``
+the same with the compiled encoder.
 
 MFU = executed encoder FLOPs / (seconds x the device's peak); encoder FLOPs per item are
 ``2 x non-embedding parameters x padded tokens + 4 x layers x tokens^2 x hidden`` for a
@@ -55,12 +61,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from clients.encoder_compile import ROWS, bucket_chunks, set_compile
 from clients.platform import NodeSetup, prepare
 from clients.trainer import EncodedSplit, PlatformBatches, predict, referenced_items, train
-from common.config import AppConfig
+from common.config import COMPILE_MODES, AppConfig
 from common.modeling import PrivateParts, Scorer, build_scorer, pick_device
 from simulations.bench_scale import emit
 
+COMPILED = "trainer compiled"
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0}
 
 
@@ -79,6 +87,7 @@ class BenchSpec:
     seed: int = 0
     threads: int = 0  # torch CPU threads; 0 = torch's default
     reference_trainer: str = ""  # another checkout's clients/trainer.py, timed as "reference" (e.g. main's)
+    compile: str = "default"  # train.compile of the "trainer compiled" rows; "off" = no such rows
 
 
 QUICK = BenchSpec(base="tiny-random", batch_size=16, eval_batch_size=32, train_examples=64, infer_examples=128,
@@ -174,8 +183,9 @@ def eager_predict(scorer: Scorer, part: PlatformBatches, data: EncodedSplit, bat
 
 
 def _batch_widths(part: PlatformBatches, data: EncodedSplit, batch_size: int, history_grad: bool | None,
-                  bucketed: bool) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """Padded widths of the items each step encodes: (with gradient, without gradient)."""
+                  bucketed: bool, compiled: bool = False) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Padded widths of the items each step encodes: (with gradient, without gradient); ``compiled``:
+    one entry per encoded row of the compiled encoder's fixed chunks (padding rows included)."""
     from clients.trainer import PAD_MULTIPLE, length_chunks
 
     lengths = part.table.lengths
@@ -185,6 +195,8 @@ def _batch_widths(part: PlatformBatches, data: EncodedSplit, batch_size: int, hi
     def widths(rows: np.ndarray) -> np.ndarray:
         if not len(rows):
             return np.zeros(0, np.int64)
+        if compiled:
+            return _compiled_widths(lengths[rows], part.table.tokens.shape[1])
         if not bucketed:
             return np.full(len(rows), lengths[rows].max())
         out = np.empty(len(rows), np.int64)
@@ -293,13 +305,28 @@ def run(spec: BenchSpec, progress: Callable[[str], None] = print) -> dict[str, A
         _items_flops(scorer, _batch_widths_flat(lengths[s : s + spec.eval_batch_size]), False)
         for s in range(0, len(lengths), spec.eval_batch_size)
     )
+
+    def infer_with(mode: str) -> Callable[[], Any]:  # predict() runs the scorer's encoder as last set
+        return lambda: (set_compile(scorer, mode), predict(scorer, part, infer, spec.eval_batch_size, device))
+
     loops: dict[tuple[str, str], Callable[[], Any]] = {
         ("train", "eager"): lambda: eager_train(scorer, part, spec.batch_size, train_cfg.lr, device),
         ("train", "trainer history-grad"): lambda: train(scorer, [part], exact, device, spec.seed),
         ("train", "trainer"): lambda: train(scorer, [part], fast, device, spec.seed),
         ("inference", "eager"): lambda: eager_predict(scorer, part, infer, spec.eval_batch_size, device),
-        ("inference", "trainer"): lambda: predict(scorer, part, infer, spec.eval_batch_size, device),
+        ("inference", "trainer"): infer_with("off"),
     }
+    if spec.compile != "off":
+        compiled = replace(fast, compile=spec.compile)
+        loops[("train", COMPILED)] = lambda: train(scorer, [part], compiled, device, spec.seed)
+        loops[("inference", COMPILED)] = infer_with(spec.compile)
+        g, f = _batch_widths(part, part.data, spec.batch_size, False, True, compiled=True)
+        flops[("train", COMPILED)] = _items_flops(scorer, g, True) + _items_flops(scorer, f, False)
+        cap = part.table.tokens.shape[1]
+        flops[("inference", COMPILED)] = sum(
+            _items_flops(scorer, _compiled_widths(lengths[s : s + spec.eval_batch_size], cap), False)
+            for s in range(0, len(lengths), spec.eval_batch_size)
+        )
     if spec.reference_trainer:  # same gradients as "eager"/"history-grad": all distinct items with gradient
         ref = load_reference_trainer(spec.reference_trainer)
         loops[("train", "reference")] = lambda: ref.train(scorer, [part], exact, device, spec.seed)
@@ -309,14 +336,25 @@ def run(spec: BenchSpec, progress: Callable[[str], None] = print) -> dict[str, A
     samples = {"train": n_train, "inference": n_infer}
     best: dict[tuple[str, str], tuple[float, float]] = {}
     for key, fn in loops.items() if device.type == "cuda" else ():  # warm-up: allocator, kernels, token table
-        progress(f"warm-up {key[0]} / {key[1]}")
-        _warm(key, fn, part, spec)
+        if key[1] != COMPILED:
+            progress(f"warm-up {key[0]} / {key[1]}")
+            _warm(key, fn, part, spec)
+    first_call: dict[tuple[str, str], float] = {}  # the compiled loops' first full call: every shape compiles
+    for key, fn in loops.items():
+        if key[1] == COMPILED:
+            progress(f"first call (compile) {key[0]} / {key[1]} ({spec.compile})")
+            first_call[key] = _timed(fn, device)[0]
     for rep in range(spec.repeats):
         for key, fn in loops.items():
             seconds, cpu_seconds = _timed(fn, device)
             best[key] = min(best.get(key, (math.inf, math.inf)), (seconds, cpu_seconds))
             rate = samples[key[0]] / seconds
             progress(f"repeat {rep + 1}/{spec.repeats} {key[0]:<9} {key[1]:<21} {rate:9.1f} samples/s")
+    # the compiled encoder's numerics (inductor here, not the tests' aot_eager): same weights, both ways
+    compiled_diff = None
+    if spec.compile != "off":
+        eager_p, compiled_p = (infer_with(mode)()[1] for mode in ("off", spec.compile))
+        compiled_diff = float(np.max(np.abs(eager_p - compiled_p))) if len(eager_p) else 0.0
     peak = peak_flops(device, spec.peak_tflops)
     rows = [Row(phase, loop, samples[phase], *best[(phase, loop)], flops[(phase, loop)]) for phase, loop in loops]
     rate = {(r.phase, r.loop): r.rate() for r in rows}
@@ -337,21 +375,27 @@ def run(spec: BenchSpec, progress: Callable[[str], None] = print) -> dict[str, A
                 "samples_per_cpu_s": r.cpu_rate(),
                 "tflops_per_s": r.flops / r.seconds / 1e12,
                 "mfu": (r.flops / r.seconds / peak) if peak else None,
+                "first_call_s": first_call.get((r.phase, r.loop)),  # compiled loops: compile + one run
             }  # fmt: skip
             for r in rows
         ],
         "ratios": ratios(rate),
         "cpu_time_ratios": ratios(cpu_rate),  # on a shared CPU, wall time measures the neighbours too
+        "compiled_max_abs_prob_diff": compiled_diff,  # max |p(eager) - p(compiled)| over the inference rows
     }
 
 
 def ratios(rate: dict[tuple[str, str], float]) -> dict[str, float]:
-    """Each trainer loop's samples/s over the eager loop's (and over the reference's, when timed)."""
+    """Each trainer loop's samples/s over the eager loop's (and over the reference's, when timed);
+    the compiled trainer's also over the same trainer run eagerly."""
     out = {}
     for base in ("eager", "reference"):
         for phase, loop in rate:
             if loop not in ("eager", "reference") and (phase, base) in rate:
                 out[f"{phase} {loop} / {base}"] = rate[(phase, loop)] / rate[(phase, base)]
+    for phase, loop in rate:
+        if loop == COMPILED and (phase, "trainer") in rate:
+            out[f"{phase} {loop} / trainer"] = rate[(phase, loop)] / rate[(phase, "trainer")]
     return out
 
 
@@ -368,6 +412,12 @@ def load_reference_trainer(path: str) -> Any:
     sys.modules["reference_trainer"] = module  # dataclasses look their module up
     module_spec.loader.exec_module(module)
     return module
+
+
+def _compiled_widths(lengths: np.ndarray, cap: int) -> np.ndarray:
+    """Widths of every row the compiled encoder runs for items of these lengths (``ROWS`` per chunk)."""
+    chunks = bucket_chunks(lengths, cap)
+    return np.repeat([width for _, width in chunks], ROWS).astype(np.int64)
 
 
 def _batch_widths_flat(lengths: np.ndarray) -> np.ndarray:
@@ -420,6 +470,11 @@ def format_table(payload: dict[str, Any]) -> str:
         lines.append(f"{r['phase']:<10} {r['loop']:<22} {r['samples']:>8} {r['seconds']:>8.2f} "
                      f"{r['cpu_seconds']:>8.2f} {r['samples_per_s']:>10.1f} {r['samples_per_cpu_s']:>8.1f} "
                      f"{r['tflops_per_s']:>8.3f} {mfu:>6}")  # fmt: skip
+    lines += [f"{r['phase']:<10} {r['loop']:<22} first call (compile + one run) {r['first_call_s']:.2f} s"
+              for r in payload["rows"] if r.get("first_call_s") is not None]  # fmt: skip
+    if payload.get("compiled_max_abs_prob_diff") is not None:
+        lines.append(f"compiled vs eager inference: max |probability difference| "
+                     f"{payload['compiled_max_abs_prob_diff']:.2e}")  # fmt: skip
     cpu = payload["cpu_time_ratios"]
     lines += [f"{name}: {value:.2f}x samples/s, {cpu[name]:.2f}x samples/CPU-s" for name, value in
               payload["ratios"].items()]  # fmt: skip
@@ -443,6 +498,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchSpec, argparse.Namespac
     parser.add_argument("--seed", type=int)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--reference-trainer", help="another checkout's clients/trainer.py, timed as 'reference'")
+    parser.add_argument(
+        "--compile",
+        choices=COMPILE_MODES,
+        help=f"train.compile of the '{COMPILED}' rows (default {d.compile!r}; 'off': no such rows)",
+    )
     parser.add_argument("--json", action="store_true", help="print the JSON payload instead of the table")
     parser.add_argument("--out", type=Path, help="also write bench_train.json and bench_train.txt here")
     args = parser.parse_args(argv)
@@ -451,7 +511,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchSpec, argparse.Namespac
                        ("eval_batch", "eval_batch_size"), ("train_examples", "train_examples"),
                        ("infer_examples", "infer_examples"), ("repeats", "repeats"), ("device", "device"),
                        ("peak_tflops", "peak_tflops"), ("seed", "seed"), ("threads", "threads"),
-                       ("reference_trainer", "reference_trainer")):  # fmt: skip
+                       ("reference_trainer", "reference_trainer"), ("compile", "compile")):  # fmt: skip
         value = getattr(args, flag)
         if value is not None:
             spec = replace(spec, **{name: str(Path(value).resolve()) if flag == "data" else value})

@@ -35,6 +35,9 @@ bench() {  # name, then bench_train options
 # the quality preset's batch (compare --size full: train 256, eval 1024) and the default (128 / 128)
 bench full-b256 --batch 256 --eval-batch 1024 --train-examples 4096 --infer-examples 16384 --repeats 3
 bench default-b128 --batch 128 --eval-batch 128 --train-examples 2048 --infer-examples 8192 --repeats 3
+# every run above has "trainer compiled" rows (train.compile = default: inductor); CUDA graphs as well:
+bench default-b128-cudagraphs --batch 128 --eval-batch 128 --train-examples 2048 --infer-examples 8192 \
+    --repeats 3 --compile reduce-overhead
 # federation size: peak RSS / GPU memory and round time at 3, 10, 100 platforms (tiny-random and the base)
 "$PY" -m simulations.bench_scale --platforms 3,10,100 --base tiny-random --out "$OUT/scale-tiny" 2>&1 | tee "$OUT/scale-tiny.log"
 "$PY" -m simulations.bench_scale --platforms 3,10 --base "$BASE" --set train.max-examples=512 \

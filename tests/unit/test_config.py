@@ -38,6 +38,7 @@ def test_flat_round_trip_and_override() -> None:
         ({"lora.r": "eight"}, "`lora.r` must be int"),
         ({"lora.dropout": 1.5}, r"`lora.dropout` must be in \[0, 1\)"),
         ({"fed.metric": "mse"}, "`fed.metric` must be one of"),
+        ({"train.compile": "fast"}, "`train.compile` must be one of off, default"),
         ({"lora.target-modules": " , "}, "`lora.target-modules` must name"),
         ({"num-server-rounds": 2.5}, "`num-server-rounds` must be int"),
     ],

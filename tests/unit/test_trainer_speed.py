@@ -125,7 +125,7 @@ def test_bench_train_quick_prints_json(capsys: pytest.CaptureFixture[str]) -> No
     from simulations.bench_train import main
 
     # Execute
-    assert main(["--quick", "--json", "--train-examples", "32", "--infer-examples", "64"]) == 0
+    assert main(["--quick", "--json", "--train-examples", "32", "--infer-examples", "64", "--compile", "off"]) == 0
     # Assert
     payload = json.loads(capsys.readouterr().out)
     loops = {(r["phase"], r["loop"]) for r in payload["rows"]}
@@ -134,6 +134,27 @@ def test_bench_train_quick_prints_json(capsys: pytest.CaptureFixture[str]) -> No
     assert all(r["samples_per_s"] > 0 and r["tflops_per_s"] > 0 for r in payload["rows"])
     assert all(r["mfu"] is None for r in payload["rows"])  # CPU: no known peak
     assert all(np.isfinite(v) and v > 0 for v in payload["ratios"].values())
+
+
+def test_bench_train_times_the_compiled_trainer_apart_from_its_compile(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from simulations.bench_train import main
+
+    # Prepare: dynamo alone (inductor takes minutes on a CPU; test_encoder_compile checks the maths)
+    monkeypatch.setattr("clients.encoder_compile.BACKEND", "eager")
+    # Execute
+    assert main(["--quick", "--json", "--train-examples", "8", "--infer-examples", "8", "--batch", "8"]) == 0
+    # Assert: compiled rows for both phases, their first call (the compile) kept out of the rate
+    payload = json.loads(capsys.readouterr().out)
+    rows = {(r["phase"], r["loop"]): r for r in payload["rows"]}
+    assert payload["ratios"]["train trainer compiled / trainer"] > 0
+    assert 0 <= payload["compiled_max_abs_prob_diff"] < 1e-4
+    for phase in ("train", "inference"):
+        assert rows[(phase, "trainer compiled")]["samples_per_s"] > 0
+        assert (
+            rows[(phase, "trainer compiled")]["first_call_s"] > 0 and rows[(phase, "trainer")]["first_call_s"] is None
+        )
 
 
 def test_bench_train_rejects_bad_sizes() -> None:
