@@ -41,10 +41,13 @@ WORKER = "worker"
 def ray_process_kind(cmdline: Sequence[str]) -> str:
     """Which part of a Ray-backed Flower simulation a process is, from its command line.
 
-    Ray workers rename themselves (``ray::IDLE``, ``ray::ClientAppActor.run``); the daemons keep
-    their binaries' names; the bench's child runs ``-m simulations.bench_scale --child``.
+    Ray workers rename themselves (``ray::IDLE``, ``ray::ClientAppActor.run``), and so do the
+    raylet's agents (``ray::DashboardAgent``, ``ray::RuntimeEnvAgent``); the daemons keep their
+    binaries' names; the bench's child runs ``-m simulations.bench_scale --child``.
     """
     text = " ".join(cmdline)
+    if text.startswith("ray::") and text.split()[0].endswith("Agent"):
+        return "ray-agent"
     if text.startswith("ray::") or "default_worker.py" in text:
         return WORKER
     if "simulations.bench_scale" in text:
@@ -118,20 +121,24 @@ def sample_child(cmd: list[str], env: dict[str, str], log_path: Path) -> tuple[d
     return json.loads(out.strip().splitlines()[-1]), memory
 
 
+COLUMNS = ("platforms", "sum RSS MiB", "sum anon MiB", "max proc MiB", "procs", "workers", "budget MiB", "ok",
+           "round s", "MiB/platform")  # fmt: skip
+
+
 def format_flower_table(results: Sequence[dict[str, Any]]) -> str:
-    growth = per_platform_growth(results)
-    lines = [f"{'platforms':>9} {'sum RSS MiB':>11} {'sum anon MiB':>12} {'max proc MiB':>12} {'procs':>5} "
-             f"{'workers':>7} {'budget MiB':>10} {'ok':>3} {'round s':>8} {'MiB/platform':>12}"]  # fmt: skip
-    for r, g in zip(results, growth, strict=True):
-        lines.append(f"{r['platforms']:>9} {r['peak_sum_rss_bytes'] / MIB:>11.0f} "
-                     f"{r['peak_sum_anon_bytes'] / MIB:>12.0f} "
-                     f"{r['peak_process_rss_bytes'] / MIB:>12.0f} {r['processes_max']:>5} {r['workers']:>7} "
-                     f"{r['budget_bytes'] / MIB:>10.0f} {'yes' if r['within_budget'] else 'NO':>3} "
-                     f"{r['round_s']:>8.2f} {'' if g is None else f'{g / MIB:.2f}':>12}")  # fmt: skip
+    """One row per N (columns :data:`COLUMNS`, right-aligned to their titles) and a line on the budget."""
+    rows = [
+        [r["platforms"], f"{r['peak_sum_rss_bytes'] / MIB:.0f}", f"{r['peak_sum_anon_bytes'] / MIB:.0f}",
+         f"{r['peak_process_rss_bytes'] / MIB:.0f}", r["processes_max"], r["workers"], f"{r['budget_bytes'] / MIB:.0f}",
+         "yes" if r["within_budget"] else "NO", f"{r['round_s']:.2f}", "" if g is None else f"{g / MIB:.2f}"]
+        for r, g in zip(results, per_platform_growth(results), strict=True)
+    ]  # fmt: skip
+    lines = [" ".join(f"{cell:>{len(title)}}" for cell, title in zip(row, COLUMNS, strict=True))
+             for row in [list(COLUMNS), *rows]]  # fmt: skip
     if results:
-        r = results[0]
+        first = results[0]
         lines.append(f"Flower Simulation Engine (Ray), memory summed over the process tree every 0.5 s; base model "
-                     f"{r['base_bytes'] / MIB:.1f} MiB, adapter {r['adapter_bytes'] / MIB:.2f} MiB; budget = "
-                     f"({r['cpus']} actors (--cpus) + 1) x base + N x adapter + 1.5 GiB; MiB/platform: growth of "
-                     f"the sum per added platform vs the first row")  # fmt: skip
+                     f"{first['base_bytes'] / MIB:.1f} MiB, adapter {first['adapter_bytes'] / MIB:.2f} MiB; budget = "
+                     f"({first['cpus']} actors (--cpus) + 1) x base + N x adapter + 1.5 GiB; MiB/platform: growth "
+                     f"of the sum per added platform vs the first row")  # fmt: skip
     return "\n".join(lines)
