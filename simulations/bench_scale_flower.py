@@ -25,6 +25,7 @@ figure to hold against the adapter's size.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import time
@@ -94,18 +95,26 @@ def run_simulated(platforms: int, cfg: Any, names: list[str], num_cpus: int) -> 
 
 
 def sample_child(cmd: list[str], env: dict[str, str], log_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Run the child ``cmd`` while sampling its whole process tree; returns (its JSON line, memory figures)."""
+    """Run the child ``cmd`` while sampling its whole process tree; returns (its JSON line, memory figures).
+
+    The child's stderr (Flower's and Ray's logs) goes to ``log_path``. When the machine runs low
+    on memory, or on any error here, the child's whole tree is stopped (Ray's daemons too).
+    """
     t0 = time.monotonic()
     with log_path.open("w") as log:
         child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
         sampler = MemorySampler(lambda: [child.pid], t0, classify=ray_process_kind, kinds=RAY_KINDS)
         sampler.start()
         try:
-            out, _ = child.communicate()
+            while child.poll() is None:
+                if sampler.low_memory:
+                    raise RuntimeError(f"stopped: {sampler.low_memory}")
+                time.sleep(0.5)
         finally:
             sampler.stop()
             if child.poll() is None:
-                child.kill()
+                kill_tree(child.pid)
+    out = child.stdout.read() if child.stdout else ""
     if child.returncode != 0:
         raise RuntimeError(f"child failed ({child.returncode}):\n{log_path.read_text()[-3000:]}")
     peaks = sampler.peaks.as_dict()
@@ -119,6 +128,21 @@ def sample_child(cmd: list[str], env: dict[str, str], log_path: Path) -> tuple[d
         "other_processes": sorted(sampler.other_commands),
     }  # fmt: skip
     return json.loads(out.strip().splitlines()[-1]), memory
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every process under it (Ray's daemons do not all die with their driver)."""
+    import psutil
+
+    try:
+        top = psutil.Process(pid)
+        procs = [top, *top.children(recursive=True)]
+    except psutil.Error:
+        return
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(procs, timeout=10)
 
 
 COLUMNS = ("platforms", "sum RSS MiB", "sum anon MiB", "max proc MiB", "procs", "workers", "budget MiB", "ok",
