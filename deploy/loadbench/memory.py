@@ -133,6 +133,8 @@ class MemorySampler(threading.Thread):
                     key = (proc.pid, proc.create_time())
                     if key not in self._kinds:
                         cmdline = proc.cmdline()
+                        if not cmdline:  # between fork and exec, or exiting: name it at the next sample
+                            continue
                         self._kinds[key] = self.classify(cmdline)
                         if self._kinds[key] == "other":
                             self.other_commands.add(" ".join(cmdline)[:200])
