@@ -21,6 +21,9 @@ for everything that is not a model (Python, torch, Ray's daemons); since every w
 torch, the fixed part is larger here than in one process, and the table shows by how much.
 ``MiB/platform`` (the growth of the peak sum per added platform against the first row) is the
 figure to hold against the adapter's size.
+
+GPU memory is not sampled here: :func:`~simulations.simulate.run_simulated_federation` gives each
+actor ``num_gpus = 0``, and Ray then hides the GPUs from it (``CUDA_VISIBLE_DEVICES=""``).
 """
 
 from __future__ import annotations
