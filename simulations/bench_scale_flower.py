@@ -28,7 +28,6 @@ actor ``num_gpus = 0``, and Ray then hides the GPUs from it (``CUDA_VISIBLE_DEVI
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
 import time
@@ -100,12 +99,15 @@ def run_simulated(platforms: int, cfg: Any, names: list[str], num_cpus: int) -> 
 def sample_child(cmd: list[str], env: dict[str, str], log_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run the child ``cmd`` while sampling its whole process tree; returns (its JSON line, memory figures).
 
-    The child's stderr (Flower's and Ray's logs) goes to ``log_path``. When the machine runs low
+    The child's stderr (Flower's and Ray's logs) goes to ``log_path``, its stdout beside it. When the machine runs low
     on memory, or on any error here, the child's whole tree is stopped (Ray's daemons too).
     """
+    from deploy.processes import Daemon
+
     t0 = time.monotonic()
-    with log_path.open("w") as log:
-        child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+    out_path = log_path.with_suffix(".out")  # a file, not a pipe: nothing blocks while this polls
+    with log_path.open("wb") as log, out_path.open("wb") as out:  # own session: stopping it stops its tree only
+        child = subprocess.Popen(cmd, stdout=out, stderr=log, env=env, start_new_session=True)
         sampler = MemorySampler(lambda: [child.pid], t0, classify=ray_process_kind, kinds=RAY_KINDS)
         sampler.start()
         try:
@@ -115,9 +117,8 @@ def sample_child(cmd: list[str], env: dict[str, str], log_path: Path) -> tuple[d
                 time.sleep(0.5)
         finally:
             sampler.stop()
-            if child.poll() is None:
-                kill_tree(child.pid)
-    out = child.stdout.read() if child.stdout else ""
+            if child.poll() is None:  # Ray's daemons do not all die with their driver: stop the whole tree
+                Daemon("bench scale child", child, log_path).stop()
     if child.returncode != 0:
         raise RuntimeError(f"child failed ({child.returncode}):\n{log_path.read_text()[-3000:]}")
     peaks = sampler.peaks.as_dict()
@@ -130,22 +131,7 @@ def sample_child(cmd: list[str], env: dict[str, str], log_path: Path) -> tuple[d
         "by_kind": peaks, "min_available_mib": round(sampler.min_available_mib, 1),
         "other_processes": sorted(sampler.other_commands),
     }  # fmt: skip
-    return json.loads(out.strip().splitlines()[-1]), memory
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL ``pid`` and every process under it (Ray's daemons do not all die with their driver)."""
-    import psutil
-
-    try:
-        top = psutil.Process(pid)
-        procs = [top, *top.children(recursive=True)]
-    except psutil.Error:
-        return
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    psutil.wait_procs(procs, timeout=10)
+    return json.loads(out_path.read_text().strip().splitlines()[-1]), memory
 
 
 COLUMNS = ("platforms", "sum RSS MiB", "sum anon MiB", "max proc MiB", "procs", "workers", "budget MiB", "ok",
