@@ -55,3 +55,45 @@ def test_per_platform_growth_is_against_the_first_row() -> None:
             {"platforms": 100, "peak_sum_rss_bytes": 1970}]  # fmt: skip
     assert per_platform_growth(rows) == [None, 10.0, 10.0]
     assert per_platform_growth([]) == []
+
+
+def test_sampler_sums_a_real_process_tree_by_kind() -> None:
+    # Prepare: a shell with two sleeping children, sampled from the shell down
+    import subprocess
+    import time
+
+    from deploy.loadbench.memory import MemorySampler
+
+    shell = subprocess.Popen(["bash", "-c", "sleep 30 & sleep 30 & wait"])
+    try:
+        time.sleep(0.3)
+        sampler = MemorySampler(lambda: [shell.pid], 0.0, classify=lambda argv: argv[0], kinds=("bash", "sleep"))
+        # Execute
+        snapshot = sampler.snapshot()
+        sums = sampler.peaks.add(snapshot)
+    finally:
+        import psutil
+
+        for child in psutil.Process(shell.pid).children():
+            child.kill()
+        shell.kill()
+        shell.wait()
+    # Assert: three processes, summed per kind and overall
+    assert sorted(kind for kind, _, _ in snapshot) == ["bash", "sleep", "sleep"]
+    assert all(rss > 0 and 0 <= anon <= rss for _, rss, anon in snapshot)
+    assert sampler.peaks.processes == {"bash": 1, "sleep": 2}
+    assert sampler.peaks.all_total == pytest.approx(sum(rss for _, rss, _ in snapshot) / MIB)
+    assert sums["sleep"] == pytest.approx(sum(rss for kind, rss, _ in snapshot if kind == "sleep") / MIB)
+
+
+def test_federation_roots_are_every_daemon_and_its_companions() -> None:
+    from types import SimpleNamespace
+
+    from deploy.loadbench.memory import federation_roots
+
+    def daemon(pid: int, *companions: int) -> SimpleNamespace:
+        return SimpleNamespace(proc=SimpleNamespace(pid=pid), companions=[SimpleNamespace(pid=c) for c in companions])
+
+    fed = SimpleNamespace(superlink=daemon(1), nodes={"a": daemon(2, 3), "b": daemon(4)})
+    assert federation_roots(fed) == [1, 2, 3, 4]  # type: ignore[arg-type]
+    assert federation_roots(SimpleNamespace(superlink=None, nodes={"a": daemon(5)})) == [5]  # type: ignore[arg-type]
