@@ -3,6 +3,7 @@
     python -m simulations.bench_scale --platforms 3,10,100                # tiny-random base, CPU
     python -m simulations.bench_scale --platforms 10 --base default --json
     crossfed bench scale --platforms 3,10,100 [--out DIR]                  # the same, from the CLI
+    crossfed bench scale --engine flower --platforms 3,10,100 --rounds 1   # Flower's Simulation Engine (Ray)
 
 For each N, a fresh child process (so that peak RSS is that run's own) writes N synthetic shops
 (:func:`make_shops`: the embedded generator's shops, repeated under new names with their own
@@ -17,9 +18,11 @@ one process, one cached base model). It reports:
   (:func:`clients.trainer.train` / :func:`clients.trainer.evaluate`, timed around the calls):
   data loading, tokenising, (de)serialising states, fusion, checkpoints. Target: <= 5 % at 10.
 
-The Flower simulation (``crossfed simulate``) runs the same client code in a few Ray worker
-processes; each worker caches one base model (:func:`common.modeling.load_scorer`), so there
-too memory grows per worker, not per platform.
+``--engine flower`` runs the same N shops the way ``crossfed simulate`` does, in Flower's
+Simulation Engine: the same client code in a few Ray worker processes, each caching one base
+model (:func:`common.modeling.load_scorer`), so there too memory should grow per worker, not per
+platform. Its memory is summed over the child's whole process tree (Ray's daemons and workers
+included) and checked against its own budget: :mod:`simulations.bench_scale_flower`.
 """
 
 from __future__ import annotations
@@ -68,30 +71,59 @@ def _timed_calls(timings: dict[str, float]) -> None:
     tasks.evaluate = wrap("evaluate", tasks.evaluate)
 
 
+def scale_config(platforms: int, base: str, rounds: int, overrides: dict[str, Any], seed: int,
+                 tmp: Path) -> tuple[Any, list[str]]:  # fmt: skip
+    """Write ``platforms`` synthetic shops under ``tmp``/data; the run's config and the platform names."""
+    from common.config import AppConfig
+    from common.data import write_dataset
+
+    data_dir = tmp / "data"
+    shops = make_shops(platforms, seed)
+    write_dataset(data_dir, shops.values())
+    cfg = AppConfig().replace(**{
+        "model.base": base, "data.dir": str(data_dir), "out-dir": str(tmp / "run"), "seed": seed,
+        "num-server-rounds": rounds, "fed.patience": 0, **overrides,
+    })  # fmt: skip
+    return cfg, sorted(shops)
+
+
+def model_sizes(cfg: Any) -> tuple[int, int]:
+    """Bytes of the base model's parameters and of one adapter state (what a platform sends)."""
+    from common.modeling import build_scorer, get_trainable_state, load_base
+
+    encoder, _ = load_base(cfg.model.base, cfg.seed)
+    base_bytes = sum(p.numel() * p.element_size() for p in encoder.parameters())
+    adapter = get_trainable_state(build_scorer(cfg.model, cfg.lora, cfg.seed)[0])
+    return base_bytes, sum(v.nbytes for v in adapter.values())
+
+
+def run_flower_child(platforms: int, base: str, rounds: int, overrides: dict[str, Any], seed: int,
+                     cpus: int) -> dict[str, Any]:  # fmt: skip
+    """The child of ``--engine flower``: the federation in Flower's Simulation Engine; the parent samples memory."""
+    from simulations.bench_scale_flower import run_simulated
+
+    with tempfile.TemporaryDirectory(prefix="crossfed-scale-") as tmp:
+        cfg, names = scale_config(platforms, base, rounds, overrides, seed, Path(tmp))
+        base_bytes, adapter_bytes = model_sizes(cfg)
+        out = run_simulated(platforms, cfg, names, cpus)
+    seconds = [r["seconds"] for r in out["rounds"]]
+    return {"platforms": platforms, "base": base, "engine": "flower", "cpus": cpus, **out,
+            "round_s": sum(seconds) / len(seconds) if seconds else None,
+            "base_bytes": base_bytes, "adapter_bytes": adapter_bytes}  # fmt: skip
+
+
 def run_one(platforms: int, base: str, rounds: int, overrides: dict[str, Any], seed: int) -> dict[str, Any]:
     """One federation of ``platforms`` shops in this process; returns memory and time figures."""
     import numpy as np
     import torch
 
-    from common.config import AppConfig
-    from common.data import write_dataset
-    from common.modeling import build_scorer, get_trainable_state, load_base, pick_device
+    from common.modeling import pick_device
     from server.federation import run_federation
     from simulations.inprocess import InProcessTransport, setups_for
 
     with tempfile.TemporaryDirectory(prefix="crossfed-scale-") as tmp:
-        data_dir = Path(tmp) / "data"
-        shops = make_shops(platforms, seed)
-        write_dataset(data_dir, shops.values())
-        names = sorted(shops)
-        del shops
-        cfg = AppConfig().replace(**{
-            "model.base": base, "data.dir": str(data_dir), "out-dir": str(Path(tmp) / "run"), "seed": seed,
-            "num-server-rounds": rounds, "fed.patience": 0, **overrides,
-        })  # fmt: skip
-        encoder, _ = load_base(base, seed)
-        base_bytes = sum(p.numel() * p.element_size() for p in encoder.parameters())
-        adapter_bytes = sum(v.nbytes for v in get_trainable_state(build_scorer(cfg.model, cfg.lora, seed)[0]).values())
+        cfg, names = scale_config(platforms, base, rounds, overrides, seed, Path(tmp))
+        base_bytes, adapter_bytes = model_sizes(cfg)
         rss_start = _peak_rss()
         timings: dict[str, float] = {}
         _timed_calls(timings)
@@ -123,7 +155,7 @@ def run_one(platforms: int, base: str, rounds: int, overrides: dict[str, Any], s
         budget = base_bytes + platforms * adapter_bytes + BUDGET_SLACK
         overhead = [r["overhead_s"] / r["seconds"] for r in rounds_out]
         return {
-            "platforms": platforms, "base": base, "rounds": rounds_out, "wall_s": wall,
+            "platforms": platforms, "base": base, "engine": "inprocess", "rounds": rounds_out, "wall_s": wall,
             "peak_rss_bytes": peak, "rss_before_federation_bytes": rss_start,
             "gpu_peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
             "base_bytes": base_bytes, "adapter_bytes": adapter_bytes, "budget_bytes": budget,
@@ -139,11 +171,27 @@ def _peak_rss() -> int:
 
 
 def run_child(platforms: int, args: argparse.Namespace) -> dict[str, Any]:
-    """Run :func:`run_one` in a fresh interpreter, so that each N's peak RSS is its own."""
+    """Run one N in a fresh interpreter, so that each N's peak memory is its own.
+
+    ``inprocess``: the child reports its own peak RSS. ``flower``: the child runs the simulation
+    and this process samples the child's whole process tree (Ray's daemons and workers too).
+    """
     sets = [x for kv in args.set or [] for x in ("--set", kv)]
     cmd = [sys.executable, "-m", "simulations.bench_scale", "--child", str(platforms), "--base", args.base,
-           "--rounds", str(args.rounds), "--seed", str(args.seed), *sets]  # fmt: skip
+           "--rounds", str(args.rounds), "--seed", str(args.seed), "--engine", args.engine, "--cpus", str(args.cpus),
+           *sets]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if args.engine == "flower":
+        from simulations.bench_scale_flower import flower_budget, sample_child
+
+        with tempfile.TemporaryDirectory(prefix="crossfed-scale-log-") as tmp:
+            try:
+                result, memory = sample_child(cmd, env, Path(tmp) / "child.log")
+            except RuntimeError as exc:
+                raise RuntimeError(f"bench scale (flower) with {platforms} platforms failed: {exc}") from None
+        # one ClientApp actor per Ray CPU (each asks for 1): the processes that load a base model
+        budget = flower_budget(args.cpus, platforms, result["base_bytes"], result["adapter_bytes"], BUDGET_SLACK)
+        return {**result, **memory, "budget_bytes": budget, "within_budget": memory["peak_sum_rss_bytes"] <= budget}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"bench scale with {platforms} platforms failed:\n{done.stderr[-3000:]}")
@@ -176,6 +224,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--base", default="tiny-random", help="base model: tiny-random (default), default, a path")
     parser.add_argument("--rounds", type=int, default=2, help="federated rounds per run (default 2)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--engine", choices=("inprocess", "flower"), default="inprocess",
+                        help="inprocess: every platform in one process (default); flower: Flower's Simulation "
+                        "Engine as `crossfed simulate` runs it, memory summed over its Ray processes")  # fmt: skip
+    parser.add_argument("--cpus", type=int, default=2, help="flower: Ray CPUs = ClientApp workers (default 2)")
     parser.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="run-config key, e.g. train.max-examples=64"
     )
@@ -187,8 +239,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     overrides = parse_overrides(args.set or [])
     if args.child is not None:
-        print(json.dumps(run_one(args.child, args.base, args.rounds, overrides, args.seed)))
+        if args.engine == "flower":
+            result = run_flower_child(args.child, args.base, args.rounds, overrides, args.seed, args.cpus)
+        else:
+            result = run_one(args.child, args.base, args.rounds, overrides, args.seed)
+        print(json.dumps(result))
         return 0
+    if args.cpus < 1:
+        parser.error(f"`--cpus` must be positive, got {args.cpus}")
     try:
         counts = [int(x) for x in args.platforms.split(",") if x.strip()]
     except ValueError:
@@ -197,12 +255,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"`--platforms` must be positive, got {args.platforms!r}")
     results = []
     for n in counts:
-        print(f"{n} platforms ...", file=sys.stderr)
+        print(f"{n} platforms ({args.engine}) ...", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
         results.append(run_child(n, args))
+        print(f"{n} platforms done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     payload = {"command": " ".join(["crossfed bench scale", *(argv if argv is not None else sys.argv[1:])]),
-               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "overrides": overrides,
-               "cpu_count": os.cpu_count(), "results": results}  # fmt: skip
-    emit(payload, format_table(results), args.json, args.out, "bench_scale")
+               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "engine": args.engine,
+               "overrides": overrides, "cpu_count": os.cpu_count(), "results": results}  # fmt: skip
+    if args.engine == "flower":
+        from simulations.bench_scale_flower import format_flower_table
+
+        table = format_flower_table(results)
+    else:
+        table = format_table(results)
+    name = "bench_scale" if args.engine == "inprocess" else f"bench_scale_{args.engine}"
+    emit(payload, table, args.json, args.out, name)
     return 0
 
 

@@ -65,7 +65,7 @@ from deploy.bench import TINY
 from deploy.loadbench.dataset import write_bench_dataset
 from deploy.loadbench.driver import BenchAborted, LoadFederation, RunState, drive, polling, say
 from deploy.loadbench.kills import HEARTBEAT_PATIENCE_S, REJOIN_POLICIES, kill_schedule
-from deploy.loadbench.memory import MemorySampler
+from deploy.loadbench.memory import MemorySampler, federation_roots
 from deploy.loadbench.report import plot, render_tables
 from deploy.loadbench.rounds import final_test_missing, mark_rejoins, problems, summarize_rounds
 
@@ -126,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          worker_poll_s=worker_poll_s, start_timeout_s=max(90.0, 8.0 * args.nodes))  # fmt: skip
     say(t0, f"starting {args.nodes} SuperNodes ({'secure aggregation' if args.secagg else 'clear'}, polling "
              f"{poll_s:g} s, workers {worker_poll_s:g} s) in {work}")  # fmt: skip
-    sampler = MemorySampler(fed, t0, min_free_mib=args.min_free_gib * 1024)
+    sampler = MemorySampler(lambda: federation_roots(fed), t0, min_free_mib=args.min_free_gib * 1024)
     state, startup_s, error = RunState(), math.nan, None
     sampler.start()
     previous = signal.signal(signal.SIGTERM, _terminated)  # stop every process, as on Ctrl-C, and report

@@ -3,6 +3,8 @@
 Kinds: ``superlink``, ``superexec`` (the SuperLink's ServerApp launcher), ``serverapp``,
 ``supernode``, ``clientapp`` (warm worker); :class:`MemorySampler` folds snapshots into
 :class:`MemoryPeaks` and flags low available memory so the benchmark can stop in time.
+Both take any process trees and any kinds: ``crossfed bench scale --engine flower`` samples
+Flower's Simulation Engine (Ray) with them, under its own kinds.
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from deploy.federation import Federation
+if TYPE_CHECKING:
+    from deploy.federation import Federation
 
 KINDS = ("superlink", "superexec", "serverapp", "supernode", "clientapp", "other")
 MIB = 1024 * 1024
@@ -48,6 +51,7 @@ class MemoryPeaks:
     all_total: float = 0.0  # the largest sum of everything (RSS)
     all_anon: float = 0.0
     samples: int = 0
+    order: tuple[str, ...] = KINDS  # how as_dict lists the kinds (any others after, by name)
 
     def add(self, snapshot: Iterable[tuple[str, int, int]]) -> dict[str, float]:
         """Fold one snapshot in; returns its per-kind RSS sums (MiB)."""
@@ -69,7 +73,7 @@ class MemoryPeaks:
         return sums
 
     def as_dict(self) -> dict[str, Any]:
-        order = [k for k in KINDS if k in self.process]
+        order = [k for k in self.order if k in self.process] + sorted(set(self.process) - set(self.order))
         return {
             "peak_process_mib": {k: round(self.process[k], 1) for k in order},
             "peak_total_mib": {k: round(self.total[k], 1) for k in order},
@@ -80,18 +84,28 @@ class MemoryPeaks:
         }  # fmt: skip
 
 
-class MemorySampler(threading.Thread):
-    """Every ``every_s``: RSS of each process tree of the federation, folded into :class:`MemoryPeaks`.
+def federation_roots(fed: Federation) -> list[int]:
+    """The pids at the top of a loopback federation's process trees (SuperLink, SuperNodes, companions)."""
+    daemons = [d for d in (fed.superlink, *list(fed.nodes.values())) if d is not None]
+    return [p.pid for d in daemons for p in (d.proc, *d.companions)]
 
-    Also keeps a coarse timeline (one point per ``timeline_s``) and sets ``low_memory``
-    when the machine's available memory drops below ``min_free_mib``.
+
+class MemorySampler(threading.Thread):
+    """Every ``every_s``: RSS of each process tree under ``roots()``, folded into :class:`MemoryPeaks`.
+
+    ``roots`` is called at every sample (processes come and go: a killed SuperNode, a restarted
+    one); ``classify`` names a process's kind from its command line. Also keeps a coarse
+    timeline (one point per ``timeline_s``) and sets ``low_memory`` when the machine's available
+    memory drops below ``min_free_mib``.
     """
 
-    def __init__(self, fed: Federation, t0: float, every_s: float = 0.5, timeline_s: float = 2.0,
-                 min_free_mib: float = 1024.0) -> None:  # fmt: skip
+    def __init__(self, roots: Callable[[], Iterable[int]], t0: float, every_s: float = 0.5, timeline_s: float = 2.0,
+                 min_free_mib: float = 1024.0, classify: Callable[[Sequence[str]], str] = process_kind,
+                 kinds: tuple[str, ...] = KINDS) -> None:  # fmt: skip
         super().__init__(name="memory-sampler", daemon=True)
-        self.fed, self.t0, self.every_s, self.timeline_s, self.min_free_mib = fed, t0, every_s, timeline_s, min_free_mib
-        self.peaks = MemoryPeaks()
+        self.roots, self.classify = roots, classify
+        self.t0, self.every_s, self.timeline_s, self.min_free_mib = t0, every_s, timeline_s, min_free_mib
+        self.peaks = MemoryPeaks(order=kinds)
         self.timeline: list[dict[str, float]] = []
         self.min_available_mib = math.inf
         self.low_memory: str | None = None
@@ -99,10 +113,6 @@ class MemorySampler(threading.Thread):
         self._cpu: dict[tuple[int, float], float] = {}  # last seen user+system seconds per process
         self.other_commands: set[str] = set()
         self._halt = threading.Event()
-
-    def roots(self) -> list[int]:
-        daemons = [d for d in (self.fed.superlink, *list(self.fed.nodes.values())) if d is not None]
-        return [p.pid for d in daemons for p in (d.proc, *d.companions)]
 
     def snapshot(self) -> list[tuple[str, int, int]]:
         import psutil
@@ -123,7 +133,9 @@ class MemorySampler(threading.Thread):
                     key = (proc.pid, proc.create_time())
                     if key not in self._kinds:
                         cmdline = proc.cmdline()
-                        self._kinds[key] = process_kind(cmdline)
+                        if not cmdline:  # between fork and exec, or exiting: name it at the next sample
+                            continue
+                        self._kinds[key] = self.classify(cmdline)
                         if self._kinds[key] == "other":
                             self.other_commands.add(" ".join(cmdline)[:200])
                     times = proc.cpu_times()
@@ -160,4 +172,4 @@ class MemorySampler(threading.Thread):
         out: dict[str, float] = {}
         for key, seconds in self._cpu.items():
             out[self._kinds[key]] = out.get(self._kinds[key], 0.0) + seconds
-        return {k: round(out[k], 1) for k in KINDS if k in out}
+        return {k: round(out[k], 1) for k in (*self.peaks.order, *sorted(set(out) - set(self.peaks.order))) if k in out}
