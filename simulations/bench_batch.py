@@ -34,7 +34,9 @@ over platforms, example-weighted, as compare's report), and train samples/s = ex
 seconds spent in the local epochs (:func:`clients.trainer.train`, timed by
 :func:`clients.tasks.fit_together`; data preparation, loading and evaluation are not in it),
 summed over platforms and rounds. On a shared CPU this is wall time and mostly measures the
-neighbours; the GPU run decides.
+neighbours; the GPU run decides. With ``--jobs 1`` every unit runs in this process and the first
+one also pays the process's one-time start-up (first kernels, thread pools); with ``--jobs N``
+each unit is its own process and pays its own.
 
 Choice: the largest B whose mean validation AUC is within ``--tolerance`` (default 0.005 AUC) of
 the best B's mean. Not "overlapping intervals": with 2-3 seeds the t-intervals are wide
@@ -285,6 +287,7 @@ def plot(payload: Mapping[str, Any], path: Path) -> None:
     errs = [r["valid_auc_ci95"] if math.isfinite(r["valid_auc_ci95"]) else 0.0 for r in rows]
     ax.errorbar(batches, [r["valid_auc"] for r in rows], yerr=errs, marker="o", capsize=4, color="C0")
     ax.set_xscale("log", base=2)
+    ax.set_xticks(batches, [str(b) for b in batches])
     ax.set_xlabel("train batch size")
     ax.set_ylabel("validation AUC (mean over platforms)", color="C0")
     if payload["chosen_batch"] is not None:
