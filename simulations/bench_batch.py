@@ -36,7 +36,9 @@ seconds spent in the local epochs (:func:`clients.trainer.train`, timed by
 summed over platforms and rounds. On a shared CPU this is wall time and mostly measures the
 neighbours; the GPU run decides. With ``--jobs 1`` every unit runs in this process and the first
 one also pays the process's one-time start-up (first kernels, thread pools); with ``--jobs N``
-each unit is its own process and pays its own.
+each unit is its own process and pays its own, but units running at the same time share the
+device, so samples/s is then the throughput as shared (the speed-up of one loop alone at each
+batch is ``crossfed bench train --batch B``).
 
 Choice: the largest B whose mean validation AUC is within ``--tolerance`` (default 0.005 AUC) of
 the best B's mean. Not "overlapping intervals": with 2-3 seeds the t-intervals are wide
@@ -91,6 +93,7 @@ class BatchBenchSpec:
     base_model: str | None = None
     overrides: Mapping[str, Any] = field(default_factory=dict)
     jobs: int = 1
+    budget_s: float | None = None  # launch no unit after this many seconds (rows then miss seeds)
 
     def __post_init__(self) -> None:
         if not self.batches or any(b < 1 for b in self.batches):
@@ -164,7 +167,7 @@ def _compare_options(spec: BatchBenchSpec, out: str, arms: Sequence[Arm] = ()) -
     overrides = {"fed.patience": 0, **spec.overrides}  # every B trains every round: same examples seen
     return CompareOptions(
         out=out, data=spec.data, seeds=spec.seeds, size=spec.size, scenario=SCENARIO, base_model=spec.base_model,
-        arms=(), extra_arms=arms, overrides=overrides, jobs=spec.jobs, fresh=True,
+        arms=(), extra_arms=arms, overrides=overrides, jobs=spec.jobs, fresh=True, budget_s=spec.budget_s,
     )  # fmt: skip
 
 
@@ -241,7 +244,8 @@ def run(spec: BatchBenchSpec, out: Path, progress: Callable[[str], None] = print
         "timing": "seconds inside clients.trainer.train (local epochs), summed over platforms and rounds",
         "spec": {**{k: v for k, v in vars(spec).items() if k != "overrides"}, "overrides": dict(spec.overrides)},
         "config": cfg.to_flat(), "hardware": hardware(), "wall_s": time.time() - started,
-        "failed": report["meta"].get("failed", []), "compare_report": str(out / "report.json"),
+        "failed": report["meta"].get("failed", []), "not_started": report["meta"].get("not_started", []),
+        "compare_report": str(out / "report.json"),
     }  # fmt: skip
 
 
@@ -262,17 +266,19 @@ def format_table(payload: Mapping[str, Any]) -> str:
         f"{payload['tolerance']} valid AUC; device {hw.get('gpu') or hw.get('cpu')}; {payload['spec']['seeds']} "
         f"seed(s), ± = 95 % t-interval over seeds",
         "",
-        "| batch | lr | private lr | steps/seed | train samples/s | speed-up | valid AUC | test AUC | chosen |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
+        "| batch | lr | private lr | seeds | steps/seed | train samples/s | speed-up | valid AUC | test AUC | chosen |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
     ]
     for r in payload["rows"]:
-        lines.append(f"| {r['batch']} | {r['lr']:.3g} | {r['private_lr']:.3g} | {r['steps']:.0f} | "
+        lines.append(f"| {r['batch']} | {r['lr']:.3g} | {r['private_lr']:.3g} | {r['seeds_done']} | {r['steps']:.0f} | "
                      f"{r['samples_per_s']:.1f} | {r['speedup']:.2f}x | {_pm(r['valid_auc'], r['valid_auc_ci95'])} | "
                      f"{_pm(r['test_auc'], r['test_auc_ci95'])} | {'**yes**' if r['chosen'] else ''} |")  # fmt: skip
     chosen = payload["chosen_batch"]
     lines += ["", f"chosen: batch {chosen}" if chosen is not None else "chosen: none (no batch size finished)"]
     if payload["failed"]:
         lines.append(f"failed units: {', '.join(f['unit'] for f in payload['failed'])}")
+    if payload["not_started"]:
+        lines.append(f"not started (--budget-s spent): {', '.join(payload['not_started'])}")
     return "\n".join(lines)
 
 
@@ -334,6 +340,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BatchBenchSpec, argparse.Nam
     p.add_argument("--base-model", help="'default' (MiniLM), 'tiny-random' or a local Hugging Face model path")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any run-config key, e.g. train.local-epochs=2")
     p.add_argument("--jobs", type=int, help="units (seed x batch) at a time, each in its own process (default 1)")
+    p.add_argument("--budget-s", type=float, help="launch no unit after this many seconds (rows may miss seeds)")
     p.add_argument("--json", action="store_true", help="print the JSON payload instead of the table")
     p.add_argument("--out", type=Path, help="write bench.json, table.md, bench.png here (compare's run: OUT/compare)")
     args = p.parse_args(argv)
@@ -341,7 +348,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BatchBenchSpec, argparse.Nam
     values = {"batches": _ints(args.batches) if args.batches else None, "ref_batch": args.ref_batch,
               "ref_lr": args.ref_lr, "lr_rule": args.lr_rule, "tolerance": args.tolerance, "seeds": args.seeds,
               "size": args.size, "data": str(Path(args.data).resolve()) if args.data else None,
-              "base_model": args.base_model, "jobs": args.jobs,
+              "base_model": args.base_model, "jobs": args.jobs, "budget_s": args.budget_s,
               "overrides": parse_overrides(args.set) if args.set else None}  # fmt: skip
     return replace(spec, **{k: v for k, v in values.items() if v is not None}), args
 
