@@ -5,7 +5,7 @@ import math
 import pytest
 
 from common.config import ConfigError
-from simulations.bench_batch import BatchBenchSpec, batch_arms, choose_batch, mean_ci, scaled_lr
+from simulations.bench_batch import BatchBenchSpec, batch_arms, choose_batch, mean_ci, scaled_lr, summarise_rows
 
 
 @pytest.mark.parametrize(
@@ -84,3 +84,27 @@ def test_batch_arms_scale_both_learning_rates_from_the_config_reference() -> Non
 def test_bad_spec_names_the_flag(kwargs: dict, flag: str) -> None:
     with pytest.raises(ConfigError, match=f"`{flag}`"):
         BatchBenchSpec(**kwargs)
+
+
+def _seed(valid: float, examples: float, seconds: float, steps: float) -> dict[str, float]:
+    return {"valid_auc": valid, "test_auc": valid - 0.01, "examples": examples, "train_seconds": seconds,
+            "steps": steps}  # fmt: skip
+
+
+def test_summarise_rows_speed_is_total_examples_over_total_seconds_and_a_failed_seed_is_left_out() -> None:
+    # Prepare: batches 32 and 128 (the reference 64 was not run: speed-up against the smallest)
+    arms, _ = batch_arms(BatchBenchSpec(batches=(128, 32), size="ci", ref_batch=64))
+    per_seed = {
+        "local-b32": [_seed(0.70, 1000.0, 10.0, 32.0), _seed(0.72, 1000.0, 30.0, 32.0)],  # 2000 / 40 = 50/s
+        "local-b128": [_seed(0.705, 1000.0, 5.0, 8.0), None],  # seed 1 failed: 1000 / 5 = 200/s
+    }
+    # Execute
+    rows, chosen = summarise_rows(arms, per_seed, ref_batch=64, tolerance=0.005)
+    # Assert: sorted by batch; the valid means are 0.71 and 0.705: 128 is within 0.005 of the best
+    assert [r["batch"] for r in rows] == [32, 128] and chosen == 128
+    small, large = rows
+    assert small["samples_per_s"] == pytest.approx(50.0) and large["samples_per_s"] == pytest.approx(200.0)
+    assert small["speedup"] == pytest.approx(1.0) and large["speedup"] == pytest.approx(4.0)
+    assert small["valid_auc"] == pytest.approx(0.71) and small["valid_auc_ci95"] == pytest.approx(12.706 * 0.01)
+    assert large["seeds_done"] == 1 and math.isnan(large["valid_auc_ci95"]) and large["steps"] == 8.0
+    assert [r["chosen"] for r in rows] == [False, True]
