@@ -7,6 +7,7 @@ platform's private parameters come from and go back to its :class:`PrivateStore`
 
 from __future__ import annotations
 
+import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -125,7 +126,8 @@ def train_seed(cfg: AppConfig, platform: str, server_round: int) -> int:
 def fit(
     cfg: AppConfig, setup: NodeSetup, state: Mapping[str, np.ndarray], server_round: int, store: PrivateStore
 ) -> tuple[OrderedDict[str, np.ndarray], dict[str, float]]:
-    """Local epochs from ``state``; returns the new shared tensors and ``num-examples``/``train-loss``.
+    """Local epochs from ``state``; returns the new shared tensors and ``num-examples``/``train-loss``/
+    ``train-seconds``.
 
     The private parameters continue from the latest earlier round and are saved under this one.
     """
@@ -152,7 +154,10 @@ def fit_together(
         loaded.append((part, prepared))
     # every platform loaded the same shared ``state``: the last one's model trains (with its private layers)
     parts = [part for part, _ in loaded]
+    t0 = time.perf_counter()
     metrics = train(scorer, parts, cfg.train, pick_device(platforms[0][0].device), seed=seed)
+    # the local epochs alone (train() syncs the device at its end): data preparation and loading are not in it
+    metrics["train-seconds"] = time.perf_counter() - t0
     for (_, store), (part, prepared) in zip(platforms, loaded, strict=True):
         store.save(server_round, private_tensors(scorer, part.private), platform_index(prepared))
     return get_trainable_state(scorer), metrics

@@ -154,13 +154,16 @@ def parse_lever(spec: str) -> Arm:
     return Arm(name.strip(), "federated", overrides, about=", ".join(f"{k}={v}" for k, v in overrides.items()))
 
 
-def resolve_arms(names: Sequence[str], levers: Sequence[str]) -> list[Arm]:
+def resolve_arms(names: Sequence[str], levers: Sequence[str], extra: Sequence[Arm] = ()) -> list[Arm]:
+    """Named arms, then ``--lever`` arms, then ``extra`` arms built by a caller (e.g. ``bench batch``'s
+    local arms, one per batch size), checked together."""
     arms: list[Arm] = []
     for name in names:
         if name not in ARMS:
             raise ConfigError(f"`--arms`: unknown arm {name!r}, expected some of {', '.join(ARMS)}")
         arms.append(ARMS[name])
     arms += [parse_lever(spec) for spec in levers]
+    arms += list(extra)
     if len({a.name for a in arms}) != len(arms):
         raise ConfigError(f"`--arms`/`--lever`: arm names must be unique, got {[a.name for a in arms]}")
     names = {a.name for a in arms}
@@ -253,6 +256,7 @@ class Record:
     best_round: dict[str, int] = field(default_factory=dict)
     scores: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # platform -> test labels, probs
     chosen: dict[str, dict[str, float]] = field(default_factory=dict)  # platform -> settings picked on validation
+    train_time: dict[str, dict[str, float]] = field(default_factory=dict)  # platform -> local-epoch seconds, examples
 
     def with_mean(self) -> dict[str, dict[str, float]]:
         """Per platform plus ``mean``: example-weighted (AUC/log-loss by test n, HR/NDCG by ranked users)."""
@@ -314,10 +318,10 @@ class ArmRunner:
             best = summary["best_round"]
             self.federated = (transport.states[best], best, {p: s.upto(best) for p, s in transport.stores.items()})
         return Record(summary["test"], rounds=[self._rel(cfg)], best_round={"all": summary["best_round"]},
-                      scores=transport.scores)  # fmt: skip
+                      scores=transport.scores, train_time=transport.train_time)  # fmt: skip
 
     def _local(self, arm: Arm) -> Record:
-        per_platform, rounds, best, scores = {}, [], {}, {}
+        per_platform, rounds, best, scores, train_time = {}, [], {}, {}, {}
         for name in self.platforms:
             cfg = self._cfg(arm, name)
             transport = InProcessTransport(self.setups(cfg, [name]))
@@ -327,9 +331,10 @@ class ArmRunner:
                 b = summary["best_round"]
                 self.local[name] = (transport.states[b], b, transport.stores[name].upto(b))
             scores.update(transport.scores)
+            train_time.update(transport.train_time)
             rounds.append(self._rel(cfg))
             best[name] = summary["best_round"]
-        return Record(per_platform, rounds=rounds, best_round=best, scores=scores)
+        return Record(per_platform, rounds=rounds, best_round=best, scores=scores, train_time=train_time)
 
     def _pooled(self, arm: Arm) -> Record:
         cfg = self._cfg(arm)

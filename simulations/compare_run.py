@@ -29,6 +29,7 @@ from simulations.compare import (
     SCARCE_FRACTION,
     SCENARIOS,
     SIZES,
+    Arm,
     hardware,
     large_platform,
     load_source,
@@ -49,6 +50,7 @@ class CompareOptions:
     base_model: str | None = None
     arms: Sequence[str] = DEFAULT_ARMS
     levers: Sequence[str] = ()
+    extra_arms: Sequence[Arm] = ()  # arms built in code (any kind), after ``arms`` and ``levers``
     overrides: Mapping[str, Any] = field(default_factory=dict)
     scarce_fraction: float | None = None
     large_platform: str | None = None
@@ -86,7 +88,7 @@ def run_compare(opts: CompareOptions) -> dict[str, Any]:
         if scenario not in SCENARIOS:
             raise ConfigError(f"`--scenario` must be full, scarce or both, got {opts.scenario!r}")
     cfg0 = base_config(opts)
-    arms = resolve_arms(opts.arms, opts.levers)
+    arms = resolve_arms(opts.arms, opts.levers, opts.extra_arms)
     for arm in arms:
         cfg0.replace(**arm.overrides)  # every arm's config is valid before anything runs
     source = load_source(opts.data)

@@ -28,7 +28,8 @@ class InProcessTransport:
     Each platform's private parameters live in its own :class:`PrivateStore` (``stores``) under
     ``<out-dir>/private/<platform>``, as a simulated ClientApp keeps them. ``states`` keeps the global
     state evaluated in each round (the comparison harness fine-tunes from the best one); ``scores`` the probabilities
-    and labels of the latest test evaluation per platform (its paired bootstrap).
+    and labels of the latest test evaluation per platform (its paired bootstrap); ``train_time`` the
+    seconds spent in local epochs and the examples trained, summed over rounds, per platform.
     """
 
     def __init__(self, setups: Sequence[NodeSetup]) -> None:
@@ -36,6 +37,7 @@ class InProcessTransport:
         self.stores: dict[str, PrivateStore] = {}
         self.states: dict[int, OrderedDict[str, np.ndarray]] = {}  # round -> evaluated global state
         self.scores: dict[str, dict[str, list[float]]] = {}
+        self.train_time: dict[str, dict[str, float]] = {}  # platform -> seconds in local epochs, examples trained
 
     def train_round(
         self, state: Tensors, cfg: AppConfig, rnd: int
@@ -43,6 +45,9 @@ class InProcessTransport:
         states, weights, info = [], [], {}
         for setup in self.setups:
             new_state, metrics = fit(cfg, setup, state, rnd, self.store(cfg, setup.platform))
+            spent = self.train_time.setdefault(setup.platform, {"seconds": 0.0, "examples": 0.0})
+            spent["seconds"] += metrics.pop("train-seconds", 0.0)  # timing: not in rounds.jsonl (reruns compare it)
+            spent["examples"] += metrics["num-examples"] * cfg.train.local_epochs
             states.append(new_state)
             weights.append(metrics["num-examples"])
             info[setup.platform] = metrics

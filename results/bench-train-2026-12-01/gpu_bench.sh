@@ -3,6 +3,7 @@
 # Needs torch (CUDA), transformers, peft; NOT flwr or cryptography (the benches import neither).
 #
 #   results/bench-train-2026-12-01/gpu_bench.sh OUTDIR        (from the repository root; ~5 min on an H200)
+#   (+ up to BATCH_BUDGET_S = 600 s of launching for `bench batch` on ML-100K, then its running units)
 #
 # BASE: base model (default: the bundled MiniLM, `default`; or a local HF folder, e.g. a BERT-base
 # for the second row of the issue's table). DATA: a prepared DATASET folder; default: ML-100K genre
@@ -48,4 +49,10 @@ if [ -d "$OUT/ml100k" ]; then
     "$PY" -m simulations.cli compare --data "$OUT/ml100k" --out "$OUT/quality" --size full --seeds 2 \
         --scenario full --arms local,federated --lever history-grad:train.history-grad=true \
         --jobs "${JOBS:-4}" --budget-s "${BUDGET_S:-600}" 2>&1 | tail -20 | tee "$OUT/quality.log"
+fi
+# the largest train batch the validation AUC tolerates (issue 12): the local arm at each batch size, lr
+# scaled by the sqrt rule from the full preset's (256, 1e-3), 2 seeds, every round (no early stop)
+if [ -d "$OUT/ml100k" ]; then
+    "$PY" -m simulations.bench_batch --data "$OUT/ml100k" --size full --batches 64,128,256,512,1024 --seeds 2 \
+        --jobs "${JOBS:-4}" --budget-s "${BATCH_BUDGET_S:-600}" --out "$OUT/batch" 2>&1 | tee "$OUT/batch.log"
 fi
