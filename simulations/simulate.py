@@ -74,6 +74,28 @@ class _HideDeprecation(logging.Filter):
         return "run_simulation` function is deprecated" not in record.getMessage()
 
 
+def backend_config(num_cpus: int, num_gpus: int) -> dict[str, Any]:
+    """Ray resources of the simulation: ``num_cpus`` actors (one CPU each) sharing ``num_gpus`` GPUs.
+
+    Ray hides every GPU from an actor that asks for none (``CUDA_VISIBLE_DEVICES=""``), so the
+    platforms must ask for a share of a GPU to train on it: each actor gets ``num_gpus / actors``
+    (at most 1), so that all actors run at once, several per GPU, as independent processes fill a
+    GPU best (one training process uses about a quarter of an H200).
+    """
+    actors = max(1, num_cpus)
+    share = min(1.0, num_gpus / actors) if num_gpus > 0 else 0.0
+    return {
+        "client_resources": {"num_cpus": 1, "num_gpus": share},
+        "init_args": {"num_cpus": actors, "num_gpus": max(0, num_gpus), "include_dashboard": False},
+    }
+
+
+def _visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def run_simulated_federation(
     cfg: AppConfig, platforms: list[str], num_cpus: int = 2, table: bool = True
 ) -> dict[str, Any]:
@@ -87,10 +109,7 @@ def run_simulated_federation(
 
     out = Path(cfg.out_dir)
     (out / SUMMARY_FILE).unlink(missing_ok=True)
-    backend = {
-        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        "init_args": {"num_cpus": max(1, num_cpus), "include_dashboard": False},
-    }
+    backend = backend_config(num_cpus, _visible_gpus())
     log.info("simulating %d platforms: %s", len(platforms), ", ".join(platforms))
     hide = _HideDeprecation()
     flwr_logger = logging.getLogger("flwr")
