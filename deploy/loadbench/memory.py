@@ -109,7 +109,8 @@ class MemorySampler(threading.Thread):
         self.timeline: list[dict[str, float]] = []
         self.min_available_mib = math.inf
         self.low_memory: str | None = None
-        self._kinds: dict[tuple[int, float], str] = {}
+        self._kinds: dict[tuple[int, float], str] = {}  # each process's kind, by its latest command line
+        self._named: dict[tuple[int, float, tuple[str, ...]], str] = {}  # classify() once per command line
         self._cpu: dict[tuple[int, float], float] = {}  # last seen user+system seconds per process
         self.other_commands: set[str] = set()
         self._halt = threading.Event()
@@ -131,13 +132,17 @@ class MemorySampler(threading.Thread):
                 seen.add(proc.pid)
                 try:
                     key = (proc.pid, proc.create_time())
-                    if key not in self._kinds:
-                        cmdline = proc.cmdline()
-                        if not cmdline:  # between fork and exec, or exiting: name it at the next sample
-                            continue
-                        self._kinds[key] = self.classify(cmdline)
-                        if self._kinds[key] == "other":
+                    # Named by its command line as it is now: a process between fork and exec still
+                    # shows its parent's (a Ray daemon starts as a copy of a Python helper), so a
+                    # name given then would stick to the wrong kind.
+                    cmdline = tuple(proc.cmdline())
+                    if not cmdline:  # exiting, or a kernel-side moment: name it at the next sample
+                        continue
+                    if (*key, cmdline) not in self._named:
+                        self._named[(*key, cmdline)] = self.classify(cmdline)
+                        if self._named[(*key, cmdline)] == "other":
                             self.other_commands.add(" ".join(cmdline)[:200])
+                    self._kinds[key] = self._named[(*key, cmdline)]
                     times = proc.cpu_times()
                     self._cpu[key] = times.user + times.system
                     mem = proc.memory_info()  # Linux: rss and shared (file-backed) from /proc/PID/statm
