@@ -1,6 +1,6 @@
 """Run one whole federation on this machine in Flower's simulation engine (Ray).
 
-The same ServerApp logic (``server.app.run_federation``) and the same ClientApp
+The same ServerApp logic (``server.federation.run_federation``) and the same ClientApp
 (``clients.app.app``) as ``flwr run .`` and the Deployment Engine; only the config
 comes from the ``crossfed simulate`` flags instead of ``--run-config``.
 """
