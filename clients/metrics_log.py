@@ -8,11 +8,11 @@ deployed node, ``<out-dir>/private/<platform>/metrics.jsonl`` in simulation.
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
+
+from common.run_files import append_jsonl
 
 METRICS_LOG = "metrics.jsonl"
 
@@ -21,9 +21,6 @@ def append_metrics(folder: Path | None, server_round: int, metrics: Mapping[str,
     """Append one line ``{"round", "time", "metrics"}``; NaN becomes null. None without a folder."""
     if folder is None:
         return None
-    folder.mkdir(parents=True, exist_ok=True)
-    clean = {k: (v if math.isfinite(v) else None) for k, v in sorted(metrics.items())}
     path = folder / METRICS_LOG
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps({"round": server_round, "time": round(time.time(), 3), "metrics": clean}) + "\n")
+    append_jsonl(path, {"round": server_round, "time": round(time.time(), 3), "metrics": dict(sorted(metrics.items()))})
     return path

@@ -241,12 +241,18 @@ def _advance(
 def _hang_if_told(platform: str, rnd: int, stage: str) -> None:
     """Never return while the test's hang file (:data:`HANG_FILE_ENV`) names this platform, round and stage."""
     path = os.environ.get(HANG_FILE_ENV)
-    if not path:
+    if not path or _words(path) != [platform, str(rnd), stage]:
         return
-    told = f"{platform} {rnd} {stage}"
-    while Path(path).exists() and Path(path).read_text().split() == told.split():
-        log.warning("platform %s: round %d: hanging at %s (%s)", platform, rnd, stage, HANG_FILE_ENV)
+    log.warning("platform %s: round %d: hanging at %s (%s)", platform, rnd, stage, HANG_FILE_ENV)
+    while _words(path) == [platform, str(rnd), stage]:
         time.sleep(1.0)
+
+
+def _words(path: str) -> list[str]:
+    try:
+        return Path(path).read_text().split()
+    except OSError:  # gone: the test removed it
+        return []
 
 
 def _last_round(context: Context) -> ClientState | None:

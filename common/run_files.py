@@ -45,9 +45,14 @@ def to_json(value: Any) -> str:
 
 
 def append_round(out_dir: Path, record: Mapping[str, Any]) -> None:
-    """One JSON line per round; appended and flushed so a crash keeps finished rounds."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out_dir / ROUNDS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, result_mode())
+    """One JSON line per round in ``rounds.jsonl``."""
+    append_jsonl(out_dir / ROUNDS_FILE, record)
+
+
+def append_jsonl(path: Path, record: Mapping[str, Any]) -> None:
+    """Append ``record`` as one JSON line (NaN as null), flushed and synced so a crash keeps what was written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, result_mode())
     with os.fdopen(fd, "a", encoding="utf-8") as fh:
         fh.write(json.dumps(clean(record), sort_keys=True) + "\n")
         fh.flush()

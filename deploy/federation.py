@@ -17,7 +17,7 @@ from typing import Any
 from deploy.certs import NodeKey, TlsFiles, create_node_key, create_tls
 from deploy.commands import REPO_ROOT, SuperLinkSpec, SuperNodeSpec, base_env
 from deploy.errors import DeployError
-from deploy.flwr_cli import Connection, register_node, run_log, submit_run, wait_run
+from deploy.flwr_cli import COMPLETED, Connection, register_node, run_log, submit_run, wait_run
 from deploy.processes import Daemon, free_ports, start_superlink, start_supernode
 
 log = logging.getLogger("crossfed.deploy")
@@ -34,7 +34,7 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
-        return self.status == "finished:completed"
+        return self.status == COMPLETED
 
 
 class Federation:

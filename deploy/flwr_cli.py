@@ -20,6 +20,8 @@ from deploy.book import remember_node
 from deploy.commands import REPO_ROOT, flower_bin
 from deploy.errors import DeployError, warn_insecure
 
+COMPLETED = "finished:completed"  # `flwr ls` status of a run that ended well
+
 
 @dataclass(frozen=True)
 class Connection:
@@ -167,7 +169,3 @@ def wait_run(run_id: int, conn: Connection, env: Mapping[str, str], timeout_s: f
 def run_log(run_id: int, conn: Connection, env: Mapping[str, str]) -> str:
     """The ServerApp's log of a run (``flwr log RUN --show``)."""
     return flwr_cli(["log", str(run_id), conn.name, "--show"], env, check=False).stdout
-
-
-def stop_run(run_id: int, conn: Connection, env: Mapping[str, str]) -> None:
-    flwr_cli(["stop", str(run_id), conn.name], env, check=False)

@@ -15,9 +15,8 @@ from typing import Any
 
 from common.run_files import ROUNDS_FILE, read_rounds
 from deploy.book import node_names, read_book
-from deploy.flwr_cli import Connection, flwr_cli, flwr_json, list_nodes, run_log
+from deploy.flwr_cli import COMPLETED, Connection, flwr_cli, flwr_json, list_nodes, run_log
 
-COMPLETED = "finished:completed"
 # a ServerApp log line that says why a run failed: the exception that ended it
 REASON = re.compile(r"\b(\w+Error: .*)")
 

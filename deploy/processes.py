@@ -56,11 +56,8 @@ class Daemon:
             return ""
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return "\n".join(text[-lines:])
+        """The last ``lines`` of this run's output."""
+        return "\n".join(self.log_text().splitlines()[-lines:])
 
     def stop(self, sig: int = signal.SIGTERM, grace_s: float = 5.0) -> None:
         """Signal the whole tree (group + every descendant, e.g. detached SuperExecs), then SIGKILL."""

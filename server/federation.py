@@ -26,7 +26,14 @@ from common.fusion import server_update
 from common.metrics import mean_metrics
 from common.modeling import build_scorer, get_trainable_state, save_adapter
 from common.run_files import ADAPTER_DIR, ROUNDS_FILE, trim_rounds, write_summary
-from server.checkpoint import CheckpointError, RunState, load_checkpoint, remove_checkpoint, save_checkpoint
+from server.checkpoint import (
+    CheckpointError,
+    RunState,
+    checkpoint_key,
+    load_checkpoint,
+    remove_checkpoint,
+    save_checkpoint,
+)
 from server.outputs import RoundLog, platform_table
 from server.warm_start import prepare_warm_start
 
@@ -107,7 +114,8 @@ def run_federation(transport: Transport, cfg: AppConfig, table: bool = True) -> 
     # A fresh scorer, not the per-process cache: a cached one may carry another run's adapter.
     scorer, _ = build_scorer(cfg.model, cfg.lora, cfg.seed)
     initial_state = get_trainable_state(scorer) if warm is None else warm.state
-    loop = _start_or_resume(out_dir, cfg, initial_state, 0 if warm is None else warm.rounds_run)
+    key = checkpoint_key(outside=out_dir)  # read once: a bad key stops the run before round 1
+    loop = _start_or_resume(out_dir, cfg, initial_state, key, 0 if warm is None else warm.rounds_run)
     loop.started = started
     sign = -1.0 if cfg.fed.metric == "logloss" else 1.0
     # Test metrics (and the costly ranking) are only needed for the best round: by default
@@ -127,7 +135,7 @@ def run_federation(transport: Transport, cfg: AppConfig, table: bool = True) -> 
                 log.warning("round %d aborted, keeping the previous adapter: %s", rnd, exc)
                 rounds_log.append({"round": rnd, "aborted": str(exc), "seconds": time.time() - t0})
                 loop.done = rnd
-                save_checkpoint(out_dir, loop.run_state(cfg))
+                save_checkpoint(out_dir, loop.run_state(cfg), key)
                 progress.update(task, advance=1, description=f"round {rnd}: aborted")
                 continue
             loop.global_state, loop.opt_state = server_update(
@@ -154,7 +162,7 @@ def run_federation(transport: Transport, cfg: AppConfig, table: bool = True) -> 
                 "round": rnd, "train": train_info, "eval": per_platform, "mean": mean, "cohort": cohort,
                 "failures": train_failures + eval_failures, "improved": improved, "seconds": time.time() - t0,
             })  # fmt: skip
-            save_checkpoint(out_dir, loop.run_state(cfg))  # the commit point of this round
+            save_checkpoint(out_dir, loop.run_state(cfg), key)  # the commit point of this round
             progress.update(task, advance=1, description=f"round {rnd}: mean valid {cfg.fed.metric} "
                             f"{mean.get(f'valid.{cfg.fed.metric}', float('nan')):.4f}")  # fmt: skip
     best = loop.best
@@ -169,15 +177,15 @@ def run_federation(transport: Transport, cfg: AppConfig, table: bool = True) -> 
         if failures:
             log.warning("final test evaluation left out: %s", "; ".join(failures))
     save_adapter(scorer, best.state, out_dir / ADAPTER_DIR)
-    this_start = time.time() - loop.started
+    now = time.time()
     summary = {
         "best_round": best.round, "rounds_run": loop.done, "resumed_after_round": loop.resumed_after,
         "metric": f"valid.{cfg.fed.metric}", "best_cohort": best.cohort,
         "test": {p: _split(m, "test") for p, m in best.per_platform.items()},
         "valid": {p: _split(m, "valid") for p, m in best.per_platform.items()},
         "mean": best.mean, "seed": cfg.seed, "config": cfg.to_flat(),
-        "adapter_dir": str(out_dir / ADAPTER_DIR), "wall_seconds": loop.wall_before + this_start,
-        "wall_seconds_this_start": this_start,
+        "adapter_dir": str(out_dir / ADAPTER_DIR), "wall_seconds": loop.wall_seconds(now),
+        "wall_seconds_this_start": now - loop.started,
         "adapter_changed": not _same(initial_state, best.state),
         "continued_from": None if warm is None else {"run": str(warm.run_dir), "after_round": warm.rounds_run,
                                                      "adapter_of_round": warm.best_round},
@@ -208,9 +216,9 @@ class LoopState:
     wall_before: float = 0.0  # seconds the run had taken before this start (from the checkpoint)
     started: float = field(default_factory=time.time)
 
-    def wall_seconds(self) -> float:
+    def wall_seconds(self, now: float | None = None) -> float:
         """Wall-clock seconds of the whole run: earlier starts (up to their last checkpoint) + this one."""
-        return self.wall_before + (time.time() - self.started)
+        return self.wall_before + ((time.time() if now is None else now) - self.started)
 
     def run_state(self, cfg: AppConfig) -> RunState:
         # The server loop draws no random numbers (platforms seed by seed/platform/round and
@@ -227,13 +235,13 @@ class LoopState:
 
 
 def _start_or_resume(
-    out_dir: Path, cfg: AppConfig, initial: Mapping[str, np.ndarray], first_after: int = 0
+    out_dir: Path, cfg: AppConfig, initial: Mapping[str, np.ndarray], key: bytes, first_after: int = 0
 ) -> LoopState:
     """A fresh loop from ``initial`` whose first round is ``first_after + 1`` (a continued run), or the
-    one a checkpoint in ``out_dir`` left (rounds.jsonl trimmed to match)."""
+    one a checkpoint in ``out_dir`` (MAC'ed with ``key``) left (rounds.jsonl trimmed to match)."""
     if not cfg.fed.resume:
         remove_checkpoint(out_dir)
-    saved = load_checkpoint(out_dir, cfg.to_flat())
+    saved = load_checkpoint(out_dir, cfg.to_flat(), key=key)
     if saved is None:
         (out_dir / ROUNDS_FILE).unlink(missing_ok=True)
         if first_after:

@@ -74,6 +74,12 @@ class GridTransport:
         self.started = True
         return nodes
 
+    def _check_supernode_count(self, cfg: AppConfig) -> None:
+        """Once per run, at the first evaluation (every simulated SuperNode is online by then)."""
+        if not self.nodes_checked:
+            self.nodes_checked = True
+            warn_if_platforms_left_out(self.grid, cfg)
+
     def _broadcast(
         self, state: Tensors, cfg: AppConfig, rnd: int, message_type: str, splits: Sequence[str] = ()
     ) -> Replies:
@@ -113,9 +119,7 @@ class GridTransport:
     def evaluate_round(
         self, state: Tensors, cfg: AppConfig, rnd: int, splits: Sequence[str]
     ) -> tuple[PerPlatform, list[str]]:
-        if not self.nodes_checked:
-            self.nodes_checked = True
-            warn_if_platforms_left_out(self.grid, cfg)
+        self._check_supernode_count(cfg)
         replies = self._broadcast(state, cfg, rnd, MessageType.EVALUATE, splits)
         per_platform = {replies.platform(n): _metrics(replies, n) for n in replies.ok}
         return dict(sorted(per_platform.items())), replies.failures

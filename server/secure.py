@@ -75,6 +75,7 @@ class SecureGridTransport(GridTransport):
         ``AGGREGATE``; each platform of the cohort is listed, with its own metrics only when it
         opted in (node_config ``share-metrics``), else with none.
         """
+        self._check_supernode_count(cfg)
         nodes = self._nodes(cfg)
         manifest = Manifest.from_arrays({METRIC_VECTOR: np.zeros(vector_length(splits), dtype=np.float32)})
         first = {ARRAYS: state_to_arrays(state), EVAL: eval_record(splits)}

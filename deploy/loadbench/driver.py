@@ -17,7 +17,7 @@ from typing import Any
 from common.run_files import SUMMARY_FILE, read_rounds
 from deploy.errors import DeployError
 from deploy.federation import Federation
-from deploy.flwr_cli import run_status
+from deploy.flwr_cli import COMPLETED, run_status
 from deploy.loadbench.kills import KillEvent, PlannedKill, restart_due
 from deploy.loadbench.memory import MemorySampler
 from deploy.processes import Daemon, start_supernode
@@ -132,7 +132,7 @@ def drive(fed: Federation, run_dir: Path, config: dict[str, Any], plan: Sequence
             time.sleep(0.25)
     state.run_s = time.monotonic() - t_submit
     say(t0, f"run {state.run_id} {state.status} after {state.run_s:.1f} s")
-    if state.status != "finished:completed":
+    if state.status != COMPLETED:
         state.server_log_tail = fed.server_log(state.run_id)[-4000:]
 
 

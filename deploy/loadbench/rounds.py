@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from common.run_files import read_summary
+from deploy.flwr_cli import COMPLETED
 from deploy.loadbench.kills import KillEvent
 
 NODE_RE = re.compile(r"node (\d+)")
@@ -87,7 +88,7 @@ def final_test_missing(run_dir: Path, platforms: Sequence[str]) -> list[str] | N
 def problems(rounds: Sequence[Mapping[str, Any]], requested: int, kills: Sequence[KillEvent], status: str,
              untested: Sequence[str] | None = ()) -> list[str]:  # fmt: skip
     """What was lost: empty means every round completed and every killed node came back."""
-    out = [] if status == "finished:completed" else [f"run status {status}"]
+    out = [] if status == COMPLETED else [f"run status {status}"]
     if untested:
         out.append(f"final test evaluation has no metrics from {', '.join(untested)}")
     if len(rounds) < requested:

@@ -18,7 +18,7 @@ from safetensors.numpy import load_file
 
 from clients.secure import HANG_FILE_ENV
 from common.config import AppConfig
-from common.run_files import ROUNDS_FILE, SUMMARY_FILE
+from common.run_files import SUMMARY_FILE, read_rounds
 from deploy.errors import DeployError
 from deploy.federation import Federation
 from deploy.worker import STALL_ENV
@@ -28,11 +28,6 @@ from tests.deploy.fault_proxy import FaultProxy
 from tests.deploy.settings import CLEAR, PLATFORMS, SHARE, STATE, TINY
 
 pytestmark = pytest.mark.slow
-
-
-def _rounds(run: Path) -> list[dict]:
-    path = run / ROUNDS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def _text(path: Path) -> str:
@@ -80,7 +75,7 @@ def test_secure_deployed_federation_matches_the_simulation(tmp_path: Path) -> No
         _finish(fed, fed.submit({**config, "out-dir": str(tmp_path / "run")}))
     # Assert: every round fused all three platforms under secure aggregation, and the fused adapter
     # equals the simulated one within the quantisation bound
-    rounds = _rounds(tmp_path / "run")
+    rounds = read_rounds(tmp_path / "run")
     assert [r["round"] for r in rounds] == [1, 2]
     for record in rounds:
         assert set(record["train"]) == {"secure-aggregation"} and not record["failures"], record
@@ -102,7 +97,7 @@ def test_platforms_refuse_rounds_in_the_clear_by_default(tmp_path: Path) -> None
         fed.wait(run_id, 300)
         log = fed.server_log(run_id)
     # Assert: no platform trained in the clear; each said why
-    rounds = _rounds(tmp_path / "run")
+    rounds = read_rounds(tmp_path / "run")
     assert not (tmp_path / "run" / SUMMARY_FILE).exists()
     assert not rounds or not rounds[0].get("train"), rounds
     assert "trains only under secure aggregation" in log, log[-3000:]
@@ -129,20 +124,20 @@ def test_nodes_killed_mid_round_are_dropped_and_rejoin(tmp_path: Path) -> None:
                   "web_shop to start round 1", fed)  # fmt: skip
         fed.kill_node("web_shop")
         # ... and bring it back once round 1 is over
-        _wait_for(lambda: len(_rounds(run)) >= 1, 240, "round 1 to finish", fed)
+        _wait_for(lambda: len(read_rounds(run)) >= 1, 240, "round 1 to finish", fed)
         fed.start_node("web_shop")
         # ... kill app when it stops answering at round 3's masked-input stage, back after round 3
         _wait_for(lambda: "round 3: hanging at masked_input" in _text(logs / "worker-app.log"), 300,
                   "app to hang in round 3", fed)  # fmt: skip
         fed.kill_node("app")
         hang.unlink()
-        _wait_for(lambda: len(_rounds(run)) >= 3, 240, "round 3 to end", fed)
+        _wait_for(lambda: len(read_rounds(run)) >= 3, 240, "round 3 to end", fed)
         fed.start_node("app")
         _finish(fed, run_id)
     # Assert: round 1 completed with the two survivors (secure-aggregation dropout path), round 3
     # was aborted naming the stage, the run went on, and both platforms trained again later (a
     # restarted node is back in time to evaluate the round it missed, to train the round after)
-    rounds = _rounds(run)
+    rounds = read_rounds(run)
     assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5]
     assert not any(r.get("aborted") for r in rounds[:2] + rounds[3:]), rounds
     assert "stage masked_input" in rounds[2]["aborted"], rounds[2]
@@ -169,14 +164,14 @@ def test_server_killed_mid_run_resumes_without_losing_or_repeating_a_round(tmp_p
         _wait_for(lambda: _checkpoint_round(run) >= 2, 300, "two checkpointed rounds", fed)
         # Execute: kill the SuperLink and its ServerApp, restart it (same database, port, keys) ...
         fed.kill_superlink()
-        killed_after = len(_rounds(run))
+        killed_after = len(read_rounds(run))
         fed.start_superlink()
         fed.wait_nodes_online(PLATFORMS)
         # ... and submit the same run again: it continues from the checkpoint in the run folder
         _finish(fed, fed.submit(config))
         assert first is not None
     # Assert: rounds 1..4 exactly once each; the resumed run picked up after the last completed round
-    rounds = _rounds(run)
+    rounds = read_rounds(run)
     assert [r["round"] for r in rounds] == [1, 2, 3, 4]
     summary = json.loads((run / SUMMARY_FILE).read_text())
     assert summary["resumed_after_round"] in (killed_after, killed_after - 1, killed_after + 1)
@@ -196,7 +191,7 @@ def test_platform_with_missing_data_is_left_out_with_one_clear_error(tmp_path: P
         # Execute
         _finish(fed, fed.submit({**TINY, "num-server-rounds": 1, "out-dir": str(run)}))
     # Assert: the round went on with the two good platforms; the failure names the platform and the path
-    (record,) = _rounds(run)
+    (record,) = read_rounds(run)
     assert sorted(record["train"]) == PLATFORMS[:2]
     lines = [f for f in record["failures"] if "web_shop" in f]  # its train and its evaluate message
     assert lines and all(f"DatasetError: {missing}" in line for line in lines), record["failures"]
@@ -258,7 +253,7 @@ def test_superlink_http_500s_are_retried_and_nothing_is_lost(tmp_path: Path) -> 
     assert node_log.count("SuperLink answered HTTP 500") == 4, node_log[-3000:]
     assert "SuperLink answered a heartbeat with HTTP 500" in node_log
     assert "Failed to send message" not in node_log
-    rounds = _rounds(run)
+    rounds = read_rounds(run)
     assert [r["round"] for r in rounds] == [1, 2]
     for record in rounds:
         assert not record["failures"], record
