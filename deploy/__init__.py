@@ -9,6 +9,10 @@
 ``worker``           the warm ClientApp worker (``--isolation process``): one long-lived process per
                      SuperNode, so torch, the model and the tokenised data load once, not per message
 ``supernode_entry``  ``flower-supernode`` with short idle polling (Flower's is a hard-coded 3 s)
+``provision``        start-up kits: one folder per platform and one for the coordinator
+``book``             crossfed's notes beside Flower's (node id -> platform name, runs submitted)
+``operate``          ``deploy submit`` exit codes and ``deploy status``: what became of a run
 ``bench``            round time: simulation vs deployment (cold Flower defaults vs warm worker)
+``loadbench``        the load benchmark: many SuperNodes on loopback, nodes killed mid-run
 ``cli``              ``crossfed deploy ...`` subcommands (``add_deploy_parser``)
 """
