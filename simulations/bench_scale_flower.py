@@ -35,9 +35,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from deploy.loadbench.memory import MIB, MemorySampler
+from deploy.loadbench.memory import FORK, MIB, MemorySampler
 
-RAY_KINDS = ("driver", "worker", "raylet", "gcs", "ray-agent", "other")
+RAY_KINDS = ("driver", "worker", "raylet", "gcs", "ray-agent", FORK, "other")
 WORKER = "worker"
 
 

@@ -19,7 +19,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from deploy.federation import Federation
 
-KINDS = ("superlink", "superexec", "serverapp", "supernode", "clientapp", "other")
+# A child that still runs its parent's command line: forked, not yet exec'd (``subprocess`` starting
+# a daemon) or a forked helper. Its own kind, so a parent's count is not doubled for a moment.
+FORK = "fork"
+KINDS = ("superlink", "superexec", "serverapp", "supernode", "clientapp", FORK, "other")
 MIB = 1024 * 1024
 
 
@@ -118,37 +121,44 @@ class MemorySampler(threading.Thread):
     def snapshot(self) -> list[tuple[str, int, int]]:
         import psutil
 
-        seen: set[int] = set()
-        out = []
-        for root in self.roots():
+        procs: dict[int, Any] = {}
+        roots = list(self.roots())
+        for root in roots:
             try:
                 top = psutil.Process(root)
-                procs = [top, *top.children(recursive=True)]
+                procs.update((p.pid, p) for p in (top, *top.children(recursive=True)) if p.pid not in procs)
             except psutil.Error:
                 continue
-            for proc in procs:
-                if proc.pid in seen:
-                    continue
-                seen.add(proc.pid)
-                try:
-                    key = (proc.pid, proc.create_time())
-                    # Named by its command line as it is now: a process between fork and exec still
-                    # shows its parent's (a Ray daemon starts as a copy of a Python helper), so a
-                    # name given then would stick to the wrong kind.
-                    cmdline = tuple(proc.cmdline())
-                    if not cmdline:  # exiting, or a kernel-side moment: name it at the next sample
-                        continue
+        cmdlines: dict[int, tuple[str, ...]] = {}
+        for pid, proc in procs.items():
+            try:
+                cmdline = tuple(proc.cmdline())
+            except psutil.Error:
+                continue
+            if cmdline:  # empty: exiting, or a kernel-side moment; named at the next sample
+                cmdlines[pid] = cmdline
+        out = []
+        for pid, cmdline in cmdlines.items():
+            proc = procs[pid]
+            try:
+                key = (pid, proc.create_time())
+                # Named by its command line as it is now: a process between fork and exec still
+                # shows its parent's (a Ray daemon starts as a copy of a Python helper), so a
+                # name given then would stick to the wrong kind; until it execs it is a FORK.
+                if pid not in roots and cmdlines.get(proc.ppid()) == cmdline:
+                    self._kinds[key] = FORK
+                else:
                     if (*key, cmdline) not in self._named:
                         self._named[(*key, cmdline)] = self.classify(cmdline)
                         if self._named[(*key, cmdline)] == "other":
                             self.other_commands.add(" ".join(cmdline)[:200])
                     self._kinds[key] = self._named[(*key, cmdline)]
-                    times = proc.cpu_times()
-                    self._cpu[key] = times.user + times.system
-                    mem = proc.memory_info()  # Linux: rss and shared (file-backed) from /proc/PID/statm
-                    out.append((self._kinds[key], mem.rss, mem.rss - getattr(mem, "shared", 0)))
-                except psutil.Error:
-                    continue
+                times = proc.cpu_times()
+                self._cpu[key] = times.user + times.system
+                mem = proc.memory_info()  # Linux: rss and shared (file-backed) from /proc/PID/statm
+                out.append((self._kinds[key], mem.rss, mem.rss - getattr(mem, "shared", 0)))
+            except psutil.Error:
+                continue
         return out
 
     def run(self) -> None:

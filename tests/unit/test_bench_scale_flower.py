@@ -86,6 +86,33 @@ def test_sampler_sums_a_real_process_tree_by_kind() -> None:
     assert sums["sleep"] == pytest.approx(sum(rss for kind, rss, _ in snapshot if kind == "sleep") / MIB)
 
 
+def test_a_forked_copy_of_a_process_is_a_fork_not_a_second_of_its_kind() -> None:
+    # Prepare: a Python process that forks without exec (as subprocess does for a moment before
+    # it execs a daemon): parent and child show the same command line
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from deploy.loadbench.memory import FORK, MemorySampler
+
+    code = "import os, time; os.fork(); time.sleep(30)"
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        time.sleep(0.5)
+        sampler = MemorySampler(lambda: [parent.pid], 0.0, classify=lambda argv: "driver", kinds=("driver", FORK))
+        # Execute
+        snapshot = sampler.snapshot()
+    finally:
+        for child in psutil.Process(parent.pid).children():
+            child.kill()
+        parent.kill()
+        parent.wait()
+    # Assert: the root keeps its kind, its copy is counted apart
+    assert sorted(kind for kind, _, _ in snapshot) == ["driver", FORK]
+
+
 def test_federation_roots_are_every_daemon_and_its_companions() -> None:
     from types import SimpleNamespace
 
