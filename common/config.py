@@ -206,6 +206,9 @@ class FedSpec:
     # private parameters of its best round; rounds are numbered after its last (num-server-rounds = last round).
     warm_start: str = ""
     warm_start_round: int = 0  # set by the server from that run: the round whose private parameters platforms load
+    # Node id -> platform for log lines before a platform has answered ("id=name,id=name");
+    # `crossfed deploy submit` fills it from the nodes it registered. Names only: no trust rests on it.
+    node_names: str = ""
 
     def __post_init__(self) -> None:
         _positive(self, "min_nodes", "fed.min-nodes")
@@ -216,6 +219,7 @@ class FedSpec:
         _non_negative(self, "straggler_min_s", "fed.straggler-min-s")
         _non_negative(self, "patience", "fed.patience")
         _non_negative(self, "warm_start_round", "fed.warm-start-round")
+        parse_node_names(self.node_names)
         _positive(self, "server_lr", "fed.server-lr")
         if not 0.0 <= self.server_momentum < 1.0:
             raise ConfigError(f"`fed.server-momentum` must be in [0, 1), got {self.server_momentum}")
@@ -372,6 +376,22 @@ def _coerce(key: str, value: Any, typ: Any) -> Scalar:
     elif typ is str and isinstance(value, str):
         return value
     raise ConfigError(f"`{key}` must be {typ.__name__}, got {value!r}")
+
+
+def parse_node_names(text: str) -> dict[int, str]:
+    """``fed.node-names`` (``"123=web_shop,456=app"``) as node id -> platform; ConfigError naming a bad pair."""
+    names: dict[int, str] = {}
+    for pair in filter(None, (p.strip() for p in text.split(","))):
+        node, sep, name = pair.partition("=")
+        if not sep or not node.strip().isdigit() or not name.strip():
+            raise ConfigError(f"`fed.node-names` must be `id=platform` pairs separated by commas, got {pair!r}")
+        names[int(node)] = name.strip()
+    return names
+
+
+def node_names_string(names: Mapping[int | str, str]) -> str:
+    """The ``fed.node-names`` value for a node id -> platform mapping (ids in order)."""
+    return ",".join(f"{int(node)}={names[node]}" for node in sorted(names, key=int))
 
 
 def _positive(obj: object, attr: str, key: str) -> None:

@@ -37,7 +37,6 @@ import json
 import logging
 import math
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -347,10 +346,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
     conn = _connection(args)
     env = base_env(conn.flwr_home)
     config_args = list(args.run_config)
-    if not any(re.search(r"(^|\s)secagg\s*=", rc) for rc in config_args):
+    given = parse_config_strings(config_args, "--run-config")
+    if "secagg" not in given:
         config_args.insert(0, "secagg=true")  # deployed platforms refuse rounds in the clear by default
     run_id = start_run(args.app, conn, env, config_args)
-    remember_run(conn.flwr_home, conn.name, run_id, _out_dir(config_args))
+    out_dir = given.get("out-dir")  # where its rounds.jsonl is, for `deploy status`
+    out_dir = None if out_dir is None else str(Path(str(out_dir)).expanduser().resolve())
+    remember_run(conn.flwr_home, conn.name, run_id, out_dir)
     print(f"crossfed: run {run_id} started on federation {conn.name}", flush=True)
     if args.detach:
         return 0
@@ -369,12 +371,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     status = collect_status(conn, base_env(conn.flwr_home), limit=args.runs)
     print(json.dumps(status, indent=1) if args.json else format_status(status))
     return 0
-
-
-def _out_dir(config_args: Sequence[str]) -> str | None:
-    """The run folder a --run-config names (where its rounds.jsonl is), else None."""
-    value = parse_config_strings(config_args, "--run-config").get("out-dir")
-    return None if value is None else str(Path(str(value)).expanduser().resolve())
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -63,7 +63,7 @@ OPTIMIZER_DTYPES = (np.float32, np.float64)  # common.fusion keeps FedAdam momen
 RESUMABLE_KEYS = frozenset({
     "num-server-rounds", "out-dir", "fed.resume", "fed.min-nodes", "fed.min-round-nodes", "fed.node-wait-s",
     "fed.round-timeout-s",
-    "fed.straggler-factor", "fed.straggler-min-s", "fed.resend-stragglers", "secure.stage-timeout-s",
+    "fed.straggler-factor", "fed.straggler-min-s", "fed.resend-stragglers", "secure.stage-timeout-s", "fed.node-names",
 })  # fmt: skip
 
 KEY_ENV = "CROSSFED_CHECKPOINT_KEY"  # path of the coordinator's checkpoint key

@@ -51,7 +51,14 @@ class FederationError(RuntimeError):
 
 
 class RoundAborted(RuntimeError):
-    """This round produced no fused update (e.g. secure aggregation lost too many platforms)."""
+    """This round produced no fused update (e.g. secure aggregation lost too many platforms).
+
+    ``failures`` names the platforms that dropped out of it and why, for the round's record.
+    """
+
+    def __init__(self, message: str, failures: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.failures = list(failures)
 
 
 class Transport(Protocol):
@@ -133,7 +140,8 @@ def run_federation(transport: Transport, cfg: AppConfig, table: bool = True) -> 
                 fused, train_info, train_failures = transport.train_round(loop.global_state, cfg, rnd)
             except RoundAborted as exc:  # nothing fused: keep the adapter, try again next round
                 log.warning("round %d aborted, keeping the previous adapter: %s", rnd, exc)
-                rounds_log.append({"round": rnd, "aborted": str(exc), "seconds": time.time() - t0})
+                rounds_log.append({"round": rnd, "aborted": str(exc), "failures": exc.failures,
+                                   "seconds": time.time() - t0})  # fmt: skip
                 loop.done = rnd
                 save_checkpoint(out_dir, loop.run_state(cfg), key)
                 progress.update(task, advance=1, description=f"round {rnd}: aborted")

@@ -145,7 +145,7 @@ class SecureGridTransport(GridTransport):
             except AbortError as exc:
                 for line in summed.failures:
                     log.warning("round %d secure aggregation (%s): %s", rnd, kind, line)
-                raise RoundAborted(f"secure aggregation aborted in stage {stage}: {exc}") from exc
+                raise RoundAborted(f"secure aggregation aborted in stage {stage}: {exc}", summed.failures) from exc
             first = False
         for line in summed.failures:
             log.warning("round %d secure aggregation (%s): %s", rnd, kind, line)

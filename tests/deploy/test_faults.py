@@ -19,6 +19,7 @@ from safetensors.numpy import load_file
 from clients.secure import HANG_FILE_ENV
 from common.config import AppConfig
 from common.run_files import SUMMARY_FILE, read_rounds
+from common.secagg import STAGE_CONSISTENCY, STAGE_MASKED_INPUT, STAGE_SHARE_KEYS, STAGE_UNMASK
 from deploy.errors import DeployError
 from deploy.federation import Federation
 from deploy.worker import STALL_ENV
@@ -103,18 +104,24 @@ def test_platforms_refuse_rounds_in_the_clear_by_default(tmp_path: Path) -> None
     assert "trains only under secure aggregation" in log, log[-3000:]
 
 
-def test_nodes_killed_mid_round_are_dropped_and_rejoin(tmp_path: Path) -> None:
+# After web_shop dies in round 1's training, one platform stops answering in each later stage of the
+# protocol, one round each, and is killed there: (round, platform, stage). Each target was not killed in
+# the round before, so it is surely back and in the cohort when its round starts.
+STAGE_KILLS = [(2, "app", STAGE_SHARE_KEYS), (3, "social_shop", STAGE_MASKED_INPUT),
+               (4, "web_shop", STAGE_CONSISTENCY), (5, "app", STAGE_UNMASK)]  # fmt: skip
+
+
+def test_nodes_killed_at_every_stage_are_dropped_and_rejoin(tmp_path: Path) -> None:
     # Prepare: the README's deployment: 3 platforms with their default node_config (secure
     # aggregation required, metrics not shared) except that their operators accept a cohort of 2
     # (the platform default is 3: with 3 platforms t > 2n/3 leaves no dropout to recover, so a
     # death aborts that round instead); a run that needs all 3 to start (`fed.min-nodes=3`) and the
-    # default `fed.min-round-nodes` (2) to go on. Two deaths: web_shop while it trains in round 1
-    # (before it sends keys, so t = 2 of the other two), app after the keys of round 3, when it was
-    # asked for its masked input (3 keyed, t = 3: the round cannot finish and is aborted)
+    # default `fed.min-round-nodes` (2) to go on. Deaths: web_shop while it trains in round 1 (before
+    # it sends keys, so t = 2 of the other two), then one platform at each later stage (STAGE_KILLS:
+    # 3 keyed, t = 3, so the round cannot finish and is aborted); each comes back after its round
     run = tmp_path / "run"
     hang = tmp_path / "hang"
-    hang.write_text("app 3 masked_input")
-    config = {**TINY, "secagg": True, "num-server-rounds": 5, "fed.min-nodes": 3, "out-dir": str(run)}
+    config = {**TINY, "secagg": True, "num-server-rounds": 7, "fed.min-nodes": 3, "out-dir": str(run)}
     with Federation(tmp_path / "fed", PLATFORMS, node_extra={**STATE, "secagg-min-cohort": 2},
                     env={HANG_FILE_ENV: str(hang)}) as fed:  # fmt: skip
         run_id = fed.submit(config)
@@ -126,24 +133,31 @@ def test_nodes_killed_mid_round_are_dropped_and_rejoin(tmp_path: Path) -> None:
         # ... and bring it back once round 1 is over
         _wait_for(lambda: len(read_rounds(run)) >= 1, 240, "round 1 to finish", fed)
         fed.start_node("web_shop")
-        # ... kill app when it stops answering at round 3's masked-input stage, back after round 3
-        _wait_for(lambda: "round 3: hanging at masked_input" in _text(logs / "worker-app.log"), 300,
-                  "app to hang in round 3", fed)  # fmt: skip
-        fed.kill_node("app")
-        hang.unlink()
-        _wait_for(lambda: len(read_rounds(run)) >= 3, 240, "round 3 to end", fed)
-        fed.start_node("app")
+        # ... then kill each stage's target when it stops answering there, back after its round
+        for rnd, platform, stage in STAGE_KILLS:
+            hang.write_text(f"{platform} {rnd} {stage}")
+            said = f"round {rnd}: hanging at {stage}"
+            _wait_for(lambda p=platform, s=said: s in _text(logs / f"worker-{p}.log"), 300,
+                      f"{platform} to hang in round {rnd}", fed)  # fmt: skip
+            fed.kill_node(platform)
+            hang.unlink()
+            _wait_for(lambda r=rnd: len(read_rounds(run)) >= r, 240, f"round {rnd} to end", fed)
+            fed.start_node(platform)
         _finish(fed, run_id)
-    # Assert: round 1 completed with the two survivors (secure-aggregation dropout path), round 3
-    # was aborted naming the stage, the run went on, and both platforms trained again later (a
-    # restarted node is back in time to evaluate the round it missed, to train the round after)
+    # Assert: round 1 completed with the two survivors (secure-aggregation dropout path), each
+    # stage's round was aborted naming that stage, the run went on, and every platform trained again
+    # (a restarted node is back in time to evaluate the round it missed, to train the round after)
     rounds = read_rounds(run)
-    assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5]
-    assert not any(r.get("aborted") for r in rounds[:2] + rounds[3:]), rounds
-    assert "stage masked_input" in rounds[2]["aborted"], rounds[2]
-    survivors = [r["train"]["secure-aggregation"]["survivors"] for r in rounds if not r.get("aborted")]
-    assert survivors[0] == 2 and 3 in survivors[2:], survivors  # rounds 4 or 5: all three trained again
-    assert any("(setup)" in f or "no reply" in f or "unavailable" in f.lower() for f in rounds[0]["failures"])
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5, 6, 7]
+    for rnd, platform, stage in STAGE_KILLS:  # aborted at that stage, and the record says who dropped out
+        record = rounds[rnd - 1]
+        assert f"stage {stage}" in record.get("aborted", ""), record
+        assert any(f.startswith(f"{platform} (node ") and f"({stage})" in f for f in record["failures"]), record
+    assert not any(r.get("aborted") for r in rounds[:1] + rounds[5:]), rounds
+    assert rounds[0]["train"]["secure-aggregation"]["survivors"] == 2, rounds[0]
+    assert 3 in [r["train"]["secure-aggregation"]["survivors"] for r in rounds[5:]], rounds[5:]
+    # web_shop never answered in this run before it died: named from the registration (fed.node-names)
+    assert any(f.startswith("web_shop (node ") and "(setup)" in f for f in rounds[0]["failures"]), rounds[0]
     assert rounds[-1]["cohort"] == PLATFORMS and rounds[-1]["eval"]["web_shop"] == {}, rounds[-1]
     # the mean of every round came from the secure sum; the best round is a full-cohort one
     assert all("valid.auc" in r["mean"] for r in rounds if not r.get("aborted")), rounds

@@ -101,3 +101,15 @@ def test_config_string_refuses_unquotable_values() -> None:
 def test_a_malformed_config_string_names_its_flag() -> None:
     with pytest.raises(ConfigError, match="--run-config"):
         parse_config_strings(["a='x"], "--run-config")
+
+
+def test_node_names_round_trip_and_a_bad_pair_is_named() -> None:
+    from common.config import node_names_string, parse_node_names
+
+    text = node_names_string({"456": "app", 123: "web_shop"})
+    assert text == "123=web_shop,456=app"
+    assert parse_node_names(text) == {123: "web_shop", 456: "app"}
+    assert parse_node_names("") == {}
+    assert AppConfig().replace(**{"fed.node-names": text}).fed.node_names == text
+    with pytest.raises(ConfigError, match="`fed.node-names`.*'web_shop'"):
+        AppConfig().replace(**{"fed.node-names": "123=app,web_shop"})
