@@ -477,6 +477,27 @@ def test_a_malicious_platforms_masked_vector_aborts_the_round_not_the_run(
     assert any(f"check `{check}`" in r.getMessage() for r in caplog.records)
 
 
+def test_a_malformed_protocol_reply_drops_that_platform(federation: Any, tmp_path: Path, caplog: Any) -> None:
+    """web_shop answers share_keys with a record that is not a protocol message at all.
+
+    On main a ProtocolError escaping train_round ended the run. Now the server rejects the reply
+    with a line naming the platform and the stage, web_shop drops out of the round, and (t = 3 of
+    3 here) the round aborts: RoundAborted, which the federation loop records and survives.
+    """
+    _, configs, state = federation
+    cfg = _cfg(tmp_path)
+
+    def up(node: int, request: Message, reply: Message) -> Message:
+        if node != 103 or SECAGG not in request.content or from_records(request.content)["stage"] != STAGE_SHARE_KEYS:
+            return reply
+        return Message(RecordDict({SECAGG: ConfigRecord({"msg": b"not a secagg record"})}), reply_to=request)
+
+    grid = HandlerGrid(_contexts(configs), up=up)
+    with caplog.at_level(logging.WARNING), pytest.raises(RoundAborted, match="stage share_keys"):
+        SecureGridTransport(grid).train_round(state, cfg, 1)
+    assert any("node 103 (share_keys): rejected: not a secagg record" in r.getMessage() for r in caplog.records)
+
+
 def test_a_round_aborted_by_a_malicious_platform_does_not_end_the_run(federation: Any, tmp_path: Path) -> None:
     """The whole federation loop: web_shop drives round 1's total weight to zero, then behaves.
 
