@@ -245,25 +245,32 @@ def _call_web_shop_dropped(msg: dict[str, Any]) -> None:
     msg["active"], msg["dropped"] = [101, 102], [103]
 
 
+def _only_one_peer(msg: dict[str, Any]) -> None:
+    msg["senders"], msg["ciphertexts"] = msg["senders"][:1], msg["ciphertexts"][:1]
+
+
 @pytest.mark.parametrize(
     ("stage", "change", "refusal"),
     [
+        (STAGE_MASKED_INPUT, _only_one_peer, "only 2 nodes hold shares (threshold 3)"),
         (STAGE_CONSISTENCY, _call_web_shop_dropped, "only 2 survivors, below the threshold 3"),
         (STAGE_UNMASK, _call_web_shop_dropped, "only 2 survivors, below the threshold 3"),
         (STAGE_UNMASK, lambda m: m.__setitem__("signatures", [bytes(64), *m["signatures"][1:]]), "does not verify"),
     ],
-    ids=["split-at-consistency", "split-at-unmask", "forged-signature"],
+    ids=["mask-with-fewer-than-t", "split-at-consistency", "split-at-unmask", "forged-signature"],
 )
 def test_a_split_view_reveals_nothing(
     federation: Any, tmp_path: Path, stage: str, change: Callable[[dict[str, Any]], None], refusal: str
 ) -> None:
     """The server tells app that web_shop dropped (after web_shop sent its masked input), to get
-    web_shop's key share from app while the others hand over web_shop's mask-seed shares.
+    web_shop's key share from app while the others hand over web_shop's mask-seed shares; or it
+    asks app to mask with one peer's shares only (a sum over fewer than t platforms).
 
-    On main 2fd0f8a there was no consistency stage and t was 2 of 3: app answered an unmask
-    request calling web_shop dropped with web_shop's s_sk share. Now t = 3 > 2n/3, app signs only
-    a survivor set of at least t and reveals only for the very set it signed, with t valid roster
-    signatures on it; a refusal wipes app's secrets, and the round aborts with nothing revealed.
+    On main 2fd0f8a there was no consistency stage and t was 2 of 3: app masked with t - 1 = 1
+    peer and answered an unmask request calling web_shop dropped with web_shop's s_sk share. Now
+    t = 3 > 2n/3, app masks only with t holders, signs only a survivor set of at least t and
+    reveals only for the very set it signed, with t valid roster signatures on it; a refusal
+    wipes app's secrets, and the round aborts with nothing revealed.
     """
     _, configs, state = federation
     cfg = _cfg(tmp_path)
