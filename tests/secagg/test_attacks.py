@@ -19,15 +19,22 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Context, Message, MessageType, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 import clients.app as clients_app
 from clients import secure
 from clients.app import handle_evaluate, handle_secagg_stage, handle_train
 from common.config import AppConfig
-from common.payload import ARRAYS, CONFIG, FLAT
-from common.secagg import STAGE_MASKED_INPUT, STAGE_SHARE_KEYS, Identity, ProtocolError
+from common.payload import ARRAYS, CONFIG, FLAT, arrays_to_state, state_to_arrays
+from common.secagg import (
+    STAGE_CONSISTENCY,
+    STAGE_MASKED_INPUT,
+    STAGE_SHARE_KEYS,
+    STAGE_UNMASK,
+    Identity,
+    ProtocolError,
+)
 from common.secagg.identity import Roster, save_identity
 from common.secagg.messages import UnmaskReply
 from common.secagg.shamir import PRIME, SHARE_BYTES
@@ -219,6 +226,64 @@ def test_server_cannot_list_one_platform_twice(federation: Any, tmp_path: Path) 
     assert all("Sybil" in e or "wrong keys or name" in e for e in _errors(grid).values()), _errors(grid)
 
 
+# -- 2. split views at unmask -------------------------------------------------------
+def _rewrite_stage(node_to_tamper: int, stage: str, change: Callable[[dict[str, Any]], None]) -> Any:
+    """A ``down`` hook: ``change`` edits the protocol message of ``stage`` on its way to one node."""
+
+    def down(node: int, m: Message) -> Message:
+        if node != node_to_tamper or SECAGG not in m.content or from_records(m.content)["stage"] != stage:
+            return m
+        msg = from_records(m.content)
+        change(msg)
+        content = RecordDict({**{k: v for k, v in m.content.items()}, **to_records(msg)})
+        return Message(content, dst_node_id=node, message_type=m.metadata.message_type, group_id="1")
+
+    return down
+
+
+def _call_web_shop_dropped(msg: dict[str, Any]) -> None:
+    msg["active"], msg["dropped"] = [101, 102], [103]
+
+
+def _only_one_peer(msg: dict[str, Any]) -> None:
+    msg["senders"], msg["ciphertexts"] = msg["senders"][:1], msg["ciphertexts"][:1]
+
+
+@pytest.mark.parametrize(
+    ("stage", "change", "refusal"),
+    [
+        (STAGE_MASKED_INPUT, _only_one_peer, "only 2 nodes hold shares (threshold 3)"),
+        (STAGE_CONSISTENCY, _call_web_shop_dropped, "only 2 survivors, below the threshold 3"),
+        (STAGE_UNMASK, _call_web_shop_dropped, "only 2 survivors, below the threshold 3"),
+        (STAGE_UNMASK, lambda m: m.__setitem__("signatures", [bytes(64), *m["signatures"][1:]]), "does not verify"),
+    ],
+    ids=["mask-with-fewer-than-t", "split-at-consistency", "split-at-unmask", "forged-signature"],
+)
+def test_a_split_view_reveals_nothing(
+    federation: Any, tmp_path: Path, stage: str, change: Callable[[dict[str, Any]], None], refusal: str
+) -> None:
+    """The server tells app that web_shop dropped (after web_shop sent its masked input), to get
+    web_shop's key share from app while the others hand over web_shop's mask-seed shares; or it
+    asks app to mask with one peer's shares only (a sum over fewer than t platforms).
+
+    On main 2fd0f8a there was no consistency stage and t was 2 of 3: app masked with t - 1 = 1
+    peer and answered an unmask request calling web_shop dropped with web_shop's s_sk share. Now
+    t = 3 > 2n/3, app masks only with t holders, signs only a survivor set of at least t and
+    reveals only for the very set it signed, with t valid roster signatures on it; a refusal
+    wipes app's secrets, and the round aborts with nothing revealed.
+    """
+    _, configs, state = federation
+    cfg = _cfg(tmp_path)
+    contexts = _contexts(configs)
+    grid = HandlerGrid(contexts, down=_rewrite_stage(101, stage, change))
+    with pytest.raises(RoundAborted):
+        SecureGridTransport(grid).train_round(state, cfg, 1)
+    assert refusal in _errors(grid)[101], _errors(grid)
+    revealed = [from_records(r.content) for n, _, r in grid.delivered if n == 101 and not r.has_error()]
+    assert not any("sk_owners" in m or "b_owners" in m for m in revealed)  # app sent no unmask reply
+    assert secure.STATE not in contexts[101].state and secure.UPDATE not in contexts[101].state
+
+
 # -- 3. the server sets the platforms' policy ---------------------------------------
 def test_server_cannot_lower_a_platforms_minimum_cohort(federation: Any, tmp_path: Path) -> None:
     """The server runs a round with two platforms and asks for min cohort 2.
@@ -234,6 +299,39 @@ def test_server_cannot_lower_a_platforms_minimum_cohort(federation: Any, tmp_pat
         SecureGridTransport(grid).train_round(state, cfg, 1)
     errors = _errors(grid)
     assert len(errors) == 2 and all("below `min_cohort`=3" in e for e in errors.values()), errors
+
+
+def test_server_cannot_lower_the_threshold(federation: Any, tmp_path: Path) -> None:
+    """The server asks for t = 2 of 3 in the share_keys request (one platform's shares then suffice).
+
+    On main t = max(ceil(f n), n // 2 + 1) = 2 of 3 was accepted. Now every platform requires
+    t > 2n/3 and at least its own policy's fraction, and refuses before sharing anything.
+    """
+    _, configs, state = federation
+    cfg = _cfg(tmp_path)
+    downs = [_rewrite_stage(n, STAGE_SHARE_KEYS, lambda m: m.__setitem__("threshold", 2)) for n in (101, 102, 103)]
+    grid = HandlerGrid(_contexts(configs), down=lambda node, m: downs[node - 101](node, m))
+    with pytest.raises(RoundAborted):
+        SecureGridTransport(grid).train_round(state, cfg, 1)
+    errors = _errors(grid)
+    assert len(errors) == 3 and all("threshold 2 for a roster of 3 is below" in e for e in errors.values()), errors
+
+
+def test_a_platform_contributes_to_at_most_its_round_limit(federation: Any, tmp_path: Path) -> None:
+    """Platforms set ``secagg-max-rounds = 1`` in their node_config; the server asks for round 2.
+
+    On main a platform answered every round the server asked for. Now, past its own limit,
+    it refuses before training (the limit is the platform's, the server cannot raise it).
+    """
+    _, configs, state = federation
+    cfg = _cfg(tmp_path)
+    limited = {n: {**c, "secagg-max-rounds": 1} for n, c in configs.items()}
+    SecureGridTransport(HandlerGrid(_contexts(limited))).train_round(state, cfg, 1)  # the honest twin
+    grid = HandlerGrid(_contexts(limited))
+    with pytest.raises(RoundAborted):
+        SecureGridTransport(grid).train_round(state, cfg, 2)
+    errors = _errors(grid)
+    assert len(errors) == 3 and all("contributed to 1 rounds of this run, its limit" in e for e in errors.values())
 
 
 # -- 4. re-runs, replays, inconsistent models ---------------------------------------
@@ -279,12 +377,27 @@ def test_a_replayed_setup_is_not_answered(federation: Any, tmp_path: Path) -> No
     assert reply.has_error() and "already started" in reply.error.reason  # an error reply: no keys
 
 
-def test_platforms_given_different_models_abort_the_round(federation: Any, tmp_path: Path) -> None:
-    """The server sends web_shop a neutralised (zero) adapter with a setup request to match it.
+def _zero_adapter(content: RecordDict) -> None:
+    record = content[ARRAYS]
+    content[ARRAYS] = ArrayRecord({k: Array(np.zeros_like(a.numpy())) if k == FLAT else a for k, a in record.items()})
 
-    On main nothing bound the round to the model: the round completed and the sum isolated the
-    other platforms' updates. Now every key is signed over the round context, so the platforms
-    that got the real model reject web_shop's keys and web_shop rejects theirs.
+
+def _other_learning_rate(content: RecordDict) -> None:
+    config = dict(content[CONFIG])
+    content[CONFIG] = ConfigRecord({**config, "train.lr": float(config["train.lr"]) * 10})
+
+
+@pytest.mark.parametrize("change", [_zero_adapter, _other_learning_rate], ids=["model", "training-config"])
+def test_platforms_given_different_models_abort_the_round(
+    federation: Any, tmp_path: Path, change: Callable[[RecordDict], None]
+) -> None:
+    """The server sends web_shop a neutralised (zero) adapter, or another training config (10x the
+    learning rate), with a setup request to match it.
+
+    On main nothing bound the round to the model or config: the round completed and the sum
+    isolated the other platforms' updates. Now every key is signed over the round context (hash of
+    the global adapter and training config), so the platforms that got the real ones reject
+    web_shop's keys and web_shop rejects theirs.
     """
     _, configs, state = federation
     cfg = _cfg(tmp_path)
@@ -292,11 +405,10 @@ def test_platforms_given_different_models_abort_the_round(federation: Any, tmp_p
     def down(node: int, m: Message) -> Message:
         if node != 103 or m.metadata.message_type != MessageType.TRAIN:
             return m
-        record = m.content[ARRAYS]
-        zero = ArrayRecord({k: Array(np.zeros_like(a.numpy())) if k == FLAT else a for k, a in record.items()})
-        content = RecordDict({**{k: v for k, v in m.content.items()}, ARRAYS: zero})
+        content = RecordDict({**{k: v for k, v in m.content.items()}})
+        change(content)
         msg = from_records(content)
-        msg["context"] = round_context(zero, content.get(CONFIG))
+        msg["context"] = round_context(content.get(ARRAYS), content.get(CONFIG))
         content[SECAGG] = to_records(msg)[SECAGG]
         return Message(content, dst_node_id=node, message_type=m.metadata.message_type, group_id="1")
 
@@ -372,6 +484,57 @@ def test_a_malicious_platforms_masked_vector_aborts_the_round_not_the_run(
     assert any(f"check `{check}`" in r.getMessage() for r in caplog.records)
 
 
+def test_a_malformed_protocol_reply_drops_that_platform(federation: Any, tmp_path: Path, caplog: Any) -> None:
+    """web_shop answers share_keys with a record that is not a protocol message at all.
+
+    On main a ProtocolError escaping train_round ended the run. Now the server rejects the reply
+    with a line naming the platform and the stage, web_shop drops out of the round, and (t = 3 of
+    3 here) the round aborts: RoundAborted, which the federation loop records and survives.
+    """
+    _, configs, state = federation
+    cfg = _cfg(tmp_path)
+
+    def up(node: int, request: Message, reply: Message) -> Message:
+        if node != 103 or SECAGG not in request.content or from_records(request.content)["stage"] != STAGE_SHARE_KEYS:
+            return reply
+        return Message(RecordDict({SECAGG: ConfigRecord({"msg": b"not a secagg record"})}), reply_to=request)
+
+    grid = HandlerGrid(_contexts(configs), up=up)
+    with caplog.at_level(logging.WARNING), pytest.raises(RoundAborted, match="stage share_keys"):
+        SecureGridTransport(grid).train_round(state, cfg, 1)
+    assert any("node 103 (share_keys): rejected: not a secagg record" in r.getMessage() for r in caplog.records)
+
+
+def test_a_round_aborted_by_a_malicious_platform_does_not_end_the_run(federation: Any, tmp_path: Path) -> None:
+    """The whole federation loop: web_shop drives round 1's total weight to zero, then behaves.
+
+    On main the InputError of a zero total weight escaped train_round and ended the run. Now
+    round 1 is recorded as aborted (naming the check), the adapter is kept, and round 2 fuses
+    all three platforms.
+    """
+    from common.run_files import read_rounds
+    from server.federation import run_federation
+
+    _, configs, state = federation
+    cfg = _cfg(tmp_path, **{"num-server-rounds": 2})
+    zero_weight = _masked_tamper(103, lambda v: v.__setitem__(0, v[0] - np.uint64(1 << 30)))
+    tampered: list[int] = []
+
+    def up(node: int, request: Message, reply: Message) -> Message | None:
+        if tampered or request.metadata.message_type != f"{MessageType.TRAIN}.secagg":
+            return reply
+        changed = zero_weight(node, request, reply)
+        if changed is not reply:
+            tampered.append(node)
+        return changed
+
+    run_federation(SecureGridTransport(HandlerGrid(_contexts(configs), up=up)), cfg, table=False)
+    rounds = read_rounds(Path(cfg.out_dir))
+    assert tampered == [103] and [r["round"] for r in rounds] == [1, 2], rounds
+    assert "check `total-weight`" in rounds[0]["aborted"], rounds[0]
+    assert "aborted" not in rounds[1] and rounds[1]["train"]["secure-aggregation"]["survivors"] == 3, rounds[1]
+
+
 def test_a_share_outside_the_field_is_refused_when_parsed() -> None:
     """A share value >= p: on main the parser accepted it (caught, if at all, deep in the maths)."""
     share = PRIME.to_bytes(SHARE_BYTES, "big")
@@ -383,11 +546,33 @@ def test_a_share_outside_the_field_is_refused_when_parsed() -> None:
     assert UnmaskReply.parse(ok).b_owners == (1,)
 
 
-def test_a_malformed_plain_reply_is_left_out(federation: Any, tmp_path: Path) -> None:
-    """Outside secure mode, web_shop answers with tensors named differently from the global adapter's.
+def _renamed(record: ArrayRecord) -> ArrayRecord:
+    return state_to_arrays({f"evil.{k}": v for k, v in arrays_to_state(record).items()})
 
-    On main that raised FusionError out of train_round and ended the run; now web_shop is left
-    out with an error line and the other two are fused.
+
+def _one_value_more(record: ArrayRecord) -> ArrayRecord:
+    update = arrays_to_state(record)
+    first = next(iter(update))
+    return state_to_arrays({**update, first: np.append(update[first].ravel(), np.float32(0))})
+
+
+def _float64(record: ArrayRecord) -> ArrayRecord:
+    return ArrayRecord({k: Array(a.numpy().astype(np.float64)) if k == FLAT else a for k, a in record.items()})
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [(_renamed, "tensor names differ"), (_one_value_more, "has shape"), (_float64, "has dtype float64")],
+    ids=["names", "shape", "dtype"],
+)
+def test_a_malformed_plain_reply_is_left_out(
+    federation: Any, tmp_path: Path, change: Callable[[ArrayRecord], ArrayRecord], error: str
+) -> None:
+    """Outside secure mode, web_shop answers with tensors whose names, shape or dtype differ from the
+    global adapter's.
+
+    On main a renamed tensor raised FusionError out of train_round and ended the run; now web_shop
+    is left out with an error line and the other two are fused.
     """
     _, configs, state = federation
     cfg = _cfg(tmp_path, secagg=False)
@@ -396,15 +581,12 @@ def test_a_malformed_plain_reply_is_left_out(federation: Any, tmp_path: Path) ->
     def up(node: int, request: Message, reply: Message) -> Message:
         if node != 103 or reply.has_error():
             return reply
-        from common.payload import arrays_to_state, state_to_arrays
-
-        renamed = {f"evil.{k}": v for k, v in arrays_to_state(reply.content[ARRAYS]).items()}
-        return Message(RecordDict({**{k: v for k, v in reply.content.items()}, ARRAYS: state_to_arrays(renamed)}),
+        return Message(RecordDict({**{k: v for k, v in reply.content.items()}, ARRAYS: change(reply.content[ARRAYS])}),
                        reply_to=request)  # fmt: skip
 
     fused, info, failures = GridTransport(HandlerGrid(_contexts(clear), up=up)).train_round(state, cfg, 1)
     assert sorted(info) == ["app", "social_shop"] and list(fused) == list(state)
-    assert any("(node 103): malformed reply: tensor names differ" in f for f in failures), failures
+    assert any("(node 103): malformed reply: " in f and error in f for f in failures), failures
 
 
 def _context_of(request: Message) -> bytes:

@@ -220,6 +220,35 @@ def test_impossible_header_detected(cfg):
         decode_sum(words, cfg, 3)
 
 
+N_IN, D_SUM, TOTAL = 3, 4, 10  # 3 inputs of total weight 10, 4 values
+_CFG = SecAggConfig(min_cohort=3)
+_LIMIT = TOTAL * _CFG.q_max  # |sum_i n_i q_i| <= sum_i n_i * Q
+
+
+@pytest.mark.parametrize(
+    ("word", "value", "check"),
+    [
+        (0, N_IN, None), (0, N_IN - 1, "total-weight"),  # every input weighs >= 1
+        (0, N_IN * _CFG.max_weight, None), (0, N_IN * _CFG.max_weight + 1, "total-weight"),
+        (1, N_IN * D_SUM, None), (1, N_IN * D_SUM + 1, "clipped-count"), (1, -1, "clipped-count"),
+        (2, N_IN, None), (2, N_IN + 1, "clip-flags"), (3, -1, "clip-flags"),
+        (HEADER_WORDS, _LIMIT, None), (HEADER_WORDS, _LIMIT + 1, "clip-range"),
+        (HEADER_WORDS + 3, -_LIMIT, None), (HEADER_WORDS + 3, -_LIMIT - 1, "clip-range"),
+    ],
+)  # fmt: skip
+def test_unmasked_sum_bounds_are_exact(word: int, value: int, check: str | None) -> None:
+    """Issue 13's output bounds at their edges: the largest honest sum passes, one more is refused."""
+    signed = np.zeros(HEADER_WORDS + D_SUM, dtype=np.int64)
+    signed[0] = TOTAL
+    signed[word] = value
+    words = signed.view(np.uint64)
+    if check is None:
+        assert decode_sum(words, _CFG, N_IN).total_weight == signed[0]
+        return
+    with pytest.raises(InputError, match=f"check `{check}`"):
+        decode_sum(words, _CFG, N_IN)
+
+
 def test_manifest_digest_and_unflatten():
     man = tiny_manifest()
     other = Manifest([TensorSpec("lora_A", (8, 4)), TensorSpec("lora_B", (8, 3))])
