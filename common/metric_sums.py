@@ -25,17 +25,17 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from common.metrics import COUNT_KEYS, weight_key
+
 METRIC_VECTOR = "metric-sums"  # the one tensor name in the secure sum's manifest
 LOGLOSS_SCALE = 64.0  # log-loss is unbounded; clipped predictions keep it far below this
-# (metric, weight key, scale): the order of the pairs in the vector
-MEANS: tuple[tuple[str, str, float], ...] = (
-    ("auc", "n", 1.0),
-    ("logloss", "n", LOGLOSS_SCALE),
-    ("positive_rate", "n", 1.0),
-    ("hr@10", "rank-users", 1.0),
-    ("ndcg@10", "rank-users", 1.0),
-)
-COUNTS = ("n", "rank-users")
+# (metric, weight key, scale): the order of the pairs in the vector; weights as mean_metrics weighs
+MEANS: tuple[tuple[str, str, float], ...] = tuple(
+    (name, weight_key(name), scale)
+    for name, scale in (("auc", 1.0), ("logloss", LOGLOSS_SCALE), ("positive_rate", 1.0), ("hr@10", 1.0),
+                        ("ndcg@10", 1.0))
+)  # fmt: skip
+COUNTS = COUNT_KEYS
 PER_SPLIT = len(COUNTS) + 2 * len(MEANS)
 
 
@@ -54,9 +54,9 @@ def encode_metrics(metrics: Mapping[str, float], splits: Sequence[str], clip_ran
         counts = {key: _count(metrics, f"{split}.{key}") for key in COUNTS}
         vec[i : i + 2] = [counts["n"] / total, counts["rank-users"] / total]
         i += 2
-        for name, weight_key, scale in MEANS:
+        for name, counted_by, scale in MEANS:
             value = metrics.get(f"{split}.{name}", math.nan)
-            weight = counts[weight_key] / total if math.isfinite(value) else 0.0
+            weight = counts[counted_by] / total if math.isfinite(value) else 0.0
             vec[i : i + 2] = [weight, weight * value / scale if weight else 0.0]
             i += 2
     if not np.all((vec >= 0) & (vec <= 1 + 1e-9)):

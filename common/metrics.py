@@ -113,6 +113,15 @@ def weighted_mean(per_platform: dict[str, dict[str, float]], weights: dict[str, 
     return out
 
 
+COUNT_KEYS = ("n", "rank-users")  # per split: its examples, its ranked users (summed, never averaged)
+RANKING_METRICS = ("hr@10", "ndcg@10")
+
+
+def weight_key(metric: str) -> str:
+    """The count a metric's federation mean is weighted by: ranked users for ranking metrics, else examples."""
+    return "rank-users" if metric in RANKING_METRICS else "n"
+
+
 def mean_metrics(per_platform: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
     """The federation's mean of platform metrics (``<split>.<metric>`` keys): example-weighted, split
     metrics by that split's n, ranking metrics (HR/NDCG@10) by its ranked users; the counts
@@ -121,13 +130,12 @@ def mean_metrics(per_platform: Mapping[str, Mapping[str, float]]) -> dict[str, f
     keys = sorted({k for m in per_platform.values() for k in m})
     out: dict[str, float] = {}
     for key in keys:
-        split = key.split(".")[0]
-        weight_key = f"{split}.rank-users" if key.split(".")[1] in ("hr@10", "ndcg@10") else f"{split}.n"
-        if key.endswith((".n", ".rank-users")):
+        split, _, metric = key.partition(".")
+        if metric in COUNT_KEYS:
             out[key] = float(sum(m.get(key, 0.0) for m in per_platform.values()))
             continue
         values = {p: {key: m[key]} for p, m in per_platform.items() if key in m}
-        weights = {p: per_platform[p].get(weight_key, 0.0) for p in values}
+        weights = {p: per_platform[p].get(f"{split}.{weight_key(metric)}", 0.0) for p in values}
         out.update(weighted_mean(values, weights))
     return out
 

@@ -134,7 +134,7 @@ class Scorer(nn.Module):
         self.private_head = spec.private_head
         self.private_b = private_b
         # the seeded values of the shared layers kept private: what a platform with nothing saved starts from
-        self.initial_private = OrderedDict((k, v) for k, v in _module_state(self).items() if self.is_private(k))
+        self.initial_private = _module_state(self, private=True)
 
     def is_private(self, name: str) -> bool:
         """Whether this tensor of the shared model stays on the platform (private head / LoRA B)."""
@@ -296,16 +296,13 @@ def _numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().float().cpu().numpy().copy()
 
 
-def _module_state(scorer: Scorer) -> OrderedDict[str, np.ndarray]:
-    """Every trainable tensor of the shared model, the head included (adapter first, then tower/user/head)."""
-    state: OrderedDict[str, np.ndarray] = OrderedDict()
-    for name, tensor in get_peft_model_state_dict(scorer.encoder).items():
-        state[name] = _numpy(tensor)
+def _module_state(scorer: Scorer, private: bool) -> OrderedDict[str, np.ndarray]:
+    """The trainable tensors of the shared model that are (``private``) or are not kept on the platform,
+    the head included (adapter first, then tower/user/head); only those are copied to the host."""
+    named = [*get_peft_model_state_dict(scorer.encoder).items()]
     for prefix in SCORER_PREFIXES:
-        module = getattr(scorer, prefix.rstrip("."))
-        for name, tensor in module.state_dict().items():
-            state[prefix + name] = _numpy(tensor)
-    return state
+        named += [(prefix + name, t) for name, t in getattr(scorer, prefix.rstrip(".")).state_dict().items()]
+    return OrderedDict((name, _numpy(t)) for name, t in named if bool(scorer.is_private(name)) == private)
 
 
 def get_trainable_state(scorer: Scorer) -> OrderedDict[str, np.ndarray]:
@@ -313,12 +310,12 @@ def get_trainable_state(scorer: Scorer) -> OrderedDict[str, np.ndarray]:
 
     Tensors kept private (``model.private-head``: the head; ``lora.private-b``: LoRA B) are not part of it.
     """
-    return OrderedDict((k, v) for k, v in _module_state(scorer).items() if not scorer.is_private(k))
+    return _module_state(scorer, private=False)
 
 
 def get_private_layers(scorer: Scorer) -> OrderedDict[str, np.ndarray]:
     """The shared model's tensors that stay on the platform (empty unless a head or LoRA B is private)."""
-    return OrderedDict((k, v) for k, v in _module_state(scorer).items() if scorer.is_private(k))
+    return _module_state(scorer, private=True)
 
 
 def set_private_layers(scorer: Scorer, tensors: Mapping[str, np.ndarray] | None) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.certs import NodeKey, TlsFiles, create_node_key, create_tls
-from deploy.commands import REPO_ROOT, SuperLinkSpec, SuperNodeSpec, base_env
+from deploy.commands import REPO_ROOT, SuperLinkSpec, SuperNodeSpec, base_env, thread_env
 from deploy.errors import DeployError
 from deploy.flwr_cli import COMPLETED, Connection, register_node, run_log, submit_run, wait_run
 from deploy.processes import Daemon, free_ports, start_superlink, start_supernode
@@ -63,6 +63,7 @@ class Federation:
         host_name: str = "superlink.crossfed.test",
         env: Mapping[str, str] | None = None,
         start_timeout_s: float = 90.0,
+        worker_poll_s: float = 0.05,
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.platforms = list(platforms)
@@ -81,8 +82,9 @@ class Federation:
         self.flwr_home = self.workdir / "flwr-home"
         # All platforms share this machine here (one machine each in production): give each
         # its share of the cores, as Ray does for simulated clients (num_cpus=1 -> 1 thread).
-        threads = str(max(1, (os.cpu_count() or 1) // max(1, len(self.platforms))))
-        self.env = base_env(self.flwr_home, {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, **(env or {})})
+        threads = max(1, (os.cpu_count() or 1) // max(1, len(self.platforms)))
+        self.env = base_env(self.flwr_home, {**thread_env(threads), **(env or {})})
+        self.worker_poll_s = worker_poll_s  # how often each warm worker asks its SuperNode for work
         ports = free_ports(1 + len(self.platforms))
         self.port = ports[0]
         self.runtime_ports = dict(zip(self.platforms, ports[1:], strict=True))
@@ -184,7 +186,8 @@ class Federation:
     def start_node(self, platform: str, **overrides: Any) -> Daemon:
         if platform in self.nodes and self.nodes[platform].alive():
             raise DeployError(f"SuperNode {platform} is already running")
-        self.nodes[platform] = start_supernode(self.node_spec(platform, **overrides), self.logs, self.env)
+        spec = self.node_spec(platform, **overrides)
+        self.nodes[platform] = start_supernode(spec, self.logs, self.env, worker_poll_s=self.worker_poll_s)
         return self.nodes[platform]
 
     def kill_node(self, platform: str) -> None:

@@ -79,8 +79,9 @@ def node_label(node_id: int, names: Mapping[int, str] | None = None) -> str:
 def learn_names(names: dict[int, str], replies: Mapping[int, Message]) -> None:
     """Remember which platform each replying node is, for later failure lines."""
     for node_id, reply in replies.items():
-        if not reply.has_error():
-            names[node_id] = platform_of(reply, node_id)
+        name = None if reply.has_error() else platform_of(reply, node_id)
+        if name is not None and name != str(node_id):  # a reply without a name keeps the one known
+            names[node_id] = name
 
 
 def shared_metrics(reply: Message) -> dict[str, float]:

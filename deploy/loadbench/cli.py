@@ -62,8 +62,9 @@ from typing import Any
 from common.config import parse_overrides
 from common.run_files import read_rounds, to_json
 from deploy.bench import TINY
+from deploy.federation import Federation
 from deploy.loadbench.dataset import write_bench_dataset
-from deploy.loadbench.driver import BenchAborted, LoadFederation, RunState, drive, polling, say
+from deploy.loadbench.driver import BenchAborted, RunState, drive, polling, say
 from deploy.loadbench.kills import HEARTBEAT_PATIENCE_S, REJOIN_POLICIES, kill_schedule
 from deploy.loadbench.memory import MemorySampler, federation_roots
 from deploy.loadbench.report import plot, render_tables
@@ -122,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = run_config(args.nodes, len(plan), args.rounds, args.secagg, args.seed, run_dir, parse_overrides(args.set))
     node_extra = {"require-secagg": bool(args.secagg), "share-metrics": True}
     poll_s, worker_poll_s = polling(args.nodes, args.poll_s, args.worker_poll_s)
-    fed = LoadFederation(work / "fed", names, data_dir=work / "data", node_extra=node_extra, fast_poll_s=poll_s,
+    fed = Federation(work / "fed", names, data_dir=work / "data", node_extra=node_extra, fast_poll_s=poll_s,
                          worker_poll_s=worker_poll_s, start_timeout_s=max(90.0, 8.0 * args.nodes))  # fmt: skip
     say(t0, f"starting {args.nodes} SuperNodes ({'secure aggregation' if args.secagg else 'clear'}, polling "
              f"{poll_s:g} s, workers {worker_poll_s:g} s) in {work}")  # fmt: skip

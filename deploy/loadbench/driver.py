@@ -15,12 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from common.run_files import SUMMARY_FILE, read_rounds
-from deploy.errors import DeployError
 from deploy.federation import Federation
 from deploy.flwr_cli import COMPLETED, run_status
 from deploy.loadbench.kills import KillEvent, PlannedKill, restart_due
 from deploy.loadbench.memory import MemorySampler
-from deploy.processes import Daemon, start_supernode
 
 STATUS_EVERY_S = 30.0  # `flwr ls` (a subprocess) this often while the run goes on
 
@@ -36,21 +34,6 @@ def polling(nodes: int, poll_s: float | None = None, worker_poll_s: float | None
     scale = max(1.0, nodes / 10)
     return (poll_s if poll_s is not None else round(min(1.0, 0.25 * scale), 3),
             worker_poll_s if worker_poll_s is not None else round(min(0.25, 0.05 * scale), 3))  # fmt: skip
-
-
-class LoadFederation(Federation):
-    """A :class:`Federation` whose warm workers poll their SuperNode every ``worker_poll_s``."""
-
-    def __init__(self, *args: Any, worker_poll_s: float = 0.05, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.worker_poll_s = worker_poll_s
-
-    def start_node(self, platform: str, **overrides: Any) -> Daemon:
-        if platform in self.nodes and self.nodes[platform].alive():
-            raise DeployError(f"SuperNode {platform} is already running")
-        spec = self.node_spec(platform, **overrides)
-        self.nodes[platform] = start_supernode(spec, self.logs, self.env, worker_poll_s=self.worker_poll_s)
-        return self.nodes[platform]
 
 
 class BenchAborted(RuntimeError):

@@ -135,3 +135,20 @@ def test_broadcast_names_the_node_left_out_and_the_wait() -> None:
 def test_quorum_to_start_and_to_go_on(min_nodes, min_round, secure, started, expected) -> None:
     fed = FedSpec(min_nodes=min_nodes, min_round_nodes=min_round)
     assert quorum(fed, secure, started) == expected
+
+
+def test_learn_names_keeps_a_known_name_when_a_reply_carries_none() -> None:
+    from server.messaging import learn_names, node_label
+
+    # Prepare: node 7 named at registration (fed.node-names); node 8 unknown
+    names = {7: "web_shop"}
+    asked = _messages([7, 8, 9])
+    replies = {
+        7: Message(RecordDict({"info": ConfigRecord({"round": 3})}), reply_to=asked[0]),  # a stage reply: no name
+        8: Message(RecordDict({"info": ConfigRecord({"platform": "app"})}), reply_to=asked[1]),
+    }
+    # Execute
+    learn_names(names, replies)
+    # Assert
+    assert names == {7: "web_shop", 8: "app"}
+    assert [node_label(n, names) for n in (7, 8, 9)] == ["web_shop (node 7)", "app (node 8)", "node 9"]
