@@ -25,6 +25,7 @@ from clients.recommender import CACHE_DIR, Recommender, RecommendError
 from clients.trainer import EncodedSplit, predict
 from common.config import TINY_PRESET, AppConfig
 from common.data import write_dataset
+from common.files import result_dir_mode, result_mode
 from common.run_files import ROUNDS_FILE, SUMMARY_FILE
 from common.synthetic import make_synthetic
 from simulations.simulate import run_simulated_federation, validate_inputs
@@ -161,6 +162,8 @@ def test_export_loads_with_transformers_and_scores_like_the_run(
     assert code == 0, err
     again = _cli(capsys, "export", "--run", str(run[0]), "--out", str(out))
     assert again[0] == 2 and "exists and is not empty (pass --overwrite" in again[2]
+    assert {p.stat().st_mode & 0o777 for p in [out, *out.rglob("*")] if p.is_dir()} == {result_dir_mode()}
+    assert {p.stat().st_mode & 0o777 for p in out.rglob("*") if p.is_file()} == {result_mode()}  # no stray 0600
     card = (out / "README.md").read_text()
     summary = json.loads((run[0] / SUMMARY_FILE).read_text())
     assert f"{summary['test']['app']['auc']:.4f}" in card and "lora.r = 4" in card
