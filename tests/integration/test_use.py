@@ -131,6 +131,9 @@ def test_recommend_and_score_commands(run: tuple[Path, Path], tmp_path: Path, ca
     as_json = _cli(capsys, "recommend", *common, "--users", str(users), "-k", "4")
     as_csv = _cli(capsys, "recommend", *common, "--user", "u000", "-k", "4", "--format", "csv")
     scored = _cli(capsys, "score", *common, "--user", "u000", "--items", "app-003", "app-007")
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("user_id,item_id\nu001,app-007\nu000,app-003\nu001,app-003\n")
+    from_pairs = _cli(capsys, "score", *common, "--pairs", str(pairs), "--format", "csv")
     bad = _cli(capsys, "recommend", *common, "--user", "ghost")
     # Assert
     assert as_json[0] == 0, as_json[2]
@@ -142,6 +145,13 @@ def test_recommend_and_score_commands(run: tuple[Path, Path], tmp_path: Path, ca
     assert [r["rank"] for r in rows] == ["1", "2", "3", "4"]
     assert scored[0] == 0, scored[2]
     assert [s["item_id"] for s in json.loads(scored[1])["scores"]] == ["app-003", "app-007"]
+    assert from_pairs[0] == 0, from_pairs[2]
+    rows = list(csv.DictReader(io.StringIO(from_pairs[1])))  # in the file's order, each the user's own score
+    asked = [("u001", "app-007"), ("u000", "app-003"), ("u001", "app-003")]
+    assert [(r["user_id"], r["item_id"]) for r in rows] == asked
+    rec = Recommender.from_run(run[0], "app", device="cpu")
+    expected = [float(rec.score(user, [item])[0]) for user, item in asked]
+    assert [float(r["score"]) for r in rows] == pytest.approx(expected, rel=1e-5)
     assert (
         bad[0] == 2
         and bad[2].strip()
