@@ -42,6 +42,9 @@ from common.secure_wire import SECAGG, SECAGG_ACTION
 
 log = logging.getLogger("crossfed.client")
 QUIET_ENV = "CROSSFED_QUIET"  # set by `crossfed` (simulations.console) unless --verbose; Ray actors inherit it
+# Set by `crossfed simulate` while its Ray actors start: its driver has already loaded the data and printed
+# the loader's warnings (dropped duplicates) once; every actor loading a platform would repeat them.
+DATA_CHECKED_ENV = "CROSSFED_DATA_CHECKED"
 
 
 class _HideActorShutdown(logging.Filter):
@@ -56,6 +59,8 @@ if os.environ.get("NO_COLOR"):  # the no-color.org convention; `crossfed` sets i
     update_console_handler(colored=False)  # Flower colours its level names even when not on a terminal
 if os.environ.get(QUIET_ENV) == "1":
     logging.getLogger("flwr").addFilter(_HideActorShutdown())
+if os.environ.get(DATA_CHECKED_ENV) == "1":
+    logging.getLogger("common.data").setLevel(logging.ERROR)
 
 # Errors a platform operator can act on; anything else is a bug and keeps its traceback.
 OPERATOR_ERRORS = (

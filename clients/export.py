@@ -27,6 +27,7 @@ from pathlib import Path
 from clients.recommender import read_run
 from clients.trainer import CHARS_PER_TOKEN_CAP
 from common.config import TINY_BASE, AppConfig
+from common.files import result_dir_mode, set_result_modes
 from common.item_stats import NUM_ITEM_STATS
 from common.modeling import DEFAULT_BASE, HEAD_FILE, NUM_COUNTS, load_adapter, load_base, resolve_base_path
 from common.run_files import ADAPTER_DIR, SUMMARY_FILE
@@ -63,6 +64,7 @@ def export_run(run_dir: Path, out: Path, merge: bool = False, copy_base: bool = 
         shutil.copy2(run_dir / SUMMARY_FILE, tmp / SUMMARY_COPY)
         (tmp / CONFIG_FILE).write_text(json.dumps(_scoring_config(cfg, merge), indent=2) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(model_card(cfg, summary, merge, copy_base), encoding="utf-8")
+        _result_modes(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -70,6 +72,14 @@ def export_run(run_dir: Path, out: Path, merge: bool = False, copy_base: bool = 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _result_modes(folder: Path) -> None:
+    """The export is a result (``common.files``): ``mkdtemp`` made its folder 0700 and safetensors
+    writes its weights 0600, which would leave the export unreadable to the users who serve it."""
+    for sub in (folder, *(p for p in folder.rglob("*") if p.is_dir())):
+        sub.chmod(result_dir_mode())
+        set_result_modes(sub)
 
 
 def _write_adapter(cfg: AppConfig, run_dir: Path, tmp: Path, copy_base: bool, out: Path) -> None:

@@ -15,7 +15,7 @@ It is the shared (fused) model only: a platform's private biases and vectors are
 export. The maths mirror ``common.modeling.Scorer``: an item is the masked mean of the merged
 encoder's token states through ``tower``; a user is ``user([mean liked, mean disliked])``; the
 logits are ``head([u * v, u, v, counts, stats])`` (like, and pick when the model has it);
-``tests/unit/test_export.py`` checks they agree. ``stats`` are the candidates' statistics on the
+``tests/integration/test_use.py`` checks they agree. ``stats`` are the candidates' statistics on the
 platform that scores them (``common.item_stats``: log1p(train count), smoothed like-rate minus the
 platform's like-rate); without them every candidate is scored as an item nobody has rated yet.
 """

@@ -8,7 +8,8 @@ last; each platform starts from its own private parameters of that best round (s
 and new users start at zero and the rest keep what they learned.
 
 It is refused only where it cannot be sound: a different model (base, LoRA shape, vector size,
-private parts) than the one that produced the adapter, or a run that never finished.
+private parts, the head's outputs and inputs) than the one that produced the adapter, or a run
+that never finished.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from common.run_files import ADAPTER_DIR, SUMMARY_FILE, RunFileError, read_summa
 # What may change between the finished run and its continuation: data, training, fusion, rounds...
 # but not what shapes or interprets the adapter and the private parameters.
 ARCHITECTURE_KEYS = (
-    "model.base", "model.dim", "model.private", "model.private-head",
+    "model.base", "model.dim", "model.private", "model.private-head", "model.pick-head", "model.item-stats",
     "lora.r", "lora.alpha", "lora.target-modules", "lora.freeze-a",
 )  # fmt: skip
 

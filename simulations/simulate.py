@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -101,10 +102,14 @@ def run_simulated_federation(
 ) -> dict[str, Any]:
     """One SuperNode per platform; returns the parsed summary.json (raises if the run made none).
 
+    ``platforms``: as :func:`validate_inputs` returns them; it has printed the data's warnings
+    (dropped duplicates) once, so the platforms' actors do not repeat them.
+
     Also draws ``rounds.png`` beside rounds.jsonl; ``table``: the ServerApp prints its test table.
     """
     from flwr.simulation import run_simulation
 
+    from clients.app import DATA_CHECKED_ENV
     from clients.app import app as client_app
 
     out = Path(cfg.out_dir)
@@ -114,6 +119,7 @@ def run_simulated_federation(
     hide = _HideDeprecation()
     flwr_logger = logging.getLogger("flwr")
     flwr_logger.addFilter(hide)
+    os.environ[DATA_CHECKED_ENV] = "1"  # validate_inputs reported the data's warnings: the actors stay quiet
     try:
         run_simulation(
             server_app=server_app_for(cfg, table), client_app=client_app,
@@ -121,6 +127,7 @@ def run_simulated_federation(
         )  # fmt: skip
     finally:
         flwr_logger.removeFilter(hide)
+        os.environ.pop(DATA_CHECKED_ENV, None)
     summary = read_summary(out)
     if summary is None:
         raise RuntimeError(f"the federation ended without writing {out / SUMMARY_FILE}; see the log above")

@@ -111,8 +111,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from clients.serve import create_app, serve
+    from clients.serve import check_address, create_app, serve
 
+    check_address(args.host, args.port)  # before minutes of loading, not after
     platforms = args.platform
     recommenders = {p: _load(args, p) for p in platforms}
     app = create_app(recommenders, {"run": str(Path(args.run).resolve())})

@@ -26,14 +26,17 @@ def _numbers(value: object) -> list[float]:
 
 
 @pytest.mark.slow
-def test_compare_ci_size_writes_a_finite_report(tmp_path: Path) -> None:
+def test_compare_ci_size_writes_a_finite_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # Prepare: the embedded shops, tiny random base, both scenarios, two seeds
     out = tmp_path / "run"
     argv = ["compare", "--out", str(out), "--seeds", "2", "--size", "ci", "--base-model", "tiny-random",
             "--scenario", "both", "--arms", ARMS, "--lever", "exact:lora.freeze-a=true"]  # fmt: skip
     # Execute
     assert main(argv) == 0
-    # Assert
+    # Assert: the console gets one summary table, not one per run (26 runs once printed 303 lines)
+    out_text = capsys.readouterr().out
+    assert out_text.count("mean test metrics per arm") == 1 and "test metrics of best round" not in out_text
+    assert sum("┏" in line for line in out_text.splitlines()) == 1, out_text
     for name in ("report.json", "report.md", "report.png", "rounds.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     report = json.loads((out / "report.json").read_text())

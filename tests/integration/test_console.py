@@ -141,6 +141,27 @@ def test_rating_outside_declared_scale_is_one_line_from_the_cli(tmp_path: Path) 
     assert not (tmp_path / "run").exists()
 
 
+def test_a_data_warning_is_printed_once(tmp_path: Path) -> None:
+    # Prepare: the embedded shops written out, one interaction row repeated
+    from common.data import write_dataset
+    from common.synthetic import make_synthetic
+
+    data = tmp_path / "data"
+    write_dataset(data, make_synthetic(seed=0).values())
+    path = data / "app" / "interactions.csv"
+    with open(path, "a") as fh:
+        fh.write(path.read_text().splitlines()[1] + "\n")
+    # Execute: a real simulation, whose Ray actors load the platforms again
+    result = _crossfed("simulate", "--data", str(data), "--out", str(tmp_path / "run"), "--rounds", "1",
+                       "--no-baseline", *TINY)  # fmt: skip
+    # Assert: the driver's line only (each actor used to repeat it)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if "duplicate interaction row" in line]
+    assert lines == [f"WARNING common.data: {path}: dropped 1 duplicate interaction row(s) (same user_id, item_id "
+                     f"and timestamp as an earlier row; first on line {len(path.read_text().splitlines())}, "
+                     "a repeat of line 2)"]  # fmt: skip
+
+
 def test_stop_local_stops_the_daemons_flwr_started(tmp_path: Path) -> None:
     # Prepare: `flwr ls` on the local connection starts a managed SuperLink (and its SuperExec), detached
     from simulations.flwr_local import SUPEREXEC, SUPERLINK, local_daemons

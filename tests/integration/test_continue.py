@@ -105,6 +105,8 @@ def test_a_continued_run_that_dies_resumes_as_usual(finished: tuple[Path, AppCon
     "change,message",
     [
         ({"lora.r": 8}, r"another model: `lora.r` \(4 there, 8 now\)"),
+        ({"model.pick-head": False}, r"another model: `model.pick-head` \(True there, False now\)"),  # head width
+        ({"model.item-stats": False}, r"another model: `model.item-stats` \(True there, False now\)"),
         ({"num-server-rounds": 2}, r"already ran 2 rounds"),
         ({"fed.warm-start": "SELF"}, r"this run's own folder"),
         ({"fed.warm-start": "MISSING"}, r"no finished run there"),

@@ -25,6 +25,7 @@ from clients.recommender import CACHE_DIR, Recommender, RecommendError
 from clients.trainer import EncodedSplit, predict
 from common.config import TINY_PRESET, AppConfig
 from common.data import write_dataset
+from common.files import result_dir_mode, result_mode
 from common.run_files import ROUNDS_FILE, SUMMARY_FILE
 from common.synthetic import make_synthetic
 from simulations.simulate import run_simulated_federation, validate_inputs
@@ -130,6 +131,9 @@ def test_recommend_and_score_commands(run: tuple[Path, Path], tmp_path: Path, ca
     as_json = _cli(capsys, "recommend", *common, "--users", str(users), "-k", "4")
     as_csv = _cli(capsys, "recommend", *common, "--user", "u000", "-k", "4", "--format", "csv")
     scored = _cli(capsys, "score", *common, "--user", "u000", "--items", "app-003", "app-007")
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("user_id,item_id\nu001,app-007\nu000,app-003\nu001,app-003\n")
+    from_pairs = _cli(capsys, "score", *common, "--pairs", str(pairs), "--format", "csv")
     bad = _cli(capsys, "recommend", *common, "--user", "ghost")
     # Assert
     assert as_json[0] == 0, as_json[2]
@@ -141,6 +145,13 @@ def test_recommend_and_score_commands(run: tuple[Path, Path], tmp_path: Path, ca
     assert [r["rank"] for r in rows] == ["1", "2", "3", "4"]
     assert scored[0] == 0, scored[2]
     assert [s["item_id"] for s in json.loads(scored[1])["scores"]] == ["app-003", "app-007"]
+    assert from_pairs[0] == 0, from_pairs[2]
+    rows = list(csv.DictReader(io.StringIO(from_pairs[1])))  # in the file's order, each the user's own score
+    asked = [("u001", "app-007"), ("u000", "app-003"), ("u001", "app-003")]
+    assert [(r["user_id"], r["item_id"]) for r in rows] == asked
+    rec = Recommender.from_run(run[0], "app", device="cpu")
+    expected = [float(rec.score(user, [item])[0]) for user, item in asked]
+    assert [float(r["score"]) for r in rows] == pytest.approx(expected, rel=1e-5)
     assert (
         bad[0] == 2
         and bad[2].strip()
@@ -161,6 +172,8 @@ def test_export_loads_with_transformers_and_scores_like_the_run(
     assert code == 0, err
     again = _cli(capsys, "export", "--run", str(run[0]), "--out", str(out))
     assert again[0] == 2 and "exists and is not empty (pass --overwrite" in again[2]
+    assert {p.stat().st_mode & 0o777 for p in [out, *out.rglob("*")] if p.is_dir()} == {result_dir_mode()}
+    assert {p.stat().st_mode & 0o777 for p in out.rglob("*") if p.is_file()} == {result_mode()}  # no stray 0600
     card = (out / "README.md").read_text()
     summary = json.loads((run[0] / SUMMARY_FILE).read_text())
     assert f"{summary['test']['app']['auc']:.4f}" in card and "lora.r = 4" in card

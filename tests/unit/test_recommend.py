@@ -1,5 +1,6 @@
 """Serving maths: private rows lined up by id, saved ids, warm-start fallback, current histories, user/score split."""
 
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +9,7 @@ import torch
 
 from clients.private_state import PrivateStore
 from clients.tasks import align_rows
-from common.config import LoraSpec, ModelSpec
+from common.config import ConfigError, LoraSpec, ModelSpec
 from common.data import Interaction, Item, PlatformData
 from common.modeling import build_scorer
 from common.splits import current_histories
@@ -133,3 +134,17 @@ def test_score_items_with_the_precomputed_item_part_equals_score() -> None:
     # Assert: the split first layer is the same linear map, for both outputs (like, pick)
     assert got.shape == (50, 2)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_serve_refuses_an_address_in_use_before_loading_anything() -> None:
+    from clients.serve import check_address
+
+    # Prepare: a port some other server listens on
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        # Execute / Assert: one line naming the address and the flags
+        with pytest.raises(ConfigError, match=rf"cannot serve on 127.0.0.1:{port}: .*in use \(--host / --port\)"):
+            check_address("127.0.0.1", port)
+    check_address("127.0.0.1", port)  # free again: accepted
