@@ -66,8 +66,7 @@ from common.config import ConfigError, parse_overrides
 from common.files import atomic_write_text
 from common.metrics import mean_metrics
 from common.run_files import read_rounds, read_summary
-from simulations import compare_jobs as jobs
-from simulations.compare import SIZES, Arm, Record, hardware
+from simulations.arms import SIZES, Arm
 from simulations.compare_run import CompareOptions, base_config, run_compare
 
 LR_RULES = {"sqrt": 0.5, "linear": 1.0, "none": 0.0}  # exponent p of lr_ref * (B / B_ref) ** p
@@ -174,6 +173,9 @@ def _compare_options(spec: BatchBenchSpec, out: str, arms: Sequence[Arm] = ()) -
 def seed_measures(out: Path, arm: Arm, seed: int, local_epochs: int) -> dict[str, float] | None:
     """One arm and seed from its record and run folders: valid/test AUC (platform mean), examples
     trained, seconds in local epochs, optimiser steps; None if the unit left no record."""
+    from simulations import compare_jobs as jobs  # the arms' code (torch): loaded when a bench runs
+    from simulations.compare import Record
+
     try:
         doc = json.loads(jobs.record_path(out, SCENARIO, seed, arm.name).read_text())
     except (OSError, ValueError):
@@ -231,6 +233,8 @@ def summarise_rows(
 
 def run(spec: BatchBenchSpec, out: Path, progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Train every batch size's local arm (compare's units, under ``out``) and measure it."""
+    from simulations.compare import hardware
+
     arms, ref = batch_arms(spec)
     cfg = base_config(_compare_options(spec, ""))
     progress(f"bench batch: batches {', '.join(map(str, spec.batches))}, {spec.lr_rule} lr rule from batch "
@@ -309,6 +313,8 @@ def plot(payload: Mapping[str, Any], path: Path) -> None:
 
 
 def write_outputs(payload: Mapping[str, Any], out: Path) -> None:
+    from simulations import compare_jobs as jobs  # the arms' code (torch): loaded when a bench runs
+
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "bench.json", json.dumps(jobs.jsonable(payload), indent=2) + "\n")
     atomic_write_text(out / "table.md", format_table(payload) + "\n")
@@ -355,6 +361,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BatchBenchSpec, argparse.Nam
 
 def main(argv: Sequence[str] | None = None) -> int:
     spec, args = parse_args(argv)
+    from simulations import compare_jobs as jobs  # the arms' code (torch): after parsing, so --help stays light
+
     with contextlib.ExitStack() as stack:
         if args.json:  # stdout is the JSON alone: progress (ours and compare's) goes to stderr
             stack.enter_context(contextlib.redirect_stdout(sys.stderr))

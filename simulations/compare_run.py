@@ -19,8 +19,7 @@ from typing import Any
 
 from common.config import AppConfig, ConfigError, parse_overrides
 from common.data import discover_platforms, write_dataset
-from simulations import compare_jobs as jobs
-from simulations.compare import (
+from simulations.arms import (
     ARMS,
     DEFAULT_ARMS,
     DEFAULT_LARGE,
@@ -30,12 +29,7 @@ from simulations.compare import (
     SCENARIOS,
     SIZES,
     Arm,
-    hardware,
-    large_platform,
-    load_source,
     resolve_arms,
-    scenario_data,
-    train_fractions,
 )
 from simulations.report import summary_table, write_report
 
@@ -77,6 +71,9 @@ def run_compare(opts: CompareOptions) -> dict[str, Any]:
     The report's ``meta`` lists the ``missing`` arms (scenario/seed/arm without a record: failed,
     not started within ``budget_s``, or still to run) and the ``failed`` units with their error.
     """
+    from simulations import compare_jobs as jobs  # the arms' code (torch): not for `compare --help`
+    from simulations.compare import hardware, large_platform, load_source, scenario_data, train_fractions
+
     if opts.seeds < 1:
         raise ConfigError(f"`--seeds` must be positive, got {opts.seeds}")
     if opts.jobs < 1:

@@ -143,7 +143,8 @@ def compare_with_local(cfg: AppConfig, platforms: list[str], federated: dict[str
 
     The local runs go to ``<run>/local/<platform>/``, their console output to ``<run>/local/local.log``.
     """
-    from simulations.compare import ARMS, ArmRunner
+    from simulations.arms import ARMS
+    from simulations.compare import ArmRunner
     from simulations.compare_jobs import captured
 
     out = Path(cfg.out_dir)

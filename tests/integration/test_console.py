@@ -105,7 +105,8 @@ def _children(parent: int) -> list[int]:
     return [int(p) for p in Path(f"/proc/{parent}/task/{parent}/children").read_text().split()]
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["simulate", "--help"], ["prepare", "synthetic", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["simulate", "--help"], ["prepare", "synthetic", "--help"],
+                                  ["compare", "--help"], ["bench", "batch", "--help"]])  # fmt: skip
 def test_help_does_not_import_torch(argv: list[str]) -> None:
     # Execute: the parser alone, in a fresh interpreter
     code = (

@@ -9,7 +9,8 @@ import pytest
 
 from common.config import AppConfig, ConfigError
 from simulations import compare_jobs as jobs
-from simulations.compare import ARMS, Record, resolve_arms
+from simulations.arms import ARMS, resolve_arms
+from simulations.compare import Record
 
 SCENARIO = {"users": {"a": 3}, "interactions": {"a": 9}, "large_platform": None, "scarce_fraction": None}
 
