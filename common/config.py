@@ -315,14 +315,22 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def parse_config_strings(args: Sequence[str], flag: str) -> dict[str, Any]:
-    """``k1=v1 k2='text'`` strings (``--run-config``, ``--node-config``) parsed as Flower parses them."""
+    """``k1=v1 k2='text'`` strings (``--run-config``, ``--node-config``), each parsed as Flower parses it.
+
+    Several strings merge key by key, a later one winning. Flower 1.42 merges them with a shallow
+    update of the nested TOML tables, so ``fed.min-nodes=3`` then ``fed.node-names=...`` would
+    silently lose ``fed.min-nodes``: hand Flower ONE string, :func:`config_string` of this.
+    """
     import click
     from flwr.common.config import parse_config_args
 
-    try:
-        return dict(parse_config_args(list(args)))
-    except click.ClickException as exc:
-        raise ConfigError(f"{flag} {' '.join(args)!r}: {exc.message}") from exc
+    values: dict[str, Any] = {}
+    for arg in args:
+        try:
+            values.update(parse_config_args([arg]))
+        except click.ClickException as exc:
+            raise ConfigError(f"{flag} {arg!r}: {exc.message}") from exc
+    return values
 
 
 def toml_value(value: Any) -> str:

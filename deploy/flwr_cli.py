@@ -136,21 +136,21 @@ def submit_run(app_dir: Path, conn: Connection, env: Mapping[str, str],
 def start_run(app_dir: Path, conn: Connection, env: Mapping[str, str], config_args: Sequence[str] = ()) -> int:
     """``flwr run`` with ``--run-config`` strings as a user types them; the run id, or DeployError why not."""
     args = ["run", str(Path(app_dir).resolve()), conn.name, "--format", "json"]
-    config_args = with_node_names(config_args, node_names(conn.flwr_home, conn.name))
-    for rc in config_args:
-        args += ["--run-config", rc]
+    values = with_node_names(parse_config_strings(config_args, "--run-config"), node_names(conn.flwr_home, conn.name))
+    if values:  # one string: Flower merges several badly (common.config.parse_config_strings)
+        args += ["--run-config", config_string(values)]
     return int(flwr_json(flwr_cli(args, env, check=False), f"submitting {app_dir}")["run-id"])
 
 
-def with_node_names(config_args: Sequence[str], names: Mapping[str, str]) -> list[str]:
-    """``config_args`` plus ``fed.node-names`` from the nodes registered through crossfed, unless set.
+def with_node_names(values: Mapping[str, Any], names: Mapping[str, str]) -> dict[str, Any]:
+    """The run config plus ``fed.node-names`` from the nodes registered through crossfed, unless set.
 
     The ServerApp then names a platform in its log lines even before that platform has answered
     (a node that dies in its first round would otherwise stay ``node 123...``).
     """
-    if not names or "fed.node-names" in parse_config_strings(config_args, "--run-config"):
-        return list(config_args)
-    return [*config_args, config_string({"fed.node-names": node_names_string(names)})]
+    if not names or "fed.node-names" in values:
+        return dict(values)
+    return {**values, "fed.node-names": node_names_string(names)}
 
 
 def run_status(run_id: int, conn: Connection, env: Mapping[str, str]) -> dict[str, Any]:

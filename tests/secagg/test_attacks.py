@@ -502,7 +502,8 @@ def test_a_malformed_protocol_reply_drops_that_platform(federation: Any, tmp_pat
     grid = HandlerGrid(_contexts(configs), up=up)
     with caplog.at_level(logging.WARNING), pytest.raises(RoundAborted, match="stage share_keys"):
         SecureGridTransport(grid).train_round(state, cfg, 1)
-    assert any("node 103 (share_keys): rejected: not a secagg record" in r.getMessage() for r in caplog.records)
+    said = "web_shop (node 103) (share_keys): rejected: not a secagg record"  # named: its setup reply said who
+    assert any(said in r.getMessage() for r in caplog.records)
 
 
 def test_a_round_aborted_by_a_malicious_platform_does_not_end_the_run(federation: Any, tmp_path: Path) -> None:

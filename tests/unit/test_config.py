@@ -103,6 +103,15 @@ def test_a_malformed_config_string_names_its_flag() -> None:
         parse_config_strings(["a='x"], "--run-config")
 
 
+def test_several_config_strings_merge_key_by_key() -> None:
+    # Flower 1.42's own merge keeps only the last string's `fed` table: fed.min-nodes was lost
+    strings = ["fed.min-nodes=3 out-dir='/r'", "fed.node-names='1=app' secagg=true", "fed.min-nodes=4"]
+    assert parse_config_strings(strings, "--run-config") == {
+        "fed.min-nodes": 4, "out-dir": "/r", "fed.node-names": "1=app", "secagg": True}  # fmt: skip
+    with pytest.raises(ConfigError, match='--run-config "b=\'x"'):  # the bad string is named
+        parse_config_strings(["a=1", "b='x"], "--run-config")
+
+
 def test_node_names_round_trip_and_a_bad_pair_is_named() -> None:
     from common.config import node_names_string, parse_node_names
 

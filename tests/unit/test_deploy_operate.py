@@ -83,11 +83,9 @@ def test_supernode_log_drops_only_flower_per_message_chatter(message: str, level
 
 
 def test_submit_adds_the_registered_names_unless_the_run_config_sets_them() -> None:
-    from common.config import parse_config_strings
     from deploy.flwr_cli import with_node_names
 
     names = {"123": "web_shop", "45": "app"}
-    added = with_node_names(["secagg=true"], names)
-    assert parse_config_strings(added, "--run-config") == {"secagg": True, "fed.node-names": "45=app,123=web_shop"}
-    assert with_node_names(["fed.node-names='7=x'"], names) == ["fed.node-names='7=x'"]
-    assert with_node_names(["secagg=true"], {}) == ["secagg=true"]
+    assert with_node_names({"secagg": True}, names) == {"secagg": True, "fed.node-names": "45=app,123=web_shop"}
+    assert with_node_names({"fed.node-names": "7=x"}, names) == {"fed.node-names": "7=x"}
+    assert with_node_names({"secagg": True}, {}) == {"secagg": True}
