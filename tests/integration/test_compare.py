@@ -150,3 +150,41 @@ def test_compare_trains_on_long_empty_and_non_ascii_titles(tmp_path: Path) -> No
     # Assert
     web_auc = json.loads((out / "report.json").read_text())["results"]["full"]["federated"]["web_shop"]["auc"]
     assert math.isfinite(web_auc["mean"])
+
+
+@pytest.mark.slow
+def test_compare_runs_on_implicit_feedback_with_long_titles(tmp_path: Path) -> None:
+    # Prepare: the embedded shops as implicit feedback (the liked rows only, no rating column: what a
+    # shop's clicks or purchases look like) and one 5,000-character product title per shop
+    import csv
+
+    from common.data import write_dataset
+    from common.synthetic import make_synthetic
+
+    data = tmp_path / "data"
+    write_dataset(data, make_synthetic(seed=0).values())
+    for path in data.glob("*/interactions.csv"):
+        header, *rows = list(csv.reader(path.open()))
+        col = header.index("rating")
+        kept = [[v for j, v in enumerate(r) if j != col] for r in rows if float(r[col]) >= 4]
+        with path.open("w", newline="") as f:
+            csv.writer(f).writerows([[h for j, h in enumerate(header) if j != col], *kept])
+    for path in data.glob("*/items.csv"):
+        header, first, *rows = list(csv.reader(path.open()))
+        first[header.index("title")] = "very long title " * 312
+        with path.open("w", newline="") as f:
+            csv.writer(f).writerows([header, first, *rows])
+    out = tmp_path / "run"
+    argv = ["compare", "--data", str(data), "--out", str(out), "--seeds", "1", "--size", "ci",
+            "--base-model", "tiny-random", "--scenario", "full", "--arms", "local,federated,popularity,mf"]  # fmt: skip
+    # Execute
+    assert main(argv) == 0
+    # Assert: every arm scored every platform with finite AUC and NDCG@10 (sampled negatives make the
+    # AUC defined although every interaction is a positive)
+    results = json.loads((out / "report.json").read_text())["results"]["full"]
+    for arm, per in results.items():
+        assert sorted(per) == ["app", "mean", "social_shop", "web_shop"], arm
+        for platform, metrics in per.items():
+            for metric in ("auc", "ndcg@10"):
+                values = _numbers(metrics[metric])
+                assert values and all(math.isfinite(v) for v in values), (arm, platform, metric, metrics[metric])
