@@ -29,7 +29,10 @@ class RunFileError(ValueError):
 
 
 def clean(value: Any) -> Any:
-    """JSON has no NaN: write null so every reader can parse the file."""
+    """Plain JSON types: numpy arrays and scalars become lists and numbers (``tolist``, so numpy is not
+    imported here), and non-finite floats null (JSON has no NaN), so every reader can parse the file."""
+    if hasattr(value, "tolist") and not isinstance(value, str | bytes):
+        value = value.tolist()
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, Mapping):

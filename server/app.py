@@ -10,7 +10,7 @@ from __future__ import annotations
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from common.config import AppConfig
+from common.config import AppConfig, parse_node_names
 from server.federation import run_federation
 from server.grid_transport import GridTransport
 from server.grid_tuning import tune_grid
@@ -28,4 +28,5 @@ def main(grid: Grid, context: Context) -> None:
 
 def transport_for(grid: Grid, cfg: AppConfig) -> GridTransport:
     """Plain rounds, or rounds whose fusion runs under secure aggregation (``secagg = true``)."""
-    return SecureGridTransport(grid) if cfg.secagg else GridTransport(grid)
+    names = parse_node_names(cfg.fed.node_names)
+    return SecureGridTransport(grid, names) if cfg.secagg else GridTransport(grid, names)

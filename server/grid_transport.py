@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ from flwr.app import MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.superlink.grid import InMemoryGrid
 
-from common.config import AppConfig, parse_node_names
+from common.config import AppConfig
 from common.data import DatasetError, discover_platforms
 from common.fusion import weighted_average
 from common.payload import ARRAYS, CONFIG, EVAL, METRICS, arrays_to_state, config_record, eval_record, state_to_arrays
@@ -61,16 +61,15 @@ def warn_if_platforms_left_out(grid: Grid, cfg: AppConfig) -> str | None:
 class GridTransport:
     """Rounds over a Flower Grid (simulation engine or Deployment Engine alike)."""
 
-    def __init__(self, grid: Grid) -> None:
+    def __init__(self, grid: Grid, names: Mapping[int, str] | None = None) -> None:
         self.grid = grid
         self.nodes_checked = False
         self.started = False  # once a round has reached its platforms, later ones need fewer
-        self.names: dict[int, str] = {}  # node id -> platform, from fed.node-names and replies (for failure lines)
+        # node id -> platform for failure lines: the operator's (fed.node-names), then what replies say
+        self.names: dict[int, str] = dict(names or {})
 
     def _nodes(self, cfg: AppConfig) -> list[int]:
         """The connected platforms, once the run's quorum is met (``server.messaging.quorum``)."""
-        if not self.started:  # names the operator registered, until the platforms' replies say theirs
-            self.names = {**parse_node_names(cfg.fed.node_names), **self.names}
         need, setting = quorum(cfg.fed, cfg.secure.min_cohort if cfg.secagg else None, self.started)
         nodes = wait_for_nodes(self.grid, need, cfg.fed.node_wait_s, setting=setting)
         self.started = True

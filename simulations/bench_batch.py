@@ -65,7 +65,7 @@ import numpy as np
 from common.config import ConfigError, parse_overrides
 from common.files import atomic_write_text
 from common.metrics import mean_metrics
-from common.run_files import read_rounds, read_summary
+from common.run_files import clean, read_rounds, read_summary
 from simulations.arms import SIZES, Arm
 from simulations.compare_run import CompareOptions, base_config, run_compare
 
@@ -313,10 +313,8 @@ def plot(payload: Mapping[str, Any], path: Path) -> None:
 
 
 def write_outputs(payload: Mapping[str, Any], out: Path) -> None:
-    from simulations import compare_jobs as jobs  # the arms' code (torch): loaded when a bench runs
-
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "bench.json", json.dumps(jobs.jsonable(payload), indent=2) + "\n")
+    atomic_write_text(out / "bench.json", json.dumps(clean(payload), indent=2) + "\n")
     atomic_write_text(out / "table.md", format_table(payload) + "\n")
     plot(payload, out / "bench.png")
 
@@ -361,8 +359,6 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BatchBenchSpec, argparse.Nam
 
 def main(argv: Sequence[str] | None = None) -> int:
     spec, args = parse_args(argv)
-    from simulations import compare_jobs as jobs  # the arms' code (torch): after parsing, so --help stays light
-
     with contextlib.ExitStack() as stack:
         if args.json:  # stdout is the JSON alone: progress (ours and compare's) goes to stderr
             stack.enter_context(contextlib.redirect_stdout(sys.stderr))
@@ -372,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     payload["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     if args.out:
         write_outputs(payload, args.out)
-    print(json.dumps(jobs.jsonable(payload), indent=2) if args.json else format_table(payload))
+    print(json.dumps(clean(payload), indent=2) if args.json else format_table(payload))
     return 1 if payload["failed"] else 0
 
 

@@ -35,10 +35,9 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from common.config import AppConfig
 from common.files import atomic_write_text
+from common.run_files import clean
 from simulations.compare import Arm, ArmRunner, Record
 
 RECORDS_DIR = "records"
@@ -114,23 +113,10 @@ def fingerprint(cfg: AppConfig, arm: Arm, scenario: Mapping[str, Any], data: str
     flat = {k: v for k, v in cfg.replace(**arm.overrides).to_flat().items() if k not in NOT_IN_FINGERPRINT}
     spec = {"config": flat, "arm": [arm.name, arm.kind, dict(arm.overrides)],
             "scenario": scenario, "data": data}  # fmt: skip
-    return hashlib.sha256(json.dumps(jsonable(spec), sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(clean(spec), sort_keys=True).encode()).hexdigest()[:16]
 
 
 # --- records on disk ----------------------------------------------------------------------
-
-
-def jsonable(value: Any) -> Any:
-    """Plain JSON types: numpy arrays/scalars to lists/floats, non-finite floats to null."""
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | np.ndarray):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def record_path(out: Path, scenario: str, seed: int, arm: str) -> Path:
@@ -141,7 +127,7 @@ def write_record(out: Path, scenario: str, seed: int, arm: str, fp: str, record:
     """One arm's record, written atomically (a killed run never leaves half a file)."""
     path = record_path(out, scenario, seed, arm)
     doc = {"arm": arm, "scenario": scenario, "seed": seed, "fingerprint": fp, "record": dataclasses.asdict(record)}
-    atomic_write_text(path, json.dumps(jsonable(doc), separators=(",", ":")) + "\n")
+    atomic_write_text(path, json.dumps(clean(doc), separators=(",", ":")) + "\n")
     return path
 
 

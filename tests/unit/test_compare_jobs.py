@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from common.config import AppConfig, ConfigError
+from common.run_files import clean
 from simulations import compare_jobs as jobs
 from simulations.arms import ARMS, resolve_arms
 from simulations.compare import Record
@@ -82,4 +83,4 @@ def test_sequential_failure_is_reported_and_budget_stops_launching(tmp_path: Pat
 def test_jsonable_turns_non_finite_into_null(value: float) -> None:
     import numpy as np
 
-    assert jobs.jsonable({"x": [np.float32(1.5), value], "y": np.arange(2)}) == {"x": [1.5, None], "y": [0, 1]}
+    assert clean({"x": [np.float32(1.5), value], "y": np.arange(2)}) == {"x": [1.5, None], "y": [0, 1]}
