@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -49,6 +50,7 @@ from common.text import item_text
 CHARS_PER_TOKEN_CAP = 16  # texts are cut to max_length * this many characters before tokenising (a 1 MB title)
 PAD_MULTIPLE = 8  # token widths are rounded up to this: few distinct shapes, tensor-core friendly
 CHUNK_ITEMS = 64  # items are encoded in length-sorted chunks of at least this many (less padding)
+LOWER_CACHE_SCORERS = 2  # lower-layer states kept per catalogue: one per scorer (a comparison switches arms)
 
 
 @dataclass
@@ -61,9 +63,32 @@ class ItemTable:
     lengths: np.ndarray  # (I,) tokens per item (>= 2: [CLS] ... [SEP])
     pad_id: int
     on_device: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)  # device -> tokens
+    # (scorer key, device) -> (I, T, H) token states after a scorer's frozen lower layers (``lora.top-layers``)
+    lower: OrderedDict[tuple[str, str], torch.Tensor] = field(default_factory=OrderedDict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def lower_states(self, scorer: Scorer, device: torch.device) -> torch.Tensor:
+        """(I, T, H) every item's token states below the scorer's LoRA layers: computed once per process
+        (they never change), for the last :data:`LOWER_CACHE_SCORERS` scorers used on this catalogue."""
+        key = (scorer.cache_key, str(device))
+        if key not in self.lower:
+            tokens = self.device_tokens(device)
+            states = None
+            for pos in length_chunks(self.lengths) if len(self) else []:
+                width = min(_width(self.lengths[pos]), tokens.shape[1])
+                ids = tokens[_to(pos, device), :width]
+                with _autocast(device):
+                    out = scorer.lower_states(ids, (ids != self.pad_id).long()).float()
+                if states is None:
+                    states = torch.zeros((len(self), tokens.shape[1], out.shape[-1]), device=device)
+                states[_to(pos, device), :width] = out
+            self.lower[key] = states if states is not None else torch.zeros((0, tokens.shape[1], 1), device=device)
+            while len(self.lower) > LOWER_CACHE_SCORERS:
+                self.lower.popitem(last=False)
+        self.lower.move_to_end(key)
+        return self.lower[key]
 
     def rows(self, item_ids: Sequence[str]) -> np.ndarray:
         return np.fromiter((self.index[i] for i in item_ids), dtype=np.int64, count=len(item_ids))
@@ -196,6 +221,9 @@ class PlatformBatches:
     table: ItemTable
     data: EncodedSplit
     private: PrivateParts
+    # ``train.item-cache``: (I, H) pooled text state of every catalogue row the local training uses, filled
+    # when it starts and refreshed whenever a step encodes an item again (None: every step encodes)
+    pooled: torch.Tensor | None = None
 
 
 def _autocast(device: torch.device) -> contextlib.AbstractContextManager[None]:
@@ -241,69 +269,122 @@ def text_vectors(scorer: Scorer, table: ItemTable, rows: np.ndarray, device: tor
     """(len(rows), dim) tower vectors of these catalogue rows' texts, in ``rows`` order (length-bucketed).
 
     With ``train.compile`` on (:mod:`clients.encoder_compile`) the chunks are the compiled encoder's
-    fixed shapes instead.
+    fixed shapes instead; with ``lora.top-layers`` only the top layers run, on cached lower states.
     """
-    tokens = table.device_tokens(device)
-    compiled = compiled_encoder(scorer)
+    compiled = compiled_encoder(scorer) if not scorer.top_layers else None
     if compiled is None:
-        chunks = length_chunks(table.lengths[rows]) if len(rows) else []
-        plan = [(pos, _width(table.lengths[rows[pos]]), rows[pos]) for pos in chunks]
-        encode = scorer.item_vectors
-    else:
-        plan = [(pos, width, pad_rows(rows[pos])) for pos, width in bucket_chunks(table.lengths[rows], tokens.shape[1])]
-        encode = compiled
+        return scorer.tower(text_pooled(scorer, table, rows, device))
+    tokens = table.device_tokens(device)
+    plan = [(pos, width, pad_rows(rows[pos])) for pos, width in bucket_chunks(table.lengths[rows], tokens.shape[1])]
     outs = []
     for pos, width, chunk in plan:
         ids = tokens[_to(chunk, device), : min(width, tokens.shape[1])]  # (U, T)
         with _autocast(device):
-            outs.append(encode(ids, (ids != table.pad_id).long())[: len(pos)].float())
+            outs.append(compiled(ids, (ids != table.pad_id).long())[: len(pos)].float())
+    return _in_order(outs, [pos for pos, _, _ in plan], scorer.tower.out_features, device)
+
+
+def text_pooled(scorer: Scorer, table: ItemTable, rows: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(len(rows), H) pooled encoder states of these rows' texts (before the tower), in ``rows`` order.
+
+    Items are encoded in length-sorted chunks; with ``lora.top-layers`` only the top layers run, on the
+    catalogue's cached lower-layer states (:meth:`ItemTable.lower_states`).
+    """
+    tokens = table.device_tokens(device)
+    lower = table.lower_states(scorer, device) if scorer.top_layers and len(rows) else None
+    chunks = length_chunks(table.lengths[rows]) if len(rows) else []
+    outs = []
+    for pos in chunks:
+        chunk = _to(rows[pos], device)
+        width = min(_width(table.lengths[rows[pos]]), tokens.shape[1])
+        ids = tokens[chunk, :width]  # (U, T)
+        mask = (ids != table.pad_id).long()
+        with _autocast(device):
+            out = scorer.pooled(ids, mask) if lower is None else scorer.pooled_from_lower(lower[chunk, :width], mask)
+        outs.append(out.float())
+    return _in_order(outs, chunks, scorer.tower.in_features, device)
+
+
+def _in_order(
+    outs: list[torch.Tensor], positions: Sequence[np.ndarray], width: int, device: torch.device
+) -> torch.Tensor:
+    """Chunk outputs (chunk k holds the rows at ``positions[k]``) back in row order."""
     if not outs:
-        return torch.zeros((0, scorer.tower.out_features), device=device)
-    order = np.concatenate([pos for pos, _, _ in plan])  # outs' rows are rows[order]
+        return torch.zeros((0, width), device=device)
+    order = np.concatenate(positions)  # outs' rows are rows[order]
     vectors = torch.cat(outs) if len(outs) > 1 else outs[0]
     return vectors if np.all(order[1:] > order[:-1]) else vectors[_to(np.argsort(order), device)]
 
 
 def item_vectors(
-    scorer: Scorer, part: PlatformBatches, rows: np.ndarray, device: torch.device, grad_rows: int | None = None
-) -> torch.Tensor:
+    scorer: Scorer, part: PlatformBatches, rows: np.ndarray, device: torch.device, grad_rows: int | None = None,
+    encode: bool = True,
+) -> torch.Tensor:  # fmt: skip
     """(len(rows), dim) vectors of these catalogue rows: their text through the shared tower + private residual.
 
-    With ``grad_rows`` = k, only the first k rows' texts carry the encoder's gradient; the rest
-    are encoded under ``no_grad`` (their private residuals still train).
+    With ``grad_rows`` = k, only the first k rows' texts carry the encoder's gradient; the rest are
+    encoded under ``no_grad``, or read from ``part.pooled`` when training keeps an item cache (their
+    private residuals still train). With the cache and ``encode=False`` no row is encoded: all are read
+    from it (a step without the encoder, ``train.encoder-every``); the tower above it still trains.
     """
     k = len(rows) if grad_rows is None else grad_rows
-    vectors = text_vectors(scorer, part.table, rows[:k], device)
-    if k < len(rows):
-        with torch.no_grad():
-            history = text_vectors(scorer, part.table, rows[k:], device)
-        vectors = torch.cat([vectors, history])  # outside no_grad: the candidates keep their graph
+    if part.pooled is not None:
+        fresh = text_pooled(scorer, part.table, rows[:k], device) if encode else part.pooled[_to(rows[:k], device)]
+        if encode:
+            part.pooled[_to(rows[:k], device)] = fresh.detach()  # the cache follows the encoder as it trains
+        vectors = scorer.tower(torch.cat([fresh, part.pooled[_to(rows[k:], device)]]))
+    else:
+        vectors = text_vectors(scorer, part.table, rows[:k], device)
+        if k < len(rows):
+            with torch.no_grad():
+                history = text_vectors(scorer, part.table, rows[k:], device)
+            vectors = torch.cat([vectors, history])  # outside no_grad: the candidates keep their graph
     residual = part.private.item_vectors(_to(rows, device))
     return vectors if residual is None else vectors + residual
 
 
 def _logits(
     scorer: Scorer, part: PlatformBatches, vectors: torch.Tensor, rows: Sequence[np.ndarray], data: EncodedSplit,
-    device: torch.device,
+    device: torch.device, cold: np.ndarray | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """(B, K) logits: the shared model over ``vectors`` (``rows`` = candidate, liked, disliked rows into
-    them) plus the private parts; column 0 like, column 1 pick (when the model has it)."""
+    them) plus the private parts; column 0 like, column 1 pick (when the model has it).
+
+    ``cold`` (B,) bool marks rows whose candidate is scored as a new item: without its private residual
+    and biases, with the statistics of an item never seen in training (zeros).
+    """
     users, items = _to(data.users, device), _to(data.items, device)
     cands, liked, disliked = (_to(r, device) for r in rows)
     assert data.stats is not None
-    logits = scorer(vectors, cands, liked, disliked, part.private.user_vectors(users), _to(data.stats, device)).float()
-    like = logits[:, 0] + part.private.bias(items, users)
+    stats = _to(data.stats, device)
+    user, counts = scorer.users(vectors, liked, disliked, part.private.user_vectors(users))
+    item = vectors[cands]
+    keep: torch.Tensor | float = 1.0
+    if cold is not None and cold.any():
+        keep = _to((~cold).astype(np.float32), device)
+        residual = part.private.item_vectors(items)
+        item = item if residual is None else item - (1.0 - keep)[:, None] * residual  # text vector alone
+        stats = stats * keep[:, None]
+    logits = scorer.score(user, counts, item, stats if scorer.item_stats else None).float()
+    like = logits[:, 0] + keep * part.private.bias(items, users) + (1.0 - keep) * _user_bias(part, users)
     if logits.shape[1] == 1:
         return like.unsqueeze(1)
-    return torch.stack([like, logits[:, 1] + part.private.pick_bias(items)], dim=1)
+    return torch.stack([like, logits[:, 1] + keep * part.private.pick_bias(items)], dim=1)
+
+
+def _user_bias(part: PlatformBatches, users: torch.Tensor) -> torch.Tensor | float:
+    """The private user bias alone (a cold row drops only the item's)."""
+    return 0.0 if part.private.user_bias is None else part.private.user_bias[users]
 
 
 def batch_logits(
-    scorer: Scorer, part: PlatformBatches, data: EncodedSplit, device: torch.device, history_grad: bool = True
-) -> torch.Tensor:
+    scorer: Scorer, part: PlatformBatches, data: EncodedSplit, device: torch.device, history_grad: bool = True,
+    encode: bool = True, cold: np.ndarray | None = None,
+) -> torch.Tensor:  # fmt: skip
     """(B, K) logits of ``data`` (one batch): encode its distinct items once, then score from their vectors.
 
-    ``history_grad=False`` encodes the items that appear only in histories without gradient.
+    ``history_grad=False`` encodes the items that appear only in histories without gradient (or reads
+    them from the item cache); ``encode=False`` reads every item from the cache; ``cold``: see :func:`_logits`.
     """
     if history_grad:
         needed, grad_rows = referenced_items(data), None  # (U,) sorted catalogue rows
@@ -315,7 +396,8 @@ def batch_logits(
     remap[needed] = np.arange(len(needed))
     local = [remap[data.items], np.where(data.liked >= 0, remap[data.liked], -1),
              np.where(data.disliked >= 0, remap[data.disliked], -1)]  # fmt: skip
-    return _logits(scorer, part, item_vectors(scorer, part, needed, device, grad_rows), local, data, device)
+    vectors = item_vectors(scorer, part, needed, device, grad_rows, encode)
+    return _logits(scorer, part, vectors, local, data, device, cold)
 
 
 def train(
@@ -358,13 +440,20 @@ def _train(
     opt = make_optimizer(groups, device)
     rng = np.random.default_rng(seed)
     total, seen = torch.zeros((), dtype=torch.float64, device=device), 0  # summed on device: no sync per step
+    if spec.item_cache:
+        fill_item_cache(scorer, parts, device)
+    step = 0
     for _ in range(spec.local_epochs):
         batches = [(k, b) for k, part in enumerate(parts)
                    for b in _batches(rng.permutation(len(part.data)), spec.batch_size)]  # fmt: skip
         for j in rng.permutation(len(batches)):
             k, idx = batches[j]
             data = parts[k].data.take(idx)
-            loss = _loss(batch_logits(scorer, parts[k], data, device, spec.history_grad), data, spec, device)
+            encode = not spec.item_cache or (spec.encoder_every > 0 and step % spec.encoder_every == 0)
+            cold = rng.random(len(idx)) < spec.cold_dropout if spec.cold_dropout > 0 else None
+            step += 1
+            logits = batch_logits(scorer, parts[k], data, device, spec.history_grad, encode, cold)
+            loss = _loss(logits, data, spec, device)
             if anchor is not None:
                 prox = sum(((p - a) ** 2).sum() for p, a in zip(shared, anchor, strict=True))
                 loss = loss + 0.5 * spec.proximal_mu * prox
@@ -375,7 +464,19 @@ def _train(
             seen += len(idx)
         if not math.isfinite(total.item()):  # one device sync per epoch, not per step
             raise FloatingPointError("training loss became NaN/Inf; lower `train.lr`")
+    for part in parts:
+        part.pooled = None  # the cache lives for one local training: the next starts from the fused adapter
     return {"train-loss": total.item() / max(seen, 1), "num-examples": float(sum(len(p.data) for p in parts))}
+
+
+@torch.no_grad()
+def fill_item_cache(scorer: Scorer, parts: Sequence[PlatformBatches], device: torch.device) -> None:
+    """``train.item-cache``: each part's pooled text state of every row its data references, from the
+    adapter training starts with (other rows stay zero: no step reads them)."""
+    for part in parts:
+        rows = referenced_items(part.data)
+        part.pooled = torch.zeros((len(part.table), scorer.tower.in_features), device=device)
+        part.pooled[_to(rows, device)] = text_pooled(scorer, part.table, rows, device)
 
 
 def _loss(logits: torch.Tensor, data: EncodedSplit, spec: TrainSpec, device: torch.device) -> torch.Tensor:

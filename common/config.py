@@ -72,9 +72,13 @@ class LoraSpec:
     target_modules: str = "query,key,value,dense"
     freeze_a: bool = False  # exact-LoRA fusion: A stays at its seeded init, only B trains (fused B.A = mean of B_i.A)
     private_b: bool = False  # keep every LoRA B private, fuse only A (FedSA-LoRA): a private share of the adapter
+    # 0: LoRA in every layer; N > 0: only in the top N layers (peft ``layers_to_transform``). The layers below
+    # are then frozen, so each item's state after them is computed once per process and cached (the CPU recipe)
+    top_layers: int = 0
 
     def __post_init__(self) -> None:
         _positive(self, "r", "lora.r")
+        _non_negative(self, "top_layers", "lora.top-layers")
         _positive(self, "alpha", "lora.alpha")
         _fraction(self, "dropout", "lora.dropout")
         if not self.modules:
@@ -102,9 +106,24 @@ class TrainSpec:
     # torch.compile the text encoder (training and inference) over a few fixed shapes: "off" (eager),
     # "default", "reduce-overhead" (CUDA graphs), "max-autotune"; the first steps pay the compile time
     compile: str = "off"
+    # Item cache (the CPU recipe): history-only items, and candidates on steps without the encoder, read their
+    # pooled text state from a cache filled at the start of each local training and refreshed whenever an item
+    # is encoded again; only the tower, the head and the private parts then run for them.
+    item_cache: bool = False
+    # With the item cache: the encoder (LoRA) runs with gradient on every k-th step only, the other steps train
+    # the tower, head and private parts on cached text; 0 = never (the frozen base: LoRA keeps its init).
+    encoder_every: int = 1
+    # Share of train rows whose candidate is scored as a NEW item: its private item parameters and train
+    # statistics hidden, so the shared model learns to score from text alone (DropoutNet-style cold start).
+    cold_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         _positive(self, "local_epochs", "train.local-epochs")
+        _non_negative(self, "encoder_every", "train.encoder-every")
+        _fraction(self, "cold_dropout", "train.cold-dropout")
+        if self.encoder_every != 1 and not self.item_cache:
+            raise ConfigError(f"`train.encoder-every` = {self.encoder_every} needs `train.item-cache` = true "
+                              "(steps without the encoder read item texts from the cache)")  # fmt: skip
         _positive(self, "lr", "train.lr")
         _positive(self, "batch_size", "train.batch-size")
         _non_negative(self, "weight_decay", "train.weight-decay")

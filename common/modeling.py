@@ -38,8 +38,9 @@ from __future__ import annotations
 import copy
 import functools
 import os
+import uuid
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -118,8 +119,12 @@ def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class Scorer(nn.Module):
     """The shared model: LoRA encoder -> item vectors; histories -> user vectors; an MLP head -> logit."""
 
-    def __init__(self, encoder: PeftModel, hidden_size: int, spec: ModelSpec, private_b: bool = False) -> None:
+    def __init__(
+        self, encoder: PeftModel, hidden_size: int, spec: ModelSpec, private_b: bool = False, top_layers: int = 0
+    ) -> None:
         super().__init__()
+        self.top_layers = top_layers  # > 0: LoRA only in these top layers; the ones below are frozen (cacheable)
+        self.cache_key = uuid.uuid4().hex  # names this scorer's cached lower-layer states (clients.trainer.ItemTable)
         dim = spec.dim
         self.encoder = encoder
         self.tower = nn.Linear(hidden_size, dim)
@@ -142,8 +147,43 @@ class Scorer(nn.Module):
 
     def item_vectors(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(U, T) item tokens -> (U, dim) item vectors (masked mean of the token states, projected)."""
+        return self.tower(self.pooled(input_ids, attention_mask))
+
+    def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(U, T) item tokens -> (U, H) masked mean of the encoder's last token states (before the tower)."""
         states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.tower(masked_mean(states, attention_mask))
+        return masked_mean(states, attention_mask)
+
+    # The cached path (``lora.top-layers`` = N > 0): the layers below the top N carry no LoRA and never
+    # change, so :meth:`lower_states` runs them once per item and :meth:`pooled_from_lower` runs only the
+    # top N on those states. Together they equal :meth:`pooled` to float tolerance (tests/unit/test_cached_encoder.py).
+
+    def _layers(self) -> tuple[nn.Module, Sequence[nn.Module]]:
+        """The base's embeddings and its list of transformer layers (BERT-family encoders)."""
+        base = self.encoder.get_base_model()
+        layers = getattr(getattr(base, "encoder", None), "layer", None)
+        if not hasattr(base, "embeddings") or layers is None:
+            raise ModelLoadError(f"`lora.top-layers` needs a BERT-style encoder (embeddings + encoder.layer), "
+                                 f"got {type(base).__name__}")  # fmt: skip
+        return base.embeddings, layers
+
+    @torch.no_grad()
+    def lower_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(U, T) item tokens -> (U, T, H) token states after the frozen layers below the top ``top_layers``."""
+        embeddings, layers = self._layers()
+        states = embeddings(input_ids=input_ids)
+        mask = _additive_mask(attention_mask, states.dtype)
+        for layer in layers[: len(layers) - self.top_layers]:
+            states = _layer_out(layer(states, mask))
+        return states
+
+    def pooled_from_lower(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(U, T, H) states from :meth:`lower_states` -> (U, H): the top layers (with LoRA), then the masked mean."""
+        _, layers = self._layers()
+        mask = _additive_mask(attention_mask, states.dtype)
+        for layer in layers[len(layers) - self.top_layers :]:
+            states = _layer_out(layer(states, mask))
+        return masked_mean(states, attention_mask)
 
     def forward(
         self,
@@ -218,6 +258,16 @@ class Scorer(nn.Module):
         return self.head[3](self.head[2](hidden))
 
 
+def _additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(U, T) 1/0 mask -> (U, 1, 1, T) additive mask (0: attend, the dtype's minimum: skip), as BERT layers take it."""
+    return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+
+
+def _layer_out(out: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """A transformer layer's hidden states (transformers 5 returns the tensor, earlier versions a tuple)."""
+    return out[0] if isinstance(out, tuple) else out
+
+
 def _history_mean(vectors: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean item vector of each history (B, L) with -1 padding, and the history lengths (B,)."""
     mask = rows >= 0
@@ -258,10 +308,14 @@ class PrivateParts(nn.Module):
         return 0.0 if self.item_pick_bias is None else self.item_pick_bias[items]
 
 
-def lora_config(spec: LoraSpec) -> LoraConfig:
+def lora_config(spec: LoraSpec, num_layers: int) -> LoraConfig:
+    """peft's config; ``lora.top-layers`` = N puts LoRA in the top N of the base's ``num_layers`` layers only."""
+    if spec.top_layers > num_layers:
+        raise ModelLoadError(f"`lora.top-layers` = {spec.top_layers} but the base model has {num_layers} layers")
+    top = list(range(num_layers - spec.top_layers, num_layers)) if spec.top_layers else None
     return LoraConfig(
         r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
-        target_modules=spec.modules, bias="none",
+        target_modules=spec.modules, bias="none", layers_to_transform=top,
     )  # fmt: skip
 
 
@@ -275,10 +329,10 @@ def build_scorer(model: ModelSpec, lora: LoraSpec, seed: int = 0) -> tuple[Score
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         try:
-            peft_model = get_peft_model(encoder, lora_config(lora))
+            peft_model = get_peft_model(encoder, lora_config(lora, encoder.config.num_hidden_layers))
         except ValueError as exc:  # peft: target modules not found in the base model
             raise ModelLoadError(f"`lora.target-modules` = {lora.target_modules!r}: {exc}") from exc
-        scorer = Scorer(peft_model, encoder.config.hidden_size, model, lora.private_b)
+        scorer = Scorer(peft_model, encoder.config.hidden_size, model, lora.private_b, lora.top_layers)
     if lora.freeze_a:  # A keeps its seeded init (the same on every platform): only B and the layers above train
         for name, param in peft_model.named_parameters():
             if ".lora_A." in name:
@@ -398,7 +452,7 @@ def load_adapter(
     encoder = PeftModel.from_pretrained(copy.deepcopy(base), str(folder))
     with torch.random.fork_rng():
         torch.manual_seed(seed)  # a private head not in the folder keeps the seeded init
-        scorer = Scorer(encoder, base.config.hidden_size, model, lora.private_b)
+        scorer = Scorer(encoder, base.config.hidden_size, model, lora.private_b, lora.top_layers)
     _load_layers(scorer, load_file(str(folder / HEAD_FILE)))
     return scorer, tokenizer
 

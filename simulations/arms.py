@@ -28,13 +28,21 @@ SIZES: dict[str, dict[str, Any]] = {
         "model.dim": 16, "lora.r": 4, "train.max-examples": 64, "train.batch-size": 16, "eval.max-rank-users": 4,
         "eval.batch-size": 64,
     },
+    # CPU (2 cores): the real base on every train row of every platform in every round, every test user
+    # ranked. LoRA in the top layer only (the five below run once per item and are cached), history items
+    # and 3 of every 4 steps read item texts from a cache refreshed as items are encoded (README "CPU recipe").
+    "cpu": {
+        "num-server-rounds": 3, "train.max-examples": 0, "eval.max-rank-users": 0, "lora.top-layers": 1,
+        "train.item-cache": True, "train.encoder-every": 4, "train.batch-size": 512, "model.max-length": 32,
+        "eval.batch-size": 1024, "fed.patience": 1,
+    },
     # GPU (one H100/H200): every train example every round (5 passes in all), every test user ranked.
     "full": {
         "num-server-rounds": 5, "train.max-examples": 0, "train.batch-size": 256, "eval.max-rank-users": 0,
         "eval.batch-size": 1024, "fed.patience": 2,
     },
 }  # fmt: skip
-SCARCE_FRACTION = {"ci": 0.4, "full": 0.1}  # share of train examples a scarce platform keeps (ci: tiny shops)
+SCARCE_FRACTION = {"ci": 0.4, "cpu": 0.1, "full": 0.1}  # share of train examples a scarce platform keeps (ci: tiny shops)
 
 
 @dataclass(frozen=True)
