@@ -363,11 +363,25 @@ def _cold_halves(
     return set(picks[: len(picks) // 2]), set(picks[len(picks) // 2 :])
 
 
+def new_items(data: PlatformData, cfg: SplitConfig) -> tuple[set[str], set[str]]:
+    """The platform's (valid-new, test-new) items under ``cold_start = "new-items"`` (module docstring)."""
+    catalogue = sorted(data.items)
+    return _cold_halves(catalogue, cfg.cold_fraction, len(catalogue), _rng(cfg.seed, data.name, "new-items"))
+
+
+def new_users(data: PlatformData, cfg: SplitConfig) -> tuple[set[str], set[str]]:
+    """The platform's (valid, test) new users under ``cold_start = "new-users"``: a ``cold_fraction`` of all
+    users, drawn among those with at least ``NEW_USER_MIN`` interactions (module docstring)."""
+    counts: dict[str, int] = defaultdict(int)
+    for row in data.interactions:
+        counts[row.user_id] += 1
+    eligible = [user for user in sorted(counts) if counts[user] >= NEW_USER_MIN]
+    return _cold_halves(eligible, cfg.cold_fraction, len(counts), _rng(cfg.seed, data.name, "new-users"))
+
+
 def _split_new_items(data: PlatformData, cfg: SplitConfig) -> _Protocol:
     """Train on known items, validate and test on two disjoint sets of new ones (module docstring)."""
-    catalogue = sorted(data.items)
-    valid_new, test_new = _cold_halves(catalogue, cfg.cold_fraction, len(catalogue),
-                                       _rng(cfg.seed, data.name, "new-items"))  # fmt: skip
+    valid_new, test_new = new_items(data, cfg)
     group = {**dict.fromkeys(valid_new, "valid"), **dict.fromkeys(test_new, "test")}  # new item -> its split
     out = _Protocol()
     by_user = _by_user(data.interactions)
@@ -380,9 +394,9 @@ def _split_new_items(data: PlatformData, cfg: SplitConfig) -> _Protocol:
         trained = iter(_examples(user, [item for item, _ in known], [label for _, label in known], cfg.history_len))
         last_like: dict[str, Example] = {}
         targets: list[_Target] = []
-        for example in _examples(user, item_ids, labels, cfg.history_len):
-            name = group.get(example.item_id, "train")
-            example = next(trained) if name == "train" else example
+        for full in _examples(user, item_ids, labels, cfg.history_len):
+            name = group.get(full.item_id, "train")
+            example = next(trained) if name == "train" else full
             targets.append(([(name, example)], pools[name]))
             if example.label and name != "train":
                 last_like[name] = example
@@ -397,13 +411,10 @@ def _split_new_users(data: PlatformData, cfg: SplitConfig) -> _Protocol:
     """Train on known users, validate and test on two disjoint sets of new ones seen through their first
     interactions (module docstring)."""
     by_user = _by_user(data.interactions)
-    users = sorted(by_user)
-    eligible = [user for user in users if len(by_user[user]) >= NEW_USER_MIN]
-    valid_users, test_users = _cold_halves(eligible, cfg.cold_fraction, len(users),
-                                           _rng(cfg.seed, data.name, "new-users"))  # fmt: skip
+    valid_users, test_users = new_users(data, cfg)
     start = max(NEW_USER_KS)
     out = _Protocol()
-    for user in users:
+    for user in sorted(by_user):
         item_ids, labels, unseen = _user_log(by_user[user], data, cfg)
         if user not in valid_users and user not in test_users:
             examples = _examples(user, item_ids, labels, cfg.history_len)
