@@ -20,7 +20,7 @@ from clients.trainer import EncodedSplit, ItemTable, encode_examples, encode_ite
 from common.config import AppConfig, DataSpec
 from common.data import DatasetError, PlatformData, RatingScale, discover_platforms, load_platform
 from common.item_stats import ItemStats
-from common.splits import PlatformSplits, RankingCase, SplitConfig, split_platform, thin_train
+from common.splits import Example, PlatformSplits, RankingCase, SplitConfig, split_platform, thin_train
 
 PLATFORM_KEY = "platform"
 DATA_DIR_KEY = "data-dir"
@@ -72,7 +72,8 @@ def split_config(spec: DataSpec, seed: int) -> SplitConfig:
         like_threshold=spec.like_threshold, history_len=spec.history_len,
         negatives_per_positive=spec.negatives_per_positive, rank_negatives=spec.rank_negatives,
         train_unseen_negatives=spec.train_unseen_negatives,
-        max_users=spec.max_users or None, seed=seed,
+        max_users=spec.max_users or None, seed=seed, cold_start=spec.cold_start,
+        cold_fraction=spec.cold_fraction, new_user_history=spec.new_user_history,
     )  # fmt: skip
 
 
@@ -105,6 +106,8 @@ class PreparedPlatform:
     cases: list[RankingCase] = field(default_factory=list)  # the ranked cases behind ``ranking``, in order
     valid_ranking: tuple[EncodedSplit, int] | None = None  # the same protocol on validation likes
     stats: ItemStats | None = None  # the catalogue's train statistics (scoring new rows needs them too)
+    # scored with ``test``: the new-users test examples with other history sizes ("test-k1", "test-k5")
+    extra: dict[str, EncodedSplit] = field(default_factory=dict)
 
     def rankings(self, splits: Sequence[str]) -> dict[str, tuple[EncodedSplit, int]]:
         """The ranking cases of each named split that has them."""
@@ -136,16 +139,21 @@ def prepare(
     train = encode_examples(table, users, splits.train, length, splits.implicit)
     stats = ItemStats.from_train(len(table), train.items, train.labels, train.rated)  # type: ignore[arg-type]
     ranking, width = encode_ranking(table, users, cases, length)
+
+    def scored(examples: list[Example]) -> EncodedSplit:  # a split scored as valid and test are
+        return with_item_stats(stats, encode_examples(table, users, examples, length, splits.implicit))
+
     valid_ranking, valid_width = encode_ranking(table, users, _some(splits.valid_ranking, max_rank_users, seed), length)
     return PreparedPlatform(
         splits=splits, table=table, users=users,
         train=with_item_stats(stats, train, train=True),
-        valid=with_item_stats(stats, encode_examples(table, users, splits.valid, length, splits.implicit)),
-        test=with_item_stats(stats, encode_examples(table, users, splits.test, length, splits.implicit)),
+        valid=scored(splits.valid),
+        test=scored(splits.test),
         ranking=(with_item_stats(stats, ranking), width),
         cases=list(cases),
         valid_ranking=(with_item_stats(stats, valid_ranking), valid_width),
         stats=stats,
+        extra={name: scored(examples) for name, examples in splits.extra_tests.items()},
     )  # fmt: skip
 
 

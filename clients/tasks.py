@@ -174,9 +174,13 @@ def evaluate_state(
 ) -> dict[str, float]:
     """``valid.*`` / ``test.*`` metrics (AUC, log-loss, counts, HR@10, NDCG@10) of ``state``.
 
-    Uses this platform's private parameters of ``server_round`` (the latest at or before it).
+    With ``test``, every extra test split too (``test-k1.*``: new users seen through other history
+    sizes, ``data.cold-start = "new-users"``). Uses this platform's private parameters of
+    ``server_round`` (the latest at or before it).
     """
     scorer, part, prepared = load_platform(cfg, setup, state, store, server_round)
     data = {name: getattr(prepared, name) for name in splits}
+    if "test" in splits:
+        data.update(prepared.extra)
     rankings = prepared.rankings(splits)
     return evaluate(scorer, part, data, rankings, cfg.eval.batch_size, pick_device(setup.device), scores)

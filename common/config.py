@@ -35,6 +35,10 @@ TINY_PRESET: dict[str, Scalar] = {
     "train.max-examples": 64, "train.batch-size": 16, "eval.max-rank-users": 3,
 }  # fmt: skip
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")  # train.compile: eager or a torch.compile mode
+COLD_STARTS = ("", "new-items", "new-users")  # data.cold-start: "" = leave-last-out (see common.splits)
+# data.new-user-history: the history sizes a new user's test examples are scored with (``test-k1``, ...);
+# declared here rather than in common.splits so the run config can bound the setting without an import cycle
+NEW_USER_KS = (1, 3, 5)
 
 
 class ConfigError(ValueError):
@@ -148,6 +152,11 @@ class DataSpec:
     rank_negatives: int = 99
     max_users: int = 0  # 0 = every user
     rating_scale: str = ""  # "lowest,highest" of explicit ratings ("1,5"): one outside is refused; "" = unchecked
+    # cold-start evaluation (common.splits): "" = leave-last-out, "new-items" = valid/test on items no training
+    # example has, "new-users" = valid/test on users no training example has, seen through their first few items
+    cold_start: str = ""
+    cold_fraction: float = 0.2  # the share of the catalogue (new-items) or of the users (new-users) held out
+    new_user_history: int = 3  # new-users: the first k interactions a new user's valid/test examples see
 
     def __post_init__(self) -> None:
         try:
@@ -159,6 +168,8 @@ class DataSpec:
         _non_negative(self, "train_unseen_negatives", "data.train-unseen-negatives")
         _positive(self, "rank_negatives", "data.rank-negatives")
         _non_negative(self, "max_users", "data.max-users")
+        check_cold_start(self.cold_start, self.cold_fraction, self.new_user_history,
+                         ("data.cold-start", "data.cold-fraction", "data.new-user-history"))  # fmt: skip
 
     @property
     def scale(self) -> tuple[float, float] | None:
@@ -419,6 +430,16 @@ def parse_node_names(text: str) -> dict[int, str]:
 def node_names_string(names: Mapping[int | str, str]) -> str:
     """The ``fed.node-names`` value for a node id -> platform mapping (ids in order)."""
     return ",".join(f"{int(node)}={names[node]}" for node in sorted(names, key=int))
+
+
+def check_cold_start(cold_start: str, fraction: float, history: int, keys: tuple[str, str, str]) -> None:
+    """The cold-start settings, checked once for the run config and ``SplitConfig``; ``keys`` name them in errors."""
+    if cold_start not in COLD_STARTS:
+        raise ConfigError(f"`{keys[0]}` must be one of '', new-items, new-users, got {cold_start!r}")
+    if not 0.0 < fraction < 1.0:  # also refuses NaN
+        raise ConfigError(f"`{keys[1]}` must be in (0, 1), got {fraction}")
+    if not 1 <= history <= max(NEW_USER_KS):
+        raise ConfigError(f"`{keys[2]}` must be from 1 to {max(NEW_USER_KS)}, got {history}")
 
 
 def _positive(obj: object, attr: str, key: str) -> None:

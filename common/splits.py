@@ -10,6 +10,32 @@ Randomness (implicit negatives, ranking negatives, user subsampling, training th
 comes from generators keyed by ``(seed, platform, user, purpose)``, so a platform splits
 identically whether it is split alone on its own node or together with the others, and one
 user's draws do not depend on which other users are present.
+
+Cold start (``cold_start``): the splits above score items and users the model trained on.
+Two other protocols hold out what training never saw; in both, every interaction of what is
+known trains (no leave-last-out) and only the held-out part is validated and tested.
+
+``"new-items"``: a seeded ``cold_fraction`` of the catalogue (sorted ids, generator keyed
+``(seed, platform, "new-items")``, at least 2 items) is new, split in two seeded halves,
+valid-new and test-new. Train is every interaction with a known item, valid every interaction
+with a valid-new item, test every one with a test-new item. A train example's history leaves
+new items out: they did not exist at training time, and a new item in a liked or disliked list
+would hand its test label to training. Valid and test histories keep everything before them.
+Unrated train negatives (explicit ``train_unseen_negatives``, implicit negatives) are known
+items; implicit valid (test) negatives are valid-new (test-new) items the user never touched,
+so AUC compares new items with new items. A ranking case per user with a liked test-new
+(valid-new) item: the last such like against unseen items of the whole catalogue.
+
+``"new-users"``: a seeded ``cold_fraction`` of the users (sorted ids, generator keyed
+``(seed, platform, "new-users")``, at least 2), drawn among users with at least
+``NEW_USER_MIN`` interactions, is new, split in two seeded halves, valid and test users.
+Train is every interaction of every known user. A new user's examples are their interactions
+from position ``max(NEW_USER_KS)`` on, all with one fixed history: their first
+``new_user_history`` interactions (a new user who just signed up and rated a few items), so
+the same examples are scored whatever k is. For test users the same examples with the first
+k interactions, for each other k in ``NEW_USER_KS``, are ``extra_tests["test-k{k}"]``, each
+positive with the same sampled negatives as in ``test``: the k's differ in history only.
+New users have no training example, hence no trained private user vector.
 """
 
 from __future__ import annotations
@@ -18,12 +44,12 @@ import dataclasses
 import math
 import zlib
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from common.config import ConfigError, DataSpec
+from common.config import NEW_USER_KS, ConfigError, DataSpec, check_cold_start
 from common.data import Feedback, Interaction, Item, PlatformData
 
 
@@ -41,6 +67,9 @@ class SplitConfig:
     rank_negatives: int = DataSpec.rank_negatives  # HR/NDCG protocol: sampled negatives per test positive
     max_users: int | None = None  # seeded subsample of users per platform (None = all)
     seed: int = 0
+    cold_start: str = DataSpec.cold_start  # "" = leave-last-out, "new-items" or "new-users" (module docstring)
+    cold_fraction: float = DataSpec.cold_fraction  # share of the catalogue / of the users held out as new
+    new_user_history: int = DataSpec.new_user_history  # new-users: first k interactions seen by valid/test
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.like_threshold):
@@ -56,6 +85,8 @@ class SplitConfig:
             raise ConfigError(f"`max_users` must be positive or None, got {self.max_users}")
         if self.seed < 0:
             raise ConfigError(f"`seed` must be non-negative, got {self.seed}")
+        check_cold_start(self.cold_start, self.cold_fraction, self.new_user_history,
+                         ("cold_start", "cold_fraction", "new_user_history"))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -88,6 +119,8 @@ class PlatformSplits:
     num_interactions: int = 0  # interactions behind the examples (sampled negatives excluded)
     valid_ranking: list[RankingCase] = dataclasses.field(default_factory=list)  # the same protocol on valid likes
     implicit: bool = False  # implicit feedback: "liked" and "interacted with" are the same thing
+    # new-users: the test examples again with the first k interactions as history ("test-k1", "test-k5")
+    extra_tests: dict[str, list[Example]] = dataclasses.field(default_factory=dict)
 
     def stats(self) -> dict[str, float | int]:
         users = {ex.user_id for split in (self.train, self.valid, self.test) for ex in split}
@@ -224,9 +257,15 @@ def current_histories(data: PlatformData, like_threshold: float, history_len: in
     for user, rows in _by_user(data.interactions).items():
         item_ids = [row.item_id for row in rows]
         labels = [_label(row, data.feedback, like_threshold) for row in rows]
-        liked, disliked = _histories([*item_ids, ""], [*labels, 0], history_len)[-1]
-        out[user] = UserHistory(liked, disliked, frozenset(item_ids))
+        out[user] = UserHistory(*_history_after(item_ids, labels, history_len), frozenset(item_ids))
     return out
+
+
+def _history_after(
+    item_ids: Sequence[str], labels: Sequence[int], history_len: int
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(liked, disliked) after all of ``item_ids``: what the next interaction's history would be."""
+    return _histories([*item_ids, ""], [*labels, 0], history_len)[-1]
 
 
 def _sample(pool: Sequence[str], size: int, rng: np.random.Generator) -> tuple[str, ...]:
@@ -235,8 +274,25 @@ def _sample(pool: Sequence[str], size: int, rng: np.random.Generator) -> tuple[s
     return tuple(pool[i] for i in picks)
 
 
+NEW_USER_MIN = max(NEW_USER_KS) + 1  # new-users: interactions a user needs to be drawn (one example at least)
+
+# One interaction to emit: the (split name, example) pairs it goes to (the same candidate, each with its own
+# history) and the items its sampled negatives come from (implicit negatives, explicit unrated train rows).
+_Target = tuple[list[tuple[str, Example]], Sequence[str]]
+_Pending = list[tuple[Example, Sequence[str]]]  # held-out likes to rank and the unseen items they are ranked against
+
+
+@dataclass
+class _Protocol:
+    """What a split protocol decides for one platform, before the negatives shared by every protocol are drawn."""
+
+    targets: dict[str, list[_Target]] = dataclasses.field(default_factory=dict)  # user -> targets in time order
+    pending: _Pending = dataclasses.field(default_factory=list)  # test ranking cases, users sorted
+    pending_valid: _Pending = dataclasses.field(default_factory=list)  # validation ranking cases
+
+
 def split_platform(data: PlatformData, cfg: SplitConfig) -> PlatformSplits:
-    """Leave-last-out examples plus ranking cases for one platform.
+    """Leave-last-out examples plus ranking cases for one platform (or a cold-start protocol: module docstring).
 
     Implicit feedback: every interaction is a positive and gets ``negatives_per_positive``
     sampled negatives (catalogue items the user never interacted with, same history).
@@ -256,44 +312,155 @@ def split_platform(data: PlatformData, cfg: SplitConfig) -> PlatformSplits:
     """
     if cfg.max_users is not None:
         data = subsample_users(data, cfg.max_users, cfg.seed)
-    catalogue = sorted(data.items)
-    train: list[Example] = []
-    valid: list[Example] = []
-    test: list[Example] = []
-    pending: list[tuple[Example, list[str]]] = []  # liked test examples and their unseen items
-    pending_valid: list[tuple[Example, list[str]]] = []  # liked validation examples and their unseen items
-    rated_train: dict[str, tuple[list[Example], list[str]]] = {}  # user -> rated train examples, unseen items
+    protocols: dict[str, Callable[[PlatformData, SplitConfig], _Protocol]] = {
+        "": _leave_last_out, "new-items": _split_new_items, "new-users": _split_new_users,
+    }  # fmt: skip
+    return _assemble(data, cfg, protocols[cfg.cold_start](data, cfg))
+
+
+def _user_log(
+    rows: Sequence[Interaction], data: PlatformData, cfg: SplitConfig
+) -> tuple[list[str], list[int], list[str]]:
+    """One user's item ids and like labels in time order, and the catalogue items they never touched (sorted)."""
+    item_ids = [row.item_id for row in rows]
+    labels = [_label(row, data.feedback, cfg.like_threshold) for row in rows]
+    seen = set(item_ids)
+    return item_ids, labels, [item for item in sorted(data.items) if item not in seen]
+
+
+def _examples(user: str, item_ids: Sequence[str], labels: Sequence[int], history_len: int) -> list[Example]:
+    """An example per interaction, each with the user's history strictly before it."""
+    histories = _histories(item_ids, labels, history_len)
+    return [Example(user, item_id, label, *history)
+            for item_id, label, history in zip(item_ids, labels, histories, strict=True)]  # fmt: skip
+
+
+def _leave_last_out(data: PlatformData, cfg: SplitConfig) -> _Protocol:
+    """The last interaction tests, the second-last validates, the rest train (``min_interactions`` or more)."""
+    out = _Protocol()
     by_user = _by_user(data.interactions)
     for user in sorted(by_user):
-        rows = by_user[user]
-        item_ids = [row.item_id for row in rows]
-        labels = [_label(row, data.feedback, cfg.like_threshold) for row in rows]
-        seen = set(item_ids)
-        unseen = [item for item in catalogue if item not in seen]
-        held_out = len(rows) >= cfg.min_interactions
-        targets = [train] * (len(rows) - 2) + [valid, test] if held_out else [train] * len(rows)
-        neg_rng = _rng(cfg.seed, data.name, user, "negatives")
-        histories = _histories(item_ids, labels, cfg.history_len)
-        for item_id, label, (liked, disliked), split in zip(item_ids, labels, histories, targets, strict=True):
-            example = Example(user, item_id, label, liked, disliked)
-            split.append(example)
-            if data.feedback == "implicit":
-                for neg in _sample(unseen, cfg.negatives_per_positive, neg_rng):
-                    split.append(Example(user, neg, 0, liked, disliked, rated=False))
-            elif cfg.train_unseen_negatives and split is train:
-                rated_train.setdefault(user, ([], unseen))[0].append(example)
+        item_ids, labels, unseen = _user_log(by_user[user], data, cfg)
+        held_out = len(item_ids) >= cfg.min_interactions
+        names = ["train"] * (len(item_ids) - 2) + ["valid", "test"] if held_out else ["train"] * len(item_ids)
+        examples = _examples(user, item_ids, labels, cfg.history_len)
+        out.targets[user] = [([(name, ex)], unseen) for name, ex in zip(names, examples, strict=True)]
         if held_out and labels[-1] == 1:
-            pending.append((Example(user, item_ids[-1], 1, *histories[-1]), unseen))
+            out.pending.append((examples[-1], unseen))
         if held_out and labels[-2] == 1:
-            pending_valid.append((Example(user, item_ids[-2], 1, *histories[-2]), unseen))
-    ranking = _ranking_cases(pending, cfg, data.name, "ranking")
-    valid_ranking = _ranking_cases(pending_valid, cfg, data.name, "valid-ranking")
+            out.pending_valid.append((examples[-2], unseen))
+    return out
+
+
+def _cold_halves(
+    pool: Sequence[str], fraction: float, total: int, rng: np.random.Generator
+) -> tuple[set[str], set[str]]:
+    """A seeded ``fraction`` of ``total`` (at least 2, at most the pool) drawn from ``pool``: (valid, test) halves.
+
+    The draw's own order decides the halves; an odd count gives test the extra one.
+    """
+    picks = _sample(pool, max(2, round(fraction * total)), rng)
+    return set(picks[: len(picks) // 2]), set(picks[len(picks) // 2 :])
+
+
+def new_items(data: PlatformData, cfg: SplitConfig) -> tuple[set[str], set[str]]:
+    """The platform's (valid-new, test-new) items under ``cold_start = "new-items"`` (module docstring)."""
+    catalogue = sorted(data.items)
+    return _cold_halves(catalogue, cfg.cold_fraction, len(catalogue), _rng(cfg.seed, data.name, "new-items"))
+
+
+def new_users(data: PlatformData, cfg: SplitConfig) -> tuple[set[str], set[str]]:
+    """The platform's (valid, test) new users under ``cold_start = "new-users"``: a ``cold_fraction`` of all
+    users, drawn among those with at least ``NEW_USER_MIN`` interactions (module docstring)."""
+    counts: dict[str, int] = defaultdict(int)
+    for row in data.interactions:
+        counts[row.user_id] += 1
+    eligible = [user for user in sorted(counts) if counts[user] >= NEW_USER_MIN]
+    return _cold_halves(eligible, cfg.cold_fraction, len(counts), _rng(cfg.seed, data.name, "new-users"))
+
+
+def _split_new_items(data: PlatformData, cfg: SplitConfig) -> _Protocol:
+    """Train on known items, validate and test on two disjoint sets of new ones (module docstring)."""
+    valid_new, test_new = new_items(data, cfg)
+    group = {**dict.fromkeys(valid_new, "valid"), **dict.fromkeys(test_new, "test")}  # new item -> its split
+    out = _Protocol()
+    by_user = _by_user(data.interactions)
+    for user in sorted(by_user):
+        item_ids, labels, unseen = _user_log(by_user[user], data, cfg)
+        pools = {name: [item for item in unseen if group.get(item, "train") == name]
+                 for name in ("train", "valid", "test")}  # fmt: skip
+        known = [(item, label) for item, label in zip(item_ids, labels, strict=True) if item not in group]
+        # train examples: histories over known items only; valid/test: over everything before them
+        trained = iter(_examples(user, [item for item, _ in known], [label for _, label in known], cfg.history_len))
+        last_like: dict[str, Example] = {}
+        targets: list[_Target] = []
+        for full in _examples(user, item_ids, labels, cfg.history_len):
+            name = group.get(full.item_id, "train")
+            example = next(trained) if name == "train" else full
+            targets.append(([(name, example)], pools[name]))
+            if example.label and name != "train":
+                last_like[name] = example
+        out.targets[user] = targets
+        for name, pending in (("test", out.pending), ("valid", out.pending_valid)):
+            if name in last_like:
+                pending.append((last_like[name], unseen))  # ranked against the whole catalogue, new items included
+    return out
+
+
+def _split_new_users(data: PlatformData, cfg: SplitConfig) -> _Protocol:
+    """Train on known users, validate and test on two disjoint sets of new ones seen through their first
+    interactions (module docstring)."""
+    by_user = _by_user(data.interactions)
+    valid_users, test_users = new_users(data, cfg)
+    start = max(NEW_USER_KS)
+    out = _Protocol()
+    for user in sorted(by_user):
+        item_ids, labels, unseen = _user_log(by_user[user], data, cfg)
+        if user not in valid_users and user not in test_users:
+            examples = _examples(user, item_ids, labels, cfg.history_len)
+            out.targets[user] = [([("train", example)], unseen) for example in examples]
+            continue
+        name, pending = ("test", out.pending) if user in test_users else ("valid", out.pending_valid)
+        ks = {name: cfg.new_user_history}
+        if name == "test":
+            ks.update({f"test-k{k}": k for k in NEW_USER_KS if k != cfg.new_user_history})
+        firsts = {split: _history_after(item_ids[:k], labels[:k], cfg.history_len) for split, k in ks.items()}
+        targets: list[_Target] = [
+            ([(split, Example(user, item_ids[p], labels[p], *firsts[split])) for split in ks], unseen)
+            for p in range(start, len(item_ids))
+        ]
+        out.targets[user] = targets
+        likes = [placements[0][1] for placements, _ in targets if placements[0][1].label]
+        if likes:
+            pending.append((likes[-1], unseen))
+    return out
+
+
+def _assemble(data: PlatformData, cfg: SplitConfig, protocol: _Protocol) -> PlatformSplits:
+    """The splits of a protocol's targets: implicit negatives, ranking cases and unrated train rows drawn here,
+    with the same keyed generators whichever protocol it is."""
+    implicit = data.feedback == "implicit"
+    splits: dict[str, list[Example]] = defaultdict(list)
+    rated_train: dict[str, tuple[list[Example], Sequence[str]]] = {}  # user -> rated train examples, their pool
+    for user in sorted(protocol.targets):
+        neg_rng = _rng(cfg.seed, data.name, user, "negatives")
+        for placements, pool in protocol.targets[user]:
+            negatives = _sample(pool, cfg.negatives_per_positive, neg_rng) if implicit else ()
+            for name, example in placements:  # one draw of negatives, copied with each placement's history
+                splits[name].append(example)
+                splits[name].extend(Example(user, neg, 0, example.liked, example.disliked, rated=False)
+                                    for neg in negatives)  # fmt: skip
+                if name == "train" and not implicit and cfg.train_unseen_negatives:
+                    rated_train.setdefault(user, ([], pool))[0].append(example)
+    ranking = _ranking_cases(protocol.pending, cfg, data.name, "ranking")
+    valid_ranking = _ranking_cases(protocol.pending_valid, cfg, data.name, "valid-ranking")
     held: dict[str, set[str]] = defaultdict(set)
     for case in (*ranking, *valid_ranking):
         held[case.user_id].update(case.negatives)
-    train += _unseen_negatives(rated_train, held, data.name, cfg)
+    train = splits.pop("train", []) + _unseen_negatives(rated_train, held, data.name, cfg)
+    valid, test = splits.pop("valid", []), splits.pop("test", [])
     return PlatformSplits(data.name, data.items, train, valid, test, ranking, len(data.interactions), valid_ranking,
-                          implicit=data.feedback == "implicit")  # fmt: skip
+                          implicit=implicit, extra_tests=dict(sorted(splits.items())))  # fmt: skip
 
 
 def _ranking_cases(
@@ -309,7 +476,7 @@ def _ranking_cases(
 
 
 def _unseen_negatives(
-    rated_train: dict[str, tuple[list[Example], list[str]]], held_out: dict[str, set[str]], platform: str,
+    rated_train: Mapping[str, tuple[list[Example], Sequence[str]]], held_out: dict[str, set[str]], platform: str,
     cfg: SplitConfig,
 ) -> list[Example]:  # fmt: skip
     """``cfg.train_unseen_negatives`` unrated items per rated train example, never a ranking negative of the user."""
