@@ -171,10 +171,18 @@ class Scorer(nn.Module):
     def lower_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(U, T) item tokens -> (U, T, H) token states after the frozen layers below the top ``top_layers``."""
         embeddings, layers = self._layers()
-        states = embeddings(input_ids=input_ids)
-        mask = _additive_mask(attention_mask, states.dtype)
-        for layer in layers[: len(layers) - self.top_layers]:
-            states = _layer_out(layer(states, mask))
+        lower = [embeddings, *layers[: len(layers) - self.top_layers]]
+        modes = [m.training for m in lower]
+        for module in lower:
+            module.eval()  # the cache is the frozen base's: no dropout noise frozen into it
+        try:
+            states = embeddings(input_ids=input_ids)
+            mask = _additive_mask(attention_mask, states.dtype)
+            for layer in lower[1:]:
+                states = _layer_out(layer(states, mask))
+        finally:
+            for module, mode in zip(lower, modes, strict=True):
+                module.train(mode)
         return states
 
     def pooled_from_lower(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
