@@ -9,7 +9,7 @@ import pytest
 from simulations.cli import main
 
 ARMS = (
-    "local,federated,fed+personal,fed+finetune,fed+mix,pooled,untrained,liked-share,popularity,like-rate,mf,mf-central"
+    "local,federated,fed+personal,fed+finetune,fed+mix,pooled,untrained,liked-share,popularity,like-rate,content,mf,mf-central"
 )
 
 
