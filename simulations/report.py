@@ -2,12 +2,13 @@
 
 ``report.json``: ``results[scenario][arm][platform | "mean"][metric] = {mean, std, values}``
 (values per planned seed, in seed order, null where that seed's record is missing; std is the
-sample std over the seeds present, 0 for one seed), ``paired[scenario][ref][arm][platform | "mean"]
-= {diff, low, high, n_boot, n, seeds}`` (paired bootstrap of the test-AUC difference arm - ref,
-95 % interval; every arm against ``local``, the recommended arm also against the baselines,
-``pooled`` and ``mf-central``), ``wall_s`` per scenario and arm, ``targets`` (each met / missed /
-not evaluated, with its rule and margin), and ``meta`` (config, kind, seeds, scenarios, arms,
-hardware, wall time, missing / failed / not started units).
+sample std over the seeds present, 0 for one seed; scenario ``new-users`` also has ``k1.auc``, ``k5.auc``:
+new users' test AUC with 1 and 5 interactions of history, ``auc`` being k = 3),
+``paired[scenario][ref][arm][platform | "mean"] = {diff, low, high, n_boot, n, seeds}`` (paired
+bootstrap of the test-AUC difference arm - ref, 95 % interval; every arm against ``local``, the
+recommended arm also against the baselines, ``pooled`` and ``mf-central``), ``wall_s`` per scenario
+and arm, ``targets`` (each met / missed / not evaluated, with its rule and margin), and ``meta``
+(config, kind, seeds, scenarios, arms, hardware, wall time, missing / failed / not started units).
 
 ``python -m simulations.report summary --out SUMMARY.md RUN [RUN ...]`` puts the target tables
 of several runs (e.g. the cross- and same-domain comparisons) into one file.
@@ -541,12 +542,14 @@ def plot_auc(report: Mapping[str, Any], path: Path) -> None:
         width = 0.8 / max(1, len(arms))
         x = np.arange(len(platforms))
         lows = []
+        colours = plt.get_cmap("tab20" if len(arms) > 10 else "tab10").colors  # the default cycle repeats after 10
         for i, (arm, per) in enumerate(_ordered(report, arms)):
             means = [per.get(p, {}).get("auc", {}).get("mean", math.nan) for p in platforms]
             stds = [per.get(p, {}).get("auc", {}).get("std", 0.0) for p in platforms]
             means = [m if m is not None else math.nan for m in means]
             stds = [s if s is not None and math.isfinite(s) else 0.0 for s in stds]
-            ax.bar(x - 0.4 + (i + 0.5) * width, means, width, yerr=stds, capsize=2, label=arm)
+            ax.bar(x - 0.4 + (i + 0.5) * width, means, width, yerr=stds, capsize=2, label=arm,
+                   color=colours[i % len(colours)])  # fmt: skip
             lows += [m for m in means if math.isfinite(m)]
         ax.axhline(0.5, color="grey", lw=0.8, ls="--")
         ax.set_xticks(x, platforms)
