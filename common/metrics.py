@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 
@@ -138,6 +139,27 @@ def mean_metrics(per_platform: Mapping[str, Mapping[str, float]]) -> dict[str, f
         weights = {p: per_platform[p].get(f"{split}.{weight_key(metric)}", 0.0) for p in values}
         out.update(weighted_mean(values, weights))
     return out
+
+
+_EXTRA_TEST = re.compile(r"^test-(k\d+)\.(.+)$")  # test-k1.auc: new users' test with 1 interaction of history
+
+
+def strip_test_prefix(metrics: Mapping[str, float]) -> dict[str, float]:
+    """A platform's test metrics without the split prefix: ``test.X`` -> ``X``, and the extra test splits
+    of a cold-start run (``test-kN.X``: new users with N interactions of history) -> ``kN.X``."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        if key.startswith("test."):
+            out[key.removeprefix("test.")] = float(value)
+        elif match := _EXTRA_TEST.match(key):
+            out[f"{match[1]}.{match[2]}"] = float(value)
+    return out
+
+
+def add_test_prefix(metrics: Mapping[str, float]) -> dict[str, float]:
+    """The inverse of :func:`strip_test_prefix` (``kN.X`` -> ``test-kN.X``), so :func:`mean_metrics` weights
+    each extra test split by its own examples."""
+    return {(f"test-{k}" if re.fullmatch(r"k\d+\..+", k) else f"test.{k}"): v for k, v in metrics.items()}
 
 
 # --- paired bootstrap -----------------------------------------------------------------------

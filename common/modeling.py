@@ -116,6 +116,35 @@ def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
+@torch.no_grad()
+def frozen_item_vectors(
+    encoder: nn.Module, tokens: np.ndarray, lengths: np.ndarray, batch_size: int = 256
+) -> np.ndarray:
+    """(I, H) float32: the base encoder's last hidden state, mean-pooled over each item's tokens (no LoRA, no tower).
+
+    What an item's text says before any training (the ``content`` baseline's similarity); ``tokens``
+    and ``lengths`` are an item table's (:func:`clients.trainer.encode_items`: tokenised once, the same
+    truncation as the trained arms). Items go in length order, so a batch carries little padding.
+    """
+    hidden = int(encoder.config.hidden_size)
+    out = np.zeros((len(lengths), hidden), dtype=np.float32)
+    device = next(encoder.parameters()).device
+    was_training = encoder.training
+    encoder.eval()  # the cached base is shared: its mode is put back below
+    try:
+        order = np.argsort(lengths, kind="stable")
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            width = max(1, int(lengths[rows].max()))
+            ids = torch.as_tensor(tokens[rows, :width], device=device)
+            mask = torch.arange(width, device=device)[None, :] < torch.as_tensor(lengths[rows], device=device)[:, None]
+            states = encoder(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+            out[rows] = _numpy(masked_mean(states, mask))
+    finally:
+        encoder.train(was_training)
+    return out
+
+
 class Scorer(nn.Module):
     """The shared model: LoRA encoder -> item vectors; histories -> user vectors; an MLP head -> logit."""
 

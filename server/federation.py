@@ -23,7 +23,7 @@ from rich.progress import Progress
 
 from common.config import AppConfig
 from common.fusion import server_update
-from common.metrics import mean_metrics
+from common.metrics import mean_metrics, strip_test_prefix
 from common.modeling import build_scorer, get_trainable_state, save_adapter
 from common.run_files import ADAPTER_DIR, ROUNDS_FILE, trim_rounds, write_summary
 from server.checkpoint import (
@@ -189,7 +189,7 @@ def run_federation(transport: Transport, cfg: AppConfig, table: bool = True) -> 
     summary = {
         "best_round": best.round, "rounds_run": loop.done, "resumed_after_round": loop.resumed_after,
         "metric": f"valid.{cfg.fed.metric}", "best_cohort": best.cohort,
-        "test": {p: _split(m, "test") for p, m in best.per_platform.items()},
+        "test": {p: strip_test_prefix(m) for p, m in best.per_platform.items()},  # with new users' test-kN.*
         "valid": {p: _split(m, "valid") for p, m in best.per_platform.items()},
         "mean": best.mean, "seed": cfg.seed, "config": cfg.to_flat(),
         "adapter_dir": str(out_dir / ADAPTER_DIR), "wall_seconds": loop.wall_seconds(now),

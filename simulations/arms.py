@@ -14,7 +14,14 @@ from typing import Any
 from common.config import AppConfig, ConfigError, parse_overrides
 
 METRICS = ("auc", "logloss", "hr@10", "ndcg@10")
-SCENARIOS = ("full", "scarce")
+SCENARIOS = ("full", "scarce", "new-items", "new-users")
+# Cold-start scenarios: the dataset as given, split by ``data.cold-start`` (new items: a seeded 20 % of each
+# catalogue never in train, tested on; new users: absent from train, tested with their first k interactions).
+SCENARIO_OVERRIDES: dict[str, dict[str, Any]] = {
+    "new-items": {"data.cold-start": "new-items"},
+    "new-users": {"data.cold-start": "new-users"},
+}
+SCENARIO_GROUPS = {"both": ("full", "scarce"), "all": SCENARIOS}  # --scenario shorthands
 REPLOT_S = 60.0  # during a run, report.json/md follow every unit, the plots at most this often
 KINDS = ("cross", "same")  # cross-domain genre platforms (ML-100K genres) | same-domain shops (users split)
 DATA_SEED = 0  # the scarce subsample is one fixed dataset; seeds vary the model, sampling and training order
@@ -96,6 +103,9 @@ ARMS: dict[str, Arm] = {a.name: a for a in (
     Arm("liked-share", "baseline", about="share of liked items in the user's history (0.5 if empty)"),
     Arm("popularity", "baseline", about="item's train interaction count (logistic-calibrated)"),
     Arm("like-rate", "baseline", about="item's smoothed train like-rate"),
+    Arm("content", "baseline", about="like-rate of the nearest known item (one with train interactions) by cosine "
+        "similarity of frozen base-model text vectors (mean-pooled, no LoRA, no training): what training adds "
+        "over frozen text on new items"),
     Arm("mf", "baseline", about="biased matrix factorisation per platform (global + user + item bias + "
         "latent factors, logistic loss) on the train split; dim, weight decay, epochs tuned on validation"),
     Arm("mf-central", "baseline", about="one biased MF on all platforms' train splits, users linked across "
@@ -104,8 +114,22 @@ ARMS: dict[str, Arm] = {a.name: a for a in (
 MAIN_ARMS = ("local", "federated", "fed+personal", "fed+finetune", "fed+mix", "pooled")
 LEVER_ARMS = ("fed+private-b", "fed-text-only", "local-text-only", "fed-bias-only", "like-only", "no-item-stats",
               "history-grad", "fedprox", "fedavgm", "fedadam", "freeze-a")  # fmt: skip
-BASELINE_ARMS = ("untrained", "liked-share", "popularity", "like-rate", "mf", "mf-central")
+BASELINE_ARMS = ("untrained", "liked-share", "popularity", "like-rate", "content", "mf", "mf-central")
 DEFAULT_ARMS = (*MAIN_ARMS, *LEVER_ARMS, *BASELINE_ARMS)
+
+
+def parse_scenarios(spec: str) -> list[str]:
+    """``--scenario``: one name, a comma list (``full,scarce,new-items``), ``both`` (full, scarce) or ``all``;
+    in the given order, each once."""
+    names: list[str] = []
+    for part in (p.strip() for p in spec.split(",")):
+        for name in SCENARIO_GROUPS.get(part, (part,)):
+            if name not in SCENARIOS:
+                raise ConfigError(f"`--scenario`: unknown scenario {name!r}, expected a comma list of "
+                                  f"{', '.join(SCENARIOS)}, or {' / '.join(SCENARIO_GROUPS)}")  # fmt: skip
+            if name not in names:
+                names.append(name)
+    return names
 
 
 def parse_lever(spec: str) -> Arm:

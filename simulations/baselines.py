@@ -12,6 +12,9 @@ Every trained arm must beat these to claim anything:
   those of the raw count).
 - ``like-rate``: the item's smoothed like-rate on the train split,
   ``(likes + a * p) / (n + a)`` with ``p`` the platform's train like-rate and ``a`` the prior strength.
+- ``content``: the like-rate of the candidate's nearest KNOWN item (one with train interactions on
+  this platform; a known candidate is its own nearest) by cosine similarity of frozen base-model text
+  vectors: what a text model gives on new items before any training, so what LoRA training adds.
 - ``mf``: biased matrix factorisation (:mod:`simulations.mf`) fitted per platform on its
   train split, tuned on its valid split: the collaborative baseline. It trains, but in seconds.
 - ``mf-central``: one MF on every platform's train split with user ids linked across
@@ -30,6 +33,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -39,7 +43,7 @@ from common.metrics import classification_metrics, ranking_metrics
 from common.splits import Example, PlatformSplits, RankingCase
 from simulations.mf import MFModel, central_item_id, fit_central_mf, fit_mf
 
-BASELINES = ("liked-share", "popularity", "like-rate", "mf", "mf-central")
+BASELINES = ("liked-share", "popularity", "like-rate", "content", "mf", "mf-central")
 
 
 class Query(Protocol):
@@ -54,6 +58,9 @@ class Query(Protocol):
 
 
 Scorer = Callable[[Query, str], float]  # (query, candidate item id) -> probability of a like
+# platform -> (item ids, (I, H) frozen text vectors, a row per id): the content baseline's similarity,
+# computed by the caller (it needs the model; this module does not import torch)
+ItemVectors = Callable[[str], tuple[Sequence[str], np.ndarray]]
 
 
 def liked_share(liked: Sequence[str], disliked: Sequence[str]) -> float:
@@ -78,18 +85,37 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, steps: int = 50, ridge: float = 1
     return float(w[0]), float(w[1])
 
 
+@dataclass(frozen=True)
+class ItemCounts:
+    """One platform's train split, item by item: what the item baselines are fitted on."""
+
+    interactions: Counter[str]  # train interactions (implicit: positives only; sampled negatives are none)
+    likes: Counter[str]
+    rows: Counter[str]  # train rows, sampled negatives included: the like-rate's denominator
+    prior: float  # the platform's train like-rate
+
+    @classmethod
+    def from_train(cls, train: Sequence[Example], implicit: bool = False) -> ItemCounts:
+        if not train:
+            raise ValueError("no train examples to fit the item baselines on")
+        interactions: Counter[str] = Counter()
+        likes: Counter[str] = Counter()
+        for ex in train:
+            if ex.label or not implicit:
+                interactions[ex.item_id] += 1
+            likes[ex.item_id] += ex.label
+        prior = sum(ex.label for ex in train) / len(train)
+        return cls(interactions, likes, Counter(ex.item_id for ex in train), prior)
+
+    def like_rate(self, item: str) -> float:
+        """The smoothed train like-rate; the prior for an item never in train."""
+        return float(smoothed_rate(self.likes[item], self.rows[item], self.prior))
+
+
 def item_scorers(train: Sequence[Example], implicit: bool = False) -> dict[str, Scorer]:
     """``popularity`` and ``like-rate`` fitted on one platform's train split."""
-    if not train:
-        raise ValueError("no train examples to fit the item baselines on")
-    counts: Counter[str] = Counter()
-    likes: Counter[str] = Counter()
-    for ex in train:
-        if ex.label or not implicit:  # implicit: sampled negatives are not interactions
-            counts[ex.item_id] += 1
-        likes[ex.item_id] += ex.label
-    prior = sum(ex.label for ex in train) / len(train)
-    seen: Counter[str] = Counter(ex.item_id for ex in train)
+    stats = ItemCounts.from_train(train, implicit)
+    counts, prior = stats.interactions, stats.prior
     x = np.log1p([counts[ex.item_id] for ex in train])
     y = np.array([ex.label for ex in train], np.float64)
     a, b = fit_logistic(x, y) if 0 < y.sum() < len(y) else (0.0, math.log(max(prior, 1e-6) / max(1 - prior, 1e-6)))
@@ -98,9 +124,43 @@ def item_scorers(train: Sequence[Example], implicit: bool = False) -> dict[str, 
         return 1.0 / (1.0 + math.exp(-(a * math.log1p(counts[item]) + b)))
 
     def like_rate(query: Query, item: str) -> float:
-        return smoothed_rate(likes[item], seen[item], prior)
+        return stats.like_rate(item)
 
     return {"popularity": popularity, "like-rate": like_rate}
+
+
+def nearest_known(vectors: np.ndarray, known: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """Row i -> the row of the known item whose vector is most cosine-similar to row i's; -1 if none is known.
+
+    A known item is its own nearest (it has its own statistics: no neighbour is needed), so only
+    unknown rows are searched, among the known ones (never themselves). Ties go to the lowest row,
+    so the answer depends on the vectors only. ``chunk`` rows at a time bound the similarity matrix.
+    """
+    known = np.asarray(known, dtype=bool)
+    out = np.where(known, np.arange(len(known)), -1)
+    targets = np.flatnonzero(known)
+    if not targets.size:
+        return out
+    x = np.asarray(vectors, dtype=np.float64)
+    unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # a zero vector: ties everywhere
+    cold = np.flatnonzero(~known)
+    for start in range(0, cold.size, chunk):
+        rows = cold[start : start + chunk]
+        out[rows] = targets[np.argmax(unit[rows] @ unit[targets].T, axis=1)]  # argmax: the first of equals
+    return out
+
+
+def content_scorer(train: Sequence[Example], ids: Sequence[str], vectors: np.ndarray, implicit: bool = False) -> Scorer:
+    """``content``: the like-rate of the candidate's nearest known item (:func:`nearest_known`) by text
+    vectors ``vectors`` (a row per id of ``ids``); known = with a train interaction on this platform."""
+    stats = ItemCounts.from_train(train, implicit)
+    nearest = nearest_known(vectors, np.array([stats.interactions[i] > 0 for i in ids], dtype=bool))
+    proxy = {item: ids[j] for item, j in zip(ids, nearest, strict=True) if j >= 0}
+
+    def content(query: Query, item: str) -> float:
+        return stats.like_rate(proxy.get(item, item))  # no known item at all: the prior
+
+    return content
 
 
 def baseline_scorers(splits: PlatformSplits, implicit: bool = False) -> dict[str, Scorer]:
@@ -122,15 +182,21 @@ def mf_scorer(model: MFModel, platform: str | None = None) -> Scorer:
 
 
 def platform_scorers(
-    name: str, platforms: Mapping[str, PlatformSplits], implicit: set[str], seed: int
-) -> dict[str, Scorer]:
+    name: str, platforms: Mapping[str, PlatformSplits], implicit: set[str], seed: int,
+    item_vectors: ItemVectors | None = None,
+) -> dict[str, Scorer]:  # fmt: skip
     """Baseline ``name`` for every platform, each fitted on train (and, for MF, tuned on valid) only.
 
     ``mf-central`` is fitted once on all platforms together; the others platform by platform,
-    and only the named one (MF trains, the item statistics do not).
+    and only the named one (MF trains, the item statistics do not). ``content`` needs
+    ``item_vectors`` (asked only for it: the vectors take a forward pass over every catalogue).
     """
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}, expected one of {', '.join(BASELINES)}")
+    if name == "content":
+        if item_vectors is None:
+            raise ValueError("the content baseline needs item vectors")
+        return {p: content_scorer(s.train, *item_vectors(p), p in implicit) for p, s in platforms.items()}
     if name == "mf-central":
         model = fit_central_mf(platforms, seed)
         return {p: mf_scorer(model, p) for p in platforms}
@@ -142,9 +208,11 @@ def platform_scorers(
 def evaluate_baseline(
     scorer: Scorer, splits: PlatformSplits, cases: Sequence[RankingCase], k: int = 10
 ) -> dict[str, float]:
-    """The same keys as :func:`clients.trainer.evaluate`: ``{valid,test}.{auc,logloss,n,...}``, ``test.hr@10``..."""
+    """The same keys as :func:`clients.trainer.evaluate`: ``{valid,test}.{auc,logloss,n,...}``, ``test.hr@10``...,
+    and the extra test splits of a cold-start run (``test-k1.auc``... new users with k interactions of history)."""
     out: dict[str, float] = {}
-    for name, examples in (("valid", splits.valid), ("test", splits.test)):
+    extra = getattr(splits, "extra_tests", {})  # absent before cold-start splits
+    for name, examples in (("valid", splits.valid), ("test", splits.test), *extra.items()):
         if not examples:
             continue
         probs = [scorer(ex, ex.item_id) for ex in examples]

@@ -14,17 +14,22 @@ budget per platform (rounds x local epochs x ``train.max-examples``):
 - levers: federated (or local) with one setting changed (``fed-text-only``/``local-text-only``: no private
   parameters; ``fed-bias-only``; FedProx, FedAvgM, FedAdam, exact-LoRA ``freeze-a``, ...),
   built in (:data:`simulations.arms.ARMS`) or given as ``--lever NAME:key=value,key=value``;
-- no training: ``untrained`` (frozen base + untrained head), ``liked-share``, ``popularity``, ``like-rate``;
+- no training: ``untrained`` (frozen base + untrained head), ``liked-share``, ``popularity``, ``like-rate``,
+  ``content`` (the like-rate of the nearest known item by frozen base-model text vectors: what LoRA
+  training adds over frozen text, on new items above all);
 - collaborative baselines (no text model, seconds on a CPU): ``mf`` (biased matrix factorisation per
   platform, tuned on validation) and ``mf-central`` (one MF on all platforms, users linked: the upper
   bound a privacy law forbids).
 
-Scenarios: ``full`` (the dataset as given) and ``scarce`` (the large platform keeps everything, the
+Scenarios: ``full`` (the dataset as given), ``scarce`` (the large platform keeps everything, the
 others a seeded ``--scarce-fraction`` of their train examples, validation and test whole; see
-:func:`train_fractions`). Each
-scenario's dataset is written under ``RUN/data/<scenario>`` and every run under ``RUN/runs/``;
-``report.json``, ``report.md``, ``report.png`` and ``rounds.png`` summarise them (see
-:mod:`simulations.report`).
+:func:`train_fractions`), and two cold-start ones, the dataset as given but split by
+``data.cold-start`` (:data:`simulations.arms.SCENARIO_OVERRIDES`): ``new-items`` (a seeded 20 % of each
+catalogue never in train; valid and test are the interactions with those items) and ``new-users``
+(users absent from train, tested with their first 3 interactions as history, and with 1 and 5:
+metrics ``k1.*``, ``k5.*``). Each scenario's dataset is written under ``RUN/data/<scenario>`` and
+every run under ``RUN/runs/``; ``report.json``, ``report.md``, ``report.png`` and ``rounds.png``
+summarise them (see :mod:`simulations.report`).
 """
 
 from __future__ import annotations
@@ -48,8 +53,8 @@ from clients.tasks import fit, fit_together
 from common.config import AppConfig, ConfigError
 from common.data import PlatformData, load_dataset
 from common.fusion import weighted_average
-from common.metrics import mean_metrics
-from common.modeling import build_scorer, get_trainable_state, load_scorer
+from common.metrics import add_test_prefix, mean_metrics, strip_test_prefix
+from common.modeling import build_scorer, frozen_item_vectors, get_trainable_state, load_base, load_scorer
 from common.run_files import ROUNDS_FILE
 from server.federation import PerPlatform, Tensors, run_federation
 from simulations.arms import (
@@ -80,9 +85,10 @@ def large_platform(source: Mapping[str, PlatformData], requested: str | None) ->
 def scenario_data(
     source: Mapping[str, PlatformData], scenario: str, large: str, fraction: float, seed: int = DATA_SEED
 ) -> dict[str, PlatformData]:
-    """The data of a scenario: the same for both (``scarce`` thins train examples, see :func:`train_fractions`)."""
+    """The data of a scenario: the same for all (``scarce`` thins train examples, see :func:`train_fractions`;
+    the cold-start scenarios split it their own way, by run-config overrides)."""
     if scenario not in SCENARIOS:
-        raise ConfigError(f"`--scenario` must be full, scarce or both, got {scenario!r}")
+        raise ConfigError(f"`--scenario`: unknown scenario {scenario!r}, expected one of {', '.join(SCENARIOS)}")
     return dict(source)
 
 
@@ -149,13 +155,11 @@ class Record:
 
     def with_mean(self) -> dict[str, dict[str, float]]:
         """Per platform plus ``mean``: example-weighted (AUC/log-loss by test n, HR/NDCG by ranked users)."""
-        prefixed = {p: {f"test.{k}": v for k, v in m.items()} for p, m in self.per_platform.items()}
-        mean = {k.removeprefix("test."): v for k, v in mean_metrics(prefixed).items() if k.startswith("test.")}
-        return {**self.per_platform, "mean": mean}
+        prefixed = {p: add_test_prefix(m) for p, m in self.per_platform.items()}
+        return {**self.per_platform, "mean": strip_test_prefix(mean_metrics(prefixed))}
 
 
-def _test_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
-    return {k.removeprefix("test."): float(v) for k, v in metrics.items() if k.startswith("test.")}
+_test_metrics = strip_test_prefix  # test.X -> X, and new users' test-kN.X -> kN.X
 
 
 def _mixed_eval(
@@ -283,7 +287,14 @@ class ArmRunner:
             setup.platform: prepare(setup, cfg.data, cfg.eval.max_rank_users, cfg.seed, tokenizer, cfg.model.max_length)
             for setup in self.setups(cfg)
         }
-        scorers = platform_scorers(arm.name, {n: p.splits for n, p in prepared.items()}, self.implicit, cfg.seed)
+
+        def item_vectors(platform: str) -> tuple[list[str], np.ndarray]:  # content: the frozen base, no LoRA
+            table = prepared[platform].table
+            encoder, _ = load_base(cfg.model.base, cfg.seed)
+            return table.ids, frozen_item_vectors(encoder, table.tokens, table.lengths, cfg.eval.batch_size)
+
+        splits = {n: p.splits for n, p in prepared.items()}
+        scorers = platform_scorers(arm.name, splits, self.implicit, cfg.seed, item_vectors)
         per_platform, scores = {}, {}
         for name, p in prepared.items():
             per_platform[name] = _test_metrics(evaluate_baseline(scorers[name], p.splits, p.cases))

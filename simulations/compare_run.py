@@ -1,6 +1,6 @@
 """``crossfed compare``: every arm x scenario x seed as units, then the report; the command's parser.
 
-    crossfed compare --data DIR --out RUN --seeds 3 [--size ci|full] [--scenario full|scarce|both]
+    crossfed compare --data DIR --out RUN --seeds 3 [--size ci|full] [--scenario NAME[,NAME...]|both|all]
 
 What the arms and scenarios are: :mod:`simulations.compare`; how units run and are recorded:
 :mod:`simulations.compare_jobs`; the report: :mod:`simulations.report`.
@@ -26,9 +26,11 @@ from simulations.arms import (
     KINDS,
     REPLOT_S,
     SCARCE_FRACTION,
+    SCENARIO_OVERRIDES,
     SCENARIOS,
     SIZES,
     Arm,
+    parse_scenarios,
     resolve_arms,
 )
 from simulations.report import summary_table, write_report
@@ -40,7 +42,7 @@ class CompareOptions:
     data: str | None = None
     seeds: int = 3
     size: str = "full"
-    scenario: str = "both"
+    scenario: str = "both"  # one name, a comma list, both (full, scarce) or all
     base_model: str | None = None
     arms: Sequence[str] = DEFAULT_ARMS
     levers: Sequence[str] = ()
@@ -80,14 +82,13 @@ def run_compare(opts: CompareOptions) -> dict[str, Any]:
         raise ConfigError(f"`--jobs` must be positive, got {opts.jobs}")
     if opts.kind not in KINDS:
         raise ConfigError(f"`--kind` must be one of {', '.join(KINDS)}, got {opts.kind!r}")
-    scenarios = list(SCENARIOS) if opts.scenario == "both" else [opts.scenario]
-    for scenario in scenarios:
-        if scenario not in SCENARIOS:
-            raise ConfigError(f"`--scenario` must be full, scarce or both, got {opts.scenario!r}")
+    scenarios = parse_scenarios(opts.scenario)
     cfg0 = base_config(opts)
     arms = resolve_arms(opts.arms, opts.levers, opts.extra_arms)
     for arm in arms:
         cfg0.replace(**arm.overrides)  # every arm's config is valid before anything runs
+    for scenario in scenarios:
+        cfg0.replace(**SCENARIO_OVERRIDES.get(scenario, {}))  # so is every scenario's (cold-start split keys)
     source = load_source(opts.data)
     large = large_platform(source, opts.large_platform)
     fraction = opts.scarce_fraction if opts.scarce_fraction is not None else SCARCE_FRACTION.get(opts.size, 0.1)
@@ -106,12 +107,15 @@ def run_compare(opts: CompareOptions) -> dict[str, Any]:
             "interactions": {n: len(d.interactions) for n, d in data.items()},
             "large_platform": large if scenario == "scarce" else None,
             "scarce_fraction": fraction if scenario == "scarce" else None,  # of train examples
+            **({"overrides": SCENARIO_OVERRIDES[scenario]} if scenario in SCENARIO_OVERRIDES else {}),
         }
     implicit = frozenset(n for n, d in source.items() if d.feedback == "implicit")
     threads = max(1, (os.cpu_count() or 1) // opts.jobs) if opts.jobs > 1 else None
     specs = []
     for unit in jobs.plan_units(arms, scenarios, opts.seeds):
-        cfg = cfg0.replace(**{"seed": unit.seed, "data.dir": str(data_dirs[unit.scenario])})
+        # the scenario's split keys (cold start) are in the config, hence in the fingerprint
+        cfg = cfg0.replace(**{**SCENARIO_OVERRIDES.get(unit.scenario, {}), "seed": unit.seed,
+                              "data.dir": str(data_dirs[unit.scenario])})  # fmt: skip
         fps = {a.name: jobs.fingerprint(cfg, a, scenario_info[unit.scenario], opts.data or "") for a in unit.arms}
         platforms = tuple(discover_platforms(data_dirs[unit.scenario]))
         fractions = tuple(sorted(train_fractions(platforms, unit.scenario, large, fraction).items()))
@@ -164,12 +168,23 @@ def run_compare(opts: CompareOptions) -> dict[str, Any]:
 
 
 def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("compare", help="local vs federated vs pooled (+ levers, baselines): report.md/json/png")
+    p = subparsers.add_parser(
+        "compare",
+        help="local vs federated vs pooled (+ levers, baselines incl. content), "
+        "warm and cold-start scenarios: report.md/json/png",
+    )
     p.add_argument("--data", help="DATASET folder (default: the embedded synthetic shops)")
     p.add_argument("--out", required=True, help="RUN folder: report.json/md/png, rounds.png, data/, runs/")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (model init, sampling, training order)")
     p.add_argument("--size", choices=sorted(SIZES), default="full", help="ci: minutes on a CPU; full: one GPU")
-    p.add_argument("--scenario", choices=[*SCENARIOS, "both"], default="both")
+    p.add_argument(
+        "--scenario",
+        default="both",
+        help=f"comma list of {', '.join(SCENARIOS)}; both = full,scarce; all = every one. full: the data as "
+        "given; scarce: the small platforms keep a share of their train examples; new-items: a seeded 20 %% of "
+        "each catalogue never in train, tested on; new-users: users absent from train, tested with their first "
+        "1, 3, 5 interactions as history (the content baseline shows what training adds over frozen text)",
+    )
     p.add_argument("--base-model", help="'default' (MiniLM), 'tiny-random' or a local Hugging Face model path")
     p.add_argument("--arms", default=",".join(DEFAULT_ARMS), help=f"comma list of {', '.join(ARMS)}")
     p.add_argument(

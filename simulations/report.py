@@ -2,12 +2,13 @@
 
 ``report.json``: ``results[scenario][arm][platform | "mean"][metric] = {mean, std, values}``
 (values per planned seed, in seed order, null where that seed's record is missing; std is the
-sample std over the seeds present, 0 for one seed), ``paired[scenario][ref][arm][platform | "mean"]
-= {diff, low, high, n_boot, n, seeds}`` (paired bootstrap of the test-AUC difference arm - ref,
-95 % interval; every arm against ``local``, the recommended arm also against the baselines,
-``pooled`` and ``mf-central``), ``wall_s`` per scenario and arm, ``targets`` (each met / missed /
-not evaluated, with its rule and margin), and ``meta`` (config, kind, seeds, scenarios, arms,
-hardware, wall time, missing / failed / not started units).
+sample std over the seeds present, 0 for one seed; scenario ``new-users`` also has ``k1.auc``, ``k5.auc``:
+new users' test AUC with 1 and 5 interactions of history, ``auc`` being k = 3),
+``paired[scenario][ref][arm][platform | "mean"] = {diff, low, high, n_boot, n, seeds}`` (paired
+bootstrap of the test-AUC difference arm - ref, 95 % interval; every arm against ``local``, the
+recommended arm also against the baselines, ``pooled`` and ``mf-central``), ``wall_s`` per scenario
+and arm, ``targets`` (each met / missed / not evaluated, with its rule and margin), and ``meta``
+(config, kind, seeds, scenarios, arms, hardware, wall time, missing / failed / not started units).
 
 ``python -m simulations.report summary --out SUMMARY.md RUN [RUN ...]`` puts the target tables
 of several runs (e.g. the cross- and same-domain comparisons) into one file.
@@ -19,6 +20,7 @@ import argparse
 import hashlib
 import json
 import math
+import re
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,7 +38,14 @@ METRICS = ("auc", "logloss", "hr@10", "ndcg@10")
 METRIC_NAMES = {"auc": "test AUC", "logloss": "test log-loss", "hr@10": "HR@10", "ndcg@10": "NDCG@10"}
 RECOMMENDED = "federated"  # the arm the targets are about: what we tell a platform to deploy
 REFERENCE = "local"  # every arm's paired interval is taken against this one
-BASELINES_TO_BEAT = ("like-rate", "popularity", "mf")
+BASELINES_TO_BEAT = ("like-rate", "popularity", "mf")  # full and scarce
+CONTENT = "content"  # frozen text vectors: what the trained text model must add on new items
+WARM_SCENARIOS = ("full", "scarce")
+NEW_ITEMS_BASELINES = (CONTENT, "mf")  # new-items: the recommended arm beats these by COLD_GAIN
+NEW_USERS_BASELINES = ("popularity", "mf")  # new-users: ... and beats these
+COLD_GAIN = 0.05  # new items: the recommended arm must beat content, mf (and, same-domain, local) by this much AUC
+NEW_USER_HISTORY = {1: "k1.auc", 3: "auc", 5: "k5.auc"}  # new users: history length k -> metric (k = 3 is test)
+_EXTRA_AUC = re.compile(r"k(\d+)\.auc")  # test AUC of new users with k interactions of history
 STRETCH = "mf-central"  # centralised matrix factorisation: reported when present, not required
 SCARCE_GAIN = 0.03  # same-domain, scarce: the recommended arm must beat local by this much AUC
 POOLED_GAP = 0.005  # cross-domain: mean AUC within this of pooled, or above
@@ -68,8 +77,10 @@ def aggregate(
             order = list(seeds) if seeds is not None else sorted(by_seed)
             per_seed = [by_seed[s].with_mean() if s in by_seed else {} for s in order]
             platforms = sorted({p for r in per_seed for p in r}, key=lambda p: (p == "mean", p))
+            extra = {m for r in per_seed for per in r.values() for m in per if _EXTRA_AUC.fullmatch(m)}
+            metrics = (*METRICS, *sorted(extra, key=lambda m: int(m[1:].split(".")[0])))  # new users: k1.auc, ...
             out[scenario][arm] = {
-                p: {m: summarise([r.get(p, {}).get(m, math.nan) for r in per_seed]) for m in METRICS} for p in platforms
+                p: {m: summarise([r.get(p, {}).get(m, math.nan) for r in per_seed]) for m in metrics} for p in platforms
             }
     return out
 
@@ -150,11 +161,12 @@ def compare_arms(scenario: str, by_arm: Mapping[int, Any], by_ref: Mapping[int, 
 
 def paired_intervals(results: Mapping[str, Mapping[str, Mapping[int, Any]]]) -> dict[str, Any]:
     """scenario -> ref -> arm -> platform -> interval: every arm vs ``local``; the recommended arm
-    also vs each baseline, ``pooled`` and ``mf-central``. Arms without test scores are left out."""
+    also vs each baseline (``content`` too), ``pooled`` and ``mf-central``. Arms without test scores
+    are left out."""
     out: dict[str, Any] = {}
     for scenario, arms in results.items():
         wanted = [(a, REFERENCE) for a in arms if a != REFERENCE]
-        wanted += [(RECOMMENDED, ref) for ref in (*BASELINES_TO_BEAT, "pooled", STRETCH)]
+        wanted += [(RECOMMENDED, ref) for ref in (*BASELINES_TO_BEAT, CONTENT, "pooled", STRETCH)]
         for arm, ref in wanted:
             if arm in arms and ref in arms and (cells := compare_arms(scenario, arms[arm], arms[ref])):
                 out.setdefault(scenario, {}).setdefault(ref, {})[arm] = cells
@@ -184,11 +196,13 @@ GAIN = Rule("gain", f"the interval lies at or above +{SCARCE_GAIN} (low >= {SCAR
             lambda c: c["low"] - SCARCE_GAIN)  # fmt: skip
 NOT_WORSE = Rule("not worse", "no significant loss: the interval's upper end is >= 0 (high >= 0)", "high",
                  lambda c: c["high"])  # fmt: skip
+COLD = Rule("cold gain", f"the interval lies at or above +{COLD_GAIN} (low >= {COLD_GAIN})", f"low − {COLD_GAIN}",
+            lambda c: c["low"] - COLD_GAIN)  # fmt: skip
 WITHIN = Rule("within", f"non-inferior by {POOLED_GAP}: the interval of the mean-AUC difference has low >= "
               f"-{POOLED_GAP}", f"low + {POOLED_GAP}", lambda c: c["low"] + POOLED_GAP)  # fmt: skip
 NDCG_RULE = ("mean NDCG@10 over seeds above the other arm's on every platform (point estimates: the records "
              "carry no per-user ranks to resample)")  # fmt: skip
-RULES = (BEATS, GAIN, NOT_WORSE, WITHIN)
+RULES = (BEATS, GAIN, COLD, NOT_WORSE, WITHIN)
 
 
 def _target(
@@ -241,13 +255,16 @@ def judge_ndcg(name: str, scenario: str, agg: Mapping[str, Any], ref: str, platf
 def evaluate_targets(
     agg: Mapping[str, Any], meta: Mapping[str, Any], paired: Mapping[str, Any] | None = None
 ) -> list[dict[str, Any]]:
-    """The targets for ``meta["kind"]`` (cross | same), each met / missed / not evaluated, judged on
-    the paired intervals (``paired``, see :func:`paired_intervals`) by the rule it names.
+    """The targets for ``meta["kind"]`` (cross | same) and each scenario, each met / missed / not
+    evaluated, judged on the paired intervals (``paired``, see :func:`paired_intervals`) by the rule it names.
 
-    Everywhere: the recommended arm beats like-rate, popularity and mf on every platform (AUC and
+    Full and scarce: the recommended arm beats like-rate, popularity and mf on every platform (AUC and
     NDCG@10). Same-domain: scarce, >= local + 0.03 AUC on each small platform and not worse on the
     large one; full, beats local on every platform. Cross-domain: not worse than local on any
     platform, mean AUC within 0.005 of pooled or above. Stretch (not required): beats mf-central.
+    New items (cold start): >= content + 0.05 and mf + 0.05 AUC on every platform; same-domain also
+    >= local + 0.05 on every platform, cross-domain not worse than local on any. New users: beats
+    popularity and mf in test AUC (history k = 3) on every platform.
     """
     out: list[dict[str, Any]] = []
     kind = meta.get("kind", "cross")
@@ -257,6 +274,23 @@ def evaluate_targets(
         info = meta.get("scenarios", {}).get(scenario, {})
         platforms = sorted(info.get("users", {}))
         here = paired.get(scenario, {})
+        if scenario == "new-items":
+            for base in NEW_ITEMS_BASELINES:
+                out.append(judge(f"{R} >= {base} + {COLD_GAIN} AUC on every platform", scenario, COLD, here, base,
+                                 platforms))  # fmt: skip
+            if kind == "same":
+                out.append(judge(f"{R} >= local + {COLD_GAIN} AUC on every platform", scenario, COLD, here, REFERENCE,
+                                 platforms))  # fmt: skip
+            else:
+                out += [judge(f"{R} not worse than local on {p}", scenario, NOT_WORSE, here, REFERENCE, [p])
+                        for p in platforms]  # fmt: skip
+            continue
+        if scenario == "new-users":
+            out += [judge(f"{R} beats {base} in test AUC on every platform", scenario, BEATS, here, base, platforms)
+                    for base in NEW_USERS_BASELINES]  # fmt: skip
+            continue
+        if scenario not in WARM_SCENARIOS:
+            continue
         for base in BASELINES_TO_BEAT:
             out.append(judge(f"{R} beats {base} in test AUC on every platform", scenario, BEATS, here, base, platforms))
             out.append(judge_ndcg(f"{R} beats {base} in NDCG@10 on every platform", scenario, agg[scenario], base,
@@ -435,6 +469,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                     cells.append(f"{np.mean(walls):.0f}" if walls else "–")
                 lines.append(f"| {arm} | " + " | ".join(cells) + " |")
             lines.append("")
+        if scenario == "new-users":
+            lines += history_lines(report, arms)
         lines += paired_lines(report, scenario)
         lines += chosen_lines(report.get("chosen", {}).get(scenario, {}))
     lines += ["## Targets", "", *target_lines(report["targets"])]
@@ -446,6 +482,17 @@ def render_markdown(report: Mapping[str, Any]) -> str:
               "held-out liked item against sampled unseen items, pessimistic ties), at the best round by mean "
               "validation metric; `mean` = example-weighted over platforms.", ""]  # fmt: skip
     return "\n".join(lines)
+
+
+def history_lines(report: Mapping[str, Any], arms: Mapping[str, Any]) -> list[str]:
+    """New users: test AUC by the history length k the model sees (mean ± std over seeds), a row per arm and k."""
+    platforms = _platforms(arms)
+    lines = ["### new users, AUC by history length k", "", "| arm | k | " + " | ".join(platforms) + " |",
+             "|---" * (len(platforms) + 2) + "|"]  # fmt: skip
+    for arm, per in _ordered(report, arms):
+        for k, metric in NEW_USER_HISTORY.items():
+            lines.append(f"| {arm} | {k} | " + " | ".join(_cell(per.get(p, {}).get(metric)) for p in platforms) + " |")
+    return [*lines, ""]
 
 
 def chosen_lines(chosen: Mapping[str, Sequence[Mapping[str, Mapping[str, float]]]]) -> list[str]:
@@ -487,18 +534,22 @@ def plot_auc(report: Mapping[str, Any], path: Path) -> None:
     """Per scenario: grouped bars of test AUC per platform (and mean), one bar per arm, ±1 std error bars."""
     plt = _plt()
     results = report["results"]
-    fig, axes = plt.subplots(len(results), 1, figsize=(14, 4.5 * len(results)), squeeze=False)
+    bars = max((len(arms) * len(_platforms(arms)) for arms in results.values()), default=1)
+    width_in = min(40.0, max(14.0, 0.2 * bars))  # ~12 arms x 4 platforms: bars stay a few pixels wide
+    fig, axes = plt.subplots(len(results), 1, figsize=(width_in, 4.5 * len(results)), squeeze=False)
     for ax, (scenario, arms) in zip(axes[:, 0], results.items(), strict=True):
         platforms = _platforms(arms)
         width = 0.8 / max(1, len(arms))
         x = np.arange(len(platforms))
         lows = []
+        colours = plt.get_cmap("tab20" if len(arms) > 10 else "tab10").colors  # the default cycle repeats after 10
         for i, (arm, per) in enumerate(_ordered(report, arms)):
             means = [per.get(p, {}).get("auc", {}).get("mean", math.nan) for p in platforms]
             stds = [per.get(p, {}).get("auc", {}).get("std", 0.0) for p in platforms]
             means = [m if m is not None else math.nan for m in means]
             stds = [s if s is not None and math.isfinite(s) else 0.0 for s in stds]
-            ax.bar(x - 0.4 + (i + 0.5) * width, means, width, yerr=stds, capsize=2, label=arm)
+            ax.bar(x - 0.4 + (i + 0.5) * width, means, width, yerr=stds, capsize=2, label=arm,
+                   color=colours[i % len(colours)])  # fmt: skip
             lows += [m for m in means if math.isfinite(m)]
         ax.axhline(0.5, color="grey", lw=0.8, ls="--")
         ax.set_xticks(x, platforms)

@@ -8,9 +8,8 @@ import pytest
 
 from simulations.cli import main
 
-ARMS = (
-    "local,federated,fed+personal,fed+finetune,fed+mix,pooled,untrained,liked-share,popularity,like-rate,mf,mf-central"
-)
+ARMS = ",".join(("local,federated,fed+personal,fed+finetune,fed+mix,pooled", "untrained,liked-share,popularity",
+                 "like-rate,content,mf,mf-central"))  # fmt: skip
 
 
 def _numbers(value: object) -> list[float]:

@@ -95,3 +95,75 @@ def test_liked_share_scorer_reads_the_query_history() -> None:
 def test_platform_scorers_rejects_unknown_names() -> None:
     with pytest.raises(ValueError, match="unknown baseline 'bogus'"):
         platform_scorers("bogus", {}, set(), seed=0)
+
+
+def test_nearest_known_by_hand() -> None:
+    # Prepare: rows 0 and 2 known; row 1 is closest to 2, row 3 equally close to 0 and 2, row 4 a zero vector
+    from simulations.baselines import nearest_known
+
+    vectors = np.array([[1.0, 0.0], [0.1, 1.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
+    known = np.array([True, False, True, False, False])
+    # Execute
+    nearest = nearest_known(vectors, known)
+    # Assert: known rows map to themselves; ties (and a zero vector) go to the lowest known row
+    assert nearest.tolist() == [0, 2, 2, 0, 0]
+    assert nearest_known(vectors * 3.0, known).tolist() == nearest.tolist()  # cosine: scale does not matter
+    assert nearest_known(vectors, np.zeros(5, bool)).tolist() == [-1] * 5
+
+
+def test_known_item_is_its_own_nearest_even_beside_an_identical_one() -> None:
+    from simulations.baselines import nearest_known
+
+    vectors = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    assert nearest_known(vectors, np.array([True, True, False])).tolist() == [0, 1, 0]
+
+
+def test_content_scorer_gives_a_new_item_its_nearest_known_items_like_rate() -> None:
+    # Prepare: liked item "a" and disliked item "b" in train; new item "c" reads like "b", "d" like "a"
+    from simulations.baselines import content_scorer
+
+    train = [_ex("u1", "a", 1), _ex("u2", "a", 1), _ex("u1", "b", 0), _ex("u2", "b", 0)]
+    ids = ["a", "b", "c", "d"]
+    vectors = np.array([[1.0, 0.0], [0.0, 1.0], [0.2, 0.9], [0.9, 0.1]])
+    # Execute
+    content = content_scorer(train, ids, vectors)
+    rate = item_scorers(train)["like-rate"]
+    q = _ex("u9", "x", 0)
+    # Assert
+    assert content(q, "c") == rate(q, "b") and content(q, "d") == rate(q, "a")
+    assert content(q, "a") == rate(q, "a") and content(q, "b") == rate(q, "b")
+    assert content(q, "zz") == pytest.approx(0.5)  # not in the catalogue: the prior
+
+
+def test_content_baseline_on_frozen_tiny_vectors_and_extra_test_splits() -> None:
+    # Prepare: a tiny random base; a known and a new item with the same title, one new item with another
+    from clients.trainer import encode_items
+    from common.config import TINY_BASE
+    from common.modeling import frozen_item_vectors, load_base
+
+    encoder, tokenizer = load_base(TINY_BASE, 0)
+    items = {"a": Item("a", "red wool scarf"), "b": Item("b", "space opera film"), "c": Item("c", "red wool scarf"),
+             "d": Item("d", "space opera film sequel")}  # fmt: skip
+    table = encode_items(tokenizer, items, 16)
+    train = [_ex("u1", "a", 1), _ex("u2", "a", 1), _ex("u1", "b", 0), _ex("u2", "b", 0)]
+    test = [_ex("u3", "c", 1), _ex("u4", "d", 0)]
+    splits = PlatformSplits("p", items, train, [], test, [])
+    splits.extra_tests = {"test-k1": test[:1] + [_ex("u5", "b", 0)]}  # what the cold-start split adds
+
+    def item_vectors(platform: str) -> tuple[list[str], np.ndarray]:
+        return table.ids, frozen_item_vectors(encoder, table.tokens, table.lengths, batch_size=3)
+
+    mode = encoder.training
+    # Execute
+    vectors = item_vectors("p")[1]
+    scorer = platform_scorers("content", {"p": splits}, set(), 0, item_vectors)["p"]
+    metrics = evaluate_baseline(scorer, splits, [])
+    # Assert: deterministic vectors whatever the batch; the new item "c" takes its twin "a"'s like-rate
+    assert vectors.shape == (4, 32) and np.isfinite(vectors).all()
+    assert np.allclose(vectors, frozen_item_vectors(encoder, table.tokens, table.lengths, batch_size=1), atol=1e-5)
+    assert np.allclose(vectors[0], vectors[2], atol=1e-6) and encoder.training == mode  # the cached base's mode kept
+    q = _ex("u9", "x", 0)
+    assert scorer(q, "c") == item_scorers(train)["like-rate"](q, "a")
+    assert metrics["test.auc"] == 1.0 and metrics["test-k1.auc"] == 1.0 and metrics["test-k1.n"] == 2.0
+    with pytest.raises(ValueError, match="item vectors"):
+        platform_scorers("content", {"p": splits}, set(), 0)

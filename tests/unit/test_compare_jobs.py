@@ -84,3 +84,42 @@ def test_jsonable_turns_non_finite_into_null(value: float) -> None:
     import numpy as np
 
     assert clean({"x": [np.float32(1.5), value], "y": np.arange(2)}) == {"x": [1.5, None], "y": [0, 1]}
+
+
+def test_scenario_lists_and_shorthands() -> None:
+    from simulations.arms import SCENARIOS, parse_scenarios
+
+    assert parse_scenarios("both") == ["full", "scarce"]
+    assert parse_scenarios("all") == list(SCENARIOS) == ["full", "scarce", "new-items", "new-users"]
+    assert parse_scenarios("new-items") == ["new-items"]
+    assert parse_scenarios("full, new-users,full,both") == ["full", "new-users", "scarce"]
+    for bad in ("bogus", "full,", ""):
+        with pytest.raises(ConfigError, match="`--scenario`"):
+            parse_scenarios(bad)
+
+
+def test_cold_start_scenario_overrides_reach_the_unit_config_and_fingerprint(tmp_path: Path, monkeypatch) -> None:
+    # Prepare: this branch's config has no data.cold-start: stand a known key in for it; run no unit
+    from types import SimpleNamespace
+
+    from simulations import compare_run
+
+    monkeypatch.setitem(compare_run.SCENARIO_OVERRIDES, "new-items", {"data.history-len": 2})
+    seen: list[jobs.UnitSpec] = []
+    monkeypatch.setattr(jobs, "execute", lambda todo, *a: seen.extend(todo) or SimpleNamespace(not_started=[]))
+    monkeypatch.setattr(compare_run, "write_report", lambda out, results, meta, plots=True: {"meta": meta})
+    opts = compare_run.CompareOptions(out=str(tmp_path), seeds=1, size="ci", scenario="full,new-items",
+                                      arms=["like-rate"])  # fmt: skip
+    # Execute
+    meta = compare_run.run_compare(opts)["meta"]
+    # Assert: the override is in the new-items unit's config only, hence in its fingerprint
+    by_scenario = {s.unit.scenario: s for s in seen}
+    assert by_scenario["new-items"].cfg.data.history_len == 2 != by_scenario["full"].cfg.data.history_len
+    assert by_scenario["new-items"].fingerprints["like-rate"] != by_scenario["full"].fingerprints["like-rate"]
+    assert meta["scenarios"]["new-items"]["overrides"] == {"data.history-len": 2}
+    assert "overrides" not in meta["scenarios"]["full"]
+    # the real key: unknown to this branch's config, so the run stops before anything runs
+    monkeypatch.setitem(compare_run.SCENARIO_OVERRIDES, "new-items", {"data.cold-start": "new-items"})
+    if "data.cold-start" not in AppConfig().to_flat():
+        with pytest.raises(ConfigError):
+            compare_run.run_compare(opts)

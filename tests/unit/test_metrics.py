@@ -249,3 +249,15 @@ def test_paired_bootstrap_rejects_misaligned_pairs() -> None:
         paired_bootstrap_diff([(y, a, a[:5])])
     with pytest.raises(ValueError, match="at least one"):
         paired_bootstrap_diff([])
+
+
+def test_test_prefix_of_new_users_extra_splits_round_trips_and_weights_by_its_own_n() -> None:
+    from common.metrics import add_test_prefix, mean_metrics, strip_test_prefix
+
+    raw = {"valid.auc": 0.5, "test.auc": 0.7, "test.n": 10.0, "test-k1.auc": 0.6, "test-k1.n": 4.0, "test-k10.n": 1.0}
+    plain = strip_test_prefix(raw)
+    assert plain == {"auc": 0.7, "n": 10.0, "k1.auc": 0.6, "k1.n": 4.0, "k10.n": 1.0}
+    assert add_test_prefix(plain) == {k: v for k, v in raw.items() if not k.startswith("valid.")}
+    other = {"test.auc": 0.9, "test.n": 10.0, "test-k1.auc": 0.9, "test-k1.n": 1.0}
+    mean = strip_test_prefix(mean_metrics({"a": raw, "b": other}))
+    assert mean["k1.auc"] == pytest.approx((0.6 * 4 + 0.9 * 1) / 5) and mean["auc"] == pytest.approx(0.8)

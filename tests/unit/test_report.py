@@ -132,3 +132,66 @@ def test_partial_run_and_records_without_scores(tmp_path: Path) -> None:
     assert "(1/2 seeds)" in md and "**Partial report:**" in md and "`full/seed1/federated`" in md
     summary = summary_markdown([tmp_path, tmp_path / "absent"])
     assert "## kind `cross`" in summary and "No report.json" in summary
+
+
+STRONG = {"L": 3.0, "s1": 3.0, "s2": 3.0}
+
+
+def test_new_items_targets_need_a_clear_gain_over_content_mf_and_local() -> None:
+    # Prepare: federated far better than content and local everywhere; mf as good as federated
+    from simulations.report import aggregate, paired_intervals
+
+    results = {"new-items": _arms(local=WEAK, federated=STRONG, content=WEAK, mf=STRONG)}
+    paired = paired_intervals(results)
+    # Execute
+    same = {t["target"]: t for t in evaluate_targets(aggregate(results), _meta("same", ["new-items"]), paired)}
+    cross = {t["target"]: t for t in evaluate_targets(aggregate(results), _meta("cross", ["new-items"]), paired)}
+    # Assert: only the new-items targets; the rule is the 0.05 gain
+    content = same["federated >= content + 0.05 AUC on every platform"]
+    assert content["met"] is True and content["rule"] == "cold gain"
+    assert content["margin"] == pytest.approx(min(paired["new-items"]["content"]["federated"][p]["low"]
+                                                  for p in PLATFORMS) - 0.05)  # fmt: skip
+    assert same["federated >= mf + 0.05 AUC on every platform"]["met"] is False  # equal: no gain
+    assert same["federated >= local + 0.05 AUC on every platform"]["met"] is True
+    assert sorted(same) == ["federated >= content + 0.05 AUC on every platform",
+                            "federated >= local + 0.05 AUC on every platform",
+                            "federated >= mf + 0.05 AUC on every platform"]  # fmt: skip
+    assert all(cross[f"federated not worse than local on {p}"]["met"] for p in PLATFORMS)
+    assert "federated >= local + 0.05 AUC on every platform" not in cross and len(cross) == 2 + len(PLATFORMS)
+
+
+def test_new_users_targets_and_the_auc_by_history_table(tmp_path: Path) -> None:
+    # Prepare: federated beats popularity, not mf; every record also has new users' AUC with 1 and 5 items
+    results = {"new-users": _arms(local=FLAT, federated=STRONG, popularity=WEAK, mf=STRONG)}
+    for by_seed in results["new-users"].values():
+        for seed, record in by_seed.items():
+            for m in record.per_platform.values():
+                m.update({"k1.auc": 0.6 + seed / 100, "k1.n": 50.0, "k5.auc": 0.7, "k5.n": 30.0})
+    # Execute
+    report = write_report(tmp_path, results, _meta("cross", ["new-users"]))
+    # Assert
+    got = _targets(report)
+    assert got[("new-users", "federated beats popularity in test AUC on every platform")]["met"] is True
+    assert got[("new-users", "federated beats mf in test AUC on every platform")]["met"] is False
+    assert len(got) == 2  # no warm-scenario targets here
+    cell = report["results"]["new-users"]["federated"]["s1"]["k1.auc"]
+    assert cell["mean"] == pytest.approx(0.605) and cell["values"] == pytest.approx([0.6, 0.61])
+    assert report["results"]["new-users"]["federated"]["mean"]["k5.auc"]["mean"] == pytest.approx(0.7)
+    md = (tmp_path / "report.md").read_text()
+    assert "### new users, AUC by history length k" in md
+    assert "| federated | 1 | 0.6050 ± 0.0071 |" in md and "| federated | 5 | 0.7000 ± 0.0000 |" in md
+    assert "`cold gain`: the interval lies at or above +0.05" in md
+
+
+def test_warm_targets_are_unchanged_and_content_is_paired(tmp_path: Path) -> None:
+    from simulations.report import aggregate, paired_intervals
+
+    results = {"full": _arms(local=WEAK, federated=FLAT, content=WEAK), "scarce": _arms(local=WEAK, federated=FLAT)}
+    paired = paired_intervals(results)
+    meta = _meta("cross", ["full", "scarce"])
+    got = {(t["scenario"], t["target"]) for t in evaluate_targets(aggregate(results), meta, paired)}
+    assert paired["full"]["content"]["federated"]["s1"]["low"] > 0
+    for scenario in ("full", "scarce"):
+        assert (scenario, "federated beats mf in NDCG@10 on every platform") in got
+        assert not any("content" in t for s, t in got if s == scenario)
+    assert "k1.auc" not in aggregate(results)["full"]["federated"]["s1"]  # only when the records have it
