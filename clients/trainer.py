@@ -440,7 +440,7 @@ def _train(
     opt = make_optimizer(groups, device)
     rng = np.random.default_rng(seed)
     total, seen = torch.zeros((), dtype=torch.float64, device=device), 0  # summed on device: no sync per step
-    if spec.item_cache:
+    if spec.uses_item_cache:
         fill_item_cache(scorer, parts, device)
     step = 0
     for _ in range(spec.local_epochs):
@@ -449,7 +449,7 @@ def _train(
         for j in rng.permutation(len(batches)):
             k, idx = batches[j]
             data = parts[k].data.take(idx)
-            encode = not spec.item_cache or (spec.encoder_every > 0 and step % spec.encoder_every == 0)
+            encode = not spec.uses_item_cache or (spec.encoder_every > 0 and step % spec.encoder_every == 0)
             cold = rng.random(len(idx)) < spec.cold_dropout if spec.cold_dropout > 0 else None
             step += 1
             logits = batch_logits(scorer, parts[k], data, device, spec.history_grad, encode, cold)

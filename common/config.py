@@ -114,20 +114,23 @@ class TrainSpec:
     # pooled text state from a cache filled at the start of each local training and refreshed whenever an item
     # is encoded again; only the tower, the head and the private parts then run for them.
     item_cache: bool = False
-    # With the item cache: the encoder (LoRA) runs with gradient on every k-th step only, the other steps train
-    # the tower, head and private parts on cached text; 0 = never (the frozen base: LoRA keeps its init).
+    # The encoder (LoRA) runs with gradient on every k-th step only, the other steps train the tower, head and
+    # private parts on cached text (so k != 1 turns the item cache on); 0 = never (frozen base: LoRA keeps its init)
     encoder_every: int = 1
     # Share of train rows whose candidate is scored as a NEW item: its private item parameters and train
     # statistics hidden, so the shared model learns to score from text alone (DropoutNet-style cold start).
     cold_dropout: float = 0.0
 
+    @property
+    def uses_item_cache(self) -> bool:
+        """Whether local training keeps the item cache: asked for, or needed by steps without the encoder."""
+        return self.item_cache or self.encoder_every != 1
+
     def __post_init__(self) -> None:
         _positive(self, "local_epochs", "train.local-epochs")
         _non_negative(self, "encoder_every", "train.encoder-every")
         _fraction(self, "cold_dropout", "train.cold-dropout")
-        if self.encoder_every != 1 and not self.item_cache:
-            raise ConfigError(f"`train.encoder-every` = {self.encoder_every} needs `train.item-cache` = true "
-                              "(steps without the encoder read item texts from the cache)")  # fmt: skip
+
         _positive(self, "lr", "train.lr")
         _positive(self, "batch_size", "train.batch-size")
         _non_negative(self, "weight_decay", "train.weight-decay")

@@ -50,7 +50,8 @@ SIZES: dict[str, dict[str, Any]] = {
         "eval.batch-size": 1024, "fed.patience": 2,
     },
 }  # fmt: skip
-SCARCE_FRACTION = {"ci": 0.4, "cpu": 0.1, "full": 0.1}  # share of train examples a scarce platform keeps (ci: tiny shops)
+# share of train examples a scarce platform keeps (ci: tiny shops)
+SCARCE_FRACTION = {"ci": 0.4, "cpu": 0.1, "full": 0.1}
 
 
 @dataclass(frozen=True)
