@@ -27,6 +27,11 @@ Train loops (samples/s = training examples per second, one optimiser step per ba
   trainer, e.g. main's before this change, with all distinct items under gradient.
 * ``trainer``: :func:`clients.trainer.train` as configured by default (history items encoded
   without gradient).
+* ``cpu recipe`` (``--cpu-recipe-examples N``, default 8192; 0 leaves it out): :func:`clients.trainer.train`
+  with the ``cpu`` size preset of ``crossfed compare`` (:data:`simulations.arms.SIZES`): LoRA in the top
+  layer only on cached lower-layer states, the item cache, the encoder on every 4th step, its own batch
+  size and text length, on its own sample of N train examples (a batch of the recipe is 1,024 rows). Its
+  samples/s next to ``trainer`` (today's default) is what a platform without a GPU gains.
 * ``trainer compiled`` (``--compile MODE``, default ``default``; ``off`` leaves it out): the same
   with ``train.compile = MODE`` (:mod:`clients.encoder_compile`: the encoder through
   ``torch.compile`` over fixed chunk shapes). Its first call, which compiles every shape the
@@ -88,10 +93,19 @@ class BenchSpec:
     threads: int = 0  # torch CPU threads; 0 = torch's default
     reference_trainer: str = ""  # another checkout's clients/trainer.py, timed as "reference" (e.g. main's)
     compile: str = "default"  # train.compile of the "trainer compiled" rows; "off" = no such rows
+    cpu_recipe_examples: int = 8192  # train examples of the "cpu recipe" rows; 0 = no such rows
 
 
 QUICK = BenchSpec(base="tiny-random", batch_size=16, eval_batch_size=32, train_examples=64, infer_examples=128,
-                  repeats=1)  # fmt: skip
+                  repeats=1, cpu_recipe_examples=256)  # fmt: skip
+CPU_RECIPE = "cpu recipe"
+
+
+def cpu_recipe_config(cfg: AppConfig) -> AppConfig:
+    """``cfg`` with the model, LoRA and training settings of ``crossfed compare --size cpu``."""
+    from simulations.arms import SIZES
+
+    return cfg.replace(**{k: v for k, v in SIZES["cpu"].items() if k.startswith(("model.", "lora.", "train."))})
 
 
 # ---------------------------------------------------------------- FLOPs
@@ -327,6 +341,15 @@ def run(spec: BenchSpec, progress: Callable[[str], None] = print) -> dict[str, A
             _items_flops(scorer, _compiled_widths(lengths[s : s + spec.eval_batch_size], cap), False)
             for s in range(0, len(lengths), spec.eval_batch_size)
         )
+    recipe_samples: dict[str, int] = {}
+    if spec.cpu_recipe_examples:
+        rcfg = cpu_recipe_config(cfg)
+        recipe, _ = build_scorer(rcfg.model, rcfg.lora, spec.seed)
+        rpart, rinfer = load_part(replace(spec, train_examples=spec.cpu_recipe_examples), rcfg, tokenizer)
+        loops[("train", CPU_RECIPE)] = lambda: train(recipe, [rpart], rcfg.train, device, spec.seed)
+        loops[("inference", CPU_RECIPE)] = lambda: predict(recipe, rpart, rinfer, rcfg.eval.batch_size, device)
+        flops[("train", CPU_RECIPE)] = flops[("inference", CPU_RECIPE)] = math.nan  # not the full encoder's count
+        recipe_samples = {"train": len(rpart.data), "inference": len(rinfer)}
     if spec.reference_trainer:  # same gradients as "eager"/"history-grad": all distinct items with gradient
         ref = load_reference_trainer(spec.reference_trainer)
         loops[("train", "reference")] = lambda: ref.train(scorer, [part], exact, device, spec.seed)
@@ -334,6 +357,10 @@ def run(spec: BenchSpec, progress: Callable[[str], None] = print) -> dict[str, A
         flops[("train", "reference")] = flops[("train", "eager")]
         flops[("inference", "reference")] = flops[("inference", "trainer")]
     samples = {"train": n_train, "inference": n_infer}
+
+    def count(key: tuple[str, str]) -> int:
+        return recipe_samples[key[0]] if key[1] == CPU_RECIPE else samples[key[0]]
+
     best: dict[tuple[str, str], tuple[float, float]] = {}
     for key, fn in loops.items() if device.type == "cuda" else ():  # warm-up: allocator, kernels, token table
         if key[1] != COMPILED:
@@ -348,7 +375,7 @@ def run(spec: BenchSpec, progress: Callable[[str], None] = print) -> dict[str, A
         for key, fn in loops.items():
             seconds, cpu_seconds = _timed(fn, device)
             best[key] = min(best.get(key, (math.inf, math.inf)), (seconds, cpu_seconds))
-            rate = samples[key[0]] / seconds
+            rate = count(key) / seconds
             progress(f"repeat {rep + 1}/{spec.repeats} {key[0]:<9} {key[1]:<21} {rate:9.1f} samples/s")
     # the compiled encoder's numerics (inductor here, not the tests' aot_eager): same weights, both ways
     compiled_diff = None
@@ -356,7 +383,7 @@ def run(spec: BenchSpec, progress: Callable[[str], None] = print) -> dict[str, A
         eager_p, compiled_p = (infer_with(mode)()[1] for mode in ("off", spec.compile))
         compiled_diff = float(np.max(np.abs(eager_p - compiled_p))) if len(eager_p) else 0.0
     peak = peak_flops(device, spec.peak_tflops)
-    rows = [Row(phase, loop, samples[phase], *best[(phase, loop)], flops[(phase, loop)]) for phase, loop in loops]
+    rows = [Row(phase, loop, count((phase, loop)), *best[(phase, loop)], flops[(phase, loop)]) for phase, loop in loops]
     rate = {(r.phase, r.loop): r.rate() for r in rows}
     cpu_rate = {(r.phase, r.loop): r.cpu_rate() for r in rows}
     return {
@@ -373,8 +400,8 @@ def run(spec: BenchSpec, progress: Callable[[str], None] = print) -> dict[str, A
                 "cpu_seconds": r.cpu_seconds,
                 "samples_per_s": r.rate(),
                 "samples_per_cpu_s": r.cpu_rate(),
-                "tflops_per_s": r.flops / r.seconds / 1e12,
-                "mfu": (r.flops / r.seconds / peak) if peak else None,
+                "tflops_per_s": r.flops / r.seconds / 1e12 if math.isfinite(r.flops) else None,
+                "mfu": (r.flops / r.seconds / peak) if peak and math.isfinite(r.flops) else None,
                 "first_call_s": first_call.get((r.phase, r.loop)),  # compiled loops: compile + one run
             }  # fmt: skip
             for r in rows
@@ -394,7 +421,7 @@ def ratios(rate: dict[tuple[str, str], float]) -> dict[str, float]:
             if loop not in ("eager", "reference") and (phase, base) in rate:
                 out[f"{phase} {loop} / {base}"] = rate[(phase, loop)] / rate[(phase, base)]
     for phase, loop in rate:
-        if loop == COMPILED and (phase, "trainer") in rate:
+        if loop in (COMPILED, CPU_RECIPE) and (phase, "trainer") in rate:
             out[f"{phase} {loop} / trainer"] = rate[(phase, loop)] / rate[(phase, "trainer")]
     return out
 
@@ -467,9 +494,10 @@ def format_table(payload: dict[str, Any]) -> str:
     ]
     for r in payload["rows"]:
         mfu = f"{100 * r['mfu']:5.1f}%" if r["mfu"] is not None else "   n/a"
+        tflops = f"{r['tflops_per_s']:>8.3f}" if r["tflops_per_s"] is not None else f"{'n/a':>8}"
         lines.append(f"{r['phase']:<10} {r['loop']:<22} {r['samples']:>8} {r['seconds']:>8.2f} "
                      f"{r['cpu_seconds']:>8.2f} {r['samples_per_s']:>10.1f} {r['samples_per_cpu_s']:>8.1f} "
-                     f"{r['tflops_per_s']:>8.3f} {mfu:>6}")  # fmt: skip
+                     f"{tflops} {mfu:>6}")  # fmt: skip
     lines += [f"{r['phase']:<10} {r['loop']:<22} first call (compile + one run) {r['first_call_s']:.2f} s"
               for r in payload["rows"] if r.get("first_call_s") is not None]  # fmt: skip
     if payload.get("compiled_max_abs_prob_diff") is not None:
@@ -503,6 +531,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchSpec, argparse.Namespac
         choices=COMPILE_MODES,
         help=f"train.compile of the '{COMPILED}' rows (default {d.compile!r}; 'off': no such rows)",
     )
+    parser.add_argument("--cpu-recipe-examples", type=int,
+                        help=f"train examples of the '{CPU_RECIPE}' rows (default {d.cpu_recipe_examples}; 0: none)")
     parser.add_argument("--json", action="store_true", help="print the JSON payload instead of the table")
     parser.add_argument("--out", type=Path, help="also write bench_train.json and bench_train.txt here")
     args = parser.parse_args(argv)
@@ -511,7 +541,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchSpec, argparse.Namespac
                        ("eval_batch", "eval_batch_size"), ("train_examples", "train_examples"),
                        ("infer_examples", "infer_examples"), ("repeats", "repeats"), ("device", "device"),
                        ("peak_tflops", "peak_tflops"), ("seed", "seed"), ("threads", "threads"),
-                       ("reference_trainer", "reference_trainer"), ("compile", "compile")):  # fmt: skip
+                       ("reference_trainer", "reference_trainer"), ("compile", "compile"),
+                       ("cpu_recipe_examples", "cpu_recipe_examples")):  # fmt: skip
         value = getattr(args, flag)
         if value is not None:
             spec = replace(spec, **{name: str(Path(value).resolve()) if flag == "data" else value})

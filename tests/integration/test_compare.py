@@ -187,3 +187,30 @@ def test_compare_runs_on_implicit_feedback_with_long_titles(tmp_path: Path) -> N
             for metric in ("auc", "ndcg@10"):
                 values = _numbers(metrics[metric])
                 assert values and all(math.isfinite(v) for v in values), (arm, platform, metric, metrics[metric])
+
+
+@pytest.mark.slow
+def test_compare_cpu_preset_runs_the_cold_start_scenarios_end_to_end(tmp_path: Path) -> None:
+    # Prepare: the cpu preset (top-layer LoRA on cached states, item cache, every train row, every test user)
+    # on the tiny random base and 20 users per shop; the cold-start scenarios next to full
+    out = tmp_path / "run"
+    argv = ["compare", "--out", str(out), "--seeds", "1", "--size", "cpu", "--base-model", "tiny-random",
+            "--scenario", "full,new-items,new-users", "--arms", "local,federated,like-rate,content,mf",
+            "--set", "data.max-users=20", "--set", "num-server-rounds=2", "--set", "data.history-len=3"]  # fmt: skip
+    # Execute
+    assert main(argv) == 0
+    # Assert: every arm has finite test AUC on every platform of every scenario, the new-users scenario also
+    # at k = 1 and 5, and the cold-start targets are judged
+    report = json.loads((out / "report.json").read_text())
+    assert report["meta"]["size"] == "cpu" and report["meta"]["config"]["lora.top-layers"] == 1
+    assert report["meta"]["config"]["train.max-examples"] == 0 and report["meta"]["config"]["eval.max-rank-users"] == 0
+    assert sorted(report["results"]) == ["full", "new-items", "new-users"]
+    for scenario, arms in report["results"].items():
+        for arm, per in arms.items():
+            for platform in ("app", "social_shop", "web_shop"):
+                assert math.isfinite(per[platform]["auc"]["mean"]), (scenario, arm, platform)
+    for arm in ("federated", "mf"):
+        assert all(math.isfinite(report["results"]["new-users"][arm]["app"][k]["mean"]) for k in ("k1.auc", "k5.auc"))
+    names = {(t["scenario"], t["target"]) for t in report["targets"]}
+    assert any(s == "new-items" and "content" in t for s, t in names)
+    assert any(s == "new-users" and "popularity" in t for s, t in names)

@@ -130,8 +130,13 @@ def test_bench_train_quick_prints_json(capsys: pytest.CaptureFixture[str]) -> No
     payload = json.loads(capsys.readouterr().out)
     loops = {(r["phase"], r["loop"]) for r in payload["rows"]}
     assert loops == {("train", "eager"), ("train", "trainer history-grad"), ("train", "trainer"),
-                     ("inference", "eager"), ("inference", "trainer")}  # fmt: skip
-    assert all(r["samples_per_s"] > 0 and r["tflops_per_s"] > 0 for r in payload["rows"])
+                     ("train", "cpu recipe"), ("inference", "eager"), ("inference", "trainer"),
+                     ("inference", "cpu recipe")}  # fmt: skip
+    assert all(r["samples_per_s"] > 0 for r in payload["rows"])
+    assert all(r["tflops_per_s"] > 0 for r in payload["rows"] if r["loop"] != "cpu recipe")
+    recipe = {r["phase"]: r for r in payload["rows"] if r["loop"] == "cpu recipe"}
+    assert recipe["train"]["samples"] == 256 and recipe["train"]["tflops_per_s"] is None  # its own sample
+    assert payload["ratios"]["train cpu recipe / trainer"] > 0  # next to today's default, in the same run
     assert all(r["mfu"] is None for r in payload["rows"])  # CPU: no known peak
     assert all(np.isfinite(v) and v > 0 for v in payload["ratios"].values())
 
@@ -144,7 +149,8 @@ def test_bench_train_times_the_compiled_trainer_apart_from_its_compile(
     # Prepare: dynamo alone (inductor takes minutes on a CPU; test_encoder_compile checks the maths)
     monkeypatch.setattr("clients.encoder_compile.BACKEND", "eager")
     # Execute
-    assert main(["--quick", "--json", "--train-examples", "8", "--infer-examples", "8", "--batch", "8"]) == 0
+    assert main(["--quick", "--json", "--train-examples", "8", "--infer-examples", "8", "--batch", "8",
+                 "--cpu-recipe-examples", "0"]) == 0  # fmt: skip
     # Assert: compiled rows for both phases, their first call (the compile) kept out of the rate
     payload = json.loads(capsys.readouterr().out)
     rows = {(r["phase"], r["loop"]): r for r in payload["rows"]}
