@@ -29,6 +29,7 @@ from typing import Any
 from common.config import AppConfig, ConfigError, parse_overrides
 from common.data import DatasetError
 from simulations import console
+from simulations.arms import SIZES
 from simulations.movielens import SPLITS as MOVIELENS_SPLITS
 from simulations.use_cli import USER_ERRORS as USE_ERRORS
 from simulations.use_cli import add_parsers as add_use_parsers
@@ -50,7 +51,8 @@ SUPERVISED = frozenset({"simulate", "compare", "tallrec", "bench"})  # long comm
 
 def simulate_config(args: argparse.Namespace) -> AppConfig:
     """The run's config: defaults (or, with ``--continue-from``, the old run's config) + flags + ``--set``."""
-    overrides: dict[str, Any] = parse_overrides(args.set or [])
+    overrides: dict[str, Any] = dict(SIZES[args.size]) if getattr(args, "size", None) else {}
+    overrides.update(parse_overrides(args.set or []))  # --set wins over the size preset
     if args.data:
         overrides["data.dir"] = str(Path(args.data).resolve())
     overrides["out-dir"] = str(Path(args.out).resolve())
@@ -187,6 +189,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sim.add_argument("--secagg", action=argparse.BooleanOptionalAction, default=None)
     sim.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="CPUs the simulation may use")
     sim.add_argument("--set", action="append", metavar="KEY=VALUE", help="any run-config key, e.g. lora.r=4")
+    sim.add_argument("--size", choices=sorted(SIZES), help="a size preset of `crossfed compare` (cpu: the real model "
+                     "on every train row on a CPU; full: one GPU); --rounds and --set win over it")  # fmt: skip
     sim.add_argument(
         "--baseline",
         action=argparse.BooleanOptionalAction,

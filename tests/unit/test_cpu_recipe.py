@@ -178,3 +178,13 @@ def test_cold_dropout_trains() -> None:
 def test_platform_batches_start_without_a_cache() -> None:
     table = tiny_table()
     assert PlatformBatches(table, tiny_part().data, PrivateParts(len(table), 6, 16, "embed")).pooled is None
+
+
+def test_simulate_takes_the_cpu_size_preset_and_set_wins_over_it() -> None:
+    from simulations.cli import build_parser, simulate_config
+
+    args = build_parser().parse_args(["simulate", "--out", "/tmp/x", "--size", "cpu", "--set", "train.encoder-every=2"])
+    cfg = simulate_config(args)
+    assert cfg.lora.top_layers == 1 and cfg.train.max_examples == 0 and cfg.eval.max_rank_users == 0
+    assert cfg.train.item_cache and cfg.train.encoder_every == 2
+    assert simulate_config(build_parser().parse_args(["simulate", "--out", "/tmp/x"])).lora.top_layers == 0
