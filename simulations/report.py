@@ -198,11 +198,13 @@ NOT_WORSE = Rule("not worse", "no significant loss: the interval's upper end is 
                  lambda c: c["high"])  # fmt: skip
 COLD = Rule("cold gain", f"the interval lies at or above +{COLD_GAIN} (low >= {COLD_GAIN})", f"low − {COLD_GAIN}",
             lambda c: c["low"] - COLD_GAIN)  # fmt: skip
+NEVER_BELOW = Rule("never below", f"never below: the interval's lower end is >= -{POOLED_GAP} (low >= -{POOLED_GAP})",
+                   f"low + {POOLED_GAP}", lambda c: c["low"] + POOLED_GAP)  # fmt: skip
 WITHIN = Rule("within", f"non-inferior by {POOLED_GAP}: the interval of the mean-AUC difference has low >= "
               f"-{POOLED_GAP}", f"low + {POOLED_GAP}", lambda c: c["low"] + POOLED_GAP)  # fmt: skip
 NDCG_RULE = ("mean NDCG@10 over seeds above the other arm's on every platform (point estimates: the records "
              "carry no per-user ranks to resample)")  # fmt: skip
-RULES = (BEATS, GAIN, COLD, NOT_WORSE, WITHIN)
+RULES = (BEATS, GAIN, COLD, NOT_WORSE, NEVER_BELOW, WITHIN)
 
 
 def _target(
@@ -282,7 +284,7 @@ def evaluate_targets(
                 out.append(judge(f"{R} >= local + {COLD_GAIN} AUC on every platform", scenario, COLD, here, REFERENCE,
                                  platforms))  # fmt: skip
             else:
-                out += [judge(f"{R} not worse than local on {p}", scenario, NOT_WORSE, here, REFERENCE, [p])
+                out += [judge(f"{R} not worse than local on {p}", scenario, NEVER_BELOW, here, REFERENCE, [p])
                         for p in platforms]  # fmt: skip
             continue
         if scenario == "new-users":
@@ -305,8 +307,8 @@ def evaluate_targets(
                     out.append(judge(f"{R} >= local + {SCARCE_GAIN} AUC on {p}", scenario, GAIN, here, REFERENCE, [p]))
         elif kind == "same":
             out += [judge(f"{R} beats local on {p}", scenario, BEATS, here, REFERENCE, [p]) for p in platforms]
-        else:
-            out += [judge(f"{R} not worse than local on {p}", scenario, NOT_WORSE, here, REFERENCE, [p])
+        else:  # cross-domain: never below local (issue 21: the interval's low end >= -0.005 on every platform)
+            out += [judge(f"{R} not worse than local on {p}", scenario, NEVER_BELOW, here, REFERENCE, [p])
                     for p in platforms]  # fmt: skip
             out.append(judge(f"{R} mean AUC within {POOLED_GAP} of pooled or above", scenario, WITHIN, here, "pooled",
                              ["mean"]))  # fmt: skip

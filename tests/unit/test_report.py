@@ -195,3 +195,12 @@ def test_warm_targets_are_unchanged_and_content_is_paired(tmp_path: Path) -> Non
         assert (scenario, "federated beats mf in NDCG@10 on every platform") in got
         assert not any("content" in t for s, t in got if s == scenario)
     assert "k1.auc" not in aggregate(results)["full"]["federated"]["s1"]  # only when the records have it
+
+
+def test_cross_domain_never_below_local_is_judged_on_the_intervals_low_end() -> None:
+    from simulations.report import NEVER_BELOW, NOT_WORSE
+
+    # an interval straddling 0 deep on the loss side: no significant loss, but it may be 0.02 below local
+    cell = {"diff": -0.005, "low": -0.02, "high": 0.01}
+    assert NOT_WORSE.met(NOT_WORSE.margin(cell)) and not NEVER_BELOW.met(NEVER_BELOW.margin(cell))
+    assert NEVER_BELOW.met(NEVER_BELOW.margin({"diff": 0.0, "low": -0.005, "high": 0.01}))
