@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The quality evidence on a 2-core CPU: the real model (default MiniLM base + LoRA, `--size cpu`) on ML-100K,
+#   1. genre platforms (cross-domain) and a users split into same-domain shops, prepared under OUTDIR/data;
+#   2. `compare --kind cross` and `compare --kind same`, one after the other, $JOBS units at a time:
+#      scenarios $SCENARIOS, $SEEDS seeds, the arms $ARMS;
+#   3. OUTDIR/summary.md: both kinds' target tables.
+#
+#   simulations/quality_cpu.sh OUTDIR
+#
+# Environment: SEEDS (3), JOBS (2), SCENARIOS (full,scarce,new-items), ARMS (the recommended arm, local,
+# the frozen-text lever and every baseline), KINDS ("cross same"), COMPARE_ARGS (extra options, e.g.
+# --fresh). Rerunning with the same OUTDIR skips the units whose records exist, so a second call with
+# more SCENARIOS or ARMS adds to the same reports. Reads ../shared/data (or $CROSSFED_SHARED_DATA);
+# the derived ML-100K data stays under OUTDIR: do not commit it.
+set -euo pipefail
+
+OUT=${1:?usage: simulations/quality_cpu.sh OUTDIR}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SHARED=${CROSSFED_SHARED_DATA:-$ROOT/../shared/data}
+CROSSFED=${CROSSFED:-$ROOT/.venv/bin/crossfed}
+SEEDS=${SEEDS:-3}
+JOBS=${JOBS:-2}
+SCENARIOS=${SCENARIOS:-full,scarce,new-items}
+ARMS=${ARMS:-local,federated,like-rate,popularity,mf,mf-central,content}
+KINDS=${KINDS:-cross same}
+export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} TOKENIZERS_PARALLELISM=false
+mkdir -p "$OUT/data"
+
+[ -d "$OUT/data/cross" ] || "$CROSSFED" prepare movielens --src "$SHARED/ml-100k" --out "$OUT/data/cross" >/dev/null
+[ -d "$OUT/data/same" ] || "$CROSSFED" prepare movielens --src "$SHARED/ml-100k" --out "$OUT/data/same" \
+    --split users >/dev/null
+
+runs=()
+for kind in $KINDS; do
+    echo "== compare --kind $kind ($(date -u +%H:%M:%S))"
+    # shellcheck disable=SC2086
+    "$CROSSFED" compare --data "$OUT/data/$kind" --out "$OUT/$kind" --kind "$kind" --size cpu --seeds "$SEEDS" \
+        --scenario "$SCENARIOS" --arms "$ARMS" --lever fed-frozen:train.encoder-every=0 --jobs "$JOBS" \
+        ${COMPARE_ARGS:-} || echo "compare --kind $kind: some units failed (see $OUT/$kind/report.md)"
+    runs+=("$OUT/$kind")
+done
+"$ROOT/.venv/bin/python" -m simulations.report summary --out "$OUT/summary.md" "${runs[@]}"
+echo "== done ($(date -u +%H:%M:%S)): $OUT/summary.md"
