@@ -41,7 +41,7 @@ from common.secagg import SecAggError
 from common.secure_wire import SECAGG, SECAGG_ACTION
 
 log = logging.getLogger("crossfed.client")
-QUIET_ENV = "CROSSFED_QUIET"  # set by `crossfed` (simulations.console) unless --verbose; Ray actors inherit it
+QUIET_ENV = "CROSSFED_QUIET"  # set by `crossfed` (simulations.commands.console) unless --verbose; Ray actors inherit it
 # Set by `crossfed simulate` while its Ray actors start: its driver has already loaded the data and printed
 # the loader's warnings (dropped duplicates) once; every actor loading a platform would repeat them.
 DATA_CHECKED_ENV = "CROSSFED_DATA_CHECKED"

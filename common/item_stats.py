@@ -1,7 +1,7 @@
 """What a platform's own train split says about each of its items: how often it is picked, how liked.
 
 Item popularity and smoothed like-rate are the two no-training baselines a text model must
-beat (``simulations.baselines``), and a recommender without them has to relearn both, item by
+beat (``simulations.compare.baselines``), and a recommender without them has to relearn both, item by
 item, through private biases. So the model's head also sees them as two features per candidate
 (``model.item-stats``): ``log1p(count)`` and the smoothed like-rate minus the platform's prior.
 They are computed on the platform from its own train split and never leave it; the shared head

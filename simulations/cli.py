@@ -12,7 +12,7 @@
     crossfed stop-local                  (the flower-superlink/-superexec daemons `flwr run` left)
 
 Errors a user can fix (bad data, bad config, missing model) print ONE line and exit 2; the first
-Ctrl-C prints one line and exits 130 (``simulations.console``). ``--verbose`` shows library logs.
+Ctrl-C prints one line and exits 130 (``simulations.commands.console``). ``--verbose`` shows library logs.
 Only the invoked command's module is imported, so ``--help`` does not load torch.
 """
 
@@ -28,11 +28,11 @@ from typing import Any
 
 from common.config import AppConfig, ConfigError, parse_overrides
 from common.data import DatasetError
-from simulations import console
-from simulations.arms import SIZES
-from simulations.movielens import SPLITS as MOVIELENS_SPLITS
-from simulations.use_cli import USER_ERRORS as USE_ERRORS
-from simulations.use_cli import add_parsers as add_use_parsers
+from simulations.commands import console
+from simulations.commands.use import USER_ERRORS as USE_ERRORS
+from simulations.commands.use import add_parsers as add_use_parsers
+from simulations.compare.arms import SIZES
+from simulations.datasets.movielens import SPLITS as MOVIELENS_SPLITS
 
 USER_ERRORS = (DatasetError, ConfigError, FileNotFoundError)
 # Errors of modules that load torch, Flower or cryptography: looked up only once a command has loaded them.
@@ -42,10 +42,12 @@ LAZY_ERRORS = (
 )  # fmt: skip
 # Commands whose parsers live in heavy modules: mounted only when invoked (a stub with its help otherwise).
 LAZY_COMMANDS = {
-    "compare": ("simulations.compare_run", "add_compare_parser", "local vs federated vs pooled (+ levers, baselines)"),
-    "tallrec": ("simulations.tallrec", "add_tallrec_parser", "train + score our model on the TALLRec movie split"),
+    "compare": ("simulations.compare.command", "add_compare_parser",
+                "local vs federated vs pooled (+ levers, baselines)"),
+    "tallrec": ("simulations.datasets.tallrec", "add_tallrec_parser",
+                "train + score our model on the TALLRec movie split"),
     "deploy": ("deploy.cli", "add_deploy_parser", "run the federation on real machines (Flower Deployment Engine)"),
-}
+}  # fmt: skip
 SUPERVISED = frozenset({"simulate", "compare", "tallrec", "bench"})  # long commands: a child process, one Ctrl-C
 
 
@@ -74,7 +76,7 @@ def simulate_config(args: argparse.Namespace) -> AppConfig:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from simulations.simulate import compare_with_local, run_simulated_federation, validate_inputs
+    from simulations.local.simulate import compare_with_local, run_simulated_federation, validate_inputs
 
     console.quiet_flower(args.verbose)  # Flower is imported now: its handler exists
     cfg = simulate_config(args)
@@ -88,7 +90,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_stop_local(args: argparse.Namespace) -> int:
-    from simulations.flwr_local import stop_local_daemons
+    from simulations.local.flwr_daemons import stop_local_daemons
 
     stopped = stop_local_daemons(args.flwr_home)
     for line in stopped:
@@ -106,7 +108,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
         dataset = write_synthetic(Path(args.out), seed=args.seed, overwrite=args.overwrite)
     else:
-        from simulations.movielens import convert_movielens
+        from simulations.datasets.movielens import convert_movielens
 
         if not args.src:
             raise ConfigError("`crossfed prepare movielens` needs --src (the ml-100k folder)")
@@ -124,11 +126,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "secagg":
-        from simulations.bench_secagg import main as bench_main
+        from simulations.bench.secagg import main as bench_main
 
         return bench_main(args.rest) or 0
     if args.what == "recommend":
-        from simulations.bench_recommend import main as recommend_bench_main
+        from simulations.bench.recommend import main as recommend_bench_main
 
         return recommend_bench_main(args.rest) or 0
     if args.what == "deploy" and any(a == "--nodes" or a.startswith("--nodes=") for a in args.rest):
@@ -140,15 +142,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         return deploy_bench_main(args.rest) or 0
     if args.what == "train":
-        from simulations.bench_train import main as train_bench_main
+        from simulations.bench.train import main as train_bench_main
 
         return train_bench_main(args.rest) or 0
     if args.what == "scale":
-        from simulations.bench_scale import main as scale_bench_main
+        from simulations.bench.scale import main as scale_bench_main
 
         return scale_bench_main(args.rest) or 0
     if args.what == "batch":
-        from simulations.bench_batch import main as batch_bench_main
+        from simulations.bench.batch import main as batch_bench_main
 
         return batch_bench_main(args.rest) or 0
     raise ConfigError(f"unknown benchmark {args.what!r}")

@@ -24,7 +24,7 @@ from deploy.errors import DeployError
 from deploy.federation import Federation
 from deploy.worker import STALL_ENV
 from server.checkpoint import MANIFEST as CHECKPOINT_MANIFEST
-from simulations.simulate import run_simulated_federation, validate_inputs
+from simulations.local.simulate import run_simulated_federation, validate_inputs
 from tests.deploy.fault_proxy import FaultProxy
 from tests.deploy.settings import CLEAR, PLATFORMS, SHARE, STATE, TINY
 

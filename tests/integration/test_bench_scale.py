@@ -7,7 +7,7 @@ import pytest
 
 @pytest.mark.slow
 def test_flower_engine_sums_memory_over_the_ray_process_tree(capsys: pytest.CaptureFixture[str]) -> None:
-    from simulations.bench_scale import main
+    from simulations.bench.scale import main
 
     # Execute: one Ray CPU (one ClientApp actor), one round, a few examples
     sets = ["--set", "train.max-examples=16", "--set", "eval.max-rank-users=2", "--set", "model.max-length=48"]

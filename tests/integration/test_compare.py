@@ -79,7 +79,7 @@ def _cell(mean: float, std: float = 0.0) -> dict:
 
 def test_targets_are_never_judged_on_means_when_paired_intervals_are_missing() -> None:
     # Prepare: federated far ahead on every mean, but no record carried test scores
-    from simulations.report import evaluate_targets
+    from simulations.compare.report import evaluate_targets
 
     agg = {"full": {"local": {"L": _cell(0.60)}, "federated": {"L": _cell(0.90), "mean": _cell(0.90)},
                     "pooled": {"mean": _cell(0.80)}, "like-rate": {"L": _cell(0.5)}}}  # fmt: skip

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from common.files import result_mode
-from simulations.console import EXIT_INTERRUPTED, INTERRUPTED, session_pids
+from simulations.commands.console import EXIT_INTERRUPTED, INTERRUPTED, session_pids
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--base-model", "tiny-random", "--set", "train.max-examples=32", "--set", "eval.max-rank-users=2",
@@ -165,7 +165,7 @@ def test_a_data_warning_is_printed_once(tmp_path: Path) -> None:
 
 def test_stop_local_stops_the_daemons_flwr_started(tmp_path: Path) -> None:
     # Prepare: `flwr ls` on the local connection starts a managed SuperLink (and its SuperExec), detached
-    from simulations.flwr_local import SUPEREXEC, SUPERLINK, local_daemons
+    from simulations.local.flwr_daemons import SUPEREXEC, SUPERLINK, local_daemons
 
     home = tmp_path / "flwr-home"
     env = {**os.environ, "FLWR_HOME": str(home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
@@ -181,7 +181,7 @@ def test_stop_local_stops_the_daemons_flwr_started(tmp_path: Path) -> None:
         # Execute
         result = _crossfed("stop-local", "--flwr-home", str(home), timeout=60)
     finally:
-        from simulations.flwr_local import stop_local_daemons
+        from simulations.local.flwr_daemons import stop_local_daemons
 
         stop_local_daemons(str(home))
     # Assert: one line per daemon, none left; a second call finds nothing

@@ -16,7 +16,7 @@ from common.run_files import ADAPTER_DIR, ROUNDS_FILE
 from common.synthetic import make_synthetic
 from server.federation import run_federation
 from server.warm_start import WarmStartError
-from simulations.inprocess import InProcessTransport, setups_for
+from simulations.compare.inprocess import InProcessTransport, setups_for
 
 TINY = {**TINY_PRESET, "train.max-examples": 48, "eval.max-rank-users": 2, "num-server-rounds": 2, "fed.patience": 0}
 PLATFORMS = ["app", "social_shop", "web_shop"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from simulations.flwr_local import stop_local_daemons
+from simulations.local.flwr_daemons import stop_local_daemons
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,7 @@ from common.config import TINY_PRESET, AppConfig
 from common.run_files import ROUNDS_FILE, SUMMARY_FILE
 from server.checkpoint import MANIFEST, CheckpointError, load_checkpoint
 from server.federation import run_federation
-from simulations.inprocess import InProcessTransport, setups_for
+from simulations.compare.inprocess import InProcessTransport, setups_for
 
 TINY = {
     **TINY_PRESET, "train.max-examples": 48, "eval.max-rank-users": 2, "num-server-rounds": 3,

@@ -8,7 +8,7 @@ from safetensors.numpy import load_file
 
 from common.config import TINY_PRESET, AppConfig
 from common.run_files import ROUNDS_FILE
-from simulations.simulate import run_simulated_federation, validate_inputs
+from simulations.local.simulate import run_simulated_federation, validate_inputs
 
 TINY = {**TINY_PRESET, "num-server-rounds": 1}
 

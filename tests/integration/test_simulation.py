@@ -10,7 +10,7 @@ import pytest
 from common.config import TINY_PRESET, AppConfig
 from common.modeling import load_adapter
 from common.run_files import ROUNDS_FILE, SUMMARY_FILE
-from simulations.simulate import run_simulated_federation, validate_inputs
+from simulations.local.simulate import run_simulated_federation, validate_inputs
 
 TINY = {**TINY_PRESET, "num-server-rounds": 2}
 
@@ -46,7 +46,7 @@ def test_tiny_three_platform_federation(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_minilm_default_on_ml100k_slice(tmp_path: Path, shared_data: Path) -> None:
     # Prepare: the three genre platforms, 8 users each, the real default model
-    from simulations.movielens import convert_movielens
+    from simulations.datasets.movielens import convert_movielens
 
     convert_movielens(shared_data / "ml-100k", tmp_path / "ml100k")
     cfg = AppConfig().replace(**{

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from simulations.cli import main
-from simulations.tallrec import parse_prompt, read_rows
+from simulations.datasets.tallrec import parse_prompt, read_rows
 
 
 def test_parse_prompt() -> None:

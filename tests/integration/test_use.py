@@ -28,7 +28,7 @@ from common.data import write_dataset
 from common.files import result_dir_mode, result_mode
 from common.run_files import ROUNDS_FILE, SUMMARY_FILE
 from common.synthetic import make_synthetic
-from simulations.simulate import run_simulated_federation, validate_inputs
+from simulations.local.simulate import run_simulated_federation, validate_inputs
 
 TINY = {**TINY_PRESET, "num-server-rounds": 2, "fed.patience": 0}
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from simulations.bench_secagg import main, overhead_estimate, run_bench
+from simulations.bench.secagg import main, overhead_estimate, run_bench
 
 
 def test_run_bench_tiny_rows():

@@ -7,7 +7,7 @@ import pytest
 
 from common.data import Item
 from common.splits import Example, PlatformSplits, RankingCase
-from simulations.baselines import (
+from simulations.compare.baselines import (
     baseline_scorers,
     evaluate_baseline,
     fit_logistic,
@@ -99,7 +99,7 @@ def test_platform_scorers_rejects_unknown_names() -> None:
 
 def test_nearest_known_by_hand() -> None:
     # Prepare: rows 0 and 2 known; row 1 is closest to 2, row 3 equally close to 0 and 2, row 4 a zero vector
-    from simulations.baselines import nearest_known
+    from simulations.compare.baselines import nearest_known
 
     vectors = np.array([[1.0, 0.0], [0.1, 1.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
     known = np.array([True, False, True, False, False])
@@ -112,7 +112,7 @@ def test_nearest_known_by_hand() -> None:
 
 
 def test_known_item_is_its_own_nearest_even_beside_an_identical_one() -> None:
-    from simulations.baselines import nearest_known
+    from simulations.compare.baselines import nearest_known
 
     vectors = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
     assert nearest_known(vectors, np.array([True, True, False])).tolist() == [0, 1, 0]
@@ -120,7 +120,7 @@ def test_known_item_is_its_own_nearest_even_beside_an_identical_one() -> None:
 
 def test_content_scorer_gives_a_new_item_its_nearest_known_items_like_rate() -> None:
     # Prepare: liked item "a" and disliked item "b" in train; new item "c" reads like "b", "d" like "a"
-    from simulations.baselines import content_scorer
+    from simulations.compare.baselines import content_scorer
 
     train = [_ex("u1", "a", 1), _ex("u2", "a", 1), _ex("u1", "b", 0), _ex("u2", "b", 0)]
     ids = ["a", "b", "c", "d"]

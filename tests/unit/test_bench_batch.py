@@ -5,7 +5,7 @@ import math
 import pytest
 
 from common.config import ConfigError
-from simulations.bench_batch import BatchBenchSpec, batch_arms, choose_batch, mean_ci, scaled_lr, summarise_rows
+from simulations.bench.batch import BatchBenchSpec, batch_arms, choose_batch, mean_ci, scaled_lr, summarise_rows
 
 
 @pytest.mark.parametrize(

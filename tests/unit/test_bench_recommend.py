@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from common.data import load_platform
-from simulations.bench_recommend import main, synthetic_catalogue
+from simulations.bench.recommend import main, synthetic_catalogue
 
 
 def test_synthetic_catalogue_has_the_asked_size(tmp_path: Path) -> None:

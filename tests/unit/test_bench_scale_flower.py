@@ -3,14 +3,14 @@
 import pytest
 
 from deploy.loadbench.memory import MIB, MemoryPeaks
-from simulations.bench_scale_flower import RAY_KINDS, flower_budget, per_platform_growth, ray_process_kind
+from simulations.bench.scale_flower import RAY_KINDS, flower_budget, per_platform_growth, ray_process_kind
 
 
 @pytest.mark.parametrize(("cmdline", "kind"), [
     (["ray::IDLE"], "worker"),
     (["ray::ClientAppActor.run"], "worker"),
     (["/v/bin/python", "/v/lib/ray/_private/workers/default_worker.py", "--node-ip-address=x"], "worker"),
-    (["/v/bin/python", "-m", "simulations.bench_scale", "--child", "3", "--engine", "flower"], "driver"),
+    (["/v/bin/python", "-m", "simulations.bench.scale", "--child", "3", "--engine", "flower"], "driver"),
     (["/v/lib/ray/core/src/ray/gcs/gcs_server", "--log_dir=/tmp/ray"], "gcs"),
     (["/v/lib/ray/core/src/ray/raylet/raylet", "--raylet_socket_name=/tmp/ray/s"], "raylet"),
     (["ray::DashboardAgent"], "ray-agent"),

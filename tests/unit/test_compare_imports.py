@@ -24,7 +24,7 @@ def _loaded(code: str) -> str:
 
 def test_compare_and_prepare_do_not_import_flower_or_cryptography() -> None:
     # one interpreter (torch loads once): the harness modules, then the CLI's prepare and compare parsers
-    code = "\n".join(["import simulations.compare, simulations.compare_jobs, simulations.report",
+    code = "\n".join(["import simulations.compare.runner, simulations.compare.jobs, simulations.compare.report",
                       CLI_HELP.format(argv=["prepare", "movielens", "--help"]),
                       CLI_HELP.format(argv=["compare", "--help"])])  # fmt: skip
     assert _loaded(code) == ""

@@ -9,9 +9,9 @@ import pytest
 
 from common.config import AppConfig, ConfigError
 from common.run_files import clean
-from simulations import compare_jobs as jobs
-from simulations.arms import ARMS, resolve_arms
-from simulations.compare import Record
+from simulations.compare import jobs
+from simulations.compare.arms import ARMS, resolve_arms
+from simulations.compare.runner import Record
 
 SCENARIO = {"users": {"a": 3}, "interactions": {"a": 9}, "large_platform": None, "scarce_fraction": None}
 
@@ -87,7 +87,7 @@ def test_jsonable_turns_non_finite_into_null(value: float) -> None:
 
 
 def test_scenario_lists_and_shorthands() -> None:
-    from simulations.arms import SCENARIOS, parse_scenarios
+    from simulations.compare.arms import SCENARIOS, parse_scenarios
 
     assert parse_scenarios("both") == ["full", "scarce"]
     assert parse_scenarios("all") == list(SCENARIOS) == ["full", "scarce", "new-items", "new-users"]
@@ -102,7 +102,7 @@ def test_cold_start_scenario_overrides_reach_the_unit_config_and_fingerprint(tmp
     # Prepare: this branch's config has no data.cold-start: stand a known key in for it; run no unit
     from types import SimpleNamespace
 
-    from simulations import compare_run
+    from simulations.compare import command as compare_run
 
     monkeypatch.setitem(compare_run.SCENARIO_OVERRIDES, "new-items", {"data.history-len": 2})
     seen: list[jobs.UnitSpec] = []

@@ -148,7 +148,7 @@ def test_lever_config_errors_name_the_key(override: dict, match: str) -> None:
 
 def _two_shops(private: dict) -> tuple[AppConfig, Any, Any, dict]:
     """Two embedded shops in process with the tiny model, ``private`` overrides; (cfg, transport, scorer, start)."""
-    from simulations.inprocess import InProcessTransport, setups_for
+    from simulations.compare.inprocess import InProcessTransport, setups_for
 
     cfg = AppConfig().replace(**TINY, **{"train.max-examples": 32, "eval.max-rank-users": 2, "data.history-len": 3,
                                          **private})  # fmt: skip

@@ -10,9 +10,9 @@ import pytest
 from common.data import Interaction, Item, PlatformData
 from common.metrics import auc
 from common.splits import Example, PlatformSplits, SplitConfig, split_platform
-from simulations import baselines
-from simulations.baselines import evaluate_baseline, platform_scorers
-from simulations.mf import MFParams, central_item_id, fit_central_mf, fit_mf
+from simulations.compare import baselines
+from simulations.compare.baselines import evaluate_baseline, platform_scorers
+from simulations.compare.mf import MFParams, central_item_id, fit_central_mf, fit_mf
 
 SMALL_GRID = (MFParams(2, 0.01), MFParams(8, 0.03))
 

@@ -8,7 +8,7 @@ import pytest
 from common.config import ConfigError
 from common.data import DatasetError, PlatformData, load_dataset
 from simulations.cli import build_parser
-from simulations.movielens import SHOPS, convert_movielens, partition_users
+from simulations.datasets.movielens import SHOPS, convert_movielens, partition_users
 
 EXPECTED_ITEMS = {"P1_action_scifi": 443, "P2_comedy_family": 549, "P3_drama_other": 690}
 GENRES = ["unknown", "Action", *(f"G{n}" for n in range(2, 19))]

@@ -12,7 +12,7 @@ from clients.private_state import PrivateStore, private_folder
 from common.config import AppConfig, DataSpec
 from common.modeling import load_base
 from common.splits import SplitConfig
-from simulations.compare import train_fractions
+from simulations.compare.runner import train_fractions
 
 CFG = AppConfig().replace(**{"model.base": "tiny-random", "model.max-length": 16, "eval.max-rank-users": 3})
 

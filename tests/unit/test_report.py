@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from common.metrics import auc
-from simulations.compare import Record
-from simulations.report import evaluate_targets, summary_markdown, write_report
+from simulations.compare.report import evaluate_targets, summary_markdown, write_report
+from simulations.compare.runner import Record
 
 PLATFORMS = {"L": 600, "s1": 400, "s2": 400}  # test examples per platform; L is the large one
 
@@ -85,7 +85,7 @@ def test_same_domain_scarce_targets_are_judged_on_paired_intervals(tmp_path: Pat
 
 def test_cross_domain_targets_and_the_weighted_mean_interval() -> None:
     # Prepare: federated = pooled (identical scores), both better than local everywhere
-    from simulations.report import aggregate, paired_intervals
+    from simulations.compare.report import aggregate, paired_intervals
 
     results = {"full": _arms(local=WEAK, federated=FLAT, pooled=FLAT)}
     paired = paired_intervals(results)
@@ -103,7 +103,7 @@ def test_cross_domain_targets_and_the_weighted_mean_interval() -> None:
 
 
 def test_same_domain_full_needs_a_significant_win_and_stretch_is_optional() -> None:
-    from simulations.report import aggregate, paired_intervals
+    from simulations.compare.report import aggregate, paired_intervals
 
     results = {"full": _arms(local=FLAT, federated=FLAT, **{"mf-central": WEAK})}
     got = {t["target"]: t for t in evaluate_targets(aggregate(results), _meta("same", ["full"]),
@@ -139,7 +139,7 @@ STRONG = {"L": 3.0, "s1": 3.0, "s2": 3.0}
 
 def test_new_items_targets_need_a_clear_gain_over_content_mf_and_local() -> None:
     # Prepare: federated far better than content and local everywhere; mf as good as federated
-    from simulations.report import aggregate, paired_intervals
+    from simulations.compare.report import aggregate, paired_intervals
 
     results = {"new-items": _arms(local=WEAK, federated=STRONG, content=WEAK, mf=STRONG)}
     paired = paired_intervals(results)
@@ -184,7 +184,7 @@ def test_new_users_targets_and_the_auc_by_history_table(tmp_path: Path) -> None:
 
 
 def test_warm_targets_are_unchanged_and_content_is_paired(tmp_path: Path) -> None:
-    from simulations.report import aggregate, paired_intervals
+    from simulations.compare.report import aggregate, paired_intervals
 
     results = {"full": _arms(local=WEAK, federated=FLAT, content=WEAK), "scarce": _arms(local=WEAK, federated=FLAT)}
     paired = paired_intervals(results)
@@ -198,7 +198,7 @@ def test_warm_targets_are_unchanged_and_content_is_paired(tmp_path: Path) -> Non
 
 
 def test_cross_domain_never_below_local_is_judged_on_the_intervals_low_end() -> None:
-    from simulations.report import NEVER_BELOW, NOT_WORSE
+    from simulations.compare.report import NEVER_BELOW, NOT_WORSE
 
     # an interval straddling 0 deep on the loss side: no significant loss, but it may be 0.02 below local
     cell = {"diff": -0.005, "low": -0.02, "high": 0.01}

@@ -11,7 +11,7 @@ import pytest
 from common.files import SECRET_MODE, atomic_write_bytes, result_mode, umask
 from common.run_files import ROUNDS_FILE
 from server.outputs import RoundLog, render_table, scalars
-from simulations.report import plot_run_rounds, summary_table
+from simulations.compare.report import plot_run_rounds, summary_table
 
 RECORD = {
     "round": 1,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from simulations.simulate import backend_config
+from simulations.local.simulate import backend_config
 
 
 @pytest.mark.parametrize(

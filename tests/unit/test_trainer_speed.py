@@ -122,7 +122,7 @@ def test_device_tokens_are_copied_once() -> None:
 
 
 def test_bench_train_quick_prints_json(capsys: pytest.CaptureFixture[str]) -> None:
-    from simulations.bench_train import main
+    from simulations.bench.train import main
 
     # Execute
     assert main(["--quick", "--json", "--train-examples", "32", "--infer-examples", "64", "--compile", "off"]) == 0
@@ -144,7 +144,7 @@ def test_bench_train_quick_prints_json(capsys: pytest.CaptureFixture[str]) -> No
 def test_bench_train_times_the_compiled_trainer_apart_from_its_compile(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from simulations.bench_train import main
+    from simulations.bench.train import main
 
     # Prepare: dynamo alone (inductor takes minutes on a CPU; test_encoder_compile checks the maths)
     monkeypatch.setattr("clients.encoder_compile.BACKEND", "eager")
@@ -164,14 +164,14 @@ def test_bench_train_times_the_compiled_trainer_apart_from_its_compile(
 
 
 def test_bench_train_rejects_bad_sizes() -> None:
-    from simulations.bench_train import main
+    from simulations.bench.train import main
 
     with pytest.raises(SystemExit):
         main(["--quick", "--batch", "0"])
 
 
 def test_make_shops_are_distinct_platforms() -> None:
-    from simulations.bench_scale import make_shops
+    from simulations.bench.scale import make_shops
 
     shops = make_shops(7, users=5)
     assert sorted(shops) == [f"shop{i:03d}" for i in range(7)]
@@ -179,7 +179,7 @@ def test_make_shops_are_distinct_platforms() -> None:
 
 
 def test_bench_scale_runs_a_small_federation(capsys: pytest.CaptureFixture[str]) -> None:
-    from simulations.bench_scale import main
+    from simulations.bench.scale import main
 
     # Execute
     code = main(["--platforms", "2", "--rounds", "1", "--json", "--set", "train.max-examples=32",
@@ -196,6 +196,6 @@ def test_benches_do_not_import_flower_or_cryptography() -> None:
     # the GPU image has torch, transformers and peft only
     from tests.unit.test_compare_imports import CLI_HELP, _loaded
 
-    code = "\n".join(["import simulations.bench_train, simulations.bench_scale, server.federation",
+    code = "\n".join(["import simulations.bench.train, simulations.bench.scale, server.federation",
                       CLI_HELP.format(argv=["bench", "train", "--help"])])  # fmt: skip
     assert _loaded(code) == ""

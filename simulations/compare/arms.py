@@ -1,7 +1,7 @@
 """What ``crossfed compare`` can run: its arms, size presets and scenarios (no model code).
 
 Why a module of its own: the command's parser (``crossfed compare --help``), the job planner and
-``bench batch`` need the arm table and the presets, not torch; :mod:`simulations.compare` trains
+``bench batch`` need the arm table and the presets, not torch; :mod:`simulations.compare.runner` trains
 and scores the arms listed here.
 """
 

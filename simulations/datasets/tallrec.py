@@ -42,7 +42,7 @@ from common.files import atomic_write_text
 from common.metrics import auc, classification_metrics
 from common.run_files import to_json
 from common.splits import Example
-from simulations.baselines import liked_share
+from simulations.compare.baselines import liked_share
 
 PUBLISHED = {"liked-share rule (published)": 0.726, "TALLRec LLaMA-7B + LoRA, 256 samples (published)": 0.7198}
 TARGET_AUC = 0.76
@@ -163,7 +163,7 @@ def run_tallrec(opts: TallrecOptions) -> dict[str, Any]:
     from clients.tasks import private_tensors
     from clients.trainer import PlatformBatches, encode_examples, encode_items, predict, train
     from common.modeling import PrivateParts, build_scorer, get_trainable_state, pick_device, set_trainable_state
-    from simulations.compare import hardware
+    from simulations.compare.runner import hardware
 
     if opts.size not in SIZES:
         raise ConfigError(f"`--size` must be one of {', '.join(SIZES)}, got {opts.size!r}")

@@ -24,7 +24,7 @@ from common.modeling import resolve_base_path
 from common.run_files import SUMMARY_FILE, read_summary, to_json
 from common.splits import split_dataset
 from server.outputs import fmt_number, render_table
-from simulations.report import plot_run_rounds
+from simulations.compare.report import plot_run_rounds
 
 log = logging.getLogger("crossfed.simulate")
 LOCAL_ARM = "local"  # the comparison's arm name, also the folder of the local runs
@@ -143,9 +143,9 @@ def compare_with_local(cfg: AppConfig, platforms: list[str], federated: dict[str
 
     The local runs go to ``<run>/local/<platform>/``, their console output to ``<run>/local/local.log``.
     """
-    from simulations.arms import ARMS
-    from simulations.compare import ArmRunner
-    from simulations.compare_jobs import captured
+    from simulations.compare.arms import ARMS
+    from simulations.compare.jobs import captured
+    from simulations.compare.runner import ArmRunner
 
     out = Path(cfg.out_dir)
     log_path = out / LOCAL_ARM / "local.log"

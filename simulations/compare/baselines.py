@@ -15,7 +15,7 @@ Every trained arm must beat these to claim anything:
 - ``content``: the like-rate of the candidate's nearest KNOWN item (one with train interactions on
   this platform; a known candidate is its own nearest) by cosine similarity of frozen base-model text
   vectors: what a text model gives on new items before any training, so what LoRA training adds.
-- ``mf``: biased matrix factorisation (:mod:`simulations.mf`) fitted per platform on its
+- ``mf``: biased matrix factorisation (:mod:`simulations.compare.mf`) fitted per platform on its
   train split, tuned on its valid split: the collaborative baseline. It trains, but in seconds.
 - ``mf-central``: one MF on every platform's train split with user ids linked across
   platforms: an upper bound a privacy law forbids (raw data and user ids pooled).
@@ -41,7 +41,7 @@ import numpy as np
 from common.item_stats import smoothed_rate
 from common.metrics import classification_metrics, ranking_metrics
 from common.splits import Example, PlatformSplits, RankingCase
-from simulations.mf import MFModel, central_item_id, fit_central_mf, fit_mf
+from simulations.compare.mf import MFModel, central_item_id, fit_central_mf, fit_mf
 
 BASELINES = ("liked-share", "popularity", "like-rate", "content", "mf", "mf-central")
 

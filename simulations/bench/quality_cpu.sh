@@ -5,7 +5,7 @@
 #      scenarios $SCENARIOS, $SEEDS seeds, the arms $ARMS;
 #   3. OUTDIR/summary.md: both kinds' target tables.
 #
-#   simulations/quality_cpu.sh OUTDIR
+#   simulations/bench/quality_cpu.sh OUTDIR
 #
 # Environment: SEEDS (3), JOBS (2), SCENARIOS (full,scarce,new-items), ARMS (the recommended arm, local,
 # the frozen-text lever and every baseline), KINDS ("cross same"), COMPARE_ARGS (extra options, e.g.
@@ -14,8 +14,8 @@
 # the derived ML-100K data stays under OUTDIR: do not commit it.
 set -euo pipefail
 
-OUT=${1:?usage: simulations/quality_cpu.sh OUTDIR}
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OUT=${1:?usage: simulations/bench/quality_cpu.sh OUTDIR}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 SHARED=${CROSSFED_SHARED_DATA:-$ROOT/../shared/data}
 CROSSFED=${CROSSFED:-$ROOT/.venv/bin/crossfed}
 SEEDS=${SEEDS:-3}
@@ -39,5 +39,5 @@ for kind in $KINDS; do
         ${COMPARE_ARGS:-} || echo "compare --kind $kind: some units failed (see $OUT/$kind/report.md)"
     runs+=("$OUT/$kind")
 done
-"$ROOT/.venv/bin/python" -m simulations.report summary --out "$OUT/summary.md" "${runs[@]}"
+"$ROOT/.venv/bin/python" -m simulations.compare.report summary --out "$OUT/summary.md" "${runs[@]}"
 echo "== done ($(date -u +%H:%M:%S)): $OUT/summary.md"

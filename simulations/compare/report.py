@@ -10,7 +10,7 @@ recommended arm also against the baselines, ``pooled`` and ``mf-central``), ``wa
 and arm, ``targets`` (each met / missed / not evaluated, with its rule and margin), and ``meta``
 (config, kind, seeds, scenarios, arms, hardware, wall time, missing / failed / not started units).
 
-``python -m simulations.report summary --out SUMMARY.md RUN [RUN ...]`` puts the target tables
+``python -m simulations.compare.report summary --out SUMMARY.md RUN [RUN ...]`` puts the target tables
 of several runs (e.g. the cross- and same-domain comparisons) into one file.
 """
 
@@ -652,8 +652,8 @@ def summary_markdown(runs: Sequence[Path]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m simulations.report summary --out SUMMARY.md RUN [RUN ...]``."""
-    parser = argparse.ArgumentParser(prog="python -m simulations.report")
+    """``python -m simulations.compare.report summary --out SUMMARY.md RUN [RUN ...]``."""
+    parser = argparse.ArgumentParser(prog="python -m simulations.compare.report")
     sub = parser.add_subparsers(dest="command", required=True)
     summary = sub.add_parser("summary", help="the target tables of several compare runs in one markdown file")
     summary.add_argument("--out", required=True, help="markdown file to write")

@@ -1,6 +1,6 @@
 """``crossfed bench scale --engine flower``: N platforms in Flower's Simulation Engine, memory of its process tree.
 
-This is the path users run (``crossfed simulate``, :func:`simulations.simulate.run_simulated_federation`:
+This is the path users run (``crossfed simulate``, :func:`simulations.local.simulate.run_simulated_federation`:
 ``flwr.simulation.run_simulation`` with the Ray backend). Its memory is spread over processes: the
 driver (this bench's child: the ServerApp thread and Ray's client), Ray's ``gcs_server`` and
 ``raylet``, Ray's helper agents, and the Ray worker processes that host the ClientApp actors
@@ -22,7 +22,7 @@ torch, the fixed part is larger here than in one process, and the table shows by
 ``MiB/platform`` (the growth of the peak sum per added platform against the first row) is the
 figure to hold against the adapter's size.
 
-GPU memory is not sampled here: :func:`~simulations.simulate.run_simulated_federation` gives each
+GPU memory is not sampled here: :func:`~simulations.local.simulate.run_simulated_federation` gives each
 actor ``num_gpus = 0``, and Ray then hides the GPUs from it (``CUDA_VISIBLE_DEVICES=""``).
 """
 
@@ -46,14 +46,14 @@ def ray_process_kind(cmdline: Sequence[str]) -> str:
 
     Ray workers rename themselves (``ray::IDLE``, ``ray::ClientAppActor.run``), and so do the
     raylet's agents (``ray::DashboardAgent``, ``ray::RuntimeEnvAgent``); the daemons keep their
-    binaries' names; the bench's child runs ``-m simulations.bench_scale --child``.
+    binaries' names; the bench's child runs ``-m simulations.bench.scale --child``.
     """
     text = " ".join(cmdline)
     if text.startswith("ray::") and text.split()[0].endswith("Agent"):
         return "ray-agent"
     if text.startswith("ray::") or "default_worker.py" in text:
         return WORKER
-    if "simulations.bench_scale" in text:
+    if "simulations.bench.scale" in text:
         return "driver"
     for needle, kind in (("gcs_server", "gcs"), ("raylet", "raylet")):
         if any(Path(arg).name == needle for arg in cmdline[:1]) or f"/{needle} " in f"{text} ":
@@ -82,8 +82,8 @@ def per_platform_growth(results: Sequence[dict[str, Any]], key: str = "peak_sum_
 def run_simulated(platforms: int, cfg: Any, names: list[str], num_cpus: int) -> dict[str, Any]:
     """In the child: the federation as ``crossfed simulate`` runs it; returns round times from rounds.jsonl."""
     from common.run_files import read_rounds
-    from simulations.console import quiet_flower
-    from simulations.simulate import run_simulated_federation
+    from simulations.commands.console import quiet_flower
+    from simulations.local.simulate import run_simulated_federation
 
     quiet_flower(False)
     t0 = time.perf_counter()

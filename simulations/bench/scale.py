@@ -1,14 +1,14 @@
 """Benchmark of federation size: peak memory and round time against the number of platforms.
 
-    python -m simulations.bench_scale --platforms 3,10,100                # tiny-random base, CPU
-    python -m simulations.bench_scale --platforms 10 --base default --json
+    python -m simulations.bench.scale --platforms 3,10,100                # tiny-random base, CPU
+    python -m simulations.bench.scale --platforms 10 --base default --json
     crossfed bench scale --platforms 3,10,100 [--out DIR]                  # the same, from the CLI
     crossfed bench scale --engine flower --platforms 3,10,100 --rounds 1   # Flower's Simulation Engine (Ray)
 
 For each N, a fresh child process (so that peak RSS is that run's own) writes N synthetic shops
 (:func:`make_shops`: the embedded generator's shops, repeated under new names with their own
 users and catalogues) and runs ``--rounds`` federated rounds over them with the in-process
-transport (:mod:`simulations.inprocess`: the comparison harness's engine, every platform in this
+transport (:mod:`simulations.compare.inprocess`: the comparison harness's engine, every platform in this
 one process, one cached base model). It reports:
 
 * peak RSS of the process (and peak GPU memory on CUDA) against the budget
@@ -22,7 +22,7 @@ one process, one cached base model). It reports:
 Simulation Engine: the same client code in a few Ray worker processes, each caching one base
 model (:func:`common.modeling.load_scorer`), so there too memory should grow per worker, not per
 platform. Its memory is summed over the child's whole process tree (Ray's daemons and workers
-included) and checked against its own budget: :mod:`simulations.bench_scale_flower`.
+included) and checked against its own budget: :mod:`simulations.bench.scale_flower`.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def model_sizes(cfg: Any) -> tuple[int, int]:
 def run_flower_child(platforms: int, base: str, rounds: int, overrides: dict[str, Any], seed: int,
                      cpus: int) -> dict[str, Any]:  # fmt: skip
     """The child of ``--engine flower``: the federation in Flower's Simulation Engine; the parent samples memory."""
-    from simulations.bench_scale_flower import run_simulated
+    from simulations.bench.scale_flower import run_simulated
 
     with tempfile.TemporaryDirectory(prefix="crossfed-scale-") as tmp:
         cfg, names = scale_config(platforms, base, rounds, overrides, seed, Path(tmp))
@@ -119,7 +119,7 @@ def run_one(platforms: int, base: str, rounds: int, overrides: dict[str, Any], s
 
     from common.modeling import pick_device
     from server.federation import run_federation
-    from simulations.inprocess import InProcessTransport, setups_for
+    from simulations.compare.inprocess import InProcessTransport, setups_for
 
     with tempfile.TemporaryDirectory(prefix="crossfed-scale-") as tmp:
         cfg, names = scale_config(platforms, base, rounds, overrides, seed, Path(tmp))
@@ -177,12 +177,12 @@ def run_child(platforms: int, args: argparse.Namespace) -> dict[str, Any]:
     and this process samples the child's whole process tree (Ray's daemons and workers too).
     """
     sets = [x for kv in args.set or [] for x in ("--set", kv)]
-    cmd = [sys.executable, "-m", "simulations.bench_scale", "--child", str(platforms), "--base", args.base,
+    cmd = [sys.executable, "-m", "simulations.bench.scale", "--child", str(platforms), "--base", args.base,
            "--rounds", str(args.rounds), "--seed", str(args.seed), "--engine", args.engine, "--cpus", str(args.cpus),
            *sets]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     if args.engine == "flower":
-        from simulations.bench_scale_flower import flower_budget, sample_child
+        from simulations.bench.scale_flower import flower_budget, sample_child
 
         with tempfile.TemporaryDirectory(prefix="crossfed-scale-log-") as tmp:
             try:
@@ -263,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "engine": args.engine,
                "overrides": overrides, "cpu_count": os.cpu_count(), "results": results}  # fmt: skip
     if args.engine == "flower":
-        from simulations.bench_scale_flower import format_flower_table
+        from simulations.bench.scale_flower import format_flower_table
 
         table = format_flower_table(results)
     else:

@@ -1,8 +1,8 @@
 """Benchmark of the secure-aggregation protocol (``common.secagg``), in process.
 
-    python -m simulations.bench_secagg                  # 3/10/30 platforms x 75k/1M/10M params
-    python -m simulations.bench_secagg --quick          # CI-sized
-    python -m simulations.bench_secagg --out runs/secagg  # + bench_secagg.json and .png
+    python -m simulations.bench.secagg                  # 3/10/30 platforms x 75k/1M/10M params
+    python -m simulations.bench.secagg --quick          # CI-sized
+    python -m simulations.bench.secagg --out runs/secagg  # + bench_secagg.json and .png
 
 What is measured, per (platforms, params), one round with no dropouts:
 

@@ -67,7 +67,7 @@ def train_run(data: Path, out: Path, base: str) -> Path:
     """A real 1-round run on the platform (small per-round sample: the weights' values do not matter here)."""
     from common.config import AppConfig
     from server.federation import run_federation
-    from simulations.inprocess import InProcessTransport, setups_for
+    from simulations.compare.inprocess import InProcessTransport, setups_for
 
     cfg = AppConfig().replace(**{
         "model.base": base, "data.dir": str(data), "out-dir": str(out), "num-server-rounds": 1,

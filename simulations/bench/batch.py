@@ -66,8 +66,8 @@ from common.config import ConfigError, parse_overrides
 from common.files import atomic_write_text
 from common.metrics import mean_metrics
 from common.run_files import clean, read_rounds, read_summary
-from simulations.arms import SIZES, Arm
-from simulations.compare_run import CompareOptions, base_config, run_compare
+from simulations.compare.arms import SIZES, Arm
+from simulations.compare.command import CompareOptions, base_config, run_compare
 
 LR_RULES = {"sqrt": 0.5, "linear": 1.0, "none": 0.0}  # exponent p of lr_ref * (B / B_ref) ** p
 SCENARIO = "full"  # the dataset as given: no scarce platforms here
@@ -173,8 +173,8 @@ def _compare_options(spec: BatchBenchSpec, out: str, arms: Sequence[Arm] = ()) -
 def seed_measures(out: Path, arm: Arm, seed: int, local_epochs: int) -> dict[str, float] | None:
     """One arm and seed from its record and run folders: valid/test AUC (platform mean), examples
     trained, seconds in local epochs, optimiser steps; None if the unit left no record."""
-    from simulations import compare_jobs as jobs  # the arms' code (torch): loaded when a bench runs
-    from simulations.compare import Record
+    from simulations.compare import jobs  # the arms' code (torch): loaded when a bench runs
+    from simulations.compare.runner import Record
 
     try:
         doc = json.loads(jobs.record_path(out, SCENARIO, seed, arm.name).read_text())
@@ -233,7 +233,7 @@ def summarise_rows(
 
 def run(spec: BatchBenchSpec, out: Path, progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Train every batch size's local arm (compare's units, under ``out``) and measure it."""
-    from simulations.compare import hardware
+    from simulations.compare.runner import hardware
 
     arms, ref = batch_arms(spec)
     cfg = base_config(_compare_options(spec, ""))
@@ -288,7 +288,7 @@ def format_table(payload: Mapping[str, Any]) -> str:
 
 def plot(payload: Mapping[str, Any], path: Path) -> None:
     """Validation AUC (95 % interval bars) and train samples/s against the batch size, log2 axis."""
-    from simulations.report import _plt
+    from simulations.compare.report import _plt
 
     plt = _plt()
     rows = payload["rows"]

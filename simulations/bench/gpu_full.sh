@@ -7,7 +7,7 @@
 #   3. the TALLRec movie split;
 #   4. OUTDIR/summary.md: both kinds' target tables.
 #
-#   simulations/gpu_full.sh [--quick] OUTDIR
+#   simulations/bench/gpu_full.sh [--quick] OUTDIR
 #
 # Environment: JOBS (6), SEEDS (3), BUDGET_S (480; --quick 100): total seconds after which no new
 # unit is launched (units already running finish; TALLRec runs only if TALLREC_MIN_S (60) remain);
@@ -29,8 +29,8 @@ if [ "${1:-}" = "--quick" ]; then
     QUICK=1
     shift
 fi
-OUT=${1:?usage: simulations/gpu_full.sh [--quick] OUTDIR}
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OUT=${1:?usage: simulations/bench/gpu_full.sh [--quick] OUTDIR}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 SHARED=${CROSSFED_SHARED_DATA:-$ROOT/../shared/data}
 PY=${PYTHON:-$ROOT/.venv/bin/python}
 [ -x "$PY" ] || PY=python3
@@ -95,7 +95,7 @@ else
         tee -a "$OUT/timings.txt"
 fi
 
-"$PY" -m simulations.report summary --out "$OUT/summary.md" "${RUNS[@]}"
+"$PY" -m simulations.compare.report summary --out "$OUT/summary.md" "${RUNS[@]}"
 [ -f "$OUT/tallrec/report.md" ] && printf '\nTALLRec: see %s\n' "$OUT/tallrec/report.md" >>"$OUT/summary.md"
 stamp summary
 cat "$OUT/summary.md"

@@ -2,8 +2,8 @@
 
     crossfed compare --data DIR --out RUN --seeds 3 [--size ci|full] [--scenario NAME[,NAME...]|both|all]
 
-What the arms and scenarios are: :mod:`simulations.compare`; how units run and are recorded:
-:mod:`simulations.compare_jobs`; the report: :mod:`simulations.report`.
+What the arms and scenarios are: :mod:`simulations.compare.runner`; how units run and are recorded:
+:mod:`simulations.compare.jobs`; the report: :mod:`simulations.compare.report`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 from common.config import AppConfig, ConfigError, parse_overrides
 from common.data import discover_platforms, write_dataset
-from simulations.arms import (
+from simulations.compare.arms import (
     ARMS,
     DEFAULT_ARMS,
     DEFAULT_LARGE,
@@ -33,7 +33,7 @@ from simulations.arms import (
     parse_scenarios,
     resolve_arms,
 )
-from simulations.report import summary_table, write_report
+from simulations.compare.report import summary_table, write_report
 
 
 @dataclass
@@ -68,13 +68,13 @@ def base_config(opts: CompareOptions) -> AppConfig:
 
 def run_compare(opts: CompareOptions) -> dict[str, Any]:
     """Train and score every arm x scenario x seed as independent units (see
-    :mod:`simulations.compare_jobs`); rewrite RUN/report.{json,md,png} and rounds.png after each.
+    :mod:`simulations.compare.jobs`); rewrite RUN/report.{json,md,png} and rounds.png after each.
 
     The report's ``meta`` lists the ``missing`` arms (scenario/seed/arm without a record: failed,
     not started within ``budget_s``, or still to run) and the ``failed`` units with their error.
     """
-    from simulations import compare_jobs as jobs  # the arms' code (torch): not for `compare --help`
-    from simulations.compare import hardware, large_platform, load_source, scenario_data, train_fractions
+    from simulations.compare import jobs  # the arms' code (torch): not for `compare --help`
+    from simulations.compare.runner import hardware, large_platform, load_source, scenario_data, train_fractions
 
     if opts.seeds < 1:
         raise ConfigError(f"`--seeds` must be positive, got {opts.seeds}")

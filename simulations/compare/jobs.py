@@ -5,7 +5,7 @@ that ``fed+finetune`` shares the ``federated`` unit (it fine-tunes that arm's be
 lives in memory), and the cheap arms (no training) form one unit per scenario and seed. Units
 are ordered seed first, so a run stopped early still has whole seeds.
 
-Every arm's :class:`~simulations.compare.Record` is written the moment it ends, to
+Every arm's :class:`~simulations.compare.runner.Record` is written the moment it ends, to
 ``RUN/records/<scenario>/seed<k>/<arm>.json`` with a fingerprint of everything that decides its
 numbers (run config minus paths, arm, scenario data); a rerun skips units whose records all
 exist with matching fingerprints. A unit's console output (per-round tables, warnings) goes to
@@ -38,7 +38,7 @@ from typing import Any
 from common.config import AppConfig
 from common.files import atomic_write_text
 from common.run_files import clean
-from simulations.compare import Arm, ArmRunner, Record
+from simulations.compare.runner import Arm, ArmRunner, Record
 
 RECORDS_DIR = "records"
 LOGS_DIR = "logs"

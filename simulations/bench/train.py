@@ -1,8 +1,8 @@
 """Benchmark of local training and inference: the project's trainer against a plain eager peft loop.
 
-    python -m simulations.bench_train                        # default MiniLM, embedded synthetic shops
-    python -m simulations.bench_train --data DATASET --platform P1_action_scifi --batch 32
-    python -m simulations.bench_train --quick                # CI-sized: tiny-random base, a few steps
+    python -m simulations.bench.train                        # default MiniLM, embedded synthetic shops
+    python -m simulations.bench.train --data DATASET --platform P1_action_scifi --batch 32
+    python -m simulations.bench.train --quick                # CI-sized: tiny-random base, a few steps
     crossfed bench train [...] [--json] [--out DIR]          # the same, from the CLI
 
 Every loop runs in this one process on the same model (one base, one LoRA config), the same
@@ -28,7 +28,7 @@ Train loops (samples/s = training examples per second, one optimiser step per ba
 * ``trainer``: :func:`clients.trainer.train` as configured by default (history items encoded
   without gradient).
 * ``cpu recipe`` (``--cpu-recipe-examples N``, default 8192; 0 leaves it out): :func:`clients.trainer.train`
-  with the ``cpu`` size preset of ``crossfed compare`` (:data:`simulations.arms.SIZES`): LoRA in the top
+  with the ``cpu`` size preset of ``crossfed compare`` (:data:`simulations.compare.arms.SIZES`): LoRA in the top
   layer only on cached lower-layer states, the item cache, the encoder on every 4th step, its own batch
   size and text length, on its own sample of N train examples (a batch of the recipe is 1,024 rows). Its
   samples/s next to ``trainer`` (today's default) is what a platform without a GPU gains.
@@ -71,7 +71,7 @@ from clients.platform import NodeSetup, prepare
 from clients.trainer import EncodedSplit, PlatformBatches, predict, referenced_items, train
 from common.config import COMPILE_MODES, AppConfig
 from common.modeling import PrivateParts, Scorer, build_scorer, pick_device
-from simulations.bench_scale import emit
+from simulations.bench.scale import emit
 
 COMPILED = "trainer compiled"
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0}
@@ -103,7 +103,7 @@ CPU_RECIPE = "cpu recipe"
 
 def cpu_recipe_config(cfg: AppConfig) -> AppConfig:
     """``cfg`` with the model, LoRA and training settings of ``crossfed compare --size cpu``."""
-    from simulations.arms import SIZES
+    from simulations.compare.arms import SIZES
 
     return cfg.replace(**{k: v for k, v in SIZES["cpu"].items() if k.startswith(("model.", "lora.", "train."))})
 

@@ -1,6 +1,6 @@
 """The arms and scenarios of ``crossfed compare`` (does federation pay?), and how one arm trains and scores.
 
-Local-only vs federated vs pooled, on the same splits (the command itself: :mod:`simulations.compare_run`).
+Local-only vs federated vs pooled, on the same splits (the command itself: :mod:`simulations.compare.command`).
 Every arm uses the same base model, the same splits (per seed) and the same training
 budget per platform (rounds x local epochs x ``train.max-examples``):
 
@@ -13,7 +13,7 @@ budget per platform (rounds x local epochs x ``train.max-examples``):
 - ``pooled``: one shared model trained on the union of all platforms' train data (what a privacy law forbids);
 - levers: federated (or local) with one setting changed (``fed-text-only``/``local-text-only``: no private
   parameters; ``fed-bias-only``; FedProx, FedAvgM, FedAdam, exact-LoRA ``freeze-a``, ...),
-  built in (:data:`simulations.arms.ARMS`) or given as ``--lever NAME:key=value,key=value``;
+  built in (:data:`simulations.compare.arms.ARMS`) or given as ``--lever NAME:key=value,key=value``;
 - no training: ``untrained`` (frozen base + untrained head), ``liked-share``, ``popularity``, ``like-rate``,
   ``content`` (the like-rate of the nearest known item by frozen base-model text vectors: what LoRA
   training adds over frozen text, on new items above all);
@@ -24,12 +24,12 @@ budget per platform (rounds x local epochs x ``train.max-examples``):
 Scenarios: ``full`` (the dataset as given), ``scarce`` (the large platform keeps everything, the
 others a seeded ``--scarce-fraction`` of their train examples, validation and test whole; see
 :func:`train_fractions`), and two cold-start ones, the dataset as given but split by
-``data.cold-start`` (:data:`simulations.arms.SCENARIO_OVERRIDES`): ``new-items`` (a seeded 20 % of each
+``data.cold-start`` (:data:`simulations.compare.arms.SCENARIO_OVERRIDES`): ``new-items`` (a seeded 20 % of each
 catalogue never in train; valid and test are the interactions with those items) and ``new-users``
 (users absent from train, tested with their first 3 interactions as history, and with 1 and 5:
 metrics ``k1.*``, ``k5.*``). Each scenario's dataset is written under ``RUN/data/<scenario>`` and
 every run under ``RUN/runs/``; ``report.json``, ``report.md``, ``report.png`` and ``rounds.png``
-summarise them (see :mod:`simulations.report`).
+summarise them (see :mod:`simulations.compare.report`).
 """
 
 from __future__ import annotations
@@ -57,15 +57,15 @@ from common.metrics import add_test_prefix, mean_metrics, strip_test_prefix
 from common.modeling import build_scorer, frozen_item_vectors, get_trainable_state, load_base, load_scorer
 from common.run_files import ROUNDS_FILE
 from server.federation import PerPlatform, Tensors, run_federation
-from simulations.arms import (
+from simulations.compare.arms import (
     DATA_SEED,
     DEFAULT_LARGE,
     MIX_ALPHAS,
     SCENARIOS,
     Arm,
 )
-from simulations.baselines import evaluate_baseline, platform_scorers
-from simulations.inprocess import InProcessTransport, setups_for
+from simulations.compare.baselines import evaluate_baseline, platform_scorers
+from simulations.compare.inprocess import InProcessTransport, setups_for
 
 log = logging.getLogger("crossfed.compare")
 
