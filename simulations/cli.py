@@ -44,7 +44,7 @@ LAZY_ERRORS = (
 LAZY_COMMANDS = {
     "compare": ("simulations.compare.command", "add_compare_parser",
                 "local vs federated vs pooled (+ levers, baselines)"),
-    "tallrec": ("simulations.datasets.tallrec", "add_tallrec_parser",
+    "tallrec": ("simulations.compare.tallrec", "add_tallrec_parser",
                 "train + score our model on the TALLRec movie split"),
     "deploy": ("deploy.cli", "add_deploy_parser", "run the federation on real machines (Flower Deployment Engine)"),
 }  # fmt: skip
