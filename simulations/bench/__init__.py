@@ -4,6 +4,6 @@
 ``python -m simulations.bench.<name>``; and the scripts of the long runs behind the README's
 numbers: ``gpu_full.sh`` (the full comparison on one GPU) and ``quality_cpu.sh`` (the quality
 evidence on a 2-core CPU). Inside ``simulations`` it may import :mod:`simulations.compare`,
-:mod:`simulations.local`, :mod:`simulations.commands` and :mod:`simulations.datasets`; nothing imports it
-but the CLI.
+:mod:`simulations.local`, :mod:`simulations.commands` and :mod:`simulations.datasets`; no other
+subpackage imports it (the CLI mounts it).
 """

@@ -3,6 +3,9 @@
 Layers, bottom to top: ``common`` < ``clients`` / ``server`` (which never import each other) <
 ``simulations`` / ``deploy`` (tools on top). Every import counts, also one inside a function (such an
 import is how a circle hides), except those under ``if TYPE_CHECKING:``.
+
+Inside ``simulations`` one subpackage per job, layered the same way (:data:`SIMULATIONS`): ``datasets`` <
+``compare`` < ``local`` < ``bench``, ``commands`` < ``bench``; at its top only ``cli.py``, which no module imports.
 """
 
 from __future__ import annotations
@@ -16,6 +19,17 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("common", "clients", "server", "simulations", "deploy")
 LAYER = {"common": 0, "clients": 1, "server": 1, "simulations": 2, "deploy": 2}
 FORBIDDEN = {("clients", "server"), ("server", "clients")}
+# simulations/<subpackage>/: the other subpackages it may import (simulations.cli, the entry on top, imports them all)
+SIMULATIONS = {
+    "datasets": set(),  # public datasets -> platform format
+    "commands": set(),  # the CLI's console and the commands that use a finished run
+    "compare": {"datasets"},  # crossfed compare and tallrec, baselines, the in-process engine
+    "local": {"compare", "datasets"},  # crossfed simulate (its baseline runs compare's arm runner) and stop-local
+    "bench": {"compare", "local", "commands", "datasets"},  # crossfed bench ..., the long runs' scripts
+}
+# first-party top-level packages a subpackage may import, where narrower than the layers allow
+SIMULATIONS_BEYOND = {"datasets": {"common"}}
+SIMULATIONS_TOP = {"__init__.py", "cli.py"}
 
 
 def _module_name(path: Path) -> str:
@@ -147,3 +161,64 @@ def test_the_crossfed_cli_is_on_top_no_module_imports_it() -> None:
     # a command module importing the CLI back would be a circle all the same
     importers = sorted(module for module, imported in import_graph().items() if "simulations.cli" in imported)
     assert importers == [], f"modules importing simulations.cli: {importers}"
+
+
+def simulations_violations(graph: dict[str, set[str]]) -> list[str]:
+    """Arrows inside ``simulations`` that :data:`SIMULATIONS` and :data:`SIMULATIONS_BEYOND` do not allow."""
+    bad = []
+    for module, imported in graph.items():
+        parts = module.split(".")
+        if parts[0] != "simulations" or (len(parts) < 3 and parts[-1] in ("simulations", "cli")):
+            continue  # the package itself and the CLI on top may import every subpackage
+        sub = parts[1]
+        for other in imported:
+            top, _, rest = other.partition(".")
+            if top != "simulations":
+                if sub in SIMULATIONS_BEYOND and top not in SIMULATIONS_BEYOND[sub]:
+                    bad.append(f"{module} -> {other}")
+            elif other == "simulations.cli" or (rest and rest.split(".")[0] not in {sub, *SIMULATIONS.get(sub, ())}):
+                bad.append(f"{module} -> {other}")
+    return sorted(bad)
+
+
+def test_simulations_checker_flags_an_arrow_against_the_subpackage_rules() -> None:
+    graph = {
+        "simulations.cli": {"simulations.bench.scale", "simulations.compare.command"},
+        "simulations.bench.scale": {"simulations.compare.inprocess", "simulations.local.simulate", "deploy.processes"},
+        "simulations.compare.runner": {"simulations.compare.arms", "simulations.local.simulate"},  # up: flagged
+        "simulations.datasets.movielens": {"common.data", "clients.platform"},  # datasets: common only
+        "simulations.commands.use": {"simulations.cli"},  # nothing imports the CLI
+    }
+    assert simulations_violations(graph) == [
+        "simulations.commands.use -> simulations.cli",
+        "simulations.compare.runner -> simulations.local.simulate",
+        "simulations.datasets.movielens -> clients.platform",
+    ]
+
+
+def test_simulations_subpackages_import_only_what_they_may() -> None:
+    bad = simulations_violations(import_graph())
+    assert not bad, "imports against simulations' subpackage rules (tests/unit/test_layering.py):\n" + "\n".join(bad)
+
+
+def test_simulations_subpackages_have_no_circles() -> None:
+    assert _circles(SIMULATIONS) == []  # the rules themselves
+    packages: dict[str, set[str]] = {}
+    for module, imported in import_graph().items():
+        parts = module.split(".")
+        if parts[0] == "simulations" and len(parts) > 2:
+            packages.setdefault(parts[1], set()).update(
+                o.split(".")[1] for o in imported if o.startswith("simulations.") and o.split(".")[1] != parts[1]
+            )
+    circles = _circles(packages)
+    assert not circles, "circles between simulations' subpackages: " + "; ".join(" <-> ".join(c) for c in circles)
+
+
+def test_simulations_top_holds_only_the_cli_and_one_subpackage_per_job() -> None:
+    top = ROOT / "simulations"
+    modules = sorted(p.name for p in top.glob("*.py"))
+    assert modules == sorted(SIMULATIONS_TOP), f"modules at the top of simulations/ besides cli.py: {modules}"
+    folders = sorted(p.name for p in top.iterdir() if p.is_dir() and p.name != "__pycache__")
+    assert folders == sorted(SIMULATIONS), "simulations/ subpackages and the rules in SIMULATIONS differ"
+    missing = [name for name in folders if not (top / name / "__init__.py").is_file()]
+    assert not missing, f"simulations/ folders that are not packages: {missing}"
