@@ -1,4 +1,4 @@
-"""compare_jobs without training: unit planning, record round trips, fingerprints, failures, budget."""
+"""simulations.compare.jobs without training: unit planning, record round trips, fingerprints, failures, budget."""
 
 from __future__ import annotations
 
