@@ -1,4 +1,4 @@
-"""What ``crossfed compare`` leaves in RUN/: report.json, report.md, report.png, rounds.png.
+"""What ``crossfed compare`` leaves in RUN/: report.json, report.md, report.png, paired.png, rounds.png.
 
 ``report.json``: ``results[scenario][arm][platform | "mean"][metric] = {mean, std, values}``
 (values per planned seed, in seed order, null where that seed's record is missing; std is the
@@ -344,6 +344,7 @@ def write_report(out: Path, results: Mapping[str, Any], meta: Mapping[str, Any],
     atomic_write_text(out / "report.md", render_markdown(report))
     if plots:
         plot_auc(report, out / "report.png")
+        plot_paired(report, out / "paired.png")
         plot_rounds(report, out, out / "rounds.png")
     return report
 
@@ -530,6 +531,44 @@ def _plt() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def recommended_differences(report: Mapping[str, Any], scenario: str) -> dict[str, dict[str, Mapping[str, float]]]:
+    """other arm -> platform -> paired interval of test AUC, RECOMMENDED − other arm, for every arm the
+    report pairs the recommended arm with (``local`` and the baselines; ``paired`` holds arm − local)."""
+    paired = report.get("paired", {}).get(scenario, {})
+    out = {ref: arms[RECOMMENDED] for ref, arms in paired.items() if RECOMMENDED in arms}
+    return {ref: out[ref] for ref in sorted(out, key=lambda r: (r != REFERENCE, r))}
+
+
+def plot_paired(report: Mapping[str, Any], path: Path) -> None:
+    """Per scenario: the recommended arm's test-AUC difference to each other arm per platform, with its
+    95 % paired bootstrap interval as the error bar (what the targets are judged on)."""
+    plt = _plt()
+    order = report.get("meta", {}).get("scenarios") or report.get("results", {})  # the run's order, not JSON's
+    scenarios = [s for s in order if recommended_differences(report, s)]
+    if not scenarios:
+        return
+    fig, axes = plt.subplots(len(scenarios), 1, figsize=(14.0, 4.0 * len(scenarios)), squeeze=False)
+    colours = plt.get_cmap("tab10").colors
+    for ax, scenario in zip(axes[:, 0], scenarios, strict=True):
+        diffs = recommended_differences(report, scenario)
+        platforms = sorted({p for cells in diffs.values() for p in cells}, key=lambda p: (p == "mean", p))
+        x, width = np.arange(len(platforms)), 0.8 / len(diffs)
+        for i, (ref, cells) in enumerate(diffs.items()):
+            mid = [cells.get(p, {}).get("diff", math.nan) for p in platforms]
+            err = [[m - cells.get(p, {}).get("low", m) for p, m in zip(platforms, mid, strict=True)],
+                   [cells.get(p, {}).get("high", m) - m for p, m in zip(platforms, mid, strict=True)]]  # fmt: skip
+            ax.bar(x - 0.4 + (i + 0.5) * width, mid, width, yerr=err, capsize=2, label=f"{RECOMMENDED} − {ref}",
+                   color=colours[i % len(colours)])  # fmt: skip
+        ax.axhline(0.0, color="black", lw=0.8)
+        ax.set_xticks(x, platforms)
+        ax.set_ylabel("test AUC difference")
+        ax.set_title(f"scenario {scenario}: {RECOMMENDED} − other arm, test AUC (95 % paired bootstrap interval)")
+        ax.legend(ncol=min(6, len(diffs)), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def plot_auc(report: Mapping[str, Any], path: Path) -> None:

@@ -204,3 +204,15 @@ def test_cross_domain_never_below_local_is_judged_on_the_intervals_low_end() -> 
     cell = {"diff": -0.005, "low": -0.02, "high": 0.01}
     assert NOT_WORSE.met(NOT_WORSE.margin(cell)) and not NEVER_BELOW.met(NEVER_BELOW.margin(cell))
     assert NEVER_BELOW.met(NEVER_BELOW.margin({"diff": 0.0, "low": -0.005, "high": 0.01}))
+
+
+def test_the_paired_plot_shows_the_recommended_arm_against_local_first(tmp_path: Path) -> None:
+    from simulations.compare.report import plot_paired, recommended_differences
+
+    cell = {"diff": 0.01, "low": -0.01, "high": 0.03}
+    report = {"results": {"full": {}}, "meta": {"scenarios": {"full": {}}},
+              "paired": {"full": {"mf": {"federated": {"a": cell}}, "local": {"federated": {"a": cell},
+                                                                            "pooled": {"a": cell}}}}}  # fmt: skip
+    assert list(recommended_differences(report, "full")) == ["local", "mf"]  # pooled − local is not about federated
+    plot_paired(report, tmp_path / "paired.png")
+    assert (tmp_path / "paired.png").stat().st_size > 0
