@@ -7,7 +7,7 @@
 #
 #   simulations/bench/quality_cpu.sh OUTDIR
 #
-# Environment: SEEDS (3), JOBS (2), SCENARIOS (full,scarce,new-items), ARMS (the recommended arm, local,
+# Environment: SEEDS (3), JOBS (2), SCENARIOS (full,scarce,new-items,new-users), ARMS (the recommended arm, local,
 # the frozen-text lever and every baseline), KINDS ("cross same"), COMPARE_ARGS (extra options, e.g.
 # --fresh). Rerunning with the same OUTDIR skips the units whose records exist, so a second call with
 # more SCENARIOS or ARMS adds to the same reports. Reads ../shared/data (or $CROSSFED_SHARED_DATA);
@@ -20,7 +20,7 @@ SHARED=${CROSSFED_SHARED_DATA:-$ROOT/../shared/data}
 CROSSFED=${CROSSFED:-$ROOT/.venv/bin/crossfed}
 SEEDS=${SEEDS:-3}
 JOBS=${JOBS:-2}
-SCENARIOS=${SCENARIOS:-full,scarce,new-items}
+SCENARIOS=${SCENARIOS:-full,scarce,new-items,new-users}
 ARMS=${ARMS:-local,federated,like-rate,popularity,mf,mf-central,content}
 KINDS=${KINDS:-cross same}
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} TOKENIZERS_PARALLELISM=false
