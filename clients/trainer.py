@@ -329,10 +329,12 @@ def item_vectors(
     """
     k = len(rows) if grad_rows is None else grad_rows
     if part.pooled is not None:
-        fresh = text_pooled(scorer, part.table, rows[:k], device) if encode else part.pooled[_to(rows[:k], device)]
+        pooled = part.pooled[_to(rows, device)]
         if encode:
+            fresh = text_pooled(scorer, part.table, rows[:k], device)
             part.pooled[_to(rows[:k], device)] = fresh.detach()  # the cache follows the encoder as it trains
-        vectors = scorer.tower(torch.cat([fresh, part.pooled[_to(rows[k:], device)]]))
+            pooled = torch.cat([fresh, pooled[k:]])
+        vectors = scorer.tower(pooled)
     else:
         vectors = text_vectors(scorer, part.table, rows[:k], device)
         if k < len(rows):
@@ -359,22 +361,17 @@ def _logits(
     stats = _to(data.stats, device)
     user, counts = scorer.users(vectors, liked, disliked, part.private.user_vectors(users))
     item = vectors[cands]
-    keep: torch.Tensor | float = 1.0
+    drop: torch.Tensor | float = 0.0  # 1 on cold rows: what the candidate's private parts add is taken out
     if cold is not None and cold.any():
-        keep = _to((~cold).astype(np.float32), device)
+        drop = _to(cold.astype(np.float32), device)
         residual = part.private.item_vectors(items)
-        item = item if residual is None else item - (1.0 - keep)[:, None] * residual  # text vector alone
-        stats = stats * keep[:, None]
+        item = item if residual is None else item - drop[:, None] * residual  # the text vector alone
+        stats = stats * (1.0 - drop)[:, None]
     logits = scorer.score(user, counts, item, stats if scorer.item_stats else None).float()
-    like = logits[:, 0] + keep * part.private.bias(items, users) + (1.0 - keep) * _user_bias(part, users)
+    like = logits[:, 0] + part.private.bias(items, users) - drop * part.private.bias(items, None)
     if logits.shape[1] == 1:
         return like.unsqueeze(1)
-    return torch.stack([like, logits[:, 1] + keep * part.private.pick_bias(items)], dim=1)
-
-
-def _user_bias(part: PlatformBatches, users: torch.Tensor) -> torch.Tensor | float:
-    """The private user bias alone (a cold row drops only the item's)."""
-    return 0.0 if part.private.user_bias is None else part.private.user_bias[users]
+    return torch.stack([like, logits[:, 1] + (1.0 - drop) * part.private.pick_bias(items)], dim=1)
 
 
 def batch_logits(

@@ -334,11 +334,11 @@ class PrivateParts(nn.Module):
     def user_vectors(self, users: torch.Tensor) -> torch.Tensor | None:
         return None if self.user_residual is None else self.user_residual[users]
 
-    def bias(self, items: torch.Tensor, users: torch.Tensor) -> torch.Tensor | float:
-        """Private bias of the like output."""
+    def bias(self, items: torch.Tensor, users: torch.Tensor | None) -> torch.Tensor | float:
+        """Private bias of the like output; ``users`` None: the items' part alone."""
         if self.item_bias is None or self.user_bias is None:
             return 0.0
-        return self.item_bias[items] + self.user_bias[users]
+        return self.item_bias[items] + (0.0 if users is None else self.user_bias[users])
 
     def pick_bias(self, items: torch.Tensor) -> torch.Tensor | float:
         """Private bias of the pick output."""
