@@ -8,6 +8,7 @@
     crossfed bench secagg [--quick] | crossfed bench deploy [--nodes 30] | crossfed bench recommend [--items N]
     crossfed bench train [--quick] [--json] | crossfed bench scale [--platforms 3,10,100]
     crossfed bench batch [--batches 64,128,256,512] [--lr-rule sqrt] [--quick] [--json] [--out DIR]
+    crossfed bench catalogue [--items 1682,10000] [--words 300] [--quick] [--json] [--out DIR]
     crossfed deploy ca | node-key | register | superlink | supernode | submit
     crossfed stop-local                  (the flower-superlink/-superexec daemons `flwr run` left)
 
@@ -153,6 +154,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from simulations.bench.batch import main as batch_bench_main
 
         return batch_bench_main(args.rest) or 0
+    if args.what == "catalogue":
+        from simulations.bench.catalogue import main as catalogue_bench_main
+
+        return catalogue_bench_main(args.rest) or 0
     raise ConfigError(f"unknown benchmark {args.what!r}")
 
 
@@ -209,7 +214,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     stop.set_defaults(func=cmd_stop_local)
 
     bench = sub.add_parser("bench", help="benchmarks that print a table")
-    bench.add_argument("what", choices=["secagg", "deploy", "train", "scale", "recommend", "batch"])
+    bench.add_argument("what", choices=["secagg", "deploy", "train", "scale", "recommend", "batch", "catalogue"])
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
     bench.set_defaults(func=cmd_bench)
 

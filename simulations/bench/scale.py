@@ -114,6 +114,19 @@ def run_flower_child(platforms: int, base: str, rounds: int, overrides: dict[str
 
 def run_one(platforms: int, base: str, rounds: int, overrides: dict[str, Any], seed: int) -> dict[str, Any]:
     """One federation of ``platforms`` shops in this process; returns memory and time figures."""
+    with tempfile.TemporaryDirectory(prefix="crossfed-scale-") as tmp:
+        cfg, names = scale_config(platforms, base, rounds, overrides, seed, Path(tmp))
+        base_bytes, adapter_bytes = model_sizes(cfg)
+        out = measure_federation(cfg, names)
+    budget = base_bytes + platforms * adapter_bytes + BUDGET_SLACK
+    return {"platforms": platforms, "base": base, "engine": "inprocess", **out, "base_bytes": base_bytes,
+            "adapter_bytes": adapter_bytes, "budget_bytes": budget,
+            "within_budget": out["peak_rss_bytes"] <= budget}  # fmt: skip
+
+
+def measure_federation(cfg: Any, names: list[str]) -> dict[str, Any]:
+    """Run ``cfg``'s federation over ``names`` in this process (the in-process transport); per-round
+    seconds (train, evaluate, the rest), wall time, and peak memory (RSS; CUDA's peak when on a GPU)."""
     import numpy as np
     import torch
 
@@ -121,48 +134,46 @@ def run_one(platforms: int, base: str, rounds: int, overrides: dict[str, Any], s
     from server.federation import run_federation
     from simulations.compare.inprocess import InProcessTransport, setups_for
 
-    with tempfile.TemporaryDirectory(prefix="crossfed-scale-") as tmp:
-        cfg, names = scale_config(platforms, base, rounds, overrides, seed, Path(tmp))
-        base_bytes, adapter_bytes = model_sizes(cfg)
-        rss_start = _peak_rss()
-        timings: dict[str, float] = {}
-        _timed_calls(timings)
-        device = pick_device()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        rounds_out: list[dict[str, Any]] = []
+    rss_start = _peak_rss()
+    timings: dict[str, float] = {}
+    _timed_calls(timings)
+    device = pick_device()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    rounds_out: list[dict[str, Any]] = []
 
-        class TimedTransport(InProcessTransport):
-            def train_round(self, state, cfg, rnd):  # type: ignore[no-untyped-def]
-                timings.clear()
-                self._t0 = time.perf_counter()
-                return super().train_round(state, cfg, rnd)
+    class TimedTransport(InProcessTransport):
+        def train_round(self, state, cfg, rnd):  # type: ignore[no-untyped-def]
+            timings.clear()
+            self._t0 = time.perf_counter()
+            return super().train_round(state, cfg, rnd)
 
-            def evaluate_round(self, state, cfg, rnd, splits):  # type: ignore[no-untyped-def]
-                out = super().evaluate_round(state, cfg, rnd, splits)
-                if "valid" in splits:  # a round's end (the final test pass is not a round)
-                    wall = time.perf_counter() - self._t0
-                    local = timings.get("train", 0.0) + timings.get("evaluate", 0.0)
-                    rounds_out.append({"round": rnd, "seconds": wall, "train_s": timings.get("train", 0.0),
-                                       "evaluate_s": timings.get("evaluate", 0.0),
-                                       "overhead_s": wall - local})  # fmt: skip
-                return out
+        def evaluate_round(self, state, cfg, rnd, splits):  # type: ignore[no-untyped-def]
+            out = super().evaluate_round(state, cfg, rnd, splits)
+            if "valid" in splits:  # a round's end (the final test pass is not a round)
+                wall = time.perf_counter() - self._t0
+                local = timings.get("train", 0.0) + timings.get("evaluate", 0.0)
+                rounds_out.append({"round": rnd, "seconds": wall, "train_s": timings.get("train", 0.0),
+                                   "evaluate_s": timings.get("evaluate", 0.0),
+                                   "overhead_s": wall - local})  # fmt: skip
+            return out
 
-        t0 = time.perf_counter()
-        run_federation(TimedTransport(setups_for(cfg, names)), cfg)
-        wall = time.perf_counter() - t0
-        peak = _peak_rss()
-        budget = base_bytes + platforms * adapter_bytes + BUDGET_SLACK
-        overhead = [r["overhead_s"] / r["seconds"] for r in rounds_out]
-        return {
-            "platforms": platforms, "base": base, "engine": "inprocess", "rounds": rounds_out, "wall_s": wall,
-            "peak_rss_bytes": peak, "rss_before_federation_bytes": rss_start,
-            "gpu_peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
-            "base_bytes": base_bytes, "adapter_bytes": adapter_bytes, "budget_bytes": budget,
-            "within_budget": peak <= budget,
-            "round_s": float(np.mean([r["seconds"] for r in rounds_out])),
-            "overhead_share": float(np.mean(overhead)) if overhead else None,
-        }  # fmt: skip
+    t0 = time.perf_counter()
+    run_federation(TimedTransport(setups_for(cfg, names)), cfg)
+    wall = time.perf_counter() - t0
+    overhead = [r["overhead_s"] / r["seconds"] for r in rounds_out]
+    return {
+        "rounds": rounds_out, "wall_s": wall, "peak_rss_bytes": _peak_rss(), "rss_before_federation_bytes": rss_start,
+        "gpu_peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+        "round_s": float(np.mean([r["seconds"] for r in rounds_out])) if rounds_out else None,
+        "overhead_share": float(np.mean(overhead)) if overhead else None,
+    }  # fmt: skip
+
+
+def mean_round_split(result: dict[str, Any]) -> dict[str, float]:
+    """Mean seconds per round in local training and in evaluation (means, as ``round_s``)."""
+    rounds = result["rounds"] or [{"train_s": 0.0, "evaluate_s": 0.0}]
+    return {k: sum(x[k] for x in rounds) / len(rounds) for k in ("train_s", "evaluate_s")}
 
 
 def _peak_rss() -> int:
@@ -203,8 +214,7 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
     lines = [f"{'platforms':>9} {'peak RSS MiB':>12} {'budget MiB':>10} {'ok':>3} {'GPU MiB':>8} {'round s':>8} "
              f"{'train s':>8} {'eval s':>7} {'overhead':>8}"]  # fmt: skip
     for r in results:
-        rounds = r["rounds"] or [{"train_s": 0.0, "evaluate_s": 0.0}]
-        last = {k: sum(x[k] for x in rounds) / len(rounds) for k in ("train_s", "evaluate_s")}  # means, as round_s
+        last = mean_round_split(r)
         gpu = f"{r['gpu_peak_bytes'] / mib:8.0f}" if r["gpu_peak_bytes"] is not None else "     n/a"
         share = f"{100 * r['overhead_share']:7.1f}%" if r["overhead_share"] is not None else "     n/a"
         lines.append(f"{r['platforms']:>9} {r['peak_rss_bytes'] / mib:>12.0f} {r['budget_bytes'] / mib:>10.0f} "
@@ -247,18 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.cpus < 1:
         parser.error(f"`--cpus` must be positive, got {args.cpus}")
-    try:
-        counts = [int(x) for x in args.platforms.split(",") if x.strip()]
-    except ValueError:
-        parser.error(f"`--platforms` must be comma-separated integers, got {args.platforms!r}")
-    if not counts or min(counts) < 1:
-        parser.error(f"`--platforms` must be positive, got {args.platforms!r}")
-    results = []
-    for n in counts:
-        print(f"{n} platforms ({args.engine}) ...", file=sys.stderr, flush=True)
-        t0 = time.perf_counter()
-        results.append(run_child(n, args))
-        print(f"{n} platforms done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    counts = int_list(parser, "--platforms", args.platforms, minimum=1)
+    results = run_each(counts, f"platforms ({args.engine})", lambda n: run_child(n, args))
     payload = {"command": " ".join(["crossfed bench scale", *(argv if argv is not None else sys.argv[1:])]),
                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "engine": args.engine,
                "overrides": overrides, "cpu_count": os.cpu_count(), "results": results}  # fmt: skip
@@ -271,6 +271,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     name = "bench_scale" if args.engine == "inprocess" else f"bench_scale_{args.engine}"
     emit(payload, table, args.json, args.out, name)
     return 0
+
+
+def int_list(parser: argparse.ArgumentParser, flag: str, text: str, minimum: int) -> list[int]:
+    """``"3,10,100"`` -> ``[3, 10, 100]``; anything else (or a value below ``minimum``) is a usage error."""
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        parser.error(f"`{flag}` must be comma-separated integers, got {text!r}")
+    if not values or min(values) < minimum:
+        parser.error(f"`{flag}` must be at least {minimum}, got {text!r}")
+    return values
+
+
+def run_each(values: Sequence[int], label: str, run: Any) -> list[dict[str, Any]]:
+    """``run(n)`` for each value in turn, with a progress line before and after each (on stderr)."""
+    results = []
+    for n in values:
+        print(f"{n} {label} ...", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        results.append(run(n))
+        print(f"{n} {label} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    return results
 
 
 def emit(payload: dict[str, Any], table: str, as_json: bool, out: Path | None, name: str) -> None:
