@@ -54,7 +54,7 @@ from common.secagg import (
     stage_of,
 )
 from common.secagg.client import ABORTED
-from common.secagg.identity import load_identity
+from common.secagg.identity import load_identity, read_passphrase
 from common.secure_wire import from_records, round_context, secagg_config, to_records
 
 STATE = "secagg-state"  # context.state ConfigRecord: {"client", "weight", "platform", "record", "context", "kind"}
@@ -103,7 +103,7 @@ def platform_trust(node_config: Mapping[str, object], platform: str, cfg: AppCon
     if IDENTITY_KEY in node_config or ROSTER_KEY in node_config:
         if IDENTITY_KEY not in node_config or ROSTER_KEY not in node_config:
             raise ConfigError(f"node_config needs both `{IDENTITY_KEY}` and `{ROSTER_KEY}`")
-        identity = load_identity(str(node_config[IDENTITY_KEY]), platform)
+        identity = load_identity(str(node_config[IDENTITY_KEY]), platform, read_passphrase())
         roster = Roster.load(str(node_config[ROSTER_KEY]))
         roster.check_own(identity)
         return PlatformTrust(identity, roster, policy)
