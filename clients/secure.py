@@ -36,12 +36,14 @@ from pathlib import Path
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
 
+from clients import audit
 from clients.platform import PARTITION_KEY, platform_names
 from common.config import AppConfig
 from common.files import atomic_write_text
 from common.payload import ARRAYS, CONFIG
 from common.secagg import (
     STAGE_MASKED_INPUT,
+    STAGE_SETUP,
     STAGE_UNMASK,
     ClientState,
     ConfigError,
@@ -193,6 +195,7 @@ def start(
         identity=trust.identity, roster=trust.roster, policy=trust.policy, context=ctx, state=previous,
     )  # fmt: skip
     reply = client.handle(from_records(msg_content))
+    audit.note_sent(context, STAGE_SETUP, reply, first=True)
     context.state[UPDATE] = ArrayRecord(OrderedDict((k, Array(np.ascontiguousarray(v))) for k, v in update.items()))
     context.state[STATE] = ConfigRecord({"client": client.state_bytes(), "weight": int(weight), "platform": platform,
                                          "record": str(record or ""), "context": ctx, "kind": kind})  # fmt: skip
@@ -229,8 +232,12 @@ def _advance(
         reply = client.handle(request, update, int(saved["weight"]))  # type: ignore[call-overload]
         record = Path(str(saved["record"])) if saved["record"] else None
         record_round(context, record, client.state.round, trust.policy, str(saved.get("kind", TRAIN)))
+        audit.note_sent(context, stage, reply)  # the audit entry, too, is written before the masked input leaves
+        audit.log_round(context, cfg, trust.identity, client.state, str(saved.get("kind", TRAIN)),
+                        saved["context"])  # type: ignore[arg-type]  # fmt: skip
     else:
         reply = client.handle(request)
+        audit.note_sent(context, stage, reply)
     if stage == STAGE_UNMASK:  # the round is over for this platform: forget secrets and update
         _forget(context)
     else:

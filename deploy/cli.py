@@ -129,6 +129,15 @@ def add_deploy_parser(subparsers: Any) -> argparse.ArgumentParser:
     rotate.add_argument("--roster", type=Path, help="this platform's roster.json: its own entry gets the new key")
     rotate.set_defaults(func=cmd_rotate_key)
 
+    audit = sub.add_parser("audit", help="show and check a platform's audit log (signatures, chain, length)")
+    audit.add_argument("log", type=Path, help="the platform's audit.jsonl (STATE_DIR/PLATFORM/audit.jsonl)")
+    audit.add_argument("--pub", action="append", type=Path,
+                       help="the platform's PLATFORM.secagg.pub (repeat for keys it rotated away from)")  # fmt: skip
+    audit.add_argument("--expect", metavar="COUNT:HASH",
+                       help="the witness an earlier check printed: the log must still hold that entry")  # fmt: skip
+    audit.add_argument("--json", action="store_true", help="the verified entries as JSON lines")
+    audit.set_defaults(func=cmd_audit)
+
     reg = sub.add_parser("register", help="admit a SuperNode's public key at the SuperLink")
     reg.add_argument("--key", required=True, type=Path, help="PLATFORM.key.pub")
     reg.add_argument("--name", help="a name shown by `flwr supernode ls` (default: the file's stem)")
@@ -303,6 +312,35 @@ def _secagg_trust(args: argparse.Namespace) -> dict[str, str]:
         raise DeployError("--secagg-identity and --secagg-roster go together")
     Roster.load(args.secagg_roster).check_own(load_identity(args.secagg_identity, args.platform, read_passphrase()))
     return {"secagg-identity": str(args.secagg_identity.resolve()), "secagg-roster": str(args.secagg_roster.resolve())}
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Exit 0 when the log verifies, 1 (one line saying where and why) when it does not."""
+    from common.audit import AuditError, verify
+    from common.secagg.identity import load_public
+
+    keys = None if not args.pub else [load_public(p)[1] for p in args.pub]
+    try:
+        checked = verify(args.log, keys, args.expect)
+    except AuditError as exc:
+        print(f"crossfed: error: audit log does NOT verify: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        for entry in checked.entries:
+            print(json.dumps(entry))
+        return 0
+    print(f"{'#':>4} {'time (UTC)':25} {'round':>5} {'kind':18} {'cohort':>6} {'masked':>6} {'t':>3} "
+          f"{'epsilon':>8} {'sent (bytes)':>12}  run")  # fmt: skip
+    for e in checked.entries:
+        eps = "-" if e["epsilon"] is None else f"{e['epsilon']:.3g}"
+        sent = sum(m["bytes"] for m in e["sent"])
+        print(f"{e['seq']:>4} {e['time']:25} {e['round']:>5} {e['kind']:18} {e['cohort']:>6} {e['masked_with']:>6} "
+              f"{e['threshold']:>3} {eps:>8} {sent:>12}  {e['run']}")  # fmt: skip
+    for note in checked.notes:
+        print(f"note: {note}")
+    print(f"verified: {len(checked.entries)} entries, signed by {', '.join(checked.keys) or 'nobody'}")
+    print(f"witness {checked.witness}  (keep it; `--expect {checked.witness}` next time proves nothing was cut)")
+    return 0
 
 
 def cmd_register(args: argparse.Namespace) -> int:
