@@ -153,3 +153,24 @@ def test_simulated_platforms_get_the_datasets_roster_and_a_cohort_of_two() -> No
     trust = secure.platform_trust({"partition-id": 0}, "app", AppConfig())
     assert sorted(trust.roster.keys) == ["app", "social_shop", "web_shop"]
     assert trust.identity == Identity.simulated("app") and trust.policy.min_cohort == 2
+
+
+def test_a_deployed_node_loads_its_encrypted_key_and_refuses_one_others_can_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: the ClientApp's own path to the identity (node_config + the environment's passphrase)
+    me = Identity.generate("web_shop")
+    key_path, _ = save_identity(me, tmp_path, passphrase=b"s3cret")
+    roster = tmp_path / "roster.json"
+    roster.write_text(Roster.of([me, Identity.generate("app")]).to_json())
+    node_config = {"platform": "web_shop", "secagg-identity": str(key_path), "secagg-roster": str(roster)}
+    monkeypatch.setenv(PASSPHRASE_ENV, "s3cret")
+    # Execute / Assert
+    assert secure.platform_trust(node_config, "web_shop", AppConfig()).identity == me
+    monkeypatch.setenv(PASSPHRASE_ENV, "wrong")
+    with pytest.raises(ConfigError, match="wrong passphrase"):
+        secure.platform_trust(node_config, "web_shop", AppConfig())
+    monkeypatch.setenv(PASSPHRASE_ENV, "s3cret")
+    key_path.chmod(0o644)
+    with pytest.raises(ConfigError, match=f"run `chmod 600 {key_path}`"):
+        secure.platform_trust(node_config, "web_shop", AppConfig())
