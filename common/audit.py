@@ -102,8 +102,10 @@ def append(log: Path, identity: Identity, record: RoundRecord, now: dt.datetime 
     fd = os.open(log, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
     with os.fdopen(fd, "rb+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)  # one writer at a time (the lock goes with the file's closing)
-        lines = fh.read().splitlines()
-        count, last = _check_head(log, lines)
+        data = fh.read()
+        if data and not data.endswith(b"\n"):
+            raise AuditError(f"{log}: ends mid-line (cut short or edited); check it with `crossfed deploy audit`")
+        count, last = _check_head(log, data.splitlines())
         when = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
         entry: dict[str, Any] = {
             "format": AUDIT_FORMAT, "seq": count, "time": when.isoformat(timespec="seconds"),
@@ -132,10 +134,18 @@ def _check_head(log: Path, lines: list[bytes]) -> tuple[int, str]:
     if head is None:
         raise AuditError(f"{log}: {len(lines)} entries but no head file {head_path(log).name}: refusing to extend")
     count, at = head["count"], head["head"]
-    if not (count <= len(lines) <= count + 1) or _hash(lines[count - 1]) != at:
+    if not (count <= len(lines) <= count + 1) or _hash(lines[count - 1]) != at or not _chains(lines[count:], at):
         raise AuditError(f"{log}: does not match its head ({count} entries, last {at[:12]}…): cut short or edited; "
                          "check it with `crossfed deploy audit` before this platform contributes again")  # fmt: skip
     return len(lines), _hash(lines[-1])
+
+
+def _chains(extra: list[bytes], at: str) -> bool:
+    """Whether the entry a crash left after the head (if any) names the head's entry as its previous."""
+    try:
+        return all(json.loads(line)["prev"] == at for line in extra)
+    except (ValueError, KeyError, TypeError):
+        return False
 
 
 def _write_head(log: Path, identity: Identity, count: int, last: str) -> None:

@@ -143,3 +143,21 @@ def test_the_log_lives_in_the_platforms_state_dir(tmp_path: Path) -> None:
     deployed = {"platform": "web_shop", "state-dir": str(tmp_path / "state")}
     assert log_path(deployed, cfg, "web_shop") == tmp_path / "state" / "web_shop" / AUDIT_FILE
     assert log_path({"partition-id": 0}, cfg, "app") == tmp_path / "run" / "private" / "app" / AUDIT_FILE
+
+
+def test_the_platform_will_not_extend_a_log_cut_mid_line_or_with_a_foreign_extra_line(tmp_path: Path) -> None:
+    # Prepare
+    log = _log(tmp_path, rounds=2)
+    original = log.read_bytes()
+    # Execute / Assert: a last line cut mid-way
+    log.write_bytes(original[:-10])
+    with pytest.raises(AuditError, match="ends mid-line"):
+        append(log, ME, _record(3))
+    # ... an extra line after the head that does not chain to it
+    first = original.splitlines(keepends=True)[0]
+    log.write_bytes(original + first)
+    with pytest.raises(AuditError, match="does not match its head"):
+        append(log, ME, _record(3))
+    log.write_bytes(original)  # negative twin
+    append(log, ME, _record(3))
+    assert len(verify(log, [ME.public_key]).entries) == 3
