@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp import ClientApp
 from flwr.common.logger import update_console_handler
 
-from clients import secure
+from clients import audit, secure
 from clients.metrics_log import append_metrics
 from clients.platform import PARTITION_KEY, resolve_node
 from clients.private_state import DEFAULT_STATE_DIR, STATE_DIR_KEY, PrivateStore, run_store
@@ -143,6 +143,8 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
                                         record, kind=f"evaluate-{'+'.join(splits)}"))  # fmt: skip
         if not cfg.secagg or secure.shares_metrics(context.node_config):
             content[METRICS] = MetricRecord(metrics)
+            if SECAGG in content:  # metrics in the clear beside a secure sum: in the audit log too
+                audit.note_sent(context, audit.CLEAR_METRICS, audit.metrics_nbytes(metrics))
     except OPERATOR_ERRORS as exc:
         return _error_reply(msg, exc, context)
     return Message(RecordDict(content), reply_to=msg)

@@ -36,12 +36,14 @@ from pathlib import Path
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
 
+from clients import audit
 from clients.platform import PARTITION_KEY, platform_names
 from common.config import AppConfig
 from common.files import atomic_write_text
 from common.payload import ARRAYS, CONFIG
 from common.secagg import (
     STAGE_MASKED_INPUT,
+    STAGE_SETUP,
     STAGE_UNMASK,
     ClientState,
     ConfigError,
@@ -54,7 +56,7 @@ from common.secagg import (
     stage_of,
 )
 from common.secagg.client import ABORTED
-from common.secagg.identity import load_identity
+from common.secagg.identity import load_identity, read_passphrase
 from common.secure_wire import from_records, round_context, secagg_config, to_records
 
 STATE = "secagg-state"  # context.state ConfigRecord: {"client", "weight", "platform", "record", "context", "kind"}
@@ -103,7 +105,7 @@ def platform_trust(node_config: Mapping[str, object], platform: str, cfg: AppCon
     if IDENTITY_KEY in node_config or ROSTER_KEY in node_config:
         if IDENTITY_KEY not in node_config or ROSTER_KEY not in node_config:
             raise ConfigError(f"node_config needs both `{IDENTITY_KEY}` and `{ROSTER_KEY}`")
-        identity = load_identity(str(node_config[IDENTITY_KEY]), platform)
+        identity = load_identity(str(node_config[IDENTITY_KEY]), platform, read_passphrase())
         roster = Roster.load(str(node_config[ROSTER_KEY]))
         roster.check_own(identity)
         return PlatformTrust(identity, roster, policy)
@@ -193,6 +195,7 @@ def start(
         identity=trust.identity, roster=trust.roster, policy=trust.policy, context=ctx, state=previous,
     )  # fmt: skip
     reply = client.handle(from_records(msg_content))
+    audit.note_sent(context, STAGE_SETUP, reply, first=True)
     context.state[UPDATE] = ArrayRecord(OrderedDict((k, Array(np.ascontiguousarray(v))) for k, v in update.items()))
     context.state[STATE] = ConfigRecord({"client": client.state_bytes(), "weight": int(weight), "platform": platform,
                                          "record": str(record or ""), "context": ctx, "kind": kind})  # fmt: skip
@@ -229,8 +232,12 @@ def _advance(
         reply = client.handle(request, update, int(saved["weight"]))  # type: ignore[call-overload]
         record = Path(str(saved["record"])) if saved["record"] else None
         record_round(context, record, client.state.round, trust.policy, str(saved.get("kind", TRAIN)))
+        audit.note_sent(context, stage, reply)  # the audit entry, too, is written before the masked input leaves
+        audit.log_round(context, cfg, trust.identity, client.state, str(saved.get("kind", TRAIN)),
+                        saved["context"])  # type: ignore[arg-type]  # fmt: skip
     else:
         reply = client.handle(request)
+        audit.note_sent(context, stage, reply)
     if stage == STAGE_UNMASK:  # the round is over for this platform: forget secrets and update
         _forget(context)
     else:

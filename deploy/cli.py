@@ -2,8 +2,10 @@
 
 Quickest: one start-up kit per party, then each kit's scripts (see the README):
     crossfed deploy provision --host fl.example.org --platforms app,web_shop --out kits/ --federation prod
-    kits/coordinator/start.sh & kits/coordinator/register.sh       # on the coordinator
-    DATA_DIR=/data kits/web_shop/start.sh                           # on each platform
+    DATA_DIR=/data kits/web_shop/start.sh    # on each platform: 1st start makes its keys, names the .pub to send
+    crossfed deploy roster --pub app.secagg.pub --pub web_shop.secagg.pub --out roster.json   # operator
+    kits/coordinator/start.sh & kits/coordinator/register.sh       # on the coordinator (node-keys/*.pub)
+    DATA_DIR=/data kits/web_shop/start.sh                           # each platform, with roster.json in its kit
     kits/coordinator/submit.sh "num-server-rounds=5" --stream       # exit 0 only if the run completed
     crossfed deploy status --federation prod [--json]               # platforms by name, runs, rounds
 Step by step, on the coordinator (one machine):
@@ -15,6 +17,11 @@ On each platform's machine (copy certs/ca.pem there; the private key never leave
 The operator collects every platform's PLATFORM.secagg.pub into one roster and gives the same
 roster file to every platform (out of band: never through the coordinator):
     crossfed deploy roster --pub app.secagg.pub --pub web_shop.secagg.pub ... --out roster.json
+Key rotation: the platform replaces its identity, the operator its roster entry (README: Key custody):
+    crossfed deploy rotate-key --platform web_shop --dir keys/ --roster roster.json
+    crossfed deploy roster --update roster.json --pub web_shop.secagg.pub
+A platform's audit log of the secure rounds it took part in, checked (signatures, chain, length):
+    crossfed deploy audit ~/.crossfed/private/web_shop/audit.jsonl --pub web_shop.secagg.pub
 On the coordinator again, admit that platform's public key, then start the node:
     crossfed deploy register --key web_shop.key.pub --superlink fl.example.org:9093 --certs certs/
     crossfed deploy supernode --platform web_shop --data /data --superlink fl.example.org:9093 \\
@@ -109,8 +116,27 @@ def add_deploy_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     roster = sub.add_parser("roster", help="build the roster of platform identities every platform gets")
     roster.add_argument("--pub", required=True, action="append", type=Path, help="a PLATFORM.secagg.pub (repeat)")
-    roster.add_argument("--out", required=True, type=Path, help="the roster file (JSON) to hand to every platform")
+    roster.add_argument("--out", type=Path, help="the roster file (JSON) to hand to every platform")
+    roster.add_argument("--update", type=Path, metavar="ROSTER",
+                        help="replace only the entries of the platforms whose --pub is given (key rotation); "
+                             "written back to ROSTER unless --out says")  # fmt: skip
     roster.set_defaults(func=cmd_roster)
+
+    rotate = sub.add_parser("rotate-key", help="on a platform: replace its secure-aggregation identity (and its "
+                            "entry in its own roster copy)")  # fmt: skip
+    rotate.add_argument("--platform", required=True)
+    rotate.add_argument("--dir", required=True, type=Path, help="the folder holding PLATFORM.secagg.key and .pub")
+    rotate.add_argument("--roster", type=Path, help="this platform's roster.json: its own entry gets the new key")
+    rotate.set_defaults(func=cmd_rotate_key)
+
+    audit = sub.add_parser("audit", help="show and check a platform's audit log (signatures, chain, length)")
+    audit.add_argument("log", type=Path, help="the platform's audit.jsonl (STATE_DIR/PLATFORM/audit.jsonl)")
+    audit.add_argument("--pub", action="append", type=Path,
+                       help="the platform's PLATFORM.secagg.pub (repeat for keys it rotated away from)")  # fmt: skip
+    audit.add_argument("--expect", metavar="COUNT:HASH",
+                       help="the witness an earlier check printed: the log must still hold that entry")  # fmt: skip
+    audit.add_argument("--json", action="store_true", help="the verified entries as JSON lines")
+    audit.set_defaults(func=cmd_audit)
 
     reg = sub.add_parser("register", help="admit a SuperNode's public key at the SuperLink")
     reg.add_argument("--key", required=True, type=Path, help="PLATFORM.key.pub")
@@ -126,8 +152,10 @@ def add_deploy_parser(subparsers: Any) -> argparse.ArgumentParser:
     kit.add_argument("--port", type=int, default=DEFAULT_SUPERLINK_PORT, help="the SuperLink's port")
     kit.add_argument("--federation", default=CONNECTION, help="the federation's name for register/submit")
     kit.add_argument("--extra-name", action="append", default=[], help="another DNS name / IP for the certificate")
-    kit.add_argument("--keys-on-platform", action="store_true",
-                     help="no key in the kits: each platform's start.sh makes its key pair on first start")  # fmt: skip
+    kit.add_argument("--insecure-demo-keys", action="store_true",
+                     help="one-machine demo only: make every platform's private keys HERE, in the kits "
+                          "(default: each platform's start.sh makes its own on first start)")  # fmt: skip
+    kit.add_argument("--keys-on-platform", action="store_true", help=argparse.SUPPRESS)  # the default now
     kit.set_defaults(func=cmd_provision)
 
     link = sub.add_parser("superlink", help="run the SuperLink (foreground)")
@@ -225,11 +253,13 @@ def cmd_node_key(args: argparse.Namespace) -> int:
 
 
 def cmd_identity(args: argparse.Namespace) -> int:
-    from common.secagg.identity import Identity, fingerprint, save_identity
+    from common.secagg.identity import PASSPHRASE_ENV, Identity, fingerprint, read_passphrase, save_identity
 
     identity = Identity.generate(args.platform)
-    key_path, pub_path = save_identity(identity, args.out)
-    print(f"signing key {key_path} (0600, stays on this machine; node_config secagg-identity)")
+    passphrase = read_passphrase()
+    key_path, pub_path = save_identity(identity, args.out, passphrase)
+    at_rest = "encrypted with the passphrase" if passphrase else f"NOT encrypted: set {PASSPHRASE_ENV} to encrypt"
+    print(f"signing key {key_path} (0600, {at_rest}; stays on this machine; node_config secagg-identity)")
     print(f"public key  {pub_path}  fingerprint {fingerprint(identity.public_key)}")
     print("send the .pub file to the operator, who builds the roster with `crossfed deploy roster`")
     return 0
@@ -237,27 +267,80 @@ def cmd_identity(args: argparse.Namespace) -> int:
 
 def cmd_roster(args: argparse.Namespace) -> int:
     from common.secagg.identity import build_roster, fingerprint
+    from deploy.keys import update_roster
 
-    roster = build_roster(args.pub)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(roster.to_json())
+    if args.update is None and args.out is None:
+        raise DeployError("--out ROSTER is required (or --update ROSTER to replace entries of an existing one)")
+    out = args.out or args.update
+    if args.update is not None:
+        roster = update_roster(args.update, args.pub, out)
+    else:
+        roster = build_roster(args.pub)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(roster.to_json())
     for name, key in sorted(roster.keys.items()):
         print(f"{name:24s} {fingerprint(key)}")
-    print(f"roster {args.out}: give this same file to every platform (node_config secagg-roster); "
+    print(f"roster {out}: give this same file to every platform (node_config secagg-roster); "
           "each platform should compare its own fingerprint")  # fmt: skip
+    return 0
+
+
+def cmd_rotate_key(args: argparse.Namespace) -> int:
+    from common.secagg.identity import PASSPHRASE_ENV, fingerprint, read_passphrase
+    from deploy.keys import rotate_identity
+
+    passphrase = read_passphrase()
+    done = rotate_identity(args.platform, args.dir, args.roster, passphrase)
+    at_rest = "encrypted with the passphrase" if passphrase else f"NOT encrypted: set {PASSPHRASE_ENV} to encrypt"
+    print(f"old identity {fingerprint(done.old_public)}: its private key is gone")
+    print(f"new identity {fingerprint(done.new_public)}: {done.key} (0600, {at_rest})")
+    if done.roster is not None:
+        print(f"{done.roster}: entry `{args.platform}` now holds the new key, every other entry as it was")
+    print(f"send {done.pub} to the operator: `crossfed deploy roster --update roster.json --pub "
+          f"{done.pub.name}`, then the same roster to every platform; rounds set up before every platform "
+          "has it abort (the run goes on)")  # fmt: skip
     return 0
 
 
 def _secagg_trust(args: argparse.Namespace) -> dict[str, str]:
     """node_config entries naming the platform's identity and roster files (checked now, not mid-round)."""
-    from common.secagg.identity import Roster, load_identity
+    from common.secagg.identity import Roster, load_identity, read_passphrase
 
     if args.secagg_identity is None and args.secagg_roster is None:
         return {}
     if args.secagg_identity is None or args.secagg_roster is None:
         raise DeployError("--secagg-identity and --secagg-roster go together")
-    Roster.load(args.secagg_roster).check_own(load_identity(args.secagg_identity, args.platform))
+    Roster.load(args.secagg_roster).check_own(load_identity(args.secagg_identity, args.platform, read_passphrase()))
     return {"secagg-identity": str(args.secagg_identity.resolve()), "secagg-roster": str(args.secagg_roster.resolve())}
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Exit 0 when the log verifies, 1 (one line saying where and why) when it does not."""
+    from common.audit import AuditError, verify
+    from common.secagg.identity import load_public
+
+    keys = None if not args.pub else [load_public(p)[1] for p in args.pub]
+    try:
+        checked = verify(args.log, keys, args.expect)
+    except AuditError as exc:
+        print(f"crossfed: error: audit log does NOT verify: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        for entry in checked.entries:
+            print(json.dumps(entry))
+        return 0
+    print(f"{'#':>4} {'time (UTC)':25} {'round':>5} {'kind':18} {'cohort':>6} {'masked':>6} {'t':>3} "
+          f"{'epsilon':>8} {'sent (bytes)':>12}  run")  # fmt: skip
+    for e in checked.entries:
+        eps = "-" if e["epsilon"] is None else f"{e['epsilon']:.3g}"
+        sent = sum(m["bytes"] for m in e["sent"])
+        print(f"{e['seq']:>4} {e['time']:25} {e['round']:>5} {e['kind']:18} {e['cohort']:>6} {e['masked_with']:>6} "
+              f"{e['threshold']:>3} {eps:>8} {sent:>12}  {e['run']}")  # fmt: skip
+    for note in checked.notes:
+        print(f"note: {note}")
+    print(f"verified: {len(checked.entries)} entries, signed by {', '.join(checked.keys) or 'nobody'}")
+    print(f"witness {checked.witness}  (keep it; `--expect {checked.witness}` next time proves nothing was cut)")
+    return 0
 
 
 def cmd_register(args: argparse.Namespace) -> int:
@@ -275,12 +358,21 @@ def cmd_provision(args: argparse.Namespace) -> int:
     from deploy.provision import provision
 
     platforms = [p.strip() for p in args.platforms.split(",") if p.strip()]
+    if args.insecure_demo_keys and args.keys_on_platform:
+        raise DeployError("--insecure-demo-keys and --keys-on-platform contradict each other")
     kits = provision(args.out, args.host, platforms, port=args.port, federation=args.federation,
-                     extra_names=args.extra_name, keys_on_platform=args.keys_on_platform)  # fmt: skip
+                     extra_names=args.extra_name, insecure_demo_keys=args.insecure_demo_keys)  # fmt: skip
     print(f"CA key        {kits.ca}/  (signs certificates: keep offline, ship nowhere)")
     print(f'coordinator   {kits.coordinator}/  ./start.sh; ./register.sh; ./submit.sh "RUN CONFIG" --stream')
     for platform, folder in kits.platforms.items():
         print(f"{platform:<13} {folder}/  ship to {platform}'s machine; DATA_DIR=/data/DATASET ./start.sh")
+    if args.insecure_demo_keys:
+        print("crossfed: warning: --insecure-demo-keys: every platform's private keys were made on this machine; "
+              "whoever holds these kits holds every identity (one-machine demo only)", file=sys.stderr)  # fmt: skip
+    else:
+        print("no private key is in any kit: each platform's first ./start.sh makes its keys and names the two "
+              ".pub files to send (node key -> coordinator/node-keys/ + register.sh; .secagg.pub -> the operator, "
+              "who runs `crossfed deploy roster` and puts roster.json into every platform's folder)")  # fmt: skip
     return 0
 
 

@@ -1,25 +1,29 @@
 """Start-up kits: one folder per platform and one for the coordinator, made by one command.
 
 In the spirit of NVIDIA FLARE's provisioning: instead of a dozen commands and hand copies
-(CA, server certificate, one key pair per platform, registration, node configs, ports),
-``crossfed deploy provision`` writes everything each party needs into its own folder; each
-folder is shipped to its machine as a whole and started with its ``start.sh``::
+(CA, server certificate, registration, node configs, ports), ``crossfed deploy provision``
+writes everything each party needs into its own folder; each folder is shipped to its
+machine as a whole and started with its ``start.sh``::
 
     KITS/ca/                 ca.key: signs certificates; keep it offline, ship it nowhere
-    KITS/coordinator/        certs/ (ca.pem, server.pem, server.key), node-keys/*.pub,
+    KITS/coordinator/        certs/ (ca.pem, server.pem, server.key), node-keys/ (the platforms' .pub),
                              start.sh (SuperLink), register.sh (admit every platform), submit.sh
-    KITS/<platform>/         ca.pem, <platform>.key (0600) + .pub, <platform>.secagg.key (0600) + .pub,
-                             roster.json, start.sh (its SuperNode)
+    KITS/<platform>/         ca.pem, start.sh (its SuperNode); later, made there: <platform>.key (0600)
+                             + .pub, <platform>.secagg.key (0600, encrypted when a passphrase is set) + .pub,
+                             and the operator's roster.json
 
-Each platform's key pairs (Flower node authentication; the secure-aggregation identity) are made
-here by default (the kit is the secret: ship it like a password), and every platform kit gets
-the roster of all identities: provisioning is the out-of-band channel secure aggregation needs
-(the roster never travels through the coordinator). With ``keys_on_platform=True`` the kit holds
-no private key: ``start.sh`` makes both pairs on the platform the first time, prints the public
-files to send and stops; the operator registers the node key at the coordinator (``node-keys/``,
-``register.sh``), builds the roster from every ``.secagg.pub`` (``crossfed deploy roster``) and
-puts ``roster.json`` into every platform's folder. Every platform gets its own Runtime API port,
-so kits may share a host.
+Keys are born where they are used: no kit holds a platform's private key, and the coordinator's
+kit holds only public keys (and its own TLS key). A platform's ``start.sh`` makes both its key
+pairs (Flower node authentication; the secure-aggregation identity) on its first start, prints
+the public files to send and stops; the operator registers the node key at the coordinator
+(``node-keys/``, ``register.sh``), builds the roster from every ``.secagg.pub`` (``crossfed
+deploy roster``) and puts the same ``roster.json`` into every platform's folder: provisioning
+is the out-of-band channel secure aggregation needs (the roster never travels through the
+coordinator). Every platform gets its own Runtime API port, so kits may share a host.
+
+``insecure_demo_keys=True`` (``--insecure-demo-keys``) is the one-machine demo: it makes every
+platform's private keys here, on the coordinator's machine, and the roster with them. Whoever
+ran it holds every identity, which undoes what secure aggregation protects against that party.
 """
 
 from __future__ import annotations
@@ -57,11 +61,15 @@ def provision(
     port: int = DEFAULT_SUPERLINK_PORT,
     federation: str = "crossfed",
     extra_names: Sequence[str] = (),
-    keys_on_platform: bool = False,
+    insecure_demo_keys: bool = False,
     node_extra: Mapping[str, Any] | None = None,
     first_runtime_port: int = DEFAULT_RUNTIME_PORT,
 ) -> Kits:
-    """Write the kits under ``out`` (which must not hold kits yet: nothing is overwritten)."""
+    """Write the kits under ``out`` (which must not hold kits yet: nothing is overwritten).
+
+    By default no private key of a platform is made here; ``insecure_demo_keys`` makes them
+    here (one-machine demo only: see the module's docstring).
+    """
     out = Path(out).expanduser().resolve()
     names = list(platforms)
     if not names or len(set(names)) != len(names):
@@ -79,13 +87,13 @@ def provision(
     for i, (platform, folder) in enumerate(kits.platforms.items()):
         folder.mkdir(parents=True)
         shutil.copy(tls.ca_cert, folder / tls.ca_cert.name)
-        if not keys_on_platform:
+        if insecure_demo_keys:
             key = create_node_key(folder, platform)
             shutil.copy(key.public, node_keys / key.public.name)
             save_identity(Identity.generate(platform), folder)
-        _script(folder / START, _platform_script(platform, address, first_runtime_port + i, keys_on_platform,
+        _script(folder / START, _platform_script(platform, address, first_runtime_port + i, not insecure_demo_keys,
                                                  node_extra or {}))  # fmt: skip
-    if not keys_on_platform:
+    if insecure_demo_keys:
         roster = build_roster(kits.platforms[p] / f"{p}{PUB_SUFFIX}" for p in names).to_json()
         for folder in kits.platforms.values():
             (folder / ROSTER).write_text(roster)
@@ -111,7 +119,9 @@ CROSSFED=${CROSSFED:-crossfed}
 def _platform_script(platform: str, address: str, runtime_port: int, keygen: bool, extra: Mapping[str, Any]) -> str:
     q = shlex.quote
     key, ident = f"{platform}.key", f"{platform}{KEY_SUFFIX}"
-    keygen_step = f"""if [ ! -f {q(key)} ]; then  # the private keys are made here and never leave this machine
+    keygen_step = f"""# With CROSSFED_IDENTITY_PASSPHRASE (or _FILE, a 0600 file) set, the identity key is made
+# encrypted and the node needs the same variable to start.
+if [ ! -f {q(key)} ]; then  # the private keys are made here and never leave this machine
   $CROSSFED deploy node-key --platform {q(platform)} --out .
   $CROSSFED deploy identity --platform {q(platform)} --out .
   echo "send $(pwd)/{key}.pub to the coordinator (its node-keys/ folder, then register.sh) and"

@@ -121,6 +121,13 @@ class Roster:
                 f"({fingerprint(identity.public_key)}); ask the operator for the current roster"
             )
 
+    def replace(self, platform: str, public_key: bytes) -> Roster:
+        """This roster with ``platform``'s key replaced, every other entry as it was (key rotation)."""
+        if platform not in self.keys:
+            raise ConfigError(f"platform `{platform}` is not in the roster: nothing to replace (add it with "
+                              "`crossfed deploy roster`)")  # fmt: skip
+        return Roster({**self.keys, platform: public_key})
+
     def to_json(self) -> str:
         platforms = {n: {"ed25519": k.hex(), "fingerprint": fingerprint(k)} for n, k in sorted(self.keys.items())}
         return json.dumps({"format": ROSTER_FORMAT, "platforms": platforms}, indent=2) + "\n"
@@ -168,34 +175,105 @@ def _public_from_entry(entry: object, where: str) -> bytes:
 
 
 # -- files --------------------------------------------------------------------------
-def save_identity(identity: Identity, out_dir: str | Path) -> tuple[Path, Path]:
-    """``<platform>.secagg.key`` (PKCS#8 PEM, mode 0600) and ``<platform>.secagg.pub`` (JSON)."""
-    out = Path(out_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
-    key_path, pub_path = out / f"{identity.platform}{KEY_SUFFIX}", out / f"{identity.platform}{PUB_SUFFIX}"
-    if key_path.exists():
-        raise ConfigError(f"{key_path} exists; refusing to overwrite a platform identity")
-    pem = Ed25519PrivateKey.from_private_bytes(identity.private_key).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+# Encryption at rest: the passphrase comes from the environment, never from a command line (where
+# `ps` shows it): the value itself, or a file (mode 0600) whose first line is the passphrase.
+PASSPHRASE_ENV = "CROSSFED_IDENTITY_PASSPHRASE"
+PASSPHRASE_FILE_ENV = "CROSSFED_IDENTITY_PASSPHRASE_FILE"
+
+
+def read_passphrase(environ: Mapping[str, str] | None = None) -> bytes | None:
+    """The identity passphrase from :data:`PASSPHRASE_FILE_ENV` (a file) or :data:`PASSPHRASE_ENV`; None if neither."""
+    env = os.environ if environ is None else environ
+    if env.get(PASSPHRASE_FILE_ENV):
+        path = Path(env[PASSPHRASE_FILE_ENV]).expanduser()
+        check_private_file(path, "passphrase file")
+        try:
+            line = path.read_text().splitlines()[:1]
+        except OSError as exc:
+            raise ConfigError(f"cannot read the identity passphrase file {path}: {exc.strerror}") from None
+        if not line or not line[0]:
+            raise ConfigError(f"{path}: the identity passphrase file is empty")
+        return line[0].encode()
+    value = env.get(PASSPHRASE_ENV)
+    return value.encode() if value else None
+
+
+def check_private_file(path: Path, what: str = "identity key") -> None:
+    """ConfigError when ``path`` may be read by group or others (POSIX modes; not checked on Windows)."""
+    if os.name != "posix":
+        return
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError as exc:
+        raise ConfigError(f"cannot read the secure-aggregation {what} {path}: {exc.strerror}") from None
+    if mode & 0o077:
+        raise ConfigError(f"{path}: {what} is readable by group or others (mode {mode:04o}); run `chmod 600 {path}`")
+
+
+def private_pem(identity: Identity, passphrase: bytes | None = None) -> bytes:
+    """The key file's bytes: PKCS#8 PEM, encrypted (``BestAvailableEncryption``) when ``passphrase`` is given."""
+    encryption = (
+        serialization.NoEncryption() if passphrase is None else serialization.BestAvailableEncryption(passphrase)
     )
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
+    return Ed25519PrivateKey.from_private_bytes(identity.private_key).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+    )
+
+
+def public_json(identity: Identity) -> str:
+    """The ``.pub`` file's text: platform, raw public key (hex) and its fingerprint."""
     pub = {"format": PUBLIC_FORMAT, "platform": identity.platform, "ed25519": identity.public_key.hex(),
            "fingerprint": fingerprint(identity.public_key)}  # fmt: skip
-    pub_path.write_text(json.dumps(pub, indent=2) + "\n")
+    return json.dumps(pub, indent=2) + "\n"
+
+
+def identity_paths(platform: str, folder: str | Path) -> tuple[Path, Path]:
+    """(``<platform>.secagg.key``, ``<platform>.secagg.pub``) in ``folder``."""
+    out = Path(folder).expanduser()
+    return out / f"{_check_name(platform)}{KEY_SUFFIX}", out / f"{platform}{PUB_SUFFIX}"
+
+
+def save_identity(identity: Identity, out_dir: str | Path, passphrase: bytes | None = None) -> tuple[Path, Path]:
+    """``<platform>.secagg.key`` (PKCS#8 PEM, mode 0600; encrypted with ``passphrase`` when given)
+    and ``<platform>.secagg.pub`` (JSON)."""
+    key_path, pub_path = identity_paths(identity.platform, out_dir)
+    key_path.parent.mkdir(parents=True, exist_ok=True)
+    if key_path.exists():
+        raise ConfigError(f"{key_path} exists; refusing to overwrite a platform identity")
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(private_pem(identity, passphrase))
+    pub_path.write_text(public_json(identity))
     return key_path, pub_path
 
 
-def load_identity(path: str | Path, platform: str) -> Identity:
-    """The platform's identity from its PEM key file; ConfigError naming the file otherwise."""
+def load_identity(path: str | Path, platform: str, passphrase: bytes | None = None) -> Identity:
+    """The platform's identity from its PEM key file (0600; encrypted ones need ``passphrase``).
+
+    ConfigError naming the file and the fix otherwise: a key readable by group or others, a
+    missing or wrong passphrase, a file that is not an Ed25519 PEM key.
+    """
     p = Path(path).expanduser()
+    check_private_file(p)
     try:
-        key = serialization.load_pem_private_key(p.read_bytes(), password=None)
+        pem = p.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read the secure-aggregation identity {p}: {exc.strerror}") from None
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{p}: not an unencrypted PEM private key ({exc})") from None
+    encrypted = b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in pem
+    if encrypted and passphrase is None:
+        raise ConfigError(
+            f"{p}: the identity key is encrypted; set {PASSPHRASE_ENV} or {PASSPHRASE_FILE_ENV} (a 0600 file)"
+        )
+    try:
+        key = serialization.load_pem_private_key(pem, password=passphrase if encrypted else None)
+    except ValueError as exc:
+        if encrypted:
+            raise ConfigError(
+                f"{p}: wrong passphrase for the identity key ({PASSPHRASE_ENV}/{PASSPHRASE_FILE_ENV})"
+            ) from None
+        raise ConfigError(f"{p}: not a PEM private key ({exc})") from None
+    except TypeError as exc:
+        raise ConfigError(f"{p}: not a PEM private key ({exc})") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise ConfigError(f"{p}: expected an Ed25519 key, got {type(key).__name__}")
     return Identity(platform, key.private_bytes_raw())

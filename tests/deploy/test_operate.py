@@ -14,10 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from clients.audit import AUDIT_FILE
 from clients.metrics_log import METRICS_LOG
 from clients.private_state import private_folder
+from common.audit import verify
 from common.config import config_string
 from common.run_files import ROUNDS_FILE, SUMMARY_FILE
+from common.secagg.identity import load_public
 from deploy.federation import Federation
 from tests.deploy.settings import STATE, TINY
 
@@ -64,6 +67,14 @@ def test_default_platforms_give_mean_metrics_exit_codes_and_status(tmp_path: Pat
         lines = [json.loads(line) for line in log.read_text().splitlines()]
         assert [line["round"] for line in lines] == [1, 1] and "valid.auc" in lines[0]["metrics"]  # + final test
         assert "test.auc" in lines[1]["metrics"]
+    # ... and each platform's audit log (shared by this session's federations) verifies and has this run's
+    # secure sums, once each, signed with the platform's identity
+    for platform in PAIR:
+        key = load_public(tmp_path / "fed" / "secagg" / f"{platform}.secagg.pub")[1]
+        entries = [e for e in verify(Path(STATE["state-dir"]) / platform / AUDIT_FILE).entries if e["run"] == str(run)]
+        assert sorted((e["round"], e["kind"]) for e in entries) == [(1, "evaluate-test"), (1, "evaluate-valid"),
+                                                                    (1, "train")], entries  # fmt: skip
+        assert all(e["key"] == key.hex() and e["cohort"] == 2 and e["epsilon"] is None for e in entries)
     # ... and status names both platforms, both runs, the last round and its mean metrics
     assert status.returncode == 0, status.stderr
     data = json.loads(status.stdout)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from common.secagg.identity import Roster, build_roster
+from common.secagg.identity import PASSPHRASE_ENV, Roster, build_roster
 from deploy.certs import CertError, load_node_private_key, load_node_public_key
 from deploy.commands import THREAD_VARS, thread_env
 from deploy.provision import START, provision
@@ -24,9 +24,26 @@ def _print_commands(script: Path, *args: str, env: dict[str, str] | None = None)
     return subprocess.run([str(script), *args], env=env, capture_output=True, text=True, timeout=60)
 
 
-def test_kits_hold_what_each_party_needs_and_start_from_their_own_folder(tmp_path: Path) -> None:
+PEM_PRIVATE = b"PRIVATE KEY-----"  # PKCS#8, ENCRYPTED, EC, OPENSSH: every PEM private key's armour ends so
+
+
+def test_by_default_no_kit_holds_a_platforms_private_key(tmp_path: Path) -> None:
     # Execute
-    kits = provision(tmp_path / "kits", "fl.example.org", ["app", "web_shop"], port=9443)
+    kits = provision(tmp_path / "kits", "fl.example.org", ["app", "web_shop"])
+    # Assert: every file of every kit; private keys only where they belong (the CA's, the SuperLink's TLS key)
+    private = {p.relative_to(tmp_path / "kits").as_posix() for p in (tmp_path / "kits").rglob("*")
+               if p.is_file() and (PEM_PRIVATE in p.read_bytes() or p.name.endswith(".key"))}  # fmt: skip
+    assert private == {"ca/ca.key", "coordinator/certs/server.key"}
+    coordinator = sorted(p.relative_to(kits.coordinator).as_posix() for p in kits.coordinator.rglob("*"))
+    assert coordinator == ["certs", "certs/ca.pem", "certs/server.key", "certs/server.pem", "node-keys",
+                           "register.sh", "start.sh", "submit.sh"]  # fmt: skip
+    for folder in kits.platforms.values():
+        assert sorted(p.name for p in folder.iterdir()) == ["ca.pem", START]
+
+
+def test_kits_hold_what_each_party_needs_and_start_from_their_own_folder(tmp_path: Path) -> None:
+    # Execute: the one-machine demo (the platforms' private keys made here, in their kits)
+    kits = provision(tmp_path / "kits", "fl.example.org", ["app", "web_shop"], port=9443, insecure_demo_keys=True)
     # Assert: the coordinator has the server's TLS files and every platform's public key, not the CA key
     assert sorted(p.name for p in (kits.coordinator / "certs").iterdir()) == ["ca.pem", "server.key", "server.pem"]
     assert sorted(p.name for p in (kits.coordinator / "node-keys").iterdir()) == ["app.key.pub", "web_shop.key.pub"]
@@ -54,24 +71,29 @@ def test_kits_hold_what_each_party_needs_and_start_from_their_own_folder(tmp_pat
     assert res.returncode == 0 and "--enable-supernode-auth" in res.stdout and "--port 9443" in res.stdout
 
 
-def test_keys_on_platform_keeps_private_keys_out_of_the_kits(tmp_path: Path) -> None:
+def test_a_platform_makes_its_keys_on_its_first_start(tmp_path: Path) -> None:
     # Prepare
-    kits = provision(tmp_path / "kits", "fl.example.org", ["app"], keys_on_platform=True)
+    kits = provision(tmp_path / "kits", "fl.example.org", ["app"])
     folder = kits.platforms["app"]
     assert not list(folder.glob("*.key")) and not list((kits.coordinator / "node-keys").iterdir())
-    # Execute: the first start makes the key pair on the platform and stops, naming the file to send
-    first = _print_commands(folder / START, "--print")
+    secret = {PASSPHRASE_ENV: "correct horse battery staple"}
+    # Execute: the first start makes the key pairs on the platform and stops, naming the files to send
+    first = _print_commands(folder / START, "--print", env=secret)
     # Assert
     assert first.returncode == 3 and "app.key.pub to the coordinator" in first.stdout, first.stdout + first.stderr
     assert "app.secagg.pub to the operator" in first.stdout
     assert stat.S_IMODE((folder / "app.key").stat().st_mode) == 0o600
     assert stat.S_IMODE((folder / "app.secagg.key").stat().st_mode) == 0o600
-    # ... the next start waits for the operator's roster, then starts
-    waiting = _print_commands(folder / START, "--print")
+    assert b"ENCRYPTED PRIVATE KEY" in (folder / "app.secagg.key").read_bytes()  # the passphrase was set
+    assert not list((kits.coordinator / "node-keys").iterdir())  # nothing reached the coordinator's kit
+    # ... the next start waits for the operator's roster, then starts (with the passphrase; without it, one line)
+    waiting = _print_commands(folder / START, "--print", env=secret)
     assert waiting.returncode == 3 and "no roster.json here yet" in waiting.stdout
     (folder / "roster.json").write_text(build_roster([folder / "app.secagg.pub"]).to_json())
-    second = _print_commands(folder / START, "--print")
+    second = _print_commands(folder / START, "--print", env=secret)
     assert second.returncode == 0 and "--auth-supernode-private-key" in second.stdout, second.stderr
+    locked = _print_commands(folder / START, "--print", env={PASSPHRASE_ENV: ""})
+    assert locked.returncode == 2 and "the identity key is encrypted; set CROSSFED_IDENTITY_PASSPHRASE" in locked.stderr
 
 
 def test_provision_never_overwrites(tmp_path: Path) -> None:

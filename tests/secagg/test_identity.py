@@ -12,7 +12,15 @@ from clients import secure
 from common.config import AppConfig
 from common.secagg import ConfigError, Identity, PlatformPolicy, Roster, SecAggConfig
 from common.secagg.errors import AbortError
-from common.secagg.identity import build_roster, fingerprint, load_identity, save_identity
+from common.secagg.identity import (
+    PASSPHRASE_ENV,
+    PASSPHRASE_FILE_ENV,
+    build_roster,
+    fingerprint,
+    load_identity,
+    read_passphrase,
+    save_identity,
+)
 
 
 def test_identity_files_round_trip_and_the_key_stays_private(tmp_path: Path) -> None:
@@ -29,6 +37,54 @@ def test_identity_files_round_trip_and_the_key_stays_private(tmp_path: Path) -> 
     assert "private" not in repr(me) and me.private_key.hex() not in repr(me)
     with pytest.raises(ConfigError, match="refusing to overwrite"):
         save_identity(me, tmp_path)
+
+
+def test_an_identity_encrypted_at_rest_loads_only_with_its_passphrase(tmp_path: Path) -> None:
+    # Prepare
+    me = Identity.generate("web_shop")
+    # Execute
+    key_path, _ = save_identity(me, tmp_path, passphrase=b"s3cret")
+    # Assert
+    assert b"ENCRYPTED PRIVATE KEY" in key_path.read_bytes() and me.private_key not in key_path.read_bytes()
+    assert load_identity(key_path, "web_shop", b"s3cret") == me
+    with pytest.raises(ConfigError, match=f"wrong passphrase for the identity key .*{PASSPHRASE_ENV}"):
+        load_identity(key_path, "web_shop", b"not it")  # negative twin
+    with pytest.raises(ConfigError, match=f"{key_path}: the identity key is encrypted; set {PASSPHRASE_ENV}"):
+        load_identity(key_path, "web_shop")
+
+
+def test_the_passphrase_comes_from_the_environment_or_a_private_file(tmp_path: Path) -> None:
+    # Prepare
+    secret = tmp_path / "passphrase"
+    secret.write_text("from file\n")
+    secret.chmod(0o600)
+    # Execute / Assert: the file wins over the value; neither set: no passphrase
+    assert read_passphrase({PASSPHRASE_FILE_ENV: str(secret), PASSPHRASE_ENV: "value"}) == b"from file"
+    assert read_passphrase({PASSPHRASE_ENV: "value"}) == b"value"
+    assert read_passphrase({}) is None
+    secret.chmod(0o644)
+    with pytest.raises(ConfigError, match=f"passphrase file is readable by group or others .*chmod 600 {secret}"):
+        read_passphrase({PASSPHRASE_FILE_ENV: str(secret)})
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+def test_a_key_file_readable_by_others_is_refused_naming_the_fix(tmp_path: Path, mode: int) -> None:
+    # Prepare
+    key_path, _ = save_identity(Identity.generate("web_shop"), tmp_path)
+    key_path.chmod(mode)
+    # Execute / Assert
+    with pytest.raises(ConfigError, match=f"^{key_path}: identity key is readable .*run `chmod 600 {key_path}`$"):
+        load_identity(key_path, "web_shop")
+    key_path.chmod(0o600)  # negative twin: the fix works
+    assert load_identity(key_path, "web_shop").platform == "web_shop"
+
+
+def test_a_roster_entry_is_replaced_and_no_other() -> None:
+    a, b, b2 = Identity.generate("a"), Identity.generate("b"), Identity.generate("b")
+    roster = Roster.of([a, b]).replace("b", b2.public_key)
+    assert roster.keys == {"a": a.public_key, "b": b2.public_key}
+    with pytest.raises(ConfigError, match="`c` is not in the roster"):
+        roster.replace("c", Identity.generate("c").public_key)
 
 
 def test_roster_json_round_trip_and_signature_check() -> None:
@@ -97,3 +153,24 @@ def test_simulated_platforms_get_the_datasets_roster_and_a_cohort_of_two() -> No
     trust = secure.platform_trust({"partition-id": 0}, "app", AppConfig())
     assert sorted(trust.roster.keys) == ["app", "social_shop", "web_shop"]
     assert trust.identity == Identity.simulated("app") and trust.policy.min_cohort == 2
+
+
+def test_a_deployed_node_loads_its_encrypted_key_and_refuses_one_others_can_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: the ClientApp's own path to the identity (node_config + the environment's passphrase)
+    me = Identity.generate("web_shop")
+    key_path, _ = save_identity(me, tmp_path, passphrase=b"s3cret")
+    roster = tmp_path / "roster.json"
+    roster.write_text(Roster.of([me, Identity.generate("app")]).to_json())
+    node_config = {"platform": "web_shop", "secagg-identity": str(key_path), "secagg-roster": str(roster)}
+    monkeypatch.setenv(PASSPHRASE_ENV, "s3cret")
+    # Execute / Assert
+    assert secure.platform_trust(node_config, "web_shop", AppConfig()).identity == me
+    monkeypatch.setenv(PASSPHRASE_ENV, "wrong")
+    with pytest.raises(ConfigError, match="wrong passphrase"):
+        secure.platform_trust(node_config, "web_shop", AppConfig())
+    monkeypatch.setenv(PASSPHRASE_ENV, "s3cret")
+    key_path.chmod(0o644)
+    with pytest.raises(ConfigError, match=f"run `chmod 600 {key_path}`"):
+        secure.platform_trust(node_config, "web_shop", AppConfig())
