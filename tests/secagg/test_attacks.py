@@ -28,6 +28,7 @@ from clients.app import handle_evaluate, handle_secagg_stage, handle_train
 from common.config import AppConfig
 from common.payload import ARRAYS, CONFIG, FLAT, arrays_to_state, state_to_arrays
 from common.secagg import (
+    HEADER_WORDS,
     STAGE_CONSISTENCY,
     STAGE_MASKED_INPUT,
     STAGE_SHARE_KEYS,
@@ -460,7 +461,7 @@ def _masked_tamper(node_to_tamper: int, change: Callable[[np.ndarray], None]) ->
 @pytest.mark.parametrize(
     ("change", "check"),
     [
-        (lambda v: v.__setitem__(9, v[9] + np.uint64(1 << 50)), "clip-range"),  # an offset on one value
+        (lambda v: v.__setitem__(HEADER_WORDS + 5, v[HEADER_WORDS + 5] + np.uint64(1 << 50)), "clip-range"),  # a value
         (lambda v: v.__setitem__(1, v[1] + np.uint64(1 << 40)), "clipped-count"),  # a forged clipped count
         (lambda v: v.__setitem__(0, v[0] - np.uint64(1 << 30)), "total-weight"),  # weight driven to <= 0
     ],
