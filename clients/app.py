@@ -38,7 +38,7 @@ from common.payload import (
     state_to_arrays,
 )
 from common.secagg import SecAggError
-from common.secure_wire import SECAGG, SECAGG_ACTION
+from common.secure_wire import SECAGG, SECAGG_ACTION, round_context
 
 log = logging.getLogger("crossfed.client")
 QUIET_ENV = "CROSSFED_QUIET"  # set by `crossfed` (simulations.commands.console) unless --verbose; Ray actors inherit it
@@ -133,14 +133,19 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
         splits = parse_eval(msg.content.get(EVAL))
         state = arrays_to_state(msg.content[ARRAYS])  # type: ignore[arg-type]
         store = _private_store(context, cfg, setup.platform)
+        summed = cfg.secagg and SECAGG in msg.content  # only the cohort's weighted sum leaves (masked)
+        if summed:  # one metric sum per round, of the round just trained (or the run's one test): before evaluating
+            record, kind = _contribution_record(context, store), secure.metrics_kind(splits)
+            trust = secure.platform_trust(context.node_config, setup.platform, cfg)
+            ctx = round_context(msg.content.get(ARRAYS), msg.content.get(CONFIG))
+            secure.admit_round(context, record, server_round, trust.policy, kind, ctx)
         metrics = evaluate_state(cfg, setup, state, server_round, store, splits)
         append_metrics(store.folder, server_round, metrics)
         content: dict[str, ConfigRecord | ArrayRecord | MetricRecord] = {INFO: _info(setup.platform)}
-        if cfg.secagg and SECAGG in msg.content:  # only the cohort's weighted sum leaves (masked)
+        if summed:
             vector, weight = encode_metrics(metrics, splits, cfg.secure.clip_range)
-            record = _contribution_record(context, store)
             content.update(secure.start(msg.content, context, cfg, {METRIC_VECTOR: vector}, weight, setup.platform,
-                                        record, kind=f"evaluate-{'+'.join(splits)}"))  # fmt: skip
+                                        record, kind=kind))  # fmt: skip
         if not cfg.secagg or secure.shares_metrics(context.node_config):
             content[METRICS] = MetricRecord(metrics)
             if SECAGG in content:  # metrics in the clear beside a secure sum: in the audit log too

@@ -13,13 +13,14 @@ What the platform decides itself, from its own node_config (never from the serve
 - its policy (``secagg-min-cohort``, ``secagg-threshold-fraction``, ``secagg-max-rounds``);
 - the round context: the hash of the global adapter and training config it received, which
   every key and signature of the round is bound to;
-- a contribution record on its own disk (next to its private parameters): one masked input
-  per (run, round) and kind of sum (``train``: the adapter; ``evaluate-<splits>``: the metrics of
-  those splits, e.g. validation every round and test once for the best round), written
-  before the masked input leaves, so a restarted platform or a replayed round is refused
-  (simulated platforms keep it in ``context.state`` for the Flower
-  run, so a simulation can be re-run from scratch). A failed stage destroys the round's
-  secrets and parked update.
+- a contribution record on its own disk (next to its private parameters), one file per run,
+  written before each masked input leaves, so a restarted platform or a replayed round is
+  refused (simulated platforms keep it in ``context.state`` for the Flower run, so a simulation
+  can be re-run from scratch). It allows one input per platform per round for every secure sum
+  (``admit_round``): the adapter (``train``) of rounds that only move forward; one metric sum per
+  round whatever its splits (``evaluate``), only of the round the platform last trained in; and
+  one test sum per run (``test``), of the very model and config it evaluated in that round. A
+  failed stage destroys the round's secrets and parked update.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
@@ -122,56 +124,100 @@ def platform_trust(node_config: Mapping[str, object], platform: str, cfg: AppCon
 
 
 # -- the contribution record ------------------------------------------------------
-MEMORY_RECORD = "secagg-record"  # context.state ConfigRecord {"rounds": [...]}: a simulated platform's record
-TRAIN = "train"  # the kinds of secure sum a round has: the adapter (train) and the metrics (evaluate)
+MEMORY_RECORD = "secagg-record"  # context.state ConfigRecord {"json": ...}: a simulated platform's record
+# The kinds of secure sum: the adapter (train), a round's metrics (evaluate: validation, and test
+# with `eval.test-every-round`) and the best round's test metrics (test: once per run).
+TRAIN, EVALUATE, TEST = "train", "evaluate", "test"
+_LISTS = ("rounds", EVALUATE, "contexts", TEST)  # rounds = trained; contexts = each evaluated round's context
 
 
-def _record_of(record: Path | None, kind: str) -> tuple[Path | None, str]:
-    """(file, context.state key) of the record of one kind of sum: each kind counts its own rounds."""
-    if kind == TRAIN:
-        return record, MEMORY_RECORD
-    path = None if record is None else record.with_name(f"{record.stem}-{kind}{record.suffix}")
-    return path, f"{MEMORY_RECORD}-{kind}"
+def metrics_kind(splits: tuple[str, ...]) -> str:
+    """A metric sum without validation is the run's final test of the best round; any other is a round's."""
+    return EVALUATE if "valid" in splits else TEST
 
 
-def _read_record(context: Context, path: Path | None, key: str = MEMORY_RECORD) -> list[int]:
+def _read_record(context: Context, path: Path | None) -> dict[str, list[Any]]:
+    """{"rounds": trained rounds, "evaluate": evaluated rounds, "contexts": their contexts (hex), "test": ...}."""
     if path is None:  # simulated: for the Flower run (a simulation re-run from scratch may repeat rounds)
-        saved = context.state.get(key)
-        return [int(r) for r in saved["rounds"]] if isinstance(saved, ConfigRecord) else []  # type: ignore[union-attr]
+        saved = context.state.get(MEMORY_RECORD)
+        body = json.loads(str(saved["json"])) if isinstance(saved, ConfigRecord) else {}  # type: ignore[index]
+        return {key: list(body.get(key, [])) for key in _LISTS}
     if not path.exists():
-        return []
+        return {key: [] for key in _LISTS}
     try:
-        rounds = json.loads(path.read_text())["rounds"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        body = json.loads(path.read_text())
+        record = {key: list(body.get(key, [])) for key in _LISTS}
+    except (OSError, ValueError, AttributeError, TypeError) as exc:
         raise ConfigError(f"{path}: unreadable contribution record ({exc}); refusing to contribute") from None
-    if not isinstance(rounds, list) or not all(isinstance(r, int) for r in rounds):
+    ints = (record[k] for k in ("rounds", EVALUATE, TEST))
+    contexts = record["contexts"]
+    if (
+        not all(isinstance(r, int) for rounds in ints for r in rounds)
+        or not all(isinstance(c, str) for c in contexts)
+        or len(contexts) != len(record[EVALUATE])
+    ):
         raise ConfigError(f"{path}: malformed contribution record; refusing to contribute")
-    return rounds
+    return record
 
 
-def admit_round(context: Context, record: Path | None, rnd: int, policy: PlatformPolicy, kind: str = TRAIN) -> None:
-    """ConfigError if this run already got this round's masked input or reached the round limit."""
-    record, key = _record_of(record, kind)
-    rounds = _read_record(context, record, key)
-    if rnd in rounds:
-        raise ConfigError(
-            f"round {rnd} of this run already received this platform's masked input "
-            f"({record or 'this run'}); a round is never contributed to twice"
-        )
-    if len(rounds) >= policy.max_rounds:
-        raise ConfigError(f"this platform contributed to {len(rounds)} rounds of this run, its limit "
-                          f"(`{PlatformPolicy.KEYS['max_rounds']}`)")  # fmt: skip
+def admit_round(
+    context: Context, record: Path | None, rnd: int, policy: PlatformPolicy, kind: str = TRAIN, ctx: bytes = b""
+) -> None:
+    """ConfigError unless this platform may give round ``rnd`` of this run an input of ``kind``.
+
+    One input per platform per round for every secure sum: a train round only after the last
+    one (round numbers move forward), within the platform's round limit; one metric sum per
+    round, only of the round it last trained in (so a metric sum costs the server a training
+    round, and a platform gives at most ``secagg-max-rounds`` of them to one run); one test sum
+    per run, of the very context (model and config) it evaluated in that round. ``ctx`` is the
+    round context of the request (``round_context``).
+    """
+    rec = _read_record(context, record)
+    where = record or "this run"
+    trained = max(rec["rounds"], default=None)
+    if kind == TRAIN:
+        if rnd in rec["rounds"]:
+            raise ConfigError(f"round {rnd} of this run already received this platform's masked input "
+                              f"({where}); a round is never contributed to twice")  # fmt: skip
+        if trained is not None and rnd < trained:
+            raise ConfigError(f"round {rnd} is not after round {trained}, the last this platform trained in "
+                              f"({where}): round numbers only move forward within a run")  # fmt: skip
+        if len(rec["rounds"]) >= policy.max_rounds:
+            raise ConfigError(f"this platform contributed to {len(rec['rounds'])} rounds of this run, its limit "
+                              f"(`{PlatformPolicy.KEYS['max_rounds']}`)")  # fmt: skip
+    elif kind == EVALUATE:
+        if rnd in rec[EVALUATE]:
+            raise ConfigError(f"round {rnd} already received this platform's metrics ({where}); one metric sum "
+                              "per round, whatever its splits")  # fmt: skip
+        if rnd != trained:
+            last = "none yet" if trained is None else f"round {trained}"
+            raise ConfigError(f"this platform did not train in round {rnd} of this run (last trained: {last}); "
+                              "it evaluates only the round it last trained in")  # fmt: skip
+    elif kind == TEST:
+        if rec[TEST]:
+            raise ConfigError(f"this run already received this platform's test metrics (round {rec[TEST][0]}); "
+                              "the final test is once per run")  # fmt: skip
+        if rnd not in rec[EVALUATE] or rec["contexts"][rec[EVALUATE].index(rnd)] != ctx.hex():
+            raise ConfigError(f"the model sent for round {rnd}'s test is not the model this platform evaluated in "
+                              f"round {rnd} (context hash differs, or it did not evaluate that round)")  # fmt: skip
+    else:
+        raise ConfigError(f"unknown kind of secure sum {kind!r}")
 
 
-def record_round(context: Context, record: Path | None, rnd: int, policy: PlatformPolicy, kind: str = TRAIN) -> None:
+def record_round(
+    context: Context, record: Path | None, rnd: int, policy: PlatformPolicy, kind: str = TRAIN, ctx: bytes = b""
+) -> None:
     """Write the round into the record (file: atomically, fsynced) before its masked input leaves."""
-    admit_round(context, record, rnd, policy, kind)
-    record, key = _record_of(record, kind)
-    rounds = sorted([*_read_record(context, record, key), rnd])
+    admit_round(context, record, rnd, policy, kind, ctx)
+    rec = _read_record(context, record)
+    rec["rounds" if kind == TRAIN else kind].append(rnd)
+    if kind == EVALUATE:
+        rec["contexts"].append(ctx.hex())
+    text = json.dumps(rec)
     if record is None:
-        context.state[key] = ConfigRecord({"rounds": rounds})
+        context.state[MEMORY_RECORD] = ConfigRecord({"json": text})
         return
-    atomic_write_text(record, json.dumps({"rounds": rounds}), fsync=True)
+    atomic_write_text(record, text, fsync=True)
 
 
 # -- the stages -------------------------------------------------------------------
@@ -231,7 +277,8 @@ def _advance(
     if stage == STAGE_MASKED_INPUT:
         reply = client.handle(request, update, int(saved["weight"]))  # type: ignore[call-overload]
         record = Path(str(saved["record"])) if saved["record"] else None
-        record_round(context, record, client.state.round, trust.policy, str(saved.get("kind", TRAIN)))
+        record_round(context, record, client.state.round, trust.policy, str(saved.get("kind", TRAIN)),
+                     bytes(saved["context"]))  # type: ignore[arg-type]  # fmt: skip
         audit.note_sent(context, stage, reply)  # the audit entry, too, is written before the masked input leaves
         audit.log_round(context, cfg, trust.identity, client.state, str(saved.get("kind", TRAIN)),
                         saved["context"])  # type: ignore[arg-type]  # fmt: skip

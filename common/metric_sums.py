@@ -16,6 +16,12 @@ Layout per split ``s`` (``n`` its examples, ``r`` its ranked users), every entry
 where ``w_m`` is ``n`` (``r`` for the ranking metrics) when the metric is finite on this
 platform, else 0: a NaN metric (one class in a split) drops out of that metric's mean, as
 in :func:`common.metrics.weighted_mean`.
+
+Every honest vector obeys linear rules that survive summation: its splits' ``n`` add up to its
+weight ``N``, each ``w_m`` is at most its count, each weighted metric at most its ``w_m`` (every
+metric, log-loss over ``LOGLOSS_SCALE``, lies in [0, 1]). :func:`decode_metric_sum` refuses a sum
+that breaks one (:class:`MetricSumError`, naming the check): a platform that sends weight 0 with
+a body cannot add examples to the reported counts or push a mean out of its metric's range.
 """
 
 from __future__ import annotations
@@ -37,6 +43,10 @@ MEANS: tuple[tuple[str, str, float], ...] = tuple(
 )  # fmt: skip
 COUNTS = COUNT_KEYS
 PER_SPLIT = len(COUNTS) + 2 * len(MEANS)
+
+
+class MetricSumError(ValueError):
+    """A decoded metric sum that no cohort of honest platforms could have sent."""
 
 
 def vector_length(splits: Sequence[str]) -> int:
@@ -65,12 +75,17 @@ def encode_metrics(metrics: Mapping[str, float], splits: Sequence[str], clip_ran
 
 
 def decode_metric_sum(
-    mean: np.ndarray, total_weight: float, splits: Sequence[str], clip_range: float
+    mean: np.ndarray, total_weight: float, splits: Sequence[str], clip_range: float, error_bound: float = 0.0
 ) -> dict[str, float]:
-    """The cohort's ``<split>.<metric>`` means (and summed counts) from the secure weighted mean."""
+    """The cohort's ``<split>.<metric>`` means (and summed counts) from the secure weighted mean.
+
+    ``error_bound`` is the secure sum's per-value error bound (``SecAggResult.weighted_mean``);
+    MetricSumError when the mean breaks a rule every honest vector obeys (module docstring).
+    """
     mean = np.asarray(mean, dtype=np.float64).reshape(-1) / clip_range
     if mean.size != vector_length(splits):
         raise ValueError(f"metric sum has {mean.size} values, expected {vector_length(splits)} for {list(splits)}")
+    check_metric_sum(mean, splits, error_bound / clip_range)
     out: dict[str, float] = {}
     i = 0
     for split in splits:
@@ -86,6 +101,38 @@ def decode_metric_sum(
             if out[f"{split}.{key}"] == 0:
                 del out[f"{split}.{key}"]
     return out
+
+
+def check_metric_sum(share: np.ndarray, splits: Sequence[str], error_bound: float = 0.0) -> None:
+    """MetricSumError unless the weighted mean ``share`` (in [0, 1] units) is one an honest cohort sends.
+
+    Each value may be off by ``error_bound`` (quantisation) plus 2^-23 (the float32 vector).
+    """
+    tol = error_bound + 2.0**-23
+    counts = 0.0
+    for s, split in enumerate(splits):
+        block = share[s * PER_SPLIT : (s + 1) * PER_SPLIT]
+        count = dict(zip(COUNTS, block[: len(COUNTS)], strict=True))
+        if min(count.values()) < -tol:
+            raise MetricSumError(f"check `metric-counts`: `{split}` has a negative count share {min(count.values())}")
+        counts += count["n"]
+        for m, (name, counted_by, _) in enumerate(MEANS):
+            weight, weighted = block[len(COUNTS) + 2 * m : len(COUNTS) + 2 * m + 2]
+            if not -tol <= weight <= count[counted_by] + 2 * tol:
+                raise MetricSumError(
+                    f"check `metric-weights`: `{split}.{name}` is weighted by {weight:.9g} of the total weight, "
+                    f"outside [0, its `{counted_by}` share {count[counted_by]:.9g}]"
+                )
+            if not -tol <= weighted <= weight + 2 * tol:
+                raise MetricSumError(
+                    f"check `metric-range`: `{split}.{name}` sums to {weighted:.9g} for weight {weight:.9g}: "
+                    "its mean leaves the metric's range"
+                )
+    if abs(counts - 1.0) > len(splits) * tol:
+        raise MetricSumError(
+            f"check `metric-counts`: the splits' example counts add up to {counts:.9g} of the total weight, not 1 "
+            "(a platform's weight and examples disagree)"
+        )
 
 
 def _count(metrics: Mapping[str, float], key: str) -> int:

@@ -73,6 +73,10 @@ def parse_eval(record: object) -> tuple[str, ...]:
     splits = tuple(str(record["splits"]).split(","))
     if not splits or not set(splits) <= {"valid", "test"}:
         raise PayloadError(f"evaluate request names unknown splits {splits}, expected valid and/or test")
+    repeated = sorted({s for s in splits if splits.count(s) > 1})
+    if repeated:  # a split named twice would enter a secure metric sum twice: one input per platform
+        raise PayloadError(f"evaluate request names split `{repeated[0]}` twice ({','.join(splits)}); "
+                           "each split is evaluated once")  # fmt: skip
     return splits
 
 

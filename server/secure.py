@@ -24,7 +24,7 @@ import numpy as np
 from flwr.app import Message, MessageType, RecordDict
 
 from common.config import AppConfig
-from common.metric_sums import METRIC_VECTOR, decode_metric_sum, vector_length
+from common.metric_sums import METRIC_VECTOR, MetricSumError, decode_metric_sum, vector_length
 from common.payload import ARRAYS, CONFIG, EVAL, config_record, eval_record, state_to_arrays
 from common.secagg import AbortError, Manifest, SecAggError, SecAggResult, SecAggServer
 from common.secure_wire import SECAGG_ACTION, from_records, round_context, secagg_config, to_records
@@ -86,8 +86,12 @@ class SecureGridTransport(GridTransport):
             return {}, [str(exc)]
         result = summed.result
         per_platform = {platform_of(summed.replies[n], n): shared_metrics(summed.replies[n]) for n in result.survivors}
-        mean, _ = result.weighted_mean()
-        per_platform[AGGREGATE] = decode_metric_sum(mean, result.total_weight, splits, cfg.secure.clip_range)
+        mean, bound = result.weighted_mean()
+        try:
+            per_platform[AGGREGATE] = decode_metric_sum(mean, result.total_weight, splits, cfg.secure.clip_range, bound)
+        except MetricSumError as exc:  # a platform sent what no honest one does: no mean this round
+            log.warning("round %d: evaluation gave no metrics: %s", rnd, exc)
+            return {}, [*summed.failures, f"secure metric sum refused: {exc}"]
         return per_platform, summed.failures
 
     def _secure_sum(

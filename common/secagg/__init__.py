@@ -1,8 +1,8 @@
 """Secure aggregation of platform adapters (Bonawitz et al., CCS 2017), pure Python/numpy.
 
 The server learns only ``sum_i n_i * x_i`` and ``sum_i n_i`` over the surviving
-platforms (plus cohort totals of clipping counts), never one platform's adapter
-or example count. Five stages; each is one request/reply exchange:
+platforms (plus the clip reports of the cohort, as an unordered set: ``quantize``), never one
+platform's adapter or example count. Five stages; each is one request/reply exchange:
 
 =============  =====================================  ==========================================
 stage          server -> node (request fields)        node -> server (reply fields)
@@ -12,7 +12,7 @@ setup          cohort_size, context, vector_length,    platform, pk_c, pk_s (X25
                field                                   identity over keys, node id, context)
 share_keys     threshold, node_ids, platforms, pk_c,   receivers, ciphertexts (176 B each),
                pk_s, signatures (identical for all)    b_commit (32 B)
-masked_input   senders, ciphertexts (bundles for it)   masked (np.ndarray uint64, 4 + D words)
+masked_input   senders, ciphertexts (bundles for it)   masked (np.ndarray uint64, 385 + D words)
 consistency    active, dropped                         signature (over roster, U2, U3)
 unmask         active, dropped, signers, signatures    b_owners, b_shares, sk_owners, sk_shares
 =============  =====================================  ==========================================

@@ -27,9 +27,14 @@ import numpy as np
 from common.config import SecureSpec
 from common.secagg.errors import ConfigError
 
+# Each platform writes its clip report (clipped-value count, norm-clipped flag, weight-capped flag)
+# into one of REPORT_SLOTS slots per statistic, chosen secretly at random per round, so a platform
+# that lowers another's report must guess where it is (``quantize.decode_sum``: no slot may be < 0).
+REPORT_SLOTS = 128
+REPORTS = ("clipped-count", "norm-clipped", "weight-capped")
 # Number of uint words in front of the adapter values in every masked vector:
-# [weight n_i, clipped-value count, norm-clipped flag, weight-capped flag].
-HEADER_WORDS = 4
+# [weight n_i, REPORT_SLOTS words per statistic of REPORTS].
+HEADER_WORDS = 1 + len(REPORTS) * REPORT_SLOTS
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,17 @@ Encoding of one platform's input, in this order:
 5. ``q = rint(x * scale)`` with ``scale = Q / c``, ``Q = 2^(quant_bits-1) - 1``,
    so ``q`` is in ``[-Q, Q]`` and ``|q / scale - x| <= 1 / (2 * scale)``;
 6. weight ``n = min(n_i, max_weight)`` (capping reported);
-7. masked vector ``[n, clipped count, norm-clipped 0/1, capped 0/1, n * q]`` as
-   uint words (two's complement, mod 2^modulus_bits).
+7. masked vector ``[n, clip reports, n * q]`` as uint words (two's complement, mod
+   2^modulus_bits). The clip reports are ``REPORT_SLOTS`` words for each of the clipped-value
+   count, the norm-clipped 0/1 and the weight-capped 0/1; the platform writes each into a slot it
+   draws secretly at random (``report_slots``) and leaves the others 0.
+
+Why slots: a masked sum lets any platform add any residue, so one shared count word lets a
+platform subtract the others' counts and hide them. With slots, lowering a count it cannot see
+drives some slot below 0 (refused by ``decode_sum``) unless an honest platform that clipped
+happened to draw that slot: at most ``k - 1`` of the ``REPORT_SLOTS`` slots for k platforms. The
+server learns the counts of the cohort's platforms as an unordered set (one per slot, not whose),
+instead of only their total.
 
 Error bound of the decoded weighted mean (``weighted_mean``): for every
 coordinate j, with x_ij the *clipped* values and n_i the *capped* weights,
@@ -32,13 +41,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from common.secagg.config import HEADER_WORDS, SecAggConfig
+from common.secagg.config import HEADER_WORDS, REPORT_SLOTS, REPORTS, SecAggConfig
 from common.secagg.errors import ConfigError, InputError
 from common.tensor_layout import LayoutError, TensorLayout, TensorSpec
 
@@ -140,16 +150,29 @@ def check_weight(weight: Any) -> int:
     return value
 
 
+def report_slots() -> tuple[int, ...]:
+    """One secret, uniformly random slot per clip statistic (``REPORTS``), drawn afresh every round."""
+    return tuple(secrets.randbelow(REPORT_SLOTS) for _ in REPORTS)
+
+
 def encode_input(
-    tensors: Mapping[str, Any], weight: Any, manifest: Manifest, cfg: SecAggConfig
+    tensors: Mapping[str, Any],
+    weight: Any,
+    manifest: Manifest,
+    cfg: SecAggConfig,
+    slots: tuple[int, ...] | None = None,
 ) -> tuple[np.ndarray, InputReport]:
     """Validate, clip, quantise and weight one input; returns (uint words, report).
 
     The returned array has ``HEADER_WORDS + manifest.size`` words of
-    ``cfg.uint_dtype`` and is meant to be masked in place.
+    ``cfg.uint_dtype`` and is meant to be masked in place. ``slots`` (tests only) fixes the clip
+    report slots; by default they are ``report_slots()``.
     """
     validate_tensors(tensors, manifest)
     n = check_weight(weight)
+    slots = report_slots() if slots is None else slots
+    if len(slots) != len(REPORTS) or not all(0 <= s < REPORT_SLOTS for s in slots):
+        raise InputError(f"clip report slots must be {len(REPORTS)} values in [0, {REPORT_SLOTS}), got {slots}")
     capped = n > cfg.max_weight
     n = min(n, cfg.max_weight)
 
@@ -186,7 +209,10 @@ def encode_input(
             np.copyto(out, v, casting="unsafe")  # exact: integers below 2^52
             out *= n  # |n * q| <= max_weight * Q < 2^(bits-1) by the config check
             pos += m
-    words[:HEADER_WORDS] = (n, clipped, int(norm_clipped), int(capped))
+    words[:HEADER_WORDS] = 0
+    words[0] = n
+    for i, (slot, value) in enumerate(zip(slots, (clipped, int(norm_clipped), int(capped)), strict=True)):
+        words[1 + i * REPORT_SLOTS + slot] = value
 
     report = InputReport(
         weight=n,
@@ -229,24 +255,37 @@ def decode_sum(words: np.ndarray, cfg: SecAggConfig, num_inputs: int) -> Aggrega
 
     Raises InputError, naming the check, when the sum is impossible for ``num_inputs``
     honest inputs: total weight outside [num_inputs, num_inputs * max_weight] (every input
-    weighs at least 1), impossible clip counts, or a coordinate whose weighted mean leaves
-    [-c, c]. A malicious platform can still shift the sum *within* these bounds: that is
-    poisoning, which secure aggregation cannot see (README, threat model).
+    weighs at least 1), a clip report slot below 0 or totals above their maximum
+    (``clipped-count``, ``clip-flags``), a coordinate whose weighted mean leaves [-c, c]
+    (``clip-range``), or, with ``l2_clip`` > 0, a weighted sum outside total weight x the
+    honest inputs' L2 ball (``l2-norm``). Together these accept exactly the sums some honest
+    cohort could send. A malicious platform can still move the sum *within* them -- its body is
+    not checked against its own weight (README, threat model: the remaining bound).
     """
     signed = words.view(cfg.int_dtype)
-    total, clipped, norm_clipped, capped = (int(v) for v in signed[:HEADER_WORDS])
+    total = int(signed[0])
     body_len = signed.size - HEADER_WORDS
     if not num_inputs <= total <= num_inputs * cfg.max_weight:
         raise InputError(
             f"check `total-weight`: aggregate total weight {total} is outside [{num_inputs}, "
             f"{num_inputs * cfg.max_weight}] for {num_inputs} inputs (every platform weighs 1..max_weight)"
         )
-    if not 0 <= clipped <= num_inputs * body_len:
+    reports = [[int(v) for v in row] for row in signed[1:HEADER_WORDS].reshape(len(REPORTS), REPORT_SLOTS)]
+    low = [(name, slot, v) for name, row in zip(REPORTS, reports, strict=True) for slot, v in enumerate(row) if v < 0]
+    if low:
+        name, slot, value = low[0]
+        check = "clipped-count" if name == "clipped-count" else "clip-flags"
+        raise InputError(
+            f"check `{check}`: {name} report slot {slot} holds {value} < 0 (a platform lowered a report "
+            "it cannot see: another platform's)"
+        )
+    clipped, norm_clipped, capped = (sum(row) for row in reports)
+    if clipped > num_inputs * body_len:
         raise InputError(f"check `clipped-count`: aggregate clipped count {clipped} is impossible")
-    if not (0 <= norm_clipped <= num_inputs and 0 <= capped <= num_inputs):
+    if not (norm_clipped <= num_inputs and capped <= num_inputs):
         raise InputError("check `clip-flags`: aggregate clip/cap flags are impossible")
     body = signed[HEADER_WORDS:]
-    limit = total * cfg.q_max  # |sum_i n_i q_ij| <= sum_i n_i * Q: the fused mean lies in [-c, c]
+    limit = total * cfg.q_max  # |sum_i n_i q_i| <= sum_i n_i * Q: the fused mean lies in [-c, c]
     outside = int(np.count_nonzero((body > limit) | (body < -limit)))
     if outside:
         raise InputError(
@@ -254,6 +293,16 @@ def decode_sum(words: np.ndarray, cfg: SecAggConfig, num_inputs: int) -> Aggrega
             f"[-{cfg.clip_range}, {cfg.clip_range}] (a platform masked an out-of-range input)"
         )
     weighted_sum = body.astype(np.float64)
+    if cfg.l2_clip > 0:
+        # Honest q_i = rint(scale * x_i) with ||x_i|| <= l2_clip: ||q_i|| <= scale * l2_clip + sqrt(D) / 2,
+        # so ||sum_i n_i q_i|| <= W * that (+ float slack for the norm's own rounding).
+        radius = total * (cfg.l2_clip * cfg.scale + math.sqrt(body_len) / 2) * (1 + body_len * 2.0**-52)
+        norm = math.sqrt(float(np.dot(weighted_sum, weighted_sum)))
+        if norm > radius:
+            raise InputError(
+                f"check `l2-norm`: the fused mean's L2 norm {norm / total / cfg.scale:.6g} exceeds "
+                f"`l2_clip`={cfg.l2_clip} (+ half a grid step per value): no honest cohort sends this sum"
+            )
     weighted_sum /= cfg.scale
     bound = total / (2 * cfg.scale) + 4 * cfg.clip_range * max(total, 1) * 2.0**-52
     return Aggregate(weighted_sum, total, clipped, norm_clipped, capped, bound)

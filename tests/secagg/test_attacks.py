@@ -28,6 +28,7 @@ from clients.app import handle_evaluate, handle_secagg_stage, handle_train
 from common.config import AppConfig
 from common.payload import ARRAYS, CONFIG, FLAT, arrays_to_state, state_to_arrays
 from common.secagg import (
+    HEADER_WORDS,
     STAGE_CONSISTENCY,
     STAGE_MASKED_INPUT,
     STAGE_SHARE_KEYS,
@@ -460,7 +461,7 @@ def _masked_tamper(node_to_tamper: int, change: Callable[[np.ndarray], None]) ->
 @pytest.mark.parametrize(
     ("change", "check"),
     [
-        (lambda v: v.__setitem__(9, v[9] + np.uint64(1 << 50)), "clip-range"),  # an offset on one value
+        (lambda v: v.__setitem__(HEADER_WORDS + 5, v[HEADER_WORDS + 5] + np.uint64(1 << 50)), "clip-range"),  # a value
         (lambda v: v.__setitem__(1, v[1] + np.uint64(1 << 40)), "clipped-count"),  # a forged clipped count
         (lambda v: v.__setitem__(0, v[0] - np.uint64(1 << 30)), "total-weight"),  # weight driven to <= 0
     ],
@@ -592,3 +593,126 @@ def test_a_malformed_plain_reply_is_left_out(
 
 def _context_of(request: Message) -> bytes:
     return round_context(request.content.get(ARRAYS), request.content.get(CONFIG))
+
+
+# -- 6. one input per platform per round, for every secure sum (issue 22) ----------------
+def _two_allowed(configs: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Platforms whose own policy accepts a cohort of two (so a one-platform difference is possible)."""
+    return {n: {**c, "secagg-min-cohort": 2} for n, c in configs.items()}
+
+
+def _eval_errors(grid: HandlerGrid) -> dict[int, str]:
+    return {n: r.error.reason for n, kind, r in grid.delivered if r.has_error() and kind == MessageType.EVALUATE}
+
+
+def test_metric_differencing_under_fresh_round_numbers_is_refused(federation: Any, tmp_path: Path) -> None:
+    """The server asks for evaluations under round numbers nobody trained in: rounds 5 and 6, the
+    second without app, and differences the two sums.
+
+    On main 7f2a677 both sums came back (each (run, round, splits) was a fresh record), and their
+    difference is app's exact validation example count and AUC. Now a platform evaluates only the
+    round it has just trained in: both requests are refused before anything is evaluated.
+    """
+    from server.federation import AGGREGATE
+
+    _, configs, state = federation
+    cfg = _cfg(tmp_path, **{"secure.min-cohort": 2})
+    allowed = _two_allowed(configs)
+    everyone = HandlerGrid(_contexts(allowed))
+    all_three, _ = SecureGridTransport(everyone).evaluate_round(state, cfg, 5, ("valid",))
+    without_app = HandlerGrid(_contexts({n: c for n, c in allowed.items() if n != 101}))
+    two, _ = SecureGridTransport(without_app).evaluate_round(state, cfg, 6, ("valid",))
+    if AGGREGATE in all_three and AGGREGATE in two:  # the attack worked: say what it recovered
+        a, b = all_three[AGGREGATE], two[AGGREGATE]
+        count = a["valid.n"] - b["valid.n"]
+        auc = (a["valid.auc"] * a["valid.n"] - b["valid.auc"] * b["valid.n"]) / count
+        pytest.fail(f"differencing recovered app's count {count} and AUC {auc:.6f} "
+                    f"(app's own: {all_three['app']['valid.n']}, {all_three['app']['valid.auc']:.6f})")  # fmt: skip
+    errors, later = _eval_errors(everyone), _eval_errors(without_app)
+    assert len(errors) == 3 and all("did not train in round 5" in e for e in errors.values()), errors
+    assert len(later) == 2 and all("did not train in round 6" in e for e in later.values()), later
+
+
+def test_a_round_gets_one_metric_sum_whatever_its_splits(federation: Any, tmp_path: Path) -> None:
+    """After round 1's training and validation sum, the server asks for a second metric sum of round 1
+    under other splits (valid + test) from the cohort without app.
+
+    On main the record was per (round, splits): the second sum came back, and its validation part
+    minus the first sum's is app's. Now the platforms keep one metric record per round.
+    """
+    _, configs, state = federation
+    cfg = _cfg(tmp_path, **{"secure.min-cohort": 2})
+    allowed = _two_allowed(configs)
+    transport = SecureGridTransport(HandlerGrid(_contexts(allowed)))
+    fused, _, _ = transport.train_round(state, cfg, 1)
+    first, failures = transport.evaluate_round(fused, cfg, 1, ("valid",))
+    assert not failures and len(first) == 4, failures  # three platforms and the aggregate
+    grid = HandlerGrid(_contexts({n: c for n, c in allowed.items() if n != 101}))
+    second, _ = SecureGridTransport(grid).evaluate_round(fused, cfg, 1, ("valid", "test"))
+    errors = _eval_errors(grid)
+    assert not second and len(errors) == 2, (second, errors)
+    assert all("round 1 already received this platform's metrics" in e for e in errors.values()), errors
+
+
+def test_round_numbers_only_move_forward(federation: Any, tmp_path: Path) -> None:
+    """The server runs round 2, then asks for round 1 (which nobody has given an input to yet).
+
+    On main the record refused only a round already in it, so a run could go back to any round
+    number it had skipped. Now a round at or before the last one a platform trained in is refused.
+    """
+    _, configs, state = federation
+    cfg = _cfg(tmp_path)
+    SecureGridTransport(HandlerGrid(_contexts(configs))).train_round(state, cfg, 2)
+    grid = HandlerGrid(_contexts(configs))
+    with pytest.raises(RoundAborted):
+        SecureGridTransport(grid).train_round(state, cfg, 1)
+    errors = _errors(grid)
+    assert len(errors) == 3 and all("round 1 is not after round 2" in e for e in errors.values()), errors
+
+
+def test_the_final_test_is_of_the_model_evaluated_in_that_round(federation: Any, tmp_path: Path) -> None:
+    """The best round's test sum: the server sends another model (all zeros) than the one the
+    platforms evaluated in that round, then the right one, then asks for a second test sum.
+
+    On main any model was tested under any round. Now the test sum is once per run, of the very
+    model (same hash) the platform evaluated in that round.
+    """
+    _, configs, state = federation
+    cfg = _cfg(tmp_path)
+    transport = SecureGridTransport(HandlerGrid(_contexts(configs)))
+    fused, _, _ = transport.train_round(state, cfg, 1)
+    transport.evaluate_round(fused, cfg, 1, ("valid",))
+    other = {k: np.zeros_like(v) for k, v in fused.items()}
+    grid = HandlerGrid(_contexts(configs))
+    wrong, _ = SecureGridTransport(grid).evaluate_round(other, cfg, 1, ("test",))
+    errors = _eval_errors(grid)
+    assert not wrong and len(errors) == 3, errors
+    assert all("not the model this platform evaluated in round 1" in e for e in errors.values()), errors
+    tested, failures = transport.evaluate_round(fused, cfg, 1, ("test",))
+    assert not failures and "test.auc" in tested["*"], failures
+    grid = HandlerGrid(_contexts(configs))
+    again, _ = SecureGridTransport(grid).evaluate_round(fused, cfg, 1, ("test",))
+    errors = _eval_errors(grid)
+    assert not again and all("already received this platform's test metrics" in e for e in errors.values()), errors
+
+
+@pytest.mark.parametrize(
+    ("splits", "refusal"),
+    [(("valid", "valid"), "names split `valid` twice"), (("valid", "train"), "unknown split")],
+    ids=["repeated", "unknown"],
+)
+def test_an_evaluation_naming_a_split_twice_or_an_unknown_one_is_refused(
+    federation: Any, tmp_path: Path, splits: tuple[str, ...], refusal: str
+) -> None:
+    """The server asks for `valid,valid` (or an unknown split) in round 1's metric sum.
+
+    On main `valid,valid` was evaluated and each platform's validation metrics went into the sum
+    twice: the sum was no longer one input per platform. Now the request is refused.
+    """
+    _, configs, state = federation
+    cfg = _cfg(tmp_path)
+    grid = HandlerGrid(_contexts(configs))
+    fused, _, _ = SecureGridTransport(grid).train_round(state, cfg, 1)
+    evaluated, _ = SecureGridTransport(grid).evaluate_round(fused, cfg, 1, splits)
+    errors = _eval_errors(grid)
+    assert not evaluated and len(errors) == 3 and all(refusal in e for e in errors.values()), errors

@@ -7,6 +7,7 @@ import pytest
 
 from common.config import AppConfig
 from common.secagg import HEADER_WORDS, InputError, Manifest, SecAggConfig, TensorSpec
+from common.secagg.config import REPORT_SLOTS
 from common.secagg.errors import ConfigError
 from common.secagg.quantize import decode_sum, encode_input, quantization_bound, weighted_mean
 from common.secure_wire import secagg_config
@@ -147,12 +148,12 @@ def test_encoding_matches_simple_oracle(manifest):
     q = np.rint(np.clip(y, -0.5, 0.5) * cfg.scale).astype(np.int64) * 9
 
     # Execute
-    words, report = encode_input(tensors, 9, manifest, cfg)
+    words, report = encode_input(tensors, 9, manifest, cfg, slots=(3, 0, 7))
 
     # Assert
     signed = words.view(np.int64)
     np.testing.assert_array_equal(signed[HEADER_WORDS:], q)
-    assert list(signed[:HEADER_WORDS]) == [9, over, int(norm > 2.0), 0]
+    assert _header(signed) == {0: 9, 1 + 3: over, 1 + REPORT_SLOTS: int(norm > 2.0)}
     assert report.norm_clipped == (norm > 2.0) and report.clipped_values == over
     assert report.l2_norm == pytest.approx(norm)
 
@@ -160,11 +161,21 @@ def test_encoding_matches_simple_oracle(manifest):
 def test_clipping_and_capping_are_reported(caplog, manifest):
     cfg = SecAggConfig(clip_range=0.1, max_weight=50, min_cohort=3)
     tensors = {k: v * 0 + 1.0 for k, v in _good(manifest).items()}  # all values 1.0 > c
-    words, report = encode_input(tensors, 80, manifest, cfg)
+    words, report = encode_input(tensors, 80, manifest, cfg, slots=(0, 0, 5))
     assert report.clipped_values == manifest.size
     assert report.weight_capped and report.weight == 50
-    assert list(words[:HEADER_WORDS]) == [50, manifest.size, 0, 1]
+    assert _header(words.view(np.int64)) == {0: 50, 1: manifest.size, 1 + 2 * REPORT_SLOTS + 5: 1}
     assert "clipped" in caplog.text
+
+
+def _header(signed: np.ndarray) -> dict[int, int]:
+    """The non-zero header words (weight and clip reports) by position."""
+    return {i: int(v) for i, v in enumerate(signed[:HEADER_WORDS]) if v}
+
+
+def test_report_slots_are_checked(cfg, manifest):
+    with pytest.raises(InputError, match="clip report slots"):
+        encode_input(_good(manifest), 1, manifest, cfg, slots=(0, 0, REPORT_SLOTS))
 
 
 def test_nothing_clipped_logs_nothing(caplog, cfg, manifest):
@@ -231,7 +242,9 @@ _LIMIT = TOTAL * _CFG.q_max  # |sum_i n_i q_i| <= sum_i n_i * Q
         (0, N_IN, None), (0, N_IN - 1, "total-weight"),  # every input weighs >= 1
         (0, N_IN * _CFG.max_weight, None), (0, N_IN * _CFG.max_weight + 1, "total-weight"),
         (1, N_IN * D_SUM, None), (1, N_IN * D_SUM + 1, "clipped-count"), (1, -1, "clipped-count"),
-        (2, N_IN, None), (2, N_IN + 1, "clip-flags"), (3, -1, "clip-flags"),
+        (REPORT_SLOTS, -1, "clipped-count"),  # every slot >= 0: lowering another's report shows
+        (1 + REPORT_SLOTS, N_IN, None), (1 + REPORT_SLOTS, N_IN + 1, "clip-flags"),
+        (1 + 2 * REPORT_SLOTS, -1, "clip-flags"), (HEADER_WORDS - 1, N_IN, None),
         (HEADER_WORDS, _LIMIT, None), (HEADER_WORDS, _LIMIT + 1, "clip-range"),
         (HEADER_WORDS + 3, -_LIMIT, None), (HEADER_WORDS + 3, -_LIMIT - 1, "clip-range"),
     ],
