@@ -46,6 +46,9 @@ from pathlib import Path
 from typing import Any
 
 from common.config import ConfigError, parse_config_strings
+from common.data import load_platform
+from common.files import InputFileError
+from common.ports import check_listen
 from common.secagg.errors import SecAggError
 from deploy.book import remember_run
 from deploy.certs import CertError, TlsFiles, create_node_key, create_tls, load_node_private_key, public_key_fingerprint
@@ -71,7 +74,8 @@ from deploy.processes import free_ports
 
 DEFAULT_MAX_WAIT_S = 600.0  # a SuperNode that cannot reach or is refused by the SuperLink stops, saying why
 FLOWER_CONNECTION_ERROR = 305  # flwr 1.42 ExitCode.SUPERNODE_CONNECTION_ERROR
-USER_ERRORS = (CertError, ConfigError, DeployError, SecAggError)  # one line + exit 2, like crossfed's other user errors
+# one line + exit 2, like crossfed's other user errors
+USER_ERRORS = (CertError, ConfigError, DeployError, SecAggError, InputFileError)
 CONNECTION = "crossfed"
 
 
@@ -294,10 +298,15 @@ def cmd_superlink(args: argparse.Namespace) -> int:
     if args.print:
         print(" ".join(cmd))
         return 0
+    check_listen(args.host, args.port)  # now, not after Flower has started and logged its own failure
     return _foreground([cmd], base_env())
 
 
 def cmd_supernode(args: argparse.Namespace) -> int:
+    if args.runtime_port and not args.print:
+        check_listen("127.0.0.1", args.runtime_port, "--runtime-port")
+    if args.data:  # a bad file is one line now, not a failed first round in Flower's log
+        load_platform(Path(args.data).expanduser(), args.platform)
     if not args.insecure:
         if args.key is None:
             raise DeployError("--key PLATFORM.key is required (create it with `crossfed deploy node-key`)")
