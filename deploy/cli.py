@@ -289,6 +289,8 @@ def cmd_provision(args: argparse.Namespace) -> int:
 
 
 def cmd_superlink(args: argparse.Namespace) -> int:
+    if not args.print:
+        check_listen(args.host, args.port)  # now, not after Flower has started and logged its own failure
     tls = None if args.insecure else TlsFiles.in_dir(_need(args.certs, "--certs")).check()
     spec = SuperLinkSpec(tls=tls, host=args.host, port=args.port, node_auth=not (args.no_node_auth or args.insecure),
                          database=args.database, insecure=args.insecure)  # fmt: skip
@@ -298,7 +300,6 @@ def cmd_superlink(args: argparse.Namespace) -> int:
     if args.print:
         print(" ".join(cmd))
         return 0
-    check_listen(args.host, args.port)  # now, not after Flower has started and logged its own failure
     return _foreground([cmd], base_env())
 
 

@@ -62,8 +62,8 @@ def read_ids(path: Path, column: str) -> list[str]:
     :class:`~common.files.InputFileError` naming the file, line and field."""
     first = next((line for _, line in input_lines(path) if line.strip()), None)
     if first is None:
-        raise InputFileError.at(path, "empty file", expected=f"one {column} a line, or a CSV with a `{column}` column",
-                                got="no ids")  # fmt: skip
+        raise InputFileError.at(path, "empty file", line=1, got="no ids",
+                                expected=f"one {column} a line, or a CSV with a `{column}` column")  # fmt: skip
     if "," in first:
         ids = [_value(row, column, path, line) for line, row in CsvRecords(path, (column,))]
     else:

@@ -107,8 +107,8 @@ ID_CASES = {
     "CSV short row": (b"name,user_id\nx\n", None, ":2: field `user_id`: missing field"),
     "CSV empty id": (b"name,user_id\nx, \n", None, ":2: field `user_id`: empty value"),
     "CSV without the column": (b"name,id\nx,u1\n", None, ":1: field `user_id`: missing column"),
-    "empty file": (b"", None, ": empty file"),
-    "blank lines only": (b"\n \n", None, ": empty file"),
+    "empty file": (b"", None, ":1: empty file"),
+    "blank lines only": (b"\n \n", None, ":1: empty file"),
     "header only": (b"user_id\n", None, ":1: field `user_id`: no ids"),
     "not UTF-8": (b"u1\n\xff\xfe\n", None, ":2: invalid UTF-8"),
 }
