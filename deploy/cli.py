@@ -37,7 +37,6 @@ import json
 import logging
 import math
 import os
-import signal
 import subprocess
 import sys
 import warnings
@@ -70,7 +69,7 @@ from deploy.commands import (
 from deploy.errors import DeployError, InsecureDeploymentWarning
 from deploy.flwr_cli import Connection, register_node, start_run, wait_run
 from deploy.operate import collect_status, format_status, run_outcome
-from deploy.processes import free_ports
+from deploy.processes import free_ports, run_foreground
 
 DEFAULT_MAX_WAIT_S = 600.0  # a SuperNode that cannot reach or is refused by the SuperLink stops, saying why
 FLOWER_CONNECTION_ERROR = 305  # flwr 1.42 ExitCode.SUPERNODE_CONNECTION_ERROR
@@ -300,7 +299,7 @@ def cmd_superlink(args: argparse.Namespace) -> int:
     if args.print:
         print(" ".join(cmd))
         return 0
-    return _foreground([cmd], base_env())
+    return run_foreground([cmd], base_env())
 
 
 def cmd_supernode(args: argparse.Namespace) -> int:
@@ -326,13 +325,13 @@ def cmd_supernode(args: argparse.Namespace) -> int:
     env = {**base_env(), **supernode_env(spec), **thread_env(args.threads)}
     cmds = [supernode_command(spec)]
     if spec.isolation == "process":
-        cmds.append(worker_command(spec.runtime_port, parent_pid=0))  # pid filled in by _foreground
+        cmds.append(worker_command(spec.runtime_port, parent_pid=0))  # pid filled in by run_foreground
     if args.print:
         caps = " ".join(f"{k}={v}" for k, v in env.items() if k in THREAD_VARS)
         for cmd in cmds:
             print(" ".join([caps, *cmd]) if caps else " ".join(cmd))
         return 0
-    code = _foreground(cmds, env)
+    code = run_foreground(cmds, env)
     if code == FLOWER_CONNECTION_ERROR:
         print(refusal_hint(spec), file=sys.stderr)
     return code
@@ -412,37 +411,6 @@ def _connection(args: argparse.Namespace) -> Connection:
     if args.insecure:
         print("crossfed: warning: --insecure: plaintext HTTP to the SuperLink", file=sys.stderr)
     return conn
-
-
-def _foreground(cmds: list[list[str]], env: dict[str, str]) -> int:
-    """Run the first command (and companions) in the foreground; Ctrl-C / SIGTERM stop all of them."""
-    main = subprocess.Popen(cmds[0], env=env)  # noqa: S603
-    companions = []
-    for cmd in cmds[1:]:
-        cmd = [
-            str(main.pid) if c == "0" and prev == "--parent-pid" else c
-            for prev, c in zip(["", *cmd], cmd, strict=False)
-        ]
-        companions.append(subprocess.Popen(cmd, env=env))  # noqa: S603
-
-    def stop(*_: object) -> None:
-        for p in [main, *companions]:
-            if p.poll() is None:
-                p.terminate()
-
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        return main.wait()
-    except KeyboardInterrupt:
-        stop()
-        return main.wait()
-    finally:
-        stop()
-        for p in companions:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
