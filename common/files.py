@@ -138,9 +138,13 @@ def max_field_chars() -> int:
     raw = os.environ.get(MAX_FIELD_ENV)
     if raw is None:
         return MAX_FIELD_CHARS
-    if not raw.strip().isdigit() or int(raw) < 1:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
         raise InputFileError(f"${MAX_FIELD_ENV} must be a positive integer, got {raw!r}")
-    return int(raw)
+    return value
 
 
 def max_line_bytes(field_chars: int | None = None) -> int:
@@ -217,16 +221,18 @@ def _lines(path: Path, encoding: str, line_bytes: int, error: type[InputFileErro
 
 
 def input_lines(
-    path: Path | str, *, encoding: str = ENCODING, error: type[InputFileError] = InputFileError
-) -> Iterator[tuple[int, str]]:
-    """``(line number, line without its ending)`` of a text file, read with bounded memory."""
+    path: Path | str, *, encoding: str = ENCODING, error: type[InputFileError] = InputFileError,
+    field: str | None = None,
+) -> Iterator[tuple[int, str]]:  # fmt: skip
+    """``(line number, line without its ending)`` of a text file, read with bounded memory. ``field``: the
+    name of a file's one column (an id list): errors name it, and a line too long is a field too long."""
     path = Path(path)
-    number = 0
     try:
-        for number, line in enumerate(_lines(path, encoding, max_line_bytes(), error), start=1):  # noqa: B007
+        for number, line in enumerate(_lines(path, encoding, max_line_bytes(), error), start=1):
             yield number, line.rstrip("\r\n")
     except _BadLine as bad:
-        raise error.at(path, bad.problem, line=bad.line, expected=bad.expected, got=bad.got) from None
+        problem = "field too long" if field and bad.problem == "line too long" else bad.problem
+        raise error.at(path, problem, line=bad.line, field=field, expected=bad.expected, got=bad.got) from None
 
 
 class CsvRecords:

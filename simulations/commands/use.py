@@ -69,7 +69,7 @@ def read_ids(path: Path, column: str) -> list[str]:
     else:
         limit = max_field_chars()
         ids = []
-        for line, text in input_lines(path):
+        for line, text in input_lines(path, field=column):
             value = text.strip()
             if len(value) > limit:
                 raise InputFileError.at(path, "field too long", line=line, field=column,

@@ -110,7 +110,7 @@ ID_CASES = {
     "empty file": (b"", None, ":1: empty file"),
     "blank lines only": (b"\n \n", None, ":1: empty file"),
     "header only": (b"user_id\n", None, ":1: field `user_id`: no ids"),
-    "not UTF-8": (b"u1\n\xff\xfe\n", None, ":2: invalid UTF-8"),
+    "not UTF-8": (b"u1\n\xff\xfe\n", None, ":2: field `user_id`: invalid UTF-8"),
 }
 
 
@@ -124,6 +124,18 @@ def test_read_ids(tmp_path: Path, raw: bytes, ids: list[str] | None, error: str 
     with pytest.raises(InputFileError) as info:
         read_ids(path, "user_id")
     assert _one_line(info.value).startswith(f"{path}{error}"), str(info.value)
+
+
+@pytest.mark.parametrize("length", [50, 1_000], ids=["over the field limit", "over the line limit too"])
+def test_read_ids_refuses_a_long_id_naming_line_and_column(tmp_path: Path, length: int) -> None:
+    # Prepare: a 10-character field limit, so lines over 160 bytes are cut off unread
+    path = tmp_path / "users.txt"
+    path.write_text("u1\n" + "x" * length + "\n", encoding="utf-8")
+    # Execute
+    with mock.patch.dict(os.environ, {MAX_FIELD_ENV: "10"}), pytest.raises(InputFileError) as info:
+        read_ids(path, "user_id")
+    # Assert
+    assert _one_line(info.value).startswith(f"{path}:2: field `user_id`: field too long"), str(info.value)
 
 
 PAIR_CASES = {
