@@ -17,7 +17,10 @@ import pytest
 from deploy.commands import REPO_ROOT
 from deploy.processes import _alive, descendants, free_ports, stop_tree
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's"),
+]
 SIGNALS = {"SIGTERM": signal.SIGTERM, "SIGINT": signal.SIGINT, "SIGKILL": signal.SIGKILL}
 
 
