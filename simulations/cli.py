@@ -38,7 +38,8 @@ USER_ERRORS = (InputFileError, ConfigError, FileNotFoundError)  # InputFileError
 # Errors of modules that load torch, Flower or cryptography: looked up only once a command has loaded them.
 LAZY_ERRORS = (
     ("common.modeling", "ModelLoadError"), ("server.checkpoint", "CheckpointError"),
-    ("deploy.certs", "CertError"), ("deploy.errors", "DeployError"),  # = deploy.cli.USER_ERRORS
+    ("deploy.certs", "CertError"), ("deploy.errors", "DeployError"),
+    ("common.secagg.errors", "SecAggError"),  # with the three above = deploy.cli.USER_ERRORS (a roster, a key)
 )  # fmt: skip
 # Commands whose parsers live in heavy modules: mounted only when invoked (a stub with its help otherwise).
 LAZY_COMMANDS = {

@@ -130,15 +130,19 @@ def _busy_port() -> socket.socket:
           "--runtime-port", "BUSY"], "Address already in use (--runtime-port)"),
         (["deploy", "supernode", "--platform", "app", "--superlink", "127.0.0.1:1", "--insecure", "--data", "MISSING"],
          "platform folder not found"),
+        (["deploy", "supernode", "--platform", "app", "--superlink", "127.0.0.1:1", "--insecure", "--secagg-identity",
+          "MISSING", "--secagg-roster", "ROSTER"], "roster.json:1: invalid UTF-8"),
     ],
     ids=["bad flag", "no run", "missing --users", "export no run", "serve no run", "serve busy port",
-         "simulate missing data", "superlink busy port", "supernode busy runtime port", "supernode missing data"],
+         "simulate missing data", "superlink busy port", "supernode busy runtime port", "supernode missing data",
+         "supernode roster not UTF-8"],
 )  # fmt: skip
 def test_refusals_come_before_torch_is_imported(tmp_path: Path, args: list[str], says: str) -> None:
     # Prepare: a port another server listens on; paths that do not exist
     with _busy_port() as busy:
         names = {"RUN": tmp_path / "run", "OUT": tmp_path / "out", "MISSING": tmp_path / "missing",
-                 "BUSY": busy.getsockname()[1]}  # fmt: skip
+                 "BUSY": busy.getsockname()[1], "ROSTER": tmp_path / "roster.json"}  # fmt: skip
+        names["ROSTER"].write_bytes(b'\xff{"format": ')
         # Execute
         line, imported = _refusal(*(str(names.get(a, a)) for a in args))
     # Assert: refused, in one line, with neither torch nor transformers loaded (nor any Flower process started)
