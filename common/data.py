@@ -11,9 +11,10 @@ to a platform: the same id on two platforms is not assumed to be the same person
 
 Everything a platform owner can get wrong is a :class:`DatasetError` whose one-line
 message names the file, line and field and says what was expected, so the owner can fix
-the file without reading this code. Repeated interaction rows (same user, item and
-timestamp: a double export, a retried upload) are not worth stopping for: the repeats are
-dropped and counted in one logged warning. The writer renders a platform to text and
+the file without reading this code. The files are read by :class:`common.files.CsvRecords`
+(declared UTF-8, bounded lines and fields; DatasetError is its error kind here). Repeated
+interaction rows (same user, item and timestamp: a double export, a retried upload) are not
+worth stopping for: the repeats are dropped and counted in one logged warning. The writer renders a platform to text and
 parses it back with the same validator before touching the disk, so it never writes a file
 the loader would reject.
 """
@@ -262,7 +263,8 @@ def _check_rating(value: float, scale: RatingScale | None, raw: str, path: Path,
 def parse_interactions(
     text: str | None, path: Path, items: dict[str, Item], rating_scale: RatingScale | None = None
 ) -> tuple[list[Interaction], Feedback]:
-    """The platform's interactions in file order, repeated rows dropped (one warning), and its feedback kind.
+    """The platform's interactions in file order, repeated rows dropped (one warning), and its feedback kind:
+    from ``text``, or (``text`` None) from the file at ``path``, read as it streams.
 
     ``rating_scale`` (lowest, highest), when declared, refuses a rating outside it: a 99 on a
     1-5 scale would be a like by any threshold and silently bias training.
