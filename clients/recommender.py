@@ -45,7 +45,7 @@ from common.config import AppConfig
 from common.data import PlatformData
 from common.item_stats import ItemStats
 from common.modeling import PrivateParts, Scorer, load_adapter, pick_device, set_private_layers
-from common.run_files import ADAPTER_DIR, SUMMARY_FILE, read_summary
+from common.run_files import ADAPTER_DIR, RunFileError, read_finished_summary
 from common.splits import UserHistory, current_histories, interaction_labels, split_platform
 
 log = logging.getLogger("crossfed.recommend")
@@ -69,11 +69,10 @@ class Scored:
 
 def read_run(run_dir: Path) -> tuple[AppConfig, dict]:
     """The run's config and summary; RecommendError naming the missing file otherwise."""
-    summary = read_summary(run_dir) if (run_dir / ADAPTER_DIR).is_dir() else None
-    if summary is None:
-        raise RecommendError(
-            f"{run_dir}: not a finished run (expected {run_dir / SUMMARY_FILE} and {run_dir / ADAPTER_DIR}/)"
-        )
+    try:
+        summary = read_finished_summary(run_dir)
+    except RunFileError as exc:
+        raise RecommendError(str(exc)) from None
     return AppConfig.from_flat(summary["config"]), summary
 
 

@@ -19,7 +19,6 @@ FastAPI and uvicorn come with Flower (``flwr`` serves its own APIs with them), a
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,7 +26,6 @@ from fastapi import FastAPI, HTTPException, Query
 from pydantic import BaseModel, Field
 
 from clients.recommender import Recommender, RecommendError
-from common.config import ConfigError
 
 log = logging.getLogger("crossfed.serve")
 
@@ -89,19 +87,6 @@ def create_app(recommenders: Mapping[str, Recommender], info: Mapping[str, Any] 
         return {"platform": platform, "user_id": body.user_id, "scores": scores}
 
     return app
-
-
-def check_address(host: str, port: int) -> None:
-    """Refuse, before any model is loaded, an address the server could not listen on (a port in use,
-    a host not on this machine): uvicorn would load everything first, then exit 1 with its own log line.
-    Bound the way uvicorn binds (``SO_REUSEADDR``), so a port left in TIME_WAIT is not refused."""
-    try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-    except OSError as exc:
-        raise ConfigError(f"cannot serve on {host}:{port}: {exc.strerror or exc} (--host / --port)") from None
 
 
 def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:

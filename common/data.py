@@ -11,9 +11,10 @@ to a platform: the same id on two platforms is not assumed to be the same person
 
 Everything a platform owner can get wrong is a :class:`DatasetError` whose one-line
 message names the file, line and field and says what was expected, so the owner can fix
-the file without reading this code. Repeated interaction rows (same user, item and
-timestamp: a double export, a retried upload) are not worth stopping for: the repeats are
-dropped and counted in one logged warning. The writer renders a platform to text and
+the file without reading this code. The files are read by :class:`common.files.CsvRecords`
+(declared UTF-8, bounded lines and fields; DatasetError is its error kind here). Repeated
+interaction rows (same user, item and timestamp: a double export, a retried upload) are not
+worth stopping for: the repeats are dropped and counted in one logged warning. The writer renders a platform to text and
 parses it back with the same validator before touching the disk, so it never writes a file
 the loader would reject.
 """
@@ -33,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from common.files import atomic_write_bytes, result_dir_mode
+from common.files import CsvRecords, InputFileError, atomic_write_bytes, result_dir_mode
 
 USER_COL = "user_id"
 ITEM_COL = "item_id"
@@ -50,34 +51,14 @@ INTERACTIONS_FILE = "interactions.csv"
 # accepted; later ones are refused (a typo'd year, milliseconds read as seconds).
 FUTURE_SLACK_S = 86_400.0
 
-# Per field: a 5,000-character description loads; an unclosed quote that swallows the rest of
-# a large file into one field is reported where it starts instead of crashing in ``csv``.
-MAX_FIELD_CHARS = 1 << 20
-
 log = logging.getLogger(__name__)
 
 Feedback = Literal["rating", "label", "implicit"]
 
 
-class DatasetError(Exception):
-    """A dataset file is missing or malformed; the message is one line the owner can act on."""
-
-    @classmethod
-    def at(
-        cls,
-        file: Path | str,
-        problem: str,
-        *,
-        line: int | None = None,
-        field: str | None = None,
-        expected: str | None = None,
-        got: object = None,
-    ) -> DatasetError:
-        """``<file>:<line>: field `<field>`: <problem> (expected ..., got ...)``."""
-        where = f"{file}:{line}" if line is not None else str(file)
-        what = f"field `{field}`: {problem}" if field is not None else problem
-        detail = f" (expected {expected}, got {got!r})" if expected is not None else ""
-        return cls(f"{where}: {what}{detail}".replace("\n", " "))
+class DatasetError(InputFileError):
+    """A dataset file is missing or malformed; the message is one line the owner can act on
+    (``DatasetError.at``: file, line, field, expected and got)."""
 
 
 @dataclass(frozen=True)
@@ -110,75 +91,11 @@ class PlatformData:
 # --- reading -----------------------------------------------------------------------------
 
 
-def _decode(raw: bytes, path: Path) -> str:
-    try:
-        return raw.decode("utf-8-sig")  # tolerate the BOM that spreadsheet exports add
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise DatasetError.at(
-            path, "invalid UTF-8", line=line, expected="UTF-8 text", got=raw[e.start : e.end]
-        ) from None
-
-
-def _read_text(path: Path) -> str:
-    if not path.is_file():
-        raise DatasetError.at(path, "file not found")
-    return _decode(path.read_bytes(), path)
-
-
-def _lift_csv_limit(text: str) -> None:
-    """Make sure Python's ``csv`` never refuses a field of ``text``.
-
-    Its limit (128 KiB by default) is process-wide and its error names neither file, line nor
-    field. No field is longer than its file, so lifting the limit to the file's length (it
-    only ever grows) hands the check to :func:`_check_field_sizes`, whose error names them.
-    """
-    if csv.field_size_limit() < len(text):
-        csv.field_size_limit(len(text))
-
-
-def _check_field_sizes(names: Sequence[str], row: Sequence[str], path: Path, line: int) -> None:
-    """Refuse a field over :data:`MAX_FIELD_CHARS`; ``line`` is where its record starts."""
-    for name, value in zip(names, row, strict=False):
-        if len(value) > MAX_FIELD_CHARS:
-            raise DatasetError.at(
-                path, "field too long (an unclosed quote?)", line=line, field=name,
-                expected=f"at most {MAX_FIELD_CHARS} characters", got=f"{len(value)} characters",
-            )  # fmt: skip
-
-
-def _rows(text: str, path: Path, required: Sequence[str]) -> tuple[list[str], Iterable[tuple[int, dict[str, str]]]]:
-    """Header plus ``(line, row)`` pairs; checks the header, every row's field count and field sizes."""
-    _lift_csv_limit(text)
-    reader = csv.reader(io.StringIO(text, newline=""))
-    raw_header = next(reader, [])
-    _check_field_sizes([f"#{i + 1}" for i in range(len(raw_header))], raw_header, path, 1)
-    header = [name.strip() for name in raw_header]
-    for name in required:
-        if name not in header:
-            raise DatasetError.at(
-                path,
-                "missing column",
-                line=1,
-                field=name,
-                expected=f"header with {list(required)}",
-                got=",".join(header),
-            )
-
-    def rows() -> Iterable[tuple[int, dict[str, str]]]:
-        start = reader.line_num + 1  # a quoted field can span lines: report where its record starts
-        for row in reader:
-            _check_field_sizes(header, row, path, start)
-            start = reader.line_num + 1
-            if not row:  # blank line
-                continue
-            if len(row) != len(header):
-                raise DatasetError.at(
-                    path, "wrong number of fields", line=reader.line_num, expected=f"{len(header)} fields", got=len(row)
-                )
-            yield reader.line_num, dict(zip(header, row, strict=True))
-
-    return header, rows()
+def _records(source: Path | str, path: Path, required: Sequence[str]) -> CsvRecords:
+    """The file at ``path`` (or ``source``, its text) read by the one CSV reader, errors as DatasetError."""
+    if isinstance(source, str):
+        return CsvRecords(io.StringIO(source, newline=""), required, path=path, error=DatasetError)
+    return CsvRecords(path, required, error=DatasetError)
 
 
 def _required(row: dict[str, str], name: str, path: Path, line: int) -> str:
@@ -241,8 +158,9 @@ def _seconds(raw: str, path: Path, line: int) -> float:
     return moment.timestamp()
 
 
-def parse_items(text: str, path: Path) -> dict[str, Item]:
-    header, rows = _rows(text, path, (ITEM_COL, TITLE_COL))
+def parse_items(text: str | None, path: Path) -> dict[str, Item]:
+    """The catalogue in ``text``, or (``text`` None) in the file at ``path``, read as it streams."""
+    rows = _records(path if text is None else text, path, (ITEM_COL, TITLE_COL))
     items: dict[str, Item] = {}
     first_line: dict[str, int] = {}
     for line, row in rows:
@@ -343,15 +261,16 @@ def _check_rating(value: float, scale: RatingScale | None, raw: str, path: Path,
 
 
 def parse_interactions(
-    text: str, path: Path, items: dict[str, Item], rating_scale: RatingScale | None = None
+    text: str | None, path: Path, items: dict[str, Item], rating_scale: RatingScale | None = None
 ) -> tuple[list[Interaction], Feedback]:
-    """The platform's interactions in file order, repeated rows dropped (one warning), and its feedback kind.
+    """The platform's interactions in file order, repeated rows dropped (one warning), and its feedback kind:
+    from ``text``, or (``text`` None) from the file at ``path``, read as it streams.
 
     ``rating_scale`` (lowest, highest), when declared, refuses a rating outside it: a 99 on a
     1-5 scale would be a like by any threshold and silently bias training.
     """
-    header, rows = _rows(text, path, (USER_COL, ITEM_COL, TIME_COL))
-    feedback = _feedback(header, path)
+    rows = _records(path if text is None else text, path, (USER_COL, ITEM_COL, TIME_COL))
+    feedback = _feedback(rows.header, path)
     parsed: list[tuple[int, Interaction]] = []
     for line, row in rows:
         user_id = _required(row, USER_COL, path, line)
@@ -405,8 +324,8 @@ def load_platform(root: Path, name: str, rating_scale: RatingScale | None = None
     if not folder.is_dir():
         raise DatasetError.at(folder, "platform folder not found")
     items_path, inter_path = folder / ITEMS_FILE, folder / INTERACTIONS_FILE
-    items = parse_items(_read_text(items_path), items_path)
-    interactions, feedback = parse_interactions(_read_text(inter_path), inter_path, items, rating_scale)
+    items = parse_items(None, items_path)
+    interactions, feedback = parse_interactions(None, inter_path, items, rating_scale)
     return PlatformData(name, items, interactions, feedback)
 
 

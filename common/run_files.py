@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from common.files import atomic_write_text, result_mode
+from common.files import InputFileError, atomic_write_text, read_json, result_mode
 
 ROUNDS_FILE = "rounds.jsonl"  # one JSON line per round
 SUMMARY_FILE = "summary.json"  # best round, its test metrics, the run's flat config
@@ -24,8 +24,8 @@ ADAPTER_DIR = "adapter"  # the best fused model: PEFT folder + head.safetensors
 PRIVATE_DIR = "private"  # simulation only: <run>/private/<platform>/round-<r>.safetensors
 
 
-class RunFileError(ValueError):
-    """A run file that exists but cannot be read (not JSON, or not the expected shape)."""
+class RunFileError(InputFileError, ValueError):
+    """A run file that exists but cannot be read (not UTF-8, not JSON, or not the expected shape)."""
 
 
 def clean(value: Any) -> Any:
@@ -107,10 +107,18 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
     path = run_dir / SUMMARY_FILE
     if not path.is_file():
         return None
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunFileError(f"{path}: not a readable run summary ({exc})") from exc
+    summary = read_json(path, error=RunFileError)  # UTF-8 JSON; else one line naming the file and line
     if not isinstance(summary, dict):
         raise RunFileError(f"{path}: not a run summary (a JSON object), got {type(summary).__name__}")
+    return summary
+
+
+def read_finished_summary(run_dir: Path) -> dict[str, Any]:
+    """The ``summary.json`` of a finished run (one with its ``adapter/``); RunFileError naming what is
+    missing otherwise. Light (no torch): the CLI asks it before loading a model from the run."""
+    summary = read_summary(run_dir) if (run_dir / ADAPTER_DIR).is_dir() else None
+    if summary is None:
+        raise RunFileError(
+            f"{run_dir}: not a finished run (expected {run_dir / SUMMARY_FILE} and {run_dir / ADAPTER_DIR}/)"
+        )
     return summary

@@ -44,7 +44,6 @@ import json
 import logging
 import math
 import os
-import signal
 import subprocess
 import sys
 import warnings
@@ -53,6 +52,9 @@ from pathlib import Path
 from typing import Any
 
 from common.config import ConfigError, parse_config_strings
+from common.data import load_platform
+from common.files import InputFileError
+from common.ports import check_listen
 from common.secagg.errors import SecAggError
 from deploy.book import remember_run
 from deploy.certs import CertError, TlsFiles, create_node_key, create_tls, load_node_private_key, public_key_fingerprint
@@ -74,11 +76,12 @@ from deploy.commands import (
 from deploy.errors import DeployError, InsecureDeploymentWarning
 from deploy.flwr_cli import Connection, register_node, start_run, wait_run
 from deploy.operate import collect_status, format_status, run_outcome
-from deploy.processes import free_ports
+from deploy.processes import free_ports, run_foreground
 
 DEFAULT_MAX_WAIT_S = 600.0  # a SuperNode that cannot reach or is refused by the SuperLink stops, saying why
 FLOWER_CONNECTION_ERROR = 305  # flwr 1.42 ExitCode.SUPERNODE_CONNECTION_ERROR
-USER_ERRORS = (CertError, ConfigError, DeployError, SecAggError)  # one line + exit 2, like crossfed's other user errors
+# one line + exit 2, like crossfed's other user errors
+USER_ERRORS = (CertError, ConfigError, DeployError, SecAggError, InputFileError)
 CONNECTION = "crossfed"
 
 
@@ -377,6 +380,8 @@ def cmd_provision(args: argparse.Namespace) -> int:
 
 
 def cmd_superlink(args: argparse.Namespace) -> int:
+    if not args.print:
+        check_listen(args.host, args.port)  # now, not after Flower has started and logged its own failure
     tls = None if args.insecure else TlsFiles.in_dir(_need(args.certs, "--certs")).check()
     spec = SuperLinkSpec(tls=tls, host=args.host, port=args.port, node_auth=not (args.no_node_auth or args.insecure),
                          database=args.database, insecure=args.insecure)  # fmt: skip
@@ -386,10 +391,14 @@ def cmd_superlink(args: argparse.Namespace) -> int:
     if args.print:
         print(" ".join(cmd))
         return 0
-    return _foreground([cmd], base_env())
+    return run_foreground([cmd], base_env())
 
 
 def cmd_supernode(args: argparse.Namespace) -> int:
+    if args.runtime_port and not args.print:
+        check_listen("127.0.0.1", args.runtime_port, "--runtime-port")
+    if args.data:  # a bad file is one line now, not a failed first round in Flower's log
+        load_platform(Path(args.data).expanduser(), args.platform)
     if not args.insecure:
         if args.key is None:
             raise DeployError("--key PLATFORM.key is required (create it with `crossfed deploy node-key`)")
@@ -408,13 +417,13 @@ def cmd_supernode(args: argparse.Namespace) -> int:
     env = {**base_env(), **supernode_env(spec), **thread_env(args.threads)}
     cmds = [supernode_command(spec)]
     if spec.isolation == "process":
-        cmds.append(worker_command(spec.runtime_port, parent_pid=0))  # pid filled in by _foreground
+        cmds.append(worker_command(spec.runtime_port, parent_pid=0))  # pid filled in by run_foreground
     if args.print:
         caps = " ".join(f"{k}={v}" for k, v in env.items() if k in THREAD_VARS)
         for cmd in cmds:
             print(" ".join([caps, *cmd]) if caps else " ".join(cmd))
         return 0
-    code = _foreground(cmds, env)
+    code = run_foreground(cmds, env)
     if code == FLOWER_CONNECTION_ERROR:
         print(refusal_hint(spec), file=sys.stderr)
     return code
@@ -494,37 +503,6 @@ def _connection(args: argparse.Namespace) -> Connection:
     if args.insecure:
         print("crossfed: warning: --insecure: plaintext HTTP to the SuperLink", file=sys.stderr)
     return conn
-
-
-def _foreground(cmds: list[list[str]], env: dict[str, str]) -> int:
-    """Run the first command (and companions) in the foreground; Ctrl-C / SIGTERM stop all of them."""
-    main = subprocess.Popen(cmds[0], env=env)  # noqa: S603
-    companions = []
-    for cmd in cmds[1:]:
-        cmd = [
-            str(main.pid) if c == "0" and prev == "--parent-pid" else c
-            for prev, c in zip(["", *cmd], cmd, strict=False)
-        ]
-        companions.append(subprocess.Popen(cmd, env=env))  # noqa: S603
-
-    def stop(*_: object) -> None:
-        for p in [main, *companions]:
-            if p.poll() is None:
-                p.terminate()
-
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        return main.wait()
-    except KeyboardInterrupt:
-        stop()
-        return main.wait()
-    finally:
-        stop()
-        for p in companions:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,18 +2,22 @@
 
 ``Daemon.stop`` signals the process group and every descendant (a SuperLink's detached
 SuperExecs too), then SIGKILLs what is left: nothing outlives a test or a benchmark.
+:func:`run_foreground` is the same for ``crossfed deploy superlink | supernode``: the Flower
+process dies with the command an operator sees, whichever signal ends it (:func:`die_with_parent`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,25 +65,90 @@ class Daemon:
 
     def stop(self, sig: int = signal.SIGTERM, grace_s: float = 5.0) -> None:
         """Signal the whole tree (group + every descendant, e.g. detached SuperExecs), then SIGKILL."""
-        procs = [self.proc, *self.companions]
-        tree = set()
-        for p in procs:
-            tree |= {p.pid, *descendants(p.pid)}
-        _signal_tree(tree, {p.pid for p in procs}, sig)
-        deadline = time.monotonic() + grace_s
-        for p in procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(timeout=max(0.0, deadline - time.monotonic()))
-        leftover = {pid for pid in tree if _alive(pid)}
-        if leftover or any(p.poll() is None for p in procs):
-            _signal_tree(leftover | {p.pid for p in procs}, {p.pid for p in procs}, signal.SIGKILL)
-            for p in procs:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    p.wait(timeout=5)
+        stop_tree([self.proc, *self.companions], sig, grace_s)
 
     def kill(self) -> None:
         """SIGKILL, no grace: a crash as the federation sees it."""
         self.stop(sig=signal.SIGKILL, grace_s=0.0)
+
+
+def stop_tree(procs: Sequence[subprocess.Popen[bytes]], sig: int = signal.SIGTERM, grace_s: float = 5.0) -> None:
+    """Send ``sig`` to each process's group and every descendant, wait up to ``grace_s``, SIGKILL what is left."""
+    tree = set()
+    for p in procs:
+        tree |= {p.pid, *descendants(p.pid)}
+    _signal_tree(tree, {p.pid for p in procs}, sig)
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+    leftover = {pid for pid in tree if _alive(pid)}
+    if leftover or any(p.poll() is None for p in procs):
+        _signal_tree(leftover | {p.pid for p in procs}, {p.pid for p in procs}, signal.SIGKILL)
+        for p in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=5)
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` after which the child gets SIGTERM when this process dies, SIGKILL included
+    (Linux's parent-death signal, kept across ``exec``); None where there is none. No signal handler
+    of the parent runs on SIGKILL, so this is the only way the child can learn of it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)  # looked up now: the child between fork and exec only calls it
+    parent = os.getpid()
+
+    def preexec() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
+class _Stop(Exception):
+    """A signal asked the foreground command to stop."""
+
+
+def run_foreground(cmds: Sequence[Sequence[str]], env: Mapping[str, str], grace_s: float = 10.0) -> int:
+    """Run ``cmds[0]`` (and its companions, ``cmds[1:]``: ``--parent-pid 0`` becomes its pid) until it exits;
+    its exit code. Nothing outlives this process: SIGTERM, SIGINT (Ctrl-C) and SIGHUP stop every tree
+    (:func:`stop_tree`), and SIGKILL, which no handler sees, reaches each child as SIGTERM
+    (:func:`die_with_parent`; their own children, Flower's SuperExec and our worker, leave with their
+    parent by ``--parent-pid``). Each child runs in its own session, so a terminal's Ctrl-C reaches it
+    once, from here."""
+    preexec = die_with_parent()
+
+    def start(cmd: Sequence[str]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(list(cmd), env=dict(env), start_new_session=True, preexec_fn=preexec)  # noqa: S603, PLW1509
+
+    def on_signal(signum: int, _frame: object) -> None:
+        raise _Stop(signum)
+
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, on_signal) for sig in handled}
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        procs.append(start(cmds[0]))
+        for cmd in cmds[1:]:
+            procs.append(start([str(procs[0].pid) if c == "0" and prev == "--parent-pid" else c
+                                for prev, c in zip(["", *cmd], cmd, strict=False)]))  # fmt: skip
+        return procs[0].wait()
+    except (_Stop, KeyboardInterrupt):
+        for sig in handled:
+            signal.signal(sig, signal.SIG_IGN)  # one stop at a time; it ends within grace_s + 5 s
+        stop_tree(procs, signal.SIGTERM, grace_s)
+        return procs[0].returncode if procs else 1
+    finally:
+        for sig in handled:
+            signal.signal(sig, signal.SIG_IGN)
+        stop_tree(procs, signal.SIGTERM, grace_s)  # the companions, when the main process ended by itself
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def spawn(name: str, cmd: Sequence[str], log_path: Path, env: Mapping[str, str],

@@ -28,18 +28,19 @@ from pathlib import Path
 from typing import Any
 
 from common.config import AppConfig, ConfigError, parse_overrides
-from common.data import DatasetError
+from common.files import InputFileError
 from simulations.commands import console
 from simulations.commands.use import USER_ERRORS as USE_ERRORS
 from simulations.commands.use import add_parsers as add_use_parsers
 from simulations.compare.arms import SIZES
 from simulations.datasets.movielens import SPLITS as MOVIELENS_SPLITS
 
-USER_ERRORS = (DatasetError, ConfigError, FileNotFoundError)
+USER_ERRORS = (InputFileError, ConfigError, FileNotFoundError)  # InputFileError: DatasetError's base too
 # Errors of modules that load torch, Flower or cryptography: looked up only once a command has loaded them.
 LAZY_ERRORS = (
     ("common.modeling", "ModelLoadError"), ("server.checkpoint", "CheckpointError"),
-    ("deploy.certs", "CertError"), ("deploy.errors", "DeployError"),  # = deploy.cli.USER_ERRORS
+    ("deploy.certs", "CertError"), ("deploy.errors", "DeployError"),
+    ("common.secagg.errors", "SecAggError"),  # with the three above = deploy.cli.USER_ERRORS (a roster, a key)
 )  # fmt: skip
 # Commands whose parsers live in heavy modules: mounted only when invoked (a stub with its help otherwise).
 LAZY_COMMANDS = {

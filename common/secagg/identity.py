@@ -29,6 +29,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from common.files import InputFileError, read_json, read_text
 from common.secagg.errors import AbortError, ConfigError
 
 ROSTER_FORMAT = "crossfed-secagg-roster/1"
@@ -137,7 +138,7 @@ class Roster:
         """Parse and check a roster; ConfigError naming ``where`` and the entry otherwise."""
         try:
             data = json.loads(text)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise ConfigError(f"{where}: not JSON ({exc})") from None
         if (
             not isinstance(data, dict)
@@ -156,9 +157,10 @@ class Roster:
     def load(cls, path: str | Path) -> Roster:
         p = Path(path).expanduser()
         try:
-            return cls.from_json(p.read_text(), str(p))
-        except OSError as exc:
-            raise ConfigError(f"cannot read the secure-aggregation roster {p}: {exc.strerror}") from None
+            text = read_text(p)  # UTF-8, bounded: one line naming the file otherwise
+        except InputFileError as exc:
+            raise ConfigError(f"cannot read the secure-aggregation roster: {exc}") from None
+        return cls.from_json(text, str(p))
 
 
 def _public_from_entry(entry: object, where: str) -> bytes:
@@ -283,9 +285,9 @@ def load_public(path: str | Path) -> tuple[str, bytes]:
     """(platform, raw public key) from a ``.secagg.pub`` file."""
     p = Path(path).expanduser()
     try:
-        data = json.loads(p.read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read the public identity {p}: {exc}") from None
+        data = read_json(p)
+    except InputFileError as exc:
+        raise ConfigError(f"cannot read the public identity: {exc}") from None
     if not isinstance(data, dict) or data.get("format") != PUBLIC_FORMAT:
         raise ConfigError(f"{p}: not a {PUBLIC_FORMAT} file")
     return _check_name(data.get("platform")), _public_from_entry(data, str(p))

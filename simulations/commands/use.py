@@ -17,11 +17,29 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from common.config import ConfigError
+from common.files import CsvRecords, InputFileError, input_lines, max_field_chars
+from common.ports import check_listen
+from common.run_files import read_finished_summary
 
 if TYPE_CHECKING:
     from clients.recommender import Recommender
 
 USER_ERRORS = (("clients.recommender", "RecommendError"), ("clients.export", "ExportError"))
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """Refuse a run that is not finished, or a ``--data`` / ``--state-dir`` folder that is not
+    there, before torch and transformers load (seconds): the commands below call it first."""
+    read_finished_summary(Path(args.run).expanduser().resolve())
+    for flag, value in (("--data", getattr(args, "data", None)), ("--state-dir", getattr(args, "state_dir", None))):
+        if value and not Path(value).expanduser().is_dir():
+            raise ConfigError(f"{flag} {value}: no such folder")
+    if getattr(args, "data", None):
+        platforms = args.platform if isinstance(args.platform, list) else [args.platform]
+        for platform in platforms:
+            if not (Path(args.data).expanduser() / platform).is_dir():
+                raise ConfigError(f"--data {args.data}: no folder for platform {platform!r} (expected "
+                                  f"{Path(args.data) / platform}/items.csv and interactions.csv)")  # fmt: skip
 
 
 def _load(args: argparse.Namespace, platform: str) -> Recommender:
@@ -30,24 +48,47 @@ def _load(args: argparse.Namespace, platform: str) -> Recommender:
     return Recommender.from_run(args.run, platform, data_dir=args.data, state_dir=args.state_dir, device=args.device)
 
 
+def _value(row: dict[str, str], column: str, path: Path, line: int) -> str:
+    value = row[column].strip()
+    if not value:
+        raise InputFileError.at(path, "empty value", line=line, field=column, expected="an id", got=row[column])
+    return value
+
+
 def read_ids(path: Path, column: str) -> list[str]:
-    """Ids one per line, or a CSV whose header names ``column``; blank lines skipped, order kept."""
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    if lines and "," in lines[0]:
-        rows = list(csv.DictReader(io.StringIO("\n".join(lines))))
-        if not rows or column not in rows[0]:
-            raise ConfigError(f"{path}: a CSV needs a `{column}` column, got {list(rows[0]) if rows else []}")
-        return [row[column] for row in rows]
-    return lines[1:] if lines and lines[0] == column else lines
+    """Ids one per line, or a CSV whose header names ``column``; blank lines skipped, order kept.
+
+    Read by :mod:`common.files`: UTF-8, bounded lines and fields, every problem one
+    :class:`~common.files.InputFileError` naming the file, line and field."""
+    first = next((line for _, line in input_lines(path) if line.strip()), None)
+    if first is None:
+        raise InputFileError.at(path, "empty file", line=1, got="no ids",
+                                expected=f"one {column} a line, or a CSV with a `{column}` column")  # fmt: skip
+    if "," in first:
+        ids = [_value(row, column, path, line) for line, row in CsvRecords(path, (column,))]
+    else:
+        limit = max_field_chars()
+        ids = []
+        for line, text in input_lines(path, field=column):
+            value = text.strip()
+            if len(value) > limit:
+                raise InputFileError.at(path, "field too long", line=line, field=column,
+                                        expected=f"at most {limit} characters", got=f"{len(value)} chars")  # fmt: skip
+            if value:
+                ids.append(value)
+        ids = ids[1:] if ids[0] == column else ids
+    if not ids:
+        raise InputFileError.at(path, "no ids", line=1, field=column, expected="at least one id", got=0)
+    return ids
 
 
 def read_pairs(path: Path) -> list[tuple[str, str]]:
-    """(user_id, item_id) rows of a CSV with those columns."""
-    with open(path, encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames or not {"user_id", "item_id"} <= set(reader.fieldnames):
-            raise ConfigError(f"{path}: expected a CSV with columns user_id,item_id, got {reader.fieldnames}")
-        return [(row["user_id"], row["item_id"]) for row in reader]
+    """(user_id, item_id) rows of a UTF-8 CSV with those columns (others may follow, named in the header)."""
+    pairs = [(_value(row, "user_id", path, line), _value(row, "item_id", path, line))
+             for line, row in CsvRecords(path, ("user_id", "item_id"))]  # fmt: skip
+    if not pairs:
+        raise InputFileError.at(path, "no rows", line=2, expected="at least one user_id,item_id row", got=0)
+    return pairs
 
 
 def emit(rows: Sequence[dict[str, Any]], document: dict[str, Any], fmt: str, out: str | None) -> None:
@@ -70,6 +111,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     users = list(args.user or []) + (read_ids(Path(args.users), "user_id") if args.users else [])
     if not users:
         raise ConfigError("`crossfed recommend` needs --user ID or --users FILE")
+    check_paths(args)
     rec = _load(args, args.platform)
     result = rec.top_k_many(users, args.k, exclude_seen=not args.include_seen, cold_start=args.cold_start)
     rows = [{"user_id": u, "rank": r, **s.to_dict()} for u, top in result.items() for r, s in enumerate(top, 1)]
@@ -86,6 +128,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         pairs = [(args.user[0], item) for item in args.items]
     else:
         raise ConfigError("`crossfed score` needs --user ID --items ID [ID ...], or --pairs FILE (user_id,item_id)")
+    check_paths(args)
     rec = _load(args, args.platform)
     by_user: dict[str, list[int]] = {}
     for i, (user, _) in enumerate(pairs):
@@ -102,6 +145,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    read_finished_summary(Path(args.run).expanduser().resolve())  # before torch loads
     from clients.export import export_run
 
     out = export_run(Path(args.run), Path(args.out), merge=args.merge, copy_base=args.copy_base,
@@ -111,9 +155,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from clients.serve import check_address, create_app, serve
+    check_listen(args.host, args.port)  # before minutes of loading (and before torch is imported), not after
+    check_paths(args)
+    from clients.serve import create_app, serve
 
-    check_address(args.host, args.port)  # before minutes of loading, not after
     platforms = args.platform
     recommenders = {p: _load(args, p) for p in platforms}
     app = create_app(recommenders, {"run": str(Path(args.run).resolve())})

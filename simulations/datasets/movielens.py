@@ -22,7 +22,6 @@ Either way ratings stay explicit (1-5) and timestamps unchanged.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import zlib
 from collections.abc import Iterator, Sequence
@@ -33,6 +32,7 @@ import numpy as np
 
 from common.config import ConfigError
 from common.data import DatasetError, Interaction, Item, PlatformData, write_dataset
+from common.files import CsvRecords, input_lines
 
 RATINGS_FILE = "u.data"
 MOVIES_FILE = "u.item"
@@ -50,10 +50,9 @@ def _lines(path: Path, encoding: str) -> Iterator[tuple[int, str]]:
     """``(line number, text)`` of the non-blank lines of a source file."""
     if not path.is_file():
         raise DatasetError.at(path, "MovieLens file not found", expected="the ml-100k folder", got=str(path.parent))
-    with path.open(encoding=encoding, newline="") as f:
-        for number, line in enumerate(f, start=1):
-            if line.strip():
-                yield number, line.rstrip("\r\n")
+    for number, line in input_lines(path, encoding=encoding, error=DatasetError):  # bounded lines, named errors
+        if line.strip():
+            yield number, line
 
 
 def _fields(line: str, sep: str, count: int, path: Path, number: int) -> list[str]:
@@ -105,14 +104,8 @@ def read_platform_map(path: Path) -> dict[str, str]:
     """``platform_split_genre3.tsv``: item_id -> platform name."""
     if not path.is_file():
         raise DatasetError.at(path, "MovieLens file not found", expected="the ml-100k folder", got=str(path.parent))
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f, delimiter="\t")
-        for column in ("item_id", "platform"):
-            if column not in (reader.fieldnames or []):
-                raise DatasetError.at(
-                    path, "missing column", line=1, field=column, expected="item_id, platform", got=reader.fieldnames
-                )
-        return {str(_int(row["item_id"], path, reader.line_num, "item_id")): row["platform"] for row in reader}
+    rows = CsvRecords(path, ("item_id", "platform"), delimiter="\t", error=DatasetError)
+    return {str(_int(row["item_id"], path, line, "item_id")): row["platform"] for line, row in rows}
 
 
 def read_ratings(path: Path, movies: dict[str, Item]) -> list[Interaction]:

@@ -18,14 +18,13 @@ platforms (:func:`to_example`).
 from __future__ import annotations
 
 import ast
-import csv
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from common.data import DatasetError, Item
+from common.files import CsvRecords, input_lines, read_json
 from common.splits import Example
 
 PROMPT = re.compile(
@@ -33,6 +32,9 @@ PROMPT = re.compile(
     r'Whether the user will like the target movie "(?P<target>.*)"\?\s*$',
     re.S,
 )  # fmt: skip
+
+
+ROW_COLUMNS = ("user_id", "history_movie_id", "history_rating", "movie_id", "rating")
 
 
 @dataclass(frozen=True)
@@ -52,11 +54,12 @@ def read_titles(ml100k: Path) -> dict[str, str]:
     if not path.is_file():
         raise DatasetError.at(path, "MovieLens file not found", expected="the ml-100k folder", got=str(ml100k))
     titles = {}
-    with path.open(encoding="latin-1") as fh:
-        for line in fh:
-            if line.strip():
-                fields = line.split("|")
-                titles[fields[0]] = fields[1].strip()
+    for number, line in input_lines(path, encoding="latin-1", error=DatasetError):
+        if line.strip():
+            fields = line.split("|")
+            if len(fields) < 2:
+                raise DatasetError.at(path, "no title", line=number, field="title", expected="id|title|...", got=line)
+            titles[fields[0]] = fields[1].strip()
     return titles
 
 
@@ -65,16 +68,27 @@ def read_rows(path: Path) -> list[Row]:
     if not path.is_file():
         raise DatasetError.at(path, "TALLRec file not found", expected="the tallrec-movie folder", got=str(path.parent))
     rows = []
-    with path.open(encoding="utf-8", newline="") as fh:
-        for line, rec in enumerate(csv.DictReader(fh), start=2):
-            history = tuple(str(x) for x in ast.literal_eval(rec["history_movie_id"]))
-            flags = tuple(int(x) for x in ast.literal_eval(rec["history_rating"]))
-            if len(flags) != len(history) or not set(flags) <= {0, 1} or rec["rating"] not in ("0", "1"):
-                raise DatasetError.at(path, "history_rating/rating are not 0/1 flags matching the history",
-                                      line=line, field="history_rating", expected="0/1 per history movie",
-                                      got=rec["history_rating"])  # fmt: skip
-            rows.append(Row(rec["user_id"], history, flags, str(rec["movie_id"]), int(rec["rating"])))
+    for line, rec in CsvRecords(path, ROW_COLUMNS, error=DatasetError):
+        history = tuple(str(x) for x in _list(rec, "history_movie_id", path, line))
+        flags = tuple(_list(rec, "history_rating", path, line))
+        if len(flags) != len(history) or not all(f in (0, 1) for f in flags) or rec["rating"] not in ("0", "1"):
+            raise DatasetError.at(path, "history_rating/rating are not 0/1 flags matching the history",
+                                  line=line, field="history_rating", expected="0/1 per history movie",
+                                  got=rec["history_rating"])  # fmt: skip
+        rows.append(Row(rec["user_id"], history, flags, str(rec["movie_id"]), int(rec["rating"])))
     return rows
+
+
+def _list(rec: dict[str, str], field: str, path: Path, line: int) -> list:
+    """A field holding a Python list literal (``[1, 2]``), read without evaluating anything else."""
+    try:
+        value = ast.literal_eval(rec[field])
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        value = None
+    if not isinstance(value, list):
+        raise DatasetError.at(path, "not a list", line=line, field=field, expected="a list such as [1, 2]",
+                              got=rec[field])  # fmt: skip
+    return value
 
 
 def _titles(raw: str) -> tuple[str, ...]:
@@ -84,18 +98,23 @@ def _titles(raw: str) -> tuple[str, ...]:
 
 def parse_prompt(record: dict[str, str], where: str = "prompt") -> tuple[tuple[str, ...], tuple[str, ...], str, int]:
     """(liked titles, disliked titles, target title, label), history in prompt order (oldest first)."""
-    match = PROMPT.match(record.get("input", ""))
-    output = record.get("output", "").strip()
+    text, output = record.get("input", ""), record.get("output", "")
+    match = PROMPT.match(text) if isinstance(text, str) else None
+    output = output.strip() if isinstance(output, str) else ""
     if not match or output not in ("Yes.", "No."):
         expected = 'User Preference / User Unpreference / target lines and output "Yes." or "No."'
-        raise DatasetError.at(where, "not a TALLRec movie prompt", expected=expected, got=record.get("input", "")[:80])
+        raise DatasetError.at(where, "not a TALLRec movie prompt", expected=expected, got=str(text)[:80])
     return _titles(match["liked"]), _titles(match["disliked"]), match["target"], int(output == "Yes.")
 
 
 def read_prompts(path: Path) -> list[tuple[tuple[str, ...], tuple[str, ...], str, int]]:
     if not path.is_file():
         raise DatasetError.at(path, "TALLRec file not found", expected="the tallrec-movie folder", got=str(path.parent))
-    return [parse_prompt(rec, f"{path}[{i}]") for i, rec in enumerate(json.loads(path.read_text(encoding="utf-8")))]
+    records = read_json(path, error=DatasetError)
+    if not isinstance(records, list) or not all(isinstance(rec, dict) for rec in records):
+        raise DatasetError.at(path, "not a list of prompts", expected='[{"input": ..., "output": ...}, ...]',
+                              got=type(records).__name__)  # fmt: skip
+    return [parse_prompt(rec, f"{path}[{i}]") for i, rec in enumerate(records)]
 
 
 def row_to_prompt(row: Row, titles: dict[str, str]) -> tuple[tuple[str, ...], tuple[str, ...], str, int]:

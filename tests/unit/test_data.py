@@ -8,7 +8,6 @@ import pytest
 from common.data import (
     INTERACTIONS_FILE,
     ITEMS_FILE,
-    MAX_FIELD_CHARS,
     DatasetError,
     Duplicate,
     Interaction,
@@ -23,6 +22,7 @@ from common.data import (
     write_dataset,
     write_platform,
 )
+from common.files import MAX_FIELD_CHARS
 
 ITEMS = "item_id,title\na,Red Scarf\nb,Blue Hat\nc,Green Gloves\n"
 RATED = "user_id,item_id,timestamp,rating\nu1,a,100,4\nu1,b,200,2\nu2,c,150,5\n"

@@ -137,7 +137,7 @@ def test_score_items_with_the_precomputed_item_part_equals_score() -> None:
 
 
 def test_serve_refuses_an_address_in_use_before_loading_anything() -> None:
-    from clients.serve import check_address
+    from common.ports import check_listen
 
     # Prepare: a port some other server listens on
     with socket.socket() as other:
@@ -145,6 +145,6 @@ def test_serve_refuses_an_address_in_use_before_loading_anything() -> None:
         other.listen()
         port = other.getsockname()[1]
         # Execute / Assert: one line naming the address and the flags
-        with pytest.raises(ConfigError, match=rf"cannot serve on 127.0.0.1:{port}: .*in use \(--host / --port\)"):
-            check_address("127.0.0.1", port)
-    check_address("127.0.0.1", port)  # free again: accepted
+        with pytest.raises(ConfigError, match=rf"cannot listen on 127.0.0.1:{port}: .*in use \(--host / --port\)"):
+            check_listen("127.0.0.1", port)
+    check_listen("127.0.0.1", port)  # free again: accepted

@@ -50,7 +50,10 @@ def test_summary_round_trip_missing_and_unreadable(tmp_path: Path) -> None:
     assert read_summary(tmp_path) == {"best_round": 2, "mean": {"test.auc": None}}
     assert read_summary(tmp_path / "missing") is None
     path.write_text("{not json")
-    with pytest.raises(RunFileError, match="summary.json: not a readable run summary"):
+    with pytest.raises(RunFileError, match="summary.json:1: not JSON"):
+        read_summary(tmp_path)
+    path.write_bytes(b'{"best_round": "\xff"}')
+    with pytest.raises(RunFileError, match="summary.json:1: invalid UTF-8"):
         read_summary(tmp_path)
     path.write_text("[1, 2]")
     with pytest.raises(RunFileError, match="not a run summary"):
