@@ -397,7 +397,7 @@ def cmd_superlink(args: argparse.Namespace) -> int:
 def cmd_supernode(args: argparse.Namespace) -> int:
     if args.runtime_port and not args.print:
         check_listen("127.0.0.1", args.runtime_port, "--runtime-port")
-    if args.data:  # a bad file is one line now, not a failed first round in Flower's log
+    if args.data and not args.print:  # a bad file is one line now, not a failed first round in Flower's log
         load_platform(Path(args.data).expanduser(), args.platform)
     if not args.insecure:
         if args.key is None:
