@@ -17,7 +17,7 @@ from flwr.clientapp import ClientApp
 from flwr.common.logger import update_console_handler
 
 from clients import audit, secure
-from clients.metrics_log import append_metrics
+from clients.metrics_log import append_metrics, log_scalars, platform_tensorboard_dir
 from clients.platform import PARTITION_KEY, resolve_node
 from clients.private_state import DEFAULT_STATE_DIR, STATE_DIR_KEY, PrivateStore, run_store
 from clients.tasks import evaluate_state, fit
@@ -96,6 +96,7 @@ def handle_train(msg: Message, context: Context) -> Message:
             secure.admit_round(context, record, server_round, trust.policy)
         log.info("platform %s: round %d: training on the global adapter", setup.platform, server_round)
         state, metrics = fit(cfg, setup, arrays_to_state(msg.content[ARRAYS]), server_round, store)  # type: ignore[arg-type]
+        log_scalars(_tensorboard_dir(context, cfg, setup.platform, store), server_round, metrics, prefix="train.")
         if cfg.secagg:  # the update stays here; only the masked sum will leave
             records = secure.start(msg.content, context, cfg, state, int(metrics["num-examples"]), setup.platform,
                                    record)  # fmt: skip
@@ -141,6 +142,7 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
             secure.admit_round(context, record, server_round, trust.policy, kind, ctx)
         metrics = evaluate_state(cfg, setup, state, server_round, store, splits)
         append_metrics(store.folder, server_round, metrics)
+        log_scalars(_tensorboard_dir(context, cfg, setup.platform, store), server_round, metrics)
         content: dict[str, ConfigRecord | ArrayRecord | MetricRecord] = {INFO: _info(setup.platform)}
         if summed:
             vector, weight = encode_metrics(metrics, splits, cfg.secure.clip_range)
@@ -161,17 +163,25 @@ def handle_evaluate_secagg_stage(msg: Message, context: Context) -> Message:
     return handle_secagg_stage(msg, context)
 
 
+def _simulated(context: Context) -> bool:
+    """A simulated platform shares the coordinator's disk (no state-dir of its own)."""
+    return PARTITION_KEY in context.node_config and STATE_DIR_KEY not in context.node_config
+
+
 def _private_store(context: Context, cfg: AppConfig, platform: str) -> PrivateStore:
     """This platform's private parameters on its own disk (simulation: under the run folder)."""
-    simulated = PARTITION_KEY in context.node_config and STATE_DIR_KEY not in context.node_config
-    state_dir = None if simulated else str(context.node_config.get(STATE_DIR_KEY, DEFAULT_STATE_DIR))
+    state_dir = None if _simulated(context) else str(context.node_config.get(STATE_DIR_KEY, DEFAULT_STATE_DIR))
     return run_store(cfg, platform, state_dir)
 
 
 def _contribution_record(context: Context, store: PrivateStore) -> Path | None:
     """A deployed platform's record of secure rounds it contributed to, beside its private parameters."""
-    simulated = PARTITION_KEY in context.node_config and STATE_DIR_KEY not in context.node_config
-    return None if simulated or store.folder is None else store.folder / secure.RECORD_FILE
+    return None if _simulated(context) or store.folder is None else store.folder / secure.RECORD_FILE
+
+
+def _tensorboard_dir(context: Context, cfg: AppConfig, platform: str, store: PrivateStore) -> Path | None:
+    return platform_tensorboard_dir(context.node_config, cfg.tensorboard_dir, platform, store.folder,
+                                    _simulated(context))  # fmt: skip
 
 
 def _info(platform: str) -> ConfigRecord:

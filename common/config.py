@@ -273,6 +273,9 @@ class AppConfig:
     num_server_rounds: int = 3
     seed: int = 0
     out_dir: str = "runs/latest"
+    # TensorBoard scalars of the rounds: "" = <out-dir>/tensorboard; a folder: the server writes DIR/server and
+    # each simulated platform DIR/<platform> (a deployed platform writes only where its own node_config says)
+    tensorboard_dir: str = ""
     secagg: bool = False
     model: ModelSpec = field(default_factory=ModelSpec)
     lora: LoraSpec = field(default_factory=LoraSpec)

@@ -1,4 +1,5 @@
-"""A run folder's files by name, and the one reader and writer of its records: rounds.jsonl, summary.json.
+"""A run folder's files by name, and the one reader and writer of its records: rounds.jsonl, summary.json,
+TensorBoard scalars.
 
 The coordinator writes them (``server.outputs``, ``server.federation``); platforms, reports,
 benchmarks and ``crossfed deploy status`` read them back, all through here. JSON has no NaN, so
@@ -10,6 +11,7 @@ readers stop there, and that round counts as not done.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -22,6 +24,7 @@ ROUNDS_FILE = "rounds.jsonl"  # one JSON line per round
 SUMMARY_FILE = "summary.json"  # best round, its test metrics, the run's flat config
 ADAPTER_DIR = "adapter"  # the best fused model: PEFT folder + head.safetensors
 PRIVATE_DIR = "private"  # simulation only: <run>/private/<platform>/round-<r>.safetensors
+TENSORBOARD_DIR = "tensorboard"  # the server's TensorBoard scalars, unless run config `tensorboard-dir` says where
 
 
 class RunFileError(InputFileError, ValueError):
@@ -122,3 +125,41 @@ def read_finished_summary(run_dir: Path) -> dict[str, Any]:
             f"{run_dir}: not a finished run (expected {run_dir / SUMMARY_FILE} and {run_dir / ADAPTER_DIR}/)"
         )
     return summary
+
+
+# ---------------------------------------------------------------------------- TensorBoard scalars
+
+_WRITERS: dict[Path, Any] = {}  # one writer per folder and process: a warm platform appends to one events file
+
+
+def tensorboard_writer(folder: Path) -> Any:
+    """PyTorch's ``SummaryWriter`` on ``folder`` (made once per process), or None without the ``tensorboard``
+    package (said once in the log)."""
+    folder = Path(folder).expanduser().resolve()
+    if folder not in _WRITERS:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # torch raises it when the tensorboard package is missing
+            logging.getLogger("crossfed").info("no TensorBoard scalars: the `tensorboard` package is not installed "
+                                               "(pip install tensorboard)")  # fmt: skip
+            _WRITERS[folder] = None
+        else:
+            _WRITERS[folder] = SummaryWriter(log_dir=str(folder))
+    return _WRITERS[folder]
+
+
+def add_scalars(writer: Any, values: Mapping[str, Any], step: int) -> None:
+    """Each finite number of ``values`` as a scalar at ``step`` (NaN and non-numbers left out), then flushed."""
+    if writer is None:
+        return
+    for tag, value in values.items():
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            writer.add_scalar(tag, float(value), global_step=step)
+    writer.flush()
+
+
+def close_tensorboard(folder: Path) -> None:
+    """Close (and forget) this process's writer on ``folder``, if any."""
+    writer = _WRITERS.pop(Path(folder).expanduser().resolve(), None)
+    if writer is not None:
+        writer.close()

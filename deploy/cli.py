@@ -7,6 +7,7 @@ Quickest: one start-up kit per party, then each kit's scripts (see the README):
     kits/coordinator/start.sh & kits/coordinator/register.sh       # on the coordinator (node-keys/*.pub)
     DATA_DIR=/data kits/web_shop/start.sh                           # each platform, with roster.json in its kit
     kits/coordinator/submit.sh "num-server-rounds=5" --stream       # exit 0 only if the run completed
+    crossfed deploy stop --federation prod                          # stop the active run (resumable)
     crossfed deploy status --federation prod [--json]               # platforms by name, runs, rounds
 Step by step, on the coordinator (one machine):
     crossfed deploy ca --host fl.example.org --out certs/            # CA + SuperLink certificate
@@ -51,7 +52,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from common.config import ConfigError, parse_config_strings
+from common.config import ConfigError, config_string, parse_config_strings
 from common.data import load_platform
 from common.files import InputFileError
 from common.ports import check_listen
@@ -75,7 +76,7 @@ from deploy.commands import (
 )
 from deploy.errors import DeployError, InsecureDeploymentWarning
 from deploy.flwr_cli import Connection, register_node, start_run, wait_run
-from deploy.operate import collect_status, format_status, run_outcome
+from deploy.operate import collect_status, format_status, refuse_if_active, run_outcome, stop_runs
 from deploy.processes import free_ports, run_foreground
 
 DEFAULT_MAX_WAIT_S = 600.0  # a SuperNode that cannot reach or is refused by the SuperLink stops, saying why
@@ -204,8 +205,18 @@ def add_deploy_parser(subparsers: Any) -> argparse.ArgumentParser:
     submit.add_argument("--stream", action="store_true", help="stream the ServerApp log until the run ends")
     submit.add_argument("--detach", action="store_true",
                         help="return once started (default: wait for the end; exit 1 if the run failed)")  # fmt: skip
+    submit.add_argument("--replace", action="store_true",
+                        help="stop the federation's active run first (default: refuse while one runs)")  # fmt: skip
+    submit.add_argument("--tensorboard", type=Path, metavar="DIR",
+                        help="the ServerApp writes the rounds' aggregate metrics as TensorBoard scalars to "
+                             "DIR/server (a path on the coordinator; default: <out-dir>/tensorboard)")  # fmt: skip
     _add_connection_args(submit, required=False, named=True)
     submit.set_defaults(func=cmd_submit)
+
+    stop = sub.add_parser("stop", help="stop a run (default: the active one); its checkpoint stays resumable")
+    stop.add_argument("run", nargs="?", type=int, metavar="RUN", help="the run id (default: every active run)")
+    _add_connection_args(stop, required=False, named=True)
+    stop.set_defaults(func=cmd_stop)
 
     status = sub.add_parser("status", help="runs, platforms online (by name), each run's latest round and failures")
     status.add_argument("--json", action="store_true", help="one JSON object, for scripts")
@@ -450,6 +461,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
     given = parse_config_strings(config_args, "--run-config")
     if "secagg" not in given:
         config_args.insert(0, "secagg=true")  # deployed platforms refuse rounds in the clear by default
+    if args.tensorboard is not None:
+        config_args.append(config_string({"tensorboard-dir": str(args.tensorboard.expanduser().resolve())}))
+    if args.replace:
+        for line in stop_runs(conn, env):
+            print(f"crossfed: {line}", flush=True)
+    else:
+        refuse_if_active(conn, env)  # one run at a time: two would compete for the same platforms
     run_id = start_run(args.app, conn, env, config_args)
     out_dir = given.get("out-dir")  # where its rounds.jsonl is, for `deploy status`
     out_dir = None if out_dir is None else str(Path(str(out_dir)).expanduser().resolve())
@@ -465,6 +483,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
         f"crossfed: {line}" if code == 0 else f"crossfed: error: {line}", file=sys.stdout if code == 0 else sys.stderr
     )
     return code
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    """Stop RUN (default: the active run) through the SuperLink; the last completed round stays resumable."""
+    conn = _connection(args)
+    for line in stop_runs(conn, base_env(conn.flwr_home), args.run):
+        print(f"crossfed: {line}", flush=True)
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:

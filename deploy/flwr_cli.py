@@ -21,6 +21,7 @@ from deploy.commands import REPO_ROOT, flower_bin
 from deploy.errors import DeployError, warn_insecure
 
 COMPLETED = "finished:completed"  # `flwr ls` status of a run that ended well
+ACTIVE = ("pending", "starting", "running")  # `flwr ls` statuses of a run that holds the platforms
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,23 @@ def run_status(run_id: int, conn: Connection, env: Mapping[str, str]) -> dict[st
     if not runs:
         raise DeployError(f"run {run_id} is unknown to the SuperLink")
     return dict(runs[0])
+
+
+def list_runs(conn: Connection, env: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Every run the SuperLink knows (``flwr ls``), as flwr's JSON records."""
+    return list(flwr_json(flwr_cli(["ls", conn.name, "--format", "json"], env, check=False), "listing runs")
+                .get("runs", []))  # fmt: skip
+
+
+def is_active(record: Mapping[str, Any]) -> bool:
+    """Whether a ``flwr ls`` record is a run that has not finished (pending, starting or running)."""
+    return str(record.get("status", "")).split(":", 1)[0] in ACTIVE
+
+
+def stop_run(run_id: int, conn: Connection, env: Mapping[str, str]) -> None:
+    """``flwr stop RUN``: the SuperLink marks the run ``finished:stopped``; DeployError with flwr's reason."""
+    res = flwr_cli(["stop", str(run_id), conn.name, "--format", "json"], env, check=False)
+    flwr_json(res, f"stopping run {run_id}")
 
 
 def wait_run(run_id: int, conn: Connection, env: Mapping[str, str], timeout_s: float = 600.0,

@@ -1,9 +1,14 @@
-"""What an operator asks of a running federation: did my run succeed, what is going on now.
+"""What an operator asks of a running federation: did my run succeed, what is going on now, stop it.
 
 Flower 1.42's ``flwr run --stream`` exits 0 whatever became of the run, and ``flwr
 supernode ls`` shows node ids only. :func:`run_outcome` turns a finished run into an exit
 code and one reason line; :func:`collect_status` gathers runs, platforms (named from
 :mod:`deploy.book`) and the latest round of each run whose folder is readable here.
+
+One run at a time: two runs on one federation would compete for the same platforms (each
+platform's worker takes one message at a time, so both runs slow down and time out), so
+:func:`refuse_if_active` stops a second submit and :func:`stop_runs` ends a run through
+the SuperLink (``flwr stop``), leaving its last completed round's checkpoint to resume from.
 """
 
 from __future__ import annotations
@@ -15,7 +20,18 @@ from typing import Any
 
 from common.run_files import ROUNDS_FILE, read_rounds
 from deploy.book import node_names, read_book
-from deploy.flwr_cli import COMPLETED, Connection, flwr_cli, flwr_json, list_nodes, run_log
+from deploy.errors import DeployError
+from deploy.flwr_cli import (
+    COMPLETED,
+    Connection,
+    is_active,
+    list_nodes,
+    list_runs,
+    run_log,
+    run_status,
+    stop_run,
+    wait_run,
+)
 
 # a ServerApp log line that says why a run failed: the exception that ended it
 REASON = re.compile(r"\b(\w+Error: .*)")
@@ -50,17 +66,21 @@ def collect_status(conn: Connection, env: Mapping[str, str], limit: int = 5) -> 
          "status": n.get("status"), "online-at": n.get("online-at"), "offline-at": n.get("offline-at")}
         for n in list_nodes(conn, env)
     ]  # fmt: skip
-    listed = flwr_json(flwr_cli(["ls", conn.name, "--format", "json"], env, check=False), "listing runs")
-    runs_book = read_book(conn.flwr_home).get(conn.name, {}).get("runs", {})
     runs = []
-    for record in sorted(listed.get("runs", []), key=lambda r: str(r.get("pending-at") or ""), reverse=True)[:limit]:
+    for record in sorted(list_runs(conn, env), key=lambda r: str(r.get("pending-at") or ""), reverse=True)[:limit]:
         run_id = str(record.get("run-id"))
-        out_dir = (runs_book.get(run_id) or {}).get("out-dir")
+        out_dir = run_out_dir(conn, run_id)
         runs.append({
             "run-id": int(run_id), "status": record.get("status"), "elapsed": record.get("elapsed"),
             "out-dir": out_dir, **latest_round(out_dir),
         })  # fmt: skip
     return {"federation": conn.name, "superlink": conn.address, "platforms": nodes, "runs": runs}
+
+
+def run_out_dir(conn: Connection, run_id: int | str) -> str | None:
+    """The run's ``out-dir`` as ``deploy submit`` recorded it in the book (None for a run submitted otherwise)."""
+    runs_book = read_book(conn.flwr_home).get(conn.name, {}).get("runs", {})
+    return (runs_book.get(str(run_id)) or {}).get("out-dir")
 
 
 def latest_round(out_dir: str | None) -> dict[str, Any]:
@@ -107,3 +127,71 @@ def format_status(status: Mapping[str, Any]) -> str:
         lines.append(head)
         lines += [f"    failure: {f}" for f in run.get("failures", [])]
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- one run at a time, stop
+
+
+def active_runs(conn: Connection, env: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The runs that have not finished (pending, starting, running), oldest first."""
+    return sorted((r for r in list_runs(conn, env) if is_active(r)), key=lambda r: str(r.get("pending-at") or ""))
+
+
+def run_label(record: Mapping[str, Any]) -> str:
+    """``run 123 (running since 2026-12-06 23:40:01Z)``: its status and when it entered it."""
+    status = str(record.get("status", "?"))
+    since = record.get(f"{status.split(':', 1)[0]}-at") or record.get("pending-at")
+    return f"run {record.get('run-id')} ({status}" + (f" since {since})" if since else ")")
+
+
+def refuse_if_active(conn: Connection, env: Mapping[str, str]) -> None:
+    """DeployError naming the active run(s) of this federation, if any (``deploy submit`` without --replace)."""
+    active = active_runs(conn, env)
+    if active:
+        names = ", ".join(run_label(r) for r in active)
+        raise DeployError(
+            f"{names} is active on federation {conn.name}; one run at a time (two would compete for the same "
+            f"platforms): wait for it, stop it (`crossfed deploy stop --federation {conn.name}`) or submit with "
+            "--replace"
+        )
+
+
+def stop_runs(conn: Connection, env: Mapping[str, str], run_id: int | None = None,
+              timeout_s: float = 120.0) -> list[str]:  # fmt: skip
+    """Stop ``run_id`` (default: every active run) and wait until the SuperLink says it finished.
+
+    One line per run for the operator: how it ended and, when its run folder is readable here,
+    the last completed round its checkpoint holds and how to resume from it. A run stopped
+    mid-round loses only that round: the checkpoint is written after each completed round.
+    """
+    if run_id is None:
+        targets = [int(r["run-id"]) for r in active_runs(conn, env)]
+        if not targets:
+            return [f"no active run on federation {conn.name}: nothing to stop"]
+    else:
+        record = run_status(run_id, conn, env)
+        if not is_active(record):
+            return [f"run {run_id} already {record.get('status')}: nothing to stop"]
+        targets = [run_id]
+    lines = []
+    for target in targets:
+        stop_run(target, conn, env)
+        record = wait_run(target, conn, env, timeout_s=timeout_s, poll_s=0.5)
+        lines.append(f"run {target} {record.get('status')}" + resume_hint(run_out_dir(conn, target)))
+    return lines
+
+
+def resume_hint(out_dir: str | None) -> str:
+    """``; its checkpoint holds round 2 of ...: resume with ...`` when the run folder is readable here."""
+    from server.checkpoint import CheckpointError, saved_round  # numpy: only when a run is stopped
+
+    if not out_dir:
+        return ""
+    try:
+        done = saved_round(Path(out_dir))
+    except (OSError, CheckpointError) as exc:
+        return f"; its checkpoint is unreadable here ({exc})"
+    if done is None:
+        return f"; no completed round in {out_dir} (a new submit starts it over)"
+    return (f"; its checkpoint in {out_dir} holds round {done}: resume with the same run config "
+            f"(out-dir='{out_dir}'), fed.resume = true")  # fmt: skip

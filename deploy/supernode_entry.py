@@ -17,7 +17,11 @@ node survive HTTP 500s from a busy SuperLink, then runs the unmodified
                                     message is dropped)
     CROSSFED_SUPERNODE_VERBOSE      1 keeps Flower's per-message INFO lines (default: dropped;
                                     they were ~80 % of a node's log: "[RUN r, ROUND n]",
-                                    "Received successfully", "Sending: ... message (ID: ...)")
+                                    "Received successfully", "Sending: ... message (ID: ...)"),
+                                    Flower's DEBUG lines and colours on a terminal
+
+A node's log (this process's and its warm worker's, :func:`node_console`) is plain text with
+time stamps: no colour codes, no Flower DEBUG, each line once.
 
 Why the HTTP 500 retries: see :mod:`common.flower_http`. Every Fleet call the SuperNode
 makes is safe to repeat: objects are content-addressed, and the SuperLink stores a
@@ -46,6 +50,7 @@ DEFAULT_SERVER_ERROR_RETRIES = 5
 LOCAL_WAIT_S = 0.02  # the SuperNode's wait for a reply already in its own memory
 
 log = logging.getLogger("crossfed.supernode")
+VERBOSE_ENV = "CROSSFED_SUPERNODE_VERBOSE"
 
 
 def capped_sleep(requested_s: float, poll_s: float) -> float:
@@ -127,12 +132,32 @@ def quiet_flower_chatter(record: logging.LogRecord) -> bool:
     return record.levelno > logging.INFO or not CHATTER.match(record.getMessage())
 
 
+def node_console() -> bool:
+    """A node's log as an operator reads it in a file: plain, time-stamped, every line once.
+
+    Flower's logger has its own coloured handler (level DEBUG) and also propagates to the root
+    handler, so with ``logging.basicConfig`` every Flower warning came out twice, once with raw
+    ANSI codes, and every DEBUG line once; library FutureWarnings came out as two lines each.
+    The console rules of ``crossfed`` apply (:func:`simulations.commands.console.setup_console`):
+    colours and DEBUG only with ``CROSSFED_SUPERNODE_VERBOSE=1`` on a terminal. Returns verbose.
+    """
+    import flwr.supercore.logger  # noqa: F401 - Flower's handler exists once it is imported
+    from flwr.common.logger import update_console_handler
+
+    from simulations.commands.console import setup_console
+
+    verbose = os.environ.get(VERBOSE_ENV, "0") == "1"
+    setup_console(verbose)
+    update_console_handler(timestamps=True)
+    return verbose
+
+
 def main() -> None:
     poll_s = float(os.environ.get("CROSSFED_SUPERNODE_POLL_S", DEFAULT_POLL_S))
     heartbeat_s = float(os.environ.get("CROSSFED_SUPERNODE_HEARTBEAT_S", DEFAULT_HEARTBEAT_S))
     patch_polling(poll_s, heartbeat_s)
     patch_server_error_retries(int(os.environ.get("CROSSFED_SUPERNODE_500_RETRIES", DEFAULT_SERVER_ERROR_RETRIES)))
-    if os.environ.get("CROSSFED_SUPERNODE_VERBOSE", "0") != "1":
+    if not node_console():
         logging.getLogger("flwr").addFilter(quiet_flower_chatter)
     from flwr.supernode.cli import flower_supernode
 

@@ -382,8 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from deploy.supernode_entry import node_console
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    node_console()  # plain lines, each once, no Flower DEBUG (the SuperNode's log rules)
     args = build_parser().parse_args(argv)
     if not args.insecure and not args.root_certificates:
         raise SystemExit("deploy.worker: pass --root-certificates, or --insecure for a loopback Runtime API")

@@ -7,6 +7,8 @@ when fusion runs under secure aggregation.
 
 from __future__ import annotations
 
+import logging
+
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
@@ -21,6 +23,7 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    log_to_console()
     cfg = AppConfig.from_flat(dict(context.run_config))
     tune_grid(grid)  # Deployment Engine only: retry HTTP 500s, quicker reply pulls
     run_federation(transport_for(grid, cfg), cfg)
@@ -30,3 +33,20 @@ def transport_for(grid: Grid, cfg: AppConfig) -> GridTransport:
     """Plain rounds, or rounds whose fusion runs under secure aggregation (``secagg = true``)."""
     names = parse_node_names(cfg.fed.node_names)
     return SecureGridTransport(grid, names) if cfg.secagg else GridTransport(grid, names)
+
+
+def log_to_console() -> None:
+    """crossfed's INFO lines (one per round, see ``server.outputs.round_line``) on stderr, plain text.
+
+    A deployed ServerApp runs in a process whose logging nobody set up: Python would print only
+    warnings, so ``flwr log --stream`` showed nothing of rounds that went well. Flower mirrors
+    stderr to the SuperLink's run log. A process that did set up logging (``crossfed simulate``)
+    is left as it is.
+    """
+    crossfed = logging.getLogger("crossfed")
+    if crossfed.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    crossfed.addHandler(handler)
+    crossfed.setLevel(logging.INFO)

@@ -61,8 +61,8 @@ GROUPS = ("global", "optimizer", "best")  # tensor groups in the safetensors fil
 OPTIMIZER_DTYPES = (np.float32, np.float64)  # common.fusion keeps FedAdam moments in float64
 # Keys a resumed run may change without invalidating the saved state.
 RESUMABLE_KEYS = frozenset({
-    "num-server-rounds", "out-dir", "fed.resume", "fed.min-nodes", "fed.min-round-nodes", "fed.node-wait-s",
-    "fed.round-timeout-s",
+    "num-server-rounds", "out-dir", "tensorboard-dir", "fed.resume", "fed.min-nodes", "fed.min-round-nodes",
+    "fed.node-wait-s", "fed.round-timeout-s",
     "fed.straggler-factor", "fed.straggler-min-s", "fed.resend-stragglers", "secure.stage-timeout-s", "fed.node-names",
 })  # fmt: skip
 
@@ -229,6 +229,17 @@ def load_checkpoint(
     )  # fmt: skip
     state.validate()
     return state
+
+
+def saved_round(run_dir: Path) -> int | None:
+    """The last completed round a checkpoint in ``run_dir`` claims (None without one), for a person to read.
+
+    Unverified (no key, no digests): :func:`load_checkpoint` checks everything before a run resumes.
+    """
+    path = Path(run_dir) / MANIFEST
+    if not path.is_file():
+        return None
+    return int(_read_manifest(path)["state"]["round"])
 
 
 def check_config(

@@ -34,7 +34,7 @@ from server.checkpoint import (
     remove_checkpoint,
     save_checkpoint,
 )
-from server.outputs import RoundLog, platform_table
+from server.outputs import RoundLog, platform_table, server_tensorboard_dir
 from server.warm_start import prepare_warm_start
 
 log = logging.getLogger("crossfed.server")
@@ -129,7 +129,8 @@ def run_federation(transport: Transport, cfg: AppConfig, table: bool = True) -> 
     # rounds evaluate validation only, and the best adapter is tested once at the end.
     round_splits = ("valid", "test") if cfg.eval.test_every_round else ("valid",)
     log.info("crossfed: %d rounds, %d adapter+head parameters", cfg.num_server_rounds, _size(loop.global_state))
-    with Progress(transient=False) as progress, RoundLog(out_dir) as rounds_log:
+    rounds_log = RoundLog(out_dir, cfg.num_server_rounds, server_tensorboard_dir(out_dir, cfg.tensorboard_dir))
+    with Progress(transient=False) as progress, rounds_log:
         task = progress.add_task("federated rounds", total=cfg.num_server_rounds, completed=loop.done)
         for rnd in range(loop.done + 1, cfg.num_server_rounds + 1):
             if cfg.fed.patience and loop.stale >= cfg.fed.patience:

@@ -14,17 +14,40 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from common.run_files import append_round
+from common.run_files import TENSORBOARD_DIR, add_scalars, append_round, close_tensorboard, tensorboard_writer
 
 log = logging.getLogger("crossfed.server")
 
-TENSORBOARD_DIR = "tensorboard"
 TABLE_METRICS = ("auc", "logloss", "hr@10", "ndcg@10")
 
 
 def now_utc() -> str:
     """ISO-8601 UTC to the second, the time stamp of every rounds.jsonl line."""
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def round_line(record: Mapping[str, Any], total: int) -> str:
+    """The one line a person watching the run reads per round (the streamed ServerApp log, the console):
+
+    ``round 2/5: cohort 3, 4.1 s, valid.auc 0.6123  valid.logloss 0.6931, ε 0.84``: the cohort that
+    evaluated, the round's seconds, its aggregate (example-weighted mean) metrics, and the privacy
+    budget spent so far when the record carries one (``epsilon``; ``ε -`` while it is not known).
+    """
+    head = f"round {record.get('round')}/{total}"
+    seconds = record.get("seconds")
+    took = f"{seconds:.1f} s" if isinstance(seconds, (int, float)) else "? s"
+    if record.get("aborted"):
+        return f"{head}: aborted after {took}: {record['aborted']}"
+    mean = record.get("mean") or {}
+    metrics = "  ".join(f"{k} {fmt_number(v)}" for k, v in sorted(mean.items())
+                        if k.startswith(("valid.", "test.")) and not k.endswith((".n", "-users")))  # fmt: skip
+    parts = [f"cohort {len(record.get('cohort') or [])}", took, metrics or "no metrics"]
+    if "epsilon" in record:
+        parts.append(f"ε {fmt_number(record['epsilon'], digits=3)}")
+    failures = record.get("failures") or []
+    if failures:
+        parts.append(f"{len(failures)} failure(s): {'; '.join(failures)}")
+    return f"{head}: " + ", ".join(parts)
 
 
 def scalars(record: Mapping[str, Any]) -> dict[str, float]:
@@ -41,36 +64,35 @@ def scalars(record: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in out.items() if isinstance(v, (int, float)) and math.isfinite(v)}
 
 
-class RoundLog:
-    """The run's per-round record: a time-stamped line in rounds.jsonl, scalars in TensorBoard.
+def server_tensorboard_dir(out_dir: Path, tensorboard_dir: str = "") -> Path:
+    """Where the server's scalars go: ``<out-dir>/tensorboard``, or ``DIR/server`` for ``tensorboard-dir = DIR``."""
+    return out_dir / TENSORBOARD_DIR if not tensorboard_dir else Path(tensorboard_dir).expanduser() / "server"
 
-    TensorBoard event files (``<run>/tensorboard/``, ``tensorboard --logdir <run>``) are written
-    with PyTorch's own ``SummaryWriter``, which needs the ``tensorboard`` package; without it the
-    run says so once and rounds.jsonl stays the record.
+
+class RoundLog:
+    """The run's per-round record: a time-stamped line in rounds.jsonl, scalars in TensorBoard, one log line.
+
+    TensorBoard event files (default ``<run>/tensorboard/``, ``tensorboard --logdir <run>``) are
+    written with PyTorch's own ``SummaryWriter``, which needs the ``tensorboard`` package; without
+    it the run says so once and rounds.jsonl stays the record. The log line (:func:`round_line`)
+    is what ``crossfed deploy submit --stream`` shows of each round.
     """
 
-    def __init__(self, out_dir: Path) -> None:
+    def __init__(self, out_dir: Path, total: int = 0, tensorboard_dir: Path | None = None) -> None:
         self.out_dir = out_dir
-        self.writer: Any = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # torch raises it when the tensorboard package is missing
-            log.info("no TensorBoard logs: the `tensorboard` package is not installed (pip install tensorboard)")
-            return
-        self.writer = SummaryWriter(log_dir=str(out_dir / TENSORBOARD_DIR))
+        self.total = total
+        self.tensorboard_dir = tensorboard_dir or out_dir / TENSORBOARD_DIR
+        self.writer: Any = tensorboard_writer(self.tensorboard_dir)
 
     def append(self, record: Mapping[str, Any]) -> None:
         stamped = {**record, "time": now_utc()}
         append_round(self.out_dir, stamped)
-        if self.writer is not None:
-            for tag, value in scalars(stamped).items():
-                self.writer.add_scalar(tag, value, global_step=int(stamped["round"]))
-            self.writer.flush()
+        log.info("%s", round_line(stamped, self.total))
+        add_scalars(self.writer, scalars(stamped), int(stamped["round"]))
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        close_tensorboard(self.tensorboard_dir)
+        self.writer = None
 
     def __enter__(self) -> RoundLog:
         return self

@@ -60,6 +60,8 @@ def simulate_config(args: argparse.Namespace) -> AppConfig:
     if args.data:
         overrides["data.dir"] = str(Path(args.data).resolve())
     overrides["out-dir"] = str(Path(args.out).resolve())
+    if getattr(args, "tensorboard", None):
+        overrides["tensorboard-dir"] = str(Path(args.tensorboard).resolve())
     for flag, key in (("rounds", "num-server-rounds"), ("max_users", "data.max-users"), ("seed", "seed"),
                       ("base_model", "model.base"), ("secagg", "secagg")):  # fmt: skip
         if getattr(args, flag) is not None:
@@ -195,6 +197,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int)
     sim.add_argument("--base-model", help="'default', 'tiny-random' or a local Hugging Face model path")
     sim.add_argument("--secagg", action=argparse.BooleanOptionalAction, default=None)
+    sim.add_argument("--tensorboard", metavar="DIR", help="TensorBoard scalars: the server's aggregate metrics "
+                     "in DIR/server, each platform's own in DIR/<platform> (default: the server's in "
+                     "<out>/tensorboard)")  # fmt: skip
     sim.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="CPUs the simulation may use")
     sim.add_argument("--set", action="append", metavar="KEY=VALUE", help="any run-config key, e.g. lora.r=4")
     sim.add_argument("--size", choices=sorted(SIZES), help="a size preset of `crossfed compare` (cpu: the real model "

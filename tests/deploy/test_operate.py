@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,9 @@ from common.config import config_string
 from common.run_files import ROUNDS_FILE, SUMMARY_FILE
 from common.secagg.identity import load_public
 from deploy.federation import Federation
+from server.checkpoint import saved_round
 from tests.deploy.settings import STATE, TINY
+from tests.tensorboard_events import read_scalars
 
 pytestmark = pytest.mark.slow
 
@@ -84,3 +88,81 @@ def test_default_platforms_give_mean_metrics_exit_codes_and_status(tmp_path: Pat
     assert "valid.auc" in by_id[str(run)]["metrics"]
     assert by_id[str(failed)]["status"] == "finished:failed"
     assert "platforms: 2 of 2 online" in text.stdout and "web_shop" in text.stdout, text.stdout
+
+
+def _run_id(out: subprocess.CompletedProcess[str]) -> int:
+    found = re.search(r"run (\d+) started", out.stdout)
+    assert found, out.stdout[-2000:] + out.stderr[-2000:]
+    return int(found.group(1))
+
+
+def _wait_checkpoint(run_dir: Path, fed: Federation, timeout_s: float = 300.0) -> int:
+    deadline = time.monotonic() + timeout_s
+    while (done := saved_round(run_dir)) is None:
+        assert time.monotonic() < deadline, f"no round checkpointed in {run_dir}\n{fed.diagnostics()}"
+        time.sleep(0.5)
+    return done
+
+
+def test_one_run_at_a_time_stop_keeps_the_checkpoint_a_resume_takes(tmp_path: Path) -> None:
+    # Prepare: two platforms that accept a cohort of two and keep their own TensorBoard scalars
+    run_a, run_b, tb, own_tb = tmp_path / "a", tmp_path / "b", tmp_path / "tb", tmp_path / "tb-platform"
+    config = {**TINY, "num-server-rounds": 4, "fed.min-nodes": 2, "out-dir": str(run_a)}
+    node_extra = {**STATE, "secagg-min-cohort": 2, "tensorboard-dir": str(own_tb)}
+    with Federation(tmp_path / "fed", PAIR, node_extra=node_extra) as fed:
+        # Execute: run A; once its round 1 is committed, a second submit, then one with --replace
+        first = _cli(fed, "submit", "--run-config", config_string(config), "--detach")
+        run_a_id = _run_id(first)
+        _wait_checkpoint(run_a, fed)
+        refused = _cli(fed, "submit", "--run-config", config_string({**config, "out-dir": str(run_b)}), "--detach")
+        replaced = _cli(fed, "submit", "--replace", "--detach",
+                        "--run-config", config_string({**config, "out-dir": str(run_b)}))  # fmt: skip
+        stopped = _cli(fed, "stop")  # run B, the active one
+        nothing = _cli(fed, "stop")
+        status = json.loads(_cli(fed, "status", "--json", timeout_s=60).stdout)
+        done = saved_round(run_a)
+        # ... then run A again on its folder: it resumes after its last committed round
+        resumed = _cli(fed, "submit", "--stream", "--tensorboard", str(tb), "--run-config", config_string(config))
+        diagnostics = fed.diagnostics()
+        node_logs = {p.name: p.read_text(errors="replace") for p in fed.logs.glob("*node-*.log")}
+        node_logs.update({p.name: p.read_text(errors="replace") for p in fed.logs.glob("worker-*.log")})
+    # Assert: the second submit was refused with exit 2, naming run A and since when
+    assert first.returncode == 0, first.stderr[-2000:] + diagnostics
+    assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
+    assert f"run {run_a_id} (running since 20" in refused.stderr and "--replace" in refused.stderr, refused.stderr
+    # ... --replace stopped A (its checkpoint named), then started B; `stop` stopped B, a second one had nothing
+    assert replaced.returncode == 0, replaced.stdout[-2000:] + replaced.stderr[-2000:] + diagnostics
+    assert f"run {run_a_id} finished:stopped; its checkpoint in {run_a} holds round" in replaced.stdout
+    run_b_id = _run_id(replaced)
+    assert stopped.returncode == 0 and f"run {run_b_id} finished:stopped" in stopped.stdout, stopped.stdout
+    assert nothing.returncode == 0 and "no active run on federation crossfed-test" in nothing.stdout, nothing.stdout
+    by_id = {r["run-id"]: r["status"] for r in status["runs"]}
+    assert by_id[run_a_id] == by_id[run_b_id] == "finished:stopped", by_id
+    # ... A's checkpoint holds its last completed round (1 or more), and the resumed run started after it
+    assert done is not None and 1 <= done < 4
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:] + diagnostics
+    summary = json.loads((run_a / SUMMARY_FILE).read_text())
+    assert summary["resumed_after_round"] == done and summary["rounds_run"] == 4
+    rows = [json.loads(line) for line in (run_a / ROUNDS_FILE).read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3, 4], rows
+    # ... at most the round in flight was lost: rerun, or, when the platforms had already sent its masked
+    # input, refused by them (a round is never contributed to twice) and recorded as aborted; later ones fused
+    assert all("aborted" not in r for r in rows[:done] + rows[done + 1 :]), rows
+    fused = [r["round"] for r in rows[done:] if "aborted" not in r]
+    if "aborted" in rows[done]:
+        assert f"round {done + 1}/4: aborted after" in resumed.stdout, resumed.stdout
+        assert "already received this platform's masked input" in resumed.stdout, resumed.stdout
+    # ... the stream showed one plain line per fused round (cohort, seconds, aggregate metrics)
+    for rnd in fused:
+        assert re.search(rf"round {rnd}/4: cohort 2, [\d.]+ s, valid\.auc 0\.\d{{4}}", resumed.stdout), resumed.stdout
+    # ... TensorBoard: the server's aggregate metrics in tb/server, each platform's own under its folder
+    server_tags = read_scalars(tb / "server")
+    assert [step for step, _ in server_tags["valid.auc/mean"]] == fused
+    for platform in PAIR:
+        own = private_folder(str(run_a), platform, STATE["state-dir"]).name
+        tags = read_scalars(own_tb / platform / own)
+        assert {"valid.auc", "train.train-loss"} <= set(tags), sorted(tags)
+    # ... and the nodes' logs are plain text: no colour codes, no Flower DEBUG, no warning twice
+    for name, text in node_logs.items():
+        assert "\x1b[" not in text and "DEBUG" not in text, f"{name}:\n{text[-3000:]}"
+        assert "WARNING flwr:" not in text, f"{name}:\n{text[-3000:]}"  # a Flower warning's second copy (root)

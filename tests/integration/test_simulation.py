@@ -11,6 +11,7 @@ from common.config import TINY_PRESET, AppConfig
 from common.modeling import load_adapter
 from common.run_files import ROUNDS_FILE, SUMMARY_FILE
 from simulations.local.simulate import run_simulated_federation, validate_inputs
+from tests.tensorboard_events import read_scalars
 
 TINY = {**TINY_PRESET, "num-server-rounds": 2}
 
@@ -32,8 +33,10 @@ def _assert_finished_run(out: Path, cfg: AppConfig, platforms: list[str]) -> dic
 
 
 def test_tiny_three_platform_federation(tmp_path: Path) -> None:
-    # Prepare: embedded synthetic data (3 platforms of unequal size), tiny random base
-    cfg = AppConfig().replace(**TINY, **{"out-dir": str(tmp_path / "run")})
+    # Prepare: embedded synthetic data (3 platforms of unequal size), tiny random base, TensorBoard scalars
+    # in one folder (`crossfed simulate --tensorboard DIR`)
+    tb = tmp_path / "tb"
+    cfg = AppConfig().replace(**TINY, **{"out-dir": str(tmp_path / "run"), "tensorboard-dir": str(tb)})
     platforms = validate_inputs(cfg)
     assert len(platforms) == 3
     # Execute
@@ -41,6 +44,11 @@ def test_tiny_three_platform_federation(tmp_path: Path) -> None:
     # Assert
     _assert_finished_run(tmp_path / "run", cfg, platforms)
     assert summary["config"]["model.base"] == "tiny-random"
+    # ... the server's aggregate metrics in tb/server, each platform's own in tb/<platform>, as TensorBoard reads them
+    assert [step for step, _ in read_scalars(tb / "server")["valid.auc/mean"]] == [1, 2]
+    for platform in platforms:
+        tags = read_scalars(tb / platform)
+        assert [step for step, _ in tags["valid.auc"]] == [1, 2] and "train.train-loss" in tags, sorted(tags)
 
 
 @pytest.mark.slow

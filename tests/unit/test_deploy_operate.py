@@ -89,3 +89,79 @@ def test_submit_adds_the_registered_names_unless_the_run_config_sets_them() -> N
     assert with_node_names({"secagg": True}, names) == {"secagg": True, "fed.node-names": "45=app,123=web_shop"}
     assert with_node_names({"fed.node-names": "7=x"}, names) == {"fed.node-names": "7=x"}
     assert with_node_names({"secagg": True}, {}) == {"secagg": True}
+
+
+@pytest.mark.parametrize(
+    ("record", "active", "label"),
+    [
+        ({"run-id": "7", "status": "running", "pending-at": "t0", "running-at": "t2"}, True,
+         "run 7 (running since t2)"),
+        ({"run-id": "8", "status": "pending", "pending-at": "t0"}, True, "run 8 (pending since t0)"),
+        ({"run-id": "9", "status": "starting", "starting-at": "", "pending-at": "t0"}, True,
+         "run 9 (starting since t0)"),
+        ({"run-id": "3", "status": "finished:stopped", "finished-at": "t9"}, False,
+         "run 3 (finished:stopped since t9)"),
+        ({"run-id": "4", "status": "finished:completed"}, False, "run 4 (finished:completed)"),
+    ],
+)  # fmt: skip
+def test_a_run_is_active_until_it_finishes_and_is_named_with_since_when(record: dict, active: bool,
+                                                                         label: str) -> None:  # fmt: skip
+    from deploy.flwr_cli import is_active
+    from deploy.operate import run_label
+
+    assert is_active(record) is active
+    assert run_label(record) == label
+
+
+def test_resume_hint_names_the_checkpointed_round(tmp_path: Path) -> None:
+    from collections import OrderedDict
+
+    import numpy as np
+
+    from deploy.operate import resume_hint
+    from server.checkpoint import RunState, save_checkpoint
+
+    # Prepare: a run folder whose checkpoint holds round 2
+    state = RunState(round=2, global_state=OrderedDict(w=np.zeros(3, dtype=np.float32)), config={"seed": 0})
+    save_checkpoint(tmp_path / "run", state, key=b"k" * 32)
+    # Execute / Assert
+    assert f"its checkpoint in {tmp_path / 'run'} holds round 2: resume" in resume_hint(str(tmp_path / "run"))
+    assert "no completed round" in resume_hint(str(tmp_path / "empty"))
+    assert resume_hint(None) == ""
+    (tmp_path / "run" / "checkpoint.json").write_text("{broken")
+    assert "unreadable" in resume_hint(str(tmp_path / "run"))
+
+
+NODE_LOGS = """
+import logging, warnings
+from deploy.supernode_entry import node_console
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+node_console()
+from flwr.common.logger import log
+log(logging.DEBUG, "flower debug line")
+log(logging.WARNING, "Connection attempt failed, retrying in 0.5 seconds")
+log(logging.INFO, "SuperNode ID: 42")
+logging.getLogger("crossfed.worker").info("task 1 completed")
+warnings.warn("`is_gradient_checkpointing` is deprecated", FutureWarning)
+"""
+
+
+def test_node_log_is_plain_text_each_line_once_without_flower_debug(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    # Prepare: a node's log is a file (not a terminal), as the kits and Federation write it
+    path = tmp_path / "node.log"
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "CROSSFED_SUPERNODE_VERBOSE")}
+    # Execute
+    with path.open("wb") as fh:
+        subprocess.run([sys.executable, "-c", NODE_LOGS], stdout=fh, stderr=subprocess.STDOUT, env=env, check=True,
+                       timeout=120)  # fmt: skip
+    text = path.read_text()
+    # Assert: no colour codes, no DEBUG, the warning once, the node id and crossfed's line kept
+    assert "\x1b[" not in text, text
+    assert "flower debug line" not in text and "DEBUG" not in text, text
+    assert text.count("Connection attempt failed") == 1, text
+    assert text.count("SuperNode ID: 42") == 1 and text.count("task 1 completed") == 1, text
+    assert "is_gradient_checkpointing" not in text, text  # library FutureWarnings: only with verbose

@@ -10,8 +10,9 @@ import pytest
 
 from common.files import SECRET_MODE, atomic_write_bytes, result_mode, umask
 from common.run_files import ROUNDS_FILE
-from server.outputs import RoundLog, render_table, scalars
+from server.outputs import RoundLog, render_table, round_line, scalars, server_tensorboard_dir
 from simulations.compare.report import plot_run_rounds, summary_table
+from tests.tensorboard_events import read_scalars
 
 RECORD = {
     "round": 1,
@@ -60,6 +61,50 @@ def test_round_log_writes_tensorboard_scalars_tensorboard_reads(tmp_path: Path) 
     assert "valid.auc/mean" in events.Tags()["scalars"]
     points = [(e.step, round(e.value, 6)) for e in events.Scalars("valid.auc/mean")]
     assert points == [(1, 0.65), (2, 0.7)]
+
+
+def test_round_log_writes_tensorboard_dir_server_when_asked(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    # Prepare: `tensorboard-dir = <tmp>/tb` (crossfed simulate / deploy submit --tensorboard)
+    folder = server_tensorboard_dir(tmp_path / "run", str(tmp_path / "tb"))
+    # Execute
+    with RoundLog(tmp_path / "run", 2, folder) as log:
+        log.append(RECORD)
+    # Assert: the scalars are in <tb>/server, none in the run folder
+    assert folder == tmp_path / "tb" / "server"
+    assert read_scalars(folder)["valid.auc/mean"] == [(1, 0.65)]
+    assert not (tmp_path / "run" / "tensorboard").exists()
+    assert server_tensorboard_dir(tmp_path, "") == tmp_path / "tensorboard"
+
+
+@pytest.mark.parametrize(
+    ("record", "line"),
+    [
+        (RECORD, "round 1/5: cohort 0, 2.5 s, test.auc 0.5500  valid.auc 0.6500"),
+        ({**RECORD, "cohort": ["app", "web"], "mean": {"valid.auc": 0.65, "valid.n": 40.0, "valid.new-users": 3.0},
+          "failures": ["node 7: no reply after 60 s"]},
+         "round 1/5: cohort 2, 2.5 s, valid.auc 0.6500, 1 failure(s): node 7: no reply after 60 s"),
+        ({**RECORD, "cohort": ["app"], "epsilon": 0.84213}, "round 1/5: cohort 1, 2.5 s, test.auc 0.5500  "
+         "valid.auc 0.6500, ε 0.842"),
+        ({**RECORD, "cohort": ["app"], "epsilon": None}, "round 1/5: cohort 1, 2.5 s, test.auc 0.5500  "
+         "valid.auc 0.6500, ε -"),
+        ({"round": 3, "aborted": "secure aggregation: 2 of 3 platforms", "seconds": 61.04},
+         "round 3/5: aborted after 61.0 s: secure aggregation: 2 of 3 platforms"),
+        ({"round": 2, "cohort": ["app"], "mean": {}, "seconds": 1.0}, "round 2/5: cohort 1, 1.0 s, no metrics"),
+    ],
+)  # fmt: skip
+def test_round_line_is_one_plain_line_per_round(record: dict, line: str) -> None:
+    assert round_line(record, 5) == line
+
+
+def test_round_log_logs_the_round_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Execute
+    with caplog.at_level("INFO", logger="crossfed.server"), RoundLog(tmp_path, 5) as log:
+        log.append({**RECORD, "cohort": ["app", "web"]})
+    # Assert: the same line the streamed ServerApp log shows
+    assert [r.getMessage() for r in caplog.records if r.name == "crossfed.server"] == [
+        "round 1/5: cohort 2, 2.5 s, test.auc 0.5500  valid.auc 0.6500"
+    ]
 
 
 def test_plot_run_rounds_draws_a_png_beside_rounds_jsonl(tmp_path: Path) -> None:
