@@ -89,16 +89,21 @@ def handle_train(msg: Message, context: Context) -> Message:
                 "this platform trains only under secure aggregation (run with `secagg = true`, or set "
                 f"node_config `{secure.REQUIRE_KEY}=false` to allow rounds in the clear)"
             )
+        if cfg.privacy.enabled and not cfg.secagg:
+            raise ConfigError("differential privacy needs `secagg = true`: this platform's share of the noise "
+                              "is not enough on its own")  # fmt: skip
         store = _private_store(context, cfg, setup.platform)
         record = _contribution_record(context, store)
+        n_min = None
         if cfg.secagg:  # refuse a replayed round (or one past this platform's limit) before training
             trust = secure.platform_trust(context.node_config, setup.platform, cfg)
             secure.admit_round(context, record, server_round, trust.policy)
+            n_min = secure.noise_shares(cfg, trust.policy)
         log.info("platform %s: round %d: training on the global adapter", setup.platform, server_round)
-        state, metrics = fit(cfg, setup, arrays_to_state(msg.content[ARRAYS]), server_round, store)  # type: ignore[arg-type]
+        state, metrics = fit(cfg, setup, arrays_to_state(msg.content[ARRAYS]), server_round, store, n_min)  # type: ignore[arg-type]
         if cfg.secagg:  # the update stays here; only the masked sum will leave
-            records = secure.start(msg.content, context, cfg, state, int(metrics["num-examples"]), setup.platform,
-                                   record)  # fmt: skip
+            weight = 1 if cfg.privacy.enabled else int(metrics["num-examples"])  # DP: counts are in the noisy sum
+            records = secure.start(msg.content, context, cfg, state, weight, setup.platform, record)
             return Message(RecordDict({**records, INFO: _info(setup.platform)}), reply_to=msg)
     except OPERATOR_ERRORS as exc:
         return _error_reply(msg, exc, context)
