@@ -52,6 +52,7 @@ class UserSums:
     clipped_users: int  # users whose update was longer than the clip (scaled down)
     rows: int  # train rows used
     loss: float  # mean training loss over the users' steps
+    median_norm: float  # median L2 norm of the users' updates before clipping (to choose ``privacy.clip``)
 
 
 def user_seed(seed: int, platform: str, user: str, rnd: int) -> int:
@@ -79,6 +80,7 @@ def clipped_user_sums(
     total = np.zeros(base.size + 1, dtype=np.float64)
     shared = [p for p in scorer.parameters() if p.requires_grad]
     clipped = rows_used = steps = 0
+    norms: list[float] = []
     loss_sum = 0.0
     present = np.unique(data.users)
     scorer.to(device).train()
@@ -101,7 +103,9 @@ def clipped_user_sums(
             opt.step()
             loss_sum += float(loss.detach())
             steps += 1
-        update, was_clipped = clip_l2(_flat(get_trainable_state(scorer)) - base, mech.update_clip)
+        raw = _flat(get_trainable_state(scorer)) - base
+        norms.append(float(np.linalg.norm(raw)))
+        update, was_clipped = clip_l2(raw, mech.update_clip)
         total[:-1] += update
         total[-1] += mech.count_clip
         clipped += int(was_clipped)
@@ -109,7 +113,8 @@ def clipped_user_sums(
     set_trainable_state(scorer, start)
     if not math.isfinite(loss_sum):
         raise FloatingPointError("training loss became NaN/Inf; lower `train.lr`")
-    return UserSums(total, len(present), clipped, rows_used, loss_sum / max(steps, 1))
+    median = float(np.median(norms)) if norms else 0.0
+    return UserSums(total, len(present), clipped, rows_used, loss_sum / max(steps, 1), median)
 
 
 def private_round(
@@ -133,7 +138,8 @@ def private_round(
         pos += value.size
     out[COUNT] = noisy.values[pos:]
     metrics = {"train-loss": sums.loss, "num-examples": float(sums.rows), "dp-users": float(sums.users),
-               "dp-users-clipped": float(sums.clipped_users), "dp-box-clipped": float(noisy.box_clipped)}  # fmt: skip
+               "dp-users-clipped": float(sums.clipped_users), "dp-box-clipped": float(noisy.box_clipped),
+               "dp-median-norm": sums.median_norm}  # fmt: skip
     if any(True for _ in part.private.parameters()):
         frozen = [p for p in scorer.parameters() if p.requires_grad]
         for p in frozen:

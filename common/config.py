@@ -222,7 +222,9 @@ class PrivacySpec:
     target_epsilon: float = 0.0  # 0 = off; else the budget the noise is calibrated for over num-server-rounds
     # 0 = 1/N, N = the users of every platform together (counted by simulations from the data; a deployment sets it)
     delta: float = 0.0
-    clip: float = 1.0  # L2 bound on one user's contribution (its update to the shared tensors + its count)
+    # L2 bound on one user's contribution (its update to the shared tensors + its count); near the users' median
+    # update norm (a platform's train metric `dp-median-norm`): one AdamW step moves each value by ~train.lr
+    clip: float = 0.1
 
     def __post_init__(self) -> None:
         _non_negative(self, "target_epsilon", "privacy.target-epsilon")

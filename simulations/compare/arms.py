@@ -108,7 +108,7 @@ ARMS: dict[str, Arm] = {a.name: a for a in (
     Arm("no-early-stop", "federated", {"fed.patience": 0}, about="every round, best round still by validation"),
     *(Arm(f"dp-eps{eps:g}", "federated", {"privacy.target-epsilon": float(eps), **DP_GRID},
           about=f"federated with user-level differential privacy, epsilon {eps:g} over the run (delta 1/N users, "
-          "clip 1): per-user clipped updates, discrete Gaussian noise shared among the platforms")
+          "clip 0.1): per-user clipped updates, discrete Gaussian noise shared among the platforms")
       for eps in DP_EPSILONS),
     Arm("untrained", "untrained", about="frozen base + untrained LoRA and head (seeded init)"),
     Arm("liked-share", "baseline", about="share of liked items in the user's history (0.5 if empty)"),
