@@ -139,7 +139,7 @@ def private_round(
     out[COUNT] = noisy.values[pos:]
     metrics = {"train-loss": sums.loss, "num-examples": float(sums.rows), "dp-users": float(sums.users),
                "dp-users-clipped": float(sums.clipped_users), "dp-box-clipped": float(noisy.box_clipped),
-               "dp-median-norm": sums.median_norm}  # fmt: skip
+               "dp-median-norm": sums.median_norm, "dp-noise-multiplier": mech.noise_multiplier}  # fmt: skip
     if any(True for _ in part.private.parameters()):
         frozen = [p for p in scorer.parameters() if p.requires_grad]
         for p in frozen:

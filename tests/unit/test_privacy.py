@@ -239,3 +239,11 @@ def test_membership_attack_does_no_better_than_epsilon_allows() -> None:
 def test_bad_privacy_settings_are_refused(override: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         AppConfig().replace(**override)
+
+
+def test_the_flower_server_refuses_privacy_without_secure_aggregation() -> None:
+    from server.app import transport_for
+
+    cfg = AppConfig().replace(**{"privacy.target-epsilon": 1.0})
+    with pytest.raises(ConfigError, match="needs `secagg = true`"):
+        transport_for(None, cfg)  # type: ignore[arg-type]  # refused before any grid is used
