@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp import ClientApp
 from flwr.common.logger import update_console_handler
 
-from clients import secure
+from clients import privacy_guard, secure
 from clients.metrics_log import append_metrics
 from clients.platform import PARTITION_KEY, resolve_node
 from clients.private_state import DEFAULT_STATE_DIR, STATE_DIR_KEY, PrivateStore, run_store
@@ -37,6 +37,7 @@ from common.payload import (
     parse_eval,
     state_to_arrays,
 )
+from common.privacy import run_mechanism
 from common.secagg import SecAggError
 from common.secure_wire import SECAGG, SECAGG_ACTION
 
@@ -99,8 +100,14 @@ def handle_train(msg: Message, context: Context) -> Message:
             trust = secure.platform_trust(context.node_config, setup.platform, cfg)
             secure.admit_round(context, record, server_round, trust.policy)
             n_min = secure.noise_shares(cfg, trust.policy)
+        given = arrays_to_state(msg.content[ARRAYS])  # type: ignore[arg-type]
+        privacy_guard.require_privacy(context.node_config, cfg)
+        if cfg.privacy.enabled:  # this platform's own accounting, before it trains (README "Differential privacy")
+            z = run_mechanism(cfg, sum(v.size for v in given.values()) + 1, n_min).noise_multiplier
+            spent = privacy_guard.spend_round(context, store.folder, cfg, server_round, z)
+            log.info("platform %s: round %d: epsilon %.4g after this round", setup.platform, server_round, spent)
         log.info("platform %s: round %d: training on the global adapter", setup.platform, server_round)
-        state, metrics = fit(cfg, setup, arrays_to_state(msg.content[ARRAYS]), server_round, store, n_min)  # type: ignore[arg-type]
+        state, metrics = fit(cfg, setup, given, server_round, store, n_min)
         if cfg.secagg:  # the update stays here; only the masked sum will leave
             weight = 1 if cfg.privacy.enabled else int(metrics["num-examples"])  # DP: counts are in the noisy sum
             records = secure.start(msg.content, context, cfg, state, weight, setup.platform, record)
