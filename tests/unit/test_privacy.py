@@ -165,11 +165,13 @@ def test_removing_one_user_changes_the_platforms_sum_by_its_clipped_contribution
     run = lambda p: clipped_user_sums(scorer, p, users, cfg.train, mech, torch.device("cpu"), 0, "app", 1)  # noqa: E731
     gone = int(np.unique(part.data.users)[1])
     without = type(part)(part.table, part.data.take(np.flatnonzero(part.data.users != gone)), part.private)
+    only = type(part)(part.table, part.data.take(np.flatnonzero(part.data.users == gone)), part.private)
     # Execute
-    full, less = run(part), run(without)
-    # Assert: every update was clipped; the difference is exactly that user's vector, of norm <= clip
-    assert full.clipped_users == full.users == 4 and less.users == 3
+    full, less, alone = run(part), run(without), run(only)
+    # Assert: every update was clipped; the difference is exactly that user's own vector, of norm <= clip
+    assert full.clipped_users == full.users == 4 and less.users == 3 and alone.users == 1
     diff = full.vector - less.vector
+    np.testing.assert_allclose(diff, alone.vector, rtol=0, atol=1e-12)
     assert np.linalg.norm(diff) <= mech.clip * (1 + 1e-12)
     assert np.linalg.norm(diff[:-1]) == pytest.approx(mech.update_clip, rel=1e-9)
     assert diff[-1] == pytest.approx(mech.count_clip)
