@@ -482,10 +482,13 @@ def _check_private_settings(cfg: AppConfig) -> None:
         "lora.private-b": cfg.lora.private_b,
         "secure.l2-clip": cfg.secure.l2_clip > 0,  # a norm clip after the noise: the sum would not be sum + noise
         "fed.warm-start": bool(cfg.fed.warm_start),  # the earlier run's rounds spent budget this run cannot see
+        # item statistics mix users, so the per-user passes cannot see them: the head would never learn them
+        "model.item-stats": cfg.model.item_stats,
     }
     for key, on in refused.items():
         if on:
-            raise ConfigError(f"`{key}` cannot be used with differential privacy (`privacy.target-epsilon` > 0)")
+            raise ConfigError(f"`{key}` cannot be used with differential privacy (`privacy.target-epsilon` > 0): "
+                              f"set it off (README \"Differential privacy\")")  # fmt: skip
 
 
 def _positive(obj: object, attr: str, key: str) -> None:

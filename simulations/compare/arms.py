@@ -70,10 +70,10 @@ class Arm:
 
 
 DP_EPSILONS = (1, 4, 8)  # dp-eps1, dp-eps4, dp-eps8: the cost of user-level differential privacy
-# The secure-aggregation grid a DP run needs: room for every user's summed contribution and the noise's headroom
-# on each side (common.privacy.Mechanism.box), with a step far below the noise (quant-bits 32 still fits the
-# overflow check at max-weight 1e6, 1024 platforms).
-DP_GRID = {"secure.clip-range": 512.0, "secure.quant-bits": 32}
+# What a DP run needs: a secure-aggregation grid with room for every user's summed contribution and the noise's
+# headroom on each side (common.privacy.Mechanism.box), with a step far below the noise (quant-bits 32 still fits
+# the overflow check at max-weight 1e6, 1024 platforms); no item statistics (they mix users).
+DP_SETTINGS = {"secure.clip-range": 512.0, "secure.quant-bits": 32, "model.item-stats": False}
 MIX_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)  # fed+mix: share of the fused model, picked per platform on validation
 ARMS: dict[str, Arm] = {a.name: a for a in (
     Arm("local", "local", about="each platform trains alone on its own data (same rounds/epochs)"),
@@ -106,9 +106,9 @@ ARMS: dict[str, Arm] = {a.name: a for a in (
     Arm("no-dropout", "federated", {"lora.dropout": 0.0, "model.head-dropout": 0.0}, about="no dropout"),
     Arm("wd0.1", "federated", {"train.weight-decay": 0.1}, about="weight decay 0.1 (default 0.01)"),
     Arm("no-early-stop", "federated", {"fed.patience": 0}, about="every round, best round still by validation"),
-    *(Arm(f"dp-eps{eps:g}", "federated", {"privacy.target-epsilon": float(eps), **DP_GRID},
+    *(Arm(f"dp-eps{eps:g}", "federated", {"privacy.target-epsilon": float(eps), **DP_SETTINGS},
           about=f"federated with user-level differential privacy, epsilon {eps:g} over the run (delta 1/N users, "
-          "clip 0.1): per-user clipped updates, discrete Gaussian noise shared among the platforms")
+          "clip 0.1, no item statistics): per-user clipped updates, discrete Gaussian noise shared among the platforms")
       for eps in DP_EPSILONS),
     Arm("untrained", "untrained", about="frozen base + untrained LoRA and head (seeded init)"),
     Arm("liked-share", "baseline", about="share of liked items in the user's history (0.5 if empty)"),

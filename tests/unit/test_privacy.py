@@ -21,7 +21,7 @@ from common.privacy import (
 )
 from server.privacy_budget import PrivacyLedger
 
-SCALE = 2**31 / 512  # the DP arms' grid (simulations.compare.arms.DP_GRID)
+SCALE = 2**31 / 512  # the DP arms' grid (simulations.compare.arms.DP_SETTINGS)
 
 
 def _mech(eps: float = 1.0, delta: float = 1e-3, clip: float = 1.0, rounds: int = 1, d: int = 9, n_min: int = 2):
@@ -49,7 +49,8 @@ def test_calibration_meets_the_target_and_no_less_noise_would(eps: float, delta:
 
 def test_ledger_stops_before_the_budget_and_counts_a_resume_with_its_real_noise() -> None:
     cfg = AppConfig().replace(**{"num-server-rounds": 3, "privacy.target-epsilon": 2.0, "privacy.delta": 1e-4,
-                                 "secure.clip-range": 512.0, "secure.quant-bits": 32})  # fmt: skip
+                                 "secure.clip-range": 512.0, "secure.quant-bits": 32,
+                                 "model.item-stats": False})  # fmt: skip
     state = {"w": np.zeros(8, np.float32)}
     ledger = PrivacyLedger.start(cfg, state)
     for _ in range(3):
@@ -144,7 +145,7 @@ def tiny_platform():
 
     cfg = AppConfig().replace(**{**TINY_PRESET, "data.max-users": 4, "privacy.target-epsilon": 1.0,
                                  "privacy.delta": 1e-3, "privacy.clip": 0.02, "secure.clip-range": 512.0,
-                                 "secure.quant-bits": 32})  # fmt: skip
+                                 "secure.quant-bits": 32, "model.item-stats": False})  # fmt: skip
     scorer, _ = build_scorer(cfg.model, cfg.lora, cfg.seed)
     state = get_trainable_state(scorer)
     setup = NodeSetup("app", "", "cpu")
@@ -236,6 +237,7 @@ def test_membership_attack_does_no_better_than_epsilon_allows() -> None:
         ({"privacy.clip": 0.0}, "`privacy.clip` must be positive"),
         ({"privacy.target-epsilon": 1.0, "model.private-head": True}, "`model.private-head` cannot be used"),
         ({"privacy.target-epsilon": 1.0, "secure.l2-clip": 1.0}, "`secure.l2-clip` cannot be used"),
+        ({"privacy.target-epsilon": 1.0}, "`model.item-stats` cannot be used"),
     ],
 )
 def test_bad_privacy_settings_are_refused(override: dict, match: str) -> None:
@@ -246,6 +248,6 @@ def test_bad_privacy_settings_are_refused(override: dict, match: str) -> None:
 def test_the_flower_server_refuses_privacy_without_secure_aggregation() -> None:
     from server.app import transport_for
 
-    cfg = AppConfig().replace(**{"privacy.target-epsilon": 1.0})
+    cfg = AppConfig().replace(**{"privacy.target-epsilon": 1.0, "model.item-stats": False})
     with pytest.raises(ConfigError, match="needs `secagg = true`"):
         transport_for(None, cfg)  # type: ignore[arg-type]  # refused before any grid is used

@@ -9,7 +9,7 @@ from clients.privacy_guard import LEDGER_FILE, require_privacy, spend_round
 from common.config import AppConfig, ConfigError
 from common.privacy import calibrate
 
-DP = {"privacy.target-epsilon": 2.0, "privacy.delta": 1e-4, "num-server-rounds": 3}
+DP = {"privacy.target-epsilon": 2.0, "privacy.delta": 1e-4, "num-server-rounds": 3, "model.item-stats": False}
 
 
 def _context(**node_config: float) -> Context:
