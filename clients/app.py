@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp import ClientApp
 from flwr.common.logger import update_console_handler
 
-from clients import audit, secure
+from clients import audit, privacy_guard, secure
 from clients.metrics_log import append_metrics, log_scalars, platform_tensorboard_dir
 from clients.platform import PARTITION_KEY, resolve_node
 from clients.private_state import DEFAULT_STATE_DIR, STATE_DIR_KEY, PrivateStore, run_store
@@ -37,6 +37,7 @@ from common.payload import (
     parse_eval,
     state_to_arrays,
 )
+from common.privacy import run_mechanism
 from common.secagg import SecAggError
 from common.secure_wire import SECAGG, SECAGG_ACTION, round_context
 
@@ -89,17 +90,28 @@ def handle_train(msg: Message, context: Context) -> Message:
                 "this platform trains only under secure aggregation (run with `secagg = true`, or set "
                 f"node_config `{secure.REQUIRE_KEY}=false` to allow rounds in the clear)"
             )
+        if cfg.privacy.enabled and not cfg.secagg:
+            raise ConfigError("differential privacy needs `secagg = true`: this platform's share of the noise "
+                              "is not enough on its own")  # fmt: skip
         store = _private_store(context, cfg, setup.platform)
         record = _contribution_record(context, store)
+        n_min = None
         if cfg.secagg:  # refuse a replayed round (or one past this platform's limit) before training
             trust = secure.platform_trust(context.node_config, setup.platform, cfg)
             secure.admit_round(context, record, server_round, trust.policy)
+            n_min = secure.noise_shares(cfg, trust.policy)
+        given = arrays_to_state(msg.content[ARRAYS])  # type: ignore[arg-type]
+        privacy_guard.require_privacy(context.node_config, cfg)
+        if cfg.privacy.enabled:  # this platform's own accounting, before it trains (README "Differential privacy")
+            z = run_mechanism(cfg, sum(v.size for v in given.values()) + 1, n_min).noise_multiplier
+            spent = privacy_guard.spend_round(context, store.folder, cfg, server_round, z)
+            log.info("platform %s: round %d: epsilon %.4g after this round", setup.platform, server_round, spent)
         log.info("platform %s: round %d: training on the global adapter", setup.platform, server_round)
-        state, metrics = fit(cfg, setup, arrays_to_state(msg.content[ARRAYS]), server_round, store)  # type: ignore[arg-type]
+        state, metrics = fit(cfg, setup, given, server_round, store, n_min)
         log_scalars(_tensorboard_dir(context, cfg, setup.platform, store), server_round, metrics, prefix="train.")
         if cfg.secagg:  # the update stays here; only the masked sum will leave
-            records = secure.start(msg.content, context, cfg, state, int(metrics["num-examples"]), setup.platform,
-                                   record)  # fmt: skip
+            weight = 1 if cfg.privacy.enabled else int(metrics["num-examples"])  # DP: counts are in the noisy sum
+            records = secure.start(msg.content, context, cfg, state, weight, setup.platform, record)
             return Message(RecordDict({**records, INFO: _info(setup.platform)}), reply_to=msg)
     except OPERATOR_ERRORS as exc:
         return _error_reply(msg, exc, context)

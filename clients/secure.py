@@ -123,6 +123,12 @@ def platform_trust(node_config: Mapping[str, object], platform: str, cfg: AppCon
     return PlatformTrust(Identity.simulated(platform), Roster.of(Identity.simulated(n) for n in names), policy)
 
 
+def noise_shares(cfg: AppConfig, policy: PlatformPolicy) -> int:
+    """The fewest inputs any sum this platform joins can hold: the Shamir threshold of the smaller of the
+    run's and its own minimum cohort (a server that claims a larger one cannot thin the noise)."""
+    return secagg_config(cfg).threshold(min(cfg.secure.min_cohort, policy.min_cohort))
+
+
 # -- the contribution record ------------------------------------------------------
 MEMORY_RECORD = "secagg-record"  # context.state ConfigRecord {"json": ...}: a simulated platform's record
 # The kinds of secure sum: the adapter (train), a round's metrics (evaluate: validation, and test

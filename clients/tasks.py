@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from clients.dp_train import private_round
 from clients.encoder_compile import set_compile
 from clients.platform import NodeSetup, PreparedPlatform, prepare, subsample
 from clients.private_state import PrivateStore
@@ -30,6 +31,7 @@ from common.modeling import (
     set_private_layers,
     set_trainable_state,
 )
+from common.privacy import run_mechanism
 
 ALL_SPLITS = ("valid", "test")
 
@@ -124,14 +126,45 @@ def train_seed(cfg: AppConfig, platform: str, server_round: int) -> int:
 
 
 def fit(
-    cfg: AppConfig, setup: NodeSetup, state: Mapping[str, np.ndarray], server_round: int, store: PrivateStore
+    cfg: AppConfig,
+    setup: NodeSetup,
+    state: Mapping[str, np.ndarray],
+    server_round: int,
+    store: PrivateStore,
+    n_min: int | None = None,
 ) -> tuple[OrderedDict[str, np.ndarray], dict[str, float]]:
     """Local epochs from ``state``; returns the new shared tensors and ``num-examples``/``train-loss``/
     ``train-seconds``.
 
+    With differential privacy (``privacy.target-epsilon`` > 0) it returns this platform's noisy sum of
+    clipped per-user updates instead (:func:`fit_private`); ``n_min``: the fewest noise shares any sum
+    holds (default: the run's ``secure.min-cohort`` threshold).
     The private parameters continue from the latest earlier round and are saved under this one.
     """
+    if cfg.privacy.enabled:
+        return fit_private(cfg, setup, state, server_round, store, n_min)
     return fit_together(cfg, [(setup, store)], state, server_round, train_seed(cfg, setup.platform, server_round))
+
+
+def fit_private(
+    cfg: AppConfig, setup: NodeSetup, state: Mapping[str, np.ndarray], server_round: int, store: PrivateStore,
+    n_min: int | None = None, rng: np.random.Generator | None = None,
+) -> tuple[OrderedDict[str, np.ndarray], dict[str, float]]:  # fmt: skip
+    """One DP round (:mod:`clients.dp_train`): per-user clipped updates from ``state`` summed, boxed,
+    put on the secure-aggregation grid with this platform's discrete Gaussian share (``rng``: fresh OS
+    entropy unless a test pins it); the private parameters train at home and are saved under this round."""
+    scorer, part, prepared = load_platform(cfg, setup, state, store, server_round - 1)
+    mech = run_mechanism(cfg, sum(np.size(v) for v in state.values()) + 1, n_min)
+    users = sorted(prepared.users, key=prepared.users.__getitem__)
+    t0 = time.perf_counter()
+    update, metrics = private_round(
+        scorer, part, users, cfg.train, mech, pick_device(setup.device), cfg.seed, setup.platform, server_round,
+        np.random.default_rng() if rng is None else rng,
+        subsample(prepared.train, cfg.train.max_examples, cfg.seed + server_round),
+    )  # fmt: skip
+    metrics["train-seconds"] = time.perf_counter() - t0
+    store.save(server_round, private_tensors(scorer, part.private), platform_index(prepared))
+    return update, metrics
 
 
 def fit_together(

@@ -450,7 +450,7 @@ def _train(
             cold = rng.random(len(idx)) < spec.cold_dropout if spec.cold_dropout > 0 else None
             step += 1
             logits = batch_logits(scorer, parts[k], data, device, spec.history_grad, encode, cold)
-            loss = _loss(logits, data, spec, device)
+            loss = batch_loss(logits, data, spec, device)
             if anchor is not None:
                 prox = sum(((p - a) ** 2).sum() for p, a in zip(shared, anchor, strict=True))
                 loss = loss + 0.5 * spec.proximal_mu * prox
@@ -476,7 +476,7 @@ def fill_item_cache(scorer: Scorer, parts: Sequence[PlatformBatches], device: to
         part.pooled[_to(rows, device)] = text_pooled(scorer, part.table, rows, device)
 
 
-def _loss(logits: torch.Tensor, data: EncodedSplit, spec: TrainSpec, device: torch.device) -> torch.Tensor:
+def batch_loss(logits: torch.Tensor, data: EncodedSplit, spec: TrainSpec, device: torch.device) -> torch.Tensor:
     """Masked BCE of the like output, plus the pick output's BCE on rated-vs-unrated when present."""
     pick = logits.shape[1] > 1
     mask = _to(data.like_rows(pick), device)

@@ -212,6 +212,32 @@ class SecureSpec:
 
 
 @dataclass(frozen=True)
+class PrivacySpec:
+    """User-level differential privacy of the fused model (``common.privacy``; README "Differential privacy").
+
+    The unit is one user of one platform: after the run's rounds the sequence of fused models is
+    (epsilon, delta)-DP with respect to adding or removing all of one user's train interactions.
+    """
+
+    target_epsilon: float = 0.0  # 0 = off; else the budget the noise is calibrated for over num-server-rounds
+    # 0 = 1/N, N = the users of every platform together (counted by simulations from the data; a deployment sets it)
+    delta: float = 0.0
+    # L2 bound on one user's contribution (its update to the shared tensors + its count); near the users' median
+    # update norm (a platform's train metric `dp-median-norm`): one AdamW step moves each value by ~train.lr
+    clip: float = 0.1
+
+    def __post_init__(self) -> None:
+        _non_negative(self, "target_epsilon", "privacy.target-epsilon")
+        if not 0.0 <= self.delta < 1.0:
+            raise ConfigError(f"`privacy.delta` must be in [0, 1), got {self.delta}")
+        _positive(self, "clip", "privacy.clip")
+
+    @property
+    def enabled(self) -> bool:
+        return self.target_epsilon > 0
+
+
+@dataclass(frozen=True)
 class FedSpec:
     """Server side: rounds, cohort, early stopping, fusion."""
 
@@ -284,9 +310,12 @@ class AppConfig:
     eval: EvalSpec = field(default_factory=EvalSpec)
     fed: FedSpec = field(default_factory=FedSpec)
     secure: SecureSpec = field(default_factory=SecureSpec)
+    privacy: PrivacySpec = field(default_factory=PrivacySpec)
 
     def __post_init__(self) -> None:
         _positive(self, "num_server_rounds", "num-server-rounds")
+        if self.privacy.enabled:
+            _check_private_settings(self)
 
     @classmethod
     def from_flat(cls, flat: dict[str, Any]) -> AppConfig:
@@ -446,6 +475,23 @@ def check_cold_start(cold_start: str, fraction: float, history: int, keys: tuple
         raise ConfigError(f"`{keys[1]}` must be in (0, 1), got {fraction}")
     if not 1 <= history <= max(NEW_USER_KS):
         raise ConfigError(f"`{keys[2]}` must be from 1 to {max(NEW_USER_KS)}, got {history}")
+
+
+def _check_private_settings(cfg: AppConfig) -> None:
+    """Settings under which one user's data would reach other users' contributions (or the server
+    unnoised) are refused with differential privacy on (README "Differential privacy")."""
+    refused = {
+        "model.private-head": cfg.model.private_head,  # a private head trained on every user feeds each update
+        "lora.private-b": cfg.lora.private_b,
+        "secure.l2-clip": cfg.secure.l2_clip > 0,  # a norm clip after the noise: the sum would not be sum + noise
+        "fed.warm-start": bool(cfg.fed.warm_start),  # the earlier run's rounds spent budget this run cannot see
+        # item statistics mix users, so the per-user passes cannot see them: the head would never learn them
+        "model.item-stats": cfg.model.item_stats,
+    }
+    for key, on in refused.items():
+        if on:
+            raise ConfigError(f"`{key}` cannot be used with differential privacy (`privacy.target-epsilon` > 0): "
+                              f"set it off (README \"Differential privacy\")")  # fmt: skip
 
 
 def _positive(obj: object, attr: str, key: str) -> None:

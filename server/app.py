@@ -11,11 +11,13 @@ import logging
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
+from flwr.superlink.grid import InMemoryGrid
 
-from common.config import AppConfig, parse_node_names
+from common.config import AppConfig, ConfigError, parse_node_names
 from server.federation import run_federation
 from server.grid_transport import GridTransport
 from server.grid_tuning import tune_grid
+from server.privacy_budget import resolve_delta
 from server.secure import SecureGridTransport
 
 app = ServerApp()
@@ -25,6 +27,8 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     log_to_console()
     cfg = AppConfig.from_flat(dict(context.run_config))
+    if isinstance(grid, InMemoryGrid):  # a simulation: the server can count the users for privacy.delta = 1/N
+        cfg = resolve_delta(cfg)
     tune_grid(grid)  # Deployment Engine only: retry HTTP 500s, quicker reply pulls
     run_federation(transport_for(grid, cfg), cfg)
 
@@ -32,6 +36,9 @@ def main(grid: Grid, context: Context) -> None:
 def transport_for(grid: Grid, cfg: AppConfig) -> GridTransport:
     """Plain rounds, or rounds whose fusion runs under secure aggregation (``secagg = true``)."""
     names = parse_node_names(cfg.fed.node_names)
+    if cfg.privacy.enabled and not cfg.secagg:
+        raise ConfigError("differential privacy (`privacy.target-epsilon` > 0) needs `secagg = true`: each platform "
+                          "adds only its share of the noise, which only the secure sum makes whole")  # fmt: skip
     return SecureGridTransport(grid, names) if cfg.secagg else GridTransport(grid, names)
 
 

@@ -35,6 +35,7 @@ from server.checkpoint import (
     save_checkpoint,
 )
 from server.outputs import RoundLog, platform_table, server_tensorboard_dir
+from server.privacy_budget import PrivacyLedger
 from server.warm_start import prepare_warm_start
 
 log = logging.getLogger("crossfed.server")
@@ -129,6 +130,12 @@ def run_federation(transport: Transport, cfg: AppConfig, table: bool = True) -> 
     # rounds evaluate validation only, and the best adapter is tested once at the end.
     round_splits = ("valid", "test") if cfg.eval.test_every_round else ("valid",)
     log.info("crossfed: %d rounds, %d adapter+head parameters", cfg.num_server_rounds, _size(loop.global_state))
+    ledger = PrivacyLedger.start(cfg, loop.global_state, loop.privacy) if cfg.privacy.enabled else None
+    if ledger is not None:
+        loop.privacy = ledger.multipliers  # one list: the checkpoint saves what the ledger spends
+        log.info("differential privacy: (%.3g, %.3g)-DP over %d rounds: noise multiplier %.4g, clip %g, noise std "
+                 "%.4g from >= %d platforms", ledger.target, ledger.mech.delta, ledger.mech.rounds,
+                 ledger.mech.noise_multiplier, ledger.mech.clip, ledger.mech.sigma, ledger.mech.n_min)  # fmt: skip
     rounds_log = RoundLog(out_dir, cfg.num_server_rounds, server_tensorboard_dir(out_dir, cfg.tensorboard_dir))
     with Progress(transient=False) as progress, rounds_log:
         task = progress.add_task("federated rounds", total=cfg.num_server_rounds, completed=loop.done)
@@ -136,13 +143,22 @@ def run_federation(transport: Transport, cfg: AppConfig, table: bool = True) -> 
             if cfg.fed.patience and loop.stale >= cfg.fed.patience:
                 log.info("early stop after round %d: no improvement for %d rounds", loop.done, loop.stale)
                 break
+            if ledger is not None and not ledger.allows_next():
+                log.info("privacy budget: round %d would take epsilon past %g (spent %.4g); stopping", rnd,
+                         ledger.target, ledger.epsilon())  # fmt: skip
+                break
             t0 = time.time()
+            privacy: dict[str, Any] = {}
             try:
+                if ledger is not None:  # counted before the round: an aborted round may have released a sum
+                    privacy = {"privacy": ledger.spend()}
+                    log.info("round %d: epsilon spent %.4g of %g (delta %.3g)", rnd, privacy["privacy"]["epsilon"],
+                             ledger.target, ledger.mech.delta)  # fmt: skip
                 fused, train_info, train_failures = transport.train_round(loop.global_state, cfg, rnd)
             except RoundAborted as exc:  # nothing fused: keep the adapter, try again next round
                 log.warning("round %d aborted, keeping the previous adapter: %s", rnd, exc)
                 rounds_log.append({"round": rnd, "aborted": str(exc), "failures": exc.failures,
-                                   "seconds": time.time() - t0})  # fmt: skip
+                                   "seconds": time.time() - t0, **privacy})  # fmt: skip
                 loop.done = rnd
                 save_checkpoint(out_dir, loop.run_state(cfg), key)
                 progress.update(task, advance=1, description=f"round {rnd}: aborted")
@@ -170,10 +186,12 @@ def run_federation(transport: Transport, cfg: AppConfig, table: bool = True) -> 
             rounds_log.append({
                 "round": rnd, "train": train_info, "eval": per_platform, "mean": mean, "cohort": cohort,
                 "failures": train_failures + eval_failures, "improved": improved, "seconds": time.time() - t0,
+                **privacy,
             })  # fmt: skip
             save_checkpoint(out_dir, loop.run_state(cfg), key)  # the commit point of this round
+            spent = f", epsilon {privacy['privacy']['epsilon']:.3g}" if privacy else ""
             progress.update(task, advance=1, description=f"round {rnd}: mean valid {cfg.fed.metric} "
-                            f"{mean.get(f'valid.{cfg.fed.metric}', float('nan')):.4f}")  # fmt: skip
+                            f"{mean.get(f'valid.{cfg.fed.metric}', float('nan')):.4f}{spent}")  # fmt: skip
     best = loop.best
     if best.state is None:
         raise FederationError("no round produced a finite validation metric; nothing to save")
@@ -198,6 +216,7 @@ def run_federation(transport: Transport, cfg: AppConfig, table: bool = True) -> 
         "adapter_changed": not _same(initial_state, best.state),
         "continued_from": None if warm is None else {"run": str(warm.run_dir), "after_round": warm.rounds_run,
                                                      "adapter_of_round": warm.best_round},
+        "privacy": None if ledger is None else ledger.report(),
     }  # fmt: skip
     write_summary(out_dir, summary)
     if table:
@@ -223,6 +242,7 @@ class LoopState:
     resumed_after: int | None = None  # the checkpoint's round when this run resumed
     platforms: set[str] = field(default_factory=set)  # every platform that has evaluated in this run
     wall_before: float = 0.0  # seconds the run had taken before this start (from the checkpoint)
+    privacy: list[float] = field(default_factory=list)  # DP: the noise multiplier of every round started
     started: float = field(default_factory=time.time)
 
     def wall_seconds(self, now: float | None = None) -> float:
@@ -239,7 +259,7 @@ class LoopState:
             best_state=None if self.best.state is None else _f32(self.best.state),
             best_metrics={"per_platform": self.best.per_platform, "mean": self.best.mean,
                           "cohort": self.best.cohort, "platforms": sorted(self.platforms)},
-            stale=self.stale, extra={"wall_seconds": self.wall_seconds()},
+            stale=self.stale, extra={"wall_seconds": self.wall_seconds(), "privacy_multipliers": list(self.privacy)},
         )  # fmt: skip
 
 
@@ -273,7 +293,8 @@ def _start_or_resume(
         log.info("resuming %s after round %d (best round %d)", out_dir, saved.round, saved.best_round)
     return LoopState(saved.global_state, saved.optimizer_state, best, saved.stale, saved.round, saved.round,
                      set(metrics.get("platforms", best.per_platform)),
-                     float(saved.extra.get("wall_seconds", 0.0)))  # fmt: skip
+                     float(saved.extra.get("wall_seconds", 0.0)),
+                     privacy=[float(z) for z in saved.extra.get("privacy_multipliers", [])])  # fmt: skip
 
 
 def split_mean(evaluated: Mapping[str, Mapping[str, float]]) -> tuple[PerPlatform, dict[str, float]]:

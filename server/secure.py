@@ -26,6 +26,7 @@ from flwr.app import Message, MessageType, RecordDict
 from common.config import AppConfig
 from common.metric_sums import METRIC_VECTOR, MetricSumError, decode_metric_sum, vector_length
 from common.payload import ARRAYS, CONFIG, EVAL, config_record, eval_record, state_to_arrays
+from common.privacy import contribution_layout, fuse_noisy_sum
 from common.secagg import AbortError, Manifest, SecAggError, SecAggResult, SecAggServer
 from common.secure_wire import SECAGG_ACTION, from_records, round_context, secagg_config, to_records
 from server.federation import AGGREGATE, PerPlatform, RoundAborted, Tensors
@@ -51,13 +52,19 @@ class SecureGridTransport(GridTransport):
         self, state: Tensors, cfg: AppConfig, rnd: int
     ) -> tuple[OrderedDict[str, np.ndarray], PerPlatform, list[str]]:
         nodes = self._nodes(cfg)
-        manifest = Manifest.from_arrays(state)
+        private = cfg.privacy.enabled  # each platform sends its noisy sum of clipped user updates, weight 1
+        manifest = Manifest.from_arrays(contribution_layout(state) if private else state)
         first = {ARRAYS: state_to_arrays(state)}
         summed = self._secure_sum(cfg, rnd, manifest, nodes, first, MessageType.TRAIN, cfg.fed.round_timeout_s)
         result = summed.result
         mean, bound = result.weighted_mean()
-        fused = OrderedDict((k, np.asarray(v, dtype=np.float32)) for k, v in manifest.unflatten(mean).items())
-        info = {
+        info: PerPlatform = {}
+        if private:
+            fused, users = fuse_noisy_sum(state, manifest.unflatten(result.weighted_sum), cfg.privacy.clip)
+            info["differential-privacy"] = {"noisy-users": users}
+        else:
+            fused = OrderedDict((k, np.asarray(v, dtype=np.float32)) for k, v in manifest.unflatten(mean).items())
+        info |= {
             "secure-aggregation": {
                 "survivors": float(len(result.survivors)), "total-weight": float(result.total_weight),
                 "clipped-values": float(result.clipped_values), "norm-clipped": float(result.norm_clipped),

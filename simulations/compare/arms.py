@@ -69,6 +69,11 @@ class Arm:
         return self.kind not in ("untrained", "baseline")
 
 
+DP_EPSILONS = (1, 4, 8)  # dp-eps1, dp-eps4, dp-eps8: the cost of user-level differential privacy
+# What a DP run needs: a secure-aggregation grid with room for every user's summed contribution and the noise's
+# headroom on each side (common.privacy.Mechanism.box), with a step far below the noise (quant-bits 32 still fits
+# the overflow check at max-weight 1e6, 1024 platforms); no item statistics (they mix users).
+DP_SETTINGS = {"secure.clip-range": 512.0, "secure.quant-bits": 32, "model.item-stats": False}
 MIX_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)  # fed+mix: share of the fused model, picked per platform on validation
 ARMS: dict[str, Arm] = {a.name: a for a in (
     Arm("local", "local", about="each platform trains alone on its own data (same rounds/epochs)"),
@@ -101,6 +106,10 @@ ARMS: dict[str, Arm] = {a.name: a for a in (
     Arm("no-dropout", "federated", {"lora.dropout": 0.0, "model.head-dropout": 0.0}, about="no dropout"),
     Arm("wd0.1", "federated", {"train.weight-decay": 0.1}, about="weight decay 0.1 (default 0.01)"),
     Arm("no-early-stop", "federated", {"fed.patience": 0}, about="every round, best round still by validation"),
+    *(Arm(f"dp-eps{eps:g}", "federated", {"privacy.target-epsilon": float(eps), **DP_SETTINGS},
+          about=f"federated with user-level differential privacy, epsilon {eps:g} over the run (delta 1/N users, "
+          "clip 0.1, no item statistics): per-user clipped updates, discrete Gaussian noise shared among the platforms")
+      for eps in DP_EPSILONS),
     Arm("untrained", "untrained", about="frozen base + untrained LoRA and head (seeded init)"),
     Arm("liked-share", "baseline", about="share of liked items in the user's history (0.5 if empty)"),
     Arm("popularity", "baseline", about="item's train interaction count (logistic-calibrated)"),
@@ -116,6 +125,7 @@ ARMS: dict[str, Arm] = {a.name: a for a in (
 MAIN_ARMS = ("local", "federated", "fed+personal", "fed+finetune", "fed+mix", "pooled")
 LEVER_ARMS = ("fed+private-b", "fed-text-only", "local-text-only", "fed-bias-only", "like-only", "no-item-stats",
               "history-grad", "fedprox", "fedavgm", "fedadam", "freeze-a")  # fmt: skip
+DP_ARMS = tuple(f"dp-eps{eps:g}" for eps in DP_EPSILONS)  # named with --arms, not in the default set
 BASELINE_ARMS = ("untrained", "liked-share", "popularity", "like-rate", "content", "mf", "mf-central")
 DEFAULT_ARMS = (*MAIN_ARMS, *LEVER_ARMS, *BASELINE_ARMS)
 

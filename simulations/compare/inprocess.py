@@ -19,6 +19,7 @@ from clients.private_state import PrivateStore, run_store
 from clients.tasks import evaluate_state, fit
 from common.config import AppConfig
 from common.fusion import weighted_average
+from common.privacy import PrivacyError, fuse_noisy_sum, min_shares
 from server.federation import PerPlatform, Tensors
 
 
@@ -42,16 +43,40 @@ class InProcessTransport:
     def train_round(
         self, state: Tensors, cfg: AppConfig, rnd: int
     ) -> tuple[OrderedDict[str, np.ndarray], PerPlatform, list[str]]:
+        if cfg.privacy.enabled:
+            return self._private_round(state, cfg, rnd)
         states, weights, info = [], [], {}
         for setup in self.setups:
             new_state, metrics = fit(cfg, setup, state, rnd, self.store(cfg, setup.platform))
-            spent = self.train_time.setdefault(setup.platform, {"seconds": 0.0, "examples": 0.0})
-            spent["seconds"] += metrics.pop("train-seconds", 0.0)  # timing: not in rounds.jsonl (reruns compare it)
-            spent["examples"] += metrics["num-examples"] * cfg.train.local_epochs
+            self._count_time(setup.platform, metrics, cfg)
             states.append(new_state)
             weights.append(metrics["num-examples"])
             info[setup.platform] = metrics
         return weighted_average(states, weights), info, []
+
+    def _private_round(
+        self, state: Tensors, cfg: AppConfig, rnd: int
+    ) -> tuple[OrderedDict[str, np.ndarray], PerPlatform, list[str]]:
+        """Every platform's noisy contribution, summed here as the secure sum would (``common.privacy``)."""
+        shares = min_shares(cfg.secure)
+        if len(self.setups) < shares:
+            raise PrivacyError(f"{len(self.setups)} platforms add less than the full noise: each adds 1/{shares} "
+                               "of it (`secure.min-cohort`); lower `secure.min-cohort`")  # fmt: skip
+        summed: dict[str, np.ndarray] = {}
+        info: PerPlatform = {}
+        for setup in self.setups:
+            update, metrics = fit(cfg, setup, state, rnd, self.store(cfg, setup.platform))
+            self._count_time(setup.platform, metrics, cfg)
+            summed = {k: summed[k] + v for k, v in update.items()} if summed else dict(update)
+            info[setup.platform] = metrics
+        fused, users = fuse_noisy_sum(state, summed, cfg.privacy.clip)
+        info["differential-privacy"] = {"noisy-users": users}
+        return fused, info, []
+
+    def _count_time(self, platform: str, metrics: dict[str, float], cfg: AppConfig) -> None:
+        spent = self.train_time.setdefault(platform, {"seconds": 0.0, "examples": 0.0})
+        spent["seconds"] += metrics.pop("train-seconds", 0.0)  # timing: not in rounds.jsonl (reruns compare it)
+        spent["examples"] += metrics["num-examples"] * cfg.train.local_epochs
 
     def evaluate_round(
         self, state: Tensors, cfg: AppConfig, rnd: int, splits: Sequence[str]

@@ -57,6 +57,7 @@ from common.metrics import add_test_prefix, mean_metrics, strip_test_prefix
 from common.modeling import build_scorer, frozen_item_vectors, get_trainable_state, load_base, load_scorer
 from common.run_files import ROUNDS_FILE
 from server.federation import PerPlatform, Tensors, run_federation
+from server.privacy_budget import resolve_delta
 from simulations.compare.arms import (
     DATA_SEED,
     DEFAULT_LARGE,
@@ -201,7 +202,7 @@ class ArmRunner:
     def _cfg(self, arm: Arm, *parts: str) -> AppConfig:
         # Every arm starts fresh: private heads and fine-tunes live in memory, not in a checkpoint.
         out = str(self.run_root.joinpath(arm.name, *parts))
-        return self.cfg.replace(**arm.overrides, **{"out-dir": out, "fed.resume": False})
+        return resolve_delta(self.cfg.replace(**arm.overrides, **{"out-dir": out, "fed.resume": False}))
 
     def _federated(self, arm: Arm) -> Record:
         cfg = self._cfg(arm)

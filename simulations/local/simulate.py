@@ -58,12 +58,14 @@ def server_app_for(cfg: AppConfig, table: bool = True) -> ServerApp:
     """A ServerApp bound to ``cfg`` (run_simulation has no run_config of its own)."""
     from server.app import transport_for
     from server.federation import run_federation
+    from server.privacy_budget import resolve_delta
 
     app = ServerApp()
 
     @app.main()
     def _main(grid: Grid, context: Context) -> None:
-        run_federation(transport_for(grid, cfg), cfg, table=table)
+        run_cfg = resolve_delta(cfg)  # privacy.delta = 1/N: a simulation can count its users
+        run_federation(transport_for(grid, run_cfg), run_cfg, table=table)
 
     return app
 

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from safetensors.numpy import load_file
 
 from common.config import TINY_PRESET, AppConfig
@@ -49,3 +50,23 @@ def test_secure_fusion_equals_plain_fusion_within_quantisation_bound(tmp_path: P
         assert abs(sa["mean"][key] - sb["mean"][key]) < 1e-4, (key, sa["mean"][key], sb["mean"][key])
     assert sb["best_cohort"] == sorted(sa["test"])
     assert (tmp_path / "secure" / "private" / platforms[0] / "metrics.jsonl").is_file()  # each platform's own log
+
+
+def test_differential_privacy_under_secure_aggregation_in_a_flower_simulation(tmp_path: Path) -> None:
+    # Prepare: secure aggregation with user-level DP, 4 users a platform, the DP arms' grid
+    cfg = AppConfig().replace(**TINY, **{
+        "out-dir": str(tmp_path / "dp"), "secagg": True, "data.max-users": 4, "privacy.target-epsilon": 4.0,
+        "secure.clip-range": 512.0, "secure.quant-bits": 32, "model.item-stats": False,
+    })  # fmt: skip
+    # Execute
+    run_simulated_federation(cfg, validate_inputs(cfg), num_cpus=2)
+    # Assert: all three platforms' noisy sums were summed (weight 1 each), the server fused them with the
+    # noisy user count, and the round's epsilon is the budget for the run's one round (delta = 1/12 users)
+    record = json.loads((tmp_path / "dp" / ROUNDS_FILE).read_text().splitlines()[0])
+    assert not record["failures"]
+    agg = record["train"]["secure-aggregation"]
+    assert agg["survivors"] == 3 and agg["total-weight"] == 3 and agg["clipped-values"] == 0
+    assert record["train"]["differential-privacy"]["noisy-users"] >= 1
+    assert record["privacy"]["epsilon"] == pytest.approx(4.0, abs=1e-3) and record["privacy"]["delta"] == 1 / 12
+    summary = json.loads((tmp_path / "dp" / "summary.json").read_text())
+    assert summary["privacy"]["epsilon"] == record["privacy"]["epsilon"]

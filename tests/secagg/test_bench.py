@@ -15,6 +15,7 @@ def test_run_bench_tiny_rows():
     assert 0 < row["security_added_s"] < row["critical_path_s"] and row["security_added_fraction"] > 0
     assert 1.0 <= row["upload_vs_quantised"] < 1.5
     assert row["keystream_gbps"] > 0 and row["mersenne_twister_gbps"] > 0
+    assert 0 < row["dp_noise_s"] < 1.0  # one platform's DP noise share for 2,000 values
     assert overhead_estimate(rows) is None
     est = overhead_estimate(rows, platforms=3, params=2_000, train_examples=14, train_rate=14.0)
     assert est is not None and est["training_s"] == 1.0 and 0 < est["overhead_fraction"] < 1
@@ -24,4 +25,5 @@ def test_main_writes_json(tmp_path, capsys):
     assert main(["--platforms", "3", "--params", "1000", "--out", str(tmp_path)]) == 0
     payload = json.loads((tmp_path / "bench_secagg.json").read_text())
     assert payload["rows"][0]["params"] == 1000
-    assert "Traffic per platform" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Traffic per platform" in out and "Differential privacy" in out

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clients.trainer import EncodedSplit, PlatformBatches, _loss, batch_logits, predict, train
+from clients.trainer import EncodedSplit, PlatformBatches, batch_logits, batch_loss, predict, train
 from common.config import LoraSpec, ModelSpec, TrainSpec
 from common.modeling import PrivateParts, build_scorer, get_trainable_state
 from tests.tiny import tiny_split, tiny_table
@@ -37,10 +37,10 @@ def test_loss_is_masked_like_bce_plus_weighted_pick_bce() -> None:
     spec = TrainSpec(pick_weight=0.5)
     like = (F.softplus(-logits[0, 0]) + F.softplus(logits[1, 0])) / 2  # BCE of rows 0 (label 1) and 1 (label 0)
     pick = F.binary_cross_entropy_with_logits(logits[:, 1], torch.tensor([1.0, 1.0, 0.0, 0.0]))
-    assert _loss(logits, data, spec, CPU).item() == pytest.approx((like + 0.5 * pick).item(), rel=1e-6)
+    assert batch_loss(logits, data, spec, CPU).item() == pytest.approx((like + 0.5 * pick).item(), rel=1e-6)
     one = logits[:, :1]  # a model without a pick output: plain BCE over every row
     expected = F.binary_cross_entropy_with_logits(one[:, 0], torch.tensor([1.0, 0.0, 0.0, 0.0]))
-    assert _loss(one, data, spec, CPU).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert batch_loss(one, data, spec, CPU).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def _part(pick: bool, n: int = 24) -> PlatformBatches:
