@@ -95,7 +95,7 @@ def handle_train(msg: Message, context: Context) -> Message:
                               "is not enough on its own")  # fmt: skip
         store = _private_store(context, cfg, setup.platform)
         record = _contribution_record(context, store)
-        n_min = None
+        n_min, spent = None, None
         if cfg.secagg:  # refuse a replayed round (or one past this platform's limit) before training
             trust = secure.platform_trust(context.node_config, setup.platform, cfg)
             secure.admit_round(context, record, server_round, trust.policy)
@@ -111,7 +111,8 @@ def handle_train(msg: Message, context: Context) -> Message:
         log_scalars(_tensorboard_dir(context, cfg, setup.platform, store), server_round, metrics, prefix="train.")
         if cfg.secagg:  # the update stays here; only the masked sum will leave
             weight = 1 if cfg.privacy.enabled else int(metrics["num-examples"])  # DP: counts are in the noisy sum
-            records = secure.start(msg.content, context, cfg, state, weight, setup.platform, record)
+            records = secure.start(msg.content, context, cfg, state, weight, setup.platform, record,
+                                   epsilon=spent)  # the audit entry says what this round spent
             return Message(RecordDict({**records, INFO: _info(setup.platform)}), reply_to=msg)
     except OPERATOR_ERRORS as exc:
         return _error_reply(msg, exc, context)

@@ -236,6 +236,7 @@ def start(
     platform: str,
     record: Path | None,
     kind: str = TRAIN,
+    epsilon: float | None = None,
 ) -> dict[str, ConfigRecord | ArrayRecord]:
     """After local training: park the update, answer the setup stage with signed keys."""
     previous = _last_round(context)  # its secrets are void now; its (session, round) refuses a replay
@@ -250,7 +251,8 @@ def start(
     audit.note_sent(context, STAGE_SETUP, reply, first=True)
     context.state[UPDATE] = ArrayRecord(OrderedDict((k, Array(np.ascontiguousarray(v))) for k, v in update.items()))
     context.state[STATE] = ConfigRecord({"client": client.state_bytes(), "weight": int(weight), "platform": platform,
-                                         "record": str(record or ""), "context": ctx, "kind": kind})  # fmt: skip
+                                         "record": str(record or ""), "context": ctx, "kind": kind,
+                                         **({"epsilon": float(epsilon)} if epsilon is not None else {})})  # fmt: skip
     return to_records(reply)
 
 
@@ -286,8 +288,9 @@ def _advance(
         record_round(context, record, client.state.round, trust.policy, str(saved.get("kind", TRAIN)),
                      bytes(saved["context"]))  # type: ignore[arg-type]  # fmt: skip
         audit.note_sent(context, stage, reply)  # the audit entry, too, is written before the masked input leaves
+        epsilon = float(saved["epsilon"]) if "epsilon" in saved else None  # type: ignore[arg-type]
         audit.log_round(context, cfg, trust.identity, client.state, str(saved.get("kind", TRAIN)),
-                        saved["context"])  # type: ignore[arg-type]  # fmt: skip
+                        saved["context"], epsilon)  # type: ignore[arg-type]  # fmt: skip
     else:
         reply = client.handle(request)
         audit.note_sent(context, stage, reply)

@@ -42,8 +42,9 @@ def round_line(record: Mapping[str, Any], total: int) -> str:
     metrics = "  ".join(f"{k} {fmt_number(v)}" for k, v in sorted(mean.items())
                         if k.startswith(("valid.", "test.")) and not k.endswith((".n", "-users")))  # fmt: skip
     parts = [f"cohort {len(record.get('cohort') or [])}", took, metrics or "no metrics"]
-    if "epsilon" in record:
-        parts.append(f"ε {fmt_number(record['epsilon'], digits=3)}")
+    if "epsilon" in record or "privacy" in record:  # the round loop writes privacy = {"epsilon": ...}
+        epsilon = record["epsilon"] if "epsilon" in record else (record["privacy"] or {}).get("epsilon")
+        parts.append(f"ε {fmt_number(epsilon, digits=3)}")
     failures = record.get("failures") or []
     if failures:
         parts.append(f"{len(failures)} failure(s): {'; '.join(failures)}")

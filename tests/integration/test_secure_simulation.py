@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from clients.audit import AUDIT_FILE
+from common.audit import verify
 from common.config import TINY_PRESET, AppConfig
 from common.run_files import ROUNDS_FILE
 from simulations.local.simulate import run_simulated_federation, validate_inputs
@@ -70,3 +72,8 @@ def test_differential_privacy_under_secure_aggregation_in_a_flower_simulation(tm
     assert record["privacy"]["epsilon"] == pytest.approx(4.0, abs=1e-3) and record["privacy"]["delta"] == 1 / 12
     summary = json.loads((tmp_path / "dp" / "summary.json").read_text())
     assert summary["privacy"]["epsilon"] == record["privacy"]["epsilon"]
+    # and each platform's audit log says what its own ledger spent (its delta keeps a tail share back)
+    for platform in record["eval"]:
+        (train,) = [e for e in verify(tmp_path / "dp" / "private" / platform / AUDIT_FILE).entries
+                    if e["kind"] == "train"]  # fmt: skip
+        assert train["epsilon"] == pytest.approx(record["privacy"]["epsilon"], rel=0.05), platform

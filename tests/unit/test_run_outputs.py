@@ -88,6 +88,8 @@ def test_round_log_writes_tensorboard_dir_server_when_asked(tmp_path: Path) -> N
          "valid.auc 0.6500, ε 0.842"),
         ({**RECORD, "cohort": ["app"], "epsilon": None}, "round 1/5: cohort 1, 2.5 s, test.auc 0.5500  "
          "valid.auc 0.6500, ε -"),
+        ({**RECORD, "cohort": ["app"], "privacy": {"epsilon": 3.9998, "delta": 0.001}},
+         "round 1/5: cohort 1, 2.5 s, test.auc 0.5500  valid.auc 0.6500, ε 4.000"),
         ({"round": 3, "aborted": "secure aggregation: 2 of 3 platforms", "seconds": 61.04},
          "round 3/5: aborted after 61.0 s: secure aggregation: 2 of 3 platforms"),
         ({"round": 2, "cohort": ["app"], "mean": {}, "seconds": 1.0}, "round 2/5: cohort 1, 1.0 s, no metrics"),
