@@ -109,8 +109,15 @@ def plan_units(arms: Sequence[Arm], scenarios: Sequence[str], seeds: int) -> lis
 
 
 def fingerprint(cfg: AppConfig, arm: Arm, scenario: Mapping[str, Any], data: str) -> str:
-    """Hash of what decides an arm's numbers: run config (paths left out), arm, scenario data."""
-    flat = {k: v for k, v in cfg.replace(**arm.overrides).to_flat().items() if k not in NOT_IN_FINGERPRINT}
+    """Hash of what decides an arm's numbers: run config (paths left out), arm, scenario data.
+
+    Only config keys away from their defaults enter: a key added later (at a default that keeps
+    today's behaviour) leaves every record valid, while a changed default still changes the hash of
+    every run that used the old value (it is now away from the new default) or the new one.
+    """
+    defaults = AppConfig().to_flat()
+    flat = {k: v for k, v in cfg.replace(**arm.overrides).to_flat().items()
+            if k not in NOT_IN_FINGERPRINT and (k not in defaults or defaults[k] != v)}  # fmt: skip
     spec = {"config": flat, "arm": [arm.name, arm.kind, dict(arm.overrides)],
             "scenario": scenario, "data": data}  # fmt: skip
     return hashlib.sha256(json.dumps(clean(spec), sort_keys=True).encode()).hexdigest()[:16]

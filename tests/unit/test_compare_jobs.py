@@ -123,3 +123,17 @@ def test_cold_start_scenario_overrides_reach_the_unit_config_and_fingerprint(tmp
     if "data.cold-start" not in AppConfig().to_flat():
         with pytest.raises(ConfigError):
             compare_run.run_compare(opts)
+
+
+def test_a_config_key_at_its_default_leaves_the_fingerprint_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: today's fingerprints of two units, then a "newer" config with one more key
+    slow, fast = (AppConfig().replace(**{"train.lr": lr}) for lr in (0.004, 0.1))
+    before = [jobs.fingerprint(cfg, ARMS["local"], SCENARIO, "") for cfg in (slow, fast)]
+    real = AppConfig.to_flat
+    # Execute: the new key is at its default (False) everywhere but in the fast unit (the arm sets nothing, so
+    # no replace() round trip, which would refuse a key this config does not know)
+    monkeypatch.setattr(AppConfig, "replace", lambda self, **overrides: self)
+    monkeypatch.setattr(AppConfig, "to_flat", lambda self: {**real(self), "feature.added-later": self.train.lr > 0.01})
+    after = [jobs.fingerprint(cfg, ARMS["local"], SCENARIO, "") for cfg in (slow, fast)]
+    # Assert: the unit at the default keeps its records; the one away from it is a different run
+    assert after[0] == before[0] and after[1] != before[1]
