@@ -40,13 +40,20 @@ mechanisms with noise multiplier sigma / sensitivity.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import dp_accounting
 import numpy as np
+
+# dp-accounting imports absl.logging, whose handler keeps the sys.stderr of the moment it is first
+# imported and flushes it at exit. Imported while stderr is redirected (a compare unit's log file, a
+# test's capture), that stream is closed later and the process dies at exit with "lost sys.stderr".
+with contextlib.redirect_stderr(sys.__stderr__ or sys.stderr):
+    import dp_accounting
 
 from common.config import AppConfig, SecureSpec
 

@@ -251,3 +251,17 @@ def test_the_flower_server_refuses_privacy_without_secure_aggregation() -> None:
     cfg = AppConfig().replace(**{"privacy.target-epsilon": 1.0, "model.item-stats": False})
     with pytest.raises(ConfigError, match="needs `secagg = true`"):
         transport_for(None, cfg)  # type: ignore[arg-type]  # refused before any grid is used
+
+
+def test_importing_the_accountant_under_a_redirected_stderr_leaves_that_stream_open() -> None:
+    # absl.logging (imported by dp-accounting) keeps the stderr of its first import, and closes it when a
+    # logging.config.dictConfig (uvicorn's, for one) clears the handlers: a compare unit's log file or
+    # pytest's own capture stream was closed under its owner ("lost sys.stderr" in the test suite)
+    import subprocess
+    import sys
+
+    code = ("import io, logging.config, sys\nowned = io.StringIO()\nsys.stderr = owned\nimport common.privacy\n"
+            "sys.stderr = sys.__stderr__\nlogging.config.dictConfig({'version': 1})\n"
+            "sys.exit(3 if owned.closed else 0)\n")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, f"the redirected stream was closed: {done.stderr[-2000:]}"
