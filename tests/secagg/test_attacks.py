@@ -72,11 +72,11 @@ def train_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """
     real_fit = clients_app.fit
 
-    def fit(cfg: AppConfig, setup: Any, state: Any, server_round: int, store: Any) -> Any:
+    def fit(cfg: AppConfig, setup: Any, state: Any, server_round: int, store: Any, n_min: Any = None) -> Any:
         digest = hashlib.sha256(b"".join(np.ascontiguousarray(v).tobytes() for v in state.values())).digest()
         key = (setup.platform, server_round, digest)
         if key not in _TRAINED:
-            _TRAINED[key] = real_fit(cfg, setup, state, server_round, store)
+            _TRAINED[key] = real_fit(cfg, setup, state, server_round, store, n_min)
         return _TRAINED[key]
 
     monkeypatch.setattr(clients_app, "fit", fit)
