@@ -76,7 +76,7 @@ def test_default_platforms_give_mean_metrics_exit_codes_and_status(tmp_path: Pat
     for platform in PAIR:
         key = load_public(tmp_path / "fed" / "secagg" / f"{platform}.secagg.pub")[1]
         entries = [e for e in verify(Path(STATE["state-dir"]) / platform / AUDIT_FILE).entries if e["run"] == str(run)]
-        assert sorted((e["round"], e["kind"]) for e in entries) == [(1, "evaluate-test"), (1, "evaluate-valid"),
+        assert sorted((e["round"], e["kind"]) for e in entries) == [(1, "evaluate"), (1, "test"),
                                                                     (1, "train")], entries  # fmt: skip
         assert all(e["key"] == key.hex() and e["cohort"] == 2 and e["epsilon"] is None for e in entries)
     # ... and status names both platforms, both runs, the last round and its mean metrics
