@@ -107,7 +107,9 @@ def _wait_checkpoint(run_dir: Path, fed: Federation, timeout_s: float = 300.0) -
 def test_one_run_at_a_time_stop_keeps_the_checkpoint_a_resume_takes(tmp_path: Path) -> None:
     # Prepare: two platforms that accept a cohort of two and keep their own TensorBoard scalars
     run_a, run_b, tb, own_tb = tmp_path / "a", tmp_path / "b", tmp_path / "tb", tmp_path / "tb-platform"
-    config = {**TINY, "num-server-rounds": 4, "fed.min-nodes": 2, "out-dir": str(run_a)}
+    # no node dies here: a long stage timeout keeps a loaded CI machine's slow reply from aborting a round
+    config = {**TINY, "num-server-rounds": 4, "fed.min-nodes": 2, "out-dir": str(run_a),
+              "secure.stage-timeout-s": 180.0}  # fmt: skip
     node_extra = {**STATE, "secagg-min-cohort": 2, "tensorboard-dir": str(own_tb)}
     with Federation(tmp_path / "fed", PAIR, node_extra=node_extra) as fed:
         # Execute: run A; once its round 1 is committed, a second submit, then one with --replace
