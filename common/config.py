@@ -202,13 +202,33 @@ class SecureSpec:
     quant_bits: int = 24  # signed fixed-point bits per value
     max_weight: int = 1_000_000  # cap on a platform's example count (capping is reported)
     min_cohort: int = 2  # fewest platforms that must finish key setup for a round to run
-    threshold_fraction: float = 0.666  # ~2/3: Shamir t = max(ceil(f*n), n//2+1); survives n - t dropouts (1 of 3)
+    threshold_fraction: float = 0.666  # ~2/3: Shamir t = max(ceil(f*n), floor(2n/3)+1); survives n - t dropouts
     stage_timeout_s: float = 120.0  # a platform silent for this long in a key/mask stage is dropped
 
     def __post_init__(self) -> None:
         _positive(self, "clip_range", "secure.clip-range")
         _non_negative(self, "l2_clip", "secure.l2-clip")
         _positive(self, "stage_timeout_s", "secure.stage-timeout-s")
+
+
+# The secure sum's grid and threshold: here, not in common.secagg, because differential privacy calibrates
+# its noise to them where the secagg package (and its cryptography dependency) may be absent (compare on a
+# bare GPU box). ``common.secagg.SecAggConfig`` derives its own from these.
+def quant_max(quant_bits: int) -> int:
+    """Largest quantised magnitude Q = 2^(quant_bits - 1) - 1."""
+    return (1 << (quant_bits - 1)) - 1
+
+
+def grid_scale(quant_bits: int, clip_range: float) -> float:
+    """Grid steps per unit: q = rint(x * scale) maps [-c, c] onto [-Q, Q]."""
+    return quant_max(quant_bits) / clip_range
+
+
+def shamir_threshold(cohort_size: int, fraction: float) -> int:
+    """t = max(ceil(f * n), floor(2n / 3) + 1), at most n: strictly more than 2n/3 (Bonawitz et al.,
+    malicious setting), so two survivor sets each signed by t platforms share more than n/3 signers."""
+    by_fraction = math.ceil(fraction * cohort_size - 1e-9)
+    return min(cohort_size, max(by_fraction, 2 * cohort_size // 3 + 1))
 
 
 @dataclass(frozen=True)

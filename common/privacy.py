@@ -55,7 +55,7 @@ import numpy as np
 with contextlib.redirect_stderr(sys.__stderr__ or sys.stderr):
     import dp_accounting
 
-from common.config import AppConfig, SecureSpec
+from common.config import AppConfig, SecureSpec, grid_scale, shamir_threshold
 
 COUNT = "dp.users"  # the extra coordinate of a DP contribution: count_clip per user (the noisy user count)
 COUNT_SHARE = 0.25  # count_clip = COUNT_SHARE * clip; the update keeps sqrt(1 - COUNT_SHARE^2) * clip
@@ -188,22 +188,14 @@ def run_mechanism(cfg: AppConfig, dimension: int, n_min: int | None = None) -> M
                            "count the users; a deployment sets `privacy.delta`)")  # fmt: skip
     shares = min_shares(cfg.secure) if n_min is None else n_min
     return mechanism(cfg.privacy.target_epsilon, cfg.privacy.delta, cfg.privacy.clip, cfg.num_server_rounds,
-                     dimension, grid_scale(cfg.secure), cfg.secure.clip_range, shares)  # fmt: skip
-
-
-# The secure-aggregation grid and threshold, as ``common.secagg.SecAggConfig`` computes them (``scale``,
-# ``threshold``). Repeated here because the comparison harness runs DP arms where the secagg package's
-# dependency (cryptography) is not installed; tests/unit/test_privacy.py checks that both agree.
-def grid_scale(secure: SecureSpec) -> float:
-    """Grid steps per unit: (2^(quant_bits - 1) - 1) / clip_range."""
-    return ((1 << (secure.quant_bits - 1)) - 1) / secure.clip_range
+                     dimension, grid_scale(cfg.secure.quant_bits, cfg.secure.clip_range), cfg.secure.clip_range,
+                     shares)  # fmt: skip
 
 
 def min_shares(secure: SecureSpec, min_cohort: int | None = None) -> int:
     """The Shamir threshold of the smallest cohort (``secure.min-cohort`` unless given): the fewest inputs,
     hence noise shares, of any sum the server can unmask; t = max(ceil(f n), floor(2n/3) + 1), at most n."""
-    n = secure.min_cohort if min_cohort is None else min_cohort
-    return min(n, max(math.ceil(secure.threshold_fraction * n - 1e-9), 2 * n // 3 + 1))
+    return shamir_threshold(secure.min_cohort if min_cohort is None else min_cohort, secure.threshold_fraction)
 
 
 # ------------------------------------------------------------------ the platform's side (numpy)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from common.config import SecureSpec
+from common.config import SecureSpec, grid_scale, quant_max, shamir_threshold
 from common.secagg.errors import ConfigError
 
 # Each platform writes its clip report (clipped-value count, norm-clipped flag, weight-capped flag)
@@ -126,12 +126,12 @@ class SecAggConfig:
     @property
     def q_max(self) -> int:
         """Largest quantised magnitude Q = 2^(quant_bits-1) - 1."""
-        return (1 << (self.quant_bits - 1)) - 1
+        return quant_max(self.quant_bits)
 
     @property
     def scale(self) -> float:
         """Quantisation scale: q = rint(x * scale); one step is 1/scale = c/Q."""
-        return self.q_max / self.clip_range
+        return grid_scale(self.quant_bits, self.clip_range)
 
     @property
     def uint_dtype(self) -> np.dtype[Any]:
@@ -152,8 +152,7 @@ class SecAggConfig:
         """
         if cohort_size < 1:
             raise ConfigError(f"cohort size must be >= 1, got {cohort_size}")
-        by_fraction = math.ceil(self.threshold_fraction * cohort_size - 1e-9)
-        return min(cohort_size, max(by_fraction, 2 * cohort_size // 3 + 1))
+        return shamir_threshold(cohort_size, self.threshold_fraction)
 
     def check_cohort(self, cohort_size: int) -> None:
         """Refuse a cohort the overflow check does not cover or that is too small."""

@@ -95,12 +95,13 @@ def test_discrete_gaussian_has_the_discrete_gaussians_moments() -> None:
 
 @pytest.mark.parametrize("bits,c,f", [(24, 1.0, 0.666), (32, 512.0, 0.666), (16, 3.5, 1.0), (40, 64.0, 0.75)])
 def test_grid_and_threshold_agree_with_secure_aggregations(bits: int, c: float, f: float) -> None:
-    from common.privacy import grid_scale, min_shares
+    from common.config import grid_scale
+    from common.privacy import min_shares
     from common.secure_wire import secagg_config
 
     cfg = AppConfig().replace(**{"secure.quant-bits": bits, "secure.clip-range": c, "secure.threshold-fraction": f,
                                  "secure.max-weight": 1})  # fmt: skip
-    assert grid_scale(cfg.secure) == secagg_config(cfg).scale
+    assert grid_scale(cfg.secure.quant_bits, cfg.secure.clip_range) == secagg_config(cfg).scale
     for n in range(2, 12):
         assert min_shares(cfg.secure, n) == secagg_config(cfg).threshold(n), n
 
