@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
 from clients.encoder_compile import bucket_chunks, compiled_encoder, pad_rows, set_compile
-from common.config import TrainSpec
+from common.config import NEW_USER_KS, TrainSpec
 from common.data import Item
 from common.item_stats import NUM_ITEM_STATS, ItemStats
 from common.metrics import classification_metrics, ranking_metrics
@@ -347,19 +347,26 @@ def item_vectors(
 
 def _logits(
     scorer: Scorer, part: PlatformBatches, vectors: torch.Tensor, rows: Sequence[np.ndarray], data: EncodedSplit,
-    device: torch.device, cold: np.ndarray | None = None,
+    device: torch.device, cold: np.ndarray | None = None, new_users: np.ndarray | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """(B, K) logits: the shared model over ``vectors`` (``rows`` = candidate, liked, disliked rows into
     them) plus the private parts; column 0 like, column 1 pick (when the model has it).
 
     ``cold`` (B,) bool marks rows whose candidate is scored as a new item: without its private residual
-    and biases, with the statistics of an item never seen in training (zeros).
+    and biases, with the statistics of an item never seen in training (zeros). ``new_users`` (B,) bool
+    marks rows whose user is scored as a new user: without the user's private vector and bias (the
+    history cut is the caller's: :func:`as_new_users`).
     """
     users, items = _to(data.users, device), _to(data.items, device)
     cands, liked, disliked = (_to(r, device) for r in rows)
     assert data.stats is not None
     stats = _to(data.stats, device)
-    user, counts = scorer.users(vectors, liked, disliked, part.private.user_vectors(users))
+    residual_u = part.private.user_vectors(users)
+    hide: torch.Tensor | float = 0.0  # 1 on new-user rows: what the user's private parts add is taken out
+    if new_users is not None and new_users.any():
+        hide = _to(new_users.astype(np.float32), device)
+        residual_u = None if residual_u is None else residual_u * (1.0 - hide)[:, None]
+    user, counts = scorer.users(vectors, liked, disliked, residual_u)
     item = vectors[cands]
     drop: torch.Tensor | float = 0.0  # 1 on cold rows: what the candidate's private parts add is taken out
     if cold is not None and cold.any():
@@ -369,6 +376,8 @@ def _logits(
         stats = stats * (1.0 - drop)[:, None]
     logits = scorer.score(user, counts, item, stats if scorer.item_stats else None).float()
     like = logits[:, 0] + part.private.bias(items, users) - drop * part.private.bias(items, None)
+    if new_users is not None:  # the user bias alone: with users minus without
+        like = like - hide * (part.private.bias(items, users) - part.private.bias(items, None))
     if logits.shape[1] == 1:
         return like.unsqueeze(1)
     return torch.stack([like, logits[:, 1] + (1.0 - drop) * part.private.pick_bias(items)], dim=1)
@@ -376,12 +385,13 @@ def _logits(
 
 def batch_logits(
     scorer: Scorer, part: PlatformBatches, data: EncodedSplit, device: torch.device, history_grad: bool = True,
-    encode: bool = True, cold: np.ndarray | None = None,
+    encode: bool = True, cold: np.ndarray | None = None, new_users: np.ndarray | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """(B, K) logits of ``data`` (one batch): encode its distinct items once, then score from their vectors.
 
     ``history_grad=False`` encodes the items that appear only in histories without gradient (or reads
-    them from the item cache); ``encode=False`` reads every item from the cache; ``cold``: see :func:`_logits`.
+    them from the item cache); ``encode=False`` reads every item from the cache; ``cold``, ``new_users``:
+    see :func:`_logits`.
     """
     if history_grad:
         needed, grad_rows = referenced_items(data), None  # (U,) sorted catalogue rows
@@ -394,7 +404,37 @@ def batch_logits(
     local = [remap[data.items], np.where(data.liked >= 0, remap[data.liked], -1),
              np.where(data.disliked >= 0, remap[data.disliked], -1)]  # fmt: skip
     vectors = item_vectors(scorer, part, needed, device, grad_rows, encode)
-    return _logits(scorer, part, vectors, local, data, device, cold)
+    return _logits(scorer, part, vectors, local, data, device, cold, new_users)
+
+
+def as_new_users(data: EncodedSplit, rows: np.ndarray, ks: np.ndarray) -> EncodedSplit:
+    """``data`` with the history of each marked row cut to its user's oldest ``k`` interactions.
+
+    ``rows`` (B,) bool marks the rows, ``ks`` (B,) the k of each (read on marked rows only). Histories
+    are most recent first and kept apart by label, so the k oldest are taken from each list in
+    proportion to its length: ``round(k * n_liked / n)`` liked (the rest disliked, then liked again
+    while k is not reached), each list keeping its order. A history of ``n <= k`` stays whole.
+    """
+    liked, disliked = data.liked.copy(), data.disliked.copy()
+    for r in np.flatnonzero(rows):
+        n_liked, n_disliked = int((liked[r] >= 0).sum()), int((disliked[r] >= 0).sum())
+        k = int(ks[r])
+        if n_liked + n_disliked <= k:
+            continue
+        keep_liked = min(n_liked, round(k * n_liked / (n_liked + n_disliked)))
+        keep_disliked = min(n_disliked, k - keep_liked)
+        keep_liked = min(n_liked, k - keep_disliked)
+        liked[r] = _oldest(liked[r], n_liked, keep_liked)
+        disliked[r] = _oldest(disliked[r], n_disliked, keep_disliked)
+    return dataclasses.replace(data, liked=liked, disliked=disliked)
+
+
+def _oldest(history: np.ndarray, n: int, keep: int) -> np.ndarray:
+    """A most-recent-first history row of ``n`` entries cut to its ``keep`` oldest (still most recent
+    first), padded with -1."""
+    out = np.full_like(history, -1)
+    out[:keep] = history[n - keep : n]
+    return out
 
 
 def train(
@@ -448,8 +488,12 @@ def _train(
             data = parts[k].data.take(idx)
             encode = not spec.uses_item_cache or (spec.encoder_every > 0 and step % spec.encoder_every == 0)
             cold = rng.random(len(idx)) < spec.cold_dropout if spec.cold_dropout > 0 else None
+            new_users = None
+            if spec.new_user_dropout > 0:  # drawn only when asked: runs without it keep their random stream
+                new_users = rng.random(len(idx)) < spec.new_user_dropout
+                data = as_new_users(data, new_users, rng.integers(1, max(NEW_USER_KS) + 1, size=len(idx)))
             step += 1
-            logits = batch_logits(scorer, parts[k], data, device, spec.history_grad, encode, cold)
+            logits = batch_logits(scorer, parts[k], data, device, spec.history_grad, encode, cold, new_users)
             loss = batch_loss(logits, data, spec, device)
             if anchor is not None:
                 prox = sum(((p - a) ** 2).sum() for p, a in zip(shared, anchor, strict=True))

@@ -120,6 +120,10 @@ class TrainSpec:
     # Share of train rows whose candidate is scored as a NEW item: its private item parameters and train
     # statistics hidden, so the shared model learns to score from text alone (DropoutNet-style cold start).
     cold_dropout: float = 0.0
+    # Share of train rows scored as a NEW user's: the user's private vector and bias hidden, the history cut to
+    # its oldest k interactions, k drawn in 1..max(NEW_USER_KS), so the shared model learns to read the short
+    # history of a user who never trained (the new-users scenario) instead of leaning on private user parts.
+    new_user_dropout: float = 0.0
 
     @property
     def uses_item_cache(self) -> bool:
@@ -130,6 +134,7 @@ class TrainSpec:
         _positive(self, "local_epochs", "train.local-epochs")
         _non_negative(self, "encoder_every", "train.encoder-every")
         _fraction(self, "cold_dropout", "train.cold-dropout")
+        _fraction(self, "new_user_dropout", "train.new-user-dropout")
 
         _positive(self, "lr", "train.lr")
         _positive(self, "batch_size", "train.batch-size")
