@@ -16,6 +16,12 @@ def test_run_bench_tiny_rows():
     assert 1.0 <= row["upload_vs_quantised"] < 1.5
     assert row["keystream_gbps"] > 0 and row["mersenne_twister_gbps"] > 0
     assert 0 < row["dp_noise_s"] < 1.0  # one platform's DP noise share for 2,000 values
+    # issue 22's added work: each part measured, the slots' share of mask/unmask by their share of the words
+    privacy = row["privacy_s"]
+    assert all(privacy[k] > 0 for k in ("l2_check_s", "audit_entry_s", "slots_s", "dp_noise_s"))
+    assert privacy["slot_words"] == 384
+    assert privacy["total_s"] == privacy["checks_s"] + privacy["dp_noise_s"]
+    assert row["privacy_fraction"] == privacy["total_s"] / row["critical_path_s"]
     assert overhead_estimate(rows) is None
     est = overhead_estimate(rows, platforms=3, params=2_000, train_examples=14, train_rate=14.0)
     assert est is not None and est["training_s"] == 1.0 and 0 < est["overhead_fraction"] < 1
@@ -26,4 +32,4 @@ def test_main_writes_json(tmp_path, capsys):
     payload = json.loads((tmp_path / "bench_secagg.json").read_text())
     assert payload["rows"][0]["params"] == 1000
     out = capsys.readouterr().out
-    assert "Traffic per platform" in out and "Differential privacy" in out
+    assert "Traffic per platform" in out and "Privacy checks and DP" in out and "audit entry s" in out and "% of a 10.11 s round" in out
