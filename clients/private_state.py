@@ -29,7 +29,7 @@ from common.run_files import PRIVATE_DIR
 
 FILE = re.compile(r"round-(\d+)\.safetensors")
 STATE_DIR_KEY = "state-dir"  # node_config: where a deployed platform keeps its private parameters
-DEFAULT_STATE_DIR = "~/.crossfed/private"
+DEFAULT_STATE_DIR = "~/.crossfed/private"  # without one: a kit's SuperNode is given its kit's state/ instead
 
 INDEX_KEY = "crossfed-index"  # safetensors metadata: JSON {"items": [ids], "users": [ids]}, one per row
 
@@ -141,9 +141,9 @@ def private_folder(out_dir: str, platform: str, state_dir: str | None = None) ->
     """A platform's folder for one federation run.
 
     Simulated platforms share the coordinator's disk: ``<out-dir>/private/<platform>``. A
-    deployed one keeps them under its own ``state-dir`` (node_config; default
-    ``~/.crossfed/private``), in a subfolder named by the run's ``out-dir``, so a resumed run
-    (same ``out-dir``) finds them and another run does not.
+    deployed one keeps them under its own ``state-dir`` (node_config: a kit's ``state/``, ``crossfed
+    deploy supernode --state-dir``; default ``~/.crossfed/private``), in a subfolder named by the run's
+    ``out-dir``, so a resumed run (same ``out-dir``) finds them and another run does not.
     """
     if state_dir is None:
         return Path(out_dir).expanduser() / PRIVATE_DIR / platform

@@ -22,12 +22,12 @@ Key rotation: the platform replaces its identity, the operator its roster entry 
     crossfed deploy rotate-key --platform web_shop --dir keys/ --roster roster.json
     crossfed deploy roster --update roster.json --pub web_shop.secagg.pub
 A platform's audit log of the secure rounds it took part in, checked (signatures, chain, length):
-    crossfed deploy audit ~/.crossfed/private/web_shop/audit.jsonl --pub web_shop.secagg.pub
+    crossfed deploy audit kits/web_shop/state/web_shop/audit.jsonl --pub web_shop.secagg.pub
 On the coordinator again, admit that platform's public key, then start the node:
     crossfed deploy register --key web_shop.key.pub --superlink fl.example.org:9093 --certs certs/
     crossfed deploy supernode --platform web_shop --data /data --superlink fl.example.org:9093 \\
         --certs certs/ --key keys/web_shop.key \\
-        --secagg-identity keys/web_shop.secagg.key --secagg-roster roster.json
+        --secagg-identity keys/web_shop.secagg.key --secagg-roster roster.json --state-dir state/
 Then submit the app (from a checkout of this repository) to a named federation; the name and
 its connection are saved in $FLWR_HOME/config.toml, so later submits need only the name:
     crossfed deploy submit --federation prod --superlink fl.example.org:9093 --certs certs/ \
@@ -45,13 +45,15 @@ import json
 import logging
 import math
 import os
+import shlex
 import subprocess
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from clients.private_state import DEFAULT_STATE_DIR, STATE_DIR_KEY
 from common.config import ConfigError, config_string, parse_config_strings
 from common.data import load_platform
 from common.files import InputFileError
@@ -71,6 +73,7 @@ from deploy.commands import (
     superlink_command,
     supernode_command,
     supernode_env,
+    supernode_flwr_home,
     thread_env,
     worker_command,
 )
@@ -189,6 +192,10 @@ def add_deploy_parser(subparsers: Any) -> argparse.ArgumentParser:
                       help="local Runtime API port (default: a free one, so SuperNodes can share a host)")  # fmt: skip
     node.add_argument("--node-config", action="append", default=[], metavar="KEY=VALUE",
                       help="more node_config, e.g. require-secagg=true share-metrics=false")  # fmt: skip
+    node.add_argument("--state-dir", type=Path, metavar="DIR",
+                      help=f"this platform's private state: private parameters, audit log, secure-sum records, "
+                           f"privacy ledger, Flower's copy of the app (default: node_config state-dir, else "
+                           f"{DEFAULT_STATE_DIR}; a kit's start.sh passes its own state/)")  # fmt: skip
     node.add_argument("--threads", type=int,
                       help="CPU threads for training (default: the cores shared among this host's SuperNodes; "
                            "an OMP_NUM_THREADS already set wins)")  # fmt: skip
@@ -379,7 +386,8 @@ def cmd_provision(args: argparse.Namespace) -> int:
     print(f"CA key        {kits.ca}/  (signs certificates: keep offline, ship nowhere)")
     print(f'coordinator   {kits.coordinator}/  ./start.sh; ./register.sh; ./submit.sh "RUN CONFIG" --stream')
     for platform, folder in kits.platforms.items():
-        print(f"{platform:<13} {folder}/  ship to {platform}'s machine; DATA_DIR=/data/DATASET ./start.sh")
+        print(f"{platform:<13} {folder}/  ship to {platform}'s machine; DATA_DIR=/data/DATASET ./start.sh "
+              "(private state: state/ there)")  # fmt: skip
     if args.insecure_demo_keys:
         print("crossfed: warning: --insecure-demo-keys: every platform's private keys were made on this machine; "
               "whoever holds these kits holds every identity (one-machine demo only)", file=sys.stderr)  # fmt: skip
@@ -414,13 +422,15 @@ def cmd_supernode(args: argparse.Namespace) -> int:
         if args.key is None:
             raise DeployError("--key PLATFORM.key is required (create it with `crossfed deploy node-key`)")
         load_node_private_key(args.key)
+    extra = {**parse_config_strings(args.node_config, "--node-config"), **_secagg_trust(args)}
+    state = state_dir(args.state_dir, extra)
     spec = SuperNodeSpec(
         platform=args.platform, superlink=args.superlink,
         root_cert=None if args.insecure else _ca_cert(args.certs),
         key=None if args.insecure else args.key, data_dir=args.data, device=args.device,
         runtime_port=args.runtime_port or free_ports(1)[0], isolation=args.isolation, insecure=args.insecure,
         fast_poll_s=None if args.flower_polling else 0.25, max_wait_s=args.max_wait or None,
-        extra={**parse_config_strings(args.node_config, "--node-config"), **_secagg_trust(args)},
+        extra={**extra, STATE_DIR_KEY: str(state)}, flwr_home=supernode_flwr_home(state, args.platform),
     )  # fmt: skip
     if not args.data:
         print(f"crossfed: warning: no --data: SuperNode {args.platform} serves the embedded synthetic demo "
@@ -430,14 +440,30 @@ def cmd_supernode(args: argparse.Namespace) -> int:
     if spec.isolation == "process":
         cmds.append(worker_command(spec.runtime_port, parent_pid=0))  # pid filled in by run_foreground
     if args.print:
-        caps = " ".join(f"{k}={v}" for k, v in env.items() if k in THREAD_VARS)
+        shown = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items() if k in (*THREAD_VARS, "FLWR_HOME"))
         for cmd in cmds:
-            print(" ".join([caps, *cmd]) if caps else " ".join(cmd))
+            print(" ".join([shown, *cmd]) if shown else " ".join(cmd))
         return 0
+    try:
+        state.mkdir(mode=0o700, parents=True, exist_ok=True)  # 0700 when made here: its listing is private too
+    except OSError as exc:
+        raise DeployError(f"--state-dir {state}: cannot make that folder ({exc.strerror})") from exc
+    print(f"crossfed: SuperNode {args.platform} keeps its private state in {state}", file=sys.stderr)
     code = run_foreground(cmds, env)
     if code == FLOWER_CONNECTION_ERROR:
         print(refusal_hint(spec), file=sys.stderr)
     return code
+
+
+def state_dir(flag: Path | None, node_config: Mapping[str, Any]) -> Path:
+    """The platform's state folder, absolute: ``--state-dir``, else node_config ``state-dir``, else the
+    ClientApp's default; the two given and different is refused (which one meant it?)."""
+    given = node_config.get(STATE_DIR_KEY)
+    chosen = Path(str(given if given is not None else DEFAULT_STATE_DIR)) if flag is None else flag
+    chosen = chosen.expanduser().resolve()
+    if flag is not None and given is not None and Path(str(given)).expanduser().resolve() != chosen:
+        raise DeployError(f"--state-dir '{flag}' and --node-config {STATE_DIR_KEY}={given!r} disagree: give one")
+    return chosen
 
 
 def refusal_hint(spec: SuperNodeSpec) -> str:

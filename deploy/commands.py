@@ -39,6 +39,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SUPERLINK_PORT = 9093
 DEFAULT_RUNTIME_PORT = 9094
 ISOLATIONS = ("process", "subprocess")  # process = warm deploy.worker; subprocess = Flower's per-message default
+FLOWER_HOME = "flower"  # a SuperNode's own FLWR_HOME, inside its platform's state folder: see supernode_flwr_home
 
 
 def node_config(platform: str, data_dir: str | Path = "", device: str = "cpu",
@@ -115,6 +116,7 @@ class SuperNodeSpec:
     heartbeat_s: float = 10.0
     max_wait_s: float | None = None  # give up connecting after this long (None: retry forever)
     extra: Mapping[str, Any] = field(default_factory=dict)  # more node_config, e.g. {"require-secagg": False}
+    flwr_home: Path | None = None  # FLWR_HOME of its processes (None: inherited); see supernode_flwr_home
 
     def __post_init__(self) -> None:
         if self.isolation not in ISOLATIONS:
@@ -149,7 +151,20 @@ def supernode_env(spec: SuperNodeSpec) -> dict[str, str]:
     env = {"CROSSFED_SUPERNODE_HEARTBEAT_S": str(spec.heartbeat_s)}
     if spec.fast_poll_s is not None:
         env["CROSSFED_SUPERNODE_POLL_S"] = str(spec.fast_poll_s)
+    if spec.flwr_home is not None:
+        env["FLWR_HOME"] = str(spec.flwr_home)
     return env
+
+
+def supernode_flwr_home(state_dir: Path, platform: str) -> Path:
+    """``<state-dir>/<platform>/flower``: the FLWR_HOME of one platform's SuperNode and worker.
+
+    Why: the worker installs the app it is sent under ``$FLWR_HOME/apps/`` (``~/.flwr`` by default),
+    and Flower skips the copy when that folder already exists; two platforms on one host would share
+    it and one could load the other's half-copied app. With its own home, a platform shares no file
+    with another (a SuperNode uses nothing else of Flower's home: telemetry and update checks are off).
+    """
+    return Path(state_dir) / platform / FLOWER_HOME
 
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")

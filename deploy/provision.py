@@ -10,7 +10,8 @@ machine as a whole and started with its ``start.sh``::
                              start.sh (SuperLink), register.sh (admit every platform), submit.sh
     KITS/<platform>/         ca.pem, start.sh (its SuperNode); later, made there: <platform>.key (0600)
                              + .pub, <platform>.secagg.key (0600, encrypted when a passphrase is set) + .pub,
-                             and the operator's roster.json
+                             the operator's roster.json, and state/ (0700: everything private its SuperNode
+                             writes; ``start.sh --state-dir DIR`` puts it elsewhere)
 
 Keys are born where they are used: no kit holds a platform's private key, and the coordinator's
 kit holds only public keys (and its own TLS key). A platform's ``start.sh`` makes both its key
@@ -19,7 +20,11 @@ the public files to send and stops; the operator registers the node key at the c
 (``node-keys/``, ``register.sh``), builds the roster from every ``.secagg.pub`` (``crossfed
 deploy roster``) and puts the same ``roster.json`` into every platform's folder: provisioning
 is the out-of-band channel secure aggregation needs (the roster never travels through the
-coordinator). Every platform gets its own Runtime API port, so kits may share a host.
+coordinator). Every platform gets its own Runtime API port and keeps its state in its own kit, so
+kits may share a host without sharing a file.
+
+Each script finds the crossfed to run itself (:data:`HEADER`): a kit needs no ``crossfed`` on PATH,
+and one that finds none says what to install instead of "command not found".
 
 ``insecure_demo_keys=True`` (``--insecure-demo-keys``) is the one-machine demo: it makes every
 platform's private keys here, on the coordinator's machine, and the roster with them. Whoever
@@ -42,6 +47,7 @@ from deploy.commands import DEFAULT_RUNTIME_PORT, DEFAULT_SUPERLINK_PORT
 
 START = "start.sh"
 ROSTER = "roster.json"
+STATE = "state"  # a platform's private state, inside its kit unless `start.sh --state-dir DIR` moves it
 
 
 @dataclass(frozen=True)
@@ -108,11 +114,30 @@ def _script(path: Path, body: str) -> None:
     path.chmod(0o755)
 
 
-HEADER = """#!/bin/sh
-# Made by `crossfed deploy provision`. CROSSFED names the crossfed command (default: crossfed).
+INSTALL_HINT = (
+    "in a crossfed checkout run ./scripts/install.sh, then link its .venv here (ln -s CHECKOUT/.venv $(pwd)/.venv), "
+    "set CROSSFED_PYTHON=CHECKOUT/.venv/bin/python, or put CHECKOUT/.venv/bin on PATH"
+)
+HEADER = f"""#!/bin/sh
+# Made by `crossfed deploy provision`. The crossfed it runs is the first found of: $CROSSFED (a
+# command), $CROSSFED_PYTHON (a Python that has crossfed), .venv/ in this kit, .venv/ beside this
+# kit, `crossfed` on PATH; with none, one line says what to install (exit 127).
 set -e
-cd "$(dirname "$0")"
-CROSSFED=${CROSSFED:-crossfed}
+case $0 in */*) cd "${{0%/*}}" ;; esac  # into this kit (plain shell: a bare PATH may lack even dirname)
+if [ -n "${{CROSSFED:-}}" ]; then :
+elif [ -n "${{CROSSFED_PYTHON:-}}" ]; then
+  if ! "$CROSSFED_PYTHON" -c "import deploy.cli" >/dev/null 2>&1; then
+    echo "crossfed: error: CROSSFED_PYTHON=$CROSSFED_PYTHON cannot import crossfed: {INSTALL_HINT}" >&2
+    exit 127
+  fi
+  CROSSFED="$CROSSFED_PYTHON -m deploy.cli"
+elif [ -x .venv/bin/crossfed ]; then CROSSFED=.venv/bin/crossfed
+elif [ -x ../.venv/bin/crossfed ]; then CROSSFED=../.venv/bin/crossfed
+elif command -v crossfed >/dev/null 2>&1; then CROSSFED=crossfed
+else
+  echo "crossfed: error: crossfed is not installed for the kit $(pwd): {INSTALL_HINT}" >&2
+  exit 127
+fi
 """
 
 
@@ -137,9 +162,12 @@ fi
     return (
         HEADER
         + f"""# The SuperNode of platform {platform}. DATA_DIR: its DATASET folder (default: the embedded
-# synthetic shops); DEVICE: cpu, cuda, auto. More flags (e.g. --node-config share-metrics=true) pass through.
+# synthetic shops); DEVICE: cpu, cuda, auto. Its private state (private parameters, audit log, secure-sum
+# records, Flower's copy of the app) stays in {STATE}/ here unless --state-dir DIR says (relative: to
+# this folder). More flags pass through (e.g. --node-config share-metrics=true); one the line below
+# already gives, such as --state-dir, overrides it.
 {keygen_step}exec $CROSSFED deploy supernode --platform {q(platform)} --superlink {q(address)} --certs . \\
-  --key {q(key)} --secagg-identity {q(ident)} --secagg-roster {ROSTER} \
+  --key {q(key)} --secagg-identity {q(ident)} --secagg-roster {ROSTER} --state-dir {STATE} \\
   --data "${{DATA_DIR:-}}" --device "${{DEVICE:-cpu}}" --runtime-port {runtime_port}{extras} "$@"
 """
     )

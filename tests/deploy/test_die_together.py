@@ -31,7 +31,9 @@ def _wrapper(kind: str, tmp_path: Path) -> tuple[subprocess.Popen[bytes], int]:
     if kind == "superlink":  # flower-superlink + the SuperExec it starts
         args, expected = ["superlink", "--insecure", "--port", str(port)], 2
     else:  # deploy.supernode_entry + the warm worker; nothing listens on the SuperLink port, so it keeps dialling
-        args, expected = ["supernode", "--platform", "app", "--superlink", f"127.0.0.1:{port}", "--insecure"], 2
+        args = ["supernode", "--platform", "app", "--superlink", f"127.0.0.1:{port}", "--insecure",
+                "--state-dir", str(tmp_path / "state")]  # fmt: skip
+        expected = 2
     proc = subprocess.Popen([sys.executable, "-m", "simulations.cli", "deploy", *args], env=env, cwd=REPO_ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     return proc, expected

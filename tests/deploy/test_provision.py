@@ -10,10 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from clients.private_state import DEFAULT_STATE_DIR, private_folder
+from common.config import parse_config_strings
 from common.secagg.identity import PASSPHRASE_ENV, Roster, build_roster
 from deploy.certs import CertError, load_node_private_key, load_node_public_key
-from deploy.commands import THREAD_VARS, thread_env
-from deploy.provision import START, provision
+from deploy.cli import state_dir
+from deploy.commands import FLOWER_HOME, THREAD_VARS, thread_env
+from deploy.errors import DeployError
+from deploy.provision import ROSTER, START, STATE, provision
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -108,3 +112,136 @@ def test_supernode_threads_are_capped_unless_the_environment_says_otherwise() ->
     assert thread_env(3, environ={}) == dict.fromkeys(THREAD_VARS, "3")
     auto = thread_env(None, environ={"OMP_NUM_THREADS": "8"})
     assert "OMP_NUM_THREADS" not in auto and 1 <= int(auto["MKL_NUM_THREADS"]) <= (os.cpu_count() or 1)
+
+
+def _env(line: str) -> dict[str, str]:
+    """The environment assignments in front of a printed command line."""
+    words = line.split(" ")
+    return dict(w.split("=", 1) for w in words[: next(i for i, w in enumerate(words) if "=" not in w)])
+
+
+def _node_config(line: str) -> dict[str, object]:
+    """The node_config of a printed SuperNode command line, parsed as Flower parses it."""
+    return parse_config_strings([line.split(" --node-config ", 1)[1].split(" --isolation ", 1)[0]], "--node-config")
+
+
+def test_two_platforms_on_one_host_keep_their_state_in_their_own_kits(tmp_path: Path) -> None:
+    # Prepare: two platforms' kits on one host, each made ready by its own first start; HOME empty
+    kits = provision(tmp_path / "kits", "fl.example.org", ["app", "web_shop"])
+    home = tmp_path / "home"
+    home.mkdir()
+    for folder in kits.platforms.values():
+        assert _print_commands(folder / START, "--print", env={"HOME": str(home)}).returncode == 3  # keys made
+    roster = build_roster(folder / f"{p}.secagg.pub" for p, folder in kits.platforms.items()).to_json()
+    for folder in kits.platforms.values():
+        (folder / ROSTER).write_text(roster)
+    # Execute: each kit's SuperNode as it would start (printed, nothing started)
+    lines = {}
+    for platform, folder in kits.platforms.items():
+        res = _print_commands(folder / START, "--print", env={"HOME": str(home)})
+        assert res.returncode == 0, res.stderr
+        lines[platform] = res.stdout.splitlines()
+    # Assert: node_config `state-dir` and Flower's home (where the worker installs the app) are in the kit
+    places: dict[str, set[Path]] = {}
+    for platform, folder in kits.platforms.items():
+        node, worker = lines[platform]
+        env, config = _env(node), _node_config(node)
+        state = folder / STATE
+        assert config["state-dir"] == str(state)
+        assert env["FLWR_HOME"] == str(state / platform / FLOWER_HOME) == _env(worker)["FLWR_HOME"]
+        run = private_folder("/srv/crossfed/run1", platform, str(config["state-dir"]))  # a run's private files
+        assert run.is_relative_to(state)
+        places[platform] = {state, run, Path(env["FLWR_HOME"])}
+    # ... the two platforms' places are apart (none inside the other's), nothing under HOME (no ~/.crossfed,
+    # no ~/.flwr), and the state folder is made by the SuperNode when it starts, not by --print
+    assert not any(a.is_relative_to(b) for a in places["app"] for b in places["web_shop"])
+    assert not any(b.is_relative_to(a) for a in places["app"] for b in places["web_shop"])
+    assert list(home.iterdir()) == []
+    assert not any((folder / STATE).exists() for folder in kits.platforms.values())
+    # Execute: the operator moves one platform's state (relative paths are the kit's, like DATA_DIR)
+    moved = _print_commands(kits.platforms["app"] / START, "--print", "--state-dir", str(tmp_path / "elsewhere"))
+    # Assert
+    assert moved.returncode == 0, moved.stderr
+    env, config = _env(moved.stdout.splitlines()[0]), _node_config(moved.stdout.splitlines()[0])
+    assert config["state-dir"] == str(tmp_path / "elsewhere")
+    assert env["FLWR_HOME"] == str(tmp_path / "elsewhere" / "app" / FLOWER_HOME)
+    clash = _print_commands(kits.platforms["app"] / START, "--print", "--node-config", "state-dir='/tmp/other'")
+    assert clash.returncode == 2 and "disagree: give one" in clash.stderr, clash.stderr
+
+
+@pytest.mark.parametrize(
+    ("flag", "node_config", "expected"),
+    [
+        (None, {}, Path(DEFAULT_STATE_DIR)),  # `deploy supernode` without a kit: as before
+        (None, {"state-dir": "/srv/state"}, Path("/srv/state")),  # node_config state-dir still works
+        (Path("/srv/kit/state"), {}, Path("/srv/kit/state")),
+        (Path("/srv/kit/state"), {"state-dir": "/srv/kit/state/"}, Path("/srv/kit/state")),  # the same folder
+    ],
+    ids=["default", "node config", "flag", "both, the same"],
+)
+def test_the_state_folder_comes_from_the_flag_the_node_config_or_the_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flag: Path | None, node_config: dict[str, str], expected: Path
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert state_dir(flag, node_config) == expected.expanduser().resolve()
+
+
+def test_the_state_folder_given_twice_and_different_is_refused() -> None:
+    with pytest.raises(DeployError, match="--state-dir '/a' and --node-config state-dir='/b' disagree"):
+        state_dir(Path("/a"), {"state-dir": "/b"})
+
+
+def _fake(path: Path, body: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+
+
+# Where a kit's script looks for crossfed, first found wins: each fake says who it is
+FAKES = {
+    "path": ("bin/crossfed", 'echo "path $*"'),
+    "beside": ("kits/.venv/bin/crossfed", 'echo "beside $*"'),
+    "kit": ("kits/app/.venv/bin/crossfed", 'echo "kit $*"'),
+    "python": ("py/python", '[ "$1" = -c ] && exit 0  # "import deploy.cli" works\necho "python $*"'),
+    "broken python": ("py/python", "exit 1"),  # a Python without crossfed
+    "command": ("cmd/crossfed", 'echo "command $*"'),
+}
+
+
+@pytest.mark.parametrize(
+    ("present", "says"),
+    [
+        ((), "crossfed: error: crossfed is not installed for the kit {kit}: in a crossfed checkout run "
+             "./scripts/install.sh, then link its .venv here"),
+        (("path",), "path deploy supernode --platform app"),
+        (("path", "beside"), "beside deploy supernode"),
+        (("path", "beside", "kit"), "kit deploy supernode"),
+        (("path", "beside", "kit", "python"), "python -m deploy.cli deploy supernode"),
+        (("path", "beside", "kit", "python", "command"), "command deploy supernode"),
+        (("kit", "broken python"), "crossfed: error: CROSSFED_PYTHON={root}/py/python cannot import crossfed"),
+    ],
+    ids=["none", "PATH", "beside the kit", "in the kit", "CROSSFED_PYTHON", "CROSSFED", "CROSSFED_PYTHON broken"],
+)  # fmt: skip
+def test_a_kits_script_finds_its_crossfed_or_says_what_to_install(
+    tmp_path: Path, present: tuple[str, ...], says: str
+) -> None:
+    # Prepare: a kit, the installations named, and a PATH with nothing but the fake `crossfed` (not even dirname)
+    kits = provision(tmp_path / "kits", "fl.example.org", ["app"], insecure_demo_keys=True)
+    (tmp_path / "bin").mkdir()
+    for name in present:
+        _fake(tmp_path / FAKES[name][0], FAKES[name][1])
+    env = {"PATH": str(tmp_path / "bin"), "HOME": str(tmp_path)}
+    if "python" in present or "broken python" in present:
+        env["CROSSFED_PYTHON"] = str(tmp_path / "py" / "python")
+    if "command" in present:
+        env["CROSSFED"] = str(tmp_path / "cmd" / "crossfed")
+    # Execute
+    res = subprocess.run([str(kits.platforms["app"] / START), "--print"], env=env, capture_output=True, text=True,
+                         timeout=10)  # fmt: skip
+    # Assert: the first installation found runs; none found is one line and exit 127, not "command not found"
+    expected = says.format(kit=kits.platforms["app"], root=tmp_path)
+    if says.startswith("crossfed: error:"):
+        assert (res.returncode, res.stdout) == (127, "") and res.stderr.startswith(expected), res.stderr
+        assert len(res.stderr.splitlines()) == 1 and "not found" not in res.stderr
+    else:
+        assert res.returncode == 0 and res.stdout.startswith(expected), res.stdout + res.stderr
