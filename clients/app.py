@@ -111,8 +111,9 @@ def handle_train(msg: Message, context: Context) -> Message:
         log_scalars(_tensorboard_dir(context, cfg, setup.platform, store), server_round, metrics, prefix="train.")
         if cfg.secagg:  # the update stays here; only the masked sum will leave
             weight = 1 if cfg.privacy.enabled else int(metrics["num-examples"])  # DP: counts are in the noisy sum
-            records = secure.start(msg.content, context, cfg, state, weight, setup.platform, record,
-                                   epsilon=spent)  # the audit entry says what this round spent
+            records = secure.start(
+                msg.content, context, cfg, state, weight, setup.platform, record, epsilon=spent
+            )  # the audit entry says what this round spent
             return Message(RecordDict({**records, INFO: _info(setup.platform)}), reply_to=msg)
     except OPERATOR_ERRORS as exc:
         return _error_reply(msg, exc, context)

@@ -531,8 +531,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchSpec, argparse.Namespac
         choices=COMPILE_MODES,
         help=f"train.compile of the '{COMPILED}' rows (default {d.compile!r}; 'off': no such rows)",
     )
-    parser.add_argument("--cpu-recipe-examples", type=int,
-                        help=f"train examples of the '{CPU_RECIPE}' rows (default {d.cpu_recipe_examples}; 0: none)")
+    parser.add_argument(
+        "--cpu-recipe-examples",
+        type=int,
+        help=f"train examples of the '{CPU_RECIPE}' rows (default {d.cpu_recipe_examples}; 0: none)",
+    )
     parser.add_argument("--json", action="store_true", help="print the JSON payload instead of the table")
     parser.add_argument("--out", type=Path, help="also write bench_train.json and bench_train.txt here")
     args = parser.parse_args(argv)

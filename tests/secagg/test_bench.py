@@ -32,4 +32,9 @@ def test_main_writes_json(tmp_path, capsys):
     payload = json.loads((tmp_path / "bench_secagg.json").read_text())
     assert payload["rows"][0]["params"] == 1000
     out = capsys.readouterr().out
-    assert "Traffic per platform" in out and "Privacy checks and DP" in out and "audit entry s" in out and "% of a 10.11 s round" in out
+    assert (
+        "Traffic per platform" in out
+        and "Privacy checks and DP" in out
+        and "audit entry s" in out
+        and "% of a 10.11 s round" in out
+    )
