@@ -7,7 +7,8 @@ machine as a whole and started with its ``start.sh``::
 
     KITS/ca/                 ca.key: signs certificates; keep it offline, ship it nowhere
     KITS/coordinator/        certs/ (ca.pem, server.pem, server.key), node-keys/ (the platforms' .pub),
-                             start.sh (SuperLink), register.sh (admit every platform), submit.sh
+                             start.sh (SuperLink), register.sh (admit every platform), submit.sh; later,
+                             made there: state/checkpoint.key (0600: the runs' checkpoint MAC key)
     KITS/<platform>/         ca.pem, start.sh (its SuperNode); later, made there: <platform>.key (0600)
                              + .pub, <platform>.secagg.key (0600, encrypted when a passphrase is set) + .pub,
                              the operator's roster.json, and state/ (0700: everything private its SuperNode
@@ -47,6 +48,7 @@ from deploy.commands import DEFAULT_RUNTIME_PORT, DEFAULT_SUPERLINK_PORT
 
 START = "start.sh"
 ROSTER = "roster.json"
+CHECKPOINT_KEY_FILE = "checkpoint.key"  # the coordinator's, in its kit's state/ (server.checkpoint.KEY_ENV)
 STATE = "state"  # a platform's private state, inside its kit unless `start.sh --state-dir DIR` moves it
 
 
@@ -176,7 +178,11 @@ fi
 def _superlink_script(port: int) -> str:
     return (
         HEADER
-        + f"""# The SuperLink (TLS + SuperNode authentication); state.db keeps registered nodes and runs.
+        + f"""# The SuperLink (TLS + SuperNode authentication); state.db keeps registered nodes and runs. The runs'
+# checkpoints are MAC'ed under a key kept in {STATE}/ here (0600, made on first use) unless
+# CROSSFED_CHECKPOINT_KEY names another file; keep it out of the runs' out-dir.
+CROSSFED_CHECKPOINT_KEY=${{CROSSFED_CHECKPOINT_KEY:-$(pwd)/{STATE}/{CHECKPOINT_KEY_FILE}}}
+export CROSSFED_CHECKPOINT_KEY
 exec $CROSSFED deploy superlink --certs certs --database state.db --port {port} "$@"
 """
     )

@@ -17,7 +17,7 @@ from deploy.certs import CertError, load_node_private_key, load_node_public_key
 from deploy.cli import state_dir
 from deploy.commands import FLOWER_HOME, THREAD_VARS, thread_env
 from deploy.errors import DeployError
-from deploy.provision import ROSTER, START, STATE, provision
+from deploy.provision import CHECKPOINT_KEY_FILE, ROSTER, START, STATE, provision
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -245,3 +245,18 @@ def test_a_kits_script_finds_its_crossfed_or_says_what_to_install(
         assert len(res.stderr.splitlines()) == 1 and "not found" not in res.stderr
     else:
         assert res.returncode == 0 and res.stdout.startswith(expected), res.stdout + res.stderr
+
+
+def test_the_coordinators_checkpoint_key_stays_in_its_kit(tmp_path: Path) -> None:
+    # Prepare: a coordinator kit and a fake crossfed that says which key the SuperLink's ServerApp would use
+    kits = provision(tmp_path / "kits", "fl.example.org", ["app"], insecure_demo_keys=True)
+    _fake(tmp_path / "cmd" / "crossfed", 'echo "key=$CROSSFED_CHECKPOINT_KEY"')
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "CROSSFED": str(tmp_path / "cmd" / "crossfed")}
+    start = [str(kits.coordinator / START)]
+    # Execute: once with the default, once with the operator's own key file
+    default = subprocess.run(start, env=env, capture_output=True, text=True, timeout=10)
+    own = subprocess.run(start, env={**env, "CROSSFED_CHECKPOINT_KEY": "/srv/keys/ckpt"}, capture_output=True,
+                         text=True, timeout=10)  # fmt: skip
+    # Assert: the key lives in the coordinator's kit (not under HOME) unless the variable names one
+    assert default.stdout.strip() == f"key={kits.coordinator / STATE / CHECKPOINT_KEY_FILE}", default.stderr
+    assert own.stdout.strip() == "key=/srv/keys/ckpt"
