@@ -33,7 +33,7 @@ from simulations.compare.arms import (
     parse_scenarios,
     resolve_arms,
 )
-from simulations.compare.report import summary_table, write_report
+from simulations.compare.report import RECOMMENDED, summary_table, write_report
 
 
 @dataclass
@@ -54,6 +54,7 @@ class CompareOptions:
     jobs: int = 1  # units at a time; 1 = in this process, one after the other
     fresh: bool = False  # rerun units whose records already exist
     budget_s: float | None = None  # launch no unit after this many seconds; the report is still written
+    recommended: str = RECOMMENDED  # the arm the report's targets are about (one of the arms run)
 
 
 def base_config(opts: CompareOptions) -> AppConfig:
@@ -85,6 +86,9 @@ def run_compare(opts: CompareOptions) -> dict[str, Any]:
     scenarios = parse_scenarios(opts.scenario)
     cfg0 = base_config(opts)
     arms = resolve_arms(opts.arms, opts.levers, opts.extra_arms)
+    if opts.recommended not in {a.name for a in arms}:
+        raise ConfigError(f"`--recommended` {opts.recommended!r} is not among the arms run "
+                          f"({', '.join(a.name for a in arms)})")  # fmt: skip
     for arm in arms:
         cfg0.replace(**arm.overrides)  # every arm's config is valid before anything runs
     for scenario in scenarios:
@@ -131,7 +135,7 @@ def run_compare(opts: CompareOptions) -> dict[str, Any]:
         "size": opts.size, "kind": opts.kind, "seeds": list(range(opts.seeds)), "config": cfg0.to_flat(),
         "data": opts.data or "", "scenarios": scenario_info, "arms": {a.name: {"kind": a.kind,
         "overrides": dict(a.overrides), "trained": a.trained, "about": a.about}
-        for a in arms}, "hardware": hardware(), "jobs": opts.jobs,
+        for a in arms}, "hardware": hardware(), "jobs": opts.jobs, "recommended": opts.recommended,
     }  # fmt: skip
     failed: list[dict[str, str]] = []
     plotted = [0.0]  # when the plots were last drawn
@@ -210,6 +214,8 @@ def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="units (scenario x seed x arm) at a time, each in its own process; 1: in this process",
     )
     p.add_argument("--fresh", action="store_true", help="rerun units whose records already exist in RUN/records")
+    p.add_argument("--recommended", default=RECOMMENDED,
+                   help=f"the arm the report's targets are about (default {RECOMMENDED}; e.g. fed+mix)")  # fmt: skip
     p.add_argument("--budget-s", type=float, help="launch no unit after this many seconds (the report is written)")
     p.set_defaults(func=cmd_compare)
     return p  # fmt: skip
@@ -221,7 +227,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         base_model=args.base_model, arms=[a.strip() for a in args.arms.split(",") if a.strip()],
         levers=args.lever, overrides=parse_overrides(args.set or []), scarce_fraction=args.scarce_fraction,
         large_platform=args.large_platform, kind=args.kind, jobs=args.jobs, fresh=args.fresh,
-        budget_s=args.budget_s,
+        budget_s=args.budget_s, recommended=args.recommended,
     )  # fmt: skip
     report = run_compare(opts)
     meta = report["meta"]

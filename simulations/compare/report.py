@@ -17,6 +17,7 @@ of several runs (e.g. the cross- and same-domain comparisons) into one file.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -36,7 +37,7 @@ from server.outputs import render_table
 
 METRICS = ("auc", "logloss", "hr@10", "ndcg@10")
 METRIC_NAMES = {"auc": "test AUC", "logloss": "test log-loss", "hr@10": "HR@10", "ndcg@10": "NDCG@10"}
-RECOMMENDED = "federated"  # the arm the targets are about: what we tell a platform to deploy
+RECOMMENDED = "federated"  # the arm the targets are about: what we tell a platform to deploy (`--recommended`)
 REFERENCE = "local"  # every arm's paired interval is taken against this one
 BASELINES_TO_BEAT = ("like-rate", "popularity", "mf")  # full and scarce
 CONTENT = "content"  # frozen text vectors: what the trained text model must add on new items
@@ -159,14 +160,22 @@ def compare_arms(scenario: str, by_arm: Mapping[int, Any], by_ref: Mapping[int, 
     return cells
 
 
-def paired_intervals(results: Mapping[str, Mapping[str, Mapping[int, Any]]]) -> dict[str, Any]:
+def recommended_arm(meta: Mapping[str, Any]) -> str:
+    """The arm a report's targets are about: ``meta["recommended"]`` (``compare --recommended``), else
+    :data:`RECOMMENDED`."""
+    return str(meta.get("recommended") or RECOMMENDED)
+
+
+def paired_intervals(
+    results: Mapping[str, Mapping[str, Mapping[int, Any]]], recommended: str = RECOMMENDED
+) -> dict[str, Any]:
     """scenario -> ref -> arm -> platform -> interval: every arm vs ``local``; the recommended arm
     also vs each baseline (``content`` too), ``pooled`` and ``mf-central``. Arms without test scores
     are left out."""
     out: dict[str, Any] = {}
     for scenario, arms in results.items():
         wanted = [(a, REFERENCE) for a in arms if a != REFERENCE]
-        wanted += [(RECOMMENDED, ref) for ref in (*BASELINES_TO_BEAT, CONTENT, "pooled", STRETCH)]
+        wanted += [(recommended, ref) for ref in (*BASELINES_TO_BEAT, CONTENT, "pooled", STRETCH)]
         for arm, ref in wanted:
             if arm in arms and ref in arms and (cells := compare_arms(scenario, arms[arm], arms[ref])):
                 out.setdefault(scenario, {}).setdefault(ref, {})[arm] = cells
@@ -227,30 +236,33 @@ def judge(
     ref: str,
     platforms: Sequence[str],
     required: bool = True,
+    arm: str = RECOMMENDED,
 ) -> dict[str, Any]:
-    """``RECOMMENDED`` vs ``ref`` by ``rule`` on every platform of ``platforms``: met iff met on each;
-    the margin and detail are the tightest platform's; not evaluated if one has no interval."""
-    cells = paired.get(ref, {}).get(RECOMMENDED, {})
+    """``arm`` (the recommended one) vs ``ref`` by ``rule`` on every platform of ``platforms``: met iff met
+    on each; the margin and detail are the tightest platform's; not evaluated if one has no interval."""
+    cells = paired.get(ref, {}).get(arm, {})
     missing = [p for p in platforms if p not in cells or not math.isfinite(cells[p]["low"])]
     if missing:
-        why = f"not evaluated: no paired test scores of {RECOMMENDED} and {ref} on {', '.join(missing)}"
+        why = f"not evaluated: no paired test scores of {arm} and {ref} on {', '.join(missing)}"
         return _target(name, scenario, None, None, why, rule.name, required)
     margin, platform = min((rule.margin(cells[p]), p) for p in platforms)
-    detail = ("tightest: " if len(platforms) > 1 else "") + _describe(RECOMMENDED, ref, platform, cells[platform])
+    detail = ("tightest: " if len(platforms) > 1 else "") + _describe(arm, ref, platform, cells[platform])
     return _target(name, scenario, rule.met(margin), margin, detail, rule.name, required)
 
 
-def judge_ndcg(name: str, scenario: str, agg: Mapping[str, Any], ref: str, platforms: Sequence[str]) -> dict[str, Any]:
-    """NDCG@10: mean over seeds of the recommended arm above ``ref``'s on every platform."""
+def judge_ndcg(
+    name: str, scenario: str, agg: Mapping[str, Any], ref: str, platforms: Sequence[str], arm: str = RECOMMENDED
+) -> dict[str, Any]:
+    """NDCG@10: mean over seeds of ``arm`` (the recommended one) above ``ref``'s on every platform."""
     gaps = []
     for p in platforms:
-        means = [agg.get(a, {}).get(p, {}).get("ndcg@10", {}).get("mean", math.nan) for a in (RECOMMENDED, ref)]
+        means = [agg.get(a, {}).get(p, {}).get("ndcg@10", {}).get("mean", math.nan) for a in (arm, ref)]
         if not all(m is not None and math.isfinite(m) for m in means):
-            return _target(name, scenario, None, None, f"not evaluated: no NDCG@10 of {RECOMMENDED} and {ref} on {p}",
+            return _target(name, scenario, None, None, f"not evaluated: no NDCG@10 of {arm} and {ref} on {p}",
                            "ndcg")  # fmt: skip
         gaps.append((means[0] - means[1], p, means))
     margin, p, (mine, theirs) = min(gaps)
-    return _target(name, scenario, margin > 0, margin, f"tightest: {RECOMMENDED} {mine:.4f} vs {ref} {theirs:.4f} "
+    return _target(name, scenario, margin > 0, margin, f"tightest: {arm} {mine:.4f} vs {ref} {theirs:.4f} "
                    f"on {p}", "ndcg")  # fmt: skip
 
 
@@ -271,49 +283,50 @@ def evaluate_targets(
     out: list[dict[str, Any]] = []
     kind = meta.get("kind", "cross")
     paired = paired or {}
-    R = RECOMMENDED
+    R = recommended_arm(meta)
+    on, on_ndcg = functools.partial(judge, arm=R), functools.partial(judge_ndcg, arm=R)  # R vs a reference
     for scenario in agg:
         info = meta.get("scenarios", {}).get(scenario, {})
         platforms = sorted(info.get("users", {}))
         here = paired.get(scenario, {})
         if scenario == "new-items":
             for base in NEW_ITEMS_BASELINES:
-                out.append(judge(f"{R} >= {base} + {COLD_GAIN} AUC on every platform", scenario, COLD, here, base,
+                out.append(on(f"{R} >= {base} + {COLD_GAIN} AUC on every platform", scenario, COLD, here, base,
                                  platforms))  # fmt: skip
             if kind == "same":
-                out.append(judge(f"{R} >= local + {COLD_GAIN} AUC on every platform", scenario, COLD, here, REFERENCE,
+                out.append(on(f"{R} >= local + {COLD_GAIN} AUC on every platform", scenario, COLD, here, REFERENCE,
                                  platforms))  # fmt: skip
             else:
-                out += [judge(f"{R} not worse than local on {p}", scenario, NEVER_BELOW, here, REFERENCE, [p])
+                out += [on(f"{R} not worse than local on {p}", scenario, NEVER_BELOW, here, REFERENCE, [p])
                         for p in platforms]  # fmt: skip
             continue
         if scenario == "new-users":
-            out += [judge(f"{R} beats {base} in test AUC on every platform", scenario, BEATS, here, base, platforms)
+            out += [on(f"{R} beats {base} in test AUC on every platform", scenario, BEATS, here, base, platforms)
                     for base in NEW_USERS_BASELINES]  # fmt: skip
             continue
         if scenario not in WARM_SCENARIOS:
             continue
         for base in BASELINES_TO_BEAT:
-            out.append(judge(f"{R} beats {base} in test AUC on every platform", scenario, BEATS, here, base, platforms))
-            out.append(judge_ndcg(f"{R} beats {base} in NDCG@10 on every platform", scenario, agg[scenario], base,
+            out.append(on(f"{R} beats {base} in test AUC on every platform", scenario, BEATS, here, base, platforms))
+            out.append(on_ndcg(f"{R} beats {base} in NDCG@10 on every platform", scenario, agg[scenario], base,
                                   platforms))  # fmt: skip
         if kind == "same" and scenario == "scarce":
             large = info.get("large_platform")
             for p in platforms:
                 if p == large:
-                    out.append(judge(f"{R} not worse than local on {p} (large)", scenario, NOT_WORSE, here, REFERENCE,
+                    out.append(on(f"{R} not worse than local on {p} (large)", scenario, NOT_WORSE, here, REFERENCE,
                                      [p]))  # fmt: skip
                 else:
-                    out.append(judge(f"{R} >= local + {SCARCE_GAIN} AUC on {p}", scenario, GAIN, here, REFERENCE, [p]))
+                    out.append(on(f"{R} >= local + {SCARCE_GAIN} AUC on {p}", scenario, GAIN, here, REFERENCE, [p]))
         elif kind == "same":
-            out += [judge(f"{R} beats local on {p}", scenario, BEATS, here, REFERENCE, [p]) for p in platforms]
+            out += [on(f"{R} beats local on {p}", scenario, BEATS, here, REFERENCE, [p]) for p in platforms]
         else:  # cross-domain: never below local (issue 21: the interval's low end >= -0.005 on every platform)
-            out += [judge(f"{R} not worse than local on {p}", scenario, NEVER_BELOW, here, REFERENCE, [p])
+            out += [on(f"{R} not worse than local on {p}", scenario, NEVER_BELOW, here, REFERENCE, [p])
                     for p in platforms]  # fmt: skip
-            out.append(judge(f"{R} mean AUC within {POOLED_GAP} of pooled or above", scenario, WITHIN, here, "pooled",
+            out.append(on(f"{R} mean AUC within {POOLED_GAP} of pooled or above", scenario, WITHIN, here, "pooled",
                              ["mean"]))  # fmt: skip
         if STRETCH in agg[scenario]:
-            out.append(judge(f"stretch: {R} beats {STRETCH} in test AUC on every platform", scenario, BEATS, here,
+            out.append(on(f"stretch: {R} beats {STRETCH} in test AUC on every platform", scenario, BEATS, here,
                              STRETCH, platforms, required=False))  # fmt: skip
     return out
 
@@ -325,7 +338,7 @@ def write_report(out: Path, results: Mapping[str, Any], meta: Mapping[str, Any],
     """report.json and report.md; report.png and rounds.png too unless ``plots`` is False (they take
     about a second: a run that rewrites its report after every unit draws them now and then)."""
     agg = aggregate(results, meta.get("seeds"))
-    paired = paired_intervals(results)
+    paired = paired_intervals(results, recommended_arm(meta))
     report = {
         "results": agg,
         "paired": paired,
@@ -397,6 +410,7 @@ def paired_lines(report: Mapping[str, Any], scenario: str) -> list[str]:
     lines: list[str] = []
     by_ref = report.get("paired", {}).get(scenario, {})
     vs_local = by_ref.get(REFERENCE, {})
+    rec = recommended_arm(report.get("meta", {}))
     if vs_local:
         platforms = _platforms(vs_local)
         lines += [f"### Paired bootstrap: arm − {REFERENCE}, test AUC ({LEVEL:.0%} interval, {N_BOOT} resamples)", "",
@@ -404,10 +418,10 @@ def paired_lines(report: Mapping[str, Any], scenario: str) -> list[str]:
         for arm, cells in _ordered(report, vs_local):
             lines.append(f"| {arm} | " + " | ".join(_interval_cell(cells.get(p)) for p in platforms) + " |")
         lines.append("")
-    others = {ref: arms[RECOMMENDED] for ref, arms in by_ref.items() if ref != REFERENCE and RECOMMENDED in arms}
+    others = {ref: arms[rec] for ref, arms in by_ref.items() if ref != REFERENCE and rec in arms}
     if others:
         platforms = _platforms(others)
-        lines += [f"### Paired bootstrap: {RECOMMENDED} − other arm, test AUC", "",
+        lines += [f"### Paired bootstrap: {rec} − other arm, test AUC", "",
                   "| other arm | " + " | ".join(platforms) + " |", "|---" * (len(platforms) + 1) + "|"]  # fmt: skip
         for ref, cells in sorted(others.items()):
             lines.append(f"| {ref} | " + " | ".join(_interval_cell(cells.get(p)) for p in platforms) + " |")
@@ -440,7 +454,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "# Does federation pay? local vs federated vs pooled",
         "",
         f"- kind `{kind}` ({'cross-domain platforms' if kind == 'cross' else 'same-domain shops'}); recommended "
-        f"arm `{RECOMMENDED}`",
+        f"arm `{recommended_arm(meta)}`",
         f"- size `{meta['size']}`, seeds {meta['seeds']} (mean ± sample std over seeds), base model "
         f"`{cfg['model.base']}`, data `{meta['data'] or 'embedded synthetic shops'}`",
         f"- budget per platform: {cfg['num-server-rounds']} rounds x {cfg['train.local-epochs']} local epoch(s) x "
@@ -534,10 +548,11 @@ def _plt() -> Any:
 
 
 def recommended_differences(report: Mapping[str, Any], scenario: str) -> dict[str, dict[str, Mapping[str, float]]]:
-    """other arm -> platform -> paired interval of test AUC, RECOMMENDED − other arm, for every arm the
+    """other arm -> platform -> paired interval of test AUC, recommended arm − other arm, for every arm the
     report pairs the recommended arm with (``local`` and the baselines; ``paired`` holds arm − local)."""
     paired = report.get("paired", {}).get(scenario, {})
-    out = {ref: arms[RECOMMENDED] for ref, arms in paired.items() if RECOMMENDED in arms}
+    rec = recommended_arm(report.get("meta", {}))
+    out = {ref: arms[rec] for ref, arms in paired.items() if rec in arms}
     return {ref: out[ref] for ref in sorted(out, key=lambda r: (r != REFERENCE, r))}
 
 
@@ -549,6 +564,7 @@ def plot_paired(report: Mapping[str, Any], path: Path) -> None:
     scenarios = [s for s in order if recommended_differences(report, s)]
     if not scenarios:
         return
+    rec = recommended_arm(report.get("meta", {}))
     fig, axes = plt.subplots(len(scenarios), 1, figsize=(14.0, 4.0 * len(scenarios)), squeeze=False)
     colours = plt.get_cmap("tab10").colors
     for ax, scenario in zip(axes[:, 0], scenarios, strict=True):
@@ -559,12 +575,12 @@ def plot_paired(report: Mapping[str, Any], path: Path) -> None:
             mid = [cells.get(p, {}).get("diff", math.nan) for p in platforms]
             err = [[m - cells.get(p, {}).get("low", m) for p, m in zip(platforms, mid, strict=True)],
                    [cells.get(p, {}).get("high", m) - m for p, m in zip(platforms, mid, strict=True)]]  # fmt: skip
-            ax.bar(x - 0.4 + (i + 0.5) * width, mid, width, yerr=err, capsize=2, label=f"{RECOMMENDED} − {ref}",
+            ax.bar(x - 0.4 + (i + 0.5) * width, mid, width, yerr=err, capsize=2, label=f"{rec} − {ref}",
                    color=colours[i % len(colours)])  # fmt: skip
         ax.axhline(0.0, color="black", lw=0.8)
         ax.set_xticks(x, platforms)
         ax.set_ylabel("test AUC difference")
-        ax.set_title(f"scenario {scenario}: {RECOMMENDED} − other arm, test AUC (95 % paired bootstrap interval)")
+        ax.set_title(f"scenario {scenario}: {rec} − other arm, test AUC (95 % paired bootstrap interval)")
         ax.legend(ncol=min(6, len(diffs)), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08))
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -216,3 +216,31 @@ def test_the_paired_plot_shows_the_recommended_arm_against_local_first(tmp_path:
     assert list(recommended_differences(report, "full")) == ["local", "mf"]  # pooled − local is not about federated
     plot_paired(report, tmp_path / "paired.png")
     assert (tmp_path / "paired.png").stat().st_size > 0
+
+
+def test_the_targets_follow_the_recommended_arm_of_the_meta(tmp_path: Path) -> None:
+    # Prepare: federated weak (below local), fed+mix strong; the run says fed+mix is the recommended arm
+    results = {"full": _arms(local=FLAT, federated=WEAK, **{"fed+mix": {"L": 3.0, "s1": 3.0, "s2": 3.0}},
+                             **{"like-rate": WEAK})}  # fmt: skip
+    meta = {**_meta("cross", ["full"]), "recommended": "fed+mix"}
+    # Execute
+    report = write_report(tmp_path, results, meta, plots=False)
+    plain = write_report(tmp_path / "plain", results, _meta("cross", ["full"]), plots=False)
+    # Assert: the targets, the pairs with the baselines and the markdown are about fed+mix, not federated
+    got = _targets(report)
+    assert got[("full", "fed+mix beats like-rate in test AUC on every platform")]["met"] is True
+    assert all(got[("full", f"fed+mix not worse than local on {p}")]["met"] for p in PLATFORMS)
+    assert (
+        "fed+mix" in report["paired"]["full"]["like-rate"] and "federated" not in report["paired"]["full"]["like-rate"]
+    )
+    md = (tmp_path / "report.md").read_text()
+    assert "recommended arm `fed+mix`" in md and "Paired bootstrap: fed+mix − other arm" in md
+    assert _targets(plain)[("full", "federated not worse than local on L")]["met"] is False  # the default: federated
+
+
+def test_compare_refuses_a_recommended_arm_it_does_not_run(tmp_path: Path) -> None:
+    from common.config import ConfigError
+    from simulations.compare.command import CompareOptions, run_compare
+
+    with pytest.raises(ConfigError, match="`--recommended` 'fed\\+mix' is not among the arms run"):
+        run_compare(CompareOptions(out=str(tmp_path), arms=["local", "federated"], recommended="fed+mix"))
