@@ -7,7 +7,13 @@ import pytest
 from flwr.supercore.retry import make_simple_http_retry_invoker
 
 from common.flower_http import is_server_error, retry_server_errors
-from deploy.supernode_entry import beat_through_server_errors, patch_server_error_retries
+from deploy.supernode_entry import (
+    activation_wait_s,
+    beat_through_server_errors,
+    patch_activation_wait,
+    patch_server_error_retries,
+    wait_while_still_online,
+)
 
 
 def _status_error(code: int) -> httpx.HTTPStatusError:
@@ -151,3 +157,72 @@ def test_patches_stand_down_on_another_flwr(monkeypatch: pytest.MonkeyPatch, cap
     with caplog.at_level("WARNING", logger="crossfed.flower_http"):
         assert not flwr_is_pinned("the ServerApp grid")
     assert "flwr 9.9.9 is not 1.42.0: the ServerApp grid left at Flower's defaults" in caplog.text
+
+
+def _refusal(text: str) -> httpx.HTTPStatusError:
+    request = httpx.Request("POST", "https://superlink.test/v1/fleet/activate-node")
+    return httpx.HTTPStatusError("HTTP 400", request=request, response=httpx.Response(400, text=text, request=request))
+
+
+# flwr 1.42's fleet_handlers.activate_node, as the SuperLink words each refusal
+STILL_ONLINE_TEXT = '{"code": 2004, "message": "... exception: SuperNode with node ID 7 could not be activated."}'
+UNKNOWN_KEY_TEXT = '{"code": 2004, "message": "... exception: No SuperNode found with the given public key."}'
+
+
+def test_a_restarted_node_retries_activation_while_its_old_session_is_online() -> None:
+    # Prepare: the SuperLink refuses twice (the killed process's session has not expired), then activates
+    answers = [_refusal(STILL_ONLINE_TEXT), _refusal(STILL_ONLINE_TEXT), "activated"]
+    now, sleeps = [0.0], []
+
+    def activate() -> str:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        now[0] += seconds
+
+    # Execute / Assert
+    assert wait_while_still_online(activate, 30.0, poll_s=2.0, clock=lambda: now[0], sleep=sleep) == "activated"
+    assert sleeps == [2.0, 2.0]
+
+
+def test_activation_refusals_end_at_the_wait_or_at_once_for_other_reasons() -> None:
+    now = [0.0]
+
+    def still_online() -> str:
+        raise _refusal(STILL_ONLINE_TEXT)
+
+    def unknown_key() -> str:
+        raise _refusal(UNKNOWN_KEY_TEXT)
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    with pytest.raises(httpx.HTTPStatusError, match="HTTP 400"):
+        wait_while_still_online(still_online, 10.0, poll_s=2.0, clock=lambda: now[0], sleep=sleep)
+    assert 10.0 <= now[0] <= 12.0  # gave up after the wait
+    now[0] = 0.0
+    with pytest.raises(httpx.HTTPStatusError):
+        wait_while_still_online(unknown_key, 10.0, clock=lambda: now[0], sleep=sleep)
+    assert now[0] == 0.0  # an unregistered key is refused at once, as before
+    assert activation_wait_s(10.0) == 70.0  # 2 x Flower's 30 s (a previous process may have used it) + 10
+
+
+def test_patch_makes_the_supernode_client_wait_for_reactivation(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flwr.supernode.fleet_http_client import FleetHttpClient
+
+    answers = [_refusal(STILL_ONLINE_TEXT), "activated"]
+
+    def activate(client: object, request: str) -> str:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return f"{answer}:{request}"
+
+    monkeypatch.setattr(FleetHttpClient, "ActivateNode", activate)
+    monkeypatch.setattr("deploy.supernode_entry._time.sleep", lambda s: None)
+    assert patch_activation_wait(5.0)
+    assert FleetHttpClient.ActivateNode(object(), "req") == "activated:req"
