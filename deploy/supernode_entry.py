@@ -54,15 +54,13 @@ LOCAL_WAIT_S = 0.02  # the SuperNode's wait for a reply already in its own memor
 log = logging.getLogger("crossfed.supernode")
 VERBOSE_ENV = "CROSSFED_SUPERNODE_VERBOSE"
 T = TypeVar("T")
-# flwr 1.42's ActivateNode refusal while the node's previous session is still online (fleet_handlers.activate_node)
-STILL_ONLINE = "could not be activated"
-FLOWER_HEARTBEAT_S = 30.0  # a previous process may have run with Flower's own interval
 
 
 def activation_wait_s(heartbeat_s: float) -> float:
-    """Longest a previous session of this node can stay online: 2 of its heartbeat intervals, whichever
-    interval it ran with (this one, or Flower's 30 s), plus a margin for a loaded SuperLink."""
-    return 2 * max(heartbeat_s, FLOWER_HEARTBEAT_S) + 10.0
+    """Longest a previous session of this node can stay online: 2 heartbeat intervals (its previous
+    process ran with the same ``CROSSFED_SUPERNODE_HEARTBEAT_S``), plus 2 s for a loaded SuperLink.
+    Kept that short because an unregistered key gets the very same refusal and should hear so soon."""
+    return 2 * heartbeat_s + 2.0
 
 
 def capped_sleep(requested_s: float, poll_s: float) -> float:
@@ -125,8 +123,9 @@ def patch_activation_wait(wait_s: float) -> bool:
     """Let a restarted SuperNode wait for the SuperLink to let go of its previous process; False on another flwr.
 
     Why: the SuperLink keeps a node online until 2 heartbeats are overdue, and refuses to activate it
-    again meanwhile ("could not be activated"); Flower's SuperNode then exits (code 305) at once, so a
-    node restarted 10 s after it was killed never rejoined. The refusal is now retried for ``wait_s``.
+    again meanwhile (code 2004, "Failed to activate SuperNode"); Flower's SuperNode then exits (code
+    305) at once, so a node restarted 10 s after it was killed never rejoined. That refusal is now
+    retried for ``wait_s``.
     """
     if not flwr_is_pinned("SuperNode re-activation"):
         return False
@@ -139,11 +138,23 @@ def patch_activation_wait(wait_s: float) -> bool:
     return True
 
 
+def activation_refused(body: str) -> bool:
+    """Whether a SuperLink answer is flwr 1.42's ActivateNode refusal (code 2004, HTTP 412).
+
+    The SuperLink sends only the public message ("Failed to activate SuperNode."); the reason it logs
+    itself is, for a node whose key it admits, that its previous session is still online.
+    """
+    from flwr.supercore.error.base import ApiErrorCode, FlowerError
+
+    error = FlowerError.from_json(body)
+    return error is not None and error.code == ApiErrorCode.FLEET_NODE_ACTIVATION_FAILED
+
+
 def wait_while_still_online(call: Callable[[], T], wait_s: float, poll_s: float = 2.0,
                             clock: Callable[[], float] | None = None,
                             sleep: Callable[[float], None] | None = None) -> T:  # fmt: skip
     """``call()`` (an ActivateNode), repeated every ``poll_s`` for up to ``wait_s`` while the SuperLink
-    answers that this node is still online; any other refusal (e.g. an unregistered key) is raised at once."""
+    refuses to activate this node (:func:`activation_refused`); any other error is raised at once."""
     import httpx
 
     clock, sleep = clock or _time.monotonic, sleep or _time.sleep
@@ -153,11 +164,12 @@ def wait_while_still_online(call: Callable[[], T], wait_s: float, poll_s: float 
         try:
             return call()
         except httpx.HTTPStatusError as exc:
-            if STILL_ONLINE not in exc.response.text or clock() >= deadline:
+            if not activation_refused(exc.response.text) or clock() >= deadline:
                 raise
             if not said:
-                log.warning("the SuperLink still lists this node online (its previous process stopped less than 2 "
-                            "heartbeats ago): retrying activation for up to %.0f s", wait_s)  # fmt: skip
+                log.warning("the SuperLink refused to activate this node: its previous process may have stopped less "
+                            "than 2 heartbeats ago (else its key is not registered): retrying for up to %.0f s",
+                            wait_s)  # fmt: skip
                 said = True
             sleep(poll_s)
 

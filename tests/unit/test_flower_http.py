@@ -159,14 +159,16 @@ def test_patches_stand_down_on_another_flwr(monkeypatch: pytest.MonkeyPatch, cap
     assert "flwr 9.9.9 is not 1.42.0: the ServerApp grid left at Flower's defaults" in caplog.text
 
 
-def _refusal(text: str) -> httpx.HTTPStatusError:
+def _refusal(text: str, code: int = 412) -> httpx.HTTPStatusError:
     request = httpx.Request("POST", "https://superlink.test/v1/fleet/activate-node")
-    return httpx.HTTPStatusError("HTTP 400", request=request, response=httpx.Response(400, text=text, request=request))
+    return httpx.HTTPStatusError(f"HTTP {code}", request=request,
+                                 response=httpx.Response(code, text=text, request=request))  # fmt: skip
 
 
-# flwr 1.42's fleet_handlers.activate_node, as the SuperLink words each refusal
-STILL_ONLINE_TEXT = '{"code": 2004, "message": "... exception: SuperNode with node ID 7 could not be activated."}'
-UNKNOWN_KEY_TEXT = '{"code": 2004, "message": "... exception: No SuperNode found with the given public key."}'
+# What a flwr 1.42 SuperLink sends for ActivateNode refusals: the node's previous session is still
+# online (FLEET_NODE_ACTIVATION_FAILED), and a bad heartbeat interval (another code: not waited out)
+STILL_ONLINE_TEXT = '{"code": 2004, "detail": "Failed to activate SuperNode."}'
+BAD_INTERVAL_TEXT = '{"code": 2003, "detail": "Invalid heartbeat interval."}'
 
 
 def test_a_restarted_node_retries_activation_while_its_old_session_is_online() -> None:
@@ -195,20 +197,20 @@ def test_activation_refusals_end_at_the_wait_or_at_once_for_other_reasons() -> N
     def still_online() -> str:
         raise _refusal(STILL_ONLINE_TEXT)
 
-    def unknown_key() -> str:
-        raise _refusal(UNKNOWN_KEY_TEXT)
+    def bad_interval() -> str:
+        raise _refusal(BAD_INTERVAL_TEXT, 400)
 
     def sleep(seconds: float) -> None:
         now[0] += seconds
 
-    with pytest.raises(httpx.HTTPStatusError, match="HTTP 400"):
+    with pytest.raises(httpx.HTTPStatusError, match="HTTP 412"):
         wait_while_still_online(still_online, 10.0, poll_s=2.0, clock=lambda: now[0], sleep=sleep)
     assert 10.0 <= now[0] <= 12.0  # gave up after the wait
     now[0] = 0.0
     with pytest.raises(httpx.HTTPStatusError):
-        wait_while_still_online(unknown_key, 10.0, clock=lambda: now[0], sleep=sleep)
-    assert now[0] == 0.0  # an unregistered key is refused at once, as before
-    assert activation_wait_s(10.0) == 70.0  # 2 x Flower's 30 s (a previous process may have used it) + 10
+        wait_while_still_online(bad_interval, 10.0, clock=lambda: now[0], sleep=sleep)
+    assert now[0] == 0.0  # any other refusal ends the node at once, as before
+    assert activation_wait_s(10.0) == 22.0  # 2 heartbeats of 10 s + 2 s
 
 
 def test_patch_makes_the_supernode_client_wait_for_reactivation(monkeypatch: pytest.MonkeyPatch) -> None:
