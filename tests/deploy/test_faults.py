@@ -165,6 +165,45 @@ def test_nodes_killed_at_every_stage_are_dropped_and_rejoin(tmp_path: Path) -> N
     assert summary["best_cohort"] == PLATFORMS, summary["best_cohort"]
 
 
+def test_a_node_killed_mid_round_is_waited_for_and_the_run_says_what_it_lost(tmp_path: Path) -> None:
+    # Prepare: the README's deployment with the platforms' defaults: 3 platforms, secure aggregation
+    # required and a minimum cohort of 3 on each (their node_config sets only where private state goes);
+    # a run that needs all 3 to start. The straggler cut-off is shortened to keep the test short: the
+    # round web_shop dies in waits that long for its keys before it is given up.
+    run = tmp_path / "run"
+    config = {**TINY, "secagg": True, "num-server-rounds": 4, "fed.min-nodes": 3, "fed.straggler-min-s": 20.0,
+              "out-dir": str(run)}  # fmt: skip
+    with Federation(tmp_path / "fed", PLATFORMS, node_extra=STATE) as fed:
+        run_id = fed.submit(config)
+        logs = tmp_path / "fed" / "logs"
+        # Execute: kill web_shop (SuperNode + its worker) while it trains in round 2; restart it 10 s later
+        _wait_for(lambda: "web_shop: round 2: training" in _text(logs / "worker-web_shop.log"), 240,
+                  "web_shop to start round 2", fed)  # fmt: skip
+        fed.kill_node("web_shop")
+        time.sleep(10)
+        fed.start_node("web_shop")
+        result = fed.wait(run_id, 420)
+        server_log = fed.server_log(run_id)
+        diagnostics = fed.diagnostics()
+    # Assert: the round web_shop died in is lost (its two peers refuse a cohort of 2); every later round
+    # waited for it and fused all three
+    rounds = read_rounds(run)
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4], server_log[-3000:]
+    assert rounds[1].get("aborted"), rounds[1]
+    for record in rounds[:1] + rounds[2:]:
+        assert not record.get("aborted"), (record, server_log[-4000:], diagnostics)
+        assert record["train"]["secure-aggregation"]["survivors"] == 3, record
+    # ... nothing was trained twice: each platform trained each round at most once
+    for platform in PLATFORMS:
+        text = _text(logs / f"worker-{platform}.log")
+        assert all(text.count(f"{platform}: round {r}: training") <= 1 for r in range(1, 5)), platform
+    # ... and the run says it lost round 2: summary "degraded", Flower's status failed, the reason logged
+    summary = json.loads((run / SUMMARY_FILE).read_text())
+    assert summary["status"] == "degraded" and [r["round"] for r in summary["lost_rounds"]] == [2], summary
+    assert result.status == "finished:failed", result.status
+    assert "LostRoundsError: run degraded: round 2 lost" in server_log, server_log[-3000:]
+
+
 def test_server_killed_mid_run_resumes_without_losing_or_repeating_a_round(tmp_path: Path) -> None:
     # Prepare: a 4-round run in the clear (resume is the ServerApp's business, not secure aggregation's)
     run = tmp_path / "run"
