@@ -22,6 +22,7 @@ from common.run_files import SUMMARY_FILE, read_rounds
 from common.secagg import STAGE_CONSISTENCY, STAGE_MASKED_INPUT, STAGE_SHARE_KEYS, STAGE_UNMASK
 from deploy.errors import DeployError
 from deploy.federation import Federation
+from deploy.loadbench.dataset import write_bench_dataset
 from deploy.worker import STALL_ENV
 from server.checkpoint import MANIFEST as CHECKPOINT_MANIFEST
 from simulations.local.simulate import run_simulated_federation, validate_inputs
@@ -202,6 +203,40 @@ def test_a_node_killed_mid_round_is_waited_for_and_the_run_says_what_it_lost(tmp
     assert summary["status"] == "degraded" and [r["round"] for r in summary["lost_rounds"]] == [2], summary
     assert result.status == "finished:failed", result.status
     assert "LostRoundsError: run degraded: round 2 lost" in server_log, server_log[-3000:]
+
+
+def test_five_platforms_two_killed_for_good_go_on_with_three(tmp_path: Path) -> None:
+    # Prepare: 5 platforms with the platforms' default minimum cohort (3), a run that needs all 5 to
+    # start and the default fed.min-round-nodes (2) to go on
+    run = tmp_path / "run"
+    names = write_bench_dataset(tmp_path / "data", 5)
+    config = {**TINY, "secagg": True, "num-server-rounds": 3, "fed.min-nodes": 5, "fed.straggler-min-s": 20.0,
+              "out-dir": str(run)}  # fmt: skip
+    with Federation(tmp_path / "fed", names, data_dir=tmp_path / "data", node_extra=STATE) as fed:
+        run_id = fed.submit(config)
+        logs = tmp_path / "fed" / "logs"
+        # Execute: two platforms die while they train in round 2 (each as soon as it starts, so before it
+        # sends anything: one killed while uploading its reply stalls the round until Flower's object-push
+        # session expires, 180 s) and never come back
+        doomed = {names[3], names[4]}
+
+        def kill_the_training() -> bool:
+            for platform in sorted(doomed):
+                if f"{platform}: round 2: training" in _text(logs / f"worker-{platform}.log"):
+                    fed.kill_node(platform)
+                    doomed.discard(platform)
+            return not doomed
+
+        _wait_for(kill_the_training, 300, "both to start round 2", fed)
+        _finish(fed, run_id)
+    # Assert: no round was lost; the rounds after the deaths fused the three that were left
+    rounds = read_rounds(run)
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    assert not any(r.get("aborted") for r in rounds), rounds
+    assert rounds[0]["train"]["secure-aggregation"]["survivors"] == 5, rounds[0]
+    assert rounds[2]["train"]["secure-aggregation"]["survivors"] == 3 and rounds[2]["cohort"] == names[:3], rounds[2]
+    summary = json.loads((run / SUMMARY_FILE).read_text())
+    assert summary["status"] == "completed" and summary["lost_rounds"] == []
 
 
 def test_server_killed_mid_run_resumes_without_losing_or_repeating_a_round(tmp_path: Path) -> None:
