@@ -30,6 +30,8 @@ from common.payload import (
     CONFIG,
     EVAL,
     INFO,
+    INFO_MIN_COHORT,
+    INFO_PLATFORM,
     METRICS,
     PayloadError,
     arrays_to_state,
@@ -111,10 +113,9 @@ def handle_train(msg: Message, context: Context) -> Message:
         log_scalars(_tensorboard_dir(context, cfg, setup.platform, store), server_round, metrics, prefix="train.")
         if cfg.secagg:  # the update stays here; only the masked sum will leave
             weight = 1 if cfg.privacy.enabled else int(metrics["num-examples"])  # DP: counts are in the noisy sum
-            records = secure.start(
-                msg.content, context, cfg, state, weight, setup.platform, record, epsilon=spent
-            )  # the audit entry says what this round spent
-            return Message(RecordDict({**records, INFO: _info(setup.platform)}), reply_to=msg)
+            records = secure.start(msg.content, context, cfg, state, weight, setup.platform, record,
+                                   epsilon=spent)  # fmt: skip  # the audit entry says what this round spent
+            return Message(RecordDict({**records, INFO: _info(setup.platform, cfg, trust)}), reply_to=msg)
     except OPERATOR_ERRORS as exc:
         return _error_reply(msg, exc, context)
     content = {ARRAYS: state_to_arrays(state), METRICS: MetricRecord(metrics), INFO: _info(setup.platform)}
@@ -149,6 +150,7 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
         state = arrays_to_state(msg.content[ARRAYS])  # type: ignore[arg-type]
         store = _private_store(context, cfg, setup.platform)
         summed = cfg.secagg and SECAGG in msg.content  # only the cohort's weighted sum leaves (masked)
+        trust = None
         if summed:  # one metric sum per round, of the round just trained (or the run's one test): before evaluating
             record, kind = _contribution_record(context, store), secure.metrics_kind(splits)
             trust = secure.platform_trust(context.node_config, setup.platform, cfg)
@@ -157,7 +159,7 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
         metrics = evaluate_state(cfg, setup, state, server_round, store, splits)
         append_metrics(store.folder, server_round, metrics)
         log_scalars(_tensorboard_dir(context, cfg, setup.platform, store), server_round, metrics)
-        content: dict[str, ConfigRecord | ArrayRecord | MetricRecord] = {INFO: _info(setup.platform)}
+        content: dict[str, ConfigRecord | ArrayRecord | MetricRecord] = {INFO: _info(setup.platform, cfg, trust)}
         if summed:
             vector, weight = encode_metrics(metrics, splits, cfg.secure.clip_range)
             content.update(secure.start(msg.content, context, cfg, {METRIC_VECTOR: vector}, weight, setup.platform,
@@ -198,5 +200,9 @@ def _tensorboard_dir(context: Context, cfg: AppConfig, platform: str, store: Pri
                                     _simulated(context))  # fmt: skip
 
 
-def _info(platform: str) -> ConfigRecord:
-    return ConfigRecord({"platform": platform})
+def _info(platform: str, cfg: AppConfig | None = None, trust: secure.PlatformTrust | None = None) -> ConfigRecord:
+    """Who answered and, under secure aggregation, the smallest cohort it accepts (the server waits for it)."""
+    info: dict[str, str | int] = {INFO_PLATFORM: platform}
+    if cfg is not None and trust is not None:
+        info[INFO_MIN_COHORT] = max(cfg.secure.min_cohort, trust.policy.min_cohort)
+    return ConfigRecord(info)

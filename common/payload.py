@@ -18,6 +18,10 @@ ARRAYS = "arrays"  # RecordDict key of the adapter + head tensors
 CONFIG = "config"  # RecordDict key of the flat run config (+ round)
 METRICS = "metrics"  # RecordDict key of a reply's metrics
 INFO = "info"  # RecordDict key of a reply's non-numeric facts (platform name)
+INFO_PLATFORM = "platform"  # INFO: which platform answered
+# INFO, under secure aggregation: the smallest cohort this platform accepts (its `secagg-min-cohort`, or the
+# run's `secure.min-cohort` when larger), so the server waits for that many before a round (server.quorum)
+INFO_MIN_COHORT = "min-cohort"
 EVAL = "eval"  # RecordDict key of an evaluate request's options (which splits)
 ROUND_KEY = "server-round"
 

@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +96,30 @@ def _round_of(line: str) -> float:
         return float(json.loads(line).get("round", 0)) if line.strip() else math.inf
     except json.JSONDecodeError:
         return math.inf
+
+
+# summary.json `status`: every round fused / some rounds lost (`lost_rounds` names them) / no round fused
+COMPLETED, DEGRADED, FAILED = "completed", "degraded", "failed"
+
+
+def lost_rounds(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``[{"round": r, "reason": why}]`` for each round record that fused nothing (``aborted``)."""
+    return [{"round": r.get("round"), "reason": str(r["aborted"])} for r in records if r.get("aborted")]
+
+
+def run_status(records: Sequence[Mapping[str, Any]]) -> str:
+    """COMPLETED when no round record was lost, FAILED when every one was, else DEGRADED."""
+    lost = len(lost_rounds(records))
+    if not lost:
+        return COMPLETED
+    return FAILED if lost == len(records) else DEGRADED
+
+
+def describe_lost(lost: Sequence[Mapping[str, Any]]) -> str:
+    """``rounds 2, 3 lost (round 2: why; round 3: why)``: the lost rounds for a person."""
+    numbers = ", ".join(str(r.get("round")) for r in lost)
+    reasons = "; ".join(f"round {r.get('round')}: {r.get('reason')}" for r in lost)
+    return f"round{'s' if len(lost) > 1 else ''} {numbers} lost ({reasons})"
 
 
 def write_summary(out_dir: Path, summary: Mapping[str, Any]) -> Path:

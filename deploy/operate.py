@@ -18,7 +18,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from common.run_files import ROUNDS_FILE, read_rounds
+from common.run_files import COMPLETED as RUN_COMPLETED
+from common.run_files import ROUNDS_FILE, RunFileError, describe_lost, lost_rounds, read_rounds, read_summary
 from deploy.book import node_names, read_book
 from deploy.errors import DeployError
 from deploy.flwr_cli import (
@@ -43,10 +44,23 @@ REASON = re.compile(r"\b(\w+Error: .*)")
 def run_outcome(run_id: int, record: Mapping[str, Any], conn: Connection, env: Mapping[str, str]) -> tuple[int, str]:
     """(exit code, one line) for a finished run: 0 only for ``finished:completed``."""
     status = str(record.get("status", "?"))
-    if status == COMPLETED:
+    written = run_summary(run_out_dir(conn, run_id))  # the run's own word, when its folder is readable here
+    if status == COMPLETED and written.get("status", RUN_COMPLETED) == RUN_COMPLETED:
         return 0, f"run {run_id} completed"
+    if written.get("lost_rounds"):  # degraded, or failed with nothing fused: which rounds and why
+        return 1, f"run {run_id} {status}: {written.get('status')}: {describe_lost(written['lost_rounds'])}"
     reason = failure_reason(run_log(run_id, conn, env)) or str(record.get("status-details") or "no reason given")
     return 1, f"run {run_id} {status}: {reason}"
+
+
+def run_summary(out_dir: str | None) -> dict[str, Any]:
+    """The run's summary.json (status, lost rounds...) when its folder is readable here, else {}."""
+    if not out_dir:
+        return {}
+    try:
+        return read_summary(Path(out_dir).expanduser()) or {}
+    except (OSError, RunFileError):
+        return {}
 
 
 def failure_reason(log_text: str) -> str:
@@ -98,6 +112,12 @@ def latest_round(out_dir: str | None) -> dict[str, Any]:
     if not isinstance(last, dict):
         return {"round": 0}
     out: dict[str, Any] = {"round": last.get("round"), "failures": list(last.get("failures") or [])}
+    lost = lost_rounds(rows)
+    if lost:
+        out["lost-rounds"] = [r["round"] for r in lost]
+    written = run_summary(out_dir)
+    if written.get("status"):  # the run has ended: completed, degraded or failed
+        out["run-status"] = written["status"]
     if last.get("aborted"):
         out["failures"].append(f"round aborted: {last['aborted']}")
     mean = last.get("mean") or {}
@@ -124,6 +144,10 @@ def format_status(status: Mapping[str, Any]) -> str:
         if run.get("round") is not None:
             metrics = "  ".join(f"{k} {v:.4f}" for k, v in sorted(run.get("metrics", {}).items()) if v is not None)
             head += f"  round {run['round']}" + (f"  {metrics}" if metrics else "")
+        if run.get("run-status") or run.get("lost-rounds"):
+            lost = run.get("lost-rounds") or []
+            head += f"  {run.get('run-status', 'running')}" + (f": lost round(s) {', '.join(map(str, lost))}"
+                                                              if lost else "")  # fmt: skip
         lines.append(head)
         lines += [f"    failure: {f}" for f in run.get("failures", [])]
     return "\n".join(lines)

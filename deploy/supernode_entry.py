@@ -6,7 +6,8 @@ nothing, 0.5 s between (local) checks for the ClientApp's reply (here 0.02 s), a
 first shows up); its Fleet heartbeat interval is a hard-coded 30 s (a killed node is
 declared unavailable after 2 x 30 s). For a federation of a handful of platforms those
 are the dominant costs of a short round, so this entry point shortens them, makes the
-node survive HTTP 500s from a busy SuperLink, then runs the unmodified
+node survive HTTP 500s from a busy SuperLink, lets a restarted node wait until the SuperLink
+lets go of its previous process (instead of exiting), then runs the unmodified
 ``flower-supernode`` command with the same arguments:
 
     CROSSFED_SUPERNODE_POLL_S       idle pull interval (default 0.25 s; Flower: 3 s)
@@ -41,6 +42,7 @@ import re
 import time as _time
 from collections.abc import Callable
 from types import SimpleNamespace
+from typing import TypeVar
 
 from common.flower_http import flwr_is_pinned, is_server_error, quick_pull_objects, retry_server_errors
 
@@ -51,6 +53,14 @@ LOCAL_WAIT_S = 0.02  # the SuperNode's wait for a reply already in its own memor
 
 log = logging.getLogger("crossfed.supernode")
 VERBOSE_ENV = "CROSSFED_SUPERNODE_VERBOSE"
+T = TypeVar("T")
+
+
+def activation_wait_s(heartbeat_s: float) -> float:
+    """Longest a previous session of this node can stay online: 2 heartbeat intervals (its previous
+    process ran with the same ``CROSSFED_SUPERNODE_HEARTBEAT_S``), plus 2 s for a loaded SuperLink.
+    Kept that short because an unregistered key gets the very same refusal and should hear so soon."""
+    return 2 * heartbeat_s + 2.0
 
 
 def capped_sleep(requested_s: float, poll_s: float) -> float:
@@ -109,6 +119,61 @@ def patch_server_error_retries(retries: int) -> bool:
     return True
 
 
+def patch_activation_wait(wait_s: float) -> bool:
+    """Let a restarted SuperNode wait for the SuperLink to let go of its previous process; False on another flwr.
+
+    Why: the SuperLink keeps a node online until 2 heartbeats are overdue, and refuses to activate it
+    again meanwhile (code 2004, "Failed to activate SuperNode"); Flower's SuperNode then exits (code
+    305) at once, so a node restarted 10 s after it was killed never rejoined. That refusal is now
+    retried for ``wait_s``.
+    """
+    if not flwr_is_pinned("SuperNode re-activation"):
+        return False
+    from flwr.supernode.fleet_http_client import FleetHttpClient
+
+    activate = FleetHttpClient.ActivateNode
+    FleetHttpClient.ActivateNode = lambda client, request: wait_while_still_online(  # type: ignore[method-assign]
+        lambda: activate(client, request), wait_s
+    )
+    return True
+
+
+def activation_refused(body: str) -> bool:
+    """Whether a SuperLink answer is flwr 1.42's ActivateNode refusal (code 2004, HTTP 412).
+
+    The SuperLink sends only the public message ("Failed to activate SuperNode."); the reason it logs
+    itself is, for a node whose key it admits, that its previous session is still online.
+    """
+    from flwr.supercore.error.base import ApiErrorCode, FlowerError
+
+    error = FlowerError.from_json(body)
+    return error is not None and error.code == ApiErrorCode.FLEET_NODE_ACTIVATION_FAILED
+
+
+def wait_while_still_online(call: Callable[[], T], wait_s: float, poll_s: float = 2.0,
+                            clock: Callable[[], float] | None = None,
+                            sleep: Callable[[float], None] | None = None) -> T:  # fmt: skip
+    """``call()`` (an ActivateNode), repeated every ``poll_s`` for up to ``wait_s`` while the SuperLink
+    refuses to activate this node (:func:`activation_refused`); any other error is raised at once."""
+    import httpx
+
+    clock, sleep = clock or _time.monotonic, sleep or _time.sleep
+    deadline = clock() + wait_s
+    said = False
+    while True:
+        try:
+            return call()
+        except httpx.HTTPStatusError as exc:
+            if not activation_refused(exc.response.text) or clock() >= deadline:
+                raise
+            if not said:
+                log.warning("the SuperLink refused to activate this node: its previous process may have stopped less "
+                            "than 2 heartbeats ago (else its key is not registered): retrying for up to %.0f s",
+                            wait_s)  # fmt: skip
+                said = True
+            sleep(poll_s)
+
+
 def beat_through_server_errors(heartbeat_fn: Callable[[], bool]) -> Callable[[], bool]:
     """``heartbeat_fn`` that answers False (retry later) instead of raising on an HTTP 500."""
 
@@ -157,6 +222,7 @@ def main() -> None:
     heartbeat_s = float(os.environ.get("CROSSFED_SUPERNODE_HEARTBEAT_S", DEFAULT_HEARTBEAT_S))
     patch_polling(poll_s, heartbeat_s)
     patch_server_error_retries(int(os.environ.get("CROSSFED_SUPERNODE_500_RETRIES", DEFAULT_SERVER_ERROR_RETRIES)))
+    patch_activation_wait(activation_wait_s(heartbeat_s))
     if not node_console():
         logging.getLogger("flwr").addFilter(quiet_flower_chatter)
     from flwr.supernode.cli import flower_supernode

@@ -14,7 +14,8 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.superlink.grid import InMemoryGrid
 
 from common.config import AppConfig, ConfigError, parse_node_names
-from server.federation import run_federation
+from common.run_files import describe_lost
+from server.federation import LostRoundsError, run_federation
 from server.grid_transport import GridTransport
 from server.grid_tuning import tune_grid
 from server.privacy_budget import resolve_delta
@@ -30,7 +31,10 @@ def main(grid: Grid, context: Context) -> None:
     if isinstance(grid, InMemoryGrid):  # a simulation: the server can count the users for privacy.delta = 1/N
         cfg = resolve_delta(cfg)
     tune_grid(grid)  # Deployment Engine only: retry HTTP 500s, quicker reply pulls
-    run_federation(transport_for(grid, cfg), cfg)
+    summary = run_federation(transport_for(grid, cfg), cfg)
+    if summary["lost_rounds"]:  # Flower's run status and `deploy submit`'s exit code must not say "completed"
+        raise LostRoundsError(f"run {summary['status']}: {describe_lost(summary['lost_rounds'])}; "
+                              f"the rest is written to {cfg.out_dir}")  # fmt: skip
 
 
 def transport_for(grid: Grid, cfg: AppConfig) -> GridTransport:

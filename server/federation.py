@@ -25,7 +25,17 @@ from common.config import AppConfig
 from common.fusion import server_update
 from common.metrics import mean_metrics, strip_test_prefix
 from common.modeling import build_scorer, get_trainable_state, save_adapter
-from common.run_files import ADAPTER_DIR, ROUNDS_FILE, trim_rounds, write_summary
+from common.run_files import (
+    ADAPTER_DIR,
+    FAILED,
+    ROUNDS_FILE,
+    describe_lost,
+    lost_rounds,
+    read_rounds,
+    run_status,
+    trim_rounds,
+    write_summary,
+)
 from server.checkpoint import (
     CheckpointError,
     RunState,
@@ -49,6 +59,14 @@ AGGREGATE = "*"
 
 class FederationError(RuntimeError):
     """The federation cannot go on (too few platforms, every platform failed...)."""
+
+
+class LostRoundsError(FederationError):
+    """The run finished, but some rounds fused nothing (summary.json ``status`` "degraded").
+
+    Raised by the deployed ServerApp after everything is written, so that Flower ends the run
+    ``finished:failed`` and ``crossfed deploy submit`` exits non-zero with this line.
+    """
 
 
 class RoundAborted(RuntimeError):
@@ -107,6 +125,10 @@ class Best:
 
 def run_federation(transport: Transport, cfg: AppConfig, table: bool = True) -> dict[str, Any]:
     """R rounds of train -> fuse -> evaluate; writes rounds.jsonl, summary.json and the adapter.
+
+    summary.json's ``status`` says whether every round fused ("completed"), some were lost
+    ("degraded", ``lost_rounds`` names each with its reason) or none fused ("failed": no adapter,
+    FederationError); the caller decides what a degraded run means for its exit.
 
     ``table``: print the per-platform test table at the end (a caller that prints its own, such as
     ``crossfed simulate`` with its local baseline, turns it off).
@@ -193,6 +215,12 @@ def run_federation(transport: Transport, cfg: AppConfig, table: bool = True) -> 
             progress.update(task, advance=1, description=f"round {rnd}: mean valid {cfg.fed.metric} "
                             f"{mean.get(f'valid.{cfg.fed.metric}', float('nan')):.4f}{spent}")  # fmt: skip
     best = loop.best
+    records = read_rounds(out_dir)  # this run's rounds, earlier starts included (trimmed to the checkpoint)
+    status, lost = run_status(records), lost_rounds(records)
+    if status == FAILED:  # nothing fused: no adapter to save, but the run says what happened
+        write_summary(out_dir, {"status": status, "lost_rounds": lost, "rounds_run": loop.done, "seed": cfg.seed,
+                                "config": cfg.to_flat(), "wall_seconds": loop.wall_seconds()})  # fmt: skip
+        raise FederationError(f"no round fused: {describe_lost(lost)}")
     if best.state is None:
         raise FederationError("no round produced a finite validation metric; nothing to save")
     if "test" not in round_splits:
@@ -206,6 +234,7 @@ def run_federation(transport: Transport, cfg: AppConfig, table: bool = True) -> 
     save_adapter(scorer, best.state, out_dir / ADAPTER_DIR)
     now = time.time()
     summary = {
+        "status": status, "lost_rounds": lost,
         "best_round": best.round, "rounds_run": loop.done, "resumed_after_round": loop.resumed_after,
         "metric": f"valid.{cfg.fed.metric}", "best_cohort": best.cohort,
         "test": {p: strip_test_prefix(m) for p, m in best.per_platform.items()},  # with new users' test-kN.*
@@ -226,6 +255,8 @@ def run_federation(transport: Transport, cfg: AppConfig, table: bool = True) -> 
         if private:
             title += f" (kept private, in the mean only: {', '.join(private)})"
         print(platform_table(shared, best.mean, title), flush=True)
+    if lost:
+        log.warning("run %s: %s", status, describe_lost(lost))
     log.info("run written to %s", out_dir)
     return summary
 

@@ -1,6 +1,6 @@
 """GridTransport: plain rounds over a Flower Grid (simulation engine or Deployment Engine alike).
 
-Each round waits for the platforms, broadcasts the global adapter and fuses the replies by
+Each round waits for enough live platforms (``server.quorum``), broadcasts the global adapter and fuses the replies by
 example-weighted averaging; a malformed reply leaves its platform out of the round, not the run.
 ``server.secure.SecureGridTransport`` builds on it for rounds under secure aggregation.
 """
@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from flwr.app import MessageType, MetricRecord, RecordDict
+from flwr.app import Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.superlink.grid import InMemoryGrid
 
@@ -22,8 +22,9 @@ from common.data import DatasetError, discover_platforms
 from common.fusion import weighted_average
 from common.payload import ARRAYS, CONFIG, EVAL, METRICS, arrays_to_state, config_record, eval_record, state_to_arrays
 from common.synthetic import SHOPS
-from server.federation import FederationError, PerPlatform, Tensors
-from server.messaging import Replies, broadcast, node_label, quorum, stragglers_for, wait_for_nodes
+from server.federation import FederationError, PerPlatform, RoundAborted, Tensors
+from server.messaging import Replies, broadcast, node_label, stragglers_for
+from server.quorum import Quorum
 
 log = logging.getLogger("crossfed.server")
 
@@ -64,16 +65,19 @@ class GridTransport:
     def __init__(self, grid: Grid, names: Mapping[int, str] | None = None) -> None:
         self.grid = grid
         self.nodes_checked = False
-        self.started = False  # once a round has reached its platforms, later ones need fewer
         # node id -> platform for failure lines: the operator's (fed.node-names), then what replies say
         self.names: dict[int, str] = dict(names or {})
+        self.quorum = Quorum(self.names)  # whom each round waits for (server.quorum)
 
-    def _nodes(self, cfg: AppConfig) -> list[int]:
-        """The connected platforms, once the run's quorum is met (``server.messaging.quorum``)."""
-        need, setting = quorum(cfg.fed, cfg.secure.min_cohort if cfg.secagg else None, self.started)
-        nodes = wait_for_nodes(self.grid, need, cfg.fed.node_wait_s, setting=setting)
-        self.started = True
-        return nodes
+    def _nodes(self, cfg: AppConfig, rnd: int) -> list[int]:
+        """The round's cohort, once enough live platforms are there (``server.quorum``); RoundAborted
+        (FederationError before the first round) when they are not within ``fed.node-wait-s``."""
+        return self.quorum.wait(self.grid, cfg, rnd)
+
+    def _heard(self, replies: Mapping[int, Message], silent: Iterable[int]) -> None:
+        """What an exchange taught: each replying platform's minimum cohort, which nodes said nothing."""
+        self.quorum.learn(replies)
+        self.quorum.fell_silent(self.grid, silent)
 
     def _check_supernode_count(self, cfg: AppConfig) -> None:
         """Once per run, at the first evaluation (every simulated SuperNode is online by then)."""
@@ -84,12 +88,14 @@ class GridTransport:
     def _broadcast(
         self, state: Tensors, cfg: AppConfig, rnd: int, message_type: str, splits: Sequence[str] = ()
     ) -> Replies:
-        nodes = self._nodes(cfg)
+        nodes = self._nodes(cfg, rnd)
         content = RecordDict({ARRAYS: state_to_arrays(state), CONFIG: config_record(cfg, rnd)})
         if splits:
             content[EVAL] = eval_record(splits)
-        return broadcast(self.grid, nodes, content, message_type, rnd, cfg.fed.round_timeout_s, stragglers_for(cfg.fed),
-                         self.names)  # fmt: skip
+        replies = broadcast(self.grid, nodes, content, message_type, rnd, cfg.fed.round_timeout_s,
+                            stragglers_for(cfg.fed), self.names)  # fmt: skip
+        self._heard(replies.ok, replies.silent)
+        return replies
 
     def train_round(
         self, state: Tensors, cfg: AppConfig, rnd: int
@@ -121,7 +127,11 @@ class GridTransport:
         self, state: Tensors, cfg: AppConfig, rnd: int, splits: Sequence[str]
     ) -> tuple[PerPlatform, list[str]]:
         self._check_supernode_count(cfg)
-        replies = self._broadcast(state, cfg, rnd, MessageType.EVALUATE, splits)
+        try:
+            replies = self._broadcast(state, cfg, rnd, MessageType.EVALUATE, splits)
+        except RoundAborted as exc:  # too few platforms there: this round is recorded without metrics
+            log.warning("round %d: evaluation gave no metrics: %s", rnd, exc)
+            return {}, [str(exc)]
         per_platform = {replies.platform(n): _metrics(replies, n) for n in replies.ok}
         return dict(sorted(per_platform.items())), replies.failures
 

@@ -1,4 +1,4 @@
-"""Talking to platforms through a Flower Grid: wait for nodes, broadcast, collect replies.
+"""Talking to platforms through a Flower Grid: broadcast, collect replies (whom to wait for: server.quorum).
 
 A platform that errors or does not answer within the round timeout is logged and left
 out of this round; the round goes on with the others (a federation must survive a
@@ -17,40 +17,9 @@ from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 from common.config import FedSpec
-from common.payload import INFO, METRICS
-from server.federation import FederationError
+from common.payload import INFO, INFO_PLATFORM, METRICS
 
 log = logging.getLogger("crossfed.server")
-
-
-def quorum(fed: FedSpec, secure_min_cohort: int | None, started: bool) -> tuple[int, str]:
-    """(platforms to wait for, the setting that says so) before a round's exchange.
-
-    Starting the run needs ``fed.min-nodes``; once it runs, a round goes ahead with
-    ``fed.min-round-nodes`` (never more than min-nodes), so a platform that dies does not
-    stop the federation until it is back. Under secure aggregation never fewer than
-    ``secure.min-cohort``: a smaller cohort could not be summed anyway.
-    """
-    need, name = (fed.min_nodes, "fed.min-nodes") if not started else (
-        min(fed.min_round_nodes, fed.min_nodes), "fed.min-round-nodes")  # fmt: skip
-    if secure_min_cohort is not None and secure_min_cohort > need:
-        return secure_min_cohort, "secure.min-cohort"
-    return need, name
-
-
-def wait_for_nodes(grid: Grid, min_nodes: int, timeout_s: float, poll_s: float = 1.0,
-                   setting: str = "fed.min-nodes") -> list[int]:  # fmt: skip
-    """Block until ``min_nodes`` platforms are connected; all connected ones are returned."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        nodes = sorted(grid.get_node_ids())
-        if len(nodes) >= min_nodes:
-            return nodes
-        if time.monotonic() > deadline:
-            raise FederationError(
-                f"only {len(nodes)} platform(s) connected after {timeout_s:.0f} s, `{setting}` = {min_nodes}"
-            )
-        time.sleep(poll_s)
 
 
 @dataclass
@@ -59,6 +28,7 @@ class Replies:
 
     ok: dict[int, Message] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    silent: list[int] = field(default_factory=list)  # nodes that sent nothing at all (dead, or their message lost)
 
     def platform(self, node_id: int) -> str:
         return platform_of(self.ok[node_id], node_id)
@@ -67,7 +37,7 @@ class Replies:
 def platform_of(reply: Message, node_id: int) -> str:
     """The platform name a reply carries (its INFO record), else the node id."""
     info = reply.content.get(INFO)
-    return str(info["platform"]) if isinstance(info, ConfigRecord) and "platform" in info else str(node_id)
+    return str(info[INFO_PLATFORM]) if isinstance(info, ConfigRecord) and INFO_PLATFORM in info else str(node_id)
 
 
 def node_label(node_id: int, names: Mapping[int, str] | None = None) -> str:
@@ -208,6 +178,7 @@ def broadcast(
             replies.ok[node] = reply
     for n in nodes:
         if n not in received:
+            replies.silent.append(n)
             replies.failures.append(f"{node_label(n, names)}: no reply after {time.monotonic() - started:.0f} s")
     for line in replies.failures:
         log.warning("round %d %s left out: %s", server_round, message_type, line)

@@ -51,7 +51,7 @@ class SecureGridTransport(GridTransport):
     def train_round(
         self, state: Tensors, cfg: AppConfig, rnd: int
     ) -> tuple[OrderedDict[str, np.ndarray], PerPlatform, list[str]]:
-        nodes = self._nodes(cfg)
+        nodes = self._nodes(cfg, rnd)
         private = cfg.privacy.enabled  # each platform sends its noisy sum of clipped user updates, weight 1
         manifest = Manifest.from_arrays(contribution_layout(state) if private else state)
         first = {ARRAYS: state_to_arrays(state)}
@@ -83,10 +83,10 @@ class SecureGridTransport(GridTransport):
         opted in (node_config ``share-metrics``), else with none.
         """
         self._check_supernode_count(cfg)
-        nodes = self._nodes(cfg)
         manifest = Manifest.from_arrays({METRIC_VECTOR: np.zeros(vector_length(splits), dtype=np.float32)})
         first = {ARRAYS: state_to_arrays(state), EVAL: eval_record(splits)}
         try:
+            nodes = self._nodes(cfg, rnd)
             summed = self._secure_sum(cfg, rnd, manifest, nodes, first, MessageType.EVALUATE, cfg.fed.round_timeout_s)
         except RoundAborted as exc:  # no mean this round: the round is recorded without metrics
             log.warning("round %d: evaluation gave no metrics: %s", rnd, exc)
@@ -148,6 +148,7 @@ class SecureGridTransport(GridTransport):
                 if first:
                     summed.replies[src] = reply
             silent = set(server.awaiting)  # every node without a valid reply drops out of the round
+            self._heard(replies, silent - set(replies))
             failures += [
                 f"{node_label(n, self.names)} ({stage}): no reply in time" for n in sorted(silent - set(replies))
             ]

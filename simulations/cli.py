@@ -80,6 +80,7 @@ def simulate_config(args: argparse.Namespace) -> AppConfig:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    from common.run_files import describe_lost
     from simulations.local.simulate import compare_with_local, run_simulated_federation, validate_inputs
 
     console.quiet_flower(args.verbose)  # Flower is imported now: its handler exists
@@ -87,6 +88,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     platforms = validate_inputs(cfg)  # fails fast, before anything is written
     baseline = not cfg.data.dir if args.baseline is None else args.baseline
     summary = run_simulated_federation(cfg, platforms, num_cpus=args.cpus, table=not baseline)
+    if summary.get("lost_rounds"):  # degraded (or failed: nothing fused), as a deployed run would end
+        print(f"crossfed: run {summary.get('status')}: {describe_lost(summary['lost_rounds'])}; summary: "
+              f"{Path(cfg.out_dir) / 'summary.json'}", file=sys.stderr)  # fmt: skip
+        return 1
     if baseline:
         compare_with_local(cfg, platforms, summary)
     print(f"summary: {Path(cfg.out_dir) / 'summary.json'}  adapter: {summary['adapter_dir']}")

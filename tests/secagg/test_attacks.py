@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.common.constant import HEARTBEAT_INTERVAL_INF
+from flwr.proto.node_pb2 import NodeInfo
 from flwr.supercore.task_identity import TaskIdentity
 
 import clients.app as clients_app
@@ -96,6 +98,9 @@ class HandlerGrid:
 
     def get_node_ids(self) -> list[int]:
         return sorted(self.contexts)
+
+    def get_nodes(self) -> list[NodeInfo]:  # in-process platforms send no heartbeats, as simulated ones
+        return [NodeInfo(node_id=n, heartbeat_interval=HEARTBEAT_INTERVAL_INF) for n in sorted(self.contexts)]
 
     def push_messages(self, messages: Any) -> list[str]:
         ids = []

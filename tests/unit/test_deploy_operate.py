@@ -11,7 +11,8 @@ import pytest
 from deploy.book import node_names, read_book, remember_node, remember_run
 from deploy.cli import refusal_hint
 from deploy.commands import SuperNodeSpec
-from deploy.operate import failure_reason, format_status, latest_round
+from deploy.flwr_cli import Connection
+from deploy.operate import failure_reason, format_status, latest_round, run_outcome
 from deploy.supernode_entry import quiet_flower_chatter
 
 LOG = """INFO :      [ROUND 1]
@@ -46,6 +47,33 @@ def test_latest_round_and_status_lines(tmp_path: Path) -> None:
     assert "platforms: 1 of 2 online" in text and "round 2  valid.auc 0.6400" in text
     assert "failure: web (node 7) (setup): no reply in time" in text
     assert latest_round(str(tmp_path / "missing")) == {} and latest_round(None) == {}
+
+
+def test_a_degraded_run_exits_non_zero_and_status_names_its_lost_rounds(tmp_path: Path) -> None:
+    # Prepare: a run whose round 2 was lost, as its ServerApp wrote it, noted in the book by `deploy submit`
+    run = tmp_path / "run"
+    run.mkdir()
+    rounds = [{"round": 1, "mean": {"valid.auc": 0.6}, "cohort": ["app", "web"], "failures": []},
+              {"round": 2, "aborted": "no quorum after 120 s: round 2: waiting for 3 platform(s)", "failures": []},
+              {"round": 3, "mean": {"valid.auc": 0.7}, "cohort": ["app", "web"], "failures": []}]  # fmt: skip
+    (run / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))
+    lost = [{"round": 2, "reason": rounds[1]["aborted"]}]
+    (run / "summary.json").write_text(json.dumps({"status": "degraded", "lost_rounds": lost}))
+    remember_run(tmp_path, "prod", 42, str(run))
+    conn = Connection("prod", "fl:9093", None, flwr_home=tmp_path)
+    # Execute
+    code, line = run_outcome(42, {"status": "finished:failed"}, conn, {})
+    latest = latest_round(str(run))
+    text = format_status({"federation": "prod", "superlink": "fl:9093", "platforms": [],
+                          "runs": [{"run-id": 42, "status": "finished:failed", **latest}]})  # fmt: skip
+    # Assert: exit 1 with the lost round and its reason; status shows the run's own word and the lost round
+    assert code == 1
+    assert line == ("run 42 finished:failed: degraded: round 2 lost (round 2: no quorum after 120 s: round 2: "
+                    "waiting for 3 platform(s))")  # fmt: skip
+    assert latest["run-status"] == "degraded" and latest["lost-rounds"] == [2]
+    assert "run 42  finished:failed  round 3  valid.auc 0.7000  degraded: lost round(s) 2" in text
+    # ... and a run Flower calls completed is not, when its summary says degraded
+    assert run_outcome(42, {"status": "finished:completed"}, conn, {})[0] == 1
 
 
 def test_book_names_nodes_and_runs_per_federation(tmp_path: Path) -> None:

@@ -7,7 +7,13 @@ import pytest
 from flwr.supercore.retry import make_simple_http_retry_invoker
 
 from common.flower_http import is_server_error, retry_server_errors
-from deploy.supernode_entry import beat_through_server_errors, patch_server_error_retries
+from deploy.supernode_entry import (
+    activation_wait_s,
+    beat_through_server_errors,
+    patch_activation_wait,
+    patch_server_error_retries,
+    wait_while_still_online,
+)
 
 
 def _status_error(code: int) -> httpx.HTTPStatusError:
@@ -151,3 +157,74 @@ def test_patches_stand_down_on_another_flwr(monkeypatch: pytest.MonkeyPatch, cap
     with caplog.at_level("WARNING", logger="crossfed.flower_http"):
         assert not flwr_is_pinned("the ServerApp grid")
     assert "flwr 9.9.9 is not 1.42.0: the ServerApp grid left at Flower's defaults" in caplog.text
+
+
+def _refusal(text: str, code: int = 412) -> httpx.HTTPStatusError:
+    request = httpx.Request("POST", "https://superlink.test/v1/fleet/activate-node")
+    return httpx.HTTPStatusError(f"HTTP {code}", request=request,
+                                 response=httpx.Response(code, text=text, request=request))  # fmt: skip
+
+
+# What a flwr 1.42 SuperLink sends for ActivateNode refusals: the node's previous session is still
+# online (FLEET_NODE_ACTIVATION_FAILED), and a bad heartbeat interval (another code: not waited out)
+STILL_ONLINE_TEXT = '{"code": 2004, "detail": "Failed to activate SuperNode."}'
+BAD_INTERVAL_TEXT = '{"code": 2003, "detail": "Invalid heartbeat interval."}'
+
+
+def test_a_restarted_node_retries_activation_while_its_old_session_is_online() -> None:
+    # Prepare: the SuperLink refuses twice (the killed process's session has not expired), then activates
+    answers = [_refusal(STILL_ONLINE_TEXT), _refusal(STILL_ONLINE_TEXT), "activated"]
+    now, sleeps = [0.0], []
+
+    def activate() -> str:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        now[0] += seconds
+
+    # Execute / Assert
+    assert wait_while_still_online(activate, 30.0, poll_s=2.0, clock=lambda: now[0], sleep=sleep) == "activated"
+    assert sleeps == [2.0, 2.0]
+
+
+def test_activation_refusals_end_at_the_wait_or_at_once_for_other_reasons() -> None:
+    now = [0.0]
+
+    def still_online() -> str:
+        raise _refusal(STILL_ONLINE_TEXT)
+
+    def bad_interval() -> str:
+        raise _refusal(BAD_INTERVAL_TEXT, 400)
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    with pytest.raises(httpx.HTTPStatusError, match="HTTP 412"):
+        wait_while_still_online(still_online, 10.0, poll_s=2.0, clock=lambda: now[0], sleep=sleep)
+    assert 10.0 <= now[0] <= 12.0  # gave up after the wait
+    now[0] = 0.0
+    with pytest.raises(httpx.HTTPStatusError):
+        wait_while_still_online(bad_interval, 10.0, clock=lambda: now[0], sleep=sleep)
+    assert now[0] == 0.0  # any other refusal ends the node at once, as before
+    assert activation_wait_s(10.0) == 22.0  # 2 heartbeats of 10 s + 2 s
+
+
+def test_patch_makes_the_supernode_client_wait_for_reactivation(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flwr.supernode.fleet_http_client import FleetHttpClient
+
+    answers = [_refusal(STILL_ONLINE_TEXT), "activated"]
+
+    def activate(client: object, request: str) -> str:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return f"{answer}:{request}"
+
+    monkeypatch.setattr(FleetHttpClient, "ActivateNode", activate)
+    monkeypatch.setattr("deploy.supernode_entry._time.sleep", lambda s: None)
+    assert patch_activation_wait(5.0)
+    assert FleetHttpClient.ActivateNode(object(), "req") == "activated:req"

@@ -14,7 +14,8 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from common.config import ConfigError, FedSpec
-from server.messaging import Stragglers, broadcast, exchange, quorum, stragglers_for
+from server.messaging import Stragglers, broadcast, exchange, stragglers_for
+from server.quorum import base_quorum
 
 
 @pytest.fixture(autouse=True)
@@ -134,7 +135,7 @@ def test_broadcast_names_the_node_left_out_and_the_wait() -> None:
 )
 def test_quorum_to_start_and_to_go_on(min_nodes, min_round, secure, started, expected) -> None:
     fed = FedSpec(min_nodes=min_nodes, min_round_nodes=min_round)
-    assert quorum(fed, secure, started) == expected
+    assert base_quorum(fed, secure, started) == expected
 
 
 def test_learn_names_keeps_a_known_name_when_a_reply_carries_none() -> None:
