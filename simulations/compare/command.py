@@ -86,7 +86,7 @@ def run_compare(opts: CompareOptions) -> dict[str, Any]:
     scenarios = parse_scenarios(opts.scenario)
     cfg0 = base_config(opts)
     arms = resolve_arms(opts.arms, opts.levers, opts.extra_arms)
-    if opts.recommended not in {a.name for a in arms}:
+    if opts.recommended != RECOMMENDED and opts.recommended not in {a.name for a in arms}:  # asked for, not run
         raise ConfigError(f"`--recommended` {opts.recommended!r} is not among the arms run "
                           f"({', '.join(a.name for a in arms)})")  # fmt: skip
     for arm in arms:
