@@ -41,7 +41,7 @@ from common.payload import (
 )
 from common.privacy import run_mechanism
 from common.secagg import SecAggError
-from common.secure_wire import SECAGG, SECAGG_ACTION, round_context
+from common.secure_wire import SECAGG, SECAGG_ACTION, round_context, secagg_config
 
 log = logging.getLogger("crossfed.client")
 QUIET_ENV = "CROSSFED_QUIET"  # set by `crossfed` (simulations.commands.console) unless --verbose; Ray actors inherit it
@@ -204,5 +204,5 @@ def _info(platform: str, cfg: AppConfig | None = None, trust: secure.PlatformTru
     """Who answered and, under secure aggregation, the smallest cohort it accepts (the server waits for it)."""
     info: dict[str, str | int] = {INFO_PLATFORM: platform}
     if cfg is not None and trust is not None:
-        info[INFO_MIN_COHORT] = max(cfg.secure.min_cohort, trust.policy.min_cohort)
+        info[INFO_MIN_COHORT] = trust.policy.apply(secagg_config(cfg)).min_cohort  # the run's, tightened by its own
     return ConfigRecord(info)

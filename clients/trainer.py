@@ -375,9 +375,10 @@ def _logits(
         item = item if residual is None else item - drop[:, None] * residual  # the text vector alone
         stats = stats * (1.0 - drop)[:, None]
     logits = scorer.score(user, counts, item, stats if scorer.item_stats else None).float()
-    like = logits[:, 0] + part.private.bias(items, users) - drop * part.private.bias(items, None)
+    bias, item_bias = part.private.bias(items, users), part.private.bias(items, None)
+    like = logits[:, 0] + bias - drop * item_bias
     if new_users is not None:  # the user bias alone: with users minus without
-        like = like - hide * (part.private.bias(items, users) - part.private.bias(items, None))
+        like = like - hide * (bias - item_bias)
     if logits.shape[1] == 1:
         return like.unsqueeze(1)
     return torch.stack([like, logits[:, 1] + (1.0 - drop) * part.private.pick_bias(items)], dim=1)
@@ -412,29 +413,26 @@ def as_new_users(data: EncodedSplit, rows: np.ndarray, ks: np.ndarray) -> Encode
 
     ``rows`` (B,) bool marks the rows, ``ks`` (B,) the k of each (read on marked rows only). Histories
     are most recent first and kept apart by label, so the k oldest are taken from each list in
-    proportion to its length: ``round(k * n_liked / n)`` liked (the rest disliked, then liked again
-    while k is not reached), each list keeping its order. A history of ``n <= k`` stays whole.
+    proportion to its length: ``round(k * n_liked / n)`` liked (half to even, as ``round``; the rest
+    disliked, then liked again while k is not reached), each list keeping its order. A history of
+    ``n <= k`` stays whole. Vectorised: it runs on every training step that draws new users.
     """
-    liked, disliked = data.liked.copy(), data.disliked.copy()
-    for r in np.flatnonzero(rows):
-        n_liked, n_disliked = int((liked[r] >= 0).sum()), int((disliked[r] >= 0).sum())
-        k = int(ks[r])
-        if n_liked + n_disliked <= k:
-            continue
-        keep_liked = min(n_liked, round(k * n_liked / (n_liked + n_disliked)))
-        keep_disliked = min(n_disliked, k - keep_liked)
-        keep_liked = min(n_liked, k - keep_disliked)
-        liked[r] = _oldest(liked[r], n_liked, keep_liked)
-        disliked[r] = _oldest(disliked[r], n_disliked, keep_disliked)
-    return dataclasses.replace(data, liked=liked, disliked=disliked)
+    n_liked, n_disliked = (data.liked >= 0).sum(axis=1), (data.disliked >= 0).sum(axis=1)
+    n = n_liked + n_disliked
+    k = np.where(rows & (n > ks), ks, n)  # rows left alone keep all n
+    keep_liked = np.minimum(n_liked, np.rint(k * n_liked / np.maximum(n, 1)).astype(np.int64))
+    keep_disliked = np.minimum(n_disliked, k - keep_liked)
+    keep_liked = np.minimum(n_liked, k - keep_disliked)
+    return dataclasses.replace(data, liked=_oldest(data.liked, n_liked, keep_liked),
+                               disliked=_oldest(data.disliked, n_disliked, keep_disliked))  # fmt: skip
 
 
-def _oldest(history: np.ndarray, n: int, keep: int) -> np.ndarray:
-    """A most-recent-first history row of ``n`` entries cut to its ``keep`` oldest (still most recent
-    first), padded with -1."""
-    out = np.full_like(history, -1)
-    out[:keep] = history[n - keep : n]
-    return out
+def _oldest(history: np.ndarray, n: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """(B, L) most-recent-first histories of ``n`` entries per row cut to their ``keep`` oldest (still
+    most recent first), padded with -1: position j takes entry ``n - keep + j`` while j < keep."""
+    j = np.arange(history.shape[1])[None, :]
+    src = np.clip(n[:, None] - keep[:, None] + j, 0, history.shape[1] - 1)
+    return np.where(j < keep[:, None], np.take_along_axis(history, src, axis=1), -1)
 
 
 def train(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from clients.trainer import EncodedSplit, ItemTable, PlatformBatches
-from common.modeling import PrivateParts
+from common.config import LoraSpec, ModelSpec
+from common.modeling import PrivateParts, Scorer, build_scorer
 
 
 def tiny_table(num_items: int = 30, seed: int = 0) -> ItemTable:
@@ -31,3 +33,16 @@ def tiny_split(n: int = 24, num_items: int = 30, num_users: int = 6, history: in
 def tiny_part(n: int = 24, dim: int = 16, kind: str = "embed", seed: int = 0) -> PlatformBatches:
     table = tiny_table(seed=seed)
     return PlatformBatches(table, tiny_split(n, len(table), seed=seed), PrivateParts(len(table), 6, dim, kind))
+
+
+def scorer_with_private_values(n: int = 12) -> tuple[Scorer, PlatformBatches]:
+    """A tiny scorer with a pick output (eval mode) and a part of ``n`` rows whose private parameters
+    (biases, residuals, pick bias) all hold random values: what tests that hide some of them compare."""
+    scorer, _ = build_scorer(ModelSpec(base="tiny-random", dim=16, pick_head=True), LoraSpec(r=4))
+    scorer.eval()
+    part = tiny_part(n=n)
+    part.private = PrivateParts(len(part.table), 6, 16, "embed", pick=True)
+    with torch.no_grad():
+        for param in part.private.parameters():
+            param.normal_(0.0, 0.5)
+    return scorer, part

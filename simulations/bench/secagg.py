@@ -183,6 +183,7 @@ def bench_one(platforms: int, params: int, repeats: int = 1, seed: int = 0, drop
     plain = params * 4
     critical = sum(client_max[s] + server[s] for s in STAGES)
     auth = auth_seconds(platforms, runs[0].server.threshold, params)
+    privacy = privacy_seconds(platforms, params, _mask_stages(client_max, server))
     # What issue 13 added to a round's critical path: the consistency stage (its signature included),
     # the other signatures and verifications, and hashing the round context on every platform.
     added = client_max[STAGE_CONSISTENCY] + server[STAGE_CONSISTENCY] + auth["other_signatures_s"] + auth["context_s"]
@@ -214,7 +215,7 @@ def bench_one(platforms: int, params: int, repeats: int = 1, seed: int = 0, drop
         "upload_vs_quantised": upload / quantised,
         "upload_vs_plain": upload / plain,
         "masked_words": params + HEADER_WORDS,
-        "dp_noise_s": (privacy := privacy_seconds(platforms, params, _mask_stages(client_max, server)))["dp_noise_s"],
+        "dp_noise_s": privacy["dp_noise_s"],
         "privacy_s": privacy,
         "privacy_fraction": privacy["total_s"] / max(critical, 1e-12),
     }

@@ -13,7 +13,7 @@ import torch
 from clients.trainer import PlatformBatches, _logits, batch_logits, fill_item_cache, text_vectors, train
 from common.config import AppConfig, ConfigError, LoraSpec, ModelSpec, TrainSpec
 from common.modeling import ModelLoadError, PrivateParts, build_scorer, get_trainable_state
-from tests.tiny import tiny_part, tiny_table
+from tests.tiny import scorer_with_private_values, tiny_part, tiny_table
 
 TINY = ModelSpec(base="tiny-random", max_length=32, dim=16)
 CPU = torch.device("cpu")
@@ -128,13 +128,7 @@ def test_a_cached_step_scores_as_an_encoded_step_when_the_cache_is_fresh() -> No
 
 def test_a_cold_row_is_scored_as_an_item_without_private_parts_or_statistics() -> None:
     # Prepare: private parts with values, item statistics with values
-    scorer, _ = build_scorer(ModelSpec(base="tiny-random", dim=16, pick_head=True), LoraSpec(r=4))
-    scorer.eval()
-    part = tiny_part(n=12)
-    part.private = PrivateParts(len(part.table), 6, 16, "embed", pick=True)
-    with torch.no_grad():
-        for param in part.private.parameters():
-            param.normal_(0.0, 0.5)
+    scorer, part = scorer_with_private_values(n=12)
     data = dataclasses.replace(part.data, stats=np.random.default_rng(0).normal(size=(12, 2)).astype(np.float32))
     cold = np.arange(12) % 2 == 0
     rows = [data.items, data.liked, data.disliked]

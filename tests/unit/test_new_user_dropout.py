@@ -12,8 +12,8 @@ import torch
 
 from clients.trainer import _logits, as_new_users, text_vectors, train
 from common.config import AppConfig, ConfigError, LoraSpec, ModelSpec, TrainSpec
-from common.modeling import PrivateParts, build_scorer, get_trainable_state
-from tests.tiny import tiny_part
+from common.modeling import build_scorer, get_trainable_state
+from tests.tiny import scorer_with_private_values, tiny_part
 
 CPU = torch.device("cpu")
 
@@ -58,13 +58,7 @@ def test_the_cut_fills_k_from_the_other_list_when_one_is_short() -> None:
 
 def test_a_new_user_row_is_scored_without_the_users_private_parts() -> None:
     # Prepare: private parts with values
-    scorer, _ = build_scorer(ModelSpec(base="tiny-random", dim=16, pick_head=True), LoraSpec(r=4))
-    scorer.eval()
-    part = tiny_part(n=12)
-    part.private = PrivateParts(len(part.table), 6, 16, "embed", pick=True)
-    with torch.no_grad():
-        for param in part.private.parameters():
-            param.normal_(0.0, 0.5)
+    scorer, part = scorer_with_private_values(n=12)
     data = part.data
     new = np.arange(12) % 3 == 0
     rows = [data.items, data.liked, data.disliked]
