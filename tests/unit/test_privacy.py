@@ -154,17 +154,22 @@ def tiny_platform():
     return cfg, scorer, part, prepared
 
 
-def test_removing_one_user_changes_the_platforms_sum_by_its_clipped_contribution_only(tiny_platform) -> None:
+# encoder-every 1: every pass encodes; 2 (the item cache on): a pass of 3 steps encodes at steps drawn per user
+@pytest.mark.parametrize("every", [1, 2])
+def test_removing_one_user_changes_the_platforms_sum_by_its_clipped_contribution_only(tiny_platform, every) -> None:
     # Prepare: a real platform (tiny model, 4 users) and a clip small enough that every update is clipped
+    import dataclasses
+
     import torch
 
     from clients.dp_train import clipped_user_sums
     from common.privacy import run_mechanism
 
     cfg, scorer, part, prepared = tiny_platform
+    spec = dataclasses.replace(cfg.train, encoder_every=every, local_epochs=3)
     users = sorted(prepared.users, key=prepared.users.__getitem__)
     mech = run_mechanism(cfg, sum(p.numel() for p in scorer.parameters() if p.requires_grad) + 1)
-    run = lambda p: clipped_user_sums(scorer, p, users, cfg.train, mech, torch.device("cpu"), 0, "app", 1)  # noqa: E731
+    run = lambda p: clipped_user_sums(scorer, p, users, spec, mech, torch.device("cpu"), 0, "app", 1)  # noqa: E731
     gone = int(np.unique(part.data.users)[1])
     without = type(part)(part.table, part.data.take(np.flatnonzero(part.data.users != gone)), part.private)
     only = type(part)(part.table, part.data.take(np.flatnonzero(part.data.users == gone)), part.private)
@@ -177,6 +182,24 @@ def test_removing_one_user_changes_the_platforms_sum_by_its_clipped_contribution
     assert np.linalg.norm(diff) <= mech.clip * (1 + 1e-12)
     assert np.linalg.norm(diff[:-1]) == pytest.approx(mech.update_clip, rel=1e-9)
     assert diff[-1] == pytest.approx(mech.count_clip)
+
+
+def test_a_users_encoder_steps_come_from_its_own_stream_one_pass_in_every() -> None:
+    from clients.dp_train import encoder_steps
+
+    draw = lambda user, steps, every, cached=True: encoder_steps(np.random.default_rng(user), steps, every, cached)  # noqa: E731
+    # without the cache every step encodes, with encoder-every 0 none, with 1 all: and nothing is drawn
+    rng = np.random.default_rng(0)
+    assert encoder_steps(rng, 3, 8, cached=False) == [True] * 3 and encoder_steps(rng, 2, 0, True) == [False] * 2
+    assert encoder_steps(rng, 2, 1, True) == [True] * 2
+    assert rng.integers(2**31) == np.random.default_rng(0).integers(2**31)  # nothing drawn
+    # every 4: a pass of 8 steps encodes exactly twice, 4 apart; the same user always draws the same steps
+    steps = draw(7, 8, 4)
+    assert sum(steps) == 2 and steps.index(True) + 4 == len(steps) - steps[::-1].index(True) - 1
+    assert draw(7, 8, 4) == steps
+    # one-step passes: one user in 8 encodes (4000 users: 500 expected, 4 standard deviations either side)
+    share = sum(draw(user, 1, 8)[0] for user in range(4000))
+    assert abs(share - 500) < 4 * math.sqrt(4000 * 1 / 8 * 7 / 8)
 
 
 # ------------------------------------------------------------------ an empirical membership attack
