@@ -42,7 +42,7 @@ from clients.trainer import (
     train,
 )
 from common.config import TrainSpec
-from common.modeling import PrivateParts, Scorer, get_trainable_state, set_trainable_state
+from common.modeling import PrivateParts, Scorer, get_trainable_state, shared_tensors
 from common.privacy import COUNT, Mechanism, clip_l2, noisy_contribution
 
 
@@ -76,8 +76,16 @@ def encoder_steps(rng: np.random.Generator, steps: int, every: int, cached: bool
     return [(step + offset) % every == 0 for step in range(steps)]
 
 
-def _flat(state: OrderedDict[str, np.ndarray]) -> np.ndarray:
-    return np.concatenate([np.asarray(v, np.float64).ravel() for v in state.values()])
+@torch.no_grad()
+def _restore(live: Sequence[torch.Tensor], start: Sequence[torch.Tensor]) -> None:
+    for tensor, value in zip(live, start, strict=True):
+        tensor.copy_(value)
+
+
+@torch.no_grad()
+def _delta(live: Sequence[torch.Tensor], start: Sequence[torch.Tensor]) -> np.ndarray:
+    """The user's update, flat in the wire order, in float64 (as the sum it is added to)."""
+    return torch.cat([(t.double() - s.double()).ravel() for t, s in zip(live, start, strict=True)]).cpu().numpy()
 
 
 def clipped_user_sums(
@@ -85,15 +93,16 @@ def clipped_user_sums(
     device: torch.device, seed: int, platform: str, rnd: int,
 ) -> UserSums:  # fmt: skip
     """Sum over users of ``[clip(delta_u, update_clip), count_clip]``; ``users[k]`` is the id of user row k."""
-    start = get_trainable_state(scorer)
-    base = _flat(start)
+    live = list(shared_tensors(scorer).values())  # what is sent, in its order (live views: restored in place)
+    start = [t.detach().clone() for t in live]
+    size = sum(t.numel() for t in live)
     data = dataclasses.replace(part.data, stats=None)  # no item statistics: they mix users
     alone = PlatformBatches(part.table, data, PrivateParts(len(part.table), len(users), 1, "none"))
     cache = None
     if spec.uses_item_cache:
         fill_item_cache(scorer, [alone], device)  # from the global model: the same for every user
         cache = alone.pooled
-    total = np.zeros(base.size + 1, dtype=np.float64)
+    total = np.zeros(size + 1, dtype=np.float64)
     shared = [p for p in scorer.parameters() if p.requires_grad]
     clipped = rows_used = steps = 0
     norms: list[float] = []
@@ -106,7 +115,7 @@ def clipped_user_sums(
         if len(rows) > spec.batch_size:
             rows = np.sort(rng.choice(rows, spec.batch_size, replace=False))
         encodes = encoder_steps(rng, spec.local_epochs, spec.encoder_every, spec.uses_item_cache)
-        set_trainable_state(scorer, start)
+        _restore(live, start)
         alone.pooled = None if cache is None else cache.clone()
         torch.manual_seed(int(rng.integers(2**31)))
         opt = make_optimizer([{"params": shared, "lr": spec.lr, "weight_decay": spec.weight_decay}], device)
@@ -119,14 +128,14 @@ def clipped_user_sums(
             opt.step()
             loss_sum += float(loss.detach())
             steps += 1
-        raw = _flat(get_trainable_state(scorer)) - base
+        raw = _delta(live, start)
         norms.append(float(np.linalg.norm(raw)))
         update, was_clipped = clip_l2(raw, mech.update_clip)
         total[:-1] += update
         total[-1] += mech.count_clip
         clipped += int(was_clipped)
         rows_used += len(rows)
-    set_trainable_state(scorer, start)
+    _restore(live, start)
     if not math.isfinite(loss_sum):
         raise FloatingPointError("training loss became NaN/Inf; lower `train.lr`")
     median = float(np.median(norms)) if norms else 0.0

@@ -387,13 +387,26 @@ def _numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().float().cpu().numpy().copy()
 
 
-def _module_state(scorer: Scorer, private: bool) -> OrderedDict[str, np.ndarray]:
+def _module_tensors(scorer: Scorer, private: bool) -> OrderedDict[str, torch.Tensor]:
     """The trainable tensors of the shared model that are (``private``) or are not kept on the platform,
-    the head included (adapter first, then tower/user/head); only those are copied to the host."""
+    the head included (adapter first, then tower/user/head), as live views of the parameters."""
     named = [*get_peft_model_state_dict(scorer.encoder).items()]
     for prefix in SCORER_PREFIXES:
         named += [(prefix + name, t) for name, t in getattr(scorer, prefix.rstrip(".")).state_dict().items()]
-    return OrderedDict((name, _numpy(t)) for name, t in named if bool(scorer.is_private(name)) == private)
+    return OrderedDict((name, t) for name, t in named if bool(scorer.is_private(name)) == private)
+
+
+def _module_state(scorer: Scorer, private: bool) -> OrderedDict[str, np.ndarray]:
+    """:func:`_module_tensors` copied to the host (only those tensors)."""
+    return OrderedDict((name, _numpy(t)) for name, t in _module_tensors(scorer, private).items())
+
+
+def shared_tensors(scorer: Scorer) -> OrderedDict[str, torch.Tensor]:
+    """The tensors :func:`get_trainable_state` copies, in its order, as live (detached) views of the
+    parameters: writing into one writes the model. For loops that restore and read the shared model
+    many times (differential privacy's per-user passes), where a state dict of the whole base model
+    each time cost about 0.1 s."""
+    return _module_tensors(scorer, private=False)
 
 
 def get_trainable_state(scorer: Scorer) -> OrderedDict[str, np.ndarray]:

@@ -184,6 +184,26 @@ def test_removing_one_user_changes_the_platforms_sum_by_its_clipped_contribution
     assert diff[-1] == pytest.approx(mech.count_clip)
 
 
+def test_shared_tensors_are_the_sent_state_live(tiny_platform) -> None:
+    # the DP loop restores and reads the model through these views: same names, order and values as the
+    # state that is sent, and writing into one changes what get_trainable_state returns
+    import torch
+
+    from common.modeling import get_trainable_state, set_trainable_state, shared_tensors
+
+    _, scorer, _, _ = tiny_platform
+    state = get_trainable_state(scorer)
+    live = shared_tensors(scorer)
+    assert list(live) == list(state)
+    for name, value in state.items():
+        np.testing.assert_array_equal(live[name].detach().cpu().numpy(), value)
+    name = next(iter(live))
+    with torch.no_grad():
+        live[name].add_(1.0)
+    np.testing.assert_allclose(get_trainable_state(scorer)[name], state[name] + 1.0, rtol=0, atol=1e-6)
+    set_trainable_state(scorer, state)
+
+
 def test_a_users_encoder_steps_come_from_its_own_stream_one_pass_in_every() -> None:
     from clients.dp_train import encoder_steps
 
