@@ -24,7 +24,8 @@ from common.run_files import read_finished_summary
 if TYPE_CHECKING:
     from clients.recommender import Recommender
 
-USER_ERRORS = (("clients.recommender", "RecommendError"), ("clients.export", "ExportError"))
+USER_ERRORS = (("clients.recommender", "RecommendError"), ("clients.export", "ExportError"),
+               ("clients.mix", "MixError"))  # fmt: skip
 
 
 def check_paths(args: argparse.Namespace) -> None:
@@ -154,6 +155,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mix(args: argparse.Namespace) -> int:
+    for run in (args.federated, args.local):  # before torch loads
+        read_finished_summary(Path(run).expanduser().resolve())
+    from clients.mix import mix_runs
+
+    result = mix_runs(Path(args.federated), Path(args.local), args.platform, Path(args.out), args.data,
+                      args.state_dir, args.device)  # fmt: skip
+    tried = ", ".join(f"{s:g}: {m.get(result.metric, float('nan')):.4f}" for s, m in result.valid.items())
+    print(f"{args.platform}: fused share {result.share:g} (validation {result.metric.removeprefix('valid.')} "
+          f"{tried}); test AUC "
+          f"{result.test.get('auc', float('nan')):.4f}; written to {result.out} "
+          f"(use it as any run: crossfed recommend --run {result.out} --platform {args.platform})")  # fmt: skip
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     check_listen(args.host, args.port)  # before minutes of loading (and before torch is imported), not after
     check_paths(args)
@@ -213,6 +229,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                      help="copy the base model in (default); else reference it (Hub id / relative path)")  # fmt: skip
     exp.add_argument("--overwrite", action="store_true")
     exp.set_defaults(func=cmd_export)
+
+    mix = sub.add_parser("mix", help="a platform's personal mix of the fused model and its own local model, "
+                         "the share picked on its validation split; written as a run folder")  # fmt: skip
+    mix.add_argument("--federated", required=True, help="the federation's finished run folder")
+    mix.add_argument("--local", required=True, help="a finished run of this platform alone (same data, split, "
+                     "model): e.g. `crossfed simulate --baseline` writes <run>/local/<platform>")  # fmt: skip
+    mix.add_argument("--platform", required=True, help="this platform")
+    mix.add_argument("--out", required=True, help="new run folder for the mix")
+    mix.add_argument("--data", help="DATASET folder (default: the federated run's data.dir)")
+    mix.add_argument("--state-dir", help="a deployed platform's state-dir (its private parameters of the federation)")
+    mix.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    mix.set_defaults(func=cmd_mix)
 
     srv = sub.add_parser("serve", help="HTTP recommendations for platforms of a finished run (FastAPI)")
     _model_args(srv, many_platforms=True)

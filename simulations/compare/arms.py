@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from clients.mix import MIX_SHARES
 from common.config import AppConfig, ConfigError, parse_overrides
 
 METRICS = ("auc", "logloss", "hr@10", "ndcg@10")
@@ -74,7 +75,6 @@ DP_EPSILONS = (1, 4, 8)  # dp-eps1, dp-eps4, dp-eps8: the cost of user-level dif
 # headroom on each side (common.privacy.Mechanism.box), with a step far below the noise (quant-bits 32 still fits
 # the overflow check at max-weight 1e6, 1024 platforms); no item statistics (they mix users).
 DP_SETTINGS = {"secure.clip-range": 512.0, "secure.quant-bits": 32, "model.item-stats": False}
-MIX_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)  # fed+mix: share of the fused model, picked per platform on validation
 ARMS: dict[str, Arm] = {a.name: a for a in (
     Arm("local", "local", about="each platform trains alone on its own data (same rounds/epochs)"),
     Arm("federated", "federated", about="all platforms: shared adapter + tower + head fused by example-weighted "
@@ -83,7 +83,7 @@ ARMS: dict[str, Arm] = {a.name: a for a in (
         about="as federated, and the head is private too (FedPer)"),
     Arm("fed+finetune", "finetune", about="best fused model, then 1 local epoch per platform"),
     Arm("fed+mix", "mix", about="personalised mixing: per platform, a * fused + (1 - a) * its local model over every "
-        f"shared and private tensor, a in {{{', '.join(map(str, MIX_ALPHAS))}}} picked on validation"),
+        f"shared and private tensor, a in {{{', '.join(map(str, MIX_SHARES))}}} picked on validation"),
     Arm("pooled", "pooled", about="one shared model on the union of all platforms' train data (upper bound)"),
     Arm("fed+private-b", "federated", {"lora.private-b": True},
         about="a private share of the adapter: every LoRA B stays on its platform, only A is fused (FedSA-LoRA)"),

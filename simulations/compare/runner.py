@@ -47,12 +47,12 @@ from typing import Any
 
 import numpy as np
 
+from clients.mix import MIX_SHARES, mix_tensors
 from clients.platform import NodeSetup, prepare
 from clients.private_state import PrivateStore
 from clients.tasks import fit, fit_together
 from common.config import AppConfig, ConfigError
 from common.data import PlatformData, load_dataset
-from common.fusion import weighted_average
 from common.metrics import add_test_prefix, mean_metrics, strip_test_prefix
 from common.modeling import build_scorer, frozen_item_vectors, get_trainable_state, load_base, load_scorer
 from common.run_files import ROUNDS_FILE
@@ -61,7 +61,6 @@ from server.privacy_budget import resolve_delta
 from simulations.compare.arms import (
     DATA_SEED,
     DEFAULT_LARGE,
-    MIX_ALPHAS,
     SCENARIOS,
     Arm,
 )
@@ -170,10 +169,10 @@ def _mixed_eval(
     """Metrics of alpha * (fused shared, fused private) + (1 - alpha) * (local shared, local private)."""
     (fused, fused_private), (own, own_private) = ends
     transport = InProcessTransport([setup])
-    state = weighted_average([fused, own], [alpha, 1.0 - alpha])
+    state = mix_tensors(fused, own, alpha)
     transport.stores[setup.platform] = store = PrivateStore(None)
     if fused_private is not None and own_private is not None:
-        store.save(0, weighted_average([fused_private, own_private], [alpha, 1.0 - alpha]))
+        store.save(0, mix_tensors(fused_private, own_private, alpha))
     out, _ = transport.evaluate_round(state, cfg, 0, splits)
     return out[setup.platform], transport
 
@@ -263,7 +262,7 @@ class ArmRunner:
             own, own_round, own_store = self.local[setup.platform]
             ends = ((fused, fused_stores[setup.platform].load(fused_round)), (own, own_store.load(own_round)))
             best: tuple[float, float] = (-math.inf, 1.0)
-            for alpha in MIX_ALPHAS:
+            for alpha in MIX_SHARES:
                 valid, _ = _mixed_eval(cfg, setup, ends, alpha, ("valid",))
                 best = max(best, (sign * valid.get(metric, -math.inf), alpha))
             tested, transport = _mixed_eval(cfg, setup, ends, best[1], ("test",))
