@@ -19,7 +19,7 @@ from safetensors.numpy import load_file
 from clients.secure import HANG_FILE_ENV
 from common.config import AppConfig
 from common.run_files import SUMMARY_FILE, read_rounds
-from common.secagg import STAGE_CONSISTENCY, STAGE_MASKED_INPUT, STAGE_SHARE_KEYS, STAGE_UNMASK
+from common.secagg import STAGE_MASKED_INPUT, STAGE_UNMASK
 from deploy.errors import DeployError
 from deploy.federation import Federation
 from deploy.flwr_cli import COMPLETED
@@ -107,11 +107,14 @@ def test_platforms_refuse_rounds_in_the_clear_by_default(tmp_path: Path) -> None
     assert "trains only under secure aggregation" in log, log[-3000:]
 
 
-# After web_shop dies in round 1's training, one platform stops answering in each later stage of the
+# After web_shop dies in round 1's training, one platform stops answering in a later stage of the
 # protocol, one round each, and is killed there: (round, platform, stage). Each target was not killed in
-# the round before, so it is surely back and in the cohort when its round starts.
-STAGE_KILLS = [(2, "app", STAGE_SHARE_KEYS), (3, "social_shop", STAGE_MASKED_INPUT),
-               (4, "web_shop", STAGE_CONSISTENCY), (5, "app", STAGE_UNMASK)]  # fmt: skip
+# the round before, so it is surely back and in the cohort when its round starts. The two stages whose
+# loss the protocol handles differently: before the masked inputs are in (the round cannot be summed)
+# and during unmasking (the inputs are in, a share holder is gone). A death in every stage, share keys
+# and the consistency check included, is tested in process (tests/secagg/test_protocol.py, its drop
+# matrix); here each costs a real round.
+STAGE_KILLS = [(2, "social_shop", STAGE_MASKED_INPUT), (3, "app", STAGE_UNMASK)]  # fmt: skip
 
 
 def test_nodes_killed_at_every_stage_are_dropped_and_rejoin(tmp_path: Path) -> None:
@@ -124,7 +127,7 @@ def test_nodes_killed_at_every_stage_are_dropped_and_rejoin(tmp_path: Path) -> N
     # 3 keyed, t = 3, so the round cannot finish and is aborted); each comes back after its round
     run = tmp_path / "run"
     hang = tmp_path / "hang"
-    config = {**TINY, "secagg": True, "num-server-rounds": 7, "fed.min-nodes": 3, "out-dir": str(run)}
+    config = {**TINY, "secagg": True, "num-server-rounds": 5, "fed.min-nodes": 3, "out-dir": str(run)}
     with Federation(tmp_path / "fed", PLATFORMS, node_extra={**STATE, "secagg-min-cohort": 2},
                     env={HANG_FILE_ENV: str(hang)}) as fed:  # fmt: skip
         run_id = fed.submit(config)
@@ -146,19 +149,19 @@ def test_nodes_killed_at_every_stage_are_dropped_and_rejoin(tmp_path: Path) -> N
             hang.unlink()
             _wait_for(lambda r=rnd: len(read_rounds(run)) >= r, 240, f"round {rnd} to end", fed)
             fed.start_node(platform)
-        _finish(fed, run_id, status="finished:failed")  # it lost rounds 2-5 (on purpose): not "completed"
+        _finish(fed, run_id, status="finished:failed")  # it lost rounds 2-3 (on purpose): not "completed"
     # Assert: round 1 completed with the two survivors (secure-aggregation dropout path), each
     # stage's round was aborted naming that stage, the run went on, and every platform trained again
     # (a restarted node is back in time to evaluate the round it missed, to train the round after)
     rounds = read_rounds(run)
-    assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5, 6, 7]
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5]
     for rnd, platform, stage in STAGE_KILLS:  # aborted at that stage, and the record says who dropped out
         record = rounds[rnd - 1]
         assert f"stage {stage}" in record.get("aborted", ""), record
         assert any(f.startswith(f"{platform} (node ") and f"({stage})" in f for f in record["failures"]), record
-    assert not any(r.get("aborted") for r in rounds[:1] + rounds[5:]), rounds
+    assert not any(r.get("aborted") for r in rounds[:1] + rounds[3:]), rounds
     assert rounds[0]["train"]["secure-aggregation"]["survivors"] == 2, rounds[0]
-    assert 3 in [r["train"]["secure-aggregation"]["survivors"] for r in rounds[5:]], rounds[5:]
+    assert 3 in [r["train"]["secure-aggregation"]["survivors"] for r in rounds[3:]], rounds[3:]
     # web_shop never answered in this run before it died: named from the registration (fed.node-names)
     assert any(f.startswith("web_shop (node ") and "(setup)" in f for f in rounds[0]["failures"]), rounds[0]
     assert rounds[-1]["cohort"] == PLATFORMS and rounds[-1]["eval"]["web_shop"] == {}, rounds[-1]
@@ -166,7 +169,7 @@ def test_nodes_killed_at_every_stage_are_dropped_and_rejoin(tmp_path: Path) -> N
     assert all("valid.auc" in r["mean"] for r in rounds if not r.get("aborted")), rounds
     summary = json.loads((run / SUMMARY_FILE).read_text())
     assert summary["best_cohort"] == PLATFORMS, summary["best_cohort"]
-    assert summary["status"] == "degraded" and [r["round"] for r in summary["lost_rounds"]] == [2, 3, 4, 5]
+    assert summary["status"] == "degraded" and [r["round"] for r in summary["lost_rounds"]] == [2, 3]
 
 
 def test_a_node_killed_mid_round_is_waited_for_and_the_run_says_what_it_lost(tmp_path: Path) -> None:
