@@ -105,8 +105,9 @@ def handle_train(msg: Message, context: Context) -> Message:
         given = arrays_to_state(msg.content[ARRAYS])  # type: ignore[arg-type]
         privacy_guard.require_privacy(context.node_config, cfg)
         if cfg.privacy.enabled:  # this platform's own accounting, before it trains (README "Differential privacy")
-            z = run_mechanism(cfg, sum(v.size for v in given.values()) + 1, n_min).noise_multiplier
-            spent = privacy_guard.spend_round(context, store.folder, cfg, server_round, z)
+            mech = run_mechanism(cfg, sum(v.size for v in given.values()) + 1, n_min)
+            spent = privacy_guard.spend_round(context, store.folder, cfg, server_round, mech.noise_multiplier,
+                                              mech.user_rate)  # fmt: skip
             log.info("platform %s: round %d: epsilon %.4g after this round", setup.platform, server_round, spent)
         log.info("platform %s: round %d: training on the global adapter", setup.platform, server_round)
         state, metrics = fit(cfg, setup, given, server_round, store, n_min)

@@ -10,7 +10,9 @@ on another user's data:
   per-user passes score with the shared model alone (private parts at zero), and the item
   statistics head features (train counts and like-rates, which mix users) are zero;
 - the rows a pass uses, its batch order and its dropout masks come from a seed of the run, the
-  round and that user's id only; at most ``train.batch-size`` rows per user are used;
+  round and that user's id only; at most ``train.batch-size`` rows per user are used; with
+  ``privacy.user-rate`` < 1 whether a user is in the round at all is its own draw from the
+  platform's secret randomness (:func:`sampled_users`);
 - the item cache (``train.item-cache``) is filled from the global model (public) and each user's
   pass starts from that same fill; with ``train.encoder-every = E`` a pass runs the encoder at every
   E-th step counted from an offset drawn from that user's seed (:func:`encoder_steps`), so one pass
@@ -88,11 +90,26 @@ def _delta(live: Sequence[torch.Tensor], start: Sequence[torch.Tensor]) -> np.nd
     return torch.cat([(t.double() - s.double()).ravel() for t, s in zip(live, start, strict=True)]).cpu().numpy()
 
 
+def sampled_users(present: np.ndarray, n_users: int, rate: float, secret: np.random.Generator | None) -> np.ndarray:
+    """The user rows of ``present`` taken into this round: each with probability ``rate``, independently.
+
+    One draw per user row of the platform (``n_users``), so whether a user is in depends on no other
+    user; from ``secret``, the platform's own randomness (the noise's), never from the run's seed:
+    amplification by sampling holds only if the server cannot tell who was sampled.
+    """
+    if rate >= 1.0:
+        return present
+    if secret is None:
+        raise ValueError("sampling users (`privacy.user-rate` < 1) needs the platform's secret random generator")
+    return present[(secret.random(n_users) < rate)[present]]
+
+
 def clipped_user_sums(
     scorer: Scorer, part: PlatformBatches, users: Sequence[str], spec: TrainSpec, mech: Mechanism,
-    device: torch.device, seed: int, platform: str, rnd: int,
+    device: torch.device, seed: int, platform: str, rnd: int, secret: np.random.Generator | None = None,
 ) -> UserSums:  # fmt: skip
-    """Sum over users of ``[clip(delta_u, update_clip), count_clip]``; ``users[k]`` is the id of user row k."""
+    """Sum over this round's users of ``[clip(delta_u, update_clip), count_clip]``; ``users[k]`` is the id of
+    user row k. With ``mech.user_rate`` < 1 the round's users are sampled from ``secret`` (:func:`sampled_users`)."""
     live = list(shared_tensors(scorer).values())  # what is sent, in its order (live views: restored in place)
     start = [t.detach().clone() for t in live]
     size = sum(t.numel() for t in live)
@@ -107,7 +124,7 @@ def clipped_user_sums(
     clipped = rows_used = steps = 0
     norms: list[float] = []
     loss_sum = 0.0
-    present = np.unique(data.users)
+    present = sampled_users(np.unique(data.users), len(users), mech.user_rate, secret)
     scorer.to(device).train()
     for row in present:
         rng = np.random.default_rng(user_seed(seed, platform, users[row], rnd))
@@ -149,12 +166,15 @@ def private_round(
 ) -> tuple[OrderedDict[str, np.ndarray], dict[str, float]]:  # fmt: skip
     """(the noisy contribution in the layout of ``common.privacy.contribution_layout``, local metrics).
 
+    ``rng`` is the platform's secret randomness: it samples the round's users (``privacy.user-rate`` < 1)
+    and draws the noise.
+
     The private parameters are trained afterwards, on ``home_rows`` (default: every row; the round's
     ``train.max-examples`` subsample in :func:`clients.tasks.fit_private`), with the shared model frozen.
     """
     names = get_trainable_state(scorer)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        sums = clipped_user_sums(scorer, part, users, spec, mech, device, seed, platform, rnd)
+        sums = clipped_user_sums(scorer, part, users, spec, mech, device, seed, platform, rnd, rng)
     noisy = noisy_contribution(sums.vector, mech, rng)
     out: OrderedDict[str, np.ndarray] = OrderedDict()
     pos = 0
@@ -164,7 +184,8 @@ def private_round(
     out[COUNT] = noisy.values[pos:]
     metrics = {"train-loss": sums.loss, "num-examples": float(sums.rows), "dp-users": float(sums.users),
                "dp-users-clipped": float(sums.clipped_users), "dp-box-clipped": float(noisy.box_clipped),
-               "dp-median-norm": sums.median_norm, "dp-noise-multiplier": mech.noise_multiplier}  # fmt: skip
+               "dp-median-norm": sums.median_norm, "dp-noise-multiplier": mech.noise_multiplier,
+               "dp-user-rate": mech.user_rate}  # fmt: skip
     if any(True for _ in part.private.parameters()):
         frozen = [p for p in scorer.parameters() if p.requires_grad]
         for p in frozen:

@@ -4,9 +4,10 @@ The run config (``privacy.*``, ``num-server-rounds``) comes from the server, whi
 higher target epsilon, a larger delta, or more rounds than it calibrated for all mean less noise
 per round. A platform that pins ``privacy-max-epsilon`` (and ``privacy-max-delta``) in its
 node_config keeps its own ledger of the noise multiplier of every DP round it trained for in this
-run (beside its private parameters; in ``context.state`` when simulated) and refuses a round that
-would take its users past that budget by its own accounting (``common.privacy.epsilon_spent``),
-or a run whose delta exceeds its maximum, or a run without differential privacy at all. A round
+run, with the user sampling rate it applied (beside its private parameters; in ``context.state``
+when simulated), and refuses a round that would take its users past that budget by its own
+accounting (``common.privacy.epsilon_spent``), or a run whose delta exceeds its maximum, or a run
+without differential privacy at all. A round
 is written into the ledger before the platform trains, so an aborted or retried round still counts.
 """
 
@@ -25,7 +26,7 @@ from common.privacy import TAIL_SHARE, epsilon_spent
 MAX_EPSILON_KEY = "privacy-max-epsilon"  # node_config: this platform's budget for one run (unset: the run's)
 MAX_DELTA_KEY = "privacy-max-delta"  # node_config: the largest delta it accepts
 LEDGER_FILE = "privacy-ledger.json"
-MEMORY_LEDGER = "privacy-ledger"  # context.state ConfigRecord {"rounds": [...], "multipliers": [...]}
+MEMORY_LEDGER = "privacy-ledger"  # context.state ConfigRecord {"rounds": [...], "multipliers": [...], "rates": [...]}
 
 
 def _limit(node_config: Mapping[str, object], key: str) -> float | None:
@@ -40,19 +41,29 @@ def _limit(node_config: Mapping[str, object], key: str) -> float | None:
     return value
 
 
-def _read(context: Context, folder: Path | None) -> tuple[list[int], list[float]]:
+Ledger = tuple[list[int], list[float], list[float]]  # rounds, noise multipliers, user sampling rates
+
+
+def _parse(data: Mapping[str, object]) -> Ledger:
+    """A ledger written before user sampling existed has no ``rates``: its rounds took every user."""
+    rounds = [int(r) for r in data["rounds"]]  # type: ignore[attr-defined]
+    multipliers = [float(z) for z in data["multipliers"]]  # type: ignore[attr-defined]
+    rates = [float(q) for q in data.get("rates", [1.0] * len(multipliers))]  # type: ignore[attr-defined]
+    if not len(rounds) == len(multipliers) == len(rates):
+        raise ValueError(f"{len(rounds)} rounds, {len(multipliers)} multipliers, {len(rates)} rates")
+    return rounds, multipliers, rates
+
+
+def _read(context: Context, folder: Path | None) -> Ledger:
     if folder is None:
         saved = context.state.get(MEMORY_LEDGER)
-        if not isinstance(saved, ConfigRecord):
-            return [], []
-        return [int(r) for r in saved["rounds"]], [float(z) for z in saved["multipliers"]]  # type: ignore[union-attr]
+        return _parse(saved) if isinstance(saved, ConfigRecord) else ([], [], [])
     path = folder / LEDGER_FILE
     if not path.exists():
-        return [], []
+        return [], [], []
     try:
-        data = json.loads(path.read_text())
-        return [int(r) for r in data["rounds"]], [float(z) for z in data["multipliers"]]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return _parse(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(f"{path}: unreadable privacy ledger ({exc}); refusing to train") from None
 
 
@@ -63,8 +74,11 @@ def require_privacy(node_config: Mapping[str, object], cfg: AppConfig) -> None:
         raise ConfigError(f"this platform trains only with differential privacy (node_config `{pinned[0]}`)")
 
 
-def spend_round(context: Context, folder: Path | None, cfg: AppConfig, rnd: int, multiplier: float) -> float:
-    """Check this DP round against the platform's own budget, then write it into the ledger; epsilon after it.
+def spend_round(
+    context: Context, folder: Path | None, cfg: AppConfig, rnd: int, multiplier: float, user_rate: float = 1.0
+) -> float:
+    """Check this DP round (noise ``multiplier``, users sampled at ``user_rate``: what this platform itself will
+    do) against the platform's own budget, then write it into the ledger; epsilon after it.
 
     ConfigError, naming the node_config key, when the platform's limits refuse the round.
     """
@@ -73,14 +87,15 @@ def spend_round(context: Context, folder: Path | None, cfg: AppConfig, rnd: int,
     if max_delta is not None and cfg.privacy.delta > max_delta:
         raise ConfigError(f"the run's privacy.delta {cfg.privacy.delta:g} exceeds this platform's `{MAX_DELTA_KEY}` "
                           f"{max_delta:g}")  # fmt: skip
-    rounds, multipliers = _read(context, folder)  # a round number seen before (a retried round) counts again
-    after = epsilon_spent([*multipliers, multiplier], (1.0 - TAIL_SHARE) * cfg.privacy.delta)
+    rounds, multipliers, rates = _read(context, folder)  # a round number seen before (a retried round) counts again
+    multipliers, rates = [*multipliers, multiplier], [*rates, user_rate]
+    after = epsilon_spent(multipliers, (1.0 - TAIL_SHARE) * cfg.privacy.delta, user_rates=rates)
     if max_eps is not None and after > max_eps:
         raise ConfigError(f"round {rnd} would take this platform's users to epsilon {after:.4g}, past its "
                           f"`{MAX_EPSILON_KEY}` {max_eps:g} ({len(rounds)} rounds spent)")  # fmt: skip
-    rounds, multipliers = [*rounds, rnd], [*multipliers, multiplier]
+    ledger = {"rounds": [*rounds, rnd], "multipliers": multipliers, "rates": rates}
     if folder is None:
-        context.state[MEMORY_LEDGER] = ConfigRecord({"rounds": rounds, "multipliers": multipliers})
+        context.state[MEMORY_LEDGER] = ConfigRecord(ledger)
     else:
-        atomic_write_text(folder / LEDGER_FILE, json.dumps({"rounds": rounds, "multipliers": multipliers}), fsync=True)
+        atomic_write_text(folder / LEDGER_FILE, json.dumps(ledger), fsync=True)
     return after

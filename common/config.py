@@ -250,12 +250,17 @@ class PrivacySpec:
     # L2 bound on one user's contribution (its update to the shared tensors + its count); near the users' median
     # update norm (a platform's train metric `dp-median-norm`): one AdamW step moves each value by ~train.lr
     clip: float = 0.1
+    # q: each platform takes each of its users into a round with probability q, drawn from its own secret
+    # randomness (Poisson sampling, accounted as such: amplification by sampling); 1 = every user, every round
+    user_rate: float = 1.0
 
     def __post_init__(self) -> None:
         _non_negative(self, "target_epsilon", "privacy.target-epsilon")
         if not 0.0 <= self.delta < 1.0:
             raise ConfigError(f"`privacy.delta` must be in [0, 1), got {self.delta}")
         _positive(self, "clip", "privacy.clip")
+        if not 0.0 < self.user_rate <= 1.0:
+            raise ConfigError(f"`privacy.user-rate` must be in (0, 1], got {self.user_rate}")
 
     @property
     def enabled(self) -> bool:

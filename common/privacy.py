@@ -33,14 +33,20 @@ with t chosen so that the chance that any noise value of any platform in any rou
 at most ``TAIL_SHARE * delta``; the accountant calibrates for the remaining ``(1 - TAIL_SHARE) *
 delta``, so the run is (epsilon, delta)-DP in total.
 
-Accounting: Google's ``dp-accounting`` (RDP), never a hand-written formula. Every user takes part
-in every round (no sampling, no amplification): R rounds are the composition of R Gaussian
-mechanisms with noise multiplier sigma / sensitivity.
+Sampling. With ``privacy.user-rate`` q < 1 each platform takes each of its users into a round
+with probability q, independently, drawn from the same secret randomness as its noise (never from
+the run's seed, which the server knows: amplification needs the server not to know who was
+sampled). A round is then the Poisson-subsampled Gaussian mechanism (McMahan et al., ICLR 2018).
+
+Accounting: Google's ``dp-accounting`` (RDP), never a hand-written formula. R rounds are the
+composition of R Gaussian mechanisms with noise multiplier sigma / sensitivity, each Poisson-sampled
+at rate q when q < 1 (``PoissonSampledDpEvent``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import sys
 from collections import OrderedDict
@@ -57,6 +63,18 @@ with contextlib.redirect_stderr(sys.__stderr__ or sys.stderr):
 
 from common.config import AppConfig, SecureSpec, grid_scale, shamir_threshold
 
+
+class _UnconvergedOrders(logging.Filter):
+    """dp-accounting warns once per RDP order (and per bisection step) where its series for a sampled
+    Gaussian does not converge (orders below 2 at small noise); it then leaves that order out, which
+    only makes epsilon larger (safe). Dozens of those lines per calibration are noise on a console."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("_compute_log_a_frac failed to converge")
+
+
+logging.getLogger("absl").addFilter(_UnconvergedOrders())
+
 COUNT = "dp.users"  # the extra coordinate of a DP contribution: count_clip per user (the noisy user count)
 COUNT_SHARE = 0.25  # count_clip = COUNT_SHARE * clip; the update keeps sqrt(1 - COUNT_SHARE^2) * clip
 TAIL_SHARE = 1e-3  # share of delta spent on the noise ever exceeding the grid's headroom
@@ -72,28 +90,43 @@ class PrivacyError(ValueError):
 # ------------------------------------------------------------------ accountant (dp-accounting)
 
 
-def epsilon_spent(noise_multipliers: Sequence[float], delta: float, orders: Sequence[float] = RDP_ORDERS) -> float:
-    """epsilon at ``delta`` of the composition of Gaussian mechanisms with these noise multipliers (RDP)."""
+def round_event(noise_multiplier: float, user_rate: float = 1.0) -> dp_accounting.DpEvent:
+    """One round: the Gaussian mechanism, Poisson-subsampled when users are sampled at ``user_rate`` < 1."""
+    if not 0.0 < user_rate <= 1.0:
+        raise PrivacyError(f"a round's user sampling rate must be in (0, 1], got {user_rate}")
+    gaussian = dp_accounting.GaussianDpEvent(noise_multiplier)
+    return gaussian if user_rate == 1.0 else dp_accounting.PoissonSampledDpEvent(user_rate, gaussian)
+
+
+def epsilon_spent(
+    noise_multipliers: Sequence[float], delta: float, orders: Sequence[float] = RDP_ORDERS,
+    user_rates: Sequence[float] | None = None,
+) -> float:  # fmt: skip
+    """epsilon at ``delta`` of the composition of rounds with these noise multipliers (RDP); round k
+    sampled its users at ``user_rates[k]`` (default: every user in every round)."""
     if not noise_multipliers:
         return 0.0
+    rates = [1.0] * len(noise_multipliers) if user_rates is None else list(user_rates)
+    if len(rates) != len(noise_multipliers):
+        raise PrivacyError(f"{len(noise_multipliers)} rounds' noise multipliers but {len(rates)} sampling rates")
     accountant = dp_accounting.rdp.RdpAccountant(orders=list(orders))
-    for z in noise_multipliers:
-        accountant.compose(dp_accounting.GaussianDpEvent(z))
+    for z, q in zip(noise_multipliers, rates, strict=True):
+        accountant.compose(round_event(z, q))
     return float(accountant.get_epsilon(delta))
 
 
-def calibrate(target_epsilon: float, delta: float, rounds: int) -> float:
-    """The smallest noise multiplier z such that ``rounds`` Gaussian mechanisms of multiplier z are
-    (target_epsilon, delta)-DP (dp-accounting's ``calibrate_dp_mechanism``, RDP)."""
+def calibrate(target_epsilon: float, delta: float, rounds: int, user_rate: float = 1.0) -> float:
+    """The smallest noise multiplier z such that ``rounds`` rounds of multiplier z, users sampled at
+    ``user_rate``, are (target_epsilon, delta)-DP (dp-accounting's ``calibrate_dp_mechanism``, RDP)."""
     if not target_epsilon > 0 or not 0 < delta < 1 or rounds < 1:
         raise PrivacyError(f"cannot calibrate: epsilon {target_epsilon}, delta {delta}, rounds {rounds}")
     z = dp_accounting.calibrate_dp_mechanism(
         lambda: dp_accounting.rdp.RdpAccountant(orders=list(RDP_ORDERS)),
-        lambda m: dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(m), rounds),
+        lambda m: dp_accounting.SelfComposedDpEvent(round_event(m, user_rate), rounds),
         target_epsilon, delta, dp_accounting.LowerEndpointAndGuess(1e-3, 1.0), tol=1e-6,
     )  # fmt: skip
     z = float(z) + 1e-6  # the bisection's tolerance, on the safe side
-    assert epsilon_spent([z] * rounds, delta) <= target_epsilon
+    assert epsilon_spent([z] * rounds, delta, user_rates=[user_rate] * rounds) <= target_epsilon
     return z
 
 
@@ -112,6 +145,7 @@ class Mechanism:
     scale: float  # grid steps per unit (common.secagg: Q / c)
     clip_range: float  # c: the grid holds [-c, c]
     n_min: int  # fewest noise shares in any sum
+    user_rate: float = 1.0  # q: the chance each user is in a round (Poisson sampling; 1 = every user)
 
     @property
     def count_clip(self) -> float:
@@ -151,15 +185,15 @@ class Mechanism:
 
 def mechanism(
     target_epsilon: float, delta: float, clip: float, rounds: int, dimension: int, scale: float, clip_range: float,
-    n_min: int,
+    n_min: int, user_rate: float = 1.0,
 ) -> Mechanism:  # fmt: skip
     """Calibrate the run's mechanism; PrivacyError naming the setting to change when none fits."""
     if not clip > 0:
         raise PrivacyError(f"`privacy.clip` must be positive, got {clip}")
     if n_min < 1:
         raise PrivacyError(f"the fewest inputs of a sum must be >= 1, got {n_min}")
-    z = calibrate(target_epsilon, (1.0 - TAIL_SHARE) * delta, rounds)
-    mech = Mechanism(clip, delta, rounds, z, dimension, scale, clip_range, n_min)
+    z = calibrate(target_epsilon, (1.0 - TAIL_SHARE) * delta, rounds, user_rate)
+    mech = Mechanism(clip, delta, rounds, z, dimension, scale, clip_range, n_min, user_rate)
     if mech.share_grid_sigma < MIN_GRID_SIGMA:
         raise PrivacyError(
             f"each platform's noise is {mech.share_grid_sigma:.3g} grid steps, below {MIN_GRID_SIGMA:g}: raise "
@@ -189,7 +223,7 @@ def run_mechanism(cfg: AppConfig, dimension: int, n_min: int | None = None) -> M
     shares = min_shares(cfg.secure) if n_min is None else n_min
     return mechanism(cfg.privacy.target_epsilon, cfg.privacy.delta, cfg.privacy.clip, cfg.num_server_rounds,
                      dimension, grid_scale(cfg.secure.quant_bits, cfg.secure.clip_range), cfg.secure.clip_range,
-                     shares)  # fmt: skip
+                     shares, cfg.privacy.user_rate)  # fmt: skip
 
 
 def min_shares(secure: SecureSpec, min_cohort: int | None = None) -> int:

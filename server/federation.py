@@ -152,12 +152,15 @@ def run_federation(transport: Transport, cfg: AppConfig, table: bool = True) -> 
     # rounds evaluate validation only, and the best adapter is tested once at the end.
     round_splits = ("valid", "test") if cfg.eval.test_every_round else ("valid",)
     log.info("crossfed: %d rounds, %d adapter+head parameters", cfg.num_server_rounds, _size(loop.global_state))
-    ledger = PrivacyLedger.start(cfg, loop.global_state, loop.privacy) if cfg.privacy.enabled else None
+    ledger = None
+    if cfg.privacy.enabled:
+        ledger = PrivacyLedger.start(cfg, loop.global_state, loop.privacy, loop.privacy_rates)
     if ledger is not None:
-        loop.privacy = ledger.multipliers  # one list: the checkpoint saves what the ledger spends
+        loop.privacy, loop.privacy_rates = ledger.multipliers, ledger.rates  # the checkpoint saves what it spends
         log.info("differential privacy: (%.3g, %.3g)-DP over %d rounds: noise multiplier %.4g, clip %g, noise std "
-                 "%.4g from >= %d platforms", ledger.target, ledger.mech.delta, ledger.mech.rounds,
-                 ledger.mech.noise_multiplier, ledger.mech.clip, ledger.mech.sigma, ledger.mech.n_min)  # fmt: skip
+                 "%.4g from >= %d platforms, users sampled at rate %g", ledger.target, ledger.mech.delta,
+                 ledger.mech.rounds, ledger.mech.noise_multiplier, ledger.mech.clip, ledger.mech.sigma,
+                 ledger.mech.n_min, ledger.mech.user_rate)  # fmt: skip
     rounds_log = RoundLog(out_dir, cfg.num_server_rounds, server_tensorboard_dir(out_dir, cfg.tensorboard_dir))
     with Progress(transient=False) as progress, rounds_log:
         task = progress.add_task("federated rounds", total=cfg.num_server_rounds, completed=loop.done)
@@ -274,6 +277,7 @@ class LoopState:
     platforms: set[str] = field(default_factory=set)  # every platform that has evaluated in this run
     wall_before: float = 0.0  # seconds the run had taken before this start (from the checkpoint)
     privacy: list[float] = field(default_factory=list)  # DP: the noise multiplier of every round started
+    privacy_rates: list[float] = field(default_factory=list)  # DP: and its user sampling rate
     started: float = field(default_factory=time.time)
 
     def wall_seconds(self, now: float | None = None) -> float:
@@ -290,7 +294,8 @@ class LoopState:
             best_state=None if self.best.state is None else _f32(self.best.state),
             best_metrics={"per_platform": self.best.per_platform, "mean": self.best.mean,
                           "cohort": self.best.cohort, "platforms": sorted(self.platforms)},
-            stale=self.stale, extra={"wall_seconds": self.wall_seconds(), "privacy_multipliers": list(self.privacy)},
+            stale=self.stale, extra={"wall_seconds": self.wall_seconds(), "privacy_multipliers": list(self.privacy),
+                                     "privacy_rates": list(self.privacy_rates)},
         )  # fmt: skip
 
 
@@ -325,7 +330,8 @@ def _start_or_resume(
     return LoopState(saved.global_state, saved.optimizer_state, best, saved.stale, saved.round, saved.round,
                      set(metrics.get("platforms", best.per_platform)),
                      float(saved.extra.get("wall_seconds", 0.0)),
-                     privacy=[float(z) for z in saved.extra.get("privacy_multipliers", [])])  # fmt: skip
+                     privacy=[float(z) for z in saved.extra.get("privacy_multipliers", [])],
+                     privacy_rates=[float(q) for q in saved.extra.get("privacy_rates", [])])  # fmt: skip
 
 
 def split_mean(evaluated: Mapping[str, Mapping[str, float]]) -> tuple[PerPlatform, dict[str, float]]:

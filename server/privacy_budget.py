@@ -2,7 +2,7 @@
 
 Every round that was started counts, aborted ones too: a platform may have sent its masked input
 before the abort, and the server cannot prove it did not unmask it. The ledger keeps the noise
-multiplier each round used (it is checkpointed), so a resumed run with more ``num-server-rounds``
+multiplier and user sampling rate each round used (it is checkpointed), so a resumed run with more ``num-server-rounds``
 is accounted with what its earlier rounds really added; a round that would take epsilon past
 ``privacy.target-epsilon`` is not run.
 
@@ -59,24 +59,34 @@ class PrivacyLedger:
     mech: Mechanism
     target: float
     multipliers: list[float] = field(default_factory=list)
+    rates: list[float] = field(default_factory=list)  # each round's user sampling rate (1: every user)
 
     @classmethod
-    def start(cls, cfg: AppConfig, state: Mapping[str, np.ndarray], spent: Sequence[float] = ()) -> PrivacyLedger:
+    def start(
+        cls, cfg: AppConfig, state: Mapping[str, np.ndarray], spent: Sequence[float] = (),
+        rates: Sequence[float] = (),
+    ) -> PrivacyLedger:  # fmt: skip
+        """The run's ledger; ``spent``/``rates``: a resumed run's earlier rounds (a round saved without a
+        rate, before sampling existed, took every user)."""
         mech = run_mechanism(cfg, int(sum(np.size(v) for v in state.values())) + 1)
-        return cls(mech, cfg.privacy.target_epsilon, list(spent))
+        earlier = [*rates, *[1.0] * (len(spent) - len(rates))]
+        return cls(mech, cfg.privacy.target_epsilon, list(spent), earlier[: len(spent)])
 
-    def epsilon(self, multipliers: Sequence[float] | None = None) -> float:
+    def epsilon(self, multipliers: Sequence[float] | None = None, rates: Sequence[float] | None = None) -> float:
         """epsilon at the run's delta (the share of delta the tail bound takes is set aside)."""
         spent = self.multipliers if multipliers is None else multipliers
-        return epsilon_spent(spent, (1.0 - TAIL_SHARE) * self.mech.delta)
+        sampled = self.rates if rates is None else rates
+        return epsilon_spent(spent, (1.0 - TAIL_SHARE) * self.mech.delta, user_rates=sampled)
 
     def allows_next(self) -> bool:
         """Whether one more round stays within ``privacy.target-epsilon``."""
-        return self.epsilon([*self.multipliers, self.mech.noise_multiplier]) <= self.target
+        after = self.epsilon([*self.multipliers, self.mech.noise_multiplier], [*self.rates, self.mech.user_rate])
+        return after <= self.target
 
     def spend(self) -> dict[str, float]:
         """Count one round; its record for rounds.jsonl."""
         self.multipliers.append(self.mech.noise_multiplier)
+        self.rates.append(self.mech.user_rate)
         return self.report()
 
     def report(self) -> dict[str, float]:
@@ -84,4 +94,5 @@ class PrivacyLedger:
             "epsilon": self.epsilon(), "delta": self.mech.delta, "target-epsilon": self.target,
             "rounds": float(len(self.multipliers)), "noise-multiplier": self.mech.noise_multiplier,
             "clip": self.mech.clip, "noise-std": self.mech.sigma, "min-noise-shares": float(self.mech.n_min),
+            "user-rate": self.mech.user_rate,
         }  # fmt: skip

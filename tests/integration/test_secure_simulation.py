@@ -10,6 +10,7 @@ from safetensors.numpy import load_file
 from clients.audit import AUDIT_FILE
 from common.audit import verify
 from common.config import TINY_PRESET, AppConfig
+from common.privacy import calibrate
 from common.run_files import ROUNDS_FILE
 from simulations.local.simulate import run_simulated_federation, validate_inputs
 
@@ -55,10 +56,11 @@ def test_secure_fusion_equals_plain_fusion_within_quantisation_bound(tmp_path: P
 
 
 def test_differential_privacy_under_secure_aggregation_in_a_flower_simulation(tmp_path: Path) -> None:
-    # Prepare: secure aggregation with user-level DP, 4 users a platform, the DP arms' grid
+    # Prepare: secure aggregation with user-level DP, 4 users a platform, each sampled into the round with
+    # probability 1/2 (the DP arms of compare cover every user in every round), the DP arms' grid
     cfg = AppConfig().replace(**TINY, **{
         "out-dir": str(tmp_path / "dp"), "secagg": True, "data.max-users": 4, "privacy.target-epsilon": 4.0,
-        "secure.clip-range": 512.0, "secure.quant-bits": 32, "model.item-stats": False,
+        "privacy.user-rate": 0.5, "secure.clip-range": 512.0, "secure.quant-bits": 32, "model.item-stats": False,
     })  # fmt: skip
     # Execute
     run_simulated_federation(cfg, validate_inputs(cfg), num_cpus=2)
@@ -70,9 +72,12 @@ def test_differential_privacy_under_secure_aggregation_in_a_flower_simulation(tm
     assert agg["survivors"] == 3 and agg["total-weight"] == 3 and agg["clipped-values"] == 0
     assert record["train"]["differential-privacy"]["noisy-users"] >= 1
     assert record["privacy"]["epsilon"] == pytest.approx(4.0, abs=1e-3) and record["privacy"]["delta"] == 1 / 12
+    assert record["privacy"]["user-rate"] == 0.5  # accounted as Poisson-sampled: less noise than for every user
+    assert record["privacy"]["noise-multiplier"] < calibrate(4.0, 0.999 / 12, 1)
     summary = json.loads((tmp_path / "dp" / "summary.json").read_text())
     assert summary["privacy"]["epsilon"] == record["privacy"]["epsilon"]
-    # and each platform's audit log says what its own ledger spent (its delta keeps a tail share back)
+    # and each platform's audit log says what its own ledger spent, sampling included (its delta keeps a tail
+    # share back)
     for platform in record["eval"]:
         (train,) = [e for e in verify(tmp_path / "dp" / "private" / platform / AUDIT_FILE).entries
                     if e["kind"] == "train"]  # fmt: skip

@@ -47,6 +47,63 @@ def test_calibration_meets_the_target_and_no_less_noise_would(eps: float, delta:
     assert epsilon_spent([z * 0.999] * rounds, delta) > eps  # tight: 0.1 % less noise exceeds the budget
 
 
+def test_a_sampled_round_is_dp_accountings_own_poisson_sampled_gaussian() -> None:
+    # dp-accounting's rdp_privacy_accountant_test.test_compute_rdp_poisson_sampled_gaussian: 50 rounds of the
+    # Gaussian mechanism, noise multiplier 2.5, sampled at q = 0.01, have these RDP values at these orders
+    import dp_accounting
+
+    from common.privacy import round_event
+
+    orders = [1.5, 2.5, 5, 50, 100]
+    accountant = dp_accounting.rdp.RdpAccountant(orders=orders)
+    accountant.compose(dp_accounting.SelfComposedDpEvent(round_event(2.5, 0.01), 50))
+    np.testing.assert_allclose(accountant._rdp, [6.70579741e-04, 1.08548710e-03, 2.18075656e-03, 2.38460375e-02,
+                                                 1.67416308e02], rtol=1e-6)  # fmt: skip
+    eps = epsilon_spent([2.5] * 50, 1e-5, orders, user_rates=[0.01] * 50)
+    assert eps == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-12)
+    # rate 1 is the unsampled mechanism exactly; sampling only lowers epsilon (amplification)
+    assert epsilon_spent([1.0] * 3, 1e-5, user_rates=[1.0] * 3) == epsilon_spent([1.0] * 3, 1e-5)
+    assert epsilon_spent([1.0] * 3, 1e-5, user_rates=[0.25] * 3) < epsilon_spent([1.0] * 3, 1e-5)
+    with pytest.raises(PrivacyError, match="3 rounds' noise multipliers but 2 sampling rates"):
+        epsilon_spent([1.0] * 3, 1e-5, user_rates=[0.5] * 2)
+
+
+@pytest.mark.parametrize("rate", [0.5, 0.1])
+def test_calibration_with_sampling_meets_the_target_with_less_noise(rate: float) -> None:
+    z = calibrate(4.0, 1e-3, 3, rate)
+    assert epsilon_spent([z] * 3, 1e-3, user_rates=[rate] * 3) <= 4.0
+    assert epsilon_spent([z * 0.999] * 3, 1e-3, user_rates=[rate] * 3) > 4.0
+    assert z < calibrate(4.0, 1e-3, 3)  # amplification by sampling: less noise for the same budget
+
+
+def test_the_accountants_unconverged_order_warnings_stay_off_the_console(caplog) -> None:
+    # a sampled Gaussian at small noise makes dp-accounting warn for every order below 2, at every bisection
+    # step of a calibration (dozens of lines); the filter drops exactly those
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="absl"):
+        calibrate(8.0, 1e-4, 3, 0.25)
+        logging.getLogger("absl").warning("another absl warning")
+    assert [r.getMessage() for r in caplog.records] == ["another absl warning"]
+
+
+def test_ledger_accounts_each_round_with_its_sampling_rate_and_resumes_old_checkpoints_as_unsampled() -> None:
+    base = {"num-server-rounds": 3, "privacy.target-epsilon": 2.0, "privacy.delta": 1e-4, "secure.clip-range": 512.0,
+            "secure.quant-bits": 32, "model.item-stats": False}  # fmt: skip
+    state = {"w": np.zeros(8, np.float32)}
+    sampled = PrivacyLedger.start(AppConfig().replace(**{**base, "privacy.user-rate": 0.2}), state)
+    for _ in range(3):
+        assert sampled.allows_next()
+        record = sampled.spend()
+    assert record["user-rate"] == 0.2 and sampled.rates == [0.2] * 3
+    assert 1.9 < sampled.epsilon() <= 2.0 and not sampled.allows_next()
+    z = sampled.mech.noise_multiplier
+    assert z < PrivacyLedger.start(AppConfig().replace(**base), state).mech.noise_multiplier
+    # a checkpoint from before sampling has multipliers only: those rounds took every user
+    old = PrivacyLedger.start(AppConfig().replace(**{**base, "privacy.user-rate": 0.2}), state, [z, z])
+    assert old.rates == [1.0, 1.0] and old.epsilon() == pytest.approx(epsilon_spent([z, z], 0.999e-4))
+
+
 def test_ledger_stops_before_the_budget_and_counts_a_resume_with_its_real_noise() -> None:
     cfg = AppConfig().replace(**{"num-server-rounds": 3, "privacy.target-epsilon": 2.0, "privacy.delta": 1e-4,
                                  "secure.clip-range": 512.0, "secure.quant-bits": 32,
@@ -184,6 +241,41 @@ def test_removing_one_user_changes_the_platforms_sum_by_its_clipped_contribution
     assert diff[-1] == pytest.approx(mech.count_clip)
 
 
+def test_sampled_users_are_each_their_own_secret_draw_and_sum_as_if_only_they_trained(tiny_platform) -> None:
+    # Prepare: the tiny platform (4 users); rate 0.5 with a pinned secret generator
+    import dataclasses
+
+    import torch
+
+    from clients.dp_train import clipped_user_sums, sampled_users
+    from common.privacy import run_mechanism
+
+    cfg, scorer, part, prepared = tiny_platform
+    users = sorted(prepared.users, key=prepared.users.__getitem__)
+    present = np.unique(part.data.users)
+    dim = sum(p.numel() for p in scorer.parameters() if p.requires_grad) + 1
+    half = run_mechanism(cfg.replace(**{"privacy.user-rate": 0.5}), dim)
+    every = run_mechanism(cfg, dim)
+    # which users are in: one draw per user row from the secret stream, whoever else is there
+    draws = np.random.default_rng(7).random(len(users))
+    taken = sampled_users(present, len(users), 0.5, np.random.default_rng(7))
+    np.testing.assert_array_equal(taken, present[draws[present] < 0.5])
+    np.testing.assert_array_equal(sampled_users(present[1:], len(users), 0.5, np.random.default_rng(7)),
+                                  taken[taken != present[0]])  # fmt: skip
+    np.testing.assert_array_equal(sampled_users(present, len(users), 1.0, None), present)
+    with pytest.raises(ValueError, match="secret random generator"):
+        sampled_users(present, len(users), 0.5, None)
+    assert 0 < len(taken) < len(present)  # this seed takes some and leaves some
+    # the sampled sum is the unsampled sum over exactly the taken users (same clip: the mechanism's noise
+    # differs, the clip and each user's pass do not)
+    run = lambda p, mech, secret: clipped_user_sums(scorer, p, users, cfg.train, mech, torch.device("cpu"), 0,  # noqa: E731
+                                                    "app", 1, secret)  # fmt: skip
+    sampled = run(part, half, np.random.default_rng(7))
+    kept = dataclasses.replace(part, data=part.data.take(np.flatnonzero(np.isin(part.data.users, taken))))
+    assert sampled.users == len(taken)
+    np.testing.assert_allclose(sampled.vector, run(kept, every, None).vector, rtol=0, atol=1e-12)
+
+
 def test_shared_tensors_are_the_sent_state_live(tiny_platform) -> None:
     # the DP loop restores and reads the model through these views: same names, order and values as the
     # state that is sent, and writing into one changes what get_trainable_state returns
@@ -279,6 +371,8 @@ def test_membership_attack_does_no_better_than_epsilon_allows() -> None:
         ({"privacy.target-epsilon": -1.0}, "`privacy.target-epsilon` must be >= 0"),
         ({"privacy.delta": 1.0}, r"`privacy.delta` must be in \[0, 1\)"),
         ({"privacy.clip": 0.0}, "`privacy.clip` must be positive"),
+        ({"privacy.user-rate": 0.0}, r"`privacy.user-rate` must be in \(0, 1\]"),
+        ({"privacy.user-rate": 1.5}, r"`privacy.user-rate` must be in \(0, 1\]"),
         ({"privacy.target-epsilon": 1.0, "model.private-head": True}, "`model.private-head` cannot be used"),
         ({"privacy.target-epsilon": 1.0, "secure.l2-clip": 1.0}, "`secure.l2-clip` cannot be used"),
         ({"privacy.target-epsilon": 1.0}, "`model.item-stats` cannot be used"),

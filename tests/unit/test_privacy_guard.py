@@ -59,3 +59,32 @@ def test_delta_and_privacy_itself_can_be_pinned() -> None:
     require_privacy({}, AppConfig())  # no pin: a run without DP is the platform's choice
     with pytest.raises(ConfigError, match="must be positive"):
         require_privacy({"privacy-max-epsilon": 0.0}, cfg)
+
+
+def test_the_platform_accounts_the_sampling_rate_it_applied_and_reads_a_ledger_from_before_sampling(
+    tmp_path: Path,
+) -> None:
+    # Prepare: a run that samples a fifth of the users per round, calibrated for that rate
+    import json
+
+    cfg = AppConfig().replace(**{**DP, "privacy.user-rate": 0.2})
+    z = calibrate(2.0, 0.999e-4, 3, 0.2)
+    context = _context(**{"privacy-max-epsilon": 2.0})
+    # Execute / Assert: three sampled rounds fit the budget; the ledger records each round's rate
+    spent = [spend_round(context, tmp_path, cfg, rnd, z, 0.2) for rnd in (1, 2, 3)]
+    assert 1.9 < spent[-1] <= 2.0
+    assert json.loads((tmp_path / LEDGER_FILE).read_text())["rates"] == [0.2] * 3
+    # the same noise without sampling would have spent far more: a server cannot claim a rate the platform
+    # did not apply, because the platform passes the rate it samples with itself
+    with pytest.raises(ConfigError, match="privacy-max-epsilon"):
+        spend_round(_context(**{"privacy-max-epsilon": 2.0}), None, cfg, 1, z, 1.0)
+    # a ledger written before sampling existed (no "rates") counts its rounds as unsampled
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / LEDGER_FILE).write_text(json.dumps({"rounds": [1], "multipliers": [z]}))
+    after = spend_round(_context(), old, cfg, 2, z, 0.2)
+    assert json.loads((old / LEDGER_FILE).read_text())["rates"] == [1.0, 0.2]
+    assert after > spent[1]
+    (old / LEDGER_FILE).write_text(json.dumps({"rounds": [1, 2], "multipliers": [z], "rates": [1.0]}))
+    with pytest.raises(ConfigError, match="unreadable privacy ledger"):
+        spend_round(_context(), old, cfg, 3, z, 0.2)
