@@ -18,7 +18,7 @@ from flwr.common.logger import update_console_handler
 
 from clients import audit, privacy_guard, secure
 from clients.metrics_log import append_metrics, log_scalars, platform_tensorboard_dir
-from clients.platform import PARTITION_KEY, resolve_node
+from clients.platform import PARTITION_KEY, NodeSetup, resolve_node
 from clients.private_state import DEFAULT_STATE_DIR, STATE_DIR_KEY, PrivateStore, run_store
 from clients.tasks import evaluate_state, fit
 from common.config import AppConfig, ConfigError
@@ -29,6 +29,7 @@ from common.payload import (
     ARRAYS,
     CONFIG,
     EVAL,
+    EVAL_CONFIG,
     INFO,
     INFO_MIN_COHORT,
     INFO_PLATFORM,
@@ -41,7 +42,7 @@ from common.payload import (
 )
 from common.privacy import run_mechanism
 from common.secagg import SecAggError
-from common.secure_wire import SECAGG, SECAGG_ACTION, round_context, secagg_config
+from common.secure_wire import EVAL_SUM, SECAGG, SECAGG_ACTION, round_context, secagg_config, sum_error
 
 log = logging.getLogger("crossfed.client")
 QUIET_ENV = "CROSSFED_QUIET"  # set by `crossfed` (simulations.commands.console) unless --verbose; Ray actors inherit it
@@ -109,6 +110,9 @@ def handle_train(msg: Message, context: Context) -> Message:
             spent = privacy_guard.spend_round(context, store.folder, cfg, server_round, mech.noise_multiplier,
                                               mech.user_rate)  # fmt: skip
             log.info("platform %s: round %d: epsilon %.4g after this round", setup.platform, server_round, spent)
+        folded: dict[str, ConfigRecord | ArrayRecord | MetricRecord] = {}
+        if cfg.secagg and SECAGG + EVAL_SUM in msg.content:  # first the metric sum of the adapter received
+            folded = _evaluate_beside_training(msg, context, cfg, setup, store, record)
         log.info("platform %s: round %d: training on the global adapter", setup.platform, server_round)
         state, metrics = fit(cfg, setup, given, server_round, store, n_min)
         log_scalars(_tensorboard_dir(context, cfg, setup.platform, store), server_round, metrics, prefix="train.")
@@ -116,19 +120,66 @@ def handle_train(msg: Message, context: Context) -> Message:
             weight = 1 if cfg.privacy.enabled else int(metrics["num-examples"])  # DP: counts are in the noisy sum
             records = secure.start(msg.content, context, cfg, state, weight, setup.platform, record,
                                    epsilon=spent)  # fmt: skip  # the audit entry says what this round spent
-            return Message(RecordDict({**records, INFO: _info(setup.platform, cfg, trust)}), reply_to=msg)
+            return Message(RecordDict({**folded, **records, INFO: _info(setup.platform, cfg, trust)}), reply_to=msg)
     except OPERATOR_ERRORS as exc:
         return _error_reply(msg, exc, context)
     content = {ARRAYS: state_to_arrays(state), METRICS: MetricRecord(metrics), INFO: _info(setup.platform)}
     return Message(RecordDict(content), reply_to=msg)
 
 
+def _evaluate_beside_training(
+    msg: Message, context: Context, cfg: AppConfig, setup: NodeSetup, store: PrivateStore, record: Path | None
+) -> dict[str, ConfigRecord | ArrayRecord | MetricRecord]:
+    """The metric sum of the adapter a train message carries (the previous round's), before training.
+
+    Its setup answer (and the platform's metrics when it shares them) goes back with the training
+    sum's; when this platform cannot take part (it did not train that round, it already sent that
+    round's metrics, it failed to evaluate) it says why in the reply and still trains.
+    """
+    try:
+        splits = parse_eval(msg.content.get(EVAL))
+        _, rnd = parse_config(msg.content[EVAL_CONFIG])  # type: ignore[arg-type]
+        kind = secure.metrics_kind(splits)
+        trust = secure.platform_trust(context.node_config, setup.platform, cfg)
+        ctx = round_context(msg.content.get(ARRAYS), msg.content.get(EVAL_CONFIG))
+        secure.admit_round(context, record, rnd, trust.policy, kind, ctx)
+        state = arrays_to_state(msg.content[ARRAYS])  # type: ignore[arg-type]
+        metrics = evaluate_state(cfg, setup, state, rnd, store, splits)
+        append_metrics(store.folder, rnd, metrics)
+        log_scalars(_tensorboard_dir(context, cfg, setup.platform, store), rnd, metrics)
+        vector, weight = encode_metrics(metrics, splits, cfg.secure.clip_range)
+        out: dict[str, ConfigRecord | ArrayRecord | MetricRecord] = dict(secure.start(
+            msg.content, context, cfg, {METRIC_VECTOR: vector}, weight, setup.platform, record, kind=kind,
+            ns=EVAL_SUM, config_key=EVAL_CONFIG))  # fmt: skip
+        if secure.shares_metrics(context.node_config):
+            out[METRICS] = MetricRecord(metrics)
+            audit.note_sent(context, audit.CLEAR_METRICS, audit.metrics_nbytes(metrics), ns=EVAL_SUM)
+    except (*OPERATOR_ERRORS, KeyError) as exc:
+        log.warning("platform %s: no metric sum beside this round's training: %s", setup.platform, exc)
+        return sum_error(f"{type(exc).__name__}: {exc}")
+    return out
+
+
 @app.train(SECAGG_ACTION)
 def handle_secagg_stage(msg: Message, context: Context) -> Message:
-    """Key sharing, masked input and unmasking of the secure-aggregation round."""
+    """Key sharing, masked input and unmasking of the secure-aggregation round.
+
+    A message may carry two sums: the round's training sum and, beside it, the metric sum of the
+    previous round's adapter (``EVAL_SUM``). That one goes first (its masked input is recorded
+    while the previous round is still this platform's last trained one); its failure only takes
+    this platform out of it, with the reason in the reply.
+    """
     try:
         cfg, _ = parse_config(msg.content[CONFIG])  # type: ignore[arg-type]
-        records = secure.advance(msg.content, context, cfg)
+        records: dict[str, ConfigRecord | ArrayRecord] = {}
+        if SECAGG + EVAL_SUM in msg.content:
+            try:
+                records.update(secure.advance(msg.content, context, cfg, ns=EVAL_SUM))
+            except OPERATOR_ERRORS as exc:
+                log.warning("platform left the metric sum beside training: %s", exc)
+                records.update(sum_error(f"{type(exc).__name__}: {exc}"))
+        if SECAGG in msg.content or not records:
+            records.update(secure.advance(msg.content, context, cfg))
     except OPERATOR_ERRORS as exc:
         return _error_reply(msg, exc, context)
     return Message(RecordDict(records), reply_to=msg)

@@ -39,22 +39,25 @@ def log_path(node_config: Mapping[str, object], cfg: AppConfig, platform: str) -
     return Path(str(node_config.get(STATE_DIR_KEY, DEFAULT_STATE_DIR))).expanduser() / platform / AUDIT_FILE
 
 
-def note_sent(context: Context, message: str, reply: Mapping[str, Any] | int, *, first: bool = False) -> None:
+def note_sent(
+    context: Context, message: str, reply: Mapping[str, Any] | int, *, first: bool = False, ns: str = ""
+) -> None:
     """Count one message this platform sends in the current secure sum (``first``: a new sum starts).
 
-    ``reply``: the protocol message (its size as encoded, ``record_nbytes``) or a size in bytes.
+    ``reply``: the protocol message (its size as encoded, ``record_nbytes``) or a size in bytes; ``ns``:
+    which of the sums a message may carry (``common.secure_wire.EVAL_SUM``: the one beside training).
     """
     size = reply if isinstance(reply, int) else record_nbytes(reply)
-    saved = context.state.get(SENT)
+    saved = context.state.get(SENT + ns)
     messages, sizes = ([], []) if first or not isinstance(saved, ConfigRecord) else (
         [str(m) for m in saved["messages"]], [int(n) for n in saved["bytes"]])  # type: ignore[union-attr]  # fmt: skip
-    context.state[SENT] = ConfigRecord({"messages": [*messages, message], "bytes": [*sizes, int(size)]})
+    context.state[SENT + ns] = ConfigRecord({"messages": [*messages, message], "bytes": [*sizes, int(size)]})
 
 
 def log_round(context: Context, cfg: AppConfig, identity: Identity, state: ClientState, kind: str,
-              round_context: bytes, epsilon: float | None = None) -> None:  # fmt: skip
+              round_context: bytes, epsilon: float | None = None, ns: str = "") -> None:  # fmt: skip
     """Append this secure sum's entry: what the platform accepted and what it sent so far."""
-    saved = context.state.get(SENT)
+    saved = context.state.get(SENT + ns)
     sent = list(zip(saved["messages"], saved["bytes"], strict=True)) if isinstance(saved, ConfigRecord) else []  # type: ignore[arg-type]
     record = RoundRecord(
         run=cfg.out_dir, session=state.session.hex(), round=state.round, kind=kind, context=round_context.hex(),

@@ -63,6 +63,8 @@ from common.secure_wire import from_records, round_context, secagg_config, to_re
 
 STATE = "secagg-state"  # context.state ConfigRecord: {"client", "weight", "platform", "record", "context", "kind"}
 UPDATE = "secagg-update"  # context.state ArrayRecord: the trained adapter + head awaiting masking
+# A sum riding beside the training sum on the same messages (``common.secure_wire.EVAL_SUM``: the metric
+# sum of the previous round's adapter) keeps its own STATE/UPDATE slots, suffixed with that name.
 
 log = logging.getLogger("crossfed.client")
 
@@ -237,39 +239,49 @@ def start(
     record: Path | None,
     kind: str = TRAIN,
     epsilon: float | None = None,
+    ns: str = "",
+    config_key: str = CONFIG,
 ) -> dict[str, ConfigRecord | ArrayRecord]:
-    """After local training: park the update, answer the setup stage with signed keys."""
-    previous = _last_round(context)  # its secrets are void now; its (session, round) refuses a replay
-    _forget(context)
+    """After local training: park the update, answer the setup stage with signed keys.
+
+    ``ns``: the sum's name in the message (``common.secure_wire.EVAL_SUM`` for the metric sum beside a
+    training sum), ``config_key``: the record holding the config its round context is bound to.
+    """
+    previous = _last_round(context, ns)  # its secrets are void now; its (session, round) refuses a replay
+    _forget(context, ns)
     trust = platform_trust(context.node_config, platform, cfg)
-    ctx = round_context(msg_content.get(ARRAYS), msg_content.get(CONFIG))
+    ctx = round_context(msg_content.get(ARRAYS), msg_content.get(config_key))
     client = SecAggClient(
         context.node_id, secagg_config(cfg), Manifest.from_arrays(update),
         identity=trust.identity, roster=trust.roster, policy=trust.policy, context=ctx, state=previous,
     )  # fmt: skip
-    reply = client.handle(from_records(msg_content))
-    audit.note_sent(context, STAGE_SETUP, reply, first=True)
-    context.state[UPDATE] = ArrayRecord(OrderedDict((k, Array(np.ascontiguousarray(v))) for k, v in update.items()))
-    context.state[STATE] = ConfigRecord({"client": client.state_bytes(), "weight": int(weight), "platform": platform,
-                                         "record": str(record or ""), "context": ctx, "kind": kind,
-                                         **({"epsilon": float(epsilon)} if epsilon is not None else {})})  # fmt: skip
-    return to_records(reply)
+    reply = client.handle(from_records(msg_content, ns))
+    audit.note_sent(context, STAGE_SETUP, reply, first=True, ns=ns)
+    parked = OrderedDict((k, Array(np.ascontiguousarray(v))) for k, v in update.items())
+    context.state[UPDATE + ns] = ArrayRecord(parked)
+    context.state[STATE + ns] = ConfigRecord({
+        "client": client.state_bytes(), "weight": int(weight), "platform": platform, "record": str(record or ""),
+        "context": ctx, "kind": kind, **({"epsilon": float(epsilon)} if epsilon is not None else {})})  # fmt: skip
+    return to_records(reply, ns)
 
 
-def advance(msg_content: RecordDict, context: Context, cfg: AppConfig) -> dict[str, ConfigRecord | ArrayRecord]:
-    """One later stage; the parked update is masked, never sent. Any failure destroys the round's secrets."""
-    saved, parked = context.state.get(STATE), context.state.get(UPDATE)
+def advance(
+    msg_content: RecordDict, context: Context, cfg: AppConfig, ns: str = ""
+) -> dict[str, ConfigRecord | ArrayRecord]:
+    """One later stage of the ``ns`` sum; the parked update is masked, never sent. Any failure destroys
+    that sum's secrets."""
+    saved, parked = context.state.get(STATE + ns), context.state.get(UPDATE + ns)
     if not isinstance(saved, ConfigRecord) or not isinstance(parked, ArrayRecord):
         raise ValueError("secure-aggregation stage without a trained update on this platform (was it restarted?)")
     try:
-        return _advance(msg_content, context, cfg, saved, parked)
+        return _advance(msg_content, context, cfg, saved, parked, ns)
     except Exception:
-        _forget(context)
+        _forget(context, ns)
         raise
 
 
 def _advance(
-    msg_content: RecordDict, context: Context, cfg: AppConfig, saved: ConfigRecord, parked: ArrayRecord
+    msg_content: RecordDict, context: Context, cfg: AppConfig, saved: ConfigRecord, parked: ArrayRecord, ns: str
 ) -> dict[str, ConfigRecord | ArrayRecord]:
     update = OrderedDict((k, a.numpy()) for k, a in parked.items())
     trust = platform_trust(context.node_config, str(saved["platform"]), cfg)
@@ -277,7 +289,7 @@ def _advance(
         saved["client"], secagg_config(cfg), Manifest.from_arrays(update),  # type: ignore[arg-type]
         identity=trust.identity, roster=trust.roster, policy=trust.policy, context=saved["context"],  # type: ignore[arg-type]
     )  # fmt: skip
-    request = from_records(msg_content)
+    request = from_records(msg_content, ns)
     stage = stage_of(request)
     log.info("platform %s: round %d: secure aggregation (%s), %s", saved["platform"], client.state.round,
              saved.get("kind", TRAIN), stage)  # fmt: skip
@@ -287,18 +299,18 @@ def _advance(
         record = Path(str(saved["record"])) if saved["record"] else None
         record_round(context, record, client.state.round, trust.policy, str(saved.get("kind", TRAIN)),
                      bytes(saved["context"]))  # type: ignore[arg-type]  # fmt: skip
-        audit.note_sent(context, stage, reply)  # the audit entry, too, is written before the masked input leaves
+        audit.note_sent(context, stage, reply, ns=ns)  # the audit entry, too, is written before the masked input leaves
         epsilon = float(saved["epsilon"]) if "epsilon" in saved else None  # type: ignore[arg-type]
         audit.log_round(context, cfg, trust.identity, client.state, str(saved.get("kind", TRAIN)),
-                        saved["context"], epsilon)  # type: ignore[arg-type]  # fmt: skip
+                        saved["context"], epsilon, ns=ns)  # type: ignore[arg-type]  # fmt: skip
     else:
         reply = client.handle(request)
-        audit.note_sent(context, stage, reply)
+        audit.note_sent(context, stage, reply, ns=ns)
     if stage == STAGE_UNMASK:  # the round is over for this platform: forget secrets and update
-        _forget(context)
+        _forget(context, ns)
     else:
-        context.state[STATE] = ConfigRecord({**dict(saved), "client": client.state_bytes()})  # type: ignore[arg-type]
-    return to_records(reply)
+        context.state[STATE + ns] = ConfigRecord({**dict(saved), "client": client.state_bytes()})  # type: ignore[arg-type]
+    return to_records(reply, ns)
 
 
 def _hang_if_told(platform: str, rnd: int, stage: str) -> None:
@@ -318,9 +330,9 @@ def _words(path: str) -> list[str]:
         return []
 
 
-def _last_round(context: Context) -> ClientState | None:
-    """The protocol state an unfinished earlier setup left, wiped of its secrets (None if none)."""
-    saved = context.state.get(STATE)
+def _last_round(context: Context, ns: str = "") -> ClientState | None:
+    """The protocol state an unfinished earlier setup of the ``ns`` sum left, wiped of its secrets (None if none)."""
+    saved = context.state.get(STATE + ns)
     if not isinstance(saved, ConfigRecord):
         return None
     try:
@@ -334,7 +346,7 @@ def _last_round(context: Context) -> ClientState | None:
     return state
 
 
-def _forget(context: Context) -> None:
-    for key in (STATE, UPDATE):
+def _forget(context: Context, ns: str = "") -> None:
+    for key in (STATE + ns, UPDATE + ns):
         if key in context.state:
             del context.state[key]

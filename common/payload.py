@@ -23,6 +23,9 @@ INFO_PLATFORM = "platform"  # INFO: which platform answered
 # run's `secure.min-cohort` when larger), so the server waits for that many before a round (server.quorum)
 INFO_MIN_COHORT = "min-cohort"
 EVAL = "eval"  # RecordDict key of an evaluate request's options (which splits)
+# A train message that also asks for the metric sum of the adapter it carries (the previous round's):
+# the config (with that round's number) the metric sum is bound to, as CONFIG is for training
+EVAL_CONFIG = "eval-config"
 ROUND_KEY = "server-round"
 
 

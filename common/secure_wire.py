@@ -21,22 +21,40 @@ from common.secagg import ProtocolError, SecAggConfig, join_arrays, pack_record,
 SECAGG = "secagg"  # RecordDict key: ConfigRecord {"msg": packed scalars}
 SECAGG_ARRAYS = "secagg-arrays"  # RecordDict key: the message's arrays (masked vector)
 SECAGG_ACTION = "secagg"  # follow-up stages are message type "train.secagg"
+# A second secure sum riding on the same messages as a round's training sum: the metric sum of the
+# previous round's fused adapter (the adapter the train message carries). Its records carry this suffix
+# (``secagg-eval``, ``secagg-eval-arrays``); a platform that cannot take part in it says why in
+# ``secagg-eval-error`` {"reason": ...} and goes on with the training sum.
+EVAL_SUM = "-eval"
+SUM_ERROR = "-error"
 
 
-def to_records(msg: Mapping[str, Any]) -> dict[str, ConfigRecord | ArrayRecord]:
+def to_records(msg: Mapping[str, Any], ns: str = "") -> dict[str, ConfigRecord | ArrayRecord]:
+    """The protocol message as records; ``ns`` (``EVAL_SUM``) names a second sum of the same message."""
     scalars, arrays = split_arrays(msg)
-    out: dict[str, ConfigRecord | ArrayRecord] = {SECAGG: ConfigRecord({"msg": pack_record(scalars)})}
+    out: dict[str, ConfigRecord | ArrayRecord] = {SECAGG + ns: ConfigRecord({"msg": pack_record(scalars)})}
     if arrays:
-        out[SECAGG_ARRAYS] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+        out[SECAGG_ARRAYS + ns] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
     return out
 
 
-def from_records(content: RecordDict) -> dict[str, Any]:
+def sum_error(reason: str, ns: str = EVAL_SUM) -> dict[str, ConfigRecord]:
+    """The record a platform sends instead of its part of the ``ns`` sum when it cannot take part."""
+    return {SECAGG + ns + SUM_ERROR: ConfigRecord({"reason": reason})}
+
+
+def sum_error_of(content: RecordDict, ns: str = EVAL_SUM) -> str | None:
+    """The reason a platform gave for leaving the ``ns`` sum of this message (None: it did not)."""
+    record = content.get(SECAGG + ns + SUM_ERROR)
+    return str(record.get("reason", "")) if isinstance(record, ConfigRecord) else None
+
+
+def from_records(content: RecordDict, ns: str = "") -> dict[str, Any]:
     """The protocol message in ``content``; ProtocolError (never KeyError) when it is missing."""
-    record = content.get(SECAGG)
+    record = content.get(SECAGG + ns)
     if not isinstance(record, ConfigRecord) or not isinstance(record.get("msg"), bytes):
         raise ProtocolError("message carries no secure-aggregation record")
-    arrays = content.get(SECAGG_ARRAYS)
+    arrays = content.get(SECAGG_ARRAYS + ns)
     tensors = {k: a.numpy() for k, a in arrays.items()} if isinstance(arrays, ArrayRecord) else {}
     return join_arrays(unpack_record(record["msg"]), tensors)
 

@@ -6,6 +6,11 @@ new global adapter on every platform. The best round by the mean validation metr
 kept and exported as a PEFT folder; training stops early after ``fed.patience`` rounds
 without improvement. The ServerApp drives this over a Flower Grid; the comparison
 harness drives the very same loop in-process.
+
+A transport that ``folds_evaluation`` (secure aggregation: each exchange is five round trips)
+evaluates round r's adapter on round r + 1's training messages, and the last round's in one
+closing evaluation: round r's metrics, its rounds.jsonl line, the best-round choice and the
+early-stopping count then come one round later, so early stopping trains one round more.
 """
 
 from __future__ import annotations
@@ -78,6 +83,22 @@ class RoundAborted(RuntimeError):
     def __init__(self, message: str, failures: Sequence[str] = ()) -> None:
         super().__init__(message)
         self.failures = list(failures)
+        # TrainedAndEvaluated.evaluation of the round, when the previous round's metric sum went on
+        self.evaluation: tuple[PerPlatform, list[str]] | None = None
+
+
+@dataclass
+class TrainedAndEvaluated:
+    """A training round and, on the same messages, the previous round's evaluation (``folds_evaluation``).
+
+    ``evaluation``: (per-platform metrics, failure lines) of the adapter the round started from, as
+    ``Transport.evaluate_round`` returns them; None when none was asked for.
+    """
+
+    fused: OrderedDict[str, np.ndarray]
+    info: PerPlatform
+    failures: list[str]
+    evaluation: tuple[PerPlatform, list[str]] | None = None
 
 
 class Transport(Protocol):
@@ -93,6 +114,21 @@ class Transport(Protocol):
         self, state: Tensors, cfg: AppConfig, rnd: int, splits: Sequence[str]
     ) -> tuple[PerPlatform, list[str]]:
         """Per-platform ``<split>.*`` metrics of ``state`` for the given splits, failure lines."""
+        ...
+
+
+class FoldingTransport(Transport, Protocol):
+    """A transport that evaluates round r's adapter on round r + 1's training messages."""
+
+    folds_evaluation: bool
+
+    def train_and_evaluate(
+        self, state: Tensors, cfg: AppConfig, rnd: int, evaluate: int | None, splits: Sequence[str]
+    ) -> TrainedAndEvaluated:
+        """Round ``rnd``'s training and the evaluation of ``state`` as round ``evaluate``'s adapter (None: none).
+
+        RoundAborted when the training fused nothing, with ``evaluation`` set when the evaluation went on.
+        """
         ...
 
 
@@ -162,37 +198,14 @@ def run_federation(transport: Transport, cfg: AppConfig, table: bool = True) -> 
                  ledger.mech.rounds, ledger.mech.noise_multiplier, ledger.mech.clip, ledger.mech.sigma,
                  ledger.mech.n_min, ledger.mech.user_rate)  # fmt: skip
     rounds_log = RoundLog(out_dir, cfg.num_server_rounds, server_tensorboard_dir(out_dir, cfg.tensorboard_dir))
+    folded = bool(getattr(transport, "folds_evaluation", False))
     with Progress(transient=False) as progress, rounds_log:
         task = progress.add_task("federated rounds", total=cfg.num_server_rounds, completed=loop.done)
-        for rnd in range(loop.done + 1, cfg.num_server_rounds + 1):
-            if cfg.fed.patience and loop.stale >= cfg.fed.patience:
-                log.info("early stop after round %d: no improvement for %d rounds", loop.done, loop.stale)
-                break
-            if ledger is not None and not ledger.allows_next():
-                log.info("privacy budget: round %d would take epsilon past %g (spent %.4g); stopping", rnd,
-                         ledger.target, ledger.epsilon())  # fmt: skip
-                break
-            t0 = time.time()
-            privacy: dict[str, Any] = {}
-            try:
-                if ledger is not None:  # counted before the round: an aborted round may have released a sum
-                    privacy = {"privacy": ledger.spend()}
-                    log.info("round %d: epsilon spent %.4g of %g (delta %.3g)", rnd, privacy["privacy"]["epsilon"],
-                             ledger.target, ledger.mech.delta)  # fmt: skip
-                fused, train_info, train_failures = transport.train_round(loop.global_state, cfg, rnd)
-            except RoundAborted as exc:  # nothing fused: keep the adapter, try again next round
-                log.warning("round %d aborted, keeping the previous adapter: %s", rnd, exc)
-                rounds_log.append({"round": rnd, "aborted": str(exc), "failures": exc.failures,
-                                   "seconds": time.time() - t0, **privacy})  # fmt: skip
-                loop.done = rnd
-                save_checkpoint(out_dir, loop.run_state(cfg), key)
-                progress.update(task, advance=1, description=f"round {rnd}: aborted")
-                continue
-            loop.global_state, loop.opt_state = server_update(
-                loop.global_state, fused, loop.opt_state, cfg.fed.optimizer, cfg.fed.server_lr,
-                cfg.fed.server_momentum, (cfg.fed.adam_beta1, cfg.fed.adam_beta2), cfg.fed.adam_tau,
-            )  # fmt: skip
-            evaluated, eval_failures = transport.evaluate_round(loop.global_state, cfg, rnd, round_splits)
+
+        def close(line: dict[str, Any], evaluated: PerPlatform, eval_failures: list[str], more_s: float) -> None:
+            """Round ``line["round"]``'s metrics are in (its adapter is ``loop.global_state``): the best round,
+            early stopping and its rounds.jsonl line; ``more_s``: seconds its evaluation took beyond ``line``'s."""
+            rnd = int(line["round"])
             per_platform, mean = split_mean(evaluated)
             cohort = sorted(per_platform)
             loop.platforms.update(cohort)
@@ -207,16 +220,77 @@ def run_federation(transport: Transport, cfg: AppConfig, table: bool = True) -> 
                 if set(cohort) != loop.platforms:
                     log.info("round %d is not comparable for the best round: %s did not evaluate", rnd,
                              ", ".join(sorted(loop.platforms - set(cohort))))  # fmt: skip
-            loop.done = rnd
+            privacy = {"privacy": line["privacy"]} if "privacy" in line else {}
             rounds_log.append({
-                "round": rnd, "train": train_info, "eval": per_platform, "mean": mean, "cohort": cohort,
-                "failures": train_failures + eval_failures, "improved": improved, "seconds": time.time() - t0,
-                **privacy,
+                "round": rnd, "train": line["train"], "eval": per_platform, "mean": mean, "cohort": cohort,
+                "failures": line["failures"] + eval_failures, "improved": improved,
+                "seconds": line["seconds"] + more_s, **privacy,
             })  # fmt: skip
-            save_checkpoint(out_dir, loop.run_state(cfg), key)  # the commit point of this round
             spent = f", epsilon {privacy['privacy']['epsilon']:.3g}" if privacy else ""
-            progress.update(task, advance=1, description=f"round {rnd}: mean valid {cfg.fed.metric} "
+            progress.update(task, description=f"round {rnd}: mean valid {cfg.fed.metric} "
                             f"{mean.get(f'valid.{cfg.fed.metric}', float('nan')):.4f}{spent}")  # fmt: skip
+
+        for rnd in range(loop.done + 1, cfg.num_server_rounds + 1):
+            if cfg.fed.patience and loop.stale >= cfg.fed.patience:
+                log.info("early stop after round %d: no improvement for %d rounds", loop.done, loop.stale)
+                break
+            if ledger is not None and not ledger.allows_next():
+                log.info("privacy budget: round %d would take epsilon past %g (spent %.4g); stopping", rnd,
+                         ledger.target, ledger.epsilon())  # fmt: skip
+                break
+            t0 = time.time()
+            privacy: dict[str, Any] = {}
+            pending, loop.pending = loop.pending, None
+            try:
+                if ledger is not None:  # counted before the round: an aborted round may have released a sum
+                    privacy = {"privacy": ledger.spend()}
+                    log.info("round %d: epsilon spent %.4g of %g (delta %.3g)", rnd, privacy["privacy"]["epsilon"],
+                             ledger.target, ledger.mech.delta)  # fmt: skip
+                if folded:
+                    done = transport.train_and_evaluate(  # type: ignore[attr-defined]
+                        loop.global_state, cfg, rnd, None if pending is None else int(pending["round"]), round_splits
+                    )
+                    fused, train_info, train_failures = done.fused, done.info, done.failures
+                    if pending is not None:  # before the server update: the best round keeps that adapter
+                        close(pending, *(done.evaluation or ({}, [])), 0.0)
+                else:
+                    fused, train_info, train_failures = transport.train_round(loop.global_state, cfg, rnd)
+            except RoundAborted as exc:  # nothing fused: keep the adapter, try again next round
+                if pending is not None:  # its metrics rode on this round; had they no start, ask for them alone
+                    t1 = time.time()
+                    evaluation = exc.evaluation or transport.evaluate_round(
+                        loop.global_state, cfg, int(pending["round"]), round_splits)  # fmt: skip
+                    close(pending, *evaluation, time.time() - t1 if exc.evaluation is None else 0.0)
+                log.warning("round %d aborted, keeping the previous adapter: %s", rnd, exc)
+                rounds_log.append({"round": rnd, "aborted": str(exc), "failures": exc.failures,
+                                   "seconds": time.time() - t0, **privacy})  # fmt: skip
+                loop.done = rnd
+                save_checkpoint(out_dir, loop.run_state(cfg), key)
+                progress.update(task, advance=1, description=f"round {rnd}: aborted")
+                continue
+            loop.global_state, loop.opt_state = server_update(
+                loop.global_state, fused, loop.opt_state, cfg.fed.optimizer, cfg.fed.server_lr,
+                cfg.fed.server_momentum, (cfg.fed.adam_beta1, cfg.fed.adam_beta2), cfg.fed.adam_tau,
+            )  # fmt: skip
+            line = {"round": rnd, "train": train_info, "failures": train_failures, "seconds": time.time() - t0,
+                    **privacy}  # fmt: skip
+            loop.done = rnd
+            if folded:  # its metrics come with the next round's training, or the closing evaluation
+                loop.pending = line
+                save_checkpoint(out_dir, loop.run_state(cfg), key)  # the commit point of this round
+                progress.update(task, advance=1)
+                continue
+            evaluated, eval_failures = transport.evaluate_round(loop.global_state, cfg, rnd, round_splits)
+            close(line, evaluated, eval_failures, time.time() - t0 - line["seconds"])
+            save_checkpoint(out_dir, loop.run_state(cfg), key)  # the commit point of this round
+            progress.update(task, advance=1)
+        if loop.pending is not None:  # the last round trained: its metrics in one closing evaluation
+            t1 = time.time()
+            evaluated, eval_failures = transport.evaluate_round(loop.global_state, cfg, int(loop.pending["round"]),
+                                                                round_splits)  # fmt: skip
+            close(loop.pending, evaluated, eval_failures, time.time() - t1)
+            loop.pending = None
+            save_checkpoint(out_dir, loop.run_state(cfg), key)
     best = loop.best
     records = read_rounds(out_dir)  # this run's rounds, earlier starts included (trimmed to the checkpoint)
     status, lost = run_status(records), lost_rounds(records)
@@ -278,6 +352,8 @@ class LoopState:
     wall_before: float = 0.0  # seconds the run had taken before this start (from the checkpoint)
     privacy: list[float] = field(default_factory=list)  # DP: the noise multiplier of every round started
     privacy_rates: list[float] = field(default_factory=list)  # DP: and its user sampling rate
+    # folds_evaluation: round ``done``'s rounds.jsonl line without its metrics, which the next round brings
+    pending: dict[str, Any] | None = None
     started: float = field(default_factory=time.time)
 
     def wall_seconds(self, now: float | None = None) -> float:
@@ -295,7 +371,7 @@ class LoopState:
             best_metrics={"per_platform": self.best.per_platform, "mean": self.best.mean,
                           "cohort": self.best.cohort, "platforms": sorted(self.platforms)},
             stale=self.stale, extra={"wall_seconds": self.wall_seconds(), "privacy_multipliers": list(self.privacy),
-                                     "privacy_rates": list(self.privacy_rates)},
+                                     "privacy_rates": list(self.privacy_rates), "pending": self.pending},
         )  # fmt: skip
 
 
@@ -316,8 +392,12 @@ def _start_or_resume(
         saved.global_state[k].shape != v.shape for k, v in initial.items()
     ):
         raise CheckpointError(f"{out_dir}: the checkpoint's adapter does not fit this model; use a new run folder")
-    # A crash between a round's rounds.jsonl line and its checkpoint reruns that round: drop its line.
-    trim_rounds(out_dir, saved.round)
+    # A crash between a round's rounds.jsonl line and its checkpoint reruns that round: drop its line. A round
+    # awaiting its metrics (folds_evaluation) has no line yet: one written after its checkpoint goes too.
+    pending = saved.extra.get("pending")
+    if pending is not None and (not isinstance(pending, dict) or pending.get("round") != saved.round):
+        raise CheckpointError(f"{out_dir}: the checkpoint's round awaiting metrics is not its last round")
+    trim_rounds(out_dir, saved.round - 1 if pending is not None else saved.round)
     metrics = saved.best_metrics
     best = Best(saved.best_round, saved.best_score, saved.best_state, dict(metrics.get("per_platform", {})),
                 dict(metrics.get("mean", {})), list(metrics.get("cohort", [])))  # fmt: skip
@@ -331,7 +411,8 @@ def _start_or_resume(
                      set(metrics.get("platforms", best.per_platform)),
                      float(saved.extra.get("wall_seconds", 0.0)),
                      privacy=[float(z) for z in saved.extra.get("privacy_multipliers", [])],
-                     privacy_rates=[float(q) for q in saved.extra.get("privacy_rates", [])])  # fmt: skip
+                     privacy_rates=[float(q) for q in saved.extra.get("privacy_rates", [])],
+                     pending=pending)  # fmt: skip
 
 
 def split_mean(evaluated: Mapping[str, Mapping[str, float]]) -> tuple[PerPlatform, dict[str, float]]:

@@ -721,3 +721,78 @@ def test_an_evaluation_naming_a_split_twice_or_an_unknown_one_is_refused(
     evaluated, _ = SecureGridTransport(grid).evaluate_round(fused, cfg, 1, splits)
     errors = _eval_errors(grid)
     assert not evaluated and len(errors) == 3 and all(refusal in e for e in errors.values()), errors
+
+
+# -- 7. a round's metric sum on the next round's training messages (issue 23) ------------
+def test_the_metric_sum_rides_on_the_next_rounds_training(federation: Any, tmp_path: Path) -> None:
+    """Round 2's training messages also carry round 1's metric sum: two sums, five messages a platform.
+
+    Each sum keeps its own keys, threshold, consistency check and masked input; the metric sum's
+    mean is the example-weighted mean of the metrics the platforms share (they opt in here).
+    """
+    from common.metrics import mean_metrics
+    from server.federation import AGGREGATE
+
+    _, configs, state = federation
+    cfg = _cfg(tmp_path)
+    grid = HandlerGrid(_contexts(configs))
+    transport = SecureGridTransport(grid)
+    fused, _, _ = transport.train_round(state, cfg, 1)
+    before = len(grid.delivered)
+    done = transport.train_and_evaluate(fused, cfg, 2, 1, ("valid",))
+    assert len(grid.delivered) - before == 3 * 5 and not _errors(grid), _errors(grid)
+    assert done.info["secure-aggregation"]["survivors"] == 3 and not done.failures, done.failures
+    assert done.evaluation is not None
+    evaluated, failures = done.evaluation
+    assert not failures and sorted(evaluated) == [AGGREGATE, "app", "social_shop", "web_shop"], failures
+    expected = mean_metrics({p: m for p, m in evaluated.items() if p != AGGREGATE})
+    for key in ("valid.auc", "valid.logloss", "valid.n", "valid.hr@10"):
+        assert abs(evaluated[AGGREGATE][key] - expected[key]) < 1e-4, key
+    # ... and it was round 1's one metric sum: asking again, alone, is refused
+    again = HandlerGrid(grid.contexts)
+    second, _ = SecureGridTransport(again).evaluate_round(fused, cfg, 1, ("valid", "test"))
+    errors = _eval_errors(again)
+    assert not second and len(errors) == 3, errors
+    assert all("round 1 already received this platform's metrics" in e for e in errors.values()), errors
+
+
+def test_a_metric_sum_of_an_untrained_round_beside_training_is_refused_and_training_goes_on(
+    federation: Any, tmp_path: Path
+) -> None:
+    """Beside round 2's training, the server asks for the metrics of round 5, which nobody trained in.
+
+    Each platform says why in its reply and still trains: round 2 fuses all three, no metrics leave.
+    """
+    _, configs, state = federation
+    cfg = _cfg(tmp_path)
+    grid = HandlerGrid(_contexts(configs))
+    transport = SecureGridTransport(grid)
+    fused, _, _ = transport.train_round(state, cfg, 1)
+    done = transport.train_and_evaluate(fused, cfg, 2, 5, ("valid",))
+    assert done.info["secure-aggregation"]["survivors"] == 3 and not done.failures and not _errors(grid)
+    assert done.evaluation is not None
+    evaluated, failures = done.evaluation
+    assert evaluated == {} and sum("did not train in round 5" in f for f in failures) == 3, failures
+
+
+def test_a_secure_run_sends_five_messages_fewer_a_round(federation: Any, tmp_path: Path) -> None:
+    """The whole loop over the handlers, two rounds: round 1's metrics ride on round 2's training, round 2's
+    come in one closing metric sum, then the best round's test: 4 x 5 messages a platform (5 x 5 before).
+    """
+    from common.run_files import read_rounds
+    from server.federation import run_federation
+
+    _, configs, _ = federation
+    cfg = _cfg(tmp_path, **{"num-server-rounds": 2, "fed.patience": 0})
+    grid = HandlerGrid(_contexts(configs))
+    summary = run_federation(SecureGridTransport(grid), cfg, table=False)
+    rounds = read_rounds(Path(cfg.out_dir))
+    assert [r["round"] for r in rounds] == [1, 2] and not _errors(grid), _errors(grid)
+    for record in rounds:
+        assert record["train"]["secure-aggregation"]["survivors"] == 3 and not record["failures"], record
+        assert record["cohort"] == ["app", "social_shop", "web_shop"] and "valid.auc" in record["mean"], record
+    kinds = [kind for node, kind, _ in grid.delivered if node == 101]
+    assert len(kinds) == 4 * 5, kinds
+    assert [k for k in kinds if "." not in k] == [MessageType.TRAIN, MessageType.TRAIN, MessageType.EVALUATE,
+                                                  MessageType.EVALUATE]  # fmt: skip
+    assert sorted(summary["test"]) == ["app", "social_shop", "web_shop"] and "test.auc" in summary["mean"]
