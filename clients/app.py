@@ -42,7 +42,16 @@ from common.payload import (
 )
 from common.privacy import run_mechanism
 from common.secagg import SecAggError
-from common.secure_wire import EVAL_SUM, SECAGG, SECAGG_ACTION, round_context, secagg_config, sum_error
+from common.secure_wire import (
+    EVAL_SUM,
+    SECAGG,
+    SECAGG_ACTION,
+    has_sum,
+    merge_records,
+    round_context,
+    secagg_config,
+    sum_error,
+)
 
 log = logging.getLogger("crossfed.client")
 QUIET_ENV = "CROSSFED_QUIET"  # set by `crossfed` (simulations.commands.console) unless --verbose; Ray actors inherit it
@@ -111,7 +120,7 @@ def handle_train(msg: Message, context: Context) -> Message:
                                               mech.user_rate)  # fmt: skip
             log.info("platform %s: round %d: epsilon %.4g after this round", setup.platform, server_round, spent)
         folded: dict[str, ConfigRecord | ArrayRecord | MetricRecord] = {}
-        if cfg.secagg and SECAGG + EVAL_SUM in msg.content:  # first the metric sum of the adapter received
+        if cfg.secagg and has_sum(msg.content, EVAL_SUM):  # first the metric sum of the adapter received
             folded = _evaluate_beside_training(msg, context, cfg, setup, store, record)
         log.info("platform %s: round %d: training on the global adapter", setup.platform, server_round)
         state, metrics = fit(cfg, setup, given, server_round, store, n_min)
@@ -120,7 +129,8 @@ def handle_train(msg: Message, context: Context) -> Message:
             weight = 1 if cfg.privacy.enabled else int(metrics["num-examples"])  # DP: counts are in the noisy sum
             records = secure.start(msg.content, context, cfg, state, weight, setup.platform, record,
                                    epsilon=spent)  # fmt: skip  # the audit entry says what this round spent
-            return Message(RecordDict({**folded, **records, INFO: _info(setup.platform, cfg, trust)}), reply_to=msg)
+            merge_records(folded, records)
+            return Message(RecordDict({**folded, INFO: _info(setup.platform, cfg, trust)}), reply_to=msg)
     except OPERATOR_ERRORS as exc:
         return _error_reply(msg, exc, context)
     content = {ARRAYS: state_to_arrays(state), METRICS: MetricRecord(metrics), INFO: _info(setup.platform)}
@@ -172,14 +182,14 @@ def handle_secagg_stage(msg: Message, context: Context) -> Message:
     try:
         cfg, _ = parse_config(msg.content[CONFIG])  # type: ignore[arg-type]
         records: dict[str, ConfigRecord | ArrayRecord] = {}
-        if SECAGG + EVAL_SUM in msg.content:
+        if has_sum(msg.content, EVAL_SUM):
             try:
                 records.update(secure.advance(msg.content, context, cfg, ns=EVAL_SUM))
             except OPERATOR_ERRORS as exc:
                 log.warning("platform left the metric sum beside training: %s", exc)
                 records.update(sum_error(f"{type(exc).__name__}: {exc}"))
-        if SECAGG in msg.content or not records:
-            records.update(secure.advance(msg.content, context, cfg))
+        if has_sum(msg.content) or not records:
+            merge_records(records, secure.advance(msg.content, context, cfg))
     except OPERATOR_ERRORS as exc:
         return _error_reply(msg, exc, context)
     return Message(RecordDict(records), reply_to=msg)

@@ -9,7 +9,7 @@ two functions, so the wire format lives in one place.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import numpy as np
@@ -22,41 +22,66 @@ SECAGG = "secagg"  # RecordDict key: ConfigRecord {"msg": packed scalars}
 SECAGG_ARRAYS = "secagg-arrays"  # RecordDict key: the message's arrays (masked vector)
 SECAGG_ACTION = "secagg"  # follow-up stages are message type "train.secagg"
 # A second secure sum riding on the same messages as a round's training sum: the metric sum of the
-# previous round's fused adapter (the adapter the train message carries). Its records carry this suffix
-# (``secagg-eval``, ``secagg-eval-arrays``); a platform that cannot take part in it says why in
-# ``secagg-eval-error`` {"reason": ...} and goes on with the training sum.
+# previous round's fused adapter (the adapter the train message carries). It shares the two records
+# (one Flower object each: every object is one more fetch per message): its packed message is the
+# ConfigRecord's field ``msg-eval``, its arrays are named ``-eval:<name>``; a platform that cannot take
+# part in it says why in the field ``error-eval`` and goes on with the training sum.
 EVAL_SUM = "-eval"
-SUM_ERROR = "-error"
 
 
 def to_records(msg: Mapping[str, Any], ns: str = "") -> dict[str, ConfigRecord | ArrayRecord]:
-    """The protocol message as records; ``ns`` (``EVAL_SUM``) names a second sum of the same message."""
+    """The protocol message as records; ``ns`` (``EVAL_SUM``) names a second sum of the same message,
+    whose records ``merge_records`` joins with the first's."""
     scalars, arrays = split_arrays(msg)
-    out: dict[str, ConfigRecord | ArrayRecord] = {SECAGG + ns: ConfigRecord({"msg": pack_record(scalars)})}
+    out: dict[str, ConfigRecord | ArrayRecord] = {SECAGG: ConfigRecord({"msg" + ns: pack_record(scalars)})}
     if arrays:
-        out[SECAGG_ARRAYS + ns] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+        prefix = f"{ns}:" if ns else ""
+        out[SECAGG_ARRAYS] = ArrayRecord({prefix + k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
     return out
+
+
+def merge_records(into: MutableMapping[str, Any], records: Mapping[str, ConfigRecord | ArrayRecord]) -> None:
+    """Add ``records`` to a message's content, joining the fields of a record both hold (two sums' records)."""
+    for key, record in records.items():
+        held = into.get(key)
+        if isinstance(held, ConfigRecord) and isinstance(record, ConfigRecord):
+            into[key] = ConfigRecord({**dict(held), **dict(record)})
+        elif isinstance(held, ArrayRecord) and isinstance(record, ArrayRecord):
+            into[key] = ArrayRecord({**dict(held.items()), **dict(record.items())})
+        else:
+            into[key] = record
+
+
+def has_sum(content: RecordDict, ns: str = "") -> bool:
+    """Whether ``content`` carries a message of the ``ns`` sum."""
+    record = content.get(SECAGG)
+    return isinstance(record, ConfigRecord) and "msg" + ns in record
 
 
 def sum_error(reason: str, ns: str = EVAL_SUM) -> dict[str, ConfigRecord]:
     """The record a platform sends instead of its part of the ``ns`` sum when it cannot take part."""
-    return {SECAGG + ns + SUM_ERROR: ConfigRecord({"reason": reason})}
+    return {SECAGG: ConfigRecord({"error" + ns: reason})}
 
 
 def sum_error_of(content: RecordDict, ns: str = EVAL_SUM) -> str | None:
     """The reason a platform gave for leaving the ``ns`` sum of this message (None: it did not)."""
-    record = content.get(SECAGG + ns + SUM_ERROR)
-    return str(record.get("reason", "")) if isinstance(record, ConfigRecord) else None
+    record = content.get(SECAGG)
+    return str(record["error" + ns]) if isinstance(record, ConfigRecord) and "error" + ns in record else None
 
 
 def from_records(content: RecordDict, ns: str = "") -> dict[str, Any]:
     """The protocol message in ``content``; ProtocolError (never KeyError) when it is missing."""
-    record = content.get(SECAGG + ns)
-    if not isinstance(record, ConfigRecord) or not isinstance(record.get("msg"), bytes):
+    record = content.get(SECAGG)
+    if not isinstance(record, ConfigRecord) or not isinstance(record.get("msg" + ns), bytes):
         raise ProtocolError("message carries no secure-aggregation record")
-    arrays = content.get(SECAGG_ARRAYS + ns)
-    tensors = {k: a.numpy() for k, a in arrays.items()} if isinstance(arrays, ArrayRecord) else {}
-    return join_arrays(unpack_record(record["msg"]), tensors)
+    arrays = content.get(SECAGG_ARRAYS)
+    tensors: dict[str, np.ndarray] = {}
+    if isinstance(arrays, ArrayRecord):
+        for name, value in arrays.items():
+            sum_ns, _, field = name.rpartition(":")
+            if sum_ns == ns:
+                tensors[field] = value.numpy()
+    return join_arrays(unpack_record(record["msg" + ns]), tensors)
 
 
 def round_context(arrays: object, config: object) -> bytes:

@@ -38,6 +38,7 @@ from common.secure_wire import (
     EVAL_SUM,
     SECAGG_ACTION,
     from_records,
+    merge_records,
     round_context,
     secagg_config,
     sum_error_of,
@@ -189,7 +190,7 @@ class SecureGridTransport(GridTransport):
                 assert s.server is not None
                 for node, request in s.server.requests().items():
                     content = per_node.setdefault(node, RecordDict({CONFIG: config_record(cfg, rnd)}))
-                    content.update(to_records(request, s.ns))
+                    merge_records(content, to_records(request, s.ns))
                     if first:
                         content.update(s.first)
             messages = [Message(content, dst_node_id=node, message_type=mtype if first else f"{mtype}.{SECAGG_ACTION}",

@@ -10,7 +10,19 @@ from clients import secure
 from common.config import AppConfig
 from common.payload import ARRAYS, CONFIG, config_record, state_to_arrays
 from common.secagg import Manifest, ProtocolError, SecAggServer
-from common.secure_wire import SECAGG, SECAGG_ARRAYS, from_records, round_context, secagg_config, to_records
+from common.secure_wire import (
+    EVAL_SUM,
+    SECAGG,
+    SECAGG_ARRAYS,
+    from_records,
+    has_sum,
+    merge_records,
+    round_context,
+    secagg_config,
+    sum_error,
+    sum_error_of,
+    to_records,
+)
 
 CFG = AppConfig().replace(secagg=True)
 
@@ -30,6 +42,27 @@ def test_records_round_trip_with_arrays() -> None:
     back = from_records(RecordDict(to_records(msg)))
     assert back["node_id"] == 2**64 - 5 and back["blobs"] == [b"a", b"bc"]
     np.testing.assert_array_equal(back["masked"], msg["masked"])
+
+
+def test_two_sums_share_one_message_in_the_same_two_records() -> None:
+    # Prepare: a training sum's message and a metric sum's, each with a masked vector of the same field name
+    train = {"stage": "masked_input", "node_id": 7, "masked": np.arange(6, dtype=np.uint64)}
+    metrics = {"stage": "masked_input", "node_id": 7, "masked": np.arange(3, dtype=np.uint64) + 100}
+    # Execute
+    content = RecordDict(to_records(train))
+    merge_records(content, to_records(metrics, EVAL_SUM))
+    # Assert: still two records (each one object to fetch), and each sum reads back its own message only
+    assert set(content) == {SECAGG, SECAGG_ARRAYS} and has_sum(content) and has_sum(content, EVAL_SUM)
+    np.testing.assert_array_equal(from_records(content)["masked"], train["masked"])
+    np.testing.assert_array_equal(from_records(content, EVAL_SUM)["masked"], metrics["masked"])
+    assert sum_error_of(content) is None
+    # ... and a platform that leaves the metric sum keeps the training sum's message intact
+    alone = RecordDict(to_records(train))
+    merge_records(alone, sum_error("ConfigError: did not train in round 5"))
+    assert sum_error_of(alone) == "ConfigError: did not train in round 5" and not has_sum(alone, EVAL_SUM)
+    np.testing.assert_array_equal(from_records(alone)["masked"], train["masked"])
+    with pytest.raises(ProtocolError, match="no secure-aggregation record"):
+        from_records(alone, EVAL_SUM)
 
 
 def test_missing_or_foreign_record_is_a_protocol_error() -> None:
