@@ -24,7 +24,7 @@ from common.config import config_string
 from common.run_files import ROUNDS_FILE, SUMMARY_FILE
 from common.secagg.identity import load_public
 from deploy.federation import Federation
-from server.checkpoint import saved_round
+from server.checkpoint import MANIFEST, saved_round
 from tests.deploy.settings import STATE, TINY
 from tests.tensorboard_events import read_scalars
 
@@ -105,10 +105,13 @@ def _wait_checkpoint(run_dir: Path, fed: Federation, timeout_s: float = 300.0) -
 
 
 def test_one_run_at_a_time_stop_keeps_the_checkpoint_a_resume_takes(tmp_path: Path) -> None:
+    ROUNDS = 8  # noqa: N806
     # Prepare: two platforms that accept a cohort of two and keep their own TensorBoard scalars
     run_a, run_b, tb, own_tb = tmp_path / "a", tmp_path / "b", tmp_path / "tb", tmp_path / "tb-platform"
     # no node dies here: a long stage timeout keeps a loaded CI machine's slow reply from aborting a round
-    config = {**TINY, "num-server-rounds": 4, "fed.min-nodes": 2, "out-dir": str(run_a),
+    # 8 rounds: two CLI calls go by between run A's first checkpoint and its stop, and a secure round is 5
+    # messages (the metric sum rides on the next round's): with 4 rounds A had checkpointed all of them
+    config = {**TINY, "num-server-rounds": ROUNDS, "fed.min-nodes": 2, "out-dir": str(run_a),
               "secure.stage-timeout-s": 180.0}  # fmt: skip
     node_extra = {**STATE, "secagg-min-cohort": 2, "tensorboard-dir": str(own_tb)}
     with Federation(tmp_path / "fed", PAIR, node_extra=node_extra) as fed:
@@ -123,6 +126,8 @@ def test_one_run_at_a_time_stop_keeps_the_checkpoint_a_resume_takes(tmp_path: Pa
         nothing = _cli(fed, "stop")
         status = json.loads(_cli(fed, "status", "--json", timeout_s=60).stdout)
         done = saved_round(run_a)
+        # a secure round's metrics ride on the next round: A may have stopped with round `done` awaiting them
+        pending = json.loads((run_a / MANIFEST).read_text())["state"]["extra"].get("pending") is not None
         # ... then run A again on its folder: it resumes after its last committed round
         resumed = _cli(fed, "submit", "--stream", "--tensorboard", str(tb), "--run-config", config_string(config))
         diagnostics = fed.diagnostics()
@@ -141,11 +146,11 @@ def test_one_run_at_a_time_stop_keeps_the_checkpoint_a_resume_takes(tmp_path: Pa
     by_id = {r["run-id"]: r["status"] for r in status["runs"]}
     assert by_id[run_a_id] == by_id[run_b_id] == "finished:stopped", by_id
     # ... A's checkpoint holds its last completed round (1 or more), and the resumed run started after it
-    assert done is not None and 1 <= done < 4
+    assert done is not None and 1 <= done < ROUNDS
     summary = json.loads((run_a / SUMMARY_FILE).read_text())
-    assert summary["resumed_after_round"] == done and summary["rounds_run"] == 4
+    assert summary["resumed_after_round"] == done and summary["rounds_run"] == ROUNDS
     rows = [json.loads(line) for line in (run_a / ROUNDS_FILE).read_text().splitlines()]
-    assert [r["round"] for r in rows] == [1, 2, 3, 4], rows
+    assert [r["round"] for r in rows] == list(range(1, ROUNDS + 1)), rows
     # ... at most the round in flight was lost: rerun, or, when the platforms had already sent its masked
     # input, refused by them (a round is never contributed to twice) and recorded as aborted; later ones fused
     assert all("aborted" not in r for r in rows[:done] + rows[done + 1 :]), rows
@@ -154,15 +159,20 @@ def test_one_run_at_a_time_stop_keeps_the_checkpoint_a_resume_takes(tmp_path: Pa
     assert resumed.returncode == (1 if lost else 0), resumed.stdout[-3000:] + resumed.stderr[-3000:] + diagnostics
     assert summary["status"] == ("degraded" if lost else "completed"), summary["status"]
     if lost:
-        assert f"round {done + 1}/4: aborted after" in resumed.stdout, resumed.stdout
+        assert f"round {done + 1}/{ROUNDS}: aborted after" in resumed.stdout, resumed.stdout
         assert "already received this platform's masked input" in resumed.stdout, resumed.stdout
         assert f"degraded: round {done + 1} lost" in resumed.stderr, resumed.stderr[-2000:]
     # ... the stream showed one plain line per fused round (cohort, seconds, aggregate metrics)
     for rnd in fused:
-        assert re.search(rf"round {rnd}/4: cohort 2, [\d.]+ s, valid\.auc 0\.\d{{4}}", resumed.stdout), resumed.stdout
+        assert re.search(rf"round {rnd}/{ROUNDS}: cohort 2, [\d.]+ s, valid\.auc 0\.\d{{4}}", resumed.stdout), (
+            resumed.stdout
+        )
     # ... TensorBoard: the server's aggregate metrics in tb/server, each platform's own under its folder
     server_tags = read_scalars(tb / "server")
-    assert [step for step, _ in server_tags["valid.auc/mean"]] == fused
+    # (a round awaiting its metrics at the stop gets them now, unless the platforms had already sent them on
+    # the round in flight: then they refuse twice and its line stays without metrics)
+    closed_now = [done] if pending and rows[done - 1]["mean"] else []
+    assert [step for step, _ in server_tags["valid.auc/mean"]] == closed_now + fused
     for platform in PAIR:
         own = private_folder(str(run_a), platform, STATE["state-dir"]).name
         tags = read_scalars(own_tb / platform / own)
