@@ -75,7 +75,14 @@ def run_compare(opts: CompareOptions) -> dict[str, Any]:
     not started within ``budget_s``, or still to run) and the ``failed`` units with their error.
     """
     from simulations.compare import jobs  # the arms' code (torch): not for `compare --help`
-    from simulations.compare.runner import hardware, large_platform, load_source, scenario_data, train_fractions
+    from simulations.compare.runner import (
+        code_version,
+        hardware,
+        large_platform,
+        load_source,
+        scenario_data,
+        train_fractions,
+    )
 
     if opts.seeds < 1:
         raise ConfigError(f"`--seeds` must be positive, got {opts.seeds}")
@@ -135,7 +142,8 @@ def run_compare(opts: CompareOptions) -> dict[str, Any]:
         "size": opts.size, "kind": opts.kind, "seeds": list(range(opts.seeds)), "config": cfg0.to_flat(),
         "data": opts.data or "", "scenarios": scenario_info, "arms": {a.name: {"kind": a.kind,
         "overrides": dict(a.overrides), "trained": a.trained, "about": a.about}
-        for a in arms}, "hardware": hardware(), "jobs": opts.jobs, "recommended": opts.recommended,
+        for a in arms}, "hardware": hardware(), "code": code_version(), "jobs": opts.jobs,
+        "recommended": opts.recommended,
     }  # fmt: skip
     failed: list[dict[str, str]] = []
     plotted = [0.0]  # when the plots were last drawn

@@ -444,6 +444,13 @@ def target_lines(targets: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def code_line(code: Mapping[str, Any] | None) -> str:
+    """``meta["code"]`` for a reader: the commit, and whether tracked files differed from it."""
+    if not code:
+        return "commit not recorded (not a git checkout, or a report older than the record)"
+    return f"commit `{code['commit'][:12]}`" + (" with uncommitted changes to tracked files" if code["dirty"] else "")
+
+
 def render_markdown(report: Mapping[str, Any]) -> str:
     meta = report["meta"]
     hw = meta["hardware"]
@@ -463,6 +470,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"(1 + {cfg['data.rank-negatives']}) candidates",
         f"- hardware: {device}; torch {hw['torch']}; wall time of this invocation {meta['total_wall_s'] / 60:.1f} min"
         + (f" ({meta['jobs']} units at a time)" if meta.get("jobs", 1) > 1 else ""),
+        f"- code: {code_line(meta.get('code'))}",
         "",
     ]
     lines += status_lines(meta)

@@ -309,6 +309,24 @@ class ArmRunner:
 # --- the host, for reports ----------------------------------------------------------------
 
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def code_version(root: Path = REPO_ROOT) -> dict[str, Any] | None:
+    """The commit the comparison ran from, for a report's ``meta`` (``dirty``: tracked files changed since
+    that commit, so the commit alone does not reproduce it); None outside a git checkout."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=True,
+                              timeout=30).stdout.strip()  # fmt: skip
+
+    try:
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def hardware() -> dict[str, Any]:
     """The host, for a report's ``meta``: CPU model and cores, GPU, torch and Python versions."""
     import torch

@@ -244,3 +244,29 @@ def test_compare_refuses_a_recommended_arm_it_does_not_run(tmp_path: Path) -> No
 
     with pytest.raises(ConfigError, match="`--recommended` 'fed\\+mix' is not among the arms run"):
         run_compare(CompareOptions(out=str(tmp_path), arms=["local", "federated"], recommended="fed+mix"))
+
+
+def test_a_reports_code_version_is_the_checkouts_commit_and_says_when_tracked_files_changed(tmp_path) -> None:
+    # Prepare: a git checkout with one commit, and a folder that is no checkout
+    import subprocess
+
+    from simulations.compare.report import code_line
+    from simulations.compare.runner import code_version
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (repo / "a.py").write_text("x = 1\n")
+    subprocess.run([*git, "add", "a.py"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "one"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    # Execute / Assert: clean, then an untracked file (still clean), then a changed tracked file (dirty)
+    assert code_version(repo) == {"commit": head, "dirty": False}
+    (repo / "new.txt").write_text("not tracked\n")
+    assert code_version(repo) == {"commit": head, "dirty": False}
+    (repo / "a.py").write_text("x = 2\n")
+    assert code_version(repo) == {"commit": head, "dirty": True}
+    assert code_version(tmp_path / "elsewhere") is None
+    assert code_line(code_version(repo)) == f"commit `{head[:12]}` with uncommitted changes to tracked files"
+    assert code_line(None).startswith("commit not recorded")
