@@ -26,10 +26,10 @@ def _numbers(value: object) -> list[float]:
 
 @pytest.mark.slow
 def test_compare_ci_size_writes_a_finite_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # Prepare: the embedded shops, tiny random base, both scenarios, two seeds
+    # Prepare: the embedded shops, tiny random base, both scenarios, two seeds, two units at a time (CI's 2 cores)
     out = tmp_path / "run"
     argv = ["compare", "--out", str(out), "--seeds", "2", "--size", "ci", "--base-model", "tiny-random",
-            "--scenario", "both", "--arms", ARMS, "--lever", "exact:lora.freeze-a=true"]  # fmt: skip
+            "--scenario", "both", "--arms", ARMS, "--lever", "exact:lora.freeze-a=true", "--jobs", "2"]  # fmt: skip
     # Execute
     assert main(argv) == 0
     # Assert: the console gets one summary table, not one per run (26 runs once printed 303 lines)
@@ -56,12 +56,14 @@ def test_compare_ci_size_writes_a_finite_report(tmp_path: Path, capsys: pytest.C
         shares = report["chosen"][scenario]["fed+mix"]
         assert len(shares) == 2 and all(0 <= s["fused-share"] <= 1 for seed in shares for s in seed.values())
     assert report["meta"]["seeds"] == [0, 1] and report["meta"]["hardware"]["torch"]
+    code = report["meta"]["code"]  # the commit the comparison ran from (CI runs on a clone of main)
+    assert code is None or (len(code["commit"]) == 40 and isinstance(code["dirty"], bool)), code
     assert report["meta"]["scenarios"]["scarce"]["users"]["app"] == 100  # the large shop keeps every user
     assert report["meta"]["scenarios"]["scarce"]["users"]["social_shop"] == 25  # scarce thins train examples, not users
     assert report["meta"]["scenarios"]["scarce"]["scarce_fraction"] == 0.4
     assert {t["met"] for t in report["targets"]} <= {True, False, None} and report["targets"]
     md = (out / "report.md").read_text()
-    assert "## Targets" in md and "| federated |" in md
+    assert "## Targets" in md and "| federated |" in md and "- code: " in md
     assert len(report["rounds"]["full"]["local"]) == 2 * 3  # one run per platform and seed
 
 
