@@ -21,7 +21,7 @@ from flwr.app import ConfigRecord, Context
 
 from common.config import AppConfig, ConfigError
 from common.files import atomic_write_text
-from common.privacy import TAIL_SHARE, epsilon_spent
+from common.privacy import TAIL_SHARE, epsilon_spent, saved_rates
 
 MAX_EPSILON_KEY = "privacy-max-epsilon"  # node_config: this platform's budget for one run (unset: the run's)
 MAX_DELTA_KEY = "privacy-max-delta"  # node_config: the largest delta it accepts
@@ -48,10 +48,9 @@ def _parse(data: Mapping[str, object]) -> Ledger:
     """A ledger written before user sampling existed has no ``rates``: its rounds took every user."""
     rounds = [int(r) for r in data["rounds"]]  # type: ignore[attr-defined]
     multipliers = [float(z) for z in data["multipliers"]]  # type: ignore[attr-defined]
-    rates = [float(q) for q in data.get("rates", [1.0] * len(multipliers))]  # type: ignore[attr-defined]
-    if not len(rounds) == len(multipliers) == len(rates):
-        raise ValueError(f"{len(rounds)} rounds, {len(multipliers)} multipliers, {len(rates)} rates")
-    return rounds, multipliers, rates
+    if len(rounds) != len(multipliers):
+        raise ValueError(f"{len(rounds)} rounds, {len(multipliers)} multipliers")
+    return rounds, multipliers, saved_rates(len(multipliers), data.get("rates"))  # type: ignore[arg-type]
 
 
 def _read(context: Context, folder: Path | None) -> Ledger:

@@ -98,6 +98,15 @@ def round_event(noise_multiplier: float, user_rate: float = 1.0) -> dp_accountin
     return gaussian if user_rate == 1.0 else dp_accounting.PoissonSampledDpEvent(user_rate, gaussian)
 
 
+def saved_rates(rounds: int, rates: Sequence[float] | None) -> list[float]:
+    """The user sampling rates of ``rounds`` spent rounds as a ledger saved them. A ledger saved before
+    sampling existed has none (``None``): its rounds took every user."""
+    out = [1.0] * rounds if rates is None else [float(q) for q in rates]
+    if len(out) != rounds:
+        raise PrivacyError(f"a ledger of {rounds} rounds holds {len(out)} sampling rates")
+    return out
+
+
 def epsilon_spent(
     noise_multipliers: Sequence[float], delta: float, orders: Sequence[float] = RDP_ORDERS,
     user_rates: Sequence[float] | None = None,

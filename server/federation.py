@@ -30,6 +30,7 @@ from common.config import AppConfig
 from common.fusion import server_update
 from common.metrics import mean_metrics, strip_test_prefix
 from common.modeling import build_scorer, get_trainable_state, save_adapter
+from common.privacy import saved_rates
 from common.run_files import (
     ADAPTER_DIR,
     FAILED,
@@ -411,7 +412,8 @@ def _start_or_resume(
                      set(metrics.get("platforms", best.per_platform)),
                      float(saved.extra.get("wall_seconds", 0.0)),
                      privacy=[float(z) for z in saved.extra.get("privacy_multipliers", [])],
-                     privacy_rates=[float(q) for q in saved.extra.get("privacy_rates", [])],
+                     privacy_rates=saved_rates(len(saved.extra.get("privacy_multipliers", [])),
+                                               saved.extra.get("privacy_rates")),
                      pending=pending)  # fmt: skip
 
 

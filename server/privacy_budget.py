@@ -21,7 +21,7 @@ import numpy as np
 
 from common.config import AppConfig
 from common.data import load_dataset
-from common.privacy import TAIL_SHARE, Mechanism, epsilon_spent, run_mechanism
+from common.privacy import TAIL_SHARE, Mechanism, epsilon_spent, run_mechanism, saved_rates
 
 log = logging.getLogger("crossfed.server")
 
@@ -64,13 +64,12 @@ class PrivacyLedger:
     @classmethod
     def start(
         cls, cfg: AppConfig, state: Mapping[str, np.ndarray], spent: Sequence[float] = (),
-        rates: Sequence[float] = (),
+        rates: Sequence[float] | None = None,
     ) -> PrivacyLedger:  # fmt: skip
-        """The run's ledger; ``spent``/``rates``: a resumed run's earlier rounds (a round saved without a
-        rate, before sampling existed, took every user)."""
+        """The run's ledger; ``spent``/``rates``: a resumed run's earlier rounds (``rates`` None: saved before
+        sampling existed, every user; :func:`common.privacy.saved_rates`)."""
         mech = run_mechanism(cfg, int(sum(np.size(v) for v in state.values())) + 1)
-        earlier = [*rates, *[1.0] * (len(spent) - len(rates))]
-        return cls(mech, cfg.privacy.target_epsilon, list(spent), earlier[: len(spent)])
+        return cls(mech, cfg.privacy.target_epsilon, list(spent), saved_rates(len(spent), rates))
 
     def epsilon(self, multipliers: Sequence[float] | None = None, rates: Sequence[float] | None = None) -> float:
         """epsilon at the run's delta (the share of delta the tail bound takes is set aside)."""

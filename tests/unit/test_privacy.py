@@ -18,6 +18,7 @@ from common.privacy import (
     fuse_noisy_sum,
     mechanism,
     noisy_contribution,
+    saved_rates,
 )
 from server.privacy_budget import PrivacyLedger
 
@@ -102,6 +103,10 @@ def test_ledger_accounts_each_round_with_its_sampling_rate_and_resumes_old_check
     # a checkpoint from before sampling has multipliers only: those rounds took every user
     old = PrivacyLedger.start(AppConfig().replace(**{**base, "privacy.user-rate": 0.2}), state, [z, z])
     assert old.rates == [1.0, 1.0] and old.epsilon() == pytest.approx(epsilon_spent([z, z], 0.999e-4))
+    # a ledger whose rates do not match its rounds is corrupt, not a guess
+    assert saved_rates(2, None) == [1.0, 1.0] and saved_rates(2, [0.2, 1]) == [0.2, 1.0]
+    with pytest.raises(PrivacyError, match="2 rounds holds 1 sampling rates"):
+        PrivacyLedger.start(AppConfig().replace(**base), state, [z, z], [0.2])
 
 
 def test_ledger_stops_before_the_budget_and_counts_a_resume_with_its_real_noise() -> None:
