@@ -10,10 +10,11 @@
 #   simulations/bench/quality_cpu.sh OUTDIR
 #
 # Environment: SEEDS (3), JOBS (2), SCENARIOS (full,scarce,new-items,new-users; the 45-min budget of one kind
-# is full,scarce,new-items), ARMS (local, federated, pooled and every baseline; the frozen-text lever
-# always runs), RECOMMENDED_CROSS (fed+mix), RECOMMENDED_SAME (federated), KINDS ("cross same"),
-# COMPARE_ARGS (extra options, e.g. --fresh). Rerunning with the same OUTDIR skips the units whose records exist, so a second call with
-# more SCENARIOS or ARMS adds to the same reports. Reads ../shared/data (or $CROSSFED_SHARED_DATA);
+# is full,scarce,new-items), ARMS (local, federated, pooled and every baseline), LEVERS (`--lever` values,
+# space-separated; default the frozen-text lever fed-frozen; "" for none, as the budget is timed),
+# RECOMMENDED_CROSS (fed+mix), RECOMMENDED_SAME (federated), KINDS ("cross same"), COMPARE_ARGS (extra
+# options, e.g. --fresh). Rerunning with the same OUTDIR skips the units whose records exist, so a second
+# call with more SCENARIOS, ARMS or LEVERS adds to the same reports. Reads ../shared/data (or $CROSSFED_SHARED_DATA);
 # the derived ML-100K data stays under OUTDIR: do not commit it.
 set -euo pipefail
 
@@ -28,6 +29,7 @@ ARMS=${ARMS:-local,federated,pooled,like-rate,popularity,mf,mf-central,content}
 RECOMMENDED_CROSS=${RECOMMENDED_CROSS:-fed+mix}
 RECOMMENDED_SAME=${RECOMMENDED_SAME:-federated}
 KINDS=${KINDS:-cross same}
+LEVERS=${LEVERS-fed-frozen:train.encoder-every=0}
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} TOKENIZERS_PARALLELISM=false
 mkdir -p "$OUT/data"
 
@@ -35,6 +37,8 @@ mkdir -p "$OUT/data"
 [ -d "$OUT/data/same" ] || "$CROSSFED" prepare movielens --src "$SHARED/ml-100k" --out "$OUT/data/same" \
     --split users >/dev/null
 
+lever_args=()
+for lever in $LEVERS; do lever_args+=(--lever "$lever"); done
 runs=()
 for kind in $KINDS; do
     if [ "$kind" = cross ]; then rec=$RECOMMENDED_CROSS; else rec=$RECOMMENDED_SAME; fi
@@ -43,7 +47,7 @@ for kind in $KINDS; do
     echo "== compare --kind $kind, recommended arm $rec ($(date -u +%H:%M:%S))"
     # shellcheck disable=SC2086
     "$CROSSFED" compare --data "$OUT/data/$kind" --out "$OUT/$kind" --kind "$kind" --size cpu --seeds "$SEEDS" \
-        --scenario "$SCENARIOS" --arms "$arms" --recommended "$rec" --lever fed-frozen:train.encoder-every=0 \
+        --scenario "$SCENARIOS" --arms "$arms" --recommended "$rec" "${lever_args[@]}" \
         --jobs "$JOBS" ${COMPARE_ARGS:-} || echo "compare --kind $kind: some units failed (see $OUT/$kind/report.md)"
     runs+=("$OUT/$kind")
 done
