@@ -408,12 +408,11 @@ def _start_or_resume(
                     saved.round)  # fmt: skip
     else:
         log.info("resuming %s after round %d (best round %d)", out_dir, saved.round, saved.best_round)
+    multipliers = [float(z) for z in saved.extra.get("privacy_multipliers", [])]
     return LoopState(saved.global_state, saved.optimizer_state, best, saved.stale, saved.round, saved.round,
                      set(metrics.get("platforms", best.per_platform)),
-                     float(saved.extra.get("wall_seconds", 0.0)),
-                     privacy=[float(z) for z in saved.extra.get("privacy_multipliers", [])],
-                     privacy_rates=saved_rates(len(saved.extra.get("privacy_multipliers", [])),
-                                               saved.extra.get("privacy_rates")),
+                     float(saved.extra.get("wall_seconds", 0.0)), privacy=multipliers,
+                     privacy_rates=saved_rates(len(multipliers), saved.extra.get("privacy_rates")),
                      pending=pending)  # fmt: skip
 
 

@@ -38,6 +38,7 @@ import logging
 import math
 import os
 import platform as pyplatform
+import subprocess
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -315,7 +316,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def code_version(root: Path = REPO_ROOT) -> dict[str, Any] | None:
     """The commit the comparison ran from, for a report's ``meta`` (``dirty``: tracked files changed since
     that commit, so the commit alone does not reproduce it); None outside a git checkout."""
-    import subprocess
 
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=True,
