@@ -3,8 +3,12 @@
 Why per-user passes: the guarantee is about one user (``common.privacy``), so the platform's
 contribution must change by at most ``privacy.clip`` when one user's interactions are added or
 removed. Each user's update is local training on that user's rows alone, from the round's global
-model, clipped, and summed. For the bound to be exact, nothing else in a user's pass may depend
-on another user's data:
+model, clipped, and summed. That training is plain SGD (``privacy.user-lr``, ``train.local-epochs``
+steps), so a user's update is its gradient's direction and length: AdamW's first step is
+``lr * sign(gradient)``, one length for every user (measured: every update of every user had norm
+``train.lr * sqrt(shared values)``, all clipped alike, and the fused model did not move).
+
+For the bound to be exact, nothing else in a user's pass may depend on another user's data:
 
 - the private parameters (item and user biases and vectors) are trained on every user, so the
   per-user passes score with the shared model alone (private parts at zero), and the item
@@ -40,7 +44,6 @@ from clients.trainer import (
     batch_logits,
     batch_loss,
     fill_item_cache,
-    make_optimizer,
     train,
 )
 from common.config import TrainSpec
@@ -107,9 +110,12 @@ def sampled_users(present: np.ndarray, n_users: int, rate: float, secret: np.ran
 def clipped_user_sums(
     scorer: Scorer, part: PlatformBatches, users: Sequence[str], spec: TrainSpec, mech: Mechanism,
     device: torch.device, seed: int, platform: str, rnd: int, secret: np.random.Generator | None = None,
+    user_lr: float = 1.0,
 ) -> UserSums:  # fmt: skip
     """Sum over this round's users of ``[clip(delta_u, update_clip), count_clip]``; ``users[k]`` is the id of
-    user row k. With ``mech.user_rate`` < 1 the round's users are sampled from ``secret`` (:func:`sampled_users`)."""
+    user row k; ``delta_u``: ``spec.local_epochs`` SGD steps at ``user_lr`` on that user's rows (no weight decay:
+    it would pull every user toward zero alike, an update that carries no data). With ``mech.user_rate`` < 1
+    the round's users are sampled from ``secret`` (:func:`sampled_users`)."""
     live = list(shared_tensors(scorer).values())  # what is sent, in its order (live views: restored in place)
     start = [t.detach().clone() for t in live]
     size = sum(t.numel() for t in live)
@@ -135,7 +141,7 @@ def clipped_user_sums(
         _restore(live, start)
         alone.pooled = None if cache is None else cache.clone()
         torch.manual_seed(int(rng.integers(2**31)))
-        opt = make_optimizer([{"params": shared, "lr": spec.lr, "weight_decay": spec.weight_decay}], device)
+        opt = torch.optim.SGD(shared, lr=user_lr)
         for encode in encodes:
             batch = data.take(rng.permutation(rows))
             logits = batch_logits(scorer, alone, batch, device, spec.history_grad, encode)
@@ -162,19 +168,19 @@ def clipped_user_sums(
 def private_round(
     scorer: Scorer, part: PlatformBatches, users: Sequence[str], spec: TrainSpec, mech: Mechanism,
     device: torch.device, seed: int, platform: str, rnd: int, rng: np.random.Generator,
-    home_rows: EncodedSplit | None = None,
+    home_rows: EncodedSplit | None = None, user_lr: float = 1.0,
 ) -> tuple[OrderedDict[str, np.ndarray], dict[str, float]]:  # fmt: skip
     """(the noisy contribution in the layout of ``common.privacy.contribution_layout``, local metrics).
 
     ``rng`` is the platform's secret randomness: it samples the round's users (``privacy.user-rate`` < 1)
-    and draws the noise.
+    and draws the noise; ``user_lr``: the users' SGD rate (``privacy.user-lr``).
 
     The private parameters are trained afterwards, on ``home_rows`` (default: every row; the round's
     ``train.max-examples`` subsample in :func:`clients.tasks.fit_private`), with the shared model frozen.
     """
     names = get_trainable_state(scorer)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        sums = clipped_user_sums(scorer, part, users, spec, mech, device, seed, platform, rnd, rng)
+        sums = clipped_user_sums(scorer, part, users, spec, mech, device, seed, platform, rnd, rng, user_lr)
     noisy = noisy_contribution(sums.vector, mech, rng)
     out: OrderedDict[str, np.ndarray] = OrderedDict()
     pos = 0

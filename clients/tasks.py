@@ -160,7 +160,7 @@ def fit_private(
     update, metrics = private_round(
         scorer, part, users, cfg.train, mech, pick_device(setup.device), cfg.seed, setup.platform, server_round,
         np.random.default_rng() if rng is None else rng,
-        subsample(prepared.train, cfg.train.max_examples, cfg.seed + server_round),
+        subsample(prepared.train, cfg.train.max_examples, cfg.seed + server_round), cfg.privacy.user_lr,
     )  # fmt: skip
     metrics["train-seconds"] = time.perf_counter() - t0
     store.save(server_round, private_tensors(scorer, part.private), platform_index(prepared))

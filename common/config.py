@@ -248,8 +248,11 @@ class PrivacySpec:
     # 0 = 1/N, N = the users of every platform together (counted by simulations from the data; a deployment sets it)
     delta: float = 0.0
     # L2 bound on one user's contribution (its update to the shared tensors + its count); near the users' median
-    # update norm (a platform's train metric `dp-median-norm`): one AdamW step moves each value by ~train.lr
+    # update norm (a platform's train metric `dp-median-norm`): with user-lr 1 and one step, the gradient's norm
     clip: float = 0.1
+    # a user's pass is plain SGD at this rate (train.local-epochs steps on its own rows): its update follows its
+    # data. AdamW's first step is lr * sign(gradient), the same length for every user whatever its data
+    user_lr: float = 1.0
     # q: each platform takes each of its users into a round with probability q, drawn from its own secret
     # randomness (Poisson sampling, accounted as such: amplification by sampling); 1 = every user, every round
     user_rate: float = 1.0
@@ -259,6 +262,7 @@ class PrivacySpec:
         if not 0.0 <= self.delta < 1.0:
             raise ConfigError(f"`privacy.delta` must be in [0, 1), got {self.delta}")
         _positive(self, "clip", "privacy.clip")
+        _positive(self, "user_lr", "privacy.user-lr")
         if not 0.0 < self.user_rate <= 1.0:
             raise ConfigError(f"`privacy.user-rate` must be in (0, 1], got {self.user_rate}")
 

@@ -246,6 +246,58 @@ def test_removing_one_user_changes_the_platforms_sum_by_its_clipped_contribution
     assert diff[-1] == pytest.approx(mech.count_clip)
 
 
+def test_a_users_update_is_its_own_sgd_step_not_a_sign_vector() -> None:
+    # Prepare: a tiny platform without dropout (so a step is a pure function of the rows), one user alone,
+    # one step, a clip no update reaches
+    import dataclasses
+
+    import torch
+
+    from clients.dp_train import clipped_user_sums
+    from clients.platform import NodeSetup
+    from clients.private_state import PrivateStore
+    from clients.tasks import load_platform
+    from clients.trainer import PlatformBatches, batch_logits, batch_loss
+    from common.modeling import PrivateParts, build_scorer, get_trainable_state, shared_tensors
+    from common.privacy import run_mechanism
+
+    cfg = AppConfig().replace(**{**TINY_PRESET, "data.max-users": 4, "privacy.target-epsilon": 1.0,
+                                 "privacy.delta": 1e-3, "secure.clip-range": 512.0, "secure.quant-bits": 32,
+                                 "model.item-stats": False, "lora.dropout": 0.0, "model.head-dropout": 0.0,
+                                 "train.item-cache": False, "train.cold-dropout": 0.0})  # fmt: skip
+    scorer, _ = build_scorer(cfg.model, cfg.lora, cfg.seed)
+    scorer, part, prepared = load_platform(cfg, NodeSetup("app", "", "cpu"), get_trainable_state(scorer),
+                                           PrivateStore(None), 0)  # fmt: skip
+    users = sorted(prepared.users, key=prepared.users.__getitem__)
+    mech = dataclasses.replace(run_mechanism(cfg, sum(p.numel() for p in scorer.parameters() if p.requires_grad) + 1),
+                               clip=1e9)  # fmt: skip
+    spec = dataclasses.replace(cfg.train, local_epochs=1)
+    one = int(np.unique(part.data.users)[0])
+    rows = np.flatnonzero(part.data.users == one)
+    assert len(rows) <= spec.batch_size  # the pass uses every row of the user
+    only = type(part)(part.table, part.data.take(rows), part.private)
+    # Execute: the pass at two rates, and the user's gradient at the global model computed here
+    step = lambda lr: clipped_user_sums(scorer, only, users, spec, mech, torch.device("cpu"), 0, "app", 1,  # noqa: E731
+                                        user_lr=lr).vector[:-1]  # fmt: skip
+    at1, at3 = step(1.0), step(3.0)
+    data = dataclasses.replace(part.data.take(rows), stats=None)
+    alone = PlatformBatches(part.table, data, PrivateParts(len(part.table), len(users), 1, "none"))
+    scorer.train().zero_grad(set_to_none=True)
+    batch_loss(batch_logits(scorer, alone, data, torch.device("cpu"), spec.history_grad), data, spec,
+               torch.device("cpu")).backward()  # fmt: skip
+    params = {p.data_ptr(): p for p in scorer.parameters()}  # the shared tensors are views of these
+    grads = [params[t.data_ptr()].grad for t in shared_tensors(scorer).values()]
+    grad = torch.cat([(g if g is not None else torch.zeros(t.shape)).double().ravel()
+                      for g, t in zip(grads, shared_tensors(scorer).values(), strict=True)]).numpy()  # fmt: skip
+    scorer.zero_grad(set_to_none=True)
+    # Assert: the update is minus the rate times the user's gradient (so it scales with the rate), and its
+    # coordinates differ in size (an AdamW first step moves every coordinate by the same lr)
+    np.testing.assert_allclose(at1, -grad, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(at3, 3.0 * at1, rtol=1e-4, atol=1e-7)
+    moved = np.abs(at1[at1 != 0])
+    assert moved.size > 10 and moved.max() > 10 * np.median(moved)
+
+
 def test_sampled_users_are_each_their_own_secret_draw_and_sum_as_if_only_they_trained(tiny_platform) -> None:
     # Prepare: the tiny platform (4 users); rate 0.5 with a pinned secret generator
     import dataclasses
