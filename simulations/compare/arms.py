@@ -75,8 +75,12 @@ class Arm:
 DP_EPSILONS = (1, 4, 8)  # dp-eps1, dp-eps4, dp-eps8: the cost of user-level differential privacy
 # What a DP run needs: a secure-aggregation grid with room for every user's summed contribution and the noise's
 # headroom on each side (common.privacy.Mechanism.box), with a step far below the noise (quant-bits 32 still fits
-# the overflow check at max-weight 1e6, 1024 platforms); no item statistics (they mix users).
-DP_SETTINGS = {"secure.clip-range": 512.0, "secure.quant-bits": 32, "model.item-stats": False}
+# the overflow check at max-weight 1e6, 1024 platforms); no item statistics (they mix users). Clip and server
+# rate chosen on validation (genre platforms, full size, epsilon 8, one seed; results/dp-cpu-2026-12-07): a
+# user's one SGD step at rate 1 has median norm ~0.25 at the start, so clip 0.25; the fused mean is then one
+# full-batch gradient step of the shared model, taken at server rate 3 (1, 10, 30, 100 validated lower).
+DP_SETTINGS = {"secure.clip-range": 512.0, "secure.quant-bits": 32, "model.item-stats": False,
+               "privacy.clip": 0.25, "privacy.user-lr": 1.0, "fed.server-lr": 3.0}  # fmt: skip
 ARMS: dict[str, Arm] = {a.name: a for a in (
     Arm("local", "local", about="each platform trains alone on its own data (same rounds/epochs)"),
     Arm("federated", "federated", about="all platforms: shared adapter + tower + head fused by example-weighted "
@@ -110,7 +114,8 @@ ARMS: dict[str, Arm] = {a.name: a for a in (
     Arm("no-early-stop", "federated", {"fed.patience": 0}, about="every round, best round still by validation"),
     *(Arm(f"dp-eps{eps:g}", "federated", {"privacy.target-epsilon": float(eps), **DP_SETTINGS},
           about=f"federated with user-level differential privacy, epsilon {eps:g} over the run (delta 1/N users, "
-          "clip 0.1, no item statistics): per-user clipped updates, discrete Gaussian noise shared among the platforms")
+          "no item statistics; each user's SGD step clipped to 0.25, server rate 3): per-user clipped updates, "
+          "discrete Gaussian noise shared among the platforms")
       for eps in DP_EPSILONS),
     Arm("untrained", "untrained", about="frozen base + untrained LoRA and head (seeded init)"),
     Arm("liked-share", "baseline", about="share of liked items in the user's history (0.5 if empty)"),
