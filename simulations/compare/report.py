@@ -39,6 +39,10 @@ METRICS = ("auc", "logloss", "hr@10", "ndcg@10")
 METRIC_NAMES = {"auc": "test AUC", "logloss": "test log-loss", "hr@10": "HR@10", "ndcg@10": "NDCG@10"}
 RECOMMENDED = "federated"  # the arm the targets are about: what we tell a platform to deploy (`--recommended`)
 REFERENCE = "local"  # every arm's paired interval is taken against this one
+# The differentially private arms (dp-eps*) are `federated` plus privacy: paired against it, their interval is
+# the cost of privacy alone (against the recommended arm it would mix in what that arm adds, e.g. mixing).
+PRIVATE_OF = "federated"
+PRIVATE_PREFIX = "dp-"
 BASELINES_TO_BEAT = ("like-rate", "popularity", "mf")  # full and scarce
 CONTENT = "content"  # frozen text vectors: what the trained text model must add on new items
 WARM_SCENARIOS = ("full", "scarce")
@@ -170,12 +174,13 @@ def paired_intervals(
     results: Mapping[str, Mapping[str, Mapping[int, Any]]], recommended: str = RECOMMENDED
 ) -> dict[str, Any]:
     """scenario -> ref -> arm -> platform -> interval: every arm vs ``local``; the recommended arm
-    also vs each baseline (``content`` too), ``pooled`` and ``mf-central``. Arms without test scores
-    are left out."""
+    also vs each baseline (``content`` too), ``pooled`` and ``mf-central``; each DP arm vs ``federated``
+    (``PRIVATE_OF``). Arms without test scores are left out."""
     out: dict[str, Any] = {}
     for scenario, arms in results.items():
         wanted = [(a, REFERENCE) for a in arms if a != REFERENCE]
         wanted += [(recommended, ref) for ref in (*BASELINES_TO_BEAT, CONTENT, "pooled", STRETCH)]
+        wanted += [(a, PRIVATE_OF) for a in arms if a.startswith(PRIVATE_PREFIX)]
         for arm, ref in wanted:
             if arm in arms and ref in arms and (cells := compare_arms(scenario, arms[arm], arms[ref])):
                 out.setdefault(scenario, {}).setdefault(ref, {})[arm] = cells
@@ -406,7 +411,8 @@ def _platforms(arms: Mapping[str, Mapping[str, Any]]) -> list[str]:
 
 
 def paired_lines(report: Mapping[str, Any], scenario: str) -> list[str]:
-    """The scenario's paired-interval tables: every arm vs local, the recommended arm vs the others."""
+    """The scenario's paired-interval tables: every arm vs local, each DP arm vs federated, the recommended
+    arm vs the others."""
     lines: list[str] = []
     by_ref = report.get("paired", {}).get(scenario, {})
     vs_local = by_ref.get(REFERENCE, {})
@@ -416,6 +422,14 @@ def paired_lines(report: Mapping[str, Any], scenario: str) -> list[str]:
         lines += [f"### Paired bootstrap: arm − {REFERENCE}, test AUC ({LEVEL:.0%} interval, {N_BOOT} resamples)", "",
                   "| arm | " + " | ".join(platforms) + " |", "|---" * (len(platforms) + 1) + "|"]  # fmt: skip
         for arm, cells in _ordered(report, vs_local):
+            lines.append(f"| {arm} | " + " | ".join(_interval_cell(cells.get(p)) for p in platforms) + " |")
+        lines.append("")
+    private = {arm: cells for arm, cells in by_ref.get(PRIVATE_OF, {}).items() if arm.startswith(PRIVATE_PREFIX)}
+    if private:
+        platforms = _platforms(private)
+        lines += [f"### Paired bootstrap: DP arm − {PRIVATE_OF} (the cost of privacy), test AUC", "",
+                  "| arm | " + " | ".join(platforms) + " |", "|---" * (len(platforms) + 1) + "|"]  # fmt: skip
+        for arm, cells in _ordered(report, private):
             lines.append(f"| {arm} | " + " | ".join(_interval_cell(cells.get(p)) for p in platforms) + " |")
         lines.append("")
     others = {ref: arms[rec] for ref, arms in by_ref.items() if ref != REFERENCE and rec in arms}

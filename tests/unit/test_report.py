@@ -102,6 +102,21 @@ def test_cross_domain_targets_and_the_weighted_mean_interval() -> None:
     assert mean["n"] == sum(PLATFORMS.values())
 
 
+def test_dp_arms_are_paired_against_federated_the_arm_they_privatise(tmp_path: Path) -> None:
+    # Prepare: fed+mix recommended; dp-eps1 weaker than federated, dp-eps8 as strong (same scores)
+    results = {"full": _arms(local=WEAK, federated=FLAT, **{"fed+mix": FLAT, "dp-eps1": WEAK, "dp-eps8": FLAT})}
+    meta = {**_meta("cross", ["full"]), "recommended": "fed+mix"}
+    # Execute
+    report = write_report(tmp_path, results, meta)
+    # Assert: DP arm − federated, not − the recommended arm; a no-cost arm's interval is exactly 0
+    vs_fed = report["paired"]["full"]["federated"]
+    assert set(vs_fed) == {"dp-eps1", "dp-eps8"}
+    assert vs_fed["dp-eps1"]["mean"]["high"] < 0
+    assert vs_fed["dp-eps8"]["mean"]["diff"] == vs_fed["dp-eps8"]["mean"]["low"] == 0.0
+    md = (tmp_path / "report.md").read_text()
+    assert "### Paired bootstrap: DP arm − federated (the cost of privacy), test AUC" in md
+
+
 def test_same_domain_full_needs_a_significant_win_and_stretch_is_optional() -> None:
     from simulations.compare.report import aggregate, paired_intervals
 
