@@ -410,36 +410,32 @@ def _platforms(arms: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return sorted({p for a in arms.values() for p in a}, key=lambda p: (p == "mean", p))
 
 
+def _interval_table(title: str, head: str, rows: Sequence[tuple[str, Mapping[str, Any]]]) -> list[str]:
+    """A markdown table of paired intervals: one row per (name, platform -> interval), a column per platform."""
+    platforms = _platforms(dict(rows))
+    lines = [f"### {title}", "", f"| {head} | " + " | ".join(platforms) + " |", "|---" * (len(platforms) + 1) + "|"]
+    for name, cells in rows:
+        lines.append(f"| {name} | " + " | ".join(_interval_cell(cells.get(p)) for p in platforms) + " |")
+    return [*lines, ""]
+
+
 def paired_lines(report: Mapping[str, Any], scenario: str) -> list[str]:
     """The scenario's paired-interval tables: every arm vs local, each DP arm vs federated, the recommended
     arm vs the others."""
     lines: list[str] = []
     by_ref = report.get("paired", {}).get(scenario, {})
-    vs_local = by_ref.get(REFERENCE, {})
     rec = recommended_arm(report.get("meta", {}))
-    if vs_local:
-        platforms = _platforms(vs_local)
-        lines += [f"### Paired bootstrap: arm − {REFERENCE}, test AUC ({LEVEL:.0%} interval, {N_BOOT} resamples)", "",
-                  "| arm | " + " | ".join(platforms) + " |", "|---" * (len(platforms) + 1) + "|"]  # fmt: skip
-        for arm, cells in _ordered(report, vs_local):
-            lines.append(f"| {arm} | " + " | ".join(_interval_cell(cells.get(p)) for p in platforms) + " |")
-        lines.append("")
+    if vs_local := by_ref.get(REFERENCE, {}):
+        lines += _interval_table(f"Paired bootstrap: arm − {REFERENCE}, test AUC ({LEVEL:.0%} interval, {N_BOOT} "
+                                 "resamples)", "arm", _ordered(report, vs_local))  # fmt: skip
     private = {arm: cells for arm, cells in by_ref.get(PRIVATE_OF, {}).items() if arm.startswith(PRIVATE_PREFIX)}
     if private:
-        platforms = _platforms(private)
-        lines += [f"### Paired bootstrap: DP arm − {PRIVATE_OF} (the cost of privacy), test AUC", "",
-                  "| arm | " + " | ".join(platforms) + " |", "|---" * (len(platforms) + 1) + "|"]  # fmt: skip
-        for arm, cells in _ordered(report, private):
-            lines.append(f"| {arm} | " + " | ".join(_interval_cell(cells.get(p)) for p in platforms) + " |")
-        lines.append("")
+        lines += _interval_table(f"Paired bootstrap: DP arm − {PRIVATE_OF} (the cost of privacy), test AUC", "arm",
+                                 _ordered(report, private))  # fmt: skip
     others = {ref: arms[rec] for ref, arms in by_ref.items() if ref != REFERENCE and rec in arms}
     if others:
-        platforms = _platforms(others)
-        lines += [f"### Paired bootstrap: {rec} − other arm, test AUC", "",
-                  "| other arm | " + " | ".join(platforms) + " |", "|---" * (len(platforms) + 1) + "|"]  # fmt: skip
-        for ref, cells in sorted(others.items()):
-            lines.append(f"| {ref} | " + " | ".join(_interval_cell(cells.get(p)) for p in platforms) + " |")
-        lines.append("")
+        lines += _interval_table(f"Paired bootstrap: {rec} − other arm, test AUC", "other arm",
+                                 sorted(others.items()))  # fmt: skip
     return lines
 
 
