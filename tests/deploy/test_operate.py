@@ -23,7 +23,9 @@ from common.audit import verify
 from common.config import config_string
 from common.run_files import ROUNDS_FILE, SUMMARY_FILE
 from common.secagg.identity import load_public
+from deploy.errors import DeployError
 from deploy.federation import Federation
+from deploy.flwr_cli import RunStatusClient, run_status
 from server.checkpoint import MANIFEST, saved_round
 from tests.deploy.settings import STATE, TINY
 from tests.tensorboard_events import read_scalars
@@ -51,6 +53,13 @@ def test_default_platforms_give_mean_metrics_exit_codes_and_status(tmp_path: Pat
         status = _cli(fed, "status", "--json", timeout_s=60)
         text = _cli(fed, "status", timeout_s=60)
         diagnostics = fed.diagnostics()
+        # ... and the in-process status `deploy submit` waits with is `flwr ls`'s record, word for word
+        with RunStatusClient(fed.conn, fed.env) as client:
+            in_process = client.status(_run_id(ok))
+            with pytest.raises(DeployError, match="Run ID not found"):
+                client.status(12345)
+        assert in_process == run_status(_run_id(ok), fed.conn, fed.env)
+        assert in_process["status"] == "finished:completed"
     # Assert: exit 0 for the completed run, 1 with the reason for the failed one
     assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-3000:] + diagnostics
     assert "completed" in ok.stdout
