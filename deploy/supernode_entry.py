@@ -45,6 +45,7 @@ from types import SimpleNamespace
 from typing import TypeVar
 
 from common.flower_http import flwr_is_pinned, is_server_error, quick_pull_objects, retry_server_errors
+from common.rpc_trace import trace_rpcs
 
 DEFAULT_POLL_S = 0.25
 DEFAULT_HEARTBEAT_S = 10.0
@@ -223,6 +224,7 @@ def main() -> None:
     patch_polling(poll_s, heartbeat_s)
     patch_server_error_retries(int(os.environ.get("CROSSFED_SUPERNODE_500_RETRIES", DEFAULT_SERVER_ERROR_RETRIES)))
     patch_activation_wait(activation_wait_s(heartbeat_s))
+    trace_rpcs("supernode")  # only with CROSSFED_RPC_TRACE=DIR (python -m deploy.bench --trace)
     if not node_console():
         logging.getLogger("flwr").addFilter(quiet_flower_chatter)
     from flwr.supernode.cli import flower_supernode

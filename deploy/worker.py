@@ -382,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from common.rpc_trace import trace_rpcs
     from deploy.supernode_entry import node_console
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -392,6 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("deploy.worker: pass --root-certificates, or --insecure for a loopback Runtime API")
     if args.parent_pid:
         exit_with_parent(args.parent_pid)
+    trace_rpcs("worker")  # only with CROSSFED_RPC_TRACE=DIR (python -m deploy.bench --trace)
     try:
         serve(args.runtime_api_address, args.insecure, args.root_certificates, args.poll_s, args.first_token,
               stall_s=args.stall_timeout_s)  # fmt: skip

@@ -8,6 +8,8 @@ talks to no SuperLink):
   every train reply at t, had its objects available by t + 0.3 s and pulled them at
   t + 1.1 s (Flower's 1 s initial backoff), once per exchange. Here the first retry comes
   after 50 ms.
+
+With ``CROSSFED_RPC_TRACE=DIR`` the ServerApp also times its every call (:mod:`common.rpc_trace`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 from flwr.serverapp import Grid
 
 from common.flower_http import flwr_is_pinned, quick_pull_objects, retry_server_errors
+from common.rpc_trace import trace_rpcs
 
 SERVER_ERROR_RETRIES = 5
 PULL_INITIAL_BACKOFF_S = 0.05
@@ -27,6 +30,7 @@ def tune_grid(grid: Grid) -> bool:
         return False
     retry_server_errors(invoker, SERVER_ERROR_RETRIES)
     quicken_reply_pulls()
+    trace_rpcs("serverapp")
     return True
 
 
