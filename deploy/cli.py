@@ -71,6 +71,7 @@ from deploy.commands import (
     base_env,
     flower_bin,
     superlink_command,
+    superlink_env,
     supernode_command,
     supernode_env,
     supernode_flwr_home,
@@ -410,7 +411,7 @@ def cmd_superlink(args: argparse.Namespace) -> int:
     if args.print:
         print(" ".join(cmd))
         return 0
-    return run_foreground([cmd], base_env())
+    return run_foreground([cmd], {**base_env(), **superlink_env()})
 
 
 def cmd_supernode(args: argparse.Namespace) -> int:

@@ -64,6 +64,7 @@ class Federation:
         env: Mapping[str, str] | None = None,
         start_timeout_s: float = 90.0,
         worker_poll_s: float = 0.05,
+        superlink_database: bool = True,
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.platforms = list(platforms)
@@ -85,6 +86,8 @@ class Federation:
         threads = max(1, (os.cpu_count() or 1) // max(1, len(self.platforms)))
         self.env = base_env(self.flwr_home, {**thread_env(threads), **(env or {})})
         self.worker_poll_s = worker_poll_s  # how often each warm worker asks its SuperNode for work
+        # False: the SuperLink keeps its state in memory (Flower's default; faster, forgets nodes on a restart)
+        self.superlink_database = superlink_database
         ports = free_ports(1 + len(self.platforms))
         self.port = ports[0]
         self.runtime_ports = dict(zip(self.platforms, ports[1:], strict=True))
@@ -154,7 +157,7 @@ class Federation:
     def superlink_spec(self) -> SuperLinkSpec:
         return SuperLinkSpec(
             tls=self.tls, host="127.0.0.1", port=self.port, node_auth=self.node_auth,
-            database=self.workdir / "superlink.db", insecure=self.insecure,
+            database=self.workdir / "superlink.db" if self.superlink_database else None, insecure=self.insecure,
         )  # fmt: skip
 
     def start_superlink(self) -> Daemon:

@@ -26,6 +26,7 @@ from deploy.commands import (
     SuperLinkSpec,
     SuperNodeSpec,
     superlink_command,
+    superlink_env,
     supernode_command,
     supernode_env,
     worker_command,
@@ -169,9 +170,8 @@ def spawn(name: str, cmd: Sequence[str], log_path: Path, env: Mapping[str, str],
 def start_superlink(spec: SuperLinkSpec, log_dir: Path, env: Mapping[str, str], timeout_s: float = 60.0) -> Daemon:
     log_path = Path(log_dir) / "superlink.log"
     offset = log_path.stat().st_size if log_path.exists() else 0
-    daemon = Daemon(
-        "superlink", spawn("superlink", superlink_command(spec), log_path, env), log_path, log_offset=offset
-    )
+    proc = spawn("superlink", superlink_command(spec), log_path, {**env, **superlink_env()})
+    daemon = Daemon("superlink", proc, log_path, log_offset=offset)
     connect_host = "127.0.0.1" if spec.host in ("0.0.0.0", "::", "") else spec.host
     try:
         wait_for_port(connect_host, spec.port, timeout_s, daemon)

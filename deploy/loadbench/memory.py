@@ -30,7 +30,8 @@ def process_kind(cmdline: Sequence[str]) -> str:
     """Which part of the federation a process is, from its command line."""
     text = " ".join(cmdline)
     for needle, kind in (("flwr-serverapp", "serverapp"), ("flower-superexec", "superexec"),
-                         ("flower-superlink", "superlink"), ("deploy.worker", "clientapp"),
+                         ("flower-superlink", "superlink"), ("deploy.superlink_entry", "superlink"),
+                         ("deploy.worker", "clientapp"),
                          ("flwr-clientapp", "clientapp"), ("deploy.supernode_entry", "supernode"),
                          ("flower-supernode", "supernode")):  # fmt: skip
         if needle in text:

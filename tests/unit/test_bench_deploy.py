@@ -71,6 +71,7 @@ def test_kill_schedule_refuses_to_kill_almost_everyone() -> None:
 
 @pytest.mark.parametrize(("cmdline", "kind"), [
     (["/v/bin/python", "/v/bin/flower-superlink", "--host", "127.0.0.1"], "superlink"),
+    (["/v/bin/python", "-m", "deploy.superlink_entry", "--host", "127.0.0.1"], "superlink"),
     (["/v/bin/python", "/v/bin/flower-superexec", "--plugin-type", "serverapp"], "superexec"),
     (["/v/bin/python", "/v/bin/flwr-serverapp", "--serverappio-api-address", "x"], "serverapp"),
     (["/v/bin/python", "-m", "deploy.supernode_entry", "--superlink", "x"], "supernode"),
