@@ -103,7 +103,7 @@ def summarize(name: str, res: dict[str, Any]) -> str:
     steady = statistics.median(r[1:]) if len(r) > 1 else float("nan")
     extra = f", federation start-up {res['startup']:.1f} s" if "startup" in res else ""
     later = ", ".join(f"{x:.2f}" for x in r[1:])
-    return (f"{name:5s} round 1 {r[0]:6.1f} s | rounds>=2 median {steady:6.2f} s ({later})"
+    return (f"{name:6s} round 1 {r[0]:6.1f} s | rounds>=2 median {steady:6.2f} s ({later})"
             f" | submit->finish {res['wall']:.1f} s{extra}")  # fmt: skip
 
 
