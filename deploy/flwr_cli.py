@@ -161,7 +161,11 @@ def with_node_names(values: Mapping[str, Any], names: Mapping[str, str]) -> dict
 def run_status(run_id: int, conn: Connection, env: Mapping[str, str]) -> dict[str, Any]:
     data = flwr_json(flwr_cli(["ls", conn.name, "--run-id", str(run_id), "--format", "json"], env, check=False),
                      f"status of run {run_id}")  # fmt: skip
-    runs = data.get("runs") or []
+    return _the_run(data.get("runs"), run_id)
+
+
+def _the_run(runs: Sequence[Mapping[str, Any]] | None, run_id: int) -> dict[str, Any]:
+    """The one record of ``flwr ls --run-id RUN``'s answer; DeployError when the SuperLink knows no such run."""
     if not runs:
         raise DeployError(f"run {run_id} is unknown to the SuperLink")
     return dict(runs[0])
@@ -235,9 +239,7 @@ class RunStatusClient:
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - flwr turns API errors into click exceptions
             message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
             raise DeployError(f"status of run {run_id}: {message}") from exc
-        if not runs:
-            raise DeployError(f"run {run_id} is unknown to the SuperLink")
-        return dict(runs[0])
+        return _the_run(runs, run_id)
 
     def close(self) -> None:
         if self._client is not None:

@@ -23,7 +23,7 @@ says so.
 
 from __future__ import annotations
 
-import logging
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -33,8 +33,6 @@ from common.flower_http import flwr_is_pinned
 
 SQL_OBJECTS_ENV = "CROSSFED_SUPERLINK_SQL_OBJECTS"
 TOKEN_CLEANUP_EVERY_S = 1.0
-
-log = logging.getLogger("crossfed.superlink")
 
 
 def patch_object_store() -> bool:
@@ -62,6 +60,7 @@ def at_most_every(every_s: float, clock: Callable[[], float] = time.monotonic) -
     def wrap(method: Method) -> Method:
         last: dict[int, float] = {}
 
+        @functools.wraps(method)
         def throttled(self: Any) -> None:
             now = clock()
             if now - last.get(id(self), -float("inf")) >= every_s:

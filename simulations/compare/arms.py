@@ -76,7 +76,7 @@ DP_EPSILONS = (1, 4, 8)  # dp-eps1, dp-eps4, dp-eps8: the cost of user-level dif
 # What a DP run needs: a secure-aggregation grid with room for every user's summed contribution and the noise's
 # headroom on each side (common.privacy.Mechanism.box), with a step far below the noise (quant-bits 32 still fits
 # the overflow check at max-weight 1e6, 1024 platforms); no item statistics (they mix users). Clip and server
-# rate chosen on validation (genre platforms, full size, epsilon 8, one seed; results/dp-cpu-2026-12-07): a
+# rate chosen on validation (genre platforms, full size, epsilon 8, one seed; results/dp-cpu-sgd-2026-12-07): a
 # user's one SGD step at rate 1 has median norm ~0.25 at the start, so clip 0.25; the fused mean is then one
 # full-batch gradient step of the shared model, taken at server rate 3 (1, 10, 30, 100 validated lower).
 DP_SETTINGS = {"secure.clip-range": 512.0, "secure.quant-bits": 32, "model.item-stats": False,

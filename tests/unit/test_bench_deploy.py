@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from common.data import load_dataset
+from common.run_files import ROUNDS_FILE
 from deploy.bench import main as bench_main
+from deploy.bench import ratio_lines, steady_start
 from deploy.loadbench.dataset import bench_platforms, platform_names, write_bench_dataset
 from deploy.loadbench.driver import polling
 from deploy.loadbench.kills import KillEvent, kill_count, kill_schedule, restart_due
@@ -177,3 +180,16 @@ def test_final_test_missing_names_platforms_without_test_metrics(tmp_path: Path)
     assert final_test_missing(tmp_path, ["a", "b", "c"]) == ["b", "c"]
     lost = problems([], 0, [], "finished:completed", untested=["b"])
     assert lost == ["final test evaluation has no metrics from b"]
+
+
+def test_bench_prints_each_deployed_mode_over_the_simulation_round_by_round() -> None:
+    results = {"sim": {"rounds": [9.0, 1.0, 2.0]}, "warm": {"rounds": [12.0, 3.0, 5.0]}, "cold": {"rounds": [30.0]}}
+    assert ratio_lines(results) == ["warm / sim: round 2: 3.0x, round 3: 2.5x; rounds>=2 median 2.7x"]
+
+
+def test_steady_rounds_start_when_round_one_was_recorded(tmp_path: Path) -> None:
+    rows = [{"round": 1, "seconds": 9.0, "time": "2026-12-07T21:10:27+00:00"}, {"round": 2, "seconds": 4.0}]
+    (tmp_path / ROUNDS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert steady_start(tmp_path) == datetime.fromisoformat("2026-12-07T21:10:27+00:00").timestamp()
+    (tmp_path / ROUNDS_FILE).write_text(json.dumps({"round": 1, "seconds": 9.0}) + "\n")
+    assert steady_start(tmp_path) == 0.0

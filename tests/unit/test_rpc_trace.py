@@ -1,4 +1,4 @@
-"""The RPC trace behind ``python -m deploy.bench --trace``: what it records and how it sums."""
+"""The RPC trace behind ``python -m deploy.bench --trace`` (common.rpc_trace): what it records and how it sums."""
 
 from __future__ import annotations
 
@@ -79,23 +79,3 @@ def test_nothing_is_patched_without_a_directory(monkeypatch: pytest.MonkeyPatch)
     original = ProtobufClient._unary_unary
     assert not trace_rpcs("supernode")
     assert ProtobufClient._unary_unary is original
-
-
-def test_bench_prints_each_deployed_mode_over_the_simulation_round_by_round() -> None:
-    from deploy.bench import ratio_lines
-
-    results = {"sim": {"rounds": [9.0, 1.0, 2.0]}, "warm": {"rounds": [12.0, 3.0, 5.0]}, "cold": {"rounds": [30.0]}}
-    assert ratio_lines(results) == ["warm / sim: round 2: 3.0x, round 3: 2.5x; rounds>=2 median 2.7x"]
-
-
-def test_steady_rounds_start_when_round_one_was_recorded(tmp_path: Path) -> None:
-    from datetime import datetime
-
-    from common.run_files import ROUNDS_FILE
-    from deploy.bench import steady_start
-
-    rows = [{"round": 1, "seconds": 9.0, "time": "2026-12-07T21:10:27+00:00"}, {"round": 2, "seconds": 4.0}]
-    (tmp_path / ROUNDS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert steady_start(tmp_path) == datetime.fromisoformat("2026-12-07T21:10:27+00:00").timestamp()
-    (tmp_path / ROUNDS_FILE).write_text(json.dumps({"round": 1, "seconds": 9.0}) + "\n")
-    assert steady_start(tmp_path) == 0.0
