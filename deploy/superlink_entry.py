@@ -22,6 +22,14 @@ time there. These changes, all inside the SuperLink process, then the unmodified
   SuperNode calls at most 0.5 s later; any other answer is never reused), a key's node for 1 s (an
   unregistered node is refused at most 1 s later), and traffic is added up in memory and written once
   a second (``flwr ls`` counts lag by at most 1 s; a SuperLink killed outright loses that last second).
+* **Pulls that wait for a message** (long polling). A SuperNode asks for its next message every
+  0.25 s and the ServerApp for replies on a backing-off schedule, so each of a secure round's five
+  messages waited on average half a poll interval at each end, and a stage waits for the slowest
+  platform. Here an empty ``PullMessages`` (a SuperNode's, up to 1 s; the ServerApp's, up to 0.5 s)
+  is held until a push completes (every object of a pushed message stored: :class:`Bell`), then asked
+  again: a message goes out as soon as it can be used, and an idle SuperNode costs one call a second
+  instead of four. At most 12 pulls are held at once (each holds one of the SuperLink's worker
+  threads); beyond that a pull is answered at once, as Flower does.
 
 ``CROSSFED_SUPERLINK_SQL_OBJECTS=1`` keeps objects in the database (Flower's behaviour). The patch
 touches only ``flwr==1.42.0`` (the version ``pyproject.toml`` pins); on any other it does nothing and
@@ -209,6 +217,98 @@ def patch_traffic_batching(every_s: float = TRAFFIC_FLUSH_S) -> TrafficBatch | N
     return batch
 
 
+PULL_HOLD_S = 1.0  # a SuperNode's empty pull (its own HTTP timeout is 30 s)
+REPLY_PULL_HOLD_S = 0.5  # the ServerApp's: it checks its deadlines between pulls
+MAX_HELD_PULLS = 12
+
+
+class Bell:
+    """Rings each time a push completes; a held pull waits for the next ring after the one it saw."""
+
+    def __init__(self) -> None:
+        self.rings = 0
+        self.cond = threading.Condition()
+
+    def ring(self) -> None:
+        with self.cond:
+            self.rings += 1
+            self.cond.notify_all()
+
+    def wait_after(self, seen: int, timeout_s: float) -> int:
+        """The ring count once it differs from ``seen``, or after ``timeout_s`` (then ``seen``)."""
+        with self.cond:
+            self.cond.wait_for(lambda: self.rings != seen, timeout_s)
+            return self.rings
+
+
+def held(pull: Callable[..., Any], bell: Bell, hold_s: float, slots: threading.Semaphore,
+         clock: Callable[[], float] = time.monotonic) -> Callable[..., Any]:  # fmt: skip
+    """``pull`` (a handler answering ``messages_list``) that, finding nothing, asks again after each ring
+    of ``bell`` for up to ``hold_s``; answered at once when no slot is free."""
+
+    @functools.wraps(pull)
+    def pull_held(*args: Any, **kwargs: Any) -> Any:
+        seen = bell.rings  # read before the pull: a push completing meanwhile is not missed
+        response = pull(*args, **kwargs)
+        if response.messages_list or not slots.acquire(blocking=False):
+            return response
+        try:
+            deadline = clock() + hold_s
+            while not response.messages_list:
+                left = deadline - clock()
+                if left <= 0:
+                    break
+                rung = bell.wait_after(seen, left)
+                if rung == seen:  # held to the end
+                    break
+                seen = rung
+                response = pull(*args, **kwargs)
+        finally:
+            slots.release()
+        return response
+
+    return pull_held
+
+
+def patch_held_pulls(pull_hold_s: float = PULL_HOLD_S, reply_hold_s: float = REPLY_PULL_HOLD_S,
+                     max_held: int = MAX_HELD_PULLS) -> Bell | None:  # fmt: skip
+    """Hold empty message pulls until a push completes (SuperNodes' and the ServerApp's); None on another flwr."""
+    if not flwr_is_pinned("the SuperLink's message pulls"):
+        return None
+    from flwr.supercore.corestate.in_memory_corestate import InMemoryCoreState
+    from flwr.supercore.corestate.sql_corestate import SqlCoreState
+    from flwr.superlink.servicer.fleet import fleet_handlers
+    from flwr.superlink.servicer.runtime import runtime_handlers
+
+    bell = Bell()
+    for state_class in (SqlCoreState, InMemoryCoreState):
+        _ring_after_pushes(state_class, bell)
+    slots = threading.Semaphore(max_held)
+    fleet_handlers.pull_messages = held(fleet_handlers.pull_messages, bell, pull_hold_s, slots)
+    runtime_handlers.pull_messages = held(runtime_handlers.pull_messages, bell, reply_hold_s, slots)  # type: ignore[attr-defined]
+    return bell
+
+
+def _ring_after_pushes(state_class: Any, bell: Bell) -> None:
+    """``bell`` rings when a push session ends (its last object stored) or needs no object at all."""
+    cleanup, preregister = state_class._cleanup_push_session, state_class.preregister_object_tree
+
+    @functools.wraps(cleanup)
+    def cleanup_and_ring(self: Any, session_id: str, *, cleanup_messages: bool) -> None:
+        cleanup(self, session_id, cleanup_messages=cleanup_messages)
+        bell.ring()
+
+    @functools.wraps(preregister)
+    def preregister_and_ring(self: Any, object_tree: Any, session_id: str) -> list[str]:
+        missing: list[str] = preregister(self, object_tree, session_id)
+        if not missing:
+            bell.ring()
+        return missing
+
+    state_class._cleanup_push_session = cleanup_and_ring
+    state_class.preregister_object_tree = preregister_and_ring
+
+
 def main() -> None:
     if os.environ.get(SQL_OBJECTS_ENV, "0") != "1":
         patch_object_store()
@@ -216,6 +316,7 @@ def main() -> None:
     patch_run_status_checks()
     patch_node_key_lookup()
     patch_traffic_batching()
+    patch_held_pulls()
     from flwr.superlink.cli import flower_superlink
 
     raise SystemExit(flower_superlink())

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from flwr.server.superlink.linkstate import SqlLinkState
+from flwr.supercore.corestate.in_memory_corestate import InMemoryCoreState
 from flwr.supercore.corestate.sql_corestate import SqlCoreState
 from flwr.supercore.object_store import ObjectStoreFactory
 from flwr.supercore.object_store.in_memory_object_store import InMemoryObjectStore
+from flwr.superlink.servicer.fleet import fleet_handlers
+from flwr.superlink.servicer.runtime import runtime_handlers
 
 from deploy.superlink_entry import (
+    Bell,
     at_most_every,
+    held,
+    patch_held_pulls,
     patch_node_key_lookup,
     patch_object_store,
     patch_token_cleanup,
@@ -129,3 +137,81 @@ def test_traffic_is_added_up_per_run_and_written_once_per_flush(monkeypatch: pyt
     assert sorted(written, key=lambda w: w[1]) == [(state, 1, 10, 5), (state, 2, 3, 4)]
     with pytest.raises(ValueError, match="cannot be zero"):  # Flower's own check still answers at once
         SqlLinkState.store_traffic(state, 1, bytes_sent=0, bytes_recv=0)  # type: ignore[arg-type]
+
+
+class _Answer:
+    def __init__(self, messages: list[str]) -> None:
+        self.messages_list = messages
+
+
+def test_an_empty_pull_is_held_until_a_push_completes_then_asked_again() -> None:
+    bell, inbox, pulls = Bell(), [], []
+
+    def pull(node: int) -> _Answer:
+        answer = _Answer(list(inbox))
+        pulls.append(node)  # after reading the inbox: the test waits for an empty first pull
+        return answer
+
+    pull_held = held(pull, bell, hold_s=30.0, slots=threading.Semaphore(1))
+    answer: list[_Answer] = []
+    waiting = threading.Thread(target=lambda: answer.append(pull_held(7)))
+    waiting.start()
+    while not pulls:  # the first pull found nothing (the message is not there yet)
+        time.sleep(0.001)
+    inbox.append("message")
+    bell.ring()  # its push completed
+    waiting.join(timeout=10)
+    assert [a.messages_list for a in answer] == [["message"]]
+    assert pulls == [7, 7]
+
+
+def test_a_pull_is_answered_at_once_when_it_finds_a_message_or_no_slot_is_free() -> None:
+    bell, pulls = Bell(), []
+
+    def pull(found: bool) -> _Answer:
+        pulls.append(found)
+        return _Answer(["m"] if found else [])
+
+    slots = threading.Semaphore(1)
+    pull_held = held(pull, bell, hold_s=30.0, slots=slots)
+    assert pull_held(True).messages_list == ["m"]
+    slots.acquire()  # every slot taken: nothing is held
+    assert pull_held(False).messages_list == []
+    assert pulls == [True, False]
+
+
+def test_a_held_pull_ends_empty_when_nothing_completes_in_its_window() -> None:
+    now = [0.0]
+    bell = Bell()
+
+    def pull() -> _Answer:
+        return _Answer([])
+
+    def wait_after(seen: int, timeout_s: float) -> int:  # no push completes: the wait runs out
+        now[0] += timeout_s
+        return seen
+
+    bell.wait_after = wait_after  # type: ignore[method-assign]
+    slots = threading.Semaphore(1)
+    assert held(pull, bell, hold_s=1.0, slots=slots, clock=lambda: now[0])().messages_list == []
+    assert now[0] == 1.0
+    assert slots.acquire(blocking=False)  # the slot was given back
+
+
+def test_a_completed_push_rings_the_bell(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(SqlCoreState, "_cleanup_push_session", lambda self, sid, *, cleanup_messages: calls.append(sid))
+    monkeypatch.setattr(SqlCoreState, "preregister_object_tree", lambda self, tree, sid: ["missing"] if tree else [])
+    monkeypatch.setattr(InMemoryCoreState, "_cleanup_push_session", InMemoryCoreState._cleanup_push_session)
+    monkeypatch.setattr(InMemoryCoreState, "preregister_object_tree", InMemoryCoreState.preregister_object_tree)
+    monkeypatch.setattr(fleet_handlers, "pull_messages", fleet_handlers.pull_messages)
+    monkeypatch.setattr(runtime_handlers, "pull_messages", runtime_handlers.pull_messages)
+    bell = patch_held_pulls()
+    assert bell is not None
+    state = object()
+    SqlCoreState._cleanup_push_session(state, "s1", cleanup_messages=False)  # type: ignore[arg-type]  # last object stored
+    assert calls == ["s1"] and bell.rings == 1
+    assert SqlCoreState.preregister_object_tree(state, "tree", "s2") == ["missing"]  # type: ignore[arg-type]  # objects to come
+    assert bell.rings == 1
+    assert SqlCoreState.preregister_object_tree(state, "", "s3") == []  # type: ignore[arg-type]  # nothing to push
+    assert bell.rings == 2
