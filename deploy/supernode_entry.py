@@ -51,6 +51,7 @@ DEFAULT_POLL_S = 0.25
 DEFAULT_HEARTBEAT_S = 10.0
 DEFAULT_SERVER_ERROR_RETRIES = 5
 LOCAL_WAIT_S = 0.02  # the SuperNode's wait for a reply already in its own memory
+HELD_PULL_S = 0.5  # an empty pull that took this long was held by the SuperLink (deploy.superlink_entry)
 
 log = logging.getLogger("crossfed.supernode")
 VERBOSE_ENV = "CROSSFED_SUPERNODE_VERBOSE"
@@ -68,6 +69,32 @@ def capped_sleep(requested_s: float, poll_s: float) -> float:
     """Flower's idle sleep (3 s, a SuperLink round trip follows) becomes ``poll_s``; its
     sub-second local waits (0.5 s) become :data:`LOCAL_WAIT_S`."""
     return min(requested_s, poll_s) if requested_s >= 1.0 else min(requested_s, LOCAL_WAIT_S)
+
+
+class IdleSleep:
+    """The SuperNode loop's ``time.sleep``: :func:`capped_sleep`, and no idle wait after a held pull.
+
+    Why: crossfed's SuperLink holds an empty ``PullMessages`` until a message can go out (up to 1 s,
+    ``deploy.superlink_entry``), so after such a pull the node should ask again at once; a message
+    arriving while it slept ``poll_s`` waited for nothing. The loop's idle sleep follows its pull, so
+    the time since the loop last woke tells a held pull (>= ``held_s``) from one a SuperLink without
+    holds answered at once (then ``poll_s`` as before: no faster polling of a plain SuperLink).
+    """
+
+    def __init__(self, poll_s: float, held_s: float = HELD_PULL_S, clock: Callable[[], float] = _time.monotonic,
+                 sleep: Callable[[float], None] = _time.sleep) -> None:  # fmt: skip
+        self.poll_s, self.held_s, self.clock, self.sleep = poll_s, held_s, clock, sleep
+        self.woke = clock()
+
+    def seconds(self, requested_s: float) -> float:
+        """How long to sleep for Flower's ``requested_s``, given the time since the loop last woke."""
+        if requested_s >= 1.0 and self.clock() - self.woke >= self.held_s:
+            return LOCAL_WAIT_S
+        return capped_sleep(requested_s, self.poll_s)
+
+    def __call__(self, requested_s: float) -> None:
+        self.sleep(self.seconds(requested_s))
+        self.woke = self.clock()
 
 
 def patch_polling(poll_s: float, heartbeat_s: float) -> bool:
@@ -89,9 +116,10 @@ def patch_polling(poll_s: float, heartbeat_s: float) -> bool:
 
     # `loop` calls time.sleep(3) when idle (then asks the SuperLink again) and time.sleep(0.5)
     # while waiting for the ClientApp's reply in its own memory; give it a `time` whose sleep
-    # is poll_s for the first and LOCAL_WAIT_S for the second (a local check costs nothing).
+    # is poll_s for the first (none after a held pull) and LOCAL_WAIT_S for the second (a local
+    # check costs nothing).
     loop.time = SimpleNamespace(**{k: getattr(_time, k) for k in dir(_time) if not k.startswith("__")})  # type: ignore[attr-defined]
-    loop.time.sleep = lambda s: _time.sleep(capped_sleep(s, poll_s))
+    loop.time.sleep = IdleSleep(poll_s)
     # The interval the node announces (the SuperLink expects a beat within 2x it) and the
     # one its HeartbeatSender actually keeps must be changed together.
     fleet.HEARTBEAT_DEFAULT_INTERVAL = heartbeat_s  # type: ignore[attr-defined]

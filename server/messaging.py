@@ -88,15 +88,18 @@ def stragglers_for(fed: FedSpec, resend: bool = True) -> Stragglers:
 
 
 def exchange(grid: Grid, messages: Sequence[Message], timeout_s: float, stragglers: Stragglers | None = None,
-             poll_s: float = 0.02, max_poll_s: float = 0.5) -> dict[int, Message]:  # fmt: skip
+             poll_s: float = 0.02, max_poll_s: float = 0.1) -> dict[int, Message]:  # fmt: skip
     """Push ``messages``, then collect the replies that arrive in time, by destination node.
 
     Flower's ``Grid.send_and_receive`` sleeps 3 s between pulls on the Deployment Engine; a
     secure round is five exchanges, so that alone would add ~15 s to every round. Pulling
-    after 20 ms, backing off to 0.5 s, costs a few cheap calls instead. Replies are matched
-    to the message they answer, so an error the SuperLink writes for an unreachable node
-    (whose source is the SuperLink, not the node) still names the right node. A node's first
-    reply counts; one to a copy sent later (see :class:`Stragglers`) is as good.
+    after 20 ms, backing off to 0.1 s, costs a few cheap calls instead; crossfed's SuperLink
+    holds an empty pull up to 0.5 s until a reply can go out (``deploy.superlink_entry``), so
+    there a reply is seen as soon as it is in (a longer back-off only delayed a stage's last
+    reply). Replies are matched to the message they answer, so an error the SuperLink writes
+    for an unreachable node (whose source is the SuperLink, not the node) still names the
+    right node. A node's first reply counts; one to a copy sent later (see
+    :class:`Stragglers`) is as good.
     """
     messages = list(messages)
     stragglers = stragglers or Stragglers()

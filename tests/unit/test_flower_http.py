@@ -228,3 +228,18 @@ def test_patch_makes_the_supernode_client_wait_for_reactivation(monkeypatch: pyt
     monkeypatch.setattr("deploy.supernode_entry._time.sleep", lambda s: None)
     assert patch_activation_wait(5.0)
     assert FleetHttpClient.ActivateNode(object(), "req") == "activated:req"
+
+
+def test_supernode_asks_again_at_once_after_a_pull_the_superlink_held() -> None:
+    from deploy.supernode_entry import LOCAL_WAIT_S, IdleSleep
+
+    now, slept = [0.0], []
+    idle = IdleSleep(0.25, held_s=0.5, clock=lambda: now[0], sleep=slept.append)
+    now[0] += 0.03  # an empty pull answered at once (a SuperLink that holds nothing) ...
+    idle(3.0)  # ... then Flower's idle sleep: poll_s, as before
+    now[0] += 1.0  # an empty pull the SuperLink held for 1 s ...
+    idle(3.0)  # ... nothing more to wait for: ask again at once
+    idle(0.5)  # a wait for the ClientApp's reply in the node's own memory stays short
+    now[0] += 0.02
+    idle(3.0)
+    assert slept == [0.25, LOCAL_WAIT_S, LOCAL_WAIT_S, 0.25]
