@@ -26,10 +26,11 @@ time there. These changes, all inside the SuperLink process, then the unmodified
   0.25 s and the ServerApp for replies on a backing-off schedule, so each of a secure round's five
   messages waited on average half a poll interval at each end, and a stage waits for the slowest
   platform. Here an empty ``PullMessages`` (a SuperNode's, up to 1 s; the ServerApp's, up to 0.5 s)
-  is held until a push completes (every object of a pushed message stored: :class:`Bell`), then asked
-  again: a message goes out as soon as it can be used, and an idle SuperNode costs one call a second
-  instead of four. At most 12 pulls are held at once (each holds one of the SuperLink's worker
-  threads); beyond that a pull is answered at once, as Flower does.
+  is held until a push from the other side completes (every object of a pushed message stored:
+  :class:`Bell`; a SuperNode's reply wakes the ServerApp's pull, the ServerApp's message the
+  SuperNodes'), then asked again: a message goes out as soon as it can be used, and an idle
+  SuperNode costs one call a second instead of four. At most 12 pulls are held at once (each holds
+  one of the SuperLink's worker threads); beyond that a pull is answered at once, as Flower does.
 
 ``CROSSFED_SUPERLINK_SQL_OBJECTS=1`` keeps objects in the database (Flower's behaviour). The patch
 touches only ``flwr==1.42.0`` (the version ``pyproject.toml`` pins); on any other it does nothing and
@@ -271,8 +272,9 @@ def held(pull: Callable[..., Any], bell: Bell, hold_s: float, slots: threading.S
 
 
 def patch_held_pulls(pull_hold_s: float = PULL_HOLD_S, reply_hold_s: float = REPLY_PULL_HOLD_S,
-                     max_held: int = MAX_HELD_PULLS) -> Bell | None:  # fmt: skip
-    """Hold empty message pulls until a push completes (SuperNodes' and the ServerApp's); None on another flwr."""
+                     max_held: int = MAX_HELD_PULLS) -> tuple[Bell, Bell] | None:  # fmt: skip
+    """Hold empty message pulls until a push completes: a SuperNode's until the ServerApp's push, the
+    ServerApp's until a SuperNode's (the two bells returned, in that order); None on another flwr."""
     if not flwr_is_pinned("the SuperLink's message pulls"):
         return None
     from flwr.supercore.corestate.in_memory_corestate import InMemoryCoreState
@@ -280,29 +282,53 @@ def patch_held_pulls(pull_hold_s: float = PULL_HOLD_S, reply_hold_s: float = REP
     from flwr.superlink.servicer.fleet import fleet_handlers
     from flwr.superlink.servicer.runtime import runtime_handlers
 
-    bell = Bell()
+    to_nodes, to_server = Bell(), Bell()
+    pushing = threading.local()  # which API's push handler runs on this thread
+    for handlers, bell in ((fleet_handlers, to_server), (runtime_handlers, to_nodes)):
+        for name in ("push_messages", "push_object"):
+            setattr(handlers, name, _pushing_for(getattr(handlers, name), pushing, bell))
+
+    def ring() -> None:  # outside both handlers (an expired session): both ring, costing a spare pull
+        marked = getattr(pushing, "bell", None)
+        for bell in (marked,) if marked is not None else (to_nodes, to_server):
+            bell.ring()
+
     for state_class in (SqlCoreState, InMemoryCoreState):
-        _ring_after_pushes(state_class, bell)
+        _ring_after_pushes(state_class, ring)
     slots = threading.Semaphore(max_held)
-    fleet_handlers.pull_messages = held(fleet_handlers.pull_messages, bell, pull_hold_s, slots)
-    runtime_handlers.pull_messages = held(runtime_handlers.pull_messages, bell, reply_hold_s, slots)  # type: ignore[attr-defined]
-    return bell
+    fleet_handlers.pull_messages = held(fleet_handlers.pull_messages, to_nodes, pull_hold_s, slots)
+    runtime_handlers.pull_messages = held(runtime_handlers.pull_messages, to_server, reply_hold_s, slots)  # type: ignore[attr-defined]
+    return to_nodes, to_server
 
 
-def _ring_after_pushes(state_class: Any, bell: Bell) -> None:
-    """``bell`` rings when a push session ends (its last object stored) or needs no object at all."""
+def _pushing_for(handler: Callable[..., Any], pushing: threading.local, bell: Bell) -> Callable[..., Any]:
+    """``handler`` that marks its thread's pushes as ringing ``bell`` while it runs."""
+
+    @functools.wraps(handler)
+    def marked(*args: Any, **kwargs: Any) -> Any:
+        pushing.bell = bell
+        try:
+            return handler(*args, **kwargs)
+        finally:
+            del pushing.bell
+
+    return marked
+
+
+def _ring_after_pushes(state_class: Any, ring: Callable[[], None]) -> None:
+    """``ring()`` when a push session ends (its last object stored) or needs no object at all."""
     cleanup, preregister = state_class._cleanup_push_session, state_class.preregister_object_tree
 
     @functools.wraps(cleanup)
     def cleanup_and_ring(self: Any, session_id: str, *, cleanup_messages: bool) -> None:
         cleanup(self, session_id, cleanup_messages=cleanup_messages)
-        bell.ring()
+        ring()
 
     @functools.wraps(preregister)
     def preregister_and_ring(self: Any, object_tree: Any, session_id: str) -> list[str]:
         missing: list[str] = preregister(self, object_tree, session_id)
         if not missing:
-            bell.ring()
+            ring()
         return missing
 
     state_class._cleanup_push_session = cleanup_and_ring

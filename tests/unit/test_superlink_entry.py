@@ -198,20 +198,31 @@ def test_a_held_pull_ends_empty_when_nothing_completes_in_its_window() -> None:
     assert slots.acquire(blocking=False)  # the slot was given back
 
 
-def test_a_completed_push_rings_the_bell(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_completed_push_rings_the_other_sides_bell(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
     monkeypatch.setattr(SqlCoreState, "_cleanup_push_session", lambda self, sid, *, cleanup_messages: calls.append(sid))
     monkeypatch.setattr(SqlCoreState, "preregister_object_tree", lambda self, tree, sid: ["missing"] if tree else [])
     monkeypatch.setattr(InMemoryCoreState, "_cleanup_push_session", InMemoryCoreState._cleanup_push_session)
     monkeypatch.setattr(InMemoryCoreState, "preregister_object_tree", InMemoryCoreState.preregister_object_tree)
-    monkeypatch.setattr(fleet_handlers, "pull_messages", fleet_handlers.pull_messages)
-    monkeypatch.setattr(runtime_handlers, "pull_messages", runtime_handlers.pull_messages)
-    bell = patch_held_pulls()
-    assert bell is not None
     state = object()
-    SqlCoreState._cleanup_push_session(state, "s1", cleanup_messages=False)  # type: ignore[arg-type]  # last object stored
-    assert calls == ["s1"] and bell.rings == 1
+
+    def last_object_stored(*args: object) -> None:  # stands in for a push handler storing a session's last object
+        SqlCoreState._cleanup_push_session(state, "s", cleanup_messages=False)  # type: ignore[arg-type]
+
+    for handlers in (fleet_handlers, runtime_handlers):
+        for name in ("pull_messages", "push_messages"):
+            monkeypatch.setattr(handlers, name, getattr(handlers, name))  # restored after the test
+        monkeypatch.setattr(handlers, "push_object", last_object_stored)
+    bells = patch_held_pulls()
+    assert bells is not None
+    to_nodes, to_server = bells
+    fleet_handlers.push_object()  # a SuperNode's reply is in: the ServerApp's pull wakes
+    assert (to_nodes.rings, to_server.rings) == (0, 1)
+    runtime_handlers.push_object()  # type: ignore[attr-defined]  # the ServerApp's message is in: SuperNodes wake
+    assert (to_nodes.rings, to_server.rings) == (1, 1)
+    SqlCoreState._cleanup_push_session(state, "x", cleanup_messages=False)  # type: ignore[arg-type]  # neither: both
+    assert (to_nodes.rings, to_server.rings) == (2, 2)
     assert SqlCoreState.preregister_object_tree(state, "tree", "s2") == ["missing"]  # type: ignore[arg-type]  # objects to come
-    assert bell.rings == 1
     assert SqlCoreState.preregister_object_tree(state, "", "s3") == []  # type: ignore[arg-type]  # nothing to push
-    assert bell.rings == 2
+    assert (to_nodes.rings, to_server.rings) == (3, 3)
+    assert calls == ["s", "s", "x"]
