@@ -119,24 +119,45 @@ def patch_run_status_checks(fresh_s: float = RUN_STATUS_FRESH_S, clock: Callable
     return True
 
 
+Ask = Callable[..., Any]
+
+
+def reuse_answers(fresh_s: float, reusable: Callable[[Any], bool], key: Callable[..., tuple[int, Any]],
+                  clock: Callable[[], float] = time.monotonic) -> Callable[[Ask], Ask]:  # fmt: skip
+    """Decorator: a call whose ``key(*args)`` was answered less than ``fresh_s`` ago gets that answer again,
+    when the answer was ``reusable``; any other answer is asked for every time (and forgets the old one).
+
+    One shape for the SuperLink's per-call SQL reads that rarely change: "is the run still running"
+    (reuse "yes", never "stopped") and "whose key is this" (reuse a node id, never "unknown").
+    """
+
+    def wrap(ask: Ask) -> Ask:
+        answers: dict[tuple[int, Any], tuple[float, Any]] = {}
+
+        @functools.wraps(ask)
+        def cached(*args: Any) -> Any:
+            k = key(*args)
+            hit = answers.get(k)
+            if hit is not None and clock() - hit[0] < fresh_s:
+                return hit[1]
+            answer = ask(*args)
+            if reusable(answer):
+                answers[k] = (clock(), answer)
+            else:
+                answers.pop(k, None)
+            return answer
+
+        return cached
+
+    return wrap
+
+
 def reuse_running(check: Callable[..., str | None], fresh_s: float,
                   clock: Callable[[], float] = time.monotonic) -> Callable[..., str | None]:  # fmt: skip
-    """``check(run_id, statuses, state)`` whose ``None`` (keep going) is reused for ``fresh_s`` per state and run."""
-    running_at: dict[tuple[int, int], float] = {}
-
-    @functools.wraps(check)
-    def cached(run_id: int, abort_status_list: list[str], state: Any) -> str | None:
-        key = (id(state), run_id)
-        if clock() - running_at.get(key, -float("inf")) < fresh_s:
-            return None
-        answer = check(run_id, abort_status_list, state)
-        if answer is None:
-            running_at[key] = clock()
-        else:
-            running_at.pop(key, None)
-        return answer
-
-    return cached
+    """``check_abort(run_id, statuses, state)`` whose ``None`` (keep going) is reused for ``fresh_s``
+    per state and run."""
+    by_state_and_run = lambda run_id, statuses, state: (id(state), run_id)  # noqa: E731
+    return reuse_answers(fresh_s, lambda answer: answer is None, by_state_and_run, clock)(check)
 
 
 def patch_node_key_lookup(fresh_s: float = NODE_KEY_FRESH_S, clock: Callable[[], float] = time.monotonic) -> bool:
@@ -145,23 +166,9 @@ def patch_node_key_lookup(fresh_s: float = NODE_KEY_FRESH_S, clock: Callable[[],
         return False
     from flwr.server.superlink.linkstate import SqlLinkState
 
-    lookup = SqlLinkState.get_node_id_by_public_key
-    seen: dict[tuple[int, bytes], tuple[float, int]] = {}
-
-    @functools.wraps(lookup)
-    def cached(self: Any, public_key: bytes) -> int | None:
-        key = (id(self), public_key)
-        hit = seen.get(key)
-        if hit is not None and clock() - hit[0] < fresh_s:
-            return hit[1]
-        node_id = lookup(self, public_key)
-        if node_id is None:
-            seen.pop(key, None)
-        else:
-            seen[key] = (clock(), node_id)
-        return node_id
-
-    SqlLinkState.get_node_id_by_public_key = cached  # type: ignore[method-assign]
+    by_state_and_key = lambda state, public_key: (id(state), public_key)  # noqa: E731
+    reuse = reuse_answers(fresh_s, lambda node_id: node_id is not None, by_state_and_key, clock)
+    SqlLinkState.get_node_id_by_public_key = reuse(SqlLinkState.get_node_id_by_public_key)  # type: ignore[method-assign]
     return True
 
 

@@ -46,12 +46,13 @@ from typing import TypeVar
 
 from common.flower_http import flwr_is_pinned, is_server_error, quick_pull_objects, retry_server_errors
 from common.rpc_trace import trace_rpcs
+from deploy.superlink_entry import PULL_HOLD_S
 
 DEFAULT_POLL_S = 0.25
 DEFAULT_HEARTBEAT_S = 10.0
 DEFAULT_SERVER_ERROR_RETRIES = 5
 LOCAL_WAIT_S = 0.02  # the SuperNode's wait for a reply already in its own memory
-HELD_PULL_S = 0.5  # an empty pull that took this long was held by the SuperLink (deploy.superlink_entry)
+HELD_PULL_S = PULL_HOLD_S / 2  # an empty pull that took this long was held by crossfed's SuperLink
 
 log = logging.getLogger("crossfed.supernode")
 VERBOSE_ENV = "CROSSFED_SUPERNODE_VERBOSE"
