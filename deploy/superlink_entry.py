@@ -31,6 +31,12 @@ time there. These changes, all inside the SuperLink process, then the unmodified
   SuperNodes'), then asked again: a message goes out as soon as it can be used, and an idle
   SuperNode costs one call a second instead of four. At most 12 pulls are held at once (each holds
   one of the SuperLink's worker threads); beyond that a pull is answered at once, as Flower does.
+* **Control-API middleware only on Control calls.** Flower 1.42 passes every request through eight
+  Starlette ``BaseHTTPMiddleware`` layers (each one a task group and a response stream of its own);
+  four act only on ``/v1/control/`` paths (the ``flwr`` CLI's) and one only when a Fleet event-log
+  plugin is configured, yet every SuperNode and ServerApp call went through all of them. Those five
+  now run only for the requests they act on (:class:`OnlyFor`); the SuperLink was the busiest
+  process of a secure round (about two thirds of a core), almost all of it such calls.
 
 ``CROSSFED_SUPERLINK_SQL_OBJECTS=1`` keeps objects in the database (Flower's behaviour). The patch
 touches only ``flwr==1.42.0`` (the version ``pyproject.toml`` pins); on any other it does nothing and
@@ -342,6 +348,73 @@ def _ring_after_pushes(state_class: Any, ring: Callable[[], None]) -> None:
     state_class.preregister_object_tree = preregister_and_ring
 
 
+CONTROL_PREFIX = "/v1/control/"
+
+
+class OnlyFor:
+    """ASGI middleware: ``middleware`` (built around ``app``) for the HTTP requests ``applies(scope)``
+    selects; every other request goes straight to ``app``, as the middleware would have passed it."""
+
+    def __init__(self, app: Any, middleware: type, applies: Callable[[dict[str, Any]], bool], *args: Any,
+                 **kwargs: Any) -> None:  # fmt: skip
+        self.app, self.applies = app, applies
+        self.wrapped = middleware(app, *args, **kwargs)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and not self.applies(scope):
+            await self.app(scope, receive, send)
+        else:
+            await self.wrapped(scope, receive, send)
+
+
+def _control_call(scope: dict[str, Any]) -> bool:
+    return str(scope.get("path", "")).startswith(CONTROL_PREFIX)
+
+
+def _fleet_call_logged(scope: dict[str, Any]) -> bool:
+    app = scope.get("app")
+    return getattr(getattr(app, "state", None), "fleet_event_log_plugin", None) is not None
+
+
+def gate_middleware(stack: list[Any], control_only: tuple[type, ...], fleet_log: type) -> list[Any]:
+    """``stack`` (Starlette ``Middleware`` entries, outermost first) with each ``control_only`` class run
+    for Control calls only and ``fleet_log`` only while a Fleet event-log plugin is set; order kept."""
+    from starlette.middleware import Middleware
+
+    gated = []
+    for entry in stack:
+        if entry.cls in control_only:
+            entry = Middleware(OnlyFor, entry.cls, _control_call, *entry.args, **entry.kwargs)
+        elif entry.cls is fleet_log:
+            entry = Middleware(OnlyFor, entry.cls, _fleet_call_logged, *entry.args, **entry.kwargs)
+        gated.append(entry)
+    return gated
+
+
+def patch_control_middleware() -> bool:
+    """The SuperLink app's Control-only middleware skips Fleet and ServerApp calls; False on another flwr
+    (or if a route they act on lies outside ``/v1/control/``, which this gate assumes)."""
+    if not flwr_is_pinned("the SuperLink's middleware"):
+        return False
+    from flwr.superlink import main as superlink_main
+    from flwr.superlink.routers.control import middlewares as control
+    from flwr.superlink.routers.fleet.middlewares import FleetEventLogMiddleware
+
+    routes = control.CONTROL_AUTH_ROUTE_KEYS | control.CONTROL_SENSITIVE_ROUTE_KEYS
+    if not all(path.startswith(CONTROL_PREFIX) for _, path in routes):
+        return False
+    control_only = (control.ControlSensitiveResponseMiddleware, control.ControlAuthenticationMiddleware,
+                    control.ControlLicenseMiddleware, control.ControlEventLogMiddleware)  # fmt: skip
+    build = superlink_main._get_middleware
+
+    @functools.wraps(build)
+    def gated() -> list[Any]:
+        return gate_middleware(build(), control_only, FleetEventLogMiddleware)
+
+    superlink_main._get_middleware = gated
+    return True
+
+
 def main() -> None:
     if os.environ.get(SQL_OBJECTS_ENV, "0") != "1":
         patch_object_store()
@@ -350,6 +423,7 @@ def main() -> None:
     patch_node_key_lookup()
     patch_traffic_batching()
     patch_held_pulls()
+    patch_control_middleware()
     from flwr.superlink.cli import flower_superlink
 
     raise SystemExit(flower_superlink())

@@ -14,11 +14,20 @@ from flwr.supercore.object_store import ObjectStoreFactory
 from flwr.supercore.object_store.in_memory_object_store import InMemoryObjectStore
 from flwr.superlink.servicer.fleet import fleet_handlers
 from flwr.superlink.servicer.runtime import runtime_handlers
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.testclient import TestClient
 
 from deploy.superlink_entry import (
     Bell,
     at_most_every,
+    gate_middleware,
     held,
+    patch_control_middleware,
     patch_held_pulls,
     patch_node_key_lookup,
     patch_object_store,
@@ -226,3 +235,52 @@ def test_a_completed_push_rings_the_other_sides_bell(monkeypatch: pytest.MonkeyP
     assert SqlCoreState.preregister_object_tree(state, "", "s3") == []  # type: ignore[arg-type]  # nothing to push
     assert (to_nodes.rings, to_server.rings) == (3, 3)
     assert calls == ["s", "s", "x"]
+
+
+def _app_with(stack: list[Middleware]) -> Starlette:
+    async def ok(request: Request) -> Response:
+        return Response("ok", headers={"x-seen": ",".join(getattr(request.state, "seen", []))})
+
+    routes = [Route(path, ok, methods=["POST"]) for path in ("/v1/control/list-runs", "/v1/fleet/pull-messages")]
+    return Starlette(routes=routes, middleware=stack)
+
+
+def _marking(name: str) -> type[BaseHTTPMiddleware]:
+    class Marks(BaseHTTPMiddleware):
+        async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+            request.state.seen = [*getattr(request.state, "seen", []), name]
+            response = await call_next(request)
+            response.headers[f"x-{name}"] = "1"
+            return response
+
+    Marks.__name__ = name
+    return Marks
+
+
+def test_control_only_middleware_runs_for_control_calls_and_is_skipped_for_the_others() -> None:
+    control, always, fleet_log = _marking("control"), _marking("always"), _marking("fleetlog")
+    stack = gate_middleware([Middleware(always), Middleware(control), Middleware(fleet_log)], (control,), fleet_log)
+    client = TestClient(_app_with(stack))
+    on_control = client.post("/v1/control/list-runs")
+    assert on_control.headers["x-seen"] == "always,control"  # in the original order
+    assert on_control.headers.get("x-control") == "1" and on_control.headers.get("x-always") == "1"
+    on_fleet = client.post("/v1/fleet/pull-messages")
+    assert on_fleet.text == "ok" and on_fleet.headers["x-seen"] == "always"
+    assert "x-control" not in on_fleet.headers and "x-fleetlog" not in on_fleet.headers
+    client.app.state.fleet_event_log_plugin = object()  # type: ignore[attr-defined]  # a plugin: Fleet calls logged
+    assert client.post("/v1/fleet/pull-messages").headers["x-seen"] == "always,fleetlog"
+
+
+def test_the_superlinks_stack_keeps_its_order_with_control_layers_gated(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flwr.superlink import main as superlink_main
+
+    monkeypatch.setattr(superlink_main, "_get_middleware", superlink_main._get_middleware)  # restored after the test
+    before = [entry.cls for entry in superlink_main._get_middleware()]
+    assert patch_control_middleware()
+    after = superlink_main._get_middleware()
+    assert [entry.args[0] if entry.args else entry.cls for entry in after] == before
+    gated = [entry.args[0].__name__ for entry in after if entry.args]
+    assert gated == ["ControlSensitiveResponseMiddleware", "ControlAuthenticationMiddleware",
+                     "ControlLicenseMiddleware", "ControlEventLogMiddleware", "FleetEventLogMiddleware"]  # fmt: skip
+    ungated = [entry.cls.__name__ for entry in after if not entry.args]  # Fleet and ServerApp calls pass these
+    assert ungated == ["BaseHTTPMiddleware", "ProtobufTranslationMiddleware", "NodeAuthMiddleware"]
