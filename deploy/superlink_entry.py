@@ -54,6 +54,7 @@ from collections.abc import Callable
 from typing import Any
 
 from common.flower_http import flwr_is_pinned
+from deploy.long_poll import Bell, held
 
 SQL_OBJECTS_ENV = "CROSSFED_SUPERLINK_SQL_OBJECTS"
 TOKEN_CLEANUP_EVERY_S = 1.0
@@ -234,54 +235,6 @@ def patch_traffic_batching(every_s: float = TRAFFIC_FLUSH_S) -> TrafficBatch | N
 PULL_HOLD_S = 1.0  # a SuperNode's empty pull (its own HTTP timeout is 30 s)
 REPLY_PULL_HOLD_S = 0.5  # the ServerApp's: it checks its deadlines between pulls
 MAX_HELD_PULLS = 12
-
-
-class Bell:
-    """Rings each time a push completes; a held pull waits for the next ring after the one it saw."""
-
-    def __init__(self) -> None:
-        self.rings = 0
-        self.cond = threading.Condition()
-
-    def ring(self) -> None:
-        with self.cond:
-            self.rings += 1
-            self.cond.notify_all()
-
-    def wait_after(self, seen: int, timeout_s: float) -> int:
-        """The ring count once it differs from ``seen``, or after ``timeout_s`` (then ``seen``)."""
-        with self.cond:
-            self.cond.wait_for(lambda: self.rings != seen, timeout_s)
-            return self.rings
-
-
-def held(pull: Callable[..., Any], bell: Bell, hold_s: float, slots: threading.Semaphore,
-         clock: Callable[[], float] = time.monotonic) -> Callable[..., Any]:  # fmt: skip
-    """``pull`` (a handler answering ``messages_list``) that, finding nothing, asks again after each ring
-    of ``bell`` for up to ``hold_s``; answered at once when no slot is free."""
-
-    @functools.wraps(pull)
-    def pull_held(*args: Any, **kwargs: Any) -> Any:
-        seen = bell.rings  # read before the pull: a push completing meanwhile is not missed
-        response = pull(*args, **kwargs)
-        if response.messages_list or not slots.acquire(blocking=False):
-            return response
-        try:
-            deadline = clock() + hold_s
-            while not response.messages_list:
-                left = deadline - clock()
-                if left <= 0:
-                    break
-                rung = bell.wait_after(seen, left)
-                if rung == seen:  # held to the end
-                    break
-                seen = rung
-                response = pull(*args, **kwargs)
-        finally:
-            slots.release()
-        return response
-
-    return pull_held
 
 
 def patch_held_pulls(pull_hold_s: float = PULL_HOLD_S, reply_hold_s: float = REPLY_PULL_HOLD_S,

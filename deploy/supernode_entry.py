@@ -21,6 +21,12 @@ lets go of its previous process (instead of exiting), then runs the unmodified
                                     "Received successfully", "Sending: ... message (ID: ...)"),
                                     Flower's DEBUG lines and colours on a terminal
 
+Its Runtime API also holds an empty ``AcquireTask`` (the warm ClientApp worker's, :mod:`deploy.worker`)
+up to 0.5 s until the node creates a task (:func:`patch_held_task_acquisition`): the worker asked 20
+times a second, and the three SuperNodes of a one-machine federation answered ~60 empty calls a
+second between them, on the cores the round needs; a message now reaches the worker as soon as
+its task exists.
+
 A node's log (this process's and its warm worker's, :func:`node_console`) is plain text with
 time stamps: no colour codes, no Flower DEBUG, each line once.
 
@@ -36,16 +42,19 @@ The patch only touches module attributes of ``flwr==1.42.0`` (the version
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
+import threading
 import time as _time
 from collections.abc import Callable
 from types import SimpleNamespace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from common.flower_http import flwr_is_pinned, is_server_error, quick_pull_objects, retry_server_errors
 from common.rpc_trace import trace_rpcs
+from deploy.long_poll import Bell, held
 from deploy.superlink_entry import PULL_HOLD_S
 
 DEFAULT_POLL_S = 0.25
@@ -53,6 +62,9 @@ DEFAULT_HEARTBEAT_S = 10.0
 DEFAULT_SERVER_ERROR_RETRIES = 5
 LOCAL_WAIT_S = 0.02  # the SuperNode's wait for a reply already in its own memory
 HELD_PULL_S = PULL_HOLD_S / 2  # an empty pull that took this long was held by crossfed's SuperLink
+ACQUIRE_HOLD_S = 0.5  # an empty AcquireTask waits this long for a task (the worker's HTTP timeout is 30 s)
+HELD_ACQUIRE_S = ACQUIRE_HOLD_S / 2  # an empty AcquireTask that took this long was held
+MAX_HELD_ACQUIRES = 4  # each holds one of the Runtime API's worker threads
 
 log = logging.getLogger("crossfed.supernode")
 VERBOSE_ENV = "CROSSFED_SUPERNODE_VERBOSE"
@@ -129,6 +141,34 @@ def patch_polling(poll_s: float, heartbeat_s: float) -> bool:
     # objects; Flower retries those pulls after 1 s, 2 s, ... (about 3 s per message).
     loop.pull_objects = quick_pull_objects(min(poll_s, 0.1))
     return True
+
+
+def patch_held_task_acquisition(hold_s: float = ACQUIRE_HOLD_S, max_held: int = MAX_HELD_ACQUIRES) -> Bell | None:
+    """Hold an empty ``AcquireTask`` until this node creates a task (the returned bell rings then), up to
+    ``hold_s``; None (untouched) on another flwr."""
+    if not flwr_is_pinned("the SuperNode's task acquisition"):
+        return None
+    from flwr.supercore.corestate.in_memory_corestate import InMemoryCoreState
+    from flwr.supernode.servicer.runtime import runtime_handlers
+
+    bell = Bell()
+    create = InMemoryCoreState.create_task  # the SuperNode's NodeState is in memory
+
+    @functools.wraps(create)
+    def create_and_ring(self: Any, *args: Any, **kwargs: Any) -> int | None:
+        task_id: int | None = create(self, *args, **kwargs)
+        if task_id is not None:
+            bell.ring()
+        return task_id
+
+    InMemoryCoreState.create_task = create_and_ring  # type: ignore[method-assign]
+    slots = threading.Semaphore(max_held)
+    runtime_handlers.acquire_task = held(runtime_handlers.acquire_task, bell, hold_s, slots, found=_has_task)
+    return bell
+
+
+def _has_task(response: Any) -> bool:
+    return bool(response.HasField("task"))
 
 
 def patch_server_error_retries(retries: int) -> bool:
@@ -253,6 +293,7 @@ def main() -> None:
     patch_polling(poll_s, heartbeat_s)
     patch_server_error_retries(int(os.environ.get("CROSSFED_SUPERNODE_500_RETRIES", DEFAULT_SERVER_ERROR_RETRIES)))
     patch_activation_wait(activation_wait_s(heartbeat_s))
+    patch_held_task_acquisition()
     trace_rpcs("supernode")  # only with CROSSFED_RPC_TRACE=DIR (python -m deploy.bench --trace)
     if not node_console():
         logging.getLogger("flwr").addFilter(quiet_flower_chatter)

@@ -243,3 +243,31 @@ def test_supernode_asks_again_at_once_after_a_pull_the_superlink_held() -> None:
     now[0] += 0.02
     idle(3.0)
     assert slept == [0.25, LOCAL_WAIT_S, LOCAL_WAIT_S, 0.25]
+
+
+def test_an_empty_task_acquisition_is_held_until_the_node_creates_a_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time
+
+    from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
+    from flwr.supercore.constant import TaskType
+    from flwr.supercore.corestate.in_memory_corestate import InMemoryCoreState
+    from flwr.supercore.object_store import ObjectStoreFactory
+    from flwr.supernode.nodestate import NodeStateFactory
+    from flwr.supernode.servicer.runtime import runtime_handlers
+
+    from deploy.supernode_entry import patch_held_task_acquisition
+
+    monkeypatch.setattr(InMemoryCoreState, "create_task", InMemoryCoreState.create_task)  # restored after the test
+    monkeypatch.setattr(runtime_handlers, "acquire_task", runtime_handlers.acquire_task)
+    bell = patch_held_task_acquisition(hold_s=30.0)
+    assert bell is not None
+    state = NodeStateFactory(ObjectStoreFactory()).state()
+    request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
+    answers: list[object] = []
+    waiting = threading.Thread(target=lambda: answers.append(runtime_handlers.acquire_task(request, state)))
+    waiting.start()
+    time.sleep(0.2)  # nothing to acquire yet: unheld, the call would have answered empty by now
+    task_id = state.create_task(task_type=TaskType.CLIENT_APP, run_id=1, fab_hash="f")
+    waiting.join(timeout=10)
+    assert len(answers) == 1 and answers[0].task.task_id == task_id  # type: ignore[attr-defined]

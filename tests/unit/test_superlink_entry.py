@@ -22,11 +22,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
+from deploy.long_poll import Bell, held
 from deploy.superlink_entry import (
-    Bell,
     at_most_every,
     gate_middleware,
-    held,
     patch_control_middleware,
     patch_held_pulls,
     patch_node_key_lookup,

@@ -144,3 +144,11 @@ def test_revoked_task_sets_the_flag_instead_of_interrupting_the_worker() -> None
     assert task_heartbeat_fn(_Beats(_status_error(401)), revoked)() is True and revoked.is_set()
     with pytest.raises(httpx.HTTPStatusError):
         task_heartbeat_fn(_Beats(_status_error(500)), threading.Event())()
+
+
+def test_the_worker_asks_again_at_once_after_a_held_empty_answer_and_waits_after_a_quick_one() -> None:
+    from deploy.supernode_entry import HELD_ACQUIRE_S
+    from deploy.worker import idle_sleep_s
+
+    assert idle_sleep_s(0.5, poll_s=0.05, held_s=HELD_ACQUIRE_S) == 0.0  # held by crossfed's SuperNode
+    assert idle_sleep_s(0.004, poll_s=0.05, held_s=HELD_ACQUIRE_S) == 0.05  # a plain SuperNode: keep polling
