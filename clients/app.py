@@ -180,7 +180,7 @@ def handle_secagg_stage(msg: Message, context: Context) -> Message:
     this platform out of it, with the reason in the reply.
     """
     try:
-        cfg, _ = parse_config(msg.content[CONFIG])  # type: ignore[arg-type]
+        cfg, _ = parse_config(secure.stage_config(context))
         records: dict[str, ConfigRecord | ArrayRecord] = {}
         if has_sum(msg.content, EVAL_SUM):
             try:

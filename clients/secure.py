@@ -63,6 +63,7 @@ from common.secure_wire import from_records, round_context, secagg_config, to_re
 
 STATE = "secagg-state"  # context.state ConfigRecord: {"client", "weight", "platform", "record", "context", "kind"}
 UPDATE = "secagg-update"  # context.state ArrayRecord: the trained adapter + head awaiting masking
+ROUND_CONFIG = "secagg-config"  # context.state ConfigRecord: the run config of the round's first message
 # A sum riding beside the training sum on the same messages (``common.secure_wire.EVAL_SUM``: the metric
 # sum of the previous round's adapter) keeps its own STATE/UPDATE slots, suffixed with that name.
 
@@ -259,10 +260,22 @@ def start(
     audit.note_sent(context, STAGE_SETUP, reply, first=True, ns=ns)
     parked = OrderedDict((k, Array(np.ascontiguousarray(v))) for k, v in update.items())
     context.state[UPDATE + ns] = ArrayRecord(parked)
+    if isinstance(msg_content.get(CONFIG), ConfigRecord):  # the later stages run under it (they carry none)
+        context.state[ROUND_CONFIG] = ConfigRecord(dict(msg_content[CONFIG]))  # type: ignore[arg-type]
     context.state[STATE + ns] = ConfigRecord({
         "client": client.state_bytes(), "weight": int(weight), "platform": platform, "record": str(record or ""),
         "context": ctx, "kind": kind, **({"epsilon": float(epsilon)} if epsilon is not None else {})})  # fmt: skip
     return to_records(reply, ns)
+
+
+def stage_config(context: Context) -> ConfigRecord:
+    """The run config a later stage runs under: the one its round's first message carried (kept by
+    :func:`start`). Stage messages carry no config: every record is one more Flower object to push and
+    pull per message, and a round's config cannot change between its stages anyway."""
+    record = context.state.get(ROUND_CONFIG)
+    if not isinstance(record, ConfigRecord):
+        raise ValueError("secure-aggregation stage without its round's config on this platform (was it restarted?)")
+    return record
 
 
 def advance(

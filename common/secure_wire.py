@@ -1,9 +1,11 @@
 """Secure-aggregation messages on Flower records, and the protocol config from the run config.
 
 A protocol message (``common.secagg``: scalars, lists, bytes and uint arrays) travels as
-one packed bytes field in a ConfigRecord (node ids are 64-bit unsigned, more than a
-ConfigRecord int holds) plus, for masked vectors, an ArrayRecord. Both sides use these
-two functions, so the wire format lives in one place.
+one packed bytes field in a ConfigRecord (``common.secagg.codec``: node ids are 64-bit
+unsigned, more than a ConfigRecord int holds), its masked vector included: every record is
+one more Flower object, i.e. one more HTTP call for each sender and receiver of a deployed
+message (a masked input in an ArrayRecord of its own was five). Both sides use these two
+functions, so the wire format lives in one place.
 """
 
 from __future__ import annotations
@@ -13,41 +15,32 @@ from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from common.config import AppConfig
-from common.secagg import ProtocolError, SecAggConfig, join_arrays, pack_record, split_arrays, unpack_record
+from common.secagg import ProtocolError, SecAggConfig, pack_record, unpack_record
 
-SECAGG = "secagg"  # RecordDict key: ConfigRecord {"msg": packed scalars}
-SECAGG_ARRAYS = "secagg-arrays"  # RecordDict key: the message's arrays (masked vector)
+SECAGG = "secagg"  # RecordDict key: ConfigRecord {"msg": the packed message}
 SECAGG_ACTION = "secagg"  # follow-up stages are message type "train.secagg"
 # A second secure sum riding on the same messages as a round's training sum: the metric sum of the
-# previous round's fused adapter (the adapter the train message carries). It shares the two records
-# (one Flower object each: every object is one more fetch per message): its packed message is the
-# ConfigRecord's field ``msg-eval``, its arrays are named ``-eval:<name>``; a platform that cannot take
-# part in it says why in the field ``error-eval`` and goes on with the training sum.
+# previous round's fused adapter (the adapter the train message carries). It shares the record: its
+# packed message is the ConfigRecord's field ``msg-eval``; a platform that cannot take part in it says
+# why in the field ``error-eval`` and goes on with the training sum.
 EVAL_SUM = "-eval"
 
 
-def to_records(msg: Mapping[str, Any], ns: str = "") -> dict[str, ConfigRecord | ArrayRecord]:
+def to_records(msg: Mapping[str, Any], ns: str = "") -> dict[str, ConfigRecord]:
     """The protocol message as records; ``ns`` (``EVAL_SUM``) names a second sum of the same message,
-    whose records ``merge_records`` joins with the first's."""
-    scalars, arrays = split_arrays(msg)
-    out: dict[str, ConfigRecord | ArrayRecord] = {SECAGG: ConfigRecord({"msg" + ns: pack_record(scalars)})}
-    if arrays:
-        prefix = f"{ns}:" if ns else ""
-        out[SECAGG_ARRAYS] = ArrayRecord({prefix + k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
-    return out
+    whose record ``merge_records`` joins with the first's."""
+    return {SECAGG: ConfigRecord({"msg" + ns: pack_record(msg)})}
 
 
-def merge_records(into: MutableMapping[str, Any], records: Mapping[str, ConfigRecord | ArrayRecord]) -> None:
-    """Add ``records`` to a message's content, joining the fields of a record both hold (two sums' records)."""
+def merge_records(into: MutableMapping[str, Any], records: Mapping[str, Any]) -> None:
+    """Add ``records`` to a message's content, joining the fields of a ConfigRecord both hold (two sums')."""
     for key, record in records.items():
         held = into.get(key)
         if isinstance(held, ConfigRecord) and isinstance(record, ConfigRecord):
             into[key] = ConfigRecord({**dict(held), **dict(record)})
-        elif isinstance(held, ArrayRecord) and isinstance(record, ArrayRecord):
-            into[key] = ArrayRecord({**dict(held.items()), **dict(record.items())})
         else:
             into[key] = record
 
@@ -74,14 +67,7 @@ def from_records(content: RecordDict, ns: str = "") -> dict[str, Any]:
     record = content.get(SECAGG)
     if not isinstance(record, ConfigRecord) or not isinstance(record.get("msg" + ns), bytes):
         raise ProtocolError("message carries no secure-aggregation record")
-    arrays = content.get(SECAGG_ARRAYS)
-    tensors: dict[str, np.ndarray] = {}
-    if isinstance(arrays, ArrayRecord):
-        for name, value in arrays.items():
-            sum_ns, _, field = name.rpartition(":")
-            if sum_ns == ns:
-                tensors[field] = value.numpy()
-    return join_arrays(unpack_record(record["msg" + ns]), tensors)
+    return unpack_record(record["msg" + ns])
 
 
 def round_context(arrays: object, config: object) -> bytes:

@@ -180,8 +180,9 @@ class SecureGridTransport(GridTransport):
 
     def _run(self, cfg: AppConfig, rnd: int, sums: list[_Sum], mtype: str, first_timeout_s: float) -> None:
         """Drive ``sums`` stage by stage on shared messages (``mtype``, then ``<mtype>.secagg``): one message
-        per node and stage carries every sum's request for that node. Each sum keeps its own outcome: a
-        protocol failure aborts that sum (its ``aborted``), never the others nor the run."""
+        per node and stage carries every sum's request for that node; the run config rides on the first
+        only (platforms keep it for the later stages: one Flower object less per message). Each sum keeps
+        its own outcome: a protocol failure aborts that sum (its ``aborted``), never the others nor the run."""
         active = [s for s in sums if s.aborted is None]
         first = True
         while active:
@@ -189,7 +190,7 @@ class SecureGridTransport(GridTransport):
             for s in active:
                 assert s.server is not None
                 for node, request in s.server.requests().items():
-                    content = per_node.setdefault(node, RecordDict({CONFIG: config_record(cfg, rnd)}))
+                    content = per_node.setdefault(node, RecordDict({CONFIG: config_record(cfg, rnd)} if first else {}))
                     merge_records(content, to_records(request, s.ns))
                     if first:
                         content.update(s.first)

@@ -41,7 +41,7 @@ from common.secagg import (
 from common.secagg.identity import Roster, save_identity
 from common.secagg.messages import UnmaskReply
 from common.secagg.shamir import PRIME, SHARE_BYTES
-from common.secure_wire import SECAGG, SECAGG_ARRAYS, from_records, round_context, to_records
+from common.secure_wire import SECAGG, from_records, round_context, to_records
 from server.federation import RoundAborted
 from server.grid_transport import GridTransport
 from server.secure import SecureGridTransport
@@ -173,10 +173,39 @@ def test_honest_secure_round_through_the_handlers(federation: Any, tmp_path: Pat
     """The honest protocol: three deployed platforms, one secure round, all three in the sum."""
     _, configs, state = federation
     cfg = _cfg(tmp_path)
-    grid = HandlerGrid(_contexts(configs))
+    carried: list[tuple[str, set[str]]] = []
+
+    def down(node: int, m: Message) -> Message:
+        carried.append((m.metadata.message_type, set(m.content)))
+        return m
+
+    grid = HandlerGrid(_contexts(configs), down=down)
     fused, info, failures = SecureGridTransport(grid).train_round(state, cfg, 1)
     assert info["secure-aggregation"]["survivors"] == 3 and not failures, failures
     assert list(fused) == list(state) and not _errors(grid)
+    # Every record is one more Flower object per deployed message: the stages after the first carry the
+    # protocol's one record (the platforms keep the round's config), and so do the platforms' answers.
+    assert {frozenset(keys) for kind, keys in carried if kind == MessageType.TRAIN} == {
+        frozenset({ARRAYS, CONFIG, SECAGG})
+    }
+    assert [keys for kind, keys in carried if kind != MessageType.TRAIN] == [{SECAGG}] * 12  # 4 stages x 3
+    assert all(set(reply.content) == {SECAGG} for _, kind, reply in grid.delivered if kind != MessageType.TRAIN)
+
+
+def test_a_stage_without_its_rounds_config_is_refused_by_name(federation: Any, tmp_path: Path) -> None:
+    """A platform that lost its round state (a restart between stages) says so instead of guessing a config."""
+    _, configs, state = federation
+    cfg = _cfg(tmp_path)
+
+    def down(node: int, m: Message) -> Message:
+        if node == 101 and m.metadata.message_type != MessageType.TRAIN:
+            grid.contexts[101].state = RecordDict()  # what a restarted ClientApp finds
+        return m
+
+    grid = HandlerGrid(_contexts(configs), down=down)
+    with pytest.raises(RoundAborted):  # app drops out at share_keys; 2 of 3 < t = 3
+        SecureGridTransport(grid).train_round(state, cfg, 1)
+    assert "without its round's config on this platform (was it restarted?)" in _errors(grid)[101]
 
 
 # -- 1. key substitution / Sybils ----------------------------------------------------
@@ -453,9 +482,11 @@ def test_a_failed_stage_destroys_the_rounds_secrets(federation: Any, tmp_path: P
 # -- 5. malicious platforms ----------------------------------------------------------
 def _masked_tamper(node_to_tamper: int, change: Callable[[np.ndarray], None]) -> Tamper:
     def up(node: int, request: Message, reply: Message) -> Message:
-        if node != node_to_tamper or reply.has_error() or SECAGG_ARRAYS not in reply.content:
+        if node != node_to_tamper or reply.has_error() or SECAGG not in reply.content:
             return reply
         msg = from_records(reply.content)
+        if "masked" not in msg:
+            return reply
         masked = msg["masked"].copy()
         change(masked)
         return Message(RecordDict(to_records({**msg, "masked": masked})), reply_to=request)
