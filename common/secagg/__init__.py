@@ -18,9 +18,11 @@ unmask         active, dropped, signers, signatures    b_owners, b_shares, sk_ow
 =============  =====================================  ==========================================
 
 Every message also has ``secagg`` (version), ``stage``, ``session`` (bytes),
-``round`` (int) and ``node_id`` (recipient or sender). Flower wiring: put
-``split_arrays(msg)[0]`` in a ConfigRecord and the ``masked`` array in an
-ArrayRecord; on the client keep ``client.state_bytes()`` in ``context.state``
+``round`` (int) and ``node_id`` (recipient or sender). Flower wiring
+(``common.secure_wire``): the whole message, ``masked`` array included, packed by
+``pack_record`` into one bytes field of a ConfigRecord (one Flower object per message;
+``split_arrays`` / ``join_arrays`` separate the array for a caller that wants an
+ArrayRecord); on the client keep ``client.state_bytes()`` in ``context.state``
 and rebuild with ``SecAggClient.from_state_bytes`` on the next message.
 
 Server loop (ServerApp)::

@@ -1,9 +1,9 @@
 """Typed protocol messages: one frozen dataclass per stage and direction, parsed from a plain dict.
 
 Every message is a plain dict ``str -> int | float | str | bytes | list[int] |
-list[bytes] | list[str] | np.ndarray`` (the only array is the uint masked vector), so a Flower
-handler can put the scalars in a ``ConfigRecord`` and the array in an
-``ArrayRecord`` (``split_arrays`` / ``join_arrays``). Every message carries
+list[bytes] | list[str] | np.ndarray`` (the only array is the uint masked vector), which
+``codec.pack_record`` packs whole (``common.secure_wire`` sends it as one ConfigRecord field;
+``split_arrays`` / ``join_arrays`` separate the array for an ``ArrayRecord``). Every message carries
 
     secagg   "crossfed-secagg/2"
     stage    "setup" | "share_keys" | "masked_input" | "consistency" | "unmask"
