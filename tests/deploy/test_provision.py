@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -11,13 +12,16 @@ from pathlib import Path
 import pytest
 
 from clients.private_state import DEFAULT_STATE_DIR, private_folder
-from common.config import parse_config_strings
+from common.config import config_string, parse_config_strings
 from common.secagg.identity import PASSPHRASE_ENV, Roster, build_roster
 from deploy.certs import CertError, load_node_private_key, load_node_public_key
 from deploy.cli import state_dir
 from deploy.commands import FLOWER_HOME, THREAD_VARS, thread_env
 from deploy.errors import DeployError
+from deploy.processes import Daemon, free_ports, spawn, wait_for_port
 from deploy.provision import CHECKPOINT_KEY_FILE, ROSTER, START, STATE, provision
+from tests.deploy.settings import PLATFORMS as DEPLOY_PLATFORMS
+from tests.deploy.settings import TINY
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -260,3 +264,49 @@ def test_the_coordinators_checkpoint_key_stays_in_its_kit(tmp_path: Path) -> Non
     # Assert: the key lives in the coordinator's kit (not under HOME) unless the variable names one
     assert default.stdout.strip() == f"key={kits.coordinator / STATE / CHECKPOINT_KEY_FILE}", default.stderr
     assert own.stdout.strip() == "key=/srv/keys/ckpt"
+
+
+@pytest.mark.slow
+def test_three_kits_started_by_their_own_scripts_run_a_secure_round(tmp_path: Path) -> None:
+    """Item 6 on real processes: the coordinator's kit and three platforms' kits on one host, each started by
+    its own start.sh from its own folder with HOME empty, run a secure round; each platform's state (its
+    private files, Flower's copy of the app) lands in its own kit and nothing under HOME."""
+    # Prepare: the one-machine demo's kits (keys and roster made here), free ports, an empty HOME
+    port, *runtime_ports = free_ports(1 + len(DEPLOY_PLATFORMS))
+    kits = provision(tmp_path / "kits", "127.0.0.1", DEPLOY_PLATFORMS, port=port, insecure_demo_keys=True)
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("FLWR_HOME", "CROSSFED_PYTHON")}
+    env |= {"HOME": str(home), "CROSSFED": f"{sys.executable} -m deploy.cli", "PYTHONPATH": str(REPO)}
+    operator = {**env, "FLWR_HOME": str(tmp_path / "operator-flwr")}  # the operator's own flwr CLI config
+    daemons: list[Daemon] = []
+    try:
+        # Execute: SuperLink, registration, three SuperNodes (each on a free Runtime API port: the flag the
+        # kit's line gives is overridden by the same flag after it), then one secure round
+        link = Daemon("superlink", spawn("superlink", [str(kits.coordinator / START)], tmp_path / "superlink.log",
+                                         operator), tmp_path / "superlink.log")  # fmt: skip
+        daemons.append(link)
+        wait_for_port("127.0.0.1", port, 90, link)
+        registered = subprocess.run([str(kits.coordinator / "register.sh")], env=operator, capture_output=True,
+                                    text=True, timeout=120)  # fmt: skip
+        assert registered.returncode == 0, registered.stdout + registered.stderr
+        for platform, runtime_port in zip(DEPLOY_PLATFORMS, runtime_ports, strict=True):
+            log_path = tmp_path / f"{platform}.log"
+            cmd = [str(kits.platforms[platform] / START), "--runtime-port", str(runtime_port)]
+            daemons.append(Daemon(platform, spawn(platform, cmd, log_path, env), log_path))
+        run_config = config_string({**TINY, "secagg": True, "num-server-rounds": 1, "out-dir": str(tmp_path / "run")})
+        submitted = subprocess.run([str(kits.coordinator / "submit.sh"), run_config], env=operator,
+                                   capture_output=True, text=True, timeout=420)  # fmt: skip
+        logs = "\n".join(f"--- {d.name}\n{d.log_tail(15)}" for d in daemons)
+        assert submitted.returncode == 0, submitted.stdout + submitted.stderr + logs
+    finally:
+        for daemon in daemons:
+            daemon.stop()
+    # Assert: the round fused all three platforms; their state is in their own kits, none under HOME
+    rounds = [json.loads(line) for line in (tmp_path / "run" / "rounds.jsonl").read_text().splitlines()]
+    assert [(r["round"], r["train"]["secure-aggregation"]["survivors"], r["failures"]) for r in rounds] == [(1, 3, [])]
+    for platform, folder in kits.platforms.items():
+        state = folder / STATE
+        assert (state / platform / FLOWER_HOME).is_dir(), sorted(p.name for p in folder.iterdir())
+        assert private_folder(str(tmp_path / "run"), platform, str(state)).is_dir()
+    assert list(home.iterdir()) == []
