@@ -8,7 +8,8 @@ exactly one task token and exits, so it cannot be kept alive.
 
 ``--isolation process`` lets something outside the SuperNode execute its tasks. This
 module is that something: one long-lived process per SuperNode that polls the
-SuperNode's Runtime API (``AcquireTask``) and runs each ClientApp task in-process, the
+SuperNode's Runtime API (``AcquireTask``; crossfed's SuperNode holds an empty answer until a
+task exists, :mod:`deploy.supernode_entry`) and runs each ClientApp task in-process, the
 way ``flwr.supernode.runtime.run_clientapp.run_clientapp`` does for one token. Module
 level caches (``common.modeling.load_scorer``, ``clients.platform.prepare``) therefore
 survive across messages and rounds.
