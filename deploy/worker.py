@@ -61,7 +61,10 @@ class WorkerState:
     task_seconds: list[float] = field(default_factory=list)
 
 
-def _client(address: str, insecure: bool, root_certificates: bytes | None, token: str | None):  # noqa: ANN202
+def _client(address: str, insecure: bool, root_certificates: bytes | None, token: str | None,  # noqa: ANN202
+            retry: bool = True):  # fmt: skip
+    """A Runtime API client; ``retry=False``: without Flower's retry invoker, which answers an HTTP 401 (a
+    revoked task token) by sending this process SIGINT: HTTP errors then reach the caller."""
     from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
     from flwr.supercore.retry import make_simple_http_retry_invoker
     from flwr.supercore.runtime import RuntimeHttpClient
@@ -72,7 +75,7 @@ def _client(address: str, insecure: bool, root_certificates: bytes | None, token
         interceptors.append(RuntimeTokenHttpInterceptor(token))
     return RuntimeHttpClient.from_server_address(
         server_address=address, insecure=insecure, root_certificates=root_certificates,
-        interceptors=interceptors, retry_invoker=make_simple_http_retry_invoker(),
+        interceptors=interceptors, retry_invoker=make_simple_http_retry_invoker() if retry else None,
     )  # fmt: skip
 
 
@@ -97,7 +100,10 @@ def run_task(address: str, token: str, insecure: bool, root_certificates: bytes 
     t_pulled = t_loaded = t_ran = None  # a phase that never ended is charged up to the failure
     client = _client(address, insecure, root_certificates, token)
     revoked = threading.Event()  # the SuperNode gave up on this task (its message failed to arrive)
-    heartbeat = HeartbeatSender(task_heartbeat_fn(client, revoked))
+    # The heartbeat's own client has no retry invoker: a 401 there (the token revoked) must reach
+    # task_heartbeat_fn, not SIGINT this worker, which its SuperNode would then lack for good.
+    beat_client = _client(address, insecure, root_certificates, token, retry=False)
+    heartbeat = HeartbeatSender(task_heartbeat_fn(beat_client, revoked))
     message = reply = context = None
     sub_status, details = SubStatus.FAILED, "ClientApp task failed due to unknown reason"
     try:
@@ -135,13 +141,14 @@ def run_task(address: str, token: str, insecure: bool, root_certificates: bytes 
         except Exception:  # noqa: BLE001 - the task output below still reports the failure
             log.exception("failed to push the reply message")
             sub_status, details = SubStatus.FAILED, "failed to push the reply message"
+        if heartbeat.is_running:  # before the output, which revokes the token: no beat may come after it
+            heartbeat.stop()
         try:
             push_task_output(client=client, context=context, sub_status=sub_status, details=details)
         except Exception:  # noqa: BLE001 - the task is over either way; the worker must live on
             log.exception("failed to report the task's outcome to the SuperNode")
-        if heartbeat.is_running:
-            heartbeat.stop()
         client.close()
+        beat_client.close()
     state.tasks_done += 1
     state.task_seconds.append(time.perf_counter() - started)
     log.info(
@@ -213,7 +220,8 @@ def task_heartbeat_fn(client, revoked: threading.Event) -> Callable[[], bool]:  
         except httpx.TransportError:
             return False  # retried by the sender
         except httpx.HTTPStatusError as err:
-            if err.response.status_code in (httpx.codes.SERVICE_UNAVAILABLE, httpx.codes.GATEWAY_TIMEOUT):
+            if err.response.status_code in (httpx.codes.BAD_GATEWAY, httpx.codes.SERVICE_UNAVAILABLE,
+                                            httpx.codes.GATEWAY_TIMEOUT):  # fmt: skip
                 return False
             if err.response.status_code == httpx.codes.UNAUTHORIZED:  # token revoked
                 revoked.set()

@@ -152,3 +152,43 @@ def test_the_worker_asks_again_at_once_after_a_held_empty_answer_and_waits_after
 
     assert idle_sleep_s(0.5, poll_s=0.05, held_s=HELD_ACQUIRE_S) == 0.0  # held by crossfed's SuperNode
     assert idle_sleep_s(0.004, poll_s=0.05, held_s=HELD_ACQUIRE_S) == 0.05  # a plain SuperNode: keep polling
+
+
+def test_a_revoked_token_on_the_heartbeats_own_client_reaches_the_worker_not_sigint() -> None:
+    """A real HTTP 401 through the heartbeat's client (no retry invoker): the flag, no SIGINT.
+
+    Flower's retry invoker answers a 401 by sending its own process SIGINT; with it on the heartbeat's
+    client, a beat that raced the task's end (the token is revoked once its output is in) stopped the
+    warm worker, and its platform answered no message again (seen in CI: a 5-platform run lost 2 rounds).
+    """
+    import signal
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from deploy.worker import _client
+
+    class Revoked(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            body = b'{"code": 1008, "message": "Runtime task-token authentication failed."}'
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Revoked)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    interrupted: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
+    client = _client(f"127.0.0.1:{server.server_address[1]}", True, None, "token", retry=False)
+    try:
+        revoked = threading.Event()
+        assert task_heartbeat_fn(client, revoked)() is True
+    finally:
+        client.close()
+        server.shutdown()
+        signal.signal(signal.SIGINT, previous)
+    assert revoked.is_set() and interrupted == []
