@@ -61,10 +61,12 @@ class WorkerState:
     task_seconds: list[float] = field(default_factory=list)
 
 
-def _client(address: str, insecure: bool, root_certificates: bytes | None, token: str | None,  # noqa: ANN202
-            retry: bool = True):  # fmt: skip
-    """A Runtime API client; ``retry=False``: without Flower's retry invoker, which answers an HTTP 401 (a
-    revoked task token) by sending this process SIGINT: HTTP errors then reach the caller."""
+def _client(address: str, insecure: bool, root_certificates: bytes | None, token: str | None):  # noqa: ANN202
+    """A Runtime API client with Flower's retries (connection errors, 502-504), minus their answer to an
+    HTTP 401 (a revoked task token): Flower sends its own process SIGINT, which a warm worker took for its
+    SuperNode's exit and stopped for good, its platform silent; here the error reaches the caller (the
+    heartbeat sets the task's revoked flag, a task call fails that task only)."""
+    import httpx
     from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
     from flwr.supercore.retry import make_simple_http_retry_invoker
     from flwr.supercore.runtime import RuntimeHttpClient
@@ -73,9 +75,19 @@ def _client(address: str, insecure: bool, root_certificates: bytes | None, token
     interceptors: list[object] = [RuntimeVersionHttpInterceptor(component_name=component)]
     if token:
         interceptors.append(RuntimeTokenHttpInterceptor(token))
+    invoker = make_simple_http_retry_invoker()
+    flower_giveup = invoker.should_giveup
+    assert flower_giveup is not None
+
+    def give_up(exc: Exception) -> bool:
+        if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == httpx.codes.UNAUTHORIZED:
+            return True  # to the caller, no SIGINT
+        return flower_giveup(exc)
+
+    invoker.should_giveup = give_up
     return RuntimeHttpClient.from_server_address(
         server_address=address, insecure=insecure, root_certificates=root_certificates,
-        interceptors=interceptors, retry_invoker=make_simple_http_retry_invoker() if retry else None,
+        interceptors=interceptors, retry_invoker=invoker,
     )  # fmt: skip
 
 
@@ -100,10 +112,7 @@ def run_task(address: str, token: str, insecure: bool, root_certificates: bytes 
     t_pulled = t_loaded = t_ran = None  # a phase that never ended is charged up to the failure
     client = _client(address, insecure, root_certificates, token)
     revoked = threading.Event()  # the SuperNode gave up on this task (its message failed to arrive)
-    # The heartbeat's own client has no retry invoker: a 401 there (the token revoked) must reach
-    # task_heartbeat_fn, not SIGINT this worker, which its SuperNode would then lack for good.
-    beat_client = _client(address, insecure, root_certificates, token, retry=False)
-    heartbeat = HeartbeatSender(task_heartbeat_fn(beat_client, revoked))
+    heartbeat = HeartbeatSender(task_heartbeat_fn(client, revoked))
     message = reply = context = None
     sub_status, details = SubStatus.FAILED, "ClientApp task failed due to unknown reason"
     try:
@@ -148,7 +157,6 @@ def run_task(address: str, token: str, insecure: bool, root_certificates: bytes 
         except Exception:  # noqa: BLE001 - the task is over either way; the worker must live on
             log.exception("failed to report the task's outcome to the SuperNode")
         client.close()
-        beat_client.close()
     state.tasks_done += 1
     state.task_seconds.append(time.perf_counter() - started)
     log.info(
@@ -220,8 +228,7 @@ def task_heartbeat_fn(client, revoked: threading.Event) -> Callable[[], bool]:  
         except httpx.TransportError:
             return False  # retried by the sender
         except httpx.HTTPStatusError as err:
-            if err.response.status_code in (httpx.codes.BAD_GATEWAY, httpx.codes.SERVICE_UNAVAILABLE,
-                                            httpx.codes.GATEWAY_TIMEOUT):  # fmt: skip
+            if err.response.status_code in (httpx.codes.SERVICE_UNAVAILABLE, httpx.codes.GATEWAY_TIMEOUT):
                 return False
             if err.response.status_code == httpx.codes.UNAUTHORIZED:  # token revoked
                 revoked.set()

@@ -154,15 +154,15 @@ def test_the_worker_asks_again_at_once_after_a_held_empty_answer_and_waits_after
     assert idle_sleep_s(0.004, poll_s=0.05, held_s=HELD_ACQUIRE_S) == 0.05  # a plain SuperNode: keep polling
 
 
-def test_a_revoked_token_on_the_heartbeats_own_client_reaches_the_worker_not_sigint() -> None:
-    """A real HTTP 401 through the heartbeat's client (no retry invoker): the flag, no SIGINT.
-
-    Flower's retry invoker answers a 401 by sending its own process SIGINT; with it on the heartbeat's
-    client, a beat that raced the task's end (the token is revoked once its output is in) stopped the
-    warm worker, and its platform answered no message again (seen in CI: a 5-platform run lost 2 rounds).
-    """
+def test_a_revoked_token_reaches_the_worker_as_an_error_not_sigint() -> None:
+    """A real HTTP 401 through the worker's Runtime API client: the heartbeat sets the revoked flag, a task
+    call raises; no SIGINT. Flower's retry invoker answers a 401 by sending its own process SIGINT: a beat
+    that raced the task's end (the token is revoked once its output is in) stopped the warm worker for good
+    and its platform answered no message again (seen in CI: a five-platform run lost two rounds)."""
     import signal
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from flwr.proto.runtime_pb2 import PullTaskInputRequest  # pylint: disable=E0611
 
     from deploy.worker import _client
 
@@ -183,10 +183,12 @@ def test_a_revoked_token_on_the_heartbeats_own_client_reaches_the_worker_not_sig
     threading.Thread(target=server.serve_forever, daemon=True).start()
     interrupted: list[int] = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
-    client = _client(f"127.0.0.1:{server.server_address[1]}", True, None, "token", retry=False)
+    client = _client(f"127.0.0.1:{server.server_address[1]}", True, None, "token")
     try:
         revoked = threading.Event()
         assert task_heartbeat_fn(client, revoked)() is True
+        with pytest.raises(httpx.HTTPStatusError):
+            client.PullTaskInput(PullTaskInputRequest())
     finally:
         client.close()
         server.shutdown()
