@@ -344,6 +344,81 @@ def gate_middleware(stack: list[Any], control_only: tuple[type, ...], fleet_log:
     return gated
 
 
+class ErrorTranslation:
+    """Pure-ASGI twin of Flower's ``http_error_translator`` layer (a ``BaseHTTPMiddleware``) for Fleet and
+    ServerApp calls: an exception raised before the response started becomes the response Flower's own
+    ``translate`` makes of it (it is called with a ``call_next`` that re-raises). Control calls, some of
+    which stream, keep Flower's layer."""
+
+    def __init__(self, app: Any, translate: Callable[..., Any]) -> None:
+        from starlette.middleware.base import BaseHTTPMiddleware
+
+        self.app, self.translate = app, translate
+        self.control = BaseHTTPMiddleware(app, dispatch=translate)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or _control_call(scope):
+            await self.control(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracked(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracked)
+        except Exception as exc:
+            if started:
+                raise
+            from starlette.requests import Request
+
+            caught = exc
+
+            async def reraise(request: Any) -> Any:
+                raise caught
+
+            response = await self.translate(Request(scope, receive), reraise)
+            await response(scope, receive, send)
+
+
+class FleetAuthentication:
+    """Pure-ASGI twin of Flower 1.42's ``NodeAuthMiddleware``: the same ``authenticate`` (a SuperNode's
+    signed timestamp and key), on the same Fleet calls, in the same thread pool, before the call runs."""
+
+    def __init__(self, app: Any, authenticate: Callable[[Any], None]) -> None:
+        self.app, self.authenticate = app, authenticate
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and str(scope.get("path", "")).startswith("/v1/fleet/"):
+            from google.protobuf.message import Message
+            from starlette.concurrency import run_in_threadpool
+            from starlette.requests import Request
+
+            request = Request(scope, receive)  # its state is the scope's: the parsed request is there
+            if isinstance(getattr(request.state, "protobuf_request", None), Message):
+                await run_in_threadpool(self.authenticate, request)
+        await self.app(scope, receive, send)
+
+
+def plain_twins(stack: list[Any], translate: Callable[..., Any], node_auth: type,
+                authenticate: Callable[[Any], None]) -> list[Any]:  # fmt: skip
+    """``stack`` with Flower's error-translation layer (the ``BaseHTTPMiddleware`` running ``translate``)
+    and its ``node_auth`` layer replaced by their pure-ASGI twins, in place."""
+    from starlette.middleware import Middleware
+    from starlette.middleware.base import BaseHTTPMiddleware
+
+    out = []
+    for entry in stack:
+        if entry.cls is BaseHTTPMiddleware and entry.kwargs.get("dispatch") is translate and not entry.args:
+            entry = Middleware(ErrorTranslation, translate)
+        elif entry.cls is node_auth:
+            entry = Middleware(FleetAuthentication, authenticate)
+        out.append(entry)
+    return out
+
+
 def patch_control_middleware() -> bool:
     """The SuperLink app's Control-only middleware skips Fleet and ServerApp calls; False on another flwr
     (or if a route they act on lies outside ``/v1/control/``, which this gate assumes)."""
@@ -356,13 +431,17 @@ def patch_control_middleware() -> bool:
     routes = control.CONTROL_AUTH_ROUTE_KEYS | control.CONTROL_SENSITIVE_ROUTE_KEYS
     if not all(path.startswith(CONTROL_PREFIX) for _, path in routes):
         return False
+    from flwr.supercore.error.http import http_error_translator
+    from flwr.superlink.routers.fleet import node_auth
+
     control_only = (control.ControlSensitiveResponseMiddleware, control.ControlAuthenticationMiddleware,
                     control.ControlLicenseMiddleware, control.ControlEventLogMiddleware)  # fmt: skip
     build = superlink_main._get_middleware
 
     @functools.wraps(build)
     def gated() -> list[Any]:
-        return gate_middleware(build(), control_only, FleetEventLogMiddleware)
+        stack = gate_middleware(build(), control_only, FleetEventLogMiddleware)
+        return plain_twins(stack, http_error_translator, node_auth.NodeAuthMiddleware, node_auth.authenticate_node)
 
     superlink_main._get_middleware = gated
     return True

@@ -274,12 +274,77 @@ def test_the_superlinks_stack_keeps_its_order_with_control_layers_gated(monkeypa
     from flwr.superlink import main as superlink_main
 
     monkeypatch.setattr(superlink_main, "_get_middleware", superlink_main._get_middleware)  # restored after the test
-    before = [entry.cls for entry in superlink_main._get_middleware()]
+    before = [entry.cls.__name__ for entry in superlink_main._get_middleware()]
     assert patch_control_middleware()
-    after = superlink_main._get_middleware()
-    assert [entry.args[0] if entry.args else entry.cls for entry in after] == before
-    gated = [entry.args[0].__name__ for entry in after if entry.args]
-    assert gated == ["ControlSensitiveResponseMiddleware", "ControlAuthenticationMiddleware",
-                     "ControlLicenseMiddleware", "ControlEventLogMiddleware", "FleetEventLogMiddleware"]  # fmt: skip
-    ungated = [entry.cls.__name__ for entry in after if not entry.args]  # Fleet and ServerApp calls pass these
-    assert ungated == ["BaseHTTPMiddleware", "ProtobufTranslationMiddleware", "NodeAuthMiddleware"]
+    after = [entry.cls.__name__ + (f"({entry.args[0].__name__})" if entry.args else "")
+             for entry in superlink_main._get_middleware()]  # fmt: skip
+    assert before == ["ControlSensitiveResponseMiddleware", "BaseHTTPMiddleware", "ControlAuthenticationMiddleware",
+                      "ControlLicenseMiddleware", "ProtobufTranslationMiddleware", "ControlEventLogMiddleware",
+                      "NodeAuthMiddleware", "FleetEventLogMiddleware"]  # fmt: skip
+    assert after == ["OnlyFor(ControlSensitiveResponseMiddleware)", "ErrorTranslation(http_error_translator)",
+                     "OnlyFor(ControlAuthenticationMiddleware)", "OnlyFor(ControlLicenseMiddleware)",
+                     "ProtobufTranslationMiddleware", "OnlyFor(ControlEventLogMiddleware)",
+                     "FleetAuthentication(authenticate_node)", "OnlyFor(FleetEventLogMiddleware)"]  # fmt: skip
+
+
+def _failing_app(stack: list[Middleware]) -> TestClient:
+    """Fleet and Control routes that succeed or raise what a SuperLink handler or middleware can."""
+    from fastapi import HTTPException
+    from flwr.supercore.error import ApiErrorCode, FlowerError
+
+    async def answer(request: Request) -> Response:
+        failure = request.query_params.get("fail")
+        if failure == "flower":
+            raise FlowerError(ApiErrorCode.RUN_ID_NOT_FOUND, "no such run")
+        if failure == "http":
+            raise HTTPException(status_code=401, detail="Invalid SuperNode authentication")
+        if failure == "bug":
+            raise RuntimeError("a bug")
+        return Response(b"ok", media_type="application/protobuf")
+
+    routes = [Route(path, answer, methods=["POST"]) for path in ("/v1/fleet/pull-object", "/v1/control/list-runs")]
+    return TestClient(Starlette(routes=routes, middleware=stack), raise_server_exceptions=False)
+
+
+def test_the_pure_error_translation_answers_every_failure_as_flowers_layer_does() -> None:
+    from flwr.supercore.error.http import http_error_translator
+
+    from deploy.superlink_entry import ErrorTranslation
+
+    flowers = _failing_app([Middleware(BaseHTTPMiddleware, dispatch=http_error_translator)])
+    twin = _failing_app([Middleware(ErrorTranslation, http_error_translator)])
+    for path in ("/v1/fleet/pull-object", "/v1/control/list-runs"):
+        for failure in ("", "flower", "http", "bug"):
+            a, b = flowers.post(f"{path}?fail={failure}"), twin.post(f"{path}?fail={failure}")
+            assert (b.status_code, b.content, b.headers.get("content-type")) == (
+                a.status_code, a.content, a.headers.get("content-type")), (path, failure)  # fmt: skip
+    assert twin.post("/v1/fleet/pull-object?fail=flower").status_code == 404  # not a 500: translated
+
+
+def test_fleet_calls_are_authenticated_before_they_run_and_others_are_not() -> None:
+    from flwr.proto.fleet_pb2 import PullMessagesRequest  # pylint: disable=E0611
+    from flwr.supercore.error.http import http_error_translator
+
+    from deploy.superlink_entry import ErrorTranslation, FleetAuthentication
+
+    checked: list[str] = []
+
+    def authenticate(request: Request) -> None:  # Flower's raises HTTPException 401 for a bad signature
+        from fastapi import HTTPException
+
+        checked.append(request.url.path)
+        if request.headers.get("x-sig") != "good":
+            raise HTTPException(status_code=401, detail="Invalid SuperNode authentication")
+
+    class Parsed(BaseHTTPMiddleware):  # what Flower's ProtobufTranslationMiddleware leaves in the request state
+        async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+            request.state.protobuf_request = PullMessagesRequest()
+            return await call_next(request)
+
+    client = _failing_app([Middleware(ErrorTranslation, http_error_translator), Middleware(Parsed),
+                           Middleware(FleetAuthentication, authenticate)])  # fmt: skip
+    assert client.post("/v1/fleet/pull-object", headers={"x-sig": "good"}).text == "ok"
+    refused = client.post("/v1/fleet/pull-object", headers={"x-sig": "forged"})
+    assert refused.status_code == 401 and "Invalid SuperNode authentication" in refused.text
+    assert client.post("/v1/control/list-runs").text == "ok"  # not a Fleet call: not a node's to sign
+    assert checked == ["/v1/fleet/pull-object", "/v1/fleet/pull-object"]
