@@ -35,8 +35,10 @@ time there. These changes, all inside the SuperLink process, then the unmodified
   Starlette ``BaseHTTPMiddleware`` layers (each one a task group and a response stream of its own);
   four act only on ``/v1/control/`` paths (the ``flwr`` CLI's) and one only when a Fleet event-log
   plugin is configured, yet every SuperNode and ServerApp call went through all of them. Those five
-  now run only for the requests they act on (:class:`OnlyFor`); the SuperLink was the busiest
-  process of a secure round (about two thirds of a core), almost all of it such calls.
+  now run only for the requests they act on (:class:`OnlyFor`), and two more, error translation and
+  node authentication, run as pure-ASGI twins calling Flower's own functions (:class:`ErrorTranslation`,
+  :class:`FleetAuthentication`); the SuperLink was the busiest process of a secure round (about two
+  thirds of a core), almost all of it such calls.
 
 ``CROSSFED_SUPERLINK_SQL_OBJECTS=1`` keeps objects in the database (Flower's behaviour). The patch
 touches only ``flwr==1.42.0`` (the version ``pyproject.toml`` pins); on any other it does nothing and
