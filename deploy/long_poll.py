@@ -6,7 +6,10 @@ interval. On one machine every empty answer costs CPU that the busy processes of
 and each message waits on average half an interval at the far end. Here the server side holds an
 empty answer until something that could change it happens (:class:`Bell`) or a short hold runs
 out, then asks again: news goes out as soon as it exists, and an idle client costs one call per
-hold instead of several. Used by :mod:`deploy.superlink_entry` (message pulls) and
+hold instead of several. The client side: after an empty answer that took at least half the hold
+(:func:`held_after_s`: a quick empty answer takes milliseconds) the client asks again at once
+(:func:`sleep_after_empty`); after a quick one it keeps its own poll interval, so a server without
+holds is not polled faster. Used by :mod:`deploy.superlink_entry` (message pulls) and
 :mod:`deploy.supernode_entry` (the worker's task acquisition).
 """
 
@@ -72,3 +75,14 @@ def held(call: Callable[..., Any], bell: Bell, hold_s: float, slots: threading.S
         return response
 
     return call_held
+
+
+def held_after_s(hold_s: float) -> float:
+    """An empty answer that took this long was held by a server that holds up to ``hold_s``."""
+    return hold_s / 2
+
+
+def sleep_after_empty(answer_took_s: float, poll_s: float, held_s: float) -> float:
+    """The client's sleep before asking again after an empty answer: none when the server held it (it took
+    ``held_s`` or more: the server answers as soon as there is news), else ``poll_s``."""
+    return 0.0 if answer_took_s >= held_s else poll_s

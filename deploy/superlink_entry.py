@@ -31,14 +31,9 @@ time there. These changes, all inside the SuperLink process, then the unmodified
   SuperNodes'), then asked again: a message goes out as soon as it can be used, and an idle
   SuperNode costs one call a second instead of four. At most 12 pulls are held at once (each holds
   one of the SuperLink's worker threads); beyond that a pull is answered at once, as Flower does.
-* **Control-API middleware only on Control calls.** Flower 1.42 passes every request through eight
-  Starlette ``BaseHTTPMiddleware`` layers (each one a task group and a response stream of its own);
-  four act only on ``/v1/control/`` paths (the ``flwr`` CLI's) and one only when a Fleet event-log
-  plugin is configured, yet every SuperNode and ServerApp call went through all of them. Those five
-  now run only for the requests they act on (:class:`OnlyFor`), and two more, error translation and
-  node authentication, run as pure-ASGI twins calling Flower's own functions (:class:`ErrorTranslation`,
-  :class:`FleetAuthentication`); the SuperLink was the busiest process of a secure round (about two
-  thirds of a core), almost all of it such calls.
+* **Lighter HTTP middleware for SuperNode and ServerApp calls** (:mod:`deploy.superlink_middleware`):
+  five of Flower's eight ``BaseHTTPMiddleware`` layers act only on ``flwr`` CLI calls (or with a
+  plugin) and run only there; two more run as pure-ASGI twins calling Flower's own functions.
 
 ``CROSSFED_SUPERLINK_SQL_OBJECTS=1`` keeps objects in the database (Flower's behaviour). The patch
 touches only ``flwr==1.42.0`` (the version ``pyproject.toml`` pins); on any other it does nothing and
@@ -57,6 +52,7 @@ from typing import Any
 
 from common.flower_http import flwr_is_pinned
 from deploy.long_poll import Bell, held
+from deploy.superlink_middleware import patch_middleware
 
 SQL_OBJECTS_ENV = "CROSSFED_SUPERLINK_SQL_OBJECTS"
 TOKEN_CLEANUP_EVERY_S = 1.0
@@ -303,152 +299,6 @@ def _ring_after_pushes(state_class: Any, ring: Callable[[], None]) -> None:
     state_class.preregister_object_tree = preregister_and_ring
 
 
-CONTROL_PREFIX = "/v1/control/"
-
-
-class OnlyFor:
-    """ASGI middleware: ``middleware`` (built around ``app``) for the HTTP requests ``applies(scope)``
-    selects; every other request goes straight to ``app``, as the middleware would have passed it."""
-
-    def __init__(self, app: Any, middleware: type, applies: Callable[[dict[str, Any]], bool], *args: Any,
-                 **kwargs: Any) -> None:  # fmt: skip
-        self.app, self.applies = app, applies
-        self.wrapped = middleware(app, *args, **kwargs)
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and not self.applies(scope):
-            await self.app(scope, receive, send)
-        else:
-            await self.wrapped(scope, receive, send)
-
-
-def _control_call(scope: dict[str, Any]) -> bool:
-    return str(scope.get("path", "")).startswith(CONTROL_PREFIX)
-
-
-def _fleet_call_logged(scope: dict[str, Any]) -> bool:
-    app = scope.get("app")
-    return getattr(getattr(app, "state", None), "fleet_event_log_plugin", None) is not None
-
-
-def gate_middleware(stack: list[Any], control_only: tuple[type, ...], fleet_log: type) -> list[Any]:
-    """``stack`` (Starlette ``Middleware`` entries, outermost first) with each ``control_only`` class run
-    for Control calls only and ``fleet_log`` only while a Fleet event-log plugin is set; order kept."""
-    from starlette.middleware import Middleware
-
-    gated = []
-    for entry in stack:
-        if entry.cls in control_only:
-            entry = Middleware(OnlyFor, entry.cls, _control_call, *entry.args, **entry.kwargs)
-        elif entry.cls is fleet_log:
-            entry = Middleware(OnlyFor, entry.cls, _fleet_call_logged, *entry.args, **entry.kwargs)
-        gated.append(entry)
-    return gated
-
-
-class ErrorTranslation:
-    """Pure-ASGI twin of Flower's ``http_error_translator`` layer (a ``BaseHTTPMiddleware``) for Fleet and
-    ServerApp calls: an exception raised before the response started becomes the response Flower's own
-    ``translate`` makes of it (it is called with a ``call_next`` that re-raises). Control calls, some of
-    which stream, keep Flower's layer."""
-
-    def __init__(self, app: Any, translate: Callable[..., Any]) -> None:
-        from starlette.middleware.base import BaseHTTPMiddleware
-
-        self.app, self.translate = app, translate
-        self.control = BaseHTTPMiddleware(app, dispatch=translate)
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or _control_call(scope):
-            await self.control(scope, receive, send)
-            return
-        started = False
-
-        async def send_tracked(message: dict[str, Any]) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_tracked)
-        except Exception as exc:
-            if started:
-                raise
-            from starlette.requests import Request
-
-            caught = exc
-
-            async def reraise(request: Any) -> Any:
-                raise caught
-
-            response = await self.translate(Request(scope, receive), reraise)
-            await response(scope, receive, send)
-
-
-class FleetAuthentication:
-    """Pure-ASGI twin of Flower 1.42's ``NodeAuthMiddleware``: the same ``authenticate`` (a SuperNode's
-    signed timestamp and key), on the same Fleet calls, in the same thread pool, before the call runs."""
-
-    def __init__(self, app: Any, authenticate: Callable[[Any], None]) -> None:
-        self.app, self.authenticate = app, authenticate
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and str(scope.get("path", "")).startswith("/v1/fleet/"):
-            from google.protobuf.message import Message
-            from starlette.concurrency import run_in_threadpool
-            from starlette.requests import Request
-
-            request = Request(scope, receive)  # its state is the scope's: the parsed request is there
-            if isinstance(getattr(request.state, "protobuf_request", None), Message):
-                await run_in_threadpool(self.authenticate, request)
-        await self.app(scope, receive, send)
-
-
-def plain_twins(stack: list[Any], translate: Callable[..., Any], node_auth: type,
-                authenticate: Callable[[Any], None]) -> list[Any]:  # fmt: skip
-    """``stack`` with Flower's error-translation layer (the ``BaseHTTPMiddleware`` running ``translate``)
-    and its ``node_auth`` layer replaced by their pure-ASGI twins, in place."""
-    from starlette.middleware import Middleware
-    from starlette.middleware.base import BaseHTTPMiddleware
-
-    out = []
-    for entry in stack:
-        if entry.cls is BaseHTTPMiddleware and entry.kwargs.get("dispatch") is translate and not entry.args:
-            entry = Middleware(ErrorTranslation, translate)
-        elif entry.cls is node_auth:
-            entry = Middleware(FleetAuthentication, authenticate)
-        out.append(entry)
-    return out
-
-
-def patch_control_middleware() -> bool:
-    """The SuperLink app's Control-only middleware skips Fleet and ServerApp calls; False on another flwr
-    (or if a route they act on lies outside ``/v1/control/``, which this gate assumes)."""
-    if not flwr_is_pinned("the SuperLink's middleware"):
-        return False
-    from flwr.superlink import main as superlink_main
-    from flwr.superlink.routers.control import middlewares as control
-    from flwr.superlink.routers.fleet.middlewares import FleetEventLogMiddleware
-
-    routes = control.CONTROL_AUTH_ROUTE_KEYS | control.CONTROL_SENSITIVE_ROUTE_KEYS
-    if not all(path.startswith(CONTROL_PREFIX) for _, path in routes):
-        return False
-    from flwr.supercore.error.http import http_error_translator
-    from flwr.superlink.routers.fleet import node_auth
-
-    control_only = (control.ControlSensitiveResponseMiddleware, control.ControlAuthenticationMiddleware,
-                    control.ControlLicenseMiddleware, control.ControlEventLogMiddleware)  # fmt: skip
-    build = superlink_main._get_middleware
-
-    @functools.wraps(build)
-    def gated() -> list[Any]:
-        stack = gate_middleware(build(), control_only, FleetEventLogMiddleware)
-        return plain_twins(stack, http_error_translator, node_auth.NodeAuthMiddleware, node_auth.authenticate_node)
-
-    superlink_main._get_middleware = gated
-    return True
-
-
 def main() -> None:
     if os.environ.get(SQL_OBJECTS_ENV, "0") != "1":
         patch_object_store()
@@ -457,7 +307,7 @@ def main() -> None:
     patch_node_key_lookup()
     patch_traffic_batching()
     patch_held_pulls()
-    patch_control_middleware()
+    patch_middleware()
     from flwr.superlink.cli import flower_superlink
 
     raise SystemExit(flower_superlink())

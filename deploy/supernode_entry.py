@@ -54,16 +54,16 @@ from typing import Any, TypeVar
 
 from common.flower_http import flwr_is_pinned, is_server_error, quick_pull_objects, retry_server_errors
 from common.rpc_trace import trace_rpcs
-from deploy.long_poll import Bell, held
+from deploy.long_poll import Bell, held, held_after_s
 from deploy.superlink_entry import PULL_HOLD_S
 
 DEFAULT_POLL_S = 0.25
 DEFAULT_HEARTBEAT_S = 10.0
 DEFAULT_SERVER_ERROR_RETRIES = 5
 LOCAL_WAIT_S = 0.02  # the SuperNode's wait for a reply already in its own memory
-HELD_PULL_S = PULL_HOLD_S / 2  # an empty pull that took this long was held by crossfed's SuperLink
+HELD_PULL_S = held_after_s(PULL_HOLD_S)  # an empty pull that took this long was held by crossfed's SuperLink
 ACQUIRE_HOLD_S = 0.5  # an empty AcquireTask waits this long for a task (the worker's HTTP timeout is 30 s)
-HELD_ACQUIRE_S = ACQUIRE_HOLD_S / 2  # an empty AcquireTask that took this long was held
+HELD_ACQUIRE_S = held_after_s(ACQUIRE_HOLD_S)  # an empty AcquireTask that took this long was held
 MAX_HELD_ACQUIRES = 4  # each holds one of the Runtime API's worker threads
 
 log = logging.getLogger("crossfed.supernode")

@@ -301,12 +301,6 @@ def stall_guard(pull_object_fn: Callable[[str], bytes], stall_s: float, supersed
     return pull
 
 
-def idle_sleep_s(answer_took_s: float, poll_s: float, held_s: float) -> float:
-    """Sleep before the next ``AcquireTask`` after an empty one: none when the SuperNode held it (it took
-    ``held_s`` or more: crossfed's SuperNode answers as soon as a task exists), else ``poll_s``."""
-    return 0.0 if answer_took_s >= held_s else poll_s
-
-
 def serve(address: str, insecure: bool, root_certificates_path: str | None, poll_s: float = DEFAULT_POLL_S,
           first_token: str | None = None, max_tasks: int | None = None,
           stall_s: float = DEFAULT_STALL_S) -> WorkerState:  # fmt: skip
@@ -314,6 +308,7 @@ def serve(address: str, insecure: bool, root_certificates_path: str | None, poll
     from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
     from flwr.supercore.constant import TaskType
 
+    from deploy.long_poll import sleep_after_empty
     from deploy.supernode_entry import HELD_ACQUIRE_S  # its SuperNode holds an empty AcquireTask
 
     root = Path(root_certificates_path).read_bytes() if root_certificates_path else None
@@ -340,7 +335,7 @@ def serve(address: str, insecure: bool, root_certificates_path: str | None, poll
             asked = time.monotonic()
             task = waiting.pop(0) if waiting else acquire()
             if task is None:
-                time.sleep(idle_sleep_s(time.monotonic() - asked, poll_s, HELD_ACQUIRE_S))
+                time.sleep(sleep_after_empty(time.monotonic() - asked, poll_s, HELD_ACQUIRE_S))
                 continue
             token, task_fab = task
             if state.fab_hash and task_fab and task_fab != state.fab_hash:

@@ -147,8 +147,8 @@ def test_revoked_task_sets_the_flag_instead_of_interrupting_the_worker() -> None
 
 
 def test_the_worker_asks_again_at_once_after_a_held_empty_answer_and_waits_after_a_quick_one() -> None:
+    from deploy.long_poll import sleep_after_empty as idle_sleep_s
     from deploy.supernode_entry import HELD_ACQUIRE_S
-    from deploy.worker import idle_sleep_s
 
     assert idle_sleep_s(0.5, poll_s=0.05, held_s=HELD_ACQUIRE_S) == 0.0  # held by crossfed's SuperNode
     assert idle_sleep_s(0.004, poll_s=0.05, held_s=HELD_ACQUIRE_S) == 0.05  # a plain SuperNode: keep polling
